@@ -1,0 +1,1 @@
+"""keyferry broker: the central service that issues, renews, rotates and revokes credentials."""

@@ -1,0 +1,1 @@
+"""Generated gRPC code; regenerate with `python -m tests.tools.protogen`, never edit by hand."""

@@ -1,0 +1,1 @@
+"""The `keyferry` command line."""

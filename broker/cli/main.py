@@ -1,0 +1,53 @@
+"""The `keyferry` command: one entry point, a subcommand per audience.
+
+Only commands that work are listed; each later part of keyferry adds its own group.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.metadata import version as dist_version
+
+import typer
+
+app = typer.Typer(
+    name="keyferry",
+    help=(
+        "keyferry: short-lived credentials from Vault, delivered into pods, rotated in seconds, "
+        "across every registered cluster.\n\n"
+        "Examples:\n\n"
+        "  keyferry version\n\n"
+        "  keyferry demo            # start the test bed's servers and show where they listen\n\n"
+        "  keyferry demo --hold     # ... and keep them running until Ctrl-C"
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print keyferry's version."""
+    typer.echo(f"keyferry {dist_version('keyferry')}")
+
+
+@app.command()
+def demo(
+    hold: bool = typer.Option(False, help="keep the servers running until Ctrl-C"),
+) -> None:
+    """Run the demo from a source checkout: for now, start every test-bed server and report it.
+
+    Needs the repository's tests/ folder (the bed builds its servers from Go modules on
+    first use and caches them outside the repository).
+    """
+    if importlib.util.find_spec("tests.bed") is None:
+        typer.echo("keyferry demo runs from a source checkout: cd into the keyferry repository "
+                   "and run `tests/run demo`", err=True)
+        raise typer.Exit(2)
+    from tests.bed.__main__ import up  # noqa: PLC0415 - only a checkout has the bed
+
+    up(only=None, hold=hold)
+
+
+def main() -> None:
+    app()

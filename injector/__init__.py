@@ -1,0 +1,1 @@
+"""keyferry injector: the admission webhook and the in-pod agent."""

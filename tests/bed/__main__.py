@@ -1,0 +1,77 @@
+"""The bed's command line: build the servers, or start them and print where they listen."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated
+
+import typer
+
+from . import gobuild
+from .bed import Bed
+from .errors import BedError
+from .progress import say
+
+app = typer.Typer(
+    help="keyferry's test bed: real Vault, PostgreSQL, MariaDB, moto (and Kubernetes) servers "
+    "on free loopback ports.\n\nExamples:\n\n  python -m tests.bed build          # build every Go "
+    "server into the cache\n\n  python -m tests.bed up --hold      # start all, print addresses, "
+    "wait for Ctrl-C",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto")
+
+
+@app.command()
+def build(
+    names: Annotated[list[str] | None, typer.Argument(
+        help=f"wrappers to build (default: all of {', '.join(gobuild.ALL)})")] = None,
+) -> None:
+    """Build the Go servers from their wrapper modules into the cache (skips what is cached)."""
+    for name in names or list(gobuild.ALL):
+        if name not in gobuild.ALL:
+            raise typer.BadParameter(f"unknown build {name!r}; choose from {', '.join(gobuild.ALL)}")
+        target = gobuild.ALL[name]
+        target.build()
+        say(f"{name}: {target.out_dir()}")
+
+
+@app.command()
+def up(
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help=f"start only these (default: all of {', '.join(SERVERS)})")] = None,
+    hold: Annotated[bool, typer.Option(
+        help="keep the servers running until Ctrl-C; without it, stop them after printing")] = False,
+) -> None:
+    """Start the bed's servers, health-check them and print their addresses."""
+    chosen = only or list(SERVERS)
+    for name in chosen:
+        if name not in SERVERS:
+            raise typer.BadParameter(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+    bed = Bed(keep_files=hold)
+    try:
+        for name in chosen:
+            getattr(bed, name)()
+        typer.echo(f"\nworkspace: {bed.workspace.root}")
+        for name, server in bed.servers.items():
+            typer.echo(f"  {name:<18} up   {server.describe()}")
+        if hold:
+            typer.echo("\nservers are running; press Ctrl-C to stop them")
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except BedError as exc:
+        typer.echo(f"bed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        bed.stop()
+    typer.echo("bed: all servers healthy, and stopped")
+
+
+if __name__ == "__main__":
+    app()

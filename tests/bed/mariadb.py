@@ -1,0 +1,89 @@
+"""The bed's own MariaDB instance (Debian's binaries, a temporary data folder, a free port)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymysql
+
+from .errors import ServerUnavailable
+from .ports import LOOPBACK, free_port
+from .process import ManagedProcess, run
+from .workspace import Workspace
+
+ADMIN = "keyferry_admin"
+
+
+@dataclass
+class MariaDBServer:
+    port: int
+    socket: Path
+    admin_password: str
+    version: str
+    process: ManagedProcess
+
+    def connect(self, user: str = ADMIN, password: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
+        pw = self.admin_password if password is None else password
+        return pymysql.connect(host=LOOPBACK, port=self.port, user=user, password=pw,
+                               connect_timeout=5, autocommit=True)
+
+    def healthy(self) -> bool:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("select 1")
+            return cur.fetchone() == (1,)
+
+    def describe(self) -> str:
+        return (f"mysql://{ADMIN}:{self.admin_password}@{LOOPBACK}:{self.port}/ "
+                f"(MariaDB {self.version})")
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if not path:
+        raise ServerUnavailable("MariaDB", f"`{name}` is not installed",
+                                "apt-get install mariadb-server (tests/run does this)")
+    return path
+
+
+def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
+    mariadbd = _binary("mariadbd")
+    install_db = _binary("mariadb-install-db")
+    home = ws.folder(name)
+    data, sock = home / "data", home / "mysqld.sock"
+    as_root = ["--user=root"] if os.geteuid() == 0 else []
+    run([install_db, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
+         "--skip-test-db", *as_root], cwd=home, timeout=180)
+    port = free_port()
+    process = ManagedProcess(
+        name,
+        [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
+         f"--bind-address={LOOPBACK}", f"--socket={sock}", f"--pid-file={home / 'mysqld.pid'}",
+         "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=300",
+         "--innodb-flush-log-at-trx-commit=0", *as_root],
+        ws.log(name), cwd=home,
+    )
+    process.start()
+    password = secrets.token_urlsafe(18)
+
+    def bootstrap() -> bool:
+        conn = pymysql.connect(unix_socket=str(sock), user="root", password="", connect_timeout=2,
+                               autocommit=True)
+        with conn, conn.cursor() as cur:
+            cur.execute(f"CREATE USER IF NOT EXISTS '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
+            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+            cur.execute("SELECT VERSION()")
+            row = cur.fetchone()
+        server.version = str(row[0]) if row else "unknown"
+        return True
+
+    server = MariaDBServer(port, sock, password, "unknown", process)
+    process.wait_until(bootstrap, "accepting connections on its socket")
+    process.wait_until(server.healthy, "accepting TCP logins")
+    return server

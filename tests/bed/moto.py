@@ -1,0 +1,108 @@
+"""A moto server for the AWS IAM and STS APIs, in its own virtualenv, with key checking on.
+
+moto accepts any access key unless INITIAL_NO_AUTH_ACTION_COUNT is set; then it checks
+keys and IAM policies after that many calls. The bed spends exactly those calls
+creating an administrator whose keys it hands to Vault, so from then on a made-up or
+revoked key really fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+
+from .errors import ServerUnavailable
+from .gobuild import _locked, cache_root
+from .ports import LOOPBACK, free_port
+from .process import ManagedProcess
+from .progress import say
+from .workspace import Workspace
+
+REQUIREMENTS = Path(__file__).parent / "moto-requirements.txt"
+REGION = "us-east-1"
+ADMIN_USER = "keyferry-bed-admin"
+ADMIN_POLICY = {"Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+SETUP_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey
+
+
+@dataclass
+class MotoServer:
+    port: int
+    access_key_id: str
+    secret_access_key: str
+    process: ManagedProcess
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def client(self, service: str, key_id: str | None = None, secret: str | None = None) -> object:
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name=REGION,
+            aws_access_key_id=key_id or self.access_key_id,
+            aws_secret_access_key=secret or self.secret_access_key,
+        )
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+
+    def describe(self) -> str:
+        return f"{self.endpoint} (moto IAM+STS, key checking on; admin key {self.access_key_id})"
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def moto_venv() -> Path:
+    """The cached virtualenv holding moto_server, created on first use."""
+    spec = REQUIREMENTS.read_bytes()
+    key = hashlib.sha256(spec + sys.version.encode()).hexdigest()[:16]
+    venv = cache_root() / "venvs" / f"moto-{key}"
+    server = venv / "bin" / "moto_server"
+    if server.exists():
+        return venv
+    with _locked(cache_root() / "venvs" / ".moto.lock"):
+        if server.exists():
+            return venv
+        say(f"installing moto into its own virtualenv {venv}")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                   "--disable-pip-version-check"]
+            subprocess.run([*pip, "--upgrade", "pip"], check=True)
+            subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
+        except subprocess.CalledProcessError as exc:
+            raise ServerUnavailable("moto", f"pip failed: {exc}",
+                                    f"check network access to the Python package index; "
+                                    f"remove {venv} and retry") from exc
+    return venv
+
+
+def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
+    venv = moto_venv()
+    port = free_port()
+    process = ManagedProcess(
+        name, [str(venv / "bin" / "moto_server"), "-H", LOOPBACK, "-p", str(port)], ws.log(name),
+        env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),
+             "HOME": str(ws.folder(name)), "MOTO_ALLOW_NONEXISTENT_REGION": "false"},
+    )
+    server = MotoServer(port, "", "", process)
+    process.start()
+    process.wait_until(server.healthy, "answering HTTP")
+    iam = boto3.client("iam", endpoint_url=server.endpoint, region_name=REGION,
+                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")  # noqa: S106
+    iam.create_user(UserName=ADMIN_USER)
+    iam.put_user_policy(UserName=ADMIN_USER, PolicyName="admin", PolicyDocument=json.dumps(ADMIN_POLICY))
+    key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+    server.access_key_id = key["AccessKeyId"]
+    server.secret_access_key = key["SecretAccessKey"]
+    return server

@@ -1,0 +1,81 @@
+"""Session-wide fixtures: one test bed per test session, each server started on first use.
+
+With KEYFERRY_BED_REQUIRED=1 (set by tests/run and CI) a server that cannot be built or
+installed fails the test instead of skipping it, so CI never passes on skipped bed tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from tests.bed import Bed, ServerUnavailable
+from tests.bed.mariadb import MariaDBServer
+from tests.bed.moto import MotoServer
+from tests.bed.postgres import PostgresServer
+from tests.bed.vault import VaultServer
+
+T = TypeVar("T")
+REQUIRED = os.environ.get("KEYFERRY_BED_REQUIRED") == "1"
+
+
+def need(start: Callable[[], T]) -> T:
+    """Start a server; a missing one skips the test locally and fails it when required."""
+    try:
+        return start()
+    except ServerUnavailable as exc:
+        if REQUIRED:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def bed() -> Iterator[Bed]:
+    the_bed = Bed()
+    yield the_bed
+    the_bed.stop()
+
+
+@pytest.fixture(scope="session")
+def vault(bed: Bed) -> VaultServer:
+    return need(bed.vault)
+
+
+@pytest.fixture(scope="session")
+def vault_persistent(bed: Bed) -> VaultServer:
+    return need(bed.vault_persistent)
+
+
+@pytest.fixture(scope="session")
+def postgres(bed: Bed) -> PostgresServer:
+    return need(bed.postgres)
+
+
+@pytest.fixture(scope="session")
+def mariadb(bed: Bed) -> MariaDBServer:
+    return need(bed.mariadb)
+
+
+@pytest.fixture(scope="session")
+def moto(bed: Bed) -> MotoServer:
+    return need(bed.moto)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from tests.bed.vault import FLAVOUR
+
+    return [f"keyferry bed: Vault server = {FLAVOUR}; servers required = {REQUIRED}"]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """When servers are required, a skipped test is a failure: CI must not pass on skips."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if REQUIRED and skipped and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter:
+            reporter.write_line(f"keyferry bed: {skipped} test(s) skipped while servers are "
+                                "required (KEYFERRY_BED_REQUIRED=1): failing the run", red=True)

@@ -1,0 +1,47 @@
+"""Pure pieces of the bed: ports, process control, build cache keys."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bed.errors import ServerFailed
+from tests.bed.gobuild import ALL, GoBuild
+from tests.bed.ports import free_port, is_listening
+from tests.bed.process import ManagedProcess
+
+
+def test_free_port_is_not_listening() -> None:
+    port = free_port()
+    assert 1024 < port < 65536
+    assert not is_listening(port)
+
+
+def test_a_process_that_dies_fails_with_its_log(tmp_path: Path) -> None:
+    proc = ManagedProcess("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
+                          tmp_path / "dies.log")
+    proc.start()
+    with pytest.raises(ServerFailed, match="exited with 3") as failed:
+        proc.wait_until(lambda: False, "healthy", timeout=10)
+    assert "boom" in str(failed.value)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
+    script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
+    proc = ManagedProcess("tree", [sys.executable, "-c", script], tmp_path / "tree.log")
+    proc.start()
+    assert proc.running()
+    proc.stop(timeout=5)
+    assert not proc.running()
+    import os
+    with pytest.raises(ProcessLookupError):
+        assert proc.pid is not None
+        os.killpg(proc.pid, 0)
+
+
+def test_build_key_changes_with_the_targets() -> None:
+    vault = ALL["vault"]
+    other = GoBuild(vault.wrapper, {"vault2": "github.com/hashicorp/vault"})
+    assert vault.key() == ALL["vault"].key()
+    assert vault.key() != other.key()
+    assert all((build.module_dir / "go.sum").exists() for build in ALL.values())
