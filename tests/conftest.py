@@ -16,7 +16,7 @@ from tests.bed import Bed, ServerUnavailable
 from tests.bed.mariadb import MariaDBServer
 from tests.bed.moto import MotoServer
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import VaultServer
+from tests.bed.vault import FLAVOUR, VaultServer
 
 T = TypeVar("T")
 REQUIRED = os.environ.get("KEYFERRY_BED_REQUIRED") == "1"
@@ -65,8 +65,6 @@ def moto(bed: Bed) -> MotoServer:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from tests.bed.vault import FLAVOUR
-
     return [f"keyferry bed: Vault server = {FLAVOUR}; servers required = {REQUIRED}"]
 
 

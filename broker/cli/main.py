@@ -41,8 +41,11 @@ def demo(
     first use and caches them outside the repository).
     """
     if importlib.util.find_spec("tests.bed") is None:
-        typer.echo("keyferry demo runs from a source checkout: cd into the keyferry repository "
-                   "and run `tests/run demo`", err=True)
+        typer.echo(
+            "keyferry demo runs from a source checkout: cd into the keyferry repository "
+            "and run `tests/run demo`",
+            err=True,
+        )
         raise typer.Exit(2)
     from tests.bed.__main__ import up  # noqa: PLC0415 - only a checkout has the bed
 

@@ -27,13 +27,17 @@ SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto")
 
 @app.command()
 def build(
-    names: Annotated[list[str] | None, typer.Argument(
-        help=f"wrappers to build (default: all of {', '.join(gobuild.ALL)})")] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help=f"wrappers to build (default: all of {', '.join(gobuild.ALL)})"),
+    ] = None,
 ) -> None:
     """Build the Go servers from their wrapper modules into the cache (skips what is cached)."""
     for name in names or list(gobuild.ALL):
         if name not in gobuild.ALL:
-            raise typer.BadParameter(f"unknown build {name!r}; choose from {', '.join(gobuild.ALL)}")
+            raise typer.BadParameter(
+                f"unknown build {name!r}; choose from {', '.join(gobuild.ALL)}"
+            )
         target = gobuild.ALL[name]
         target.build()
         say(f"{name}: {target.out_dir()}")
@@ -41,10 +45,16 @@ def build(
 
 @app.command()
 def up(
-    only: Annotated[list[str] | None, typer.Option(
-        "--only", help=f"start only these (default: all of {', '.join(SERVERS)})")] = None,
-    hold: Annotated[bool, typer.Option(
-        help="keep the servers running until Ctrl-C; without it, stop them after printing")] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help=f"start only these (default: all of {', '.join(SERVERS)})"),
+    ] = None,
+    hold: Annotated[
+        bool,
+        typer.Option(
+            help="keep the servers running until Ctrl-C; without it, stop them after printing"
+        ),
+    ] = False,
 ) -> None:
     """Start the bed's servers, health-check them and print their addresses."""
     chosen = only or list(SERVERS)

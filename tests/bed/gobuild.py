@@ -53,8 +53,9 @@ class GoBuild:
         for name in ("go.mod", "go.sum"):
             digest.update((self.module_dir / name).read_bytes())
         digest.update(_go_version().encode())
-        digest.update(repr((sorted(self.targets.items()), self.ldflags,
-                            sorted(self.env.items()))).encode())
+        digest.update(
+            repr((sorted(self.targets.items()), self.ldflags, sorted(self.env.items()))).encode()
+        )
         return digest.hexdigest()[:16]
 
     def out_dir(self) -> Path:
@@ -88,15 +89,26 @@ class GoBuild:
         flags = ["-s", "-w", *self.ldflags]
         argv += ["-ldflags", " ".join(flags), package]
         env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0", **self.env}
-        say(f"building {name} from {package} (wrapper tests/bed/go/{self.wrapper}); "
-            "the first build takes minutes, later runs use the cache")
+        say(
+            f"building {name} from {package} (wrapper tests/bed/go/{self.wrapper}); "
+            "the first build takes minutes, later runs use the cache"
+        )
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(argv, cwd=self.module_dir, env=env, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.module_dir,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
         except FileNotFoundError as exc:
-            raise ServerUnavailable(name, "the go command is not installed",
-                                    "install Go 1.26 or later and put it on PATH") from exc
+            raise ServerUnavailable(
+                name,
+                "the go command is not installed",
+                "install Go 1.26 or later and put it on PATH",
+            ) from exc
         assert proc.stdout is not None
         compiled, last_report, lines = 0, started, []
         for line in proc.stdout:
@@ -109,8 +121,11 @@ class GoBuild:
                 last_report = now
         if proc.wait() != 0:
             output = "\n".join(lines[-40:])
-            raise ServerUnavailable(name, f"`go build {package}` failed:\n{output}",
-                                    f"fix the wrapper module tests/bed/go/{self.wrapper}")
+            raise ServerUnavailable(
+                name,
+                f"`go build {package}` failed:\n{output}",
+                f"fix the wrapper module tests/bed/go/{self.wrapper}",
+            )
         say(f"built {name} in {time.monotonic() - started:.0f}s")
 
 
@@ -132,11 +147,15 @@ def _go_version() -> str:
     global _GO_VERSION  # noqa: PLW0603 - cached once per process
     if _GO_VERSION is None:
         try:
-            _GO_VERSION = subprocess.run(["go", "env", "GOVERSION"], capture_output=True,
-                                         text=True, check=True).stdout.strip()
+            _GO_VERSION = subprocess.run(
+                ["go", "env", "GOVERSION"], capture_output=True, text=True, check=True
+            ).stdout.strip()
         except (OSError, subprocess.CalledProcessError) as exc:
-            raise ServerUnavailable("go", "the go command is not installed or broken",
-                                    "install Go 1.26 or later and put it on PATH") from exc
+            raise ServerUnavailable(
+                "go",
+                "the go command is not installed or broken",
+                "install Go 1.26 or later and put it on PATH",
+            ) from exc
     return _GO_VERSION
 
 
@@ -144,8 +163,12 @@ K8S_VERSION = "v1.34.4"
 _K8S_LDFLAGS = tuple(
     f"-X {pkg}.{var}={value}"
     for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-    for var, value in (("gitVersion", K8S_VERSION), ("gitMajor", "1"), ("gitMinor", "34"),
-                       ("gitTreeState", "clean"))
+    for var, value in (
+        ("gitVersion", K8S_VERSION),
+        ("gitMajor", "1"),
+        ("gitMinor", "34"),
+        ("gitTreeState", "clean"),
+    )
 )
 
 VAULT = GoBuild("vault", {"vault": "github.com/hashicorp/vault"})

@@ -28,8 +28,14 @@ class MariaDBServer:
 
     def connect(self, user: str = ADMIN, password: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
         pw = self.admin_password if password is None else password
-        return pymysql.connect(host=LOOPBACK, port=self.port, user=user, password=pw,
-                               connect_timeout=5, autocommit=True)
+        return pymysql.connect(
+            host=LOOPBACK,
+            port=self.port,
+            user=user,
+            password=pw,
+            connect_timeout=5,
+            autocommit=True,
+        )
 
     def healthy(self) -> bool:
         with self.connect() as conn, conn.cursor() as cur:
@@ -37,18 +43,25 @@ class MariaDBServer:
             return cur.fetchone() == (1,)
 
     def describe(self) -> str:
-        return (f"mysql://{ADMIN}:{self.admin_password}@{LOOPBACK}:{self.port}/ "
-                f"(MariaDB {self.version})")
+        return (
+            f"mysql://{ADMIN}:{self.admin_password}@{LOOPBACK}:{self.port}/ "
+            f"(MariaDB {self.version})"
+        )
 
     def stop(self) -> None:
         self.process.stop()
 
 
 def _binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
+    )
     if not path:
-        raise ServerUnavailable("MariaDB", f"`{name}` is not installed",
-                                "apt-get install mariadb-server (tests/run does this)")
+        raise ServerUnavailable(
+            "MariaDB",
+            f"`{name}` is not installed",
+            "apt-get install mariadb-server (tests/run does this)",
+        )
     return path
 
 
@@ -58,23 +71,45 @@ def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
     home = ws.folder(name)
     data, sock = home / "data", home / "mysqld.sock"
     as_root = ["--user=root"] if os.geteuid() == 0 else []
-    run([install_db, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
-         "--skip-test-db", *as_root], cwd=home, timeout=180)
+    run(
+        [
+            install_db,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            *as_root,
+        ],
+        cwd=home,
+        timeout=180,
+    )
     port = free_port()
     process = ManagedProcess(
         name,
-        [mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
-         f"--bind-address={LOOPBACK}", f"--socket={sock}", f"--pid-file={home / 'mysqld.pid'}",
-         "--skip-log-bin", "--innodb-buffer-pool-size=64M", "--max-connections=300",
-         "--innodb-flush-log-at-trx-commit=0", *as_root],
-        ws.log(name), cwd=home,
+        [
+            mariadbd,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--port={port}",
+            f"--bind-address={LOOPBACK}",
+            f"--socket={sock}",
+            f"--pid-file={home / 'mysqld.pid'}",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=64M",
+            "--max-connections=300",
+            "--innodb-flush-log-at-trx-commit=0",
+            *as_root,
+        ],
+        ws.log(name),
+        cwd=home,
     )
     process.start()
     password = secrets.token_urlsafe(18)
 
     def bootstrap() -> bool:
-        conn = pymysql.connect(unix_socket=str(sock), user="root", password="", connect_timeout=2,
-                               autocommit=True)
+        conn = pymysql.connect(
+            unix_socket=str(sock), user="root", password="", connect_timeout=2, autocommit=True
+        )
         with conn, conn.cursor() as cur:
             cur.execute(f"CREATE USER IF NOT EXISTS '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
             cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")

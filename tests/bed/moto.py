@@ -28,8 +28,10 @@ from .workspace import Workspace
 REQUIREMENTS = Path(__file__).parent / "moto-requirements.txt"
 REGION = "us-east-1"
 ADMIN_USER = "keyferry-bed-admin"
-ADMIN_POLICY = {"Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+ADMIN_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+}
 SETUP_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey
 
 
@@ -46,13 +48,15 @@ class MotoServer:
 
     def client(self, service: str, key_id: str | None = None, secret: str | None = None) -> object:
         return boto3.client(
-            service, endpoint_url=self.endpoint, region_name=REGION,
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
             aws_access_key_id=key_id or self.access_key_id,
             aws_secret_access_key=secret or self.secret_access_key,
         )
 
     def healthy(self) -> bool:
-        with urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=2) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json", timeout=2) as resp:
             return bool(resp.status == 200)
 
     def describe(self) -> str:
@@ -76,14 +80,22 @@ def moto_venv() -> Path:
         say(f"installing moto into its own virtualenv {venv}")
         try:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                   "--disable-pip-version-check"]
+            pip = [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+            ]
             subprocess.run([*pip, "--upgrade", "pip"], check=True)
             subprocess.run([*pip, "-r", str(REQUIREMENTS)], check=True)
         except subprocess.CalledProcessError as exc:
-            raise ServerUnavailable("moto", f"pip failed: {exc}",
-                                    f"check network access to the Python package index; "
-                                    f"remove {venv} and retry") from exc
+            raise ServerUnavailable(
+                "moto",
+                f"pip failed: {exc}",
+                f"check network access to the Python package index; remove {venv} and retry",
+            ) from exc
     return venv
 
 
@@ -91,17 +103,30 @@ def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
     venv = moto_venv()
     port = free_port()
     process = ManagedProcess(
-        name, [str(venv / "bin" / "moto_server"), "-H", LOOPBACK, "-p", str(port)], ws.log(name),
-        env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),
-             "HOME": str(ws.folder(name)), "MOTO_ALLOW_NONEXISTENT_REGION": "false"},
+        name,
+        [str(venv / "bin" / "moto_server"), "-H", LOOPBACK, "-p", str(port)],
+        ws.log(name),
+        env={
+            "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+            "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),
+            "HOME": str(ws.folder(name)),
+            "MOTO_ALLOW_NONEXISTENT_REGION": "false",
+        },
     )
     server = MotoServer(port, "", "", process)
     process.start()
     process.wait_until(server.healthy, "answering HTTP")
-    iam = boto3.client("iam", endpoint_url=server.endpoint, region_name=REGION,
-                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")  # noqa: S106
+    iam = boto3.client(
+        "iam",
+        endpoint_url=server.endpoint,
+        region_name=REGION,
+        aws_access_key_id="bootstrap",
+        aws_secret_access_key="bootstrap",
+    )
     iam.create_user(UserName=ADMIN_USER)
-    iam.put_user_policy(UserName=ADMIN_USER, PolicyName="admin", PolicyDocument=json.dumps(ADMIN_POLICY))
+    iam.put_user_policy(
+        UserName=ADMIN_USER, PolicyName="admin", PolicyDocument=json.dumps(ADMIN_POLICY)
+    )
     key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
     server.access_key_id = key["AccessKeyId"]
     server.secret_access_key = key["SecretAccessKey"]

@@ -7,6 +7,7 @@ initdb and postgres refuse to run as root, so as root the bed runs them as the
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ class PostgresServer:
     version: str
     process: ManagedProcess
 
-    def dsn(self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres") -> str:
+    def dsn(
+        self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
         pw = self.password if password is None else password
         return f"postgresql://{user}:{pw}@{LOOPBACK}:{self.port}/{dbname}"
 
@@ -48,10 +51,15 @@ class PostgresServer:
 
 
 def postgres_bin() -> Path:
-    versions = sorted((p for p in PG_ROOT.glob("*/bin/postgres")), key=lambda p: int(p.parent.parent.name))
+    versions = sorted(
+        (p for p in PG_ROOT.glob("*/bin/postgres")), key=lambda p: int(p.parent.parent.name)
+    )
     if not versions:
-        raise ServerUnavailable("PostgreSQL", f"no server binaries under {PG_ROOT}",
-                                "apt-get install postgresql (tests/run does this)")
+        raise ServerUnavailable(
+            "PostgreSQL",
+            f"no server binaries under {PG_ROOT}",
+            "apt-get install postgresql (tests/run does this)",
+        )
     return versions[-1].parent
 
 
@@ -63,20 +71,51 @@ def start_postgres(ws: Workspace, name: str = "postgres") -> PostgresServer:
     pwfile = home / "pwfile"
     pwfile.write_text(password)
     if user:
-        import pwd
         entry = pwd.getpwnam(user)
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     data = home / "data"
-    run([str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=scram-sha-256",
-         f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"], user=user, cwd=home)
+    run(
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            SUPERUSER,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        user=user,
+        cwd=home,
+    )
     pwfile.unlink()
     port = free_port()
     process = ManagedProcess(
         name,
-        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(home),
-         "-c", f"listen_addresses={LOOPBACK}", "-c", "fsync=off", "-c", "max_connections=300",
-         "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        ws.log(name), user=user, cwd=home,
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-k",
+            str(home),
+            "-c",
+            f"listen_addresses={LOOPBACK}",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        ws.log(name),
+        user=user,
+        cwd=home,
     )
     server = PostgresServer(port, password, bindir.parent.name, process)
     process.start()

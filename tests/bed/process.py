@@ -6,6 +6,7 @@ server and any children it forked, and nothing the bed did not start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,21 +71,26 @@ class ManagedProcess:
         what: str,
         timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
-        """Poll `healthy` until it is true; fail with the log tail if the process dies or time runs out."""
+        """Poll `healthy` until true; fail with the log tail if the process dies or time is up."""
         deadline = time.monotonic() + timeout
         last_probe = "never answered"
         while time.monotonic() < deadline:
             if not self.running():
                 code = self.popen.returncode if self.popen else None
-                raise ServerFailed(self.name, f"exited with {code} before {what}", tail(self.log_path))
+                raise ServerFailed(
+                    self.name, f"exited with {code} before {what}", tail(self.log_path)
+                )
             try:
                 if healthy():
                     return
-            except Exception as exc:  # noqa: BLE001 - a failing probe just means "not yet"
+            except Exception as exc:
                 last_probe = f"{type(exc).__name__}: {exc}"
             time.sleep(POLL_INTERVAL)
-        raise ServerFailed(self.name, f"not {what} after {timeout:.0f}s (last probe: {last_probe})",
-                           tail(self.log_path))
+        raise ServerFailed(
+            self.name,
+            f"not {what} after {timeout:.0f}s (last probe: {last_probe})",
+            tail(self.log_path),
+        )
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT, sig: int = signal.SIGTERM) -> None:
         """Signal the process group this process leads, then SIGKILL it if it lingers."""
@@ -105,18 +111,28 @@ class ManagedProcess:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None,
-        user: str | None = None, timeout: float = 120.0) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+    timeout: float = 120.0,
+) -> str:
     """Run a set-up command to completion; raise ServerFailed with its output when it fails."""
     result = subprocess.run(
-        list(argv), env=None if env is None else dict(env), cwd=cwd, user=user,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        list(argv),
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        user=user,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise ServerFailed(

@@ -2,8 +2,8 @@
 
 OpenBao is the first choice, but the Go module proxy reachable here refuses every
 version of ``github.com/openbao/openbao`` (see docs/testbed.md), so the bed builds the
-fallback named in the issue, HashiCorp Vault v1.14.1 (MPL-2.0; later 1.14.x releases need unpublished sdk code), with the
-aws secrets engine built in. Both speak the same HTTP API and CLI flags; `flavour`
+fallback named in the issue, HashiCorp Vault (an MPL-2.0 release, see docs/testbed.md), with
+the aws secrets engine built in. Both speak the same HTTP API and CLI flags; `flavour`
 records which one ran and the test session prints it.
 """
 
@@ -22,8 +22,8 @@ from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 from .workspace import Workspace
 
-DEV_ROOT_TOKEN = "keyferry-bed-root"  # noqa: S105 - a throwaway dev server's token
-FLAVOUR = "HashiCorp Vault v1.14.1 (MPL-2.0), built from its Go module"
+DEV_ROOT_TOKEN = "keyferry-bed-root"
+FLAVOUR = "HashiCorp Vault v1.13.2 (MPL-2.0), built from its Go module"
 
 
 @dataclass
@@ -74,8 +74,14 @@ def start_vault_dev(ws: Workspace, name: str = "vault-dev") -> VaultServer:
     port = free_port()
     process = ManagedProcess(
         name,
-        [str(binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
-         f"-dev-listen-address={LOOPBACK}:{port}", "-dev-no-store-token"],
+        [
+            str(binary),
+            "server",
+            "-dev",
+            f"-dev-root-token-id={DEV_ROOT_TOKEN}",
+            f"-dev-listen-address={LOOPBACK}:{port}",
+            "-dev-no-store-token",
+        ],
         ws.log(name),
         env=_env(home),
     )
@@ -91,15 +97,20 @@ def start_vault_persistent(ws: Workspace, name: str = "vault-persistent") -> Vau
     home = ws.folder(name)
     port = free_port()
     config = home / "vault.json"
-    config.write_text(json.dumps({
-        "storage": {"file": {"path": str(home / "data")}},
-        "listener": {"tcp": {"address": f"{LOOPBACK}:{port}", "tls_disable": True}},
-        "disable_mlock": True,
-        "api_addr": f"http://{LOOPBACK}:{port}",
-        "ui": False,
-    }))
-    process = ManagedProcess(name, [str(binary), "server", f"-config={config}"],
-                             ws.log(name), env=_env(home))
+    config.write_text(
+        json.dumps(
+            {
+                "storage": {"file": {"path": str(home / "data")}},
+                "listener": {"tcp": {"address": f"{LOOPBACK}:{port}", "tls_disable": True}},
+                "disable_mlock": True,
+                "api_addr": f"http://{LOOPBACK}:{port}",
+                "ui": False,
+            }
+        )
+    )
+    process = ManagedProcess(
+        name, [str(binary), "server", f"-config={config}"], ws.log(name), env=_env(home)
+    )
     server = VaultServer("persistent", port, process, config_path=config)
     process.start()
     process.wait_until(server._answers, "answering on its port")

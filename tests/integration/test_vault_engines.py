@@ -34,7 +34,9 @@ def test_postgres_role_logs_in_until_revoked(vault: VaultServer, postgres: Postg
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         postgres.connect(user, password)
     with postgres.connect() as admin:
-        assert admin.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone() is None
+        assert (
+            admin.execute("select 1 from pg_roles where rolname = %s", (user,)).fetchone() is None
+        )
 
 
 def test_mariadb_user_logs_in_until_revoked(vault: VaultServer, mariadb: MariaDBServer) -> None:
@@ -46,7 +48,8 @@ def test_mariadb_user_logs_in_until_revoked(vault: VaultServer, mariadb: MariaDB
     with mariadb.connect(user, password) as conn, conn.cursor() as cur:
         cur.execute("select current_user()")
         row = cur.fetchone()
-        assert row is not None and row[0].startswith(f"{user}@")
+        assert row is not None
+        assert row[0].startswith(f"{user}@")
 
     client.sys.revoke_lease(secret["lease_id"])
     with pytest.raises(pymysql.err.OperationalError) as denied:
@@ -55,8 +58,13 @@ def test_mariadb_user_logs_in_until_revoked(vault: VaultServer, mariadb: MariaDB
 
 
 def _caller(moto: MotoServer, key_id: str, secret: str) -> str:
-    sts = boto3.client("sts", endpoint_url=moto.endpoint, region_name=REGION,
-                       aws_access_key_id=key_id, aws_secret_access_key=secret)
+    sts = boto3.client(
+        "sts",
+        endpoint_url=moto.endpoint,
+        region_name=REGION,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+    )
     return str(sts.get_caller_identity()["Arn"])
 
 
@@ -88,9 +96,12 @@ def test_kv_v2_keeps_versions(vault: VaultServer) -> None:
     kv.create_or_update_secret("app/config", {"feature": "on"}, mount_point="bed-kv")
     kv.create_or_update_secret("app/config", {"feature": "off"}, mount_point="bed-kv")
 
-    latest = kv.read_secret_version("app/config", mount_point="bed-kv", raise_on_deleted_version=True)
-    first = kv.read_secret_version("app/config", version=1, mount_point="bed-kv",
-                                   raise_on_deleted_version=True)
+    latest = kv.read_secret_version(
+        "app/config", mount_point="bed-kv", raise_on_deleted_version=True
+    )
+    first = kv.read_secret_version(
+        "app/config", version=1, mount_point="bed-kv", raise_on_deleted_version=True
+    )
     assert latest["data"]["data"] == {"feature": "off"}
     assert latest["data"]["metadata"]["version"] == 2
     assert first["data"]["data"] == {"feature": "on"}
@@ -100,11 +111,23 @@ def test_pki_certificate_parses_with_the_right_sans(vault: VaultServer) -> None:
     client = vault.client()
     enable(client, "pki", "bed-pki")
     client.sys.tune_mount_configuration("bed-pki", max_lease_ttl="87600h")
-    root = client.write("bed-pki/root/generate/internal", common_name="keyferry bed CA", ttl="8760h")
-    client.write("bed-pki/roles/internal", allowed_domains="keyferry.test", allow_subdomains=True,
-                 allow_ip_sans=True, max_ttl="1h")
-    issued = client.write("bed-pki/issue/internal", common_name="app.keyferry.test",
-                          alt_names="api.keyferry.test", ip_sans="127.0.0.1", ttl="10m")["data"]
+    root = client.write(
+        "bed-pki/root/generate/internal", common_name="keyferry bed CA", ttl="8760h"
+    )
+    client.write(
+        "bed-pki/roles/internal",
+        allowed_domains="keyferry.test",
+        allow_subdomains=True,
+        allow_ip_sans=True,
+        max_ttl="1h",
+    )
+    issued = client.write(
+        "bed-pki/issue/internal",
+        common_name="app.keyferry.test",
+        alt_names="api.keyferry.test",
+        ip_sans="127.0.0.1",
+        ttl="10m",
+    )["data"]
 
     cert = x509.load_pem_x509_certificate(issued["certificate"].encode())
     ca = x509.load_pem_x509_certificate(root["data"]["certificate"].encode())

@@ -31,14 +31,24 @@ def generate(into: Path) -> None:
     well_known = str(files("grpc_tools") / "_proto")
     # protoc finds the mypy plugins (protoc-gen-mypy, protoc-gen-mypy_grpc) on PATH.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    code = protoc.main([
-        "grpc_tools.protoc", f"-I{PROTO}", f"-I{well_known}",
-        f"--python_out={into}", f"--grpc_python_out={into}",
-        f"--mypy_out={into}", f"--mypy_grpc_out={into}", *sources,
-    ])
+    code = protoc.main(
+        [
+            "grpc_tools.protoc",
+            f"-I{PROTO}",
+            f"-I{well_known}",
+            f"--python_out={into}",
+            f"--grpc_python_out={into}",
+            f"--mypy_out={into}",
+            f"--mypy_grpc_out={into}",
+            *sources,
+        ]
+    )
     if code != 0:
         sys.exit(f"protoc failed with exit code {code}")
-    for folder in {p.parent for p in into.rglob("*_pb2.py")} | {into / "broker", into / "broker" / "api"}:
+    for folder in {p.parent for p in into.rglob("*_pb2.py")} | {
+        into / "broker",
+        into / "broker" / "api",
+    }:
         (folder / "__init__.py").touch()
 
 
@@ -47,7 +57,9 @@ def generated_files(root: Path) -> set[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="fail if the committed code is stale")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,12 +67,17 @@ def main() -> None:
         generate(out)
         fresh = out / "broker" / "api"
         new, old = generated_files(fresh), generated_files(OUTPUT)
-        stale = sorted(str(p) for p in new | old
-                       if p not in new or p not in old or not filecmp.cmp(fresh / p, OUTPUT / p, shallow=False))
+        stale = sorted(
+            str(p)
+            for p in new | old
+            if p not in new or p not in old or not filecmp.cmp(fresh / p, OUTPUT / p, shallow=False)
+        )
         if args.check:
             if stale:
-                sys.exit("generated code is stale; run `python -m tests.tools.protogen` and commit:\n  "
-                         + "\n  ".join(stale))
+                sys.exit(
+                    "generated code is stale; run `python -m tests.tools.protogen` and commit:\n  "
+                    + "\n  ".join(stale)
+                )
             print(f"generated code is up to date ({len(new)} files)")
             return
         for rel in old - new:
@@ -69,7 +86,10 @@ def main() -> None:
             (OUTPUT / rel).parent.mkdir(parents=True, exist_ok=True)
             (OUTPUT / rel.parent / "__init__.py").touch()
             shutil.copyfile(fresh / rel, OUTPUT / rel)
-        print(f"wrote {len(new)} generated files under {OUTPUT.relative_to(ROOT)} ({len(stale)} changed)")
+        print(
+            f"wrote {len(new)} generated files under {OUTPUT.relative_to(ROOT)}",
+            f"({len(stale)} changed)",
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Pure pieces of the bed: ports, process control, build cache keys."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,12 @@ from tests.bed.gobuild import ALL, GoBuild
 from tests.bed.ports import free_port, is_listening
 from tests.bed.process import ManagedProcess
 
+SLEEPER = "import time; time.sleep(60)"
+PARENT_OF_SLEEPER = (
+    f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', '{SLEEPER}']); "
+    "time.sleep(60)"
+)
+
 
 def test_free_port_is_not_listening() -> None:
     port = free_port()
@@ -18,8 +25,9 @@ def test_free_port_is_not_listening() -> None:
 
 
 def test_a_process_that_dies_fails_with_its_log(tmp_path: Path) -> None:
-    proc = ManagedProcess("dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"],
-                          tmp_path / "dies.log")
+    proc = ManagedProcess(
+        "dies", [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "dies.log"
+    )
     proc.start()
     with pytest.raises(ServerFailed, match="exited with 3") as failed:
         proc.wait_until(lambda: False, "healthy", timeout=10)
@@ -27,15 +35,13 @@ def test_a_process_that_dies_fails_with_its_log(tmp_path: Path) -> None:
 
 
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
-    script = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
-    proc = ManagedProcess("tree", [sys.executable, "-c", script], tmp_path / "tree.log")
+    proc = ManagedProcess("tree", [sys.executable, "-c", PARENT_OF_SLEEPER], tmp_path / "tree.log")
     proc.start()
     assert proc.running()
     proc.stop(timeout=5)
     assert not proc.running()
-    import os
+    assert proc.pid is not None
     with pytest.raises(ProcessLookupError):
-        assert proc.pid is not None
         os.killpg(proc.pid, 0)
 
 
