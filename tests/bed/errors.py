@@ -1,8 +1,8 @@
 """The test bed's error tree.
 
-    BedError
-    ├── ServerUnavailable   a server could not be installed or built on this machine
-    └── ServerFailed        a server was built but did not start or answer its health check
+BedError
+├── ServerUnavailable   a server could not be installed or built on this machine
+└── ServerFailed        a server was built but did not start or answer its health check
 """
 
 from __future__ import annotations
