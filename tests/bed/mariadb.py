@@ -26,7 +26,7 @@ class MariaDBServer:
     version: str
     process: ManagedProcess
 
-    def connect(self, user: str = ADMIN, password: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
+    def connect(self, user: str = ADMIN, password: str | None = None) -> pymysql.Connection:
         pw = self.admin_password if password is None else password
         return pymysql.connect(
             host=LOOPBACK,
@@ -40,7 +40,7 @@ class MariaDBServer:
     def healthy(self) -> bool:
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute("select 1")
-            return cur.fetchone() == (1,)
+            return bool(cur.fetchone() == (1,))
 
     def describe(self) -> str:
         return (
