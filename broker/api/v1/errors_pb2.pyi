@@ -39,6 +39,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The audit record could not be written, so the request was refused."""
     ERROR_REASON_LIMIT_EXCEEDED: _ErrorReason.ValueType  # 8
     """A per-pod or per-cluster cap or rate limit was reached."""
+    ERROR_REASON_NOT_FOUND: _ErrorReason.ValueType  # 9
+    """The named object (cluster, role, lease) does not exist."""
+    ERROR_REASON_STORE_UNAVAILABLE: _ErrorReason.ValueType  # 10
+    """The lease store did not answer; nothing was issued. Retry after the hinted delay."""
+    ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 11
+    """A dependency is temporarily unavailable; retry after the hinted delay."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable `reason` of the google.rpc.ErrorInfo attached to
@@ -62,4 +68,10 @@ ERROR_REASON_AUDIT_UNAVAILABLE: ErrorReason.ValueType  # 7
 """The audit record could not be written, so the request was refused."""
 ERROR_REASON_LIMIT_EXCEEDED: ErrorReason.ValueType  # 8
 """A per-pod or per-cluster cap or rate limit was reached."""
+ERROR_REASON_NOT_FOUND: ErrorReason.ValueType  # 9
+"""The named object (cluster, role, lease) does not exist."""
+ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 10
+"""The lease store did not answer; nothing was issued. Retry after the hinted delay."""
+ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 11
+"""A dependency is temporarily unavailable; retry after the hinted delay."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,82 @@
+"""One error tree for the broker; the gRPC layer maps each class to a status code and a reason.
+
+    KeyferryError                       reason            gRPC status
+    ├── InvalidRequest                  INVALID_FIELD     INVALID_ARGUMENT
+    ├── NotFound                        ROLE_UNKNOWN ...  NOT_FOUND
+    ├── Unauthenticated                 TOKEN_INVALID     UNAUTHENTICATED
+    ├── PermissionDenied                POLICY_DENIED     PERMISSION_DENIED
+    ├── LimitExceeded                   LIMIT_EXCEEDED    RESOURCE_EXHAUSTED
+    └── TemporaryError                  (retry later)     UNAVAILABLE
+        ├── VaultUnavailable            VAULT_UNAVAILABLE
+        ├── StoreUnavailable            STORE_UNAVAILABLE
+        └── AuditUnavailable            AUDIT_UNAVAILABLE
+
+Every error carries `reason` (a name from broker.api.v1.ErrorReason, machine-readable)
+and a message that tells a person what to fix. Code branches on the class or the reason,
+never on the message text. A `TemporaryError` may succeed on retry (after `retry_after`
+seconds); every other error will not until the request or the configuration changes.
+"""
+
+from __future__ import annotations
+
+
+class KeyferryError(Exception):
+    """Base of every error the broker raises on purpose."""
+
+    reason = "UNSPECIFIED"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidRequest(KeyferryError):
+    """A field of a request, role or config is invalid; `field` names it."""
+
+    reason = "INVALID_FIELD"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class NotFound(KeyferryError):
+    reason = "NOT_FOUND"
+
+
+class Unauthenticated(KeyferryError):
+    reason = "TOKEN_INVALID"
+
+
+class PermissionDenied(KeyferryError):
+    reason = "POLICY_DENIED"
+
+
+class LimitExceeded(KeyferryError):
+    reason = "LIMIT_EXCEEDED"
+
+
+class TemporaryError(KeyferryError):
+    """The request may succeed if retried after `retry_after` seconds."""
+
+    reason = "UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, retry_after: float = 1.0, reason: str | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
+
+
+class VaultUnavailable(TemporaryError):
+    reason = "VAULT_UNAVAILABLE"
+
+
+class StoreUnavailable(TemporaryError):
+    reason = "STORE_UNAVAILABLE"
+
+
+class AuditUnavailable(TemporaryError):
+    reason = "AUDIT_UNAVAILABLE"
