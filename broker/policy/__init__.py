@@ -1,0 +1,25 @@
+"""Cedar policy: default deny; every decision names the policies that made it."""
+
+from .engine import Decision, PolicyEngine, PolicyInvalid
+from .entities import (
+    Action,
+    BrokerResource,
+    ClusterRef,
+    LeaseResource,
+    Operator,
+    RoleResource,
+    Workload,
+)
+
+__all__ = [
+    "Action",
+    "BrokerResource",
+    "ClusterRef",
+    "Decision",
+    "LeaseResource",
+    "Operator",
+    "PolicyEngine",
+    "PolicyInvalid",
+    "RoleResource",
+    "Workload",
+]
