@@ -1,0 +1,154 @@
+"""Token verification logic with locally made keys; tests/integration covers real clusters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from broker.errors import Unauthenticated
+from broker.identity import ClusterKeys, TokenVerifier
+
+SHARED_ISSUER = "https://kubernetes.default.svc.cluster.local"
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _keypair(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    jwk.update(kid=kid, use="sig", alg="RS256")
+    return private, jwk
+
+
+KEY_A, JWK_A = _keypair("a-1")
+KEY_B, JWK_B = _keypair("b-1")
+KEY_A2, JWK_A2 = _keypair("a-2")
+
+
+def _claims(cluster: str = "a", **changes: Any) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": SHARED_ISSUER,
+        "aud": [f"keyferry:{cluster}"],
+        "sub": "system:serviceaccount:orders:app",
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + dt.timedelta(minutes=10),
+        "kubernetes.io": {
+            "namespace": "orders",
+            "serviceaccount": {"name": "app", "uid": "sa-uid"},
+            "pod": {"name": "app-1", "uid": "pod-uid"},
+        },
+    }
+    claims.update(changes)
+    return claims
+
+
+def _token(claims: dict[str, Any], key: Any = KEY_A, kid: str = "a-1", alg: str = "RS256") -> str:
+    return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
+
+
+def _verifier(refresh_a: Any = None) -> TokenVerifier:
+    return TokenVerifier(
+        {
+            "a": ClusterKeys("a", SHARED_ISSUER, {"keys": [JWK_A]}, refresh=refresh_a),
+            "b": ClusterKeys("b", SHARED_ISSUER, {"keys": [JWK_B]}),
+        }
+    )
+
+
+def test_a_valid_token_proves_its_pod() -> None:
+    workload = _verifier().verify(_token(_claims()))
+    assert (workload.cluster, workload.namespace, workload.service_account) == (
+        "a",
+        "orders",
+        "app",
+    )
+    assert (workload.pod, workload.pod_uid) == ("app-1", "pod-uid")
+
+
+def test_same_issuer_other_cluster_key_is_rejected() -> None:
+    # Signed by cluster B's key but claiming cluster A's audience; both share the issuer.
+    with pytest.raises(Unauthenticated, match="not a key of cluster 'a'"):
+        _verifier().verify(_token(_claims("a"), KEY_B, kid="b-1"))
+    # Same key id as A's, B's key material: the signature check fails.
+    with pytest.raises(Unauthenticated, match="Signature verification failed"):
+        _verifier().verify(_token(_claims("a"), KEY_B, kid="a-1"))
+
+
+def test_cluster_b_token_is_accepted_only_as_cluster_b() -> None:
+    assert _verifier().verify(_token(_claims("b"), KEY_B, kid="b-1")).cluster == "b"
+
+
+@pytest.mark.parametrize(
+    ("claims", "match"),
+    [
+        (_claims(aud=["vault"]), "exactly one audience"),
+        (_claims(aud=["keyferry:a", "keyferry:b"]), "exactly one audience"),
+        (_claims("zeta"), "not registered"),
+        (_claims(iss="https://elsewhere"), "Invalid issuer"),
+        (_claims(exp=NOW - dt.timedelta(minutes=5)), "expired"),
+        (_claims(nbf=NOW + dt.timedelta(minutes=5)), "not yet valid"),
+        (_claims(**{"kubernetes.io": {"namespace": "orders"}}), "not bound to a pod"),
+        ({k: v for k, v in _claims().items() if k != "kubernetes.io"}, "no kubernetes.io claims"),
+    ],
+    ids=[
+        "wrong-audience",
+        "two-audiences",
+        "unknown-cluster",
+        "wrong-issuer",
+        "expired",
+        "not-yet-valid",
+        "no-pod",
+        "no-k8s-claims",
+    ],
+)
+def test_bad_claims_are_rejected(claims: dict[str, Any], match: str) -> None:
+    with pytest.raises(Unauthenticated, match=match):
+        _verifier().verify(_token(claims))
+
+
+def test_unsigned_token_is_rejected() -> None:
+    unsigned = jwt.encode(_claims(), None, algorithm="none", headers={"kid": "a-1"})
+    with pytest.raises(Unauthenticated, match="algorithm 'none' is not accepted"):
+        _verifier().verify(unsigned)
+
+
+def test_hmac_token_signed_with_the_public_key_is_rejected() -> None:
+    forged = jwt.encode(
+        _claims(),
+        "a-public-key-as-hmac-secret-0123456789",
+        algorithm="HS256",
+        headers={"kid": "a-1"},
+    )
+    with pytest.raises(Unauthenticated, match="algorithm 'HS256' is not accepted"):
+        _verifier().verify(forged)
+
+
+def test_resigned_token_with_edited_claims_is_rejected() -> None:
+    header, payload, signature = _token(_claims()).split(".")
+    other_payload = _token(_claims(**{"kubernetes.io": {"namespace": "kube-system"}})).split(".")[1]
+    with pytest.raises(Unauthenticated, match="Signature verification failed"):
+        _verifier().verify(f"{header}.{other_payload}.{signature}")
+    assert payload != other_payload
+
+
+def test_garbage_is_rejected() -> None:
+    with pytest.raises(Unauthenticated, match="not a JWT"):
+        _verifier().verify("not-a-token")
+
+
+def test_unknown_key_id_refreshes_the_jwks_once() -> None:
+    calls: list[int] = []
+
+    def refresh() -> dict[str, Any]:
+        calls.append(1)
+        return {"keys": [JWK_A, JWK_A2]}
+
+    verifier = _verifier(refresh_a=refresh)
+    assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
+    assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
+    assert calls == [1]
