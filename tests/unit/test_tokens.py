@@ -47,6 +47,12 @@ def _claims(cluster: str = "a", **changes: Any) -> dict[str, Any]:
     return claims
 
 
+def _with_k8s(k8s: dict[str, Any]) -> dict[str, Any]:
+    claims = _claims()
+    claims["kubernetes.io"] = k8s
+    return claims
+
+
 def _token(claims: dict[str, Any], key: Any = KEY_A, kid: str = "a-1", alg: str = "RS256") -> str:
     return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid})
 
@@ -92,7 +98,7 @@ def test_cluster_b_token_is_accepted_only_as_cluster_b() -> None:
         (_claims(iss="https://elsewhere"), "Invalid issuer"),
         (_claims(exp=NOW - dt.timedelta(minutes=5)), "expired"),
         (_claims(nbf=NOW + dt.timedelta(minutes=5)), "not yet valid"),
-        (_claims(**{"kubernetes.io": {"namespace": "orders"}}), "not bound to a pod"),
+        (_with_k8s({"namespace": "orders"}), "not bound to a pod"),
         ({k: v for k, v in _claims().items() if k != "kubernetes.io"}, "no kubernetes.io claims"),
     ],
     ids=[
@@ -112,7 +118,7 @@ def test_bad_claims_are_rejected(claims: dict[str, Any], match: str) -> None:
 
 
 def test_unsigned_token_is_rejected() -> None:
-    unsigned = jwt.encode(_claims(), None, algorithm="none", headers={"kid": "a-1"})
+    unsigned = jwt.encode(_claims(), "", algorithm="none", headers={"kid": "a-1"})
     with pytest.raises(Unauthenticated, match="algorithm 'none' is not accepted"):
         _verifier().verify(unsigned)
 
@@ -130,7 +136,7 @@ def test_hmac_token_signed_with_the_public_key_is_rejected() -> None:
 
 def test_resigned_token_with_edited_claims_is_rejected() -> None:
     header, payload, signature = _token(_claims()).split(".")
-    other_payload = _token(_claims(**{"kubernetes.io": {"namespace": "kube-system"}})).split(".")[1]
+    other_payload = _token(_with_k8s({"namespace": "kube-system"})).split(".")[1]
     with pytest.raises(Unauthenticated, match="Signature verification failed"):
         _verifier().verify(f"{header}.{other_payload}.{signature}")
     assert payload != other_payload
