@@ -1,0 +1,1 @@
+"""The gRPC server: listeners, servicers, and the one place errors become statuses."""
