@@ -16,7 +16,7 @@ ERROR_CLASSES = [
 
 @pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
 def test_reason_is_in_the_api_enum(cls: type[errors.KeyferryError]) -> None:
-    assert f"ERROR_REASON_{cls.reason}" in errors_pb2.ErrorReason.keys()
+    assert f"ERROR_REASON_{cls.reason}" in errors_pb2.ErrorReason.keys()  # noqa: SIM118 - an enum wrapper, not a dict
 
 
 def test_invalid_request_names_the_field() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -14,6 +14,9 @@ from broker import errors
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.server import handlers
 from broker.server.status import reason_of
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from broker.api.v1.broker_pb2_grpc import BrokerServiceAsyncStub as Stub
 
 RAISES: dict[str, errors.KeyferryError] = {
     "bad-field": errors.InvalidRequest("credential_name", "must be a file name; drop the '/'"),
@@ -44,14 +47,14 @@ class FailingBroker(broker_pb2_grpc.BrokerServiceServicer):
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[broker_pb2_grpc.BrokerServiceAsyncStub]:
+async def stub() -> AsyncIterator[Stub]:
     server = grpc.aio.server()
     broker_pb2_grpc.add_BrokerServiceServicer_to_server(FailingBroker(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub: broker_pb2_grpc.BrokerServiceAsyncStub = broker_pb2_grpc.BrokerServiceStub(channel)
+            stub: Stub = broker_pb2_grpc.BrokerServiceStub(channel)
             yield stub
     finally:
         await server.stop(None)
@@ -66,7 +69,7 @@ async def stub() -> AsyncIterator[broker_pb2_grpc.BrokerServiceAsyncStub]:
     ],
 )
 async def test_unary_errors_map_to_codes_and_reasons(
-    stub: broker_pb2_grpc.BrokerServiceAsyncStub, role: str, code: grpc.StatusCode, reason: str
+    stub: Stub, role: str, code: grpc.StatusCode, reason: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.Issue(broker_pb2.IssueRequest(credential_name="db", role=role))
@@ -76,7 +79,7 @@ async def test_unary_errors_map_to_codes_and_reasons(
 
 
 async def test_a_temporary_error_carries_its_retry_delay(
-    stub: broker_pb2_grpc.BrokerServiceAsyncStub,
+    stub: Stub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await stub.Issue(broker_pb2.IssueRequest(credential_name="db", role="vault-down"))
@@ -89,7 +92,7 @@ async def test_a_temporary_error_carries_its_retry_delay(
 
 
 async def test_a_stream_ends_with_the_mapped_status(
-    stub: broker_pb2_grpc.BrokerServiceAsyncStub,
+    stub: Stub,
 ) -> None:
     call = stub.Watch(iter([]))
     first = await call.read()
