@@ -1,0 +1,36 @@
+"""Models shared across the broker (and, later, the injector): roles, credentials, leases."""
+
+from .catalog import InvalidRoles, RoleProblem, load_roles, parse_roles
+from .credentials import (
+    BackendKind,
+    Credential,
+    Ending,
+    IssueContext,
+    IssuedSecret,
+    Lifecycle,
+    VaultLease,
+)
+from .durations import Duration, parse_duration
+from .roles import AwsRole, DatabaseRole, KvRole, PkiRole, RoleSpec, render_name
+
+__all__ = [
+    "AwsRole",
+    "BackendKind",
+    "Credential",
+    "DatabaseRole",
+    "Duration",
+    "Ending",
+    "InvalidRoles",
+    "IssueContext",
+    "IssuedSecret",
+    "KvRole",
+    "Lifecycle",
+    "PkiRole",
+    "RoleProblem",
+    "RoleSpec",
+    "VaultLease",
+    "load_roles",
+    "parse_duration",
+    "parse_roles",
+    "render_name",
+]
