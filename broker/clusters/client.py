@@ -1,0 +1,140 @@
+"""Calls the broker makes to a member cluster's API server, off the event loop, with deadlines.
+
+The kubernetes client is synchronous: every call runs on a small dedicated thread pool and
+is bounded by `timeout`, and every kubernetes/urllib3 failure leaves as an error of the
+broker's tree (ClusterUnavailable, or Unauthenticated for a pod that is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+from broker import errors
+from broker.policy import Workload
+
+from .config import ClusterConfig
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_POOL = 8
+
+
+class ClusterUnavailable(errors.TemporaryError):
+    """The member cluster's API server did not answer in time, or answered with an error."""
+
+    reason = "UNAVAILABLE"
+
+
+class ClusterClient:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        self._pool = pool or ThreadPoolExecutor(
+            DEFAULT_POOL, thread_name_prefix=f"k8s-{config.name}"
+        )
+        self._api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(config.kubeconfig), context=config.context
+        )
+
+    def close(self) -> None:
+        self._api.close()
+
+    async def _call(self, what: str, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self.timeout)
+        except TimeoutError as exc:
+            raise ClusterUnavailable(
+                f"cluster {self.config.name!r} did not answer {what} within {self.timeout:.0f}s"
+            ) from exc
+        except ApiException as exc:
+            body = (exc.body or "")[:300] if isinstance(exc.body, str) else ""
+            raise ClusterUnavailable(
+                f"cluster {self.config.name!r} refused {what}: "
+                f"HTTP {exc.status} {exc.reason} {body}"
+            ) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ClusterUnavailable(
+                f"cluster {self.config.name!r} is unreachable for {what}: {exc}"
+            ) from exc
+
+    async def jwks(self) -> dict[str, Any]:
+        """The cluster's service-account signing keys, from /openid/v1/jwks."""
+
+        def get() -> str:
+            # Raw body: the client would otherwise turn the JSON into a Python repr string.
+            response: Any = k8s.OpenidApi(self._api).get_service_account_issuer_open_id_keyset(
+                _request_timeout=self.timeout, _preload_content=False
+            )
+            return str(response.data.decode())
+
+        return _json_object(await self._call("GET /openid/v1/jwks", get), "/openid/v1/jwks")
+
+    async def openid_configuration(self) -> dict[str, Any]:
+        def get() -> str:
+            api = k8s.WellKnownApi(self._api)
+            response: Any = api.get_service_account_issuer_open_id_configuration(
+                _request_timeout=self.timeout, _preload_content=False
+            )
+            return str(response.data.decode())
+
+        path = "/.well-known/openid-configuration"
+        return _json_object(await self._call(f"GET {path}", get), path)
+
+    async def ensure_pod_bound(self, workload: Workload) -> None:
+        """The token's pod must still exist with the token's UID (a deleted pod's token is dead)."""
+
+        def read() -> Any:
+            try:
+                return k8s.CoreV1Api(self._api).read_namespaced_pod(
+                    workload.pod, workload.namespace, _request_timeout=self.timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        pod = await self._call(f"GET pod {workload.namespace}/{workload.pod}", read)
+        if pod is None:
+            raise errors.Unauthenticated(
+                f"pod {workload.namespace}/{workload.pod} in cluster {workload.cluster!r} "
+                "no longer exists; its token is not accepted"
+            )
+        if pod.metadata.uid != workload.pod_uid:
+            raise errors.Unauthenticated(
+                f"pod {workload.namespace}/{workload.pod} in cluster {workload.cluster!r} was "
+                "replaced (its UID changed); the old pod's token is not accepted"
+            )
+        if pod.metadata.deletion_timestamp is not None or pod.status.phase in (
+            "Succeeded",
+            "Failed",
+        ):
+            raise errors.Unauthenticated(
+                f"pod {workload.namespace}/{workload.pod} is terminating or finished; "
+                "no new credentials are issued to it"
+            )
+
+
+def _json_object(text: str, path: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ClusterUnavailable(f"{path} did not return JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ClusterUnavailable(f"{path} did not return a JSON object")
+    return value
