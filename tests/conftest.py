@@ -77,3 +77,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"keyferry bed: {skipped} test(s) skipped while servers are "
                                 "required (KEYFERRY_BED_REQUIRED=1): failing the run", red=True)
+
+
+# --- Kubernetes clusters (issue 4) -------------------------------------------------------
+# Three clusters on one etcd: a has its own issuer (its URL); b and c share the issuer
+# string that kubeadm, kind, k3s and rke2 default to, as real fleets do. Started side by side,
+# once per session, on first use.
+
+from tests.bed.kube import SHARED_ISSUER, ClusterSpec, KubeCluster  # noqa: E402
+
+KUBE_CLUSTERS = (ClusterSpec("a"), ClusterSpec("b", SHARED_ISSUER), ClusterSpec("c", SHARED_ISSUER))
+
+
+@pytest.fixture(scope="session")
+def kube_clusters(bed: Bed) -> dict[str, KubeCluster]:
+    """Clusters a, b, c by name (b and c share an issuer, a's differs from both)."""
+    return {c.name: c for c in need(lambda: bed.clusters(KUBE_CLUSTERS))}
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_clusters: dict[str, KubeCluster]) -> KubeCluster:
+    """Cluster a, for tests that need just one."""
+    return kube_clusters["a"]

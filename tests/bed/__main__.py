@@ -11,6 +11,7 @@ import typer
 from . import gobuild
 from .bed import Bed
 from .errors import BedError
+from .kube import SHARED_ISSUER, ClusterSpec, KubeCluster
 from .progress import say
 
 app = typer.Typer(
@@ -22,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto")
+SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto", "kubernetes")
 
 
 @app.command()
@@ -49,6 +50,17 @@ def up(
         list[str] | None,
         typer.Option("--only", help=f"start only these (default: all of {', '.join(SERVERS)})"),
     ] = None,
+    clusters: Annotated[
+        int,
+        typer.Option(help="how many Kubernetes clusters (a, b, c, ...) `kubernetes` starts", min=1),
+    ] = 2,
+    shared_issuer: Annotated[
+        bool,
+        typer.Option(
+            help=f"give the last two clusters the same issuer, {SHARED_ISSUER}, as real "
+            "fleets have (default: each cluster's issuer is its own URL)"
+        ),
+    ] = False,
     hold: Annotated[
         bool,
         typer.Option(
@@ -64,10 +76,16 @@ def up(
     bed = Bed(keep_files=hold)
     try:
         for name in chosen:
-            getattr(bed, name)()
+            if name == "kubernetes":
+                bed.clusters(_cluster_specs(clusters, shared_issuer))
+            else:
+                getattr(bed, name)()
         typer.echo(f"\nworkspace: {bed.workspace.root}")
         for name, server in bed.servers.items():
             typer.echo(f"  {name:<18} up   {server.describe()}")
+        for server in bed.servers.values():
+            if isinstance(server, KubeCluster):
+                typer.echo(f"  export KUBECONFIG={server.kubeconfig}   # cluster {server.name}")
         if hold:
             typer.echo("\nservers are running; press Ctrl-C to stop them")
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -81,6 +99,12 @@ def up(
     finally:
         bed.stop()
     typer.echo("bed: all servers healthy, and stopped")
+
+
+def _cluster_specs(count: int, shared_issuer: bool) -> list[ClusterSpec]:
+    names = [chr(ord("a") + i) for i in range(count)]
+    sharing = set(names[-2:]) if shared_issuer and count >= 2 else set()
+    return [ClusterSpec(n, SHARED_ISSUER if n in sharing else None) for n in names]
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from .etcd import EtcdServer, start_etcd
+from .kube import ClusterSpec, KubeCluster, launch_cluster
 from .mariadb import MariaDBServer, start_mariadb
 from .moto import MotoServer, start_moto
 from .postgres import PostgresServer, start_postgres
@@ -52,6 +54,48 @@ class Bed:
 
     def moto(self) -> MotoServer:
         return self._get("moto", start_moto)
+
+    def etcd(self) -> EtcdServer:
+        """The one etcd that every Kubernetes cluster of this bed stores its data in."""
+        return self._get("etcd", start_etcd)
+
+    def cluster(self, name: str, issuer: str | None = None) -> KubeCluster:
+        """One Kubernetes cluster; a new one with `issuer=None` gets a unique issuer (its URL)."""
+        return self.clusters([ClusterSpec(name, issuer)])[0]
+
+    def clusters(self, specs: Sequence[ClusterSpec] | int = 2) -> list[KubeCluster]:
+        """Clusters by spec (or the first n of a, b, c, ...), the new ones booted side by side.
+
+        Asking again for a running cluster returns it, unless its issuer differs.
+        """
+        if isinstance(specs, int):
+            specs = [ClusterSpec(chr(ord("a") + i)) for i in range(specs)]
+        fresh = [s for s in specs if f"kube-{s.name}" not in self._servers]
+        if fresh:
+            etcd = self.etcd()
+            names = ", ".join(s.name for s in fresh)
+            with step(f"starting Kubernetes cluster(s) {names}"):
+                launched: list[KubeCluster] = []
+                try:
+                    for spec in fresh:
+                        launched.append(launch_cluster(self.workspace, etcd, spec))
+                    for cluster in launched:
+                        cluster.wait_ready()
+                except BaseException:
+                    for cluster in launched:
+                        cluster.stop()
+                    raise
+            for cluster in launched:
+                self._servers[f"kube-{cluster.name}"] = cluster
+        running = [self._servers[f"kube-{s.name}"] for s in specs]
+        clusters = [c for c in running if isinstance(c, KubeCluster)]
+        for spec, cluster in zip(specs, clusters, strict=True):
+            if spec.issuer is not None and spec.issuer != cluster.issuer:
+                raise ValueError(
+                    f"cluster {spec.name} already runs with issuer {cluster.issuer}, "
+                    f"not {spec.issuer}"
+                )
+        return clusters
 
     @property
     def servers(self) -> dict[str, Stoppable]:

@@ -182,7 +182,17 @@ KUBERNETES = GoBuild(
     ldflags=_K8S_LDFLAGS,
 )
 ETCD = GoBuild("etcd", {"etcd": "go.etcd.io/etcd/server/v3"})
-HELM = GoBuild("helm", {"helm": "helm.sh/helm/v3/cmd/helm"})
+HELM_VERSION = "v3.19.5"
+# What helm's Makefile stamps in; without it `helm version` says "v3.19" and templates
+# see Kubernetes v1.20 as .Capabilities.KubeVersion (helm v3.19.5 is built on client-go v0.34).
+_HELM_LDFLAGS = (
+    f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+    "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+    "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34",
+    "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+    "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34",
+)
+HELM = GoBuild("helm", {"helm": "helm.sh/helm/v3/cmd/helm"}, ldflags=_HELM_LDFLAGS)
 BUF = GoBuild("buf", {"buf": "github.com/bufbuild/buf/cmd/buf"})
 
 ALL = {build.wrapper: build for build in (VAULT, ETCD, KUBERNETES, HELM, BUF)}
