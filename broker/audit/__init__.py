@@ -1,0 +1,58 @@
+"""The audit trail: one hash-chained JSON record per decision and state change.
+
+- Records (records.py) carry who, what, where, the decision and its policy ids, and only
+  HMAC-SHA256 fingerprints of secret values (fingerprint.py), never the values.
+- Each record's hash covers the canonical JSON of the record, which includes the previous
+  record's hash and the record's sequence number, so an edit, a drop or a reorder breaks
+  the chain where it happened.
+- A truncated tail leaves a valid chain; only an outside witness can tell. Checkpoints
+  (count + head hash) are signed by Vault transit, whose key never leaves Vault
+  (broker/backends/transit.py), and kept in a second sink, the lease store
+  (store_sink.py); verify.py compares the log with them.
+- Fail-closed: AuditLog.append returns only once the record is on disk (fsync); any
+  failure raises broker.errors.AuditUnavailable and the request is refused.
+"""
+
+from __future__ import annotations
+
+from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
+from .fingerprint import Fingerprinter
+from .log import AuditLog
+from .records import (
+    GENESIS,
+    AuditEvent,
+    AuditRecord,
+    Decision,
+    Principal,
+    PrincipalKind,
+    canonical_json,
+    record_hash,
+)
+from .sink import JsonLinesSink, read_log
+from .store_sink import StoreCheckpointSink
+from .verify import Damage, DamageKind, VerifyReport, verify
+
+__all__ = [
+    "GENESIS",
+    "AuditEvent",
+    "AuditLog",
+    "AuditRecord",
+    "Checkpoint",
+    "CheckpointSink",
+    "Damage",
+    "DamageKind",
+    "Decision",
+    "Fingerprinter",
+    "JsonLinesSink",
+    "Principal",
+    "PrincipalKind",
+    "SignedCheckpoint",
+    "Signer",
+    "StoreCheckpointSink",
+    "VerifyReport",
+    "canonical_json",
+    "read_log",
+    "record_hash",
+    "sign_checkpoint",
+    "verify",
+]

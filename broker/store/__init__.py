@@ -1,0 +1,64 @@
+"""The lease store: every credential keyferry hands out, from before Vault is asked until revoked.
+
+Sync SQLAlchemy on a dedicated thread pool, not SQLAlchemy's asyncio extension:
+
+- SQLite, the embedded default, has no asynchronous driver; aiosqlite is a thread per
+  connection behind a queue, so "async" would only add a layer over the same threads.
+- Alembic migrations, the scheduler's jobs (APScheduler runs them on threads) and the
+  concurrency tests are all synchronous; one synchronous API serves them all.
+- psycopg 3's sync driver is the one SQLAlchemy documents best, and a blocking call on a
+  sized pool (`StoreRunner`) keeps the database's latency off the event loop exactly as the
+  backends do with hvac. The pool is sized to the connection pool, so a thread never
+  waits for a connection while holding a worker.
+"""
+
+from __future__ import annotations
+
+from .checkpoints import CheckpointRepository
+from .config import StoreSettings
+from .engine import create_store_engine
+from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict, RoleNotFound
+from .failures import store_errors
+from .leases import LeaseRepository
+from .migrate import current_revision, head_revision, upgrade
+from .records import (
+    LIVE_STATES,
+    CheckpointRecord,
+    ExistingLease,
+    LeaseRecord,
+    LeaseRequest,
+    LeaseState,
+    PendingLease,
+    RoleRecord,
+    Selector,
+)
+from .roles import RoleRepository
+from .runner import StoreRunner
+from .store import Store
+
+__all__ = [
+    "LIVE_STATES",
+    "CheckpointRecord",
+    "CheckpointRepository",
+    "ExistingLease",
+    "IssueInProgress",
+    "LeaseNotFound",
+    "LeaseRecord",
+    "LeaseRepository",
+    "LeaseRequest",
+    "LeaseState",
+    "LeaseStateConflict",
+    "PendingLease",
+    "RoleNotFound",
+    "RoleRecord",
+    "RoleRepository",
+    "Selector",
+    "Store",
+    "StoreRunner",
+    "StoreSettings",
+    "create_store_engine",
+    "current_revision",
+    "head_revision",
+    "store_errors",
+    "upgrade",
+]

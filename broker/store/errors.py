@@ -1,0 +1,49 @@
+"""The store's own errors, in the broker's error tree (broker.errors)."""
+
+from __future__ import annotations
+
+from broker.errors import KeyferryError, NotFound, TemporaryError
+
+from .records import LeaseRecord, LeaseState
+
+
+class LeaseNotFound(NotFound):
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(f"lease {lease_id!r} does not exist; list leases with `keyferry leases`")
+        self.lease_id = lease_id
+
+
+class RoleNotFound(NotFound):
+    reason = "ROLE_UNKNOWN"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"role {name!r} does not exist; list roles with `keyferry roles list`")
+        self.name = name
+
+
+class LeaseStateConflict(KeyferryError):
+    """A lease is not in a state that allows the change asked for.
+
+    The caller decides what follows from `lease.state`: for example, a Vault lease that
+    was issued for a row that meanwhile became `revoking` must be revoked at once. It is
+    handled inside the broker and is not meant to reach a client.
+    """
+
+    def __init__(self, lease: LeaseRecord, change: str, allowed: frozenset[LeaseState]) -> None:
+        wanted = ", ".join(sorted(allowed))
+        super().__init__(
+            f"lease {lease.id} is {lease.state}; {change} needs it to be one of: {wanted}"
+        )
+        self.lease = lease
+        self.change = change
+        self.allowed = allowed
+
+
+class IssueInProgress(TemporaryError):
+    """Concurrent calls kept racing for the same (pod UID, credential); retry shortly."""
+
+    def __init__(self, pod_uid: str, credential: str) -> None:
+        super().__init__(
+            f"another request is issuing credential {credential!r} for pod {pod_uid}; retry",
+            retry_after=0.5,
+        )

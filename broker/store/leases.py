@@ -1,0 +1,416 @@
+"""The lease table's repository: every read and state change of a lease, one transaction each.
+
+State changes are idempotent where a retry could repeat them (the scheduler's jobs, a
+replica that takes over): repeating a change that already happened returns the record;
+a change the current state does not allow raises LeaseStateConflict with that record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.errors import InvalidRequest
+
+from .clock import Clock, utcnow
+from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict
+from .failures import store_errors
+from .records import (
+    LIVE_STATES,
+    ExistingLease,
+    LeaseRecord,
+    LeaseRequest,
+    LeaseState,
+    PendingLease,
+    Selector,
+)
+from .schema import LeaseRow
+
+ERROR_CAP = 1000
+INSERT_ATTEMPTS = 5
+DEFAULT_BATCH = 100
+
+_PENDING = frozenset({LeaseState.PENDING})
+_ACTIVE = frozenset({LeaseState.ACTIVE})
+_REVOKING = frozenset({LeaseState.REVOKING})
+
+
+class LeaseRepository:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    # -- issue -----------------------------------------------------------------------------
+
+    def begin_issue(self, request: LeaseRequest) -> PendingLease | ExistingLease:
+        """Write the pending row for a new credential, before Vault is asked.
+
+        Idempotent per (pod UID, credential): when a live lease exists, or a concurrent call
+        wins the race, the result is that lease as ExistingLease and Vault must not be asked.
+        """
+
+        def build(session: Session) -> LeaseRow | LeaseRecord | None:
+            return self._next(session, request.model_dump(), above=0)
+
+        return self._insert_pending("begin issue", request.pod_uid, request.credential, build)
+
+    def begin_rotation(self, lease_id: str) -> PendingLease | ExistingLease:
+        """Write the pending row of the next generation of an active lease.
+
+        The current generation stays active (and is handed out) until `complete_issue` of
+        the new one moves it to revoking. If a newer live generation exists already, that
+        one is returned as ExistingLease.
+        """
+        with store_errors("reading a lease"), self._sessions() as session:
+            current = _record(_get(session, lease_id))
+
+        def build(session: Session) -> LeaseRow | LeaseRecord | None:
+            row = _get(session, lease_id)
+            if row.state != LeaseState.ACTIVE:
+                raise LeaseStateConflict(_record(row), "rotate", _ACTIVE)
+            identity = LeaseRequest.model_validate(row, from_attributes=True).model_dump()
+            return self._next(session, identity, above=row.generation)
+
+        return self._insert_pending("begin rotation", current.pod_uid, current.credential, build)
+
+    def complete_issue(
+        self,
+        lease_id: str,
+        vault_lease_id: str,
+        expires_at: datetime | None,
+        *,
+        retire_after: datetime | None = None,
+    ) -> LeaseRecord:
+        """Record what Vault issued; the pending row becomes active.
+
+        Older active generations of the same pod's credential become revoking, to be
+        revoked at Vault after `retire_after` (default: now). `expires_at` is None for a
+        credential without a Vault lease lifetime (kv-v2).
+
+        If the lease became revoking while Vault was asked (its pod was deleted), the
+        Vault lease id is still recorded, so the revoker revokes it, and
+        LeaseStateConflict tells the caller not to hand the credential out.
+        """
+        _require_aware(expires_at, "expires_at")
+        _require_aware(retire_after, "retire_after")
+        with store_errors("complete issue"), self._sessions.begin() as session:
+            row = _get(session, lease_id, lock=True)
+            if row.state == LeaseState.ACTIVE and row.vault_lease_id == vault_lease_id:
+                return _record(row)
+            now = self._clock()
+            if row.state == LeaseState.REVOKING and row.vault_lease_id is None:
+                row.vault_lease_id = vault_lease_id
+                row.expires_at = expires_at
+                row.updated_at = now
+                session.flush()
+                late = LeaseStateConflict(_record(row), "complete issue", _PENDING)
+            elif row.state != LeaseState.PENDING:
+                raise LeaseStateConflict(_record(row), "complete issue", _PENDING)
+            else:
+                _activate(
+                    session,
+                    row,
+                    vault_lease_id=vault_lease_id,
+                    expires_at=expires_at,
+                    retire_after=retire_after,
+                    now=now,
+                )
+                return _record(row)
+        raise late
+
+    def mark_failed(self, lease_id: str, error: str) -> LeaseRecord:
+        """Vault refused or never answered: the pending row is final, nothing to revoke."""
+
+        def change(row: LeaseRow, now: datetime) -> bool:
+            if row.state == LeaseState.FAILED:
+                return False
+            if row.state != LeaseState.PENDING:
+                raise LeaseStateConflict(_record(row), "mark failed", _PENDING)
+            row.state = LeaseState.FAILED
+            row.last_error = error[:ERROR_CAP]
+            return True
+
+        return self._change(lease_id, "mark failed", change)
+
+    # -- renew -----------------------------------------------------------------------------
+
+    def record_renewal(self, lease_id: str, expires_at: datetime) -> LeaseRecord:
+        _require_aware(expires_at, "expires_at")
+
+        def change(row: LeaseRow, now: datetime) -> bool:
+            if row.state != LeaseState.ACTIVE:
+                raise LeaseStateConflict(_record(row), "record renewal", _ACTIVE)
+            row.expires_at = expires_at
+            return True
+
+        return self._change(lease_id, "record renewal", change)
+
+    def leases_to_renew(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
+        """Active leases whose Vault lease ends before `before`, soonest first."""
+        _require_aware(before, "before")
+        query = (
+            select(LeaseRow)
+            .where(LeaseRow.state == LeaseState.ACTIVE, LeaseRow.expires_at < before)
+            .order_by(LeaseRow.expires_at, LeaseRow.id)
+            .limit(limit)
+        )
+        return self._list("leases to renew", query)
+
+    # -- revoke ----------------------------------------------------------------------------
+
+    def mark_revoking(self, lease_id: str, *, revoke_after: datetime | None = None) -> LeaseRecord:
+        """Stop handing the lease out and queue it for revocation after `revoke_after`.
+
+        Marking a revoking lease again keeps the earlier time (an Ack brings a rotated
+        lease's revocation forward); a revoked or failed lease is returned unchanged. A
+        pending lease may be marked too: `complete_issue` then records its Vault lease id
+        for the revoker, and reconcile settles one whose issue never completes.
+        """
+        _require_aware(revoke_after, "revoke_after")
+
+        def change(row: LeaseRow, now: datetime) -> bool:
+            when = revoke_after or now
+            if row.state in (LeaseState.REVOKED, LeaseState.FAILED):
+                return False
+            earlier = row.revoke_after is not None and row.revoke_after <= when
+            if row.state == LeaseState.REVOKING and earlier:
+                return False
+            row.state = LeaseState.REVOKING
+            row.revoke_after = when
+            return True
+
+        return self._change(lease_id, "mark revoking", change)
+
+    def record_revoke_failure(self, lease_id: str, error: str, retry_at: datetime) -> LeaseRecord:
+        """Vault did not revoke it; try again at `retry_at`. Revocation never gives up."""
+        _require_aware(retry_at, "retry_at")
+
+        def change(row: LeaseRow, now: datetime) -> bool:
+            if row.state != LeaseState.REVOKING:
+                raise LeaseStateConflict(_record(row), "record revoke failure", _REVOKING)
+            row.revoke_attempts += 1
+            row.last_error = error[:ERROR_CAP]
+            row.revoke_after = retry_at
+            return True
+
+        return self._change(lease_id, "record revoke failure", change)
+
+    def mark_revoked(self, lease_id: str) -> LeaseRecord:
+        """Vault revoked it (or reconcile found it gone): final."""
+        allowed = frozenset({LeaseState.REVOKING, LeaseState.ACTIVE})
+
+        def change(row: LeaseRow, now: datetime) -> bool:
+            if row.state == LeaseState.REVOKED:
+                return False
+            if row.state not in allowed:
+                raise LeaseStateConflict(_record(row), "mark revoked", allowed)
+            row.state = LeaseState.REVOKED
+            return True
+
+        return self._change(lease_id, "mark revoked", change)
+
+    def leases_to_revoke(self, now: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
+        """Revoking leases whose time has come, longest waiting first."""
+        _require_aware(now, "now")
+        query = (
+            select(LeaseRow)
+            .where(
+                LeaseRow.state == LeaseState.REVOKING,
+                or_(LeaseRow.revoke_after.is_(None), LeaseRow.revoke_after <= now),
+            )
+            .order_by(LeaseRow.revoke_after, LeaseRow.id)
+            .limit(limit)
+        )
+        return self._list("leases to revoke", query)
+
+    # -- read ------------------------------------------------------------------------------
+
+    def get(self, lease_id: str) -> LeaseRecord:
+        with store_errors("reading a lease"), self._sessions() as session:
+            return _record(_get(session, lease_id))
+
+    def find_live(self, pod_uid: str, credential: str) -> LeaseRecord | None:
+        """The lease to hand out for a pod's credential: the newest active, else pending."""
+        with store_errors("finding a live lease"), self._sessions() as session:
+            row = _live(session, pod_uid, credential)
+            return None if row is None else _record(row)
+
+    def list_by_selector(self, selector: Selector, limit: int | None = None) -> list[LeaseRecord]:
+        query = select(LeaseRow).where(LeaseRow.state.in_(selector.states))
+        for column, value in (
+            (LeaseRow.cluster, selector.cluster),
+            (LeaseRow.namespace, selector.namespace),
+            (LeaseRow.service_account, selector.service_account),
+            (LeaseRow.pod_name, selector.pod_name),
+            (LeaseRow.role, selector.role),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        query = query.order_by(LeaseRow.created_at, LeaseRow.id).limit(limit)
+        return self._list("listing leases", query)
+
+    def pending_before(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
+        """Pending rows older than `before`: a crash between the row and Vault; reconcile."""
+        _require_aware(before, "before")
+        query = (
+            select(LeaseRow)
+            .where(LeaseRow.state == LeaseState.PENDING, LeaseRow.created_at < before)
+            .order_by(LeaseRow.created_at, LeaseRow.id)
+            .limit(limit)
+        )
+        return self._list("listing pending leases", query)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _next(
+        self, session: Session, identity: dict[str, str], above: int
+    ) -> LeaseRow | LeaseRecord | None:
+        """The live lease above generation `above` if there is one, else a new row to insert.
+
+        Whether a live row exists and the highest generation come from one statement, so
+        from one snapshot: two callers that find no live row pick the same generation,
+        and the unique index lets only one of them insert it. None: the live row seen by
+        the first statement was gone by the second; try again.
+        """
+        pod_uid, credential = identity["pod_uid"], identity["credential"]
+        same = (LeaseRow.pod_uid == pod_uid, LeaseRow.credential == credential)
+        is_live_above = and_(LeaseRow.state.in_(LIVE_STATES), LeaseRow.generation > above)
+        top, live_above = session.execute(
+            select(
+                func.coalesce(func.max(LeaseRow.generation), 0),
+                func.count(case((is_live_above, 1))),
+            ).where(*same)
+        ).one()
+        if not live_above:
+            return self._new_row(identity, top + 1)
+        live = session.scalars(
+            _live_query(pod_uid, credential).where(LeaseRow.generation > above).limit(1)
+        ).first()
+        return None if live is None else _record(live)
+
+    def _new_row(self, identity: dict[str, str], generation: int) -> LeaseRow:
+        now = self._clock()
+        return LeaseRow(
+            id=str(uuid.uuid4()),
+            vault_lease_id=None,
+            state=LeaseState.PENDING,
+            generation=generation,
+            expires_at=None,
+            revoke_after=None,
+            created_at=now,
+            updated_at=now,
+            last_error=None,
+            revoke_attempts=0,
+            **identity,
+        )
+
+    def _insert_pending(
+        self,
+        operation: str,
+        pod_uid: str,
+        credential: str,
+        build: Callable[[Session], LeaseRow | LeaseRecord | None],
+    ) -> PendingLease | ExistingLease:
+        """Run `build` and insert its row; on losing a race to the unique index, run again.
+
+        A loser's insert fails on `uq_leases_live_generation` (PostgreSQL waits for the
+        winner to commit first), and the next attempt finds the winner's row.
+        """
+        for _ in range(INSERT_ATTEMPTS):
+            with store_errors(operation):
+                try:
+                    with self._sessions.begin() as session:
+                        built = build(session)
+                        if built is None:
+                            continue
+                        if isinstance(built, LeaseRecord):
+                            result: PendingLease | ExistingLease = ExistingLease(built)
+                        else:
+                            session.add(built)
+                            session.flush()
+                            result = PendingLease(_record(built))
+                except IntegrityError:
+                    continue
+                else:
+                    return result
+        raise IssueInProgress(pod_uid, credential)
+
+    def _change(
+        self, lease_id: str, operation: str, change: Callable[[LeaseRow, datetime], bool]
+    ) -> LeaseRecord:
+        with store_errors(operation), self._sessions.begin() as session:
+            row = _get(session, lease_id, lock=True)
+            now = self._clock()
+            if change(row, now):
+                row.updated_at = now
+                session.flush()
+            return _record(row)
+
+    def _list(self, operation: str, query: Select[LeaseRow]) -> list[LeaseRecord]:
+        with store_errors(operation), self._sessions() as session:
+            return [_record(row) for row in session.scalars(query)]
+
+
+def _activate(
+    session: Session,
+    row: LeaseRow,
+    *,
+    vault_lease_id: str,
+    expires_at: datetime | None,
+    retire_after: datetime | None,
+    now: datetime,
+) -> None:
+    """Make a pending row active; older active generations start being revoked."""
+    row.state = LeaseState.ACTIVE
+    row.vault_lease_id = vault_lease_id
+    row.expires_at = expires_at
+    row.updated_at = now
+    session.execute(
+        update(LeaseRow)
+        .where(
+            LeaseRow.pod_uid == row.pod_uid,
+            LeaseRow.credential == row.credential,
+            LeaseRow.state == LeaseState.ACTIVE,
+            LeaseRow.generation < row.generation,
+        )
+        .values(state=LeaseState.REVOKING, revoke_after=retire_after or now, updated_at=now)
+    )
+    session.flush()
+
+
+def _record(row: LeaseRow) -> LeaseRecord:
+    return LeaseRecord.model_validate(row)
+
+
+def _get(session: Session, lease_id: str, *, lock: bool = False) -> LeaseRow:
+    row = session.get(LeaseRow, lease_id, with_for_update=lock)
+    if row is None:
+        raise LeaseNotFound(lease_id)
+    return row
+
+
+def _live_query(pod_uid: str, credential: str) -> Select[LeaseRow]:
+    active_first = case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1)
+    return (
+        select(LeaseRow)
+        .where(
+            LeaseRow.pod_uid == pod_uid,
+            LeaseRow.credential == credential,
+            LeaseRow.state.in_(LIVE_STATES),
+        )
+        .order_by(active_first, LeaseRow.generation.desc())
+    )
+
+
+def _live(session: Session, pod_uid: str, credential: str) -> LeaseRow | None:
+    return session.scalars(_live_query(pod_uid, credential).limit(1)).first()
+
+
+def _require_aware(value: datetime | None, field: str) -> None:
+    if value is not None and value.tzinfo is None:
+        raise InvalidRequest(field, "must be a timezone-aware datetime (UTC)")

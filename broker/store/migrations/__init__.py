@@ -1,0 +1,1 @@
+"""Alembic scripts of the lease store; applied by broker.store.migrate.upgrade."""

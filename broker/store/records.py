@@ -1,0 +1,126 @@
+"""Typed results of the store: what callers get back instead of ORM rows.
+
+Rows never leave a session; a record is a frozen copy, safe to pass between threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+
+class LeaseState(StrEnum):
+    """pending → active → revoking → revoked; pending → failed.
+
+    - pending: written before Vault is asked, so a crash never leaves an untracked lease.
+    - active: Vault issued it; the broker renews it.
+    - revoking: no longer handed out; revoked at Vault once `revoke_after` has passed
+      (at once for a deleted pod, after the Ack or a grace period for a rotated one);
+      retried until it succeeds.
+    - revoked, failed: final. failed means Vault never issued it.
+    """
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    REVOKING = "revoking"
+    REVOKED = "revoked"
+    FAILED = "failed"
+
+
+LIVE_STATES = frozenset({LeaseState.PENDING, LeaseState.ACTIVE})
+"""The states an Issue for the same (pod UID, credential) must find instead of a new lease."""
+
+_RECORD = ConfigDict(frozen=True, from_attributes=True, extra="forbid")
+
+
+class LeaseRequest(BaseModel):
+    """Who a new lease is for and what it is; the identity fields of a lease row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: str = Field(min_length=1, max_length=253)
+    namespace: str = Field(min_length=1, max_length=253)
+    service_account: str = Field(min_length=1, max_length=253)
+    pod_name: str = Field(min_length=1, max_length=253)
+    pod_uid: str = Field(min_length=1, max_length=64)
+    credential: str = Field(min_length=1, max_length=253)
+    role: str = Field(min_length=1, max_length=253)
+
+
+class LeaseRecord(BaseModel):
+    model_config = _RECORD
+
+    id: str
+    vault_lease_id: str | None
+    state: LeaseState
+    cluster: str
+    namespace: str
+    service_account: str
+    pod_name: str
+    pod_uid: str
+    credential: str
+    role: str
+    generation: int
+    expires_at: AwareDatetime | None
+    revoke_after: AwareDatetime | None
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    last_error: str | None
+    revoke_attempts: int
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True)
+class PendingLease:
+    """This call wrote the pending row: it, and only it, asks Vault for the credential."""
+
+    lease: LeaseRecord
+
+
+@dataclass(frozen=True)
+class ExistingLease:
+    """A live lease already exists for the pod's credential: hand it out, ask Vault nothing.
+
+    Its state may still be pending while another call is asking Vault.
+    """
+
+    lease: LeaseRecord
+
+
+class Selector(BaseModel):
+    """Which leases a rotate, revoke or list applies to; unset fields match everything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cluster: str | None = None
+    namespace: str | None = None
+    service_account: str | None = None
+    pod_name: str | None = None
+    role: str | None = None
+    states: frozenset[LeaseState] = LIVE_STATES
+
+
+class RoleRecord(BaseModel):
+    model_config = _RECORD
+
+    name: str
+    spec: dict[str, Any]
+    updated_at: datetime
+
+
+class CheckpointRecord(BaseModel):
+    model_config = _RECORD
+
+    id: int
+    chain: str
+    record_count: int
+    head_hash: str
+    document: str
+    created_at: AwareDatetime

@@ -1,0 +1,63 @@
+"""The role catalog's table: keyferry role name → backend spec, as applied by ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .clock import Clock, utcnow
+from .errors import RoleNotFound
+from .failures import store_errors
+from .records import RoleRecord
+from .schema import RoleRow
+
+PUT_ATTEMPTS = 3
+
+
+class RoleRepository:
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def put(self, name: str, spec: dict[str, Any]) -> RoleRecord:
+        """Create or replace a role (Roles.Apply is declarative)."""
+        for _ in range(PUT_ATTEMPTS):
+            with store_errors("saving a role"):
+                try:
+                    with self._sessions.begin() as session:
+                        row = session.get(RoleRow, name, with_for_update=True)
+                        if row is None:
+                            row = RoleRow(name=name, spec=spec, updated_at=self._clock())
+                            session.add(row)
+                        else:
+                            row.spec = spec
+                            row.updated_at = self._clock()
+                        session.flush()
+                        record = RoleRecord.model_validate(row)
+                except IntegrityError:  # created concurrently: the next attempt updates it
+                    continue
+                else:
+                    return record
+        return self.get(name)
+
+    def get(self, name: str) -> RoleRecord:
+        with store_errors("reading a role"), self._sessions() as session:
+            row = session.get(RoleRow, name)
+            if row is None:
+                raise RoleNotFound(name)
+            return RoleRecord.model_validate(row)
+
+    def list(self) -> list[RoleRecord]:
+        with store_errors("listing roles"), self._sessions() as session:
+            rows = session.scalars(select(RoleRow).order_by(RoleRow.name))
+            return [RoleRecord.model_validate(row) for row in rows]
+
+    def delete(self, name: str) -> None:
+        with store_errors("deleting a role"), self._sessions.begin() as session:
+            row = session.get(RoleRow, name, with_for_update=True)
+            if row is None:
+                raise RoleNotFound(name)
+            session.delete(row)

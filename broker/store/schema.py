@@ -1,0 +1,122 @@
+"""The ORM tables. Migrations (broker/store/migrations) create them; a test proves both agree.
+
+Partial unique index `uq_leases_live_generation` is the store's idempotency rule: among
+pending and active rows, one per (pod UID, credential, generation). Issue takes the next
+generation after every existing row of that pod's credential, so two concurrent Issues
+always pick the same generation and collide; a rotation adds generation + 1 while the
+current one stays active until the pod has the new credential. SQLite and PostgreSQL
+both support `CREATE UNIQUE INDEX ... WHERE`; revoking, revoked and failed rows are outside
+it, so a restarted agent gets a new lease while its old one is still being revoked.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+LIVE_WHERE = "state IN ('pending', 'active')"
+STATE_CHECK = "state IN ('pending', 'active', 'revoking', 'revoked', 'failed')"
+NAME = 253  # a Kubernetes object name (DNS subdomain) at most
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out; SQLite keeps no offset, so it stores naive UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("the lease store takes timezone-aware datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class LeaseRow(Base):
+    __tablename__ = "leases"
+    __table_args__ = (
+        CheckConstraint(STATE_CHECK, name="ck_leases_state"),
+        Index(
+            "uq_leases_live_generation",
+            "pod_uid",
+            "credential",
+            "generation",
+            unique=True,
+            sqlite_where=text(LIVE_WHERE),
+            postgresql_where=text(LIVE_WHERE),
+        ),
+        Index("ix_leases_pod_credential", "pod_uid", "credential"),
+        Index("ix_leases_state_expires", "state", "expires_at"),
+        Index("ix_leases_state_revoke_after", "state", "revoke_after"),
+        Index("ix_leases_workload", "cluster", "namespace", "service_account"),
+        Index("ix_leases_vault_lease_id", "vault_lease_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    vault_lease_id: Mapped[str | None] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16))
+    cluster: Mapped[str] = mapped_column(String(NAME))
+    namespace: Mapped[str] = mapped_column(String(NAME))
+    service_account: Mapped[str] = mapped_column(String(NAME))
+    pod_name: Mapped[str] = mapped_column(String(NAME))
+    pod_uid: Mapped[str] = mapped_column(String(64))
+    credential: Mapped[str] = mapped_column(String(NAME))
+    role: Mapped[str] = mapped_column(String(NAME))
+    generation: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoke_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    revoke_attempts: Mapped[int] = mapped_column(Integer)
+
+
+class RoleRow(Base):
+    __tablename__ = "roles"
+
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CheckpointRow(Base):
+    """A signed audit checkpoint: the audit trail's second sink, apart from its file."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_checkpoints_chain", "chain", "record_count"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(128))
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    document: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,369 @@
+"""The audit trail on real servers: checkpoints signed and verified by the bed's Vault transit,
+kept in a real lease store; every kind of tampering found; writes fail closed."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import hvac
+import hvac.exceptions
+import pytest
+from pydantic import SecretStr
+
+from broker.audit import (
+    AuditEvent,
+    AuditLog,
+    Checkpoint,
+    DamageKind,
+    Decision,
+    Fingerprinter,
+    JsonLinesSink,
+    Principal,
+    PrincipalKind,
+    SignedCheckpoint,
+    StoreCheckpointSink,
+    canonical_json,
+    read_log,
+    record_hash,
+    verify,
+)
+from broker.backends.transit import TransitSigner
+from broker.errors import AuditUnavailable, VaultUnavailable
+from broker.store import Store, StoreSettings
+from tests.bed.ports import free_port
+from tests.bed.vault import VaultServer
+
+from .engines import enable
+from .stores import TickingClock, sqlite_url
+
+MOUNT = "kf-audit-transit"
+KEY = "audit-checkpoints"
+POLICY = f"""
+path "{MOUNT}/sign/{KEY}" {{ capabilities = ["update"] }}
+path "{MOUNT}/verify/{KEY}" {{ capabilities = ["update"] }}
+"""
+CHAIN = "broker-0"
+WORKLOAD = Principal(kind=PrincipalKind.WORKLOAD, name="prod-a/orders/api")
+FINGERPRINTS = Fingerprinter(SecretStr("audit-hmac-key-for-tests-0123456789abcdef"))
+
+
+@pytest.fixture(scope="module")
+def signer_client(vault: VaultServer) -> hvac.Client:
+    """A transit key, and a client whose token may only sign and verify with it: the
+    broker's policy."""
+    root = vault.client()
+    enable(root, "transit", MOUNT)
+    root.secrets.transit.create_key(name=KEY, key_type="ed25519", mount_point=MOUNT)
+    root.sys.create_or_update_policy(name="kf-audit-signer", policy=POLICY)
+    token = root.auth.token.create(policies=["kf-audit-signer"], ttl="1h")["auth"]["client_token"]
+    return vault.client(token)
+
+
+@pytest.fixture(scope="module")
+def transit(signer_client: hvac.Client) -> TransitSigner:
+    return TransitSigner(signer_client, KEY, MOUNT)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    the_store = Store.open(StoreSettings(url=SecretStr(sqlite_url(tmp_path))))
+    yield the_store
+    the_store.close()
+
+
+@pytest.fixture
+def checkpoints(store: Store) -> StoreCheckpointSink:
+    return StoreCheckpointSink(store.checkpoints)
+
+
+@pytest.fixture
+def log_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.jsonl"
+
+
+def events(count: int, password: str = "") -> Iterator[AuditEvent]:
+    """Decisions and state changes as the broker records them."""
+    for i in range(count):
+        lease = f"lease-{i // 3}"
+        if i % 3 == 0:
+            yield AuditEvent(
+                who=WORKLOAD,
+                action="issue",
+                decision=Decision.DENY if i % 2 else Decision.ALLOW,
+                policy_ids=("permit-orders", "forbid-prod-admin"),
+                cluster="prod-a",
+                namespace="orders",
+                pod="api-7f9",
+                pod_uid="5f1c-uid",
+                role="orders-db-ro",
+                credential="db",
+                request_id=f"req-{i}",
+            )
+        elif i % 3 == 1:
+            yield AuditEvent(who=WORKLOAD, action="lease.pending", lease_id=lease, generation=1)
+        else:
+            yield AuditEvent(
+                who=WORKLOAD,
+                action="lease.active",
+                lease_id=lease,
+                vault_request_id=f"vault-req-{i}",
+                fingerprints={"password": FINGERPRINTS.fingerprint(password or f"pw-{i}")},
+            )
+
+
+def write_log(path: Path, count: int, clock: TickingClock | None = None) -> AuditLog:
+    log = AuditLog(JsonLinesSink(path), chain=CHAIN, clock=clock or TickingClock())
+    for event in events(count):
+        log.append(event)
+    return log
+
+
+# -- a clean log ---------------------------------------------------------------------------------
+
+
+def test_a_clean_log_verifies_against_its_signed_checkpoints(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    log = write_log(log_path, 6)
+    log.checkpoint(transit, checkpoints)
+    for event in events(3):
+        log.append(event)
+    log.checkpoint(transit, checkpoints)
+
+    report = verify(read_log(log_path), checkpoints.list(CHAIN), transit)
+    assert report.ok, report.damage
+    assert report.records == 9
+    assert report.checkpoints_verified == 2
+    assert report.head == log.head().head
+
+
+def test_a_reopened_log_continues_its_chain(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    write_log(log_path, 4).checkpoint(transit, checkpoints)
+    reopened = AuditLog(JsonLinesSink(log_path), chain=CHAIN, clock=TickingClock())
+    assert reopened.head().count == 4
+    assert reopened.append(next(events(1))).seq == 4
+    reopened.checkpoint(transit, checkpoints)
+    assert verify(read_log(log_path), checkpoints.list(CHAIN), transit).ok
+
+
+def test_an_empty_log_verifies(log_path: Path, transit: TransitSigner) -> None:
+    report = verify([], [], transit)
+    assert report.ok
+    assert report.records == 0
+
+
+# -- tampering -------------------------------------------------------------------------------
+
+
+def rehash_from(lines: list[str], start: int) -> list[str]:
+    """What a careful forger does after a change: recompute every hash from `start` on."""
+    out = lines[:start]
+    prev = json.loads(out[-1])["hash"] if out else "0" * 64
+    for line in lines[start:]:
+        body = json.loads(line)
+        body["prev"] = prev
+        body.pop("hash")
+        body["hash"] = prev = record_hash(body)
+        out.append(canonical_json(body).decode())
+    return out
+
+
+def edit(lines: list[str], index: int, **fields: object) -> list[str]:
+    body = json.loads(lines[index])
+    body.update(fields)
+    return [*lines[:index], canonical_json(body).decode(), *lines[index + 1 :]]
+
+
+Tamper = Callable[[list[str]], list[str]]
+TAMPERING: dict[str, tuple[Tamper, DamageKind, int]] = {
+    # a denied request turned into an allowed one; its hash left as it was
+    "edit": (lambda ls: edit(ls, 3, decision="allow"), DamageKind.EDITED, 3),
+    "drop": (lambda ls: ls[:4] + ls[5:], DamageKind.DROPPED, 4),
+    "reorder": (lambda ls: [*ls[:2], ls[3], ls[2], *ls[4:]], DamageKind.REORDERED, 2),
+    "truncate tail": (lambda ls: ls[:7], DamageKind.TRUNCATED, 7),
+    "edit, rehash one": (
+        lambda ls: rehash_from(edit(ls, 3, decision="allow"), 3)[:4] + ls[4:],
+        DamageKind.CHAIN_BROKEN,
+        4,
+    ),
+    "edit, rehash the rest": (
+        lambda ls: rehash_from(edit(ls, 3, decision="allow"), 3),
+        DamageKind.REWRITTEN,
+        5,  # the first checkpoint counts 6 records: record 5 is the head it signed
+    ),
+    "torn line": (lambda ls: [*ls[:6], ls[6][:40], *ls[7:]], DamageKind.MALFORMED, 6),
+    "reformatted line": (
+        lambda ls: [*ls[:1], json.dumps(json.loads(ls[1]), indent=1), *ls[2:]],
+        DamageKind.MALFORMED,
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TAMPERING))
+def test_tampering_is_found_at_the_first_bad_record(
+    name: str, log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    log = write_log(log_path, 6)
+    log.checkpoint(transit, checkpoints)
+    for event in events(4):
+        log.append(event)
+    log.checkpoint(transit, checkpoints)
+    lines = read_log(log_path)
+    assert len(lines) == 10
+    tamper, kind, index = TAMPERING[name]
+
+    report = verify(tamper(lines), checkpoints.list(CHAIN), transit)
+
+    assert report.damage is not None, name
+    assert (report.damage.kind, report.damage.index) == (kind, index), report.damage.detail
+
+
+def test_a_truncated_file_on_disk_is_found(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    write_log(log_path, 8).checkpoint(transit, checkpoints)
+    data = log_path.read_bytes()
+    cut = data.rstrip(b"\n").rsplit(b"\n", 2)[0] + b"\n"  # the last two records gone
+    log_path.write_bytes(cut)
+
+    report = verify(read_log(log_path), checkpoints.list(CHAIN), transit)
+    assert report.damage is not None
+    assert (report.damage.kind, report.damage.index) == (DamageKind.TRUNCATED, 6)
+
+
+# -- checkpoints and Vault transit ---------------------------------------------------------------
+
+
+def test_a_checkpoint_is_signed_by_vault_and_a_forged_one_is_refused(
+    vault: VaultServer, log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    log = write_log(log_path, 5)
+    signed = log.checkpoint(transit, checkpoints)
+    assert signed.signature.startswith("vault:v1:")
+    assert signed.verify(transit)
+    assert checkpoints.list(CHAIN) == [signed]
+
+    cp = signed.checkpoint
+    more = cp.model_copy(update={"count": cp.count + 3})
+    other_head = cp.model_copy(update={"head": "f" * 64})
+    other_chain = cp.model_copy(update={"chain": "broker-1"})
+    for moved in (more, other_head, other_chain):
+        assert not SignedCheckpoint(checkpoint=moved, signature=signed.signature).verify(transit)
+
+    root = vault.client()
+    root.secrets.transit.create_key(name="impostor", key_type="ed25519", mount_point=MOUNT)
+    impostor = TransitSigner(root, "impostor", MOUNT)
+    by_impostor = SignedCheckpoint(checkpoint=more, signature=impostor.sign(more.payload()))
+    assert by_impostor.verify(impostor)
+    assert not by_impostor.verify(transit)
+    garbage = SignedCheckpoint(checkpoint=cp, signature="vault:v1:" + "A" * 88)
+    assert not garbage.verify(transit)
+    assert not SignedCheckpoint(checkpoint=cp, signature="not-a-signature").verify(transit)
+
+
+def test_a_forged_checkpoint_is_reported_and_cannot_fake_a_truncation(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    log = write_log(log_path, 4)
+    genuine = log.checkpoint(transit, checkpoints)
+    claim = Checkpoint(chain=CHAIN, count=40, head="e" * 64, time=genuine.checkpoint.time)
+    forged = SignedCheckpoint(checkpoint=claim, signature=genuine.signature)
+
+    report = verify(read_log(log_path), [genuine, forged], transit)
+
+    assert report.checkpoints_verified == 1
+    assert report.damage is not None
+    assert report.damage.kind is DamageKind.FORGED_CHECKPOINT
+    assert report.damage.checkpoint == 1
+    assert report.damage.index is None
+
+
+def test_the_signing_key_never_leaves_vault(vault: VaultServer, signer_client: hvac.Client) -> None:
+    with pytest.raises(hvac.exceptions.InvalidRequest):
+        vault.client().secrets.transit.export_key(
+            name=KEY, key_type="signing-key", mount_point=MOUNT
+        )
+    with pytest.raises(hvac.exceptions.Forbidden):  # the broker's token signs and verifies only
+        signer_client.secrets.transit.read_key(name=KEY, mount_point=MOUNT)
+
+
+def test_an_unreachable_vault_is_vault_unavailable() -> None:
+    signer = TransitSigner(hvac.Client(url=f"http://127.0.0.1:{free_port()}", timeout=2), KEY)
+    with pytest.raises(VaultUnavailable):
+        signer.sign(b"checkpoint")
+    with pytest.raises(VaultUnavailable):
+        signer.verify(b"checkpoint", "vault:v1:AAAA")
+
+
+# -- fail-closed -------------------------------------------------------------------------------
+
+
+def test_an_unwritable_log_refuses_the_append(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    log = AuditLog(JsonLinesSink(folder / "audit.jsonl"), chain=CHAIN)
+    folder.rmdir()
+    folder.write_text("a file where the log's folder should be")
+    with pytest.raises(AuditUnavailable) as refused:
+        log.append(next(events(1)))
+    assert refused.value.reason == "AUDIT_UNAVAILABLE"
+    assert isinstance(refused.value.__cause__, OSError)
+    assert log.head().count == 0
+
+
+def test_an_unreadable_log_stops_the_broker_from_starting(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log's folder should be")
+    with pytest.raises(AuditUnavailable):
+        AuditLog(JsonLinesSink(blocker / "audit.jsonl"), chain=CHAIN)
+
+
+def test_a_full_disk_refuses_the_append_and_the_chain_does_not_advance() -> None:
+    log = AuditLog(JsonLinesSink(Path("/dev/full")), chain=CHAIN)
+    with pytest.raises(AuditUnavailable):
+        log.append(next(events(1)))
+    with pytest.raises(AuditUnavailable):
+        log.append(next(events(1)))
+    assert log.head().count == 0
+
+
+def test_after_a_failed_append_the_chain_continues_cleanly(
+    tmp_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    folder = tmp_path / "later"
+    path = folder / "audit.jsonl"
+    log = AuditLog(JsonLinesSink(path), chain=CHAIN, clock=TickingClock())
+    with pytest.raises(AuditUnavailable):
+        log.append(next(events(1)))
+    folder.mkdir()  # the volume is back
+    for event in events(3):
+        log.append(event)
+    log.checkpoint(transit, checkpoints)
+    report = verify(read_log(path), checkpoints.list(CHAIN), transit)
+    assert report.ok, report.damage
+    assert report.records == 3
+
+
+def test_a_log_ending_in_a_partial_record_does_not_resume(log_path: Path) -> None:
+    write_log(log_path, 3)
+    with log_path.open("ab") as handle:
+        handle.write(b'{"action":"iss')
+    with pytest.raises(AuditUnavailable):
+        AuditLog(JsonLinesSink(log_path), chain=CHAIN)
+
+
+def test_the_log_holds_fingerprints_never_the_secret(log_path: Path) -> None:
+    password = secrets.token_urlsafe(24)
+    log = AuditLog(JsonLinesSink(log_path), chain=CHAIN)
+    for event in events(3, password=password):
+        log.append(event)
+    data = log_path.read_text()
+    assert password not in data
+    assert FINGERPRINTS.fingerprint(password) in data
+    assert oct(log_path.stat().st_mode & 0o777) == oct(0o600)
