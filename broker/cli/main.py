@@ -5,8 +5,9 @@ Only commands that work are listed; each later part of keyferry adds its own gro
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from importlib.metadata import version as dist_version
+from pathlib import Path
 
 import typer
 
@@ -40,13 +41,16 @@ def demo(
     Needs the repository's tests/ folder (the bed builds its servers from Go modules on
     first use and caches them outside the repository).
     """
-    if importlib.util.find_spec("tests.bed") is None:
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "tests" / "bed" / "__init__.py").exists():
         typer.echo(
-            "keyferry demo runs from a source checkout: cd into the keyferry repository "
-            "and run `tests/run demo`",
+            "keyferry demo runs from a source checkout (it needs the test bed under tests/): "
+            "clone the keyferry repository and run `tests/run demo` there",
             err=True,
         )
         raise typer.Exit(2)
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     from tests.bed.__main__ import up  # noqa: PLC0415 - only a checkout has the bed
 
     up(only=None, hold=hold)
