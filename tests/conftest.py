@@ -12,11 +12,13 @@ from typing import TypeVar
 
 import pytest
 
-from tests.bed import Bed, ServerUnavailable
+from tests.bed import Bed, BedError, ServerUnavailable
+from tests.bed.cluster import Cluster
 from tests.bed.mariadb import MariaDBServer
 from tests.bed.moto import MotoServer
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import FLAVOUR, VaultServer
+from tests.bed.provider import PROVIDER_VAR, provider_name
+from tests.bed.vault import CONTAINER_FLAVOUR, FLAVOUR, VaultServer
 
 T = TypeVar("T")
 REQUIRED = os.environ.get("KEYFERRY_BED_REQUIRED") == "1"
@@ -65,7 +67,15 @@ def moto(bed: Bed) -> MotoServer:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return [f"keyferry bed: Vault server = {FLAVOUR}; servers required = {REQUIRED}"]
+    try:
+        provider = provider_name()
+    except BedError as exc:  # the `bed` fixture fails with the same message
+        provider = f"invalid: {exc}"
+    flavour = CONTAINER_FLAVOUR if provider == "containers" else FLAVOUR
+    return [
+        f"keyferry bed: Vault server = {flavour}; servers required = {REQUIRED}; "
+        f"{PROVIDER_VAR} = {provider}"
+    ]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -84,18 +94,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # string that kubeadm, kind, k3s and rke2 default to, as real fleets do. Started side by side,
 # once per session, on first use.
 
-from tests.bed.kube import SHARED_ISSUER, ClusterSpec, KubeCluster  # noqa: E402
+from tests.bed.kube import SHARED_ISSUER, ClusterSpec  # noqa: E402
 
 KUBE_CLUSTERS = (ClusterSpec("a"), ClusterSpec("b", SHARED_ISSUER), ClusterSpec("c", SHARED_ISSUER))
 
 
 @pytest.fixture(scope="session")
-def kube_clusters(bed: Bed) -> dict[str, KubeCluster]:
+def kube_clusters(bed: Bed) -> dict[str, Cluster]:
     """Clusters a, b, c by name (b and c share an issuer, a's differs from both)."""
     return {c.name: c for c in need(lambda: bed.clusters(KUBE_CLUSTERS))}
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(kube_clusters: dict[str, KubeCluster]) -> KubeCluster:
+def kube_cluster(kube_clusters: dict[str, Cluster]) -> Cluster:
     """Cluster a, for tests that need just one."""
     return kube_clusters["a"]

@@ -10,8 +10,9 @@ import typer
 
 from . import gobuild
 from .bed import Bed
+from .cluster import Cluster
 from .errors import BedError
-from .kube import SHARED_ISSUER, ClusterSpec, KubeCluster
+from .kube import SHARED_ISSUER, ClusterSpec
 from .progress import say
 
 app = typer.Typer(
@@ -80,11 +81,11 @@ def up(
                 bed.clusters(_cluster_specs(clusters, shared_issuer))
             else:
                 getattr(bed, name)()
-        typer.echo(f"\nworkspace: {bed.workspace.root}")
+        typer.echo(f"\nworkspace: {bed.workspace.root} (provider: {bed.provider.name})")
         for name, server in bed.servers.items():
             typer.echo(f"  {name:<18} up   {server.describe()}")
         for server in bed.servers.values():
-            if isinstance(server, KubeCluster):
+            if isinstance(server, Cluster):
                 typer.echo(f"  export KUBECONFIG={server.kubeconfig}   # cluster {server.name}")
         if hold:
             typer.echo("\nservers are running; press Ctrl-C to stop them")

@@ -1,17 +1,23 @@
-"""The Bed: starts each server on first use, remembers it, and stops all of them at the end."""
+"""The Bed: starts each server on first use, remembers it, and stops all of them at the end.
+
+Who starts a server is the bed's provider (provider.py): local processes by default, or
+containers with KEYFERRY_BED_PROVIDER=containers.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
+from .cluster import Cluster
 from .etcd import EtcdServer, start_etcd
-from .kube import ClusterSpec, KubeCluster, launch_cluster
-from .mariadb import MariaDBServer, start_mariadb
-from .moto import MotoServer, start_moto
-from .postgres import PostgresServer, start_postgres
+from .kube import ClusterSpec
+from .mariadb import MariaDBServer
+from .moto import MotoServer
+from .postgres import PostgresServer
 from .progress import step
-from .vault import VaultServer, start_vault_dev, start_vault_persistent
+from .provider import Provider, select_provider
+from .vault import VaultServer
 from .workspace import Workspace
 
 
@@ -25,7 +31,13 @@ S = TypeVar("S", bound=Stoppable)
 
 
 class Bed:
-    def __init__(self, workspace: Workspace | None = None, keep_files: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace | None = None,
+        keep_files: bool = False,
+        provider: Provider | None = None,
+    ) -> None:
+        self.provider = provider or select_provider()
         self.workspace = workspace or Workspace.create()
         self.keep_files = keep_files
         self._servers: dict[str, Stoppable] = {}
@@ -40,30 +52,30 @@ class Bed:
 
     def vault(self) -> VaultServer:
         """A dev-mode Vault (in memory): fast, for most tests."""
-        return self._get("vault-dev", start_vault_dev)
+        return self._get("vault-dev", self.provider.start_vault_dev)
 
     def vault_persistent(self) -> VaultServer:
         """A Vault on file storage that keeps its leases across restarts."""
-        return self._get("vault-persistent", start_vault_persistent)
+        return self._get("vault-persistent", self.provider.start_vault_persistent)
 
     def postgres(self) -> PostgresServer:
-        return self._get("postgres", start_postgres)
+        return self._get("postgres", self.provider.start_postgres)
 
     def mariadb(self) -> MariaDBServer:
-        return self._get("mariadb", start_mariadb)
+        return self._get("mariadb", self.provider.start_mariadb)
 
     def moto(self) -> MotoServer:
-        return self._get("moto", start_moto)
+        return self._get("moto", self.provider.start_moto)
 
     def etcd(self) -> EtcdServer:
-        """The one etcd that every Kubernetes cluster of this bed stores its data in."""
+        """The one etcd that the process provider's clusters store their data in."""
         return self._get("etcd", start_etcd)
 
-    def cluster(self, name: str, issuer: str | None = None) -> KubeCluster:
+    def cluster(self, name: str, issuer: str | None = None) -> Cluster:
         """One Kubernetes cluster; a new one with `issuer=None` gets a unique issuer (its URL)."""
         return self.clusters([ClusterSpec(name, issuer)])[0]
 
-    def clusters(self, specs: Sequence[ClusterSpec] | int = 2) -> list[KubeCluster]:
+    def clusters(self, specs: Sequence[ClusterSpec] | int = 2) -> list[Cluster]:
         """Clusters by spec (or the first n of a, b, c, ...), the new ones booted side by side.
 
         Asking again for a running cluster returns it, unless its issuer differs.
@@ -72,13 +84,13 @@ class Bed:
             specs = [ClusterSpec(chr(ord("a") + i)) for i in range(specs)]
         fresh = [s for s in specs if f"kube-{s.name}" not in self._servers]
         if fresh:
-            etcd = self.etcd()
+            etcd = self.etcd() if self.provider.uses_etcd else None
             names = ", ".join(s.name for s in fresh)
             with step(f"starting Kubernetes cluster(s) {names}"):
-                launched: list[KubeCluster] = []
+                launched: list[Cluster] = []
                 try:
                     for spec in fresh:
-                        launched.append(launch_cluster(self.workspace, etcd, spec))
+                        launched.append(self.provider.launch_cluster(self.workspace, spec, etcd))
                     for cluster in launched:
                         cluster.wait_ready()
                 except BaseException:
@@ -88,7 +100,7 @@ class Bed:
             for cluster in launched:
                 self._servers[f"kube-{cluster.name}"] = cluster
         running = [self._servers[f"kube-{s.name}"] for s in specs]
-        clusters = [c for c in running if isinstance(c, KubeCluster)]
+        clusters = [c for c in running if isinstance(c, Cluster)]
         for spec, cluster in zip(specs, clusters, strict=True):
             if spec.issuer is not None and spec.issuer != cluster.issuer:
                 raise ValueError(
@@ -107,5 +119,6 @@ class Bed:
             with step(f"stopping {name}"):
                 server.stop()
         self._servers.clear()
+        self.provider.close()
         if not self.keep_files:
             self.workspace.remove()

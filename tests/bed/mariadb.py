@@ -13,18 +13,26 @@ import pymysql
 from .errors import ServerUnavailable
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess, run
+from .readiness import Runner
 from .workspace import Workspace
 
 ADMIN = "keyferry_admin"
+# mariadbd options of a throw-away server, shared by both providers.
+TUNING = (
+    "--skip-log-bin",
+    "--innodb-buffer-pool-size=64M",
+    "--max-connections=300",
+    "--innodb-flush-log-at-trx-commit=0",
+)
 
 
 @dataclass
 class MariaDBServer:
     port: int
-    socket: Path
+    socket: Path | None  # None when the server runs in a container
     admin_password: str
     version: str
-    process: ManagedProcess
+    process: Runner  # a local process or a container (see readiness.py)
 
     def connect(self, user: str = ADMIN, password: str | None = None) -> pymysql.Connection:
         pw = self.admin_password if password is None else password
@@ -65,6 +73,21 @@ def _binary(name: str) -> str:
     return path
 
 
+def server_args(port: int) -> list[str]:
+    """`mariadbd` options shared by both providers: the port, loopback only, TUNING."""
+    return [f"--port={port}", f"--bind-address={LOOPBACK}", *TUNING]
+
+
+def create_mariadb_admin(root: pymysql.Connection, password: str) -> str:
+    """Create the bed's admin user (ADMIN, all privileges) as root; return the server version."""
+    with root, root.cursor() as cur:
+        cur.execute(f"CREATE USER IF NOT EXISTS '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
+        cur.execute("SELECT VERSION()")
+        row = cur.fetchone()
+    return str(row[0]) if row else "unknown"
+
+
 def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
     mariadbd = _binary("mariadbd")
     install_db = _binary("mariadb-install-db")
@@ -90,14 +113,9 @@ def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
             mariadbd,
             "--no-defaults",
             f"--datadir={data}",
-            f"--port={port}",
-            f"--bind-address={LOOPBACK}",
+            *server_args(port),
             f"--socket={sock}",
             f"--pid-file={home / 'mysqld.pid'}",
-            "--skip-log-bin",
-            "--innodb-buffer-pool-size=64M",
-            "--max-connections=300",
-            "--innodb-flush-log-at-trx-commit=0",
             *as_root,
         ],
         ws.log(name),
@@ -110,12 +128,7 @@ def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
         conn = pymysql.connect(
             unix_socket=str(sock), user="root", password="", connect_timeout=2, autocommit=True
         )
-        with conn, conn.cursor() as cur:
-            cur.execute(f"CREATE USER IF NOT EXISTS '{ADMIN}'@'%%' IDENTIFIED BY %s", (password,))
-            cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN}'@'%' WITH GRANT OPTION")
-            cur.execute("SELECT VERSION()")
-            row = cur.fetchone()
-        server.version = str(row[0]) if row else "unknown"
+        server.version = create_mariadb_admin(conn, password)
         return True
 
     server = MariaDBServer(port, sock, password, "unknown", process)

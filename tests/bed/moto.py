@@ -23,6 +23,7 @@ from .gobuild import _locked, cache_root
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 from .progress import say
+from .readiness import Runner
 from .workspace import Workspace
 
 REQUIREMENTS = Path(__file__).parent / "moto-requirements.txt"
@@ -33,6 +34,11 @@ ADMIN_POLICY = {
     "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
 }
 SETUP_CALLS = 3  # CreateUser, PutUserPolicy, CreateAccessKey
+# moto_server's environment in both providers: key checking on after the SETUP_CALLS.
+SERVER_ENV = {
+    "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),
+    "MOTO_ALLOW_NONEXISTENT_REGION": "false",
+}
 
 
 @dataclass
@@ -40,7 +46,7 @@ class MotoServer:
     port: int
     access_key_id: str
     secret_access_key: str
-    process: ManagedProcess
+    process: Runner  # a local process or a container (see readiness.py)
 
     @property
     def endpoint(self) -> str:
@@ -108,17 +114,22 @@ def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
         ws.log(name),
         env={
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-            "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),
             "HOME": str(ws.folder(name)),
-            "MOTO_ALLOW_NONEXISTENT_REGION": "false",
+            **SERVER_ENV,
         },
     )
     server = MotoServer(port, "", "", process)
     process.start()
     process.wait_until(server.healthy, "answering HTTP")
+    server.access_key_id, server.secret_access_key = bootstrap_moto_admin(server.endpoint)
+    return server
+
+
+def bootstrap_moto_admin(endpoint: str) -> tuple[str, str]:
+    """Spend the SETUP_CALLS unchecked calls on an admin user; return its key id and secret."""
     iam = boto3.client(
         "iam",
-        endpoint_url=server.endpoint,
+        endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="bootstrap",
         aws_secret_access_key="bootstrap",
@@ -128,6 +139,4 @@ def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
         UserName=ADMIN_USER, PolicyName="admin", PolicyDocument=json.dumps(ADMIN_POLICY)
     )
     key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
-    server.access_key_id = key["AccessKeyId"]
-    server.secret_access_key = key["SecretAccessKey"]
-    return server
+    return str(key["AccessKeyId"]), str(key["SecretAccessKey"])

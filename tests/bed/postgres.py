@@ -18,10 +18,13 @@ import psycopg
 from .errors import ServerUnavailable
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess, run
+from .readiness import Runner
 from .workspace import Workspace
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "postgres"
+# Settings of a throw-away server: durability buys nothing here, Vault pools many connections.
+SETTINGS = ("fsync=off", "max_connections=300", "synchronous_commit=off", "full_page_writes=off")
 
 
 @dataclass
@@ -29,7 +32,7 @@ class PostgresServer:
     port: int
     password: str
     version: str
-    process: ManagedProcess
+    process: Runner  # a local process or a container (see readiness.py)
 
     def dsn(
         self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
@@ -65,6 +68,12 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
+def server_args(port: int) -> list[str]:
+    """`postgres` arguments shared by both providers: the port, loopback only, SETTINGS."""
+    settings = [arg for setting in SETTINGS for arg in ("-c", setting)]
+    return ["-p", str(port), "-c", f"listen_addresses={LOOPBACK}", *settings]
+
+
 def start_postgres(ws: Workspace, name: str = "postgres") -> PostgresServer:
     bindir = postgres_bin()
     user = SUPERUSER if os.geteuid() == 0 else None
@@ -96,25 +105,7 @@ def start_postgres(ws: Workspace, name: str = "postgres") -> PostgresServer:
     port = free_port()
     process = ManagedProcess(
         name,
-        [
-            str(bindir / "postgres"),
-            "-D",
-            str(data),
-            "-p",
-            str(port),
-            "-k",
-            str(home),
-            "-c",
-            f"listen_addresses={LOOPBACK}",
-            "-c",
-            "fsync=off",
-            "-c",
-            "max_connections=300",
-            "-c",
-            "synchronous_commit=off",
-            "-c",
-            "full_page_writes=off",
-        ],
+        [str(bindir / "postgres"), "-D", str(data), "-k", str(home), *server_args(port)],
         ws.log(name),
         user=user,
         cwd=home,

@@ -10,16 +10,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ServerFailed
-
-DEFAULT_START_TIMEOUT = 60.0
-DEFAULT_STOP_TIMEOUT = 15.0
-POLL_INTERVAL = 0.1
+from .readiness import DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT, poll_until
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -72,25 +68,19 @@ class ManagedProcess:
         timeout: float = DEFAULT_START_TIMEOUT,
     ) -> None:
         """Poll `healthy` until true; fail with the log tail if the process dies or time is up."""
-        deadline = time.monotonic() + timeout
-        last_probe = "never answered"
-        while time.monotonic() < deadline:
-            if not self.running():
-                code = self.popen.returncode if self.popen else None
-                raise ServerFailed(
-                    self.name, f"exited with {code} before {what}", tail(self.log_path)
-                )
-            try:
-                if healthy():
-                    return
-            except Exception as exc:
-                last_probe = f"{type(exc).__name__}: {exc}"
-            time.sleep(POLL_INTERVAL)
-        raise ServerFailed(
+        poll_until(
             self.name,
-            f"not {what} after {timeout:.0f}s (last probe: {last_probe})",
-            tail(self.log_path),
+            healthy,
+            what,
+            timeout,
+            ended=self._ended,
+            log_tail=lambda: tail(self.log_path),
         )
+
+    def _ended(self) -> str | None:
+        if self.running():
+            return None
+        return f"exited with {self.popen.returncode if self.popen else None}"
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT, sig: int = signal.SIGTERM) -> None:
         """Signal the process group this process leads, then SIGKILL it if it lingers."""

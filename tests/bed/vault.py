@@ -20,10 +20,12 @@ from .errors import ServerFailed
 from .gobuild import VAULT
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
+from .readiness import Runner
 from .workspace import Workspace
 
 DEV_ROOT_TOKEN = "keyferry-bed-root"
 FLAVOUR = "HashiCorp Vault v1.13.2 (MPL-2.0), built from its Go module"
+CONTAINER_FLAVOUR = "HashiCorp Vault v1.13.2 (MPL-2.0), its container image"  # containers.py
 
 
 @dataclass
@@ -32,7 +34,7 @@ class VaultServer:
 
     mode: str  # "dev" or "persistent"
     port: int
-    process: ManagedProcess
+    process: Runner  # a local process or a container (see readiness.py)
     root_token: str = ""
     unseal_key: str = ""
     config_path: Path | None = None
@@ -60,31 +62,52 @@ class VaultServer:
         self.process.stop()
         self.process.start()
         if self.mode == "persistent":
-            self.process.wait_until(self._answers, "answering on its port")
+            self.process.wait_until(self.answers, "answering on its port")
             self.client().sys.submit_unseal_key(self.unseal_key)
         self.process.wait_until(self.healthy, "unsealed and healthy")
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         return self.client().sys.is_initialized() is not None
+
+
+def dev_args(port: int) -> list[str]:
+    """`vault` arguments of a dev-mode server (in memory, root token DEV_ROOT_TOKEN)."""
+    return [
+        "server",
+        "-dev",
+        f"-dev-root-token-id={DEV_ROOT_TOKEN}",
+        f"-dev-listen-address={LOOPBACK}:{port}",
+        "-dev-no-store-token",
+    ]
+
+
+def persistent_config(port: int, data: str) -> dict[str, object]:
+    """The configuration of a persistent server: file storage in `data`, plain HTTP."""
+    return {
+        "storage": {"file": {"path": data}},
+        "listener": {"tcp": {"address": f"{LOOPBACK}:{port}", "tls_disable": True}},
+        "disable_mlock": True,
+        "api_addr": f"http://{LOOPBACK}:{port}",
+        "ui": False,
+    }
+
+
+def initialise(server: VaultServer, name: str) -> None:
+    """Initialise a new persistent server with one key share, unseal it, check the root token."""
+    init = server.client().sys.initialize(secret_shares=1, secret_threshold=1)
+    server.root_token = init["root_token"]
+    server.unseal_key = init["keys"][0]
+    server.client().sys.submit_unseal_key(server.unseal_key)
+    server.process.wait_until(server.healthy, "unsealed and healthy")
+    if not server.client().is_authenticated():
+        raise ServerFailed(name, "the root token from initialisation is not accepted")
 
 
 def start_vault_dev(ws: Workspace, name: str = "vault-dev") -> VaultServer:
     binary = VAULT.binary("vault")
     home = ws.folder(name)
     port = free_port()
-    process = ManagedProcess(
-        name,
-        [
-            str(binary),
-            "server",
-            "-dev",
-            f"-dev-root-token-id={DEV_ROOT_TOKEN}",
-            f"-dev-listen-address={LOOPBACK}:{port}",
-            "-dev-no-store-token",
-        ],
-        ws.log(name),
-        env=_env(home),
-    )
+    process = ManagedProcess(name, [str(binary), *dev_args(port)], ws.log(name), env=_env(home))
     server = VaultServer("dev", port, process, root_token=DEV_ROOT_TOKEN)
     process.start()
     process.wait_until(server.healthy, "unsealed and healthy")
@@ -97,30 +120,14 @@ def start_vault_persistent(ws: Workspace, name: str = "vault-persistent") -> Vau
     home = ws.folder(name)
     port = free_port()
     config = home / "vault.json"
-    config.write_text(
-        json.dumps(
-            {
-                "storage": {"file": {"path": str(home / "data")}},
-                "listener": {"tcp": {"address": f"{LOOPBACK}:{port}", "tls_disable": True}},
-                "disable_mlock": True,
-                "api_addr": f"http://{LOOPBACK}:{port}",
-                "ui": False,
-            }
-        )
-    )
+    config.write_text(json.dumps(persistent_config(port, str(home / "data"))))
     process = ManagedProcess(
         name, [str(binary), "server", f"-config={config}"], ws.log(name), env=_env(home)
     )
     server = VaultServer("persistent", port, process, config_path=config)
     process.start()
-    process.wait_until(server._answers, "answering on its port")
-    init = server.client().sys.initialize(secret_shares=1, secret_threshold=1)
-    server.root_token = init["root_token"]
-    server.unseal_key = init["keys"][0]
-    server.client().sys.submit_unseal_key(server.unseal_key)
-    process.wait_until(server.healthy, "unsealed and healthy")
-    if not server.client().is_authenticated():
-        raise ServerFailed(name, "the root token from initialisation is not accepted")
+    process.wait_until(server.answers, "answering on its port")
+    initialise(server, name)
     return server
 
 
