@@ -1,0 +1,99 @@
+"""The contract between the webhook and the in-pod agent: the command it runs and the spec it reads.
+
+The webhook writes this into the agent container of every injected pod; the agent (and the
+end-to-end harness, which runs the mutated pod's containers as local processes) reads it
+back from there and nowhere else. Changing a field here is an API change for every pod
+already running: bump `AGENT_SPEC_VERSION` and keep the agent reading the old version.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from broker.models.roles import ROLE_NAME_PATTERN
+
+AGENT_SPEC_VERSION: Final = 1
+AGENT_SPEC_ENV = "KEYFERRY_AGENT_SPEC"
+"""The environment variable holding the `AgentSpec` as JSON."""
+
+AGENT_COMMAND = ("keyferry", "agent")
+RUN_ARGS = ("run",)
+"""`keyferry agent run`: issue every credential, write every file, then (sidecar mode) hold
+the Watch stream until SIGTERM, or (init-only mode) exit 0."""
+CHECK_ARGS = ("check",)
+"""`keyferry agent check`: exit 0 when every credential file of the spec exists, 1 otherwise.
+The sidecar's startupProbe runs exactly this, so the app starts after its credentials."""
+
+FILE_MODE = 0o440
+"""Owner and group read; see docs/injector.md for who the owner and the group are."""
+
+CREDENTIAL_NAME_MAX = 48
+CREDENTIAL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
+CREDENTIAL_NAME_RE = re.compile(CREDENTIAL_NAME_PATTERN)
+
+CredentialName = Annotated[
+    str, StringConstraints(pattern=CREDENTIAL_NAME_PATTERN, max_length=CREDENTIAL_NAME_MAX)
+]
+RoleName = Annotated[str, StringConstraints(pattern=ROLE_NAME_PATTERN)]
+
+
+class Mode(StrEnum):
+    SIDECAR = "sidecar"
+    """A native sidecar (init container with restartPolicy Always): files rotate in place."""
+    INIT_ONLY = "init-only"
+    """A plain init container: files are written once, before the app starts, never rotated."""
+
+
+class FileFormat(StrEnum):
+    ENV = "env"
+    JSON = "json"
+    DSN = "dsn"
+    PGPASS = "pgpass"
+    AWS_CREDENTIALS = "aws-credentials"
+    PEM = "pem"
+
+
+class Signal(StrEnum):
+    """Signals an app may ask for on rotation: none of them is annotation can ask for SIGKILL."""
+
+    SIGHUP = "SIGHUP"
+    SIGINT = "SIGINT"
+    SIGQUIT = "SIGQUIT"
+    SIGTERM = "SIGTERM"
+    SIGUSR1 = "SIGUSR1"
+    SIGUSR2 = "SIGUSR2"
+    SIGWINCH = "SIGWINCH"
+
+
+class CredentialRequest(BaseModel):
+    """One credential: the file `name` in the volume, issued for the keyferry role `role`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: CredentialName
+    role: RoleName
+    format: FileFormat | None = None
+    """None: the default of the role's backend, chosen by the agent once it knows the backend."""
+
+
+class AgentSpec(BaseModel):
+    """Everything the agent needs, as the webhook put it into `KEYFERRY_AGENT_SPEC`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = AGENT_SPEC_VERSION
+    mode: Mode
+    cluster: str = Field(min_length=1)
+    broker_address: str = Field(min_length=1)
+    broker_ca_pem: str | None = None
+    """The CA that signed the broker's workload listener; None: the system trust store."""
+    directory: str = Field(pattern=r"^/")
+    token_path: str = Field(pattern=r"^/")
+    file_mode: int = FILE_MODE
+    credentials: tuple[CredentialRequest, ...] = Field(min_length=1)
+    on_rotate: Signal | None = None
+    """None: no signal; the app re-reads its files itself."""

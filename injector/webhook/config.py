@@ -1,0 +1,135 @@
+"""The webhook's own configuration: everything a pod's annotations may not choose.
+
+One YAML file, read once at start (`keyferry webhook serve --config FILE`), validated
+strictly; `mutate` receives the resulting `WebhookConfig` as an argument, never a global.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .errors import InvalidConfig
+
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ABSOLUTE_PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9_-]$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|M|G)?$"
+
+DEFAULT_MOUNT_PATH = "/keyferry/secrets"
+DEFAULT_TOKEN_MOUNT_PATH = "/keyferry/token"
+DEFAULT_TOKEN_EXPIRATION_SECONDS = 600
+MIN_TOKEN_EXPIRATION_SECONDS = 600
+"""The API server refuses projected tokens that live less than 10 minutes."""
+MAX_TOKEN_EXPIRATION_SECONDS = 3600
+DEFAULT_AGENT_UID = 65532
+DEFAULT_STARTUP_TIMEOUT_SECONDS = 120
+DEFAULT_PORT = 8443
+
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY)]
+AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH, max_length=255)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ResourceList(_Strict):
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class Resources(_Strict):
+    """The agent resources; the defaults are placeholders until the agent is measured."""
+
+    requests: ResourceList = ResourceList(cpu="10m", memory="32Mi")
+    limits: ResourceList = ResourceList(memory="64Mi")
+
+
+class AgentConfig(_Strict):
+    image: str = Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    image_pull_policy: str = Field(default="IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$")
+    run_as_user: int = Field(default=DEFAULT_AGENT_UID, ge=1)
+    """The agent's UID when the app's own UID cannot be read from the pod (see docs/injector.md)."""
+    resources: Resources = Resources()
+    startup_timeout_seconds: int = Field(default=DEFAULT_STARTUP_TIMEOUT_SECONDS, ge=1, le=3600)
+
+
+class BrokerEndpoint(_Strict):
+    address: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9.:\[\]-]+:[0-9]+$")
+    """host:port of the broker's workload listener."""
+    ca_file: Path | None = None
+    """PEM file of the CA that signed the broker's certificate; `load_config` reads it into
+    `ca_pem`. Neither: the agent uses the system trust store."""
+    ca_pem: str | None = Field(default=None, max_length=65536)
+
+
+class ServerConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    cert_file: Path
+    key_file: Path
+
+
+class WebhookConfig(_Strict):
+    cluster_name: str = Field(pattern=DNS_LABEL)
+    """This cluster's name as registered with the broker; tokens get audience keyferry:<name>."""
+    namespace: str = Field(default="keyferry", pattern=DNS_LABEL)
+    """The webhook's own namespace: never injected, so the webhook can always restart itself."""
+    excluded_namespaces: tuple[Annotated[str, StringConstraints(pattern=DNS_LABEL)], ...] = (
+        "kube-system",
+    )
+    agent: AgentConfig
+    broker: BrokerEndpoint
+    mount_path: AbsolutePath = DEFAULT_MOUNT_PATH
+    token_mount_path: AbsolutePath = DEFAULT_TOKEN_MOUNT_PATH
+    token_expiration_seconds: int = Field(
+        default=DEFAULT_TOKEN_EXPIRATION_SECONDS,
+        ge=MIN_TOKEN_EXPIRATION_SECONDS,
+        le=MAX_TOKEN_EXPIRATION_SECONDS,
+    )
+    server: ServerConfig | None = None
+    """Where `keyferry webhook serve` listens; not needed by `mutate`."""
+
+    @property
+    def audience(self) -> str:
+        return f"keyferry:{self.cluster_name}"
+
+    def never_injected(self) -> frozenset[str]:
+        return frozenset({self.namespace, *self.excluded_namespaces})
+
+
+def load_config(path: Path) -> WebhookConfig:
+    """Read and validate the YAML file; problems become one `InvalidConfig` naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidConfig(f"{path}: cannot read the webhook configuration: {exc}") from exc
+    try:
+        config = WebhookConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidConfig(f"{path}: {problems}") from exc
+    # Relative file names are relative to the configuration file.
+    if config.server is not None:
+        server = config.server.model_copy(
+            update={
+                "cert_file": path.parent / config.server.cert_file,
+                "key_file": path.parent / config.server.key_file,
+            }
+        )
+        config = config.model_copy(update={"server": server})
+    ca_file = config.broker.ca_file
+    if ca_file is None:
+        return config
+    # Read once at start, so a missing file fails start-up rather than every admission.
+    try:
+        pem = (path.parent / ca_file).read_text()
+    except OSError as exc:
+        raise InvalidConfig(f"{path}: broker.ca_file: cannot read {ca_file}: {exc}") from exc
+    broker = config.broker.model_copy(update={"ca_pem": pem})
+    return config.model_copy(update={"broker": broker})

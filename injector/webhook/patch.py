@@ -1,0 +1,176 @@
+"""The JSON Patch that injects a pod: credential volume, token volume, agent, mounts.
+
+Every operation is an `add` computed against the pod as it arrives, and nothing is added
+twice: a pod that already carries the agent and both volumes (a reinvocation, or a pod
+copied from a mutated one) only gets the mounts its containers still lack, usually none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from injector.contract import (
+    AGENT_COMMAND,
+    AGENT_SPEC_ENV,
+    CHECK_ARGS,
+    RUN_ARGS,
+    AgentSpec,
+    Mode,
+)
+
+from .annotations import InjectionSpec
+from .config import WebhookConfig
+from .errors import UnsupportedPod
+from .pod import Container, Pod, RunAs
+from .review import PatchOperation
+
+AGENT_CONTAINER = "keyferry-agent"
+SECRETS_VOLUME = "keyferry-secrets"
+TOKEN_VOLUME = "keyferry-token"
+TOKEN_FILE = "token"
+RESERVED_NAMES = (AGENT_CONTAINER, SECRETS_VOLUME, TOKEN_VOLUME)
+SECRETS_SIZE_LIMIT = "1Mi"
+PROBE_PERIOD_SECONDS = 1
+
+
+def agent_spec(spec: InjectionSpec, config: WebhookConfig) -> AgentSpec:
+    return AgentSpec(
+        mode=spec.mode,
+        cluster=config.cluster_name,
+        broker_address=config.broker.address,
+        broker_ca_pem=config.broker.ca_pem,
+        directory=config.mount_path,
+        token_path=f"{config.token_mount_path}/{TOKEN_FILE}",
+        credentials=spec.credentials,
+        on_rotate=spec.on_rotate,
+    )
+
+
+def build_patch(
+    pod: Pod, spec: InjectionSpec, config: WebhookConfig, run_as: RunAs
+) -> list[PatchOperation]:
+    """The operations that make `pod` an injected pod; empty when it already is one."""
+    injected = _already_injected(pod)
+    operations = _mount_operations(pod, config)
+    if not injected:
+        operations += _volume_operations(pod, config)
+        operations.append(_agent_operation(pod, agent_container(spec, config, run_as)))
+    return operations
+
+
+def agent_container(spec: InjectionSpec, config: WebhookConfig, run_as: RunAs) -> dict[str, Any]:
+    security: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": run_as.user,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    if run_as.group is not None:
+        security["runAsGroup"] = run_as.group
+    resources = config.agent.resources
+    container: dict[str, Any] = {
+        "name": AGENT_CONTAINER,
+        "image": config.agent.image,
+        "imagePullPolicy": config.agent.image_pull_policy,
+        "command": list(AGENT_COMMAND),
+        "args": list(RUN_ARGS),
+        "env": [{"name": AGENT_SPEC_ENV, "value": agent_spec(spec, config).model_dump_json()}],
+        "resources": {
+            "requests": resources.requests.model_dump(exclude_none=True),
+            "limits": resources.limits.model_dump(exclude_none=True),
+        },
+        "securityContext": security,
+        "volumeMounts": [
+            {"name": SECRETS_VOLUME, "mountPath": config.mount_path},
+            {"name": TOKEN_VOLUME, "mountPath": config.token_mount_path, "readOnly": True},
+        ],
+    }
+    if spec.mode is Mode.SIDECAR:
+        container["restartPolicy"] = "Always"
+        container["startupProbe"] = {
+            "exec": {"command": [*AGENT_COMMAND, *CHECK_ARGS]},
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 1,
+            "failureThreshold": config.agent.startup_timeout_seconds // PROBE_PERIOD_SECONDS,
+        }
+    return container
+
+
+def volumes(config: WebhookConfig) -> list[dict[str, Any]]:
+    token = {
+        "audience": config.audience,
+        "expirationSeconds": config.token_expiration_seconds,
+        "path": TOKEN_FILE,
+    }
+    return [
+        {"name": SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SECRETS_SIZE_LIMIT}},
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
+    ]
+
+
+def _already_injected(pod: Pod) -> bool:
+    volume_names = {v.name for v in pod.spec.volumes or []}
+    present = {
+        AGENT_CONTAINER: any(c.name == AGENT_CONTAINER for c in pod.spec.init_containers or []),
+        SECRETS_VOLUME: SECRETS_VOLUME in volume_names,
+        TOKEN_VOLUME: TOKEN_VOLUME in volume_names,
+    }
+    if any(c.name == AGENT_CONTAINER for c in pod.spec.containers):
+        raise _reserved(f"an app container is named {AGENT_CONTAINER}")
+    if all(present.values()):
+        return True
+    if any(present.values()):
+        found = ", ".join(name for name, there in present.items() if there)
+        raise _reserved(f"{found} exist(s) but keyferry did not add them all")
+    return False
+
+
+def _reserved(problem: str) -> UnsupportedPod:
+    return UnsupportedPod(
+        "spec",
+        problem,
+        f"the container name {AGENT_CONTAINER} and the volume names {SECRETS_VOLUME} and "
+        f"{TOKEN_VOLUME} are keyferry's: rename yours",
+    )
+
+
+def _mount_operations(pod: Pod, config: WebhookConfig) -> list[PatchOperation]:
+    mount = {"name": SECRETS_VOLUME, "mountPath": config.mount_path, "readOnly": True}
+    operations = []
+    targets: list[tuple[str, Container]] = [
+        (f"/spec/containers/{i}", c) for i, c in enumerate(pod.spec.containers)
+    ]
+    targets += [
+        (f"/spec/initContainers/{i}", c)
+        for i, c in enumerate(pod.spec.init_containers or [])
+        if c.name != AGENT_CONTAINER
+    ]
+    for path, container in targets:
+        if any(m.name == SECRETS_VOLUME for m in container.volume_mounts or []):
+            continue
+        if any(m.mount_path == config.mount_path for m in container.volume_mounts or []):
+            raise UnsupportedPod(
+                f"{path.removeprefix('/spec/')} ({container.name}).volumeMounts",
+                f"something is already mounted at {config.mount_path}",
+                "keyferry mounts the credential files there: mount yours elsewhere",
+            )
+        if container.volume_mounts is None:
+            operations.append(PatchOperation(path=f"{path}/volumeMounts", value=[mount]))
+        else:
+            operations.append(PatchOperation(path=f"{path}/volumeMounts/-", value=mount))
+    return operations
+
+
+def _volume_operations(pod: Pod, config: WebhookConfig) -> list[PatchOperation]:
+    if pod.spec.volumes is None:
+        return [PatchOperation(path="/spec/volumes", value=volumes(config))]
+    return [PatchOperation(path="/spec/volumes/-", value=v) for v in volumes(config)]
+
+
+def _agent_operation(pod: Pod, container: dict[str, Any]) -> PatchOperation:
+    # First of the init containers: later init containers (migrations...) see the files too.
+    if pod.spec.init_containers is None:
+        return PatchOperation(path="/spec/initContainers", value=[container])
+    return PatchOperation(path="/spec/initContainers/0", value=container)

@@ -1,0 +1,413 @@
+"""The webhook on real API servers (clusters a and b): registered by URL, called on pod creation.
+
+Each cluster gets its own in-process webhook (its config names the cluster, so the token
+audience differs) on 127.0.0.1 with a fresh CA, and a registration that only selects
+namespaces carrying this module's opt-in label, so other tests' pods never depend on it.
+Pods are stored, never run (the bed has no nodes): what is checked is the stored pod.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import secrets
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
+from injector.webhook.registration import registration
+from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer, server_context
+from tests.bed.kube import KubeCluster
+from tests.bed.pki import new_ca
+from tests.bed.ports import LOOPBACK
+
+from .kube_helpers import admission, apps, core, eventually, new_namespace
+from .webhook_probe import LABEL_KEY, WebhookProbe, start_webhook_probe
+
+pytestmark = pytest.mark.bed
+NAMES = ("a", "b")
+RUN = secrets.token_hex(3)
+OPT_IN = (f"keyferry.test/inject-{RUN}", "on")
+APP_UID = 1000
+INJECT = {"keyferry.io/inject": "true", "keyferry.io/role.db": "orders-db-ro"}
+
+
+@dataclass
+class Harness:
+    cluster: KubeCluster
+    config: WebhookConfig
+    registration: str
+    server: WebhookServer = field(init=False)
+    seen: list[Admission] = field(default_factory=list)
+    round_trips: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, admission: Admission) -> None:
+        with self.lock:
+            self.seen.append(admission)
+
+    def admissions(self, namespace: str) -> list[Admission]:
+        with self.lock:
+            return [a for a in self.seen if a.namespace == namespace]
+
+    def namespace(self, prefix: str) -> str:
+        with self.cluster.api_client() as api:
+            return new_namespace(api, prefix, labels=dict([OPT_IN]))
+
+    def create(self, namespace: str, body: dict[str, Any], **options: Any) -> dict[str, Any]:
+        """Create a pod through the API server; the stored (or dry-run) pod as JSON."""
+        with self.cluster.api_client() as api:
+            started = time.perf_counter()
+            raw = core(api).create_namespaced_pod(
+                namespace, body, _preload_content=False, **options
+            )
+            self.round_trips.append(time.perf_counter() - started)
+            created: dict[str, Any] = json.loads(raw.data)
+        return created
+
+    def read(self, namespace: str, name: str) -> dict[str, Any]:
+        with self.cluster.api_client() as api:
+            raw = core(api).read_namespaced_pod(name, namespace, _preload_content=False)
+            stored: dict[str, Any] = json.loads(raw.data)
+        return stored
+
+
+def pod_body(
+    name: str | None = None, annotations: dict[str, str] | None = None, **spec: Any
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"annotations": annotations or {}}
+    metadata.update({"name": name} if name else {"generateName": "app-"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "securityContext": {"runAsUser": APP_UID, "runAsNonRoot": True},
+            "containers": [{"name": "app", "image": "keyferry/smoke:0.1.0"}],
+            **spec,
+        },
+    }
+
+
+def agent_of(stored: dict[str, Any]) -> dict[str, Any] | None:
+    init = stored["spec"].get("initContainers") or []
+    agents = [c for c in init if c["name"] == "keyferry-agent"]
+    assert len(agents) <= 1, "the agent was added twice"
+    return agents[0] if agents else None
+
+
+def volumes_of(stored: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in stored["spec"].get("volumes") or []}
+
+
+@pytest.fixture(scope="module")
+def webhooks(
+    kube_clusters: dict[str, KubeCluster], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Harness]]:
+    folder = tmp_path_factory.mktemp("keyferry-webhook")
+    ca = new_ca(folder, "ca", "keyferry webhook test CA")
+    serving = ca.issue(folder, "serving", "keyferry-webhook", ip_addresses=(LOOPBACK,))
+    context = server_context(serving.cert, serving.key)
+    bundle = base64.b64encode(ca.pem()).decode()
+    harnesses: dict[str, Harness] = {}
+    try:
+        for name in NAMES:
+            config = WebhookConfig(
+                cluster_name=name,
+                namespace=f"keyferry-{RUN}",
+                agent=AgentConfig(image="keyferry/agent:test"),
+                broker=BrokerEndpoint(address="127.0.0.1:9443"),
+            )
+            harness = Harness(kube_clusters[name], config, f"keyferry-{RUN}")
+            harness.server = WebhookServer(config, context, observe=harness.observe)
+            url = f"https://{LOOPBACK}:{harness.server.start()}{MUTATE_PATH}"
+            document = registration(harness.registration, url, bundle, config, opt_in_label=OPT_IN)
+            with harness.cluster.api_client() as api:
+                admission(api).create_mutating_webhook_configuration(document)
+            harnesses[name] = harness
+        for harness in harnesses.values():
+            _wait_until_active(harness)
+        yield harnesses
+    finally:
+        for harness in harnesses.values():
+            with harness.cluster.api_client() as api:
+                admission(api).delete_mutating_webhook_configuration(harness.registration)
+            harness.server.stop()
+
+
+def _wait_until_active(harness: Harness) -> None:
+    """The API server picks up a new configuration asynchronously: retry until a pod is patched."""
+    namespace = harness.namespace("warmup")
+
+    def patched() -> bool:
+        stored = harness.create(namespace, pod_body(annotations=INJECT))
+        return agent_of(stored) is not None
+
+    eventually(patched, f"the keyferry webhook patching pods on {harness.cluster.name}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_annotated_pod_is_mutated(webhooks: dict[str, Harness], name: str) -> None:
+    harness = webhooks[name]
+    namespace = harness.namespace("inject")
+    harness.create(namespace, pod_body("app", INJECT))
+    stored = harness.read(namespace, "app")
+
+    agent = agent_of(stored)
+    assert agent is not None
+    assert agent["restartPolicy"] == "Always"
+    assert agent["startupProbe"]["exec"]["command"] == ["keyferry", "agent", "check"]
+    assert agent["command"] == ["keyferry", "agent"]
+    assert agent["args"] == ["run"]
+    assert agent["image"] == "keyferry/agent:test"
+    security = agent["securityContext"]
+    assert security["runAsUser"] == APP_UID
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    spec = json.loads(next(e["value"] for e in agent["env"] if e["name"] == "KEYFERRY_AGENT_SPEC"))
+    assert spec["cluster"] == name
+    assert spec["credentials"] == [{"name": "db", "role": "orders-db-ro", "format": None}]
+
+    volumes = volumes_of(stored)
+    assert volumes["keyferry-secrets"]["emptyDir"]["medium"] == "Memory"
+    token = volumes["keyferry-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token == {"audience": f"keyferry:{name}", "expirationSeconds": 600, "path": "token"}
+    (app,) = stored["spec"]["containers"]
+    mounts = [m for m in app["volumeMounts"] if m["name"].startswith("keyferry-")]
+    assert mounts == [
+        {"name": "keyferry-secrets", "mountPath": "/keyferry/secrets", "readOnly": True}
+    ]
+    # The API server may call keyferry again after its own plugins touched the pod
+    # (reinvocationPolicy IfNeeded): only the first call patches.
+    calls = harness.admissions(namespace)
+    assert {a.name for a in calls} == {"app"}
+    assert [a.patched for a in calls] == [True] + [False] * (len(calls) - 1)
+
+
+def test_readmission_after_another_webhook_changes_the_pod(
+    webhooks: dict[str, Harness], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A second webhook that patches after keyferry makes the API server call keyferry again
+    (reinvocationPolicy IfNeeded); that second call must add nothing."""
+    harness = webhooks["a"]
+    probe: WebhookProbe = start_webhook_probe(tmp_path_factory.mktemp("probe"))
+    selector = {f"keyferry.test/probe-{RUN}": "on"}
+    name = f"zz-probe-{RUN}"  # webhooks run in name order: after keyferry's
+    try:
+        with harness.cluster.api_client() as api:
+            namespace = new_namespace(api, "reinvoke", labels={**dict([OPT_IN]), **selector})
+            admission(api).create_mutating_webhook_configuration(
+                _probe_registration(name, probe.url("/mutate/a"), probe.ca_bundle(), selector)
+            )
+
+        def labelled() -> dict[str, Any] | None:
+            stored = harness.create(namespace, pod_body(annotations=INJECT))
+            return stored if LABEL_KEY in (stored["metadata"].get("labels") or {}) else None
+
+        stored = eventually(labelled, "the probe webhook patching after keyferry")
+    finally:
+        with harness.cluster.api_client() as api:
+            admission(api).delete_mutating_webhook_configuration(name)
+        probe.stop()
+    assert agent_of(stored) is not None
+    assert list(volumes_of(stored)).count("keyferry-token") == 1
+    calls = [a for a in harness.admissions(namespace) if a.name == "app-"]
+    assert any(not a.patched for a in calls), "keyferry was not reinvoked"
+
+
+def test_deployment_pod_with_generated_name_is_mutated(webhooks: dict[str, Harness]) -> None:
+    harness = webhooks["a"]
+    namespace = harness.namespace("deploy")
+    labels = {"app": "orders"}
+    template = pod_body(annotations=INJECT)
+    template["metadata"]["labels"] = labels
+    del template["metadata"]["generateName"], template["apiVersion"], template["kind"]
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "orders"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": template},
+    }
+    with harness.cluster.api_client() as api:
+        apps(api).create_namespaced_deployment(namespace, body)
+
+        def a_pod() -> Any:
+            pods = core(api).list_namespaced_pod(namespace, label_selector="app=orders").items
+            return pods[0] if pods else None
+
+        found = eventually(a_pod, f"a pod of Deployment orders in {namespace}")
+    stored = harness.read(namespace, found.metadata.name)
+    assert stored["metadata"]["name"].startswith("orders-")
+    agent = agent_of(stored)
+    assert agent is not None
+    assert agent["restartPolicy"] == "Always"
+    assert "keyferry-token" in volumes_of(stored)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("annotations", "message"),
+    [
+        (
+            {**INJECT, "keyferry.io/format.db": "yaml"},
+            "annotation keyferry.io/format.db: 'yaml' is not a file format",
+        ),
+        (
+            {**INJECT, "keyferry.io/image": "evil:1"},
+            "annotation keyferry.io/image: is not a keyferry annotation",
+        ),
+        (
+            {"keyferry.io/inject": "true", "keyferry.io/role.etc..passwd": "r"},
+            "is not a safe file name",
+        ),
+        (
+            {**INJECT, "keyferry.io/on-rotate": "signal:SIGHUP"},
+            "set spec.shareProcessNamespace: true",
+        ),
+    ],
+)
+def test_bad_annotation_is_refused_by_the_api_server(
+    webhooks: dict[str, Harness], name: str, annotations: dict[str, str], message: str
+) -> None:
+    harness = webhooks[name]
+    namespace = harness.namespace("refuse")
+    with pytest.raises(ApiException) as refused:
+        harness.create(namespace, pod_body("bad", annotations))
+    assert refused.value.status == 400
+    body = json.loads(refused.value.body or "{}")
+    assert "denied the request" in body["message"]
+    assert message in body["message"]
+    with harness.cluster.api_client() as api, pytest.raises(ApiException) as missing:
+        core(api).read_namespaced_pod("bad", namespace)
+    assert missing.value.status == 404
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unannotated_pod_is_untouched(webhooks: dict[str, Harness], name: str) -> None:
+    harness = webhooks[name]
+    namespace = harness.namespace("plain")
+    harness.create(namespace, pod_body("plain"))
+    stored = harness.read(namespace, "plain")
+    assert agent_of(stored) is None
+    assert not [v for v in volumes_of(stored) if v.startswith("keyferry-")]
+    (seen,) = harness.admissions(namespace)
+    assert seen.allowed
+    assert not seen.patched
+
+
+def test_kube_system_and_own_namespace_are_never_sent(webhooks: dict[str, Harness]) -> None:
+    """Even when they carry the opt-in label, the registration's NotIn keeps them out."""
+    harness = webhooks["a"]
+    own = harness.config.namespace
+    name = f"untouched-{RUN}"
+    label = {"metadata": {"labels": {OPT_IN[0]: OPT_IN[1]}}}
+    with harness.cluster.api_client() as api:
+        v1 = core(api)
+        v1.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=own)))
+        v1.patch_namespace(own, label)
+        v1.patch_namespace("kube-system", label)
+        try:
+            for namespace in ("kube-system", own):
+                eventually(
+                    functools.partial(_default_account, v1, namespace),
+                    f"the default ServiceAccount in {namespace}",
+                )
+                harness.create(namespace, pod_body(name, INJECT))
+                stored = harness.read(namespace, name)
+                v1.delete_namespaced_pod(name, namespace)
+                assert agent_of(stored) is None, namespace
+                assert harness.admissions(namespace) == [], namespace
+        finally:
+            v1.patch_namespace("kube-system", {"metadata": {"labels": {OPT_IN[0]: None}}})
+
+
+def test_init_only_mode_gives_a_plain_init_container(webhooks: dict[str, Harness]) -> None:
+    harness = webhooks["b"]
+    namespace = harness.namespace("init-only")
+    existing = [{"name": "migrate", "image": "keyferry/smoke:0.1.0"}]
+    annotations = {**INJECT, "keyferry.io/mode": "init-only"}
+    harness.create(namespace, pod_body("job", annotations, initContainers=existing))
+    stored = harness.read(namespace, "job")
+    init = stored["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["keyferry-agent", "migrate"]
+    assert "restartPolicy" not in init[0]
+    assert "startupProbe" not in init[0]
+    assert {"name": "keyferry-secrets", "mountPath": "/keyferry/secrets", "readOnly": True} in init[
+        1
+    ]["volumeMounts"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_server_side_dry_run_is_mutated_and_stores_nothing(
+    webhooks: dict[str, Harness], name: str
+) -> None:
+    harness = webhooks[name]
+    namespace = harness.namespace("dry-run")
+    answered = harness.create(namespace, pod_body("dry", INJECT), dry_run="All")
+    assert agent_of(answered) is not None
+    with harness.cluster.api_client() as api, pytest.raises(ApiException) as missing:
+        core(api).read_namespaced_pod("dry", namespace)
+    assert missing.value.status == 404
+    calls = harness.admissions(namespace)
+    assert all(a.dry_run for a in calls)
+    assert [a.patched for a in calls] == [True] + [False] * (len(calls) - 1)
+
+
+def test_latency_report(webhooks: dict[str, Harness], capsys: pytest.CaptureFixture[str]) -> None:
+    """Printed, not asserted: the webhook's own time per admission, and the API round trip."""
+    with capsys.disabled():
+        for name, harness in webhooks.items():
+            inside = sorted(a.seconds * 1000 for a in harness.seen)
+            around = sorted(t * 1000 for t in harness.round_trips)
+            print(
+                f"\nkeyferry webhook on cluster {name}: {len(inside)} admissions, "
+                f"webhook time median {statistics.median(inside):.2f} ms, "
+                f"max {inside[-1]:.2f} ms; pod create round trip median "
+                f"{statistics.median(around):.1f} ms, max {around[-1]:.1f} ms"
+            )
+
+
+def _default_account(v1: Any, namespace: str) -> bool:
+    return any(
+        sa.metadata.name == "default" for sa in v1.list_namespaced_service_account(namespace).items
+    )
+
+
+def _probe_registration(
+    name: str, url: str, ca_bundle: str, selector: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": f"{name}.keyferry.test",
+                "clientConfig": {"url": url, "caBundle": ca_bundle},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": selector},
+                "failurePolicy": "Fail",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 5,
+            }
+        ],
+    }

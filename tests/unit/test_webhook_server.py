@@ -1,0 +1,283 @@
+"""The webhook's HTTPS server, config file and CLI, on loopback (no cluster needed)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from broker.cli.main import app
+from injector.webhook.config import WebhookConfig, load_config
+from injector.webhook.errors import InvalidConfig
+from injector.webhook.registration import registration
+from injector.webhook.server import Admission, WebhookServer, server_context
+from tests.bed.pki import CA, KeyPair, new_ca
+from tests.bed.ports import free_port
+
+CONFIG_YAML = """\
+cluster_name: east
+namespace: keyferry-system
+agent:
+  image: keyferry/agent:test
+broker:
+  address: broker.keyferry.svc:8443
+  ca_file: broker-ca.pem
+server:
+  host: 127.0.0.1
+  port: {port}
+  cert_file: tls.crt
+  key_file: tls.key
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[CA, KeyPair]:
+    folder = tmp_path_factory.mktemp("webhook-pki")
+    ca = new_ca(folder, "ca", "webhook test CA")
+    return ca, ca.issue(folder, "serving", "webhook", ip_addresses=("127.0.0.1",))
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, pki: tuple[CA, KeyPair]) -> Path:
+    ca, serving = pki
+    (tmp_path / "tls.crt").write_bytes(serving.cert.read_bytes())
+    (tmp_path / "tls.key").write_bytes(serving.key.read_bytes())
+    (tmp_path / "broker-ca.pem").write_bytes(ca.pem())
+    path = tmp_path / "webhook.yaml"
+    path.write_text(CONFIG_YAML.format(port=free_port()))
+    return path
+
+
+@pytest.fixture
+def server(config_file: Path) -> Iterator[tuple[WebhookServer, list[Admission]]]:
+    config = load_config(config_file)
+    assert config.server is not None
+    seen: list[Admission] = []
+    context = server_context(config.server.cert_file, config.server.key_file)
+    running = WebhookServer(config, context, observe=seen.append)
+    running.start()
+    yield running, seen
+    running.stop()
+
+
+def call(port: int, ca: CA, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def review(annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "abc",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "someone"},
+            "object": {
+                "metadata": {"name": "p", "annotations": annotations},
+                "spec": {
+                    "securityContext": {"runAsUser": 1000},
+                    "containers": [{"name": "app", "image": "app:1"}],
+                },
+            },
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+        },
+    }
+
+
+def test_round_trip(server: tuple[WebhookServer, list[Admission]], pki: tuple[CA, KeyPair]) -> None:
+    running, seen = server
+    ca, _ = pki
+    body = json.dumps(
+        review({"keyferry.io/inject": "true", "keyferry.io/role.db": "orders-db-ro"})
+    ).encode()
+    status, answer = call(running.port, ca, "POST", "/mutate", body)
+    assert status == 200
+    decoded = json.loads(answer)
+    assert decoded["apiVersion"] == "admission.k8s.io/v1"
+    assert decoded["kind"] == "AdmissionReview"
+    assert decoded["response"]["uid"] == "abc"
+    assert decoded["response"]["allowed"] is True
+    assert decoded["response"]["patchType"] == "JSONPatch"
+    assert "status" not in decoded["response"]  # None fields are left out
+    assert seen[-1].patched
+    assert seen[-1].seconds < 1
+
+
+def test_refusal_is_encoded_with_status(
+    server: tuple[WebhookServer, list[Admission]], pki: tuple[CA, KeyPair]
+) -> None:
+    running, _ = server
+    body = json.dumps(review({"keyferry.io/inject": "maybe"})).encode()
+    status, answer = call(running.port, pki[0], "POST", "/mutate", body)
+    assert status == 200
+    response = json.loads(answer)["response"]
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 400
+    assert "annotation keyferry.io/inject" in response["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("GET", "/healthz", None, 200),
+        ("GET", "/nothing", None, 404),
+        ("POST", "/other", b"{}", 404),
+        ("POST", "/mutate", b"not json", 400),
+        ("POST", "/mutate", b'{"apiVersion": "admission.k8s.io/v1beta1"}', 400),
+        (
+            "POST",
+            "/mutate",
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+            400,
+        ),
+    ],
+)
+def test_http_edges(
+    server: tuple[WebhookServer, list[Admission]],
+    pki: tuple[CA, KeyPair],
+    method: str,
+    path: str,
+    body: bytes | None,
+    expected: int,
+) -> None:
+    status, _ = call(server[0].port, pki[0], method, path, body)
+    assert status == expected
+
+
+def test_config_resolves_files_next_to_it(config_file: Path, pki: tuple[CA, KeyPair]) -> None:
+    config = load_config(config_file)
+    assert config.broker.ca_pem == pki[0].pem().decode()
+    assert config.server is not None
+    assert config.server.cert_file == config_file.parent / "tls.crt"
+    assert config.audience == "keyferry:east"
+    assert config.never_injected() == {"keyferry-system", "kube-system"}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("cluster_name: East\n", ["cluster_name", "agent: Field required"]),
+        ("[unclosed", ["cannot read"]),
+        (
+            "cluster_name: a\nagent: {image: x}\nbroker: {address: 'b:1'}\n"
+            "token_expiration_seconds: 60\n",
+            ["token_expiration_seconds"],
+        ),
+        (
+            "cluster_name: a\nagent: {image: x}\nbroker: {address: 'b:1', ca_file: nope.pem}\n",
+            ["broker.ca_file", "nope.pem"],
+        ),
+        ("cluster_name: a\nagent: {image: x, colour: red}\nbroker: {address: 'b:1'}\n", ["colour"]),
+    ],
+)
+def test_bad_config(tmp_path: Path, text: str, words: list[str]) -> None:
+    path = tmp_path / "webhook.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidConfig) as bad:
+        load_config(path)
+    for word in words:
+        assert word in bad.value.message
+    assert str(path) in bad.value.message
+
+
+def test_registration_fields() -> None:
+    config = WebhookConfig.model_validate(
+        {
+            "cluster_name": "east",
+            "namespace": "kf",
+            "excluded_namespaces": ["tooling"],
+            "agent": {"image": "x"},
+            "broker": {"address": "b:1"},
+        }
+    )
+    document = registration("keyferry", "https://127.0.0.1:1/mutate", "Q0E=", config)
+    (webhook,) = document["webhooks"]
+    assert webhook["clientConfig"] == {"url": "https://127.0.0.1:1/mutate", "caBundle": "Q0E="}
+    assert webhook["rules"][0]["operations"] == ["CREATE"]
+    assert webhook["rules"][0]["resources"] == ["pods"]
+    assert webhook["sideEffects"] == "None"
+    assert webhook["reinvocationPolicy"] == "IfNeeded"
+    assert webhook["failurePolicy"] == "Fail"
+    assert webhook["namespaceSelector"]["matchExpressions"] == [
+        {
+            "key": "kubernetes.io/metadata.name",
+            "operator": "NotIn",
+            "values": ["kf", "kube-system", "tooling"],
+        }
+    ]
+
+
+def test_cli_help_has_an_example() -> None:
+    result = CliRunner().invoke(app, ["webhook", "serve", "--help"])
+    assert result.exit_code == 0
+    assert "keyferry webhook serve --config" in result.output
+    assert "webhook" in CliRunner().invoke(app, ["--help"]).output
+
+
+def test_cli_bad_config_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "webhook.yaml"
+    path.write_text("cluster_name: a\n")
+    result = CliRunner().invoke(app, ["webhook", "serve", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "agent" in result.output
+
+
+def test_cli_serves_until_sigterm(config_file: Path, pki: tuple[CA, KeyPair]) -> None:
+    config = load_config(config_file)
+    assert config.server is not None
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from broker.cli.main import main; main()",
+            "webhook",
+            "serve",
+            "--config",
+            str(config_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = call(config.server.port, pki[0], "GET", "/healthz")
+                break
+            except OSError:
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, "the webhook never listened"
+                time.sleep(0.1)
+        assert (status, body) == (200, b"ok")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+        assert process.returncode == 0, output
+        assert b"webhook stopped" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
