@@ -11,6 +11,10 @@ from pathlib import Path
 
 import typer
 
+from injector.webhook.cli import app as webhook_app
+
+from . import roles, serve
+
 app = typer.Typer(
     name="keyferry",
     help=(
@@ -18,12 +22,18 @@ app = typer.Typer(
         "across every registered cluster.\n\n"
         "Examples:\n\n"
         "  keyferry version\n\n"
+        "  keyferry broker serve --config broker.yaml   # run the broker\n\n"
+        "  keyferry roles apply -f roles.yaml           # define credential roles\n\n"
+        "  keyferry roles list\n\n"
         "  keyferry demo            # start the test bed's servers and show where they listen\n\n"
         "  keyferry demo --hold     # ... and keep them running until Ctrl-C"
     ),
     no_args_is_help=True,
     add_completion=True,
 )
+app.add_typer(webhook_app, name="webhook")
+app.add_typer(serve.app)
+app.add_typer(roles.app)
 
 
 @app.command()

@@ -96,8 +96,14 @@ class ClusterClient:
         path = "/.well-known/openid-configuration"
         return _json_object(await self._call(f"GET {path}", get), path)
 
-    async def ensure_pod_bound(self, workload: Workload) -> None:
-        """The token's pod must still exist with the token's UID (a deleted pod's token is dead)."""
+    async def ensure_pod_bound(
+        self, workload: Workload, *, allow_terminating: bool = False
+    ) -> None:
+        """The token's pod must still exist with the token's UID (a deleted pod's token is dead).
+
+        A terminating or finished pod gets no new credentials; `allow_terminating` accepts it
+        for calls that only give something back (Release at agent shutdown).
+        """
 
         def read() -> Any:
             try:
@@ -120,6 +126,8 @@ class ClusterClient:
                 f"pod {workload.namespace}/{workload.pod} in cluster {workload.cluster!r} was "
                 "replaced (its UID changed); the old pod's token is not accepted"
             )
+        if allow_terminating:
+            return
         if pod.metadata.deletion_timestamp is not None or pod.status.phase in (
             "Succeeded",
             "Failed",

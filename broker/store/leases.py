@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +24,7 @@ from .failures import store_errors
 from .records import (
     LIVE_STATES,
     ExistingLease,
+    LeaseHandle,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
@@ -85,12 +87,15 @@ class LeaseRepository:
         expires_at: datetime | None,
         *,
         retire_after: datetime | None = None,
+        vault_lease: dict[str, Any] | None = None,
+        sealed_credential: bytes | None = None,
     ) -> LeaseRecord:
         """Record what Vault issued; the pending row becomes active.
 
         Older active generations of the same pod's credential become revoking, to be
         revoked at Vault after `retire_after` (default: now). `expires_at` is None for a
-        credential without a Vault lease lifetime (kv-v2).
+        credential without a Vault lease lifetime (kv-v2). `vault_lease` (the backend's
+        handle) and `sealed_credential` are kept with the row (see LeaseHandle).
 
         If the lease became revoking while Vault was asked (its pod was deleted), the
         Vault lease id is still recorded, so the revoker revokes it, and
@@ -105,6 +110,7 @@ class LeaseRepository:
             now = self._clock()
             if row.state == LeaseState.REVOKING and row.vault_lease_id is None:
                 row.vault_lease_id = vault_lease_id
+                row.vault_lease = vault_lease
                 row.expires_at = expires_at
                 row.updated_at = now
                 session.flush()
@@ -112,6 +118,8 @@ class LeaseRepository:
             elif row.state != LeaseState.PENDING:
                 raise LeaseStateConflict(_record(row), "complete issue", _PENDING)
             else:
+                row.vault_lease = vault_lease
+                row.sealed_credential = sealed_credential
                 _activate(
                     session,
                     row,
@@ -133,6 +141,7 @@ class LeaseRepository:
                 raise LeaseStateConflict(_record(row), "mark failed", _PENDING)
             row.state = LeaseState.FAILED
             row.last_error = error[:ERROR_CAP]
+            row.sealed_credential = None
             return True
 
         return self._change(lease_id, "mark failed", change)
@@ -182,6 +191,7 @@ class LeaseRepository:
                 return False
             row.state = LeaseState.REVOKING
             row.revoke_after = when
+            row.sealed_credential = None  # no longer handed out
             return True
 
         return self._change(lease_id, "mark revoking", change)
@@ -210,6 +220,7 @@ class LeaseRepository:
             if row.state not in allowed:
                 raise LeaseStateConflict(_record(row), "mark revoked", allowed)
             row.state = LeaseState.REVOKED
+            row.sealed_credential = None
             return True
 
         return self._change(lease_id, "mark revoked", change)
@@ -239,6 +250,22 @@ class LeaseRepository:
         with store_errors("finding a live lease"), self._sessions() as session:
             row = _live(session, pod_uid, credential)
             return None if row is None else _record(row)
+
+    def handle(self, lease_id: str) -> LeaseHandle:
+        """The lease's Vault handle and sealed credential (LeaseNotFound if there is no row)."""
+        with store_errors("reading a lease handle"), self._sessions() as session:
+            row = _get(session, lease_id)
+            return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
+
+    def count_live(self, *, pod_uid: str | None = None, cluster: str | None = None) -> int:
+        """Pending and active leases of one pod, one cluster, or all (for caps and gauges)."""
+        query = select(func.count()).select_from(LeaseRow).where(LeaseRow.state.in_(LIVE_STATES))
+        if pod_uid is not None:
+            query = query.where(LeaseRow.pod_uid == pod_uid)
+        if cluster is not None:
+            query = query.where(LeaseRow.cluster == cluster)
+        with store_errors("counting leases"), self._sessions() as session:
+            return int(session.execute(query).scalar_one())
 
     def list_by_selector(self, selector: Selector, limit: int | None = None) -> list[LeaseRecord]:
         query = select(LeaseRow).where(LeaseRow.state.in_(selector.states))
@@ -378,7 +405,12 @@ def _activate(
             LeaseRow.state == LeaseState.ACTIVE,
             LeaseRow.generation < row.generation,
         )
-        .values(state=LeaseState.REVOKING, revoke_after=retire_after or now, updated_at=now)
+        .values(
+            state=LeaseState.REVOKING,
+            revoke_after=retire_after or now,
+            updated_at=now,
+            sealed_credential=None,
+        )
     )
     session.flush()
 

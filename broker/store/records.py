@@ -5,7 +5,7 @@ Rows never leave a session; a record is a frozen copy, safe to pass between thre
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -75,6 +75,19 @@ class LeaseRecord(BaseModel):
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True)
+class LeaseHandle:
+    """What the broker keeps beside a lease row to revoke it and to hand it out again.
+
+    `vault_lease` is the backend's VaultLease as JSON (nothing secret); `sealed_credential`
+    is the credential encrypted by the broker, present only while the lease is live.
+    """
+
+    lease_id: str
+    vault_lease: dict[str, Any] | None
+    sealed_credential: bytes | None = field(repr=False)
 
 
 @dataclass(frozen=True)

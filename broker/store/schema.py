@@ -22,6 +22,7 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -98,6 +99,8 @@ class LeaseRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
     revoke_attempts: Mapped[int] = mapped_column(Integer)
+    vault_lease: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sealed_credential: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class RoleRow(Base):

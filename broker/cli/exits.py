@@ -1,0 +1,6 @@
+"""The `keyferry` command's exit codes, the same for every subcommand."""
+
+OK = 0
+FAILED = 1  # the broker refused the request or could not start
+CONFIG = 2  # a file or an option is invalid: fix it and run again
+UNREACHABLE = 3  # the broker did not answer: is it running, is the socket path right?

@@ -1,0 +1,76 @@
+"""`keyferry broker serve`: run the broker from a config file until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.errors import KeyferryError
+from broker.settings import SettingsInvalid, load_settings
+
+from .exits import CONFIG, FAILED
+
+app = typer.Typer(
+    name="broker",
+    help="Run the keyferry broker.",
+    no_args_is_help=True,
+)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  keyferry broker serve --config /etc/keyferry/broker.yaml\n\n"
+        "  KEYFERRY_VAULT__ADDR=https://vault:8200 keyferry broker serve --config broker.yaml\n\n"
+        "A setting from the environment (prefix KEYFERRY_, groups split by __) wins over the "
+        "file. See docs/examples/broker.yaml for every group.\n\n"
+        "Exit codes: 0 stopped by SIGTERM/SIGINT; 2 the configuration is invalid; "
+        "1 the broker could not start (the message says which part and why)."
+    )
+)
+def serve(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="the broker's YAML config file",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Serve the workload (TLS) and admin listeners until SIGTERM, then stop gracefully."""
+    from broker.server.logs import configure_logging  # noqa: PLC0415 - server loads only here
+    from broker.server.run import serve as run  # noqa: PLC0415
+
+    try:
+        settings = load_settings(config)
+    except SettingsInvalid as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(CONFIG) from None
+    configure_logging(log_level)
+
+    def ready(server: object) -> None:
+        from broker.server import BrokerServer  # noqa: PLC0415
+
+        assert isinstance(server, BrokerServer)
+        typer.echo(f"keyferry broker: workload listener on port {server.port} (TLS)", err=True)
+        if server.tls.generated:
+            typer.echo(
+                f"keyferry broker: self-signed TLS identity at {server.tls.cert_path} "
+                "(development only; set workload.tls_cert and workload.tls_key)",
+                err=True,
+            )
+        typer.echo(f"keyferry broker: admin socket {server.admin_socket}", err=True)
+
+    try:
+        asyncio.run(run(settings, ready=ready))
+    except KeyferryError as exc:
+        typer.echo(f"keyferry broker: cannot start: {exc.message}", err=True)
+        raise typer.Exit(FAILED) from None

@@ -1,0 +1,167 @@
+"""create_server: the broker's listeners around one runtime.
+
+Two gRPC servers, because a Python gRPC server cannot require client certificates on one
+port and not another, and ops methods must never be reachable by pods:
+
+- workload: TLS, BrokerService (bearer token per call), health, reflection;
+- admin: RolesService, health, reflection, on a Unix socket of mode 0600 in the data
+  directory until the mutual-TLS admin listener exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from broker.api.v1 import broker_pb2, broker_pb2_grpc, roles_pb2, roles_pb2_grpc
+from broker.errors import InvalidRequest, KeyferryError
+from broker.service import BrokerRuntime
+from broker.settings import BrokerSettings
+
+from .broker_servicer import BrokerServicer
+from .metrics import BrokerMetrics
+from .roles_servicer import RolesServicer
+from .tls import TlsIdentity, workload_identity
+
+log = structlog.get_logger("keyferry.server")
+BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
+ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
+SOCKET_MODE = 0o600
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+DEFAULT_GRACE = 5.0
+
+
+class BrokerServer:
+    """The running broker: start, stop (gracefully), and where it listens."""
+
+    def __init__(
+        self,
+        runtime: BrokerRuntime,
+        workload: grpc.aio.Server,
+        admin: grpc.aio.Server,
+        health: list[tuple[health_aio.HealthServicer, list[str]]],
+        metrics: BrokerMetrics,
+        *,
+        port: int,
+        tls: TlsIdentity,
+    ) -> None:
+        self.runtime = runtime
+        self.port = port
+        self.tls = tls
+        self.admin_socket = runtime.settings.admin_socket
+        self.metrics_port: int | None = None
+        self._workload = workload
+        self._admin = admin
+        self._health = health
+        self._metrics = metrics
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        await self._workload.start()
+        await self._admin.start()
+        os.chmod(self.admin_socket, SOCKET_MODE)
+        settings = self.runtime.settings.metrics
+        if settings.port is not None:
+            self.metrics_port = self._metrics.serve(settings.host, settings.port)
+        for health, services in self._health:
+            for name in ["", *services]:
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "broker serving",
+            workload_port=self.port,
+            admin_socket=str(self.admin_socket),
+            metrics_port=self.metrics_port,
+        )
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Refuse new calls, let running ones finish for `grace` seconds, then close all."""
+        if self._stopped.is_set():
+            return
+        for health, _services in self._health:
+            await health.enter_graceful_shutdown()
+        await asyncio.gather(self._workload.stop(grace), self._admin.stop(grace))
+        try:
+            if await self.runtime.checkpoint():
+                log.info("audit checkpoint signed")
+        except KeyferryError as error:
+            log.warning("could not sign an audit checkpoint at stop", error=error.message)
+        finally:
+            self._metrics.close()
+            await self.runtime.close()
+            self._stopped.set()
+        log.info("broker stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._stopped.wait()
+
+
+async def create_server(settings: BrokerSettings) -> tuple[BrokerServer, int]:
+    """Open the runtime and bind both listeners; `start()` begins serving. The bound
+    workload port is returned (settings may ask for port 0)."""
+    runtime = await BrokerRuntime.open(settings)
+    try:
+        return _assemble(settings, runtime)
+    except BaseException:
+        await runtime.close()
+        raise
+
+
+def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerServer, int]:
+    def live_leases() -> float:
+        try:
+            return float(runtime.store.leases.count_live())
+        except KeyferryError:
+            return float("nan")  # the store did not answer this scrape
+
+    metrics = BrokerMetrics(live_leases)
+    tls = workload_identity(settings.workload, settings.data_dir)
+    if tls.generated:
+        log.warning(
+            "no workload TLS certificate configured: serving a generated self-signed one "
+            "(development only)",
+            cert=str(tls.cert_path),
+            key=str(tls.key_path),
+        )
+
+    workload = grpc.aio.server(options=SERVER_OPTIONS)
+    broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(runtime, metrics), workload)
+    workload_health = (_health(workload, [BROKER_SERVICE]), [BROKER_SERVICE])
+    credentials = grpc.ssl_server_credentials([tls.pem_pair()])
+    address = f"{settings.workload.host}:{settings.workload.port}"
+    try:
+        port = workload.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise InvalidRequest(
+            "workload.port", f"cannot listen on {address}: {exc}; pick a free port"
+        ) from exc
+
+    admin = grpc.aio.server(options=SERVER_OPTIONS)
+    roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.catalog), admin)
+    admin_health = (_health(admin, [ROLES_SERVICE]), [ROLES_SERVICE])
+    socket_path = settings.admin_socket
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    socket_path.unlink(missing_ok=True)
+    try:
+        admin.add_insecure_port(f"unix:{socket_path}")
+    except RuntimeError as exc:
+        raise InvalidRequest(
+            "admin.socket", f"cannot listen on {socket_path}: {exc}; check the folder"
+        ) from exc
+    server = BrokerServer(
+        runtime, workload, admin, [workload_health, admin_health], metrics, port=port, tls=tls
+    )
+    return server, port
+
+
+def _health(server: grpc.aio.Server, services: list[str]) -> health_aio.HealthServicer:
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    return health

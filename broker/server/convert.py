@@ -1,0 +1,166 @@
+"""The one place where protobuf messages become models and back.
+
+Nothing else in the broker reads or builds API messages' fields. A malformed role becomes
+InvalidRequest naming the field as `roles[<i>].<field>`, with the hint the role models give.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from pydantic import TypeAdapter, ValidationError
+
+from broker.api.v1 import broker_pb2, roles_pb2
+from broker.errors import InvalidRequest
+from broker.models import AwsRole, DatabaseRole, KvRole, PkiRole, RoleSpec
+from broker.service import IssuedLease, StoredRole
+
+_ROLE = TypeAdapter[RoleSpec](RoleSpec)
+_CREDENTIAL_TYPES = {
+    roles_pb2.AWS_CREDENTIAL_TYPE_IAM_USER: "iam_user",
+    roles_pb2.AWS_CREDENTIAL_TYPE_ASSUMED_ROLE: "assumed_role",
+}
+_CREDENTIAL_TYPE_NUMBERS = {name: number for number, name in _CREDENTIAL_TYPES.items()}
+
+
+# --- Broker ---------------------------------------------------------------------------------
+
+
+def issue_response(issued: IssuedLease) -> broker_pb2.IssueResponse:
+    lease = issued.lease
+    message = broker_pb2.Lease(
+        id=lease.id,
+        role=lease.role,
+        credential_name=lease.credential,
+        generation=lease.generation,
+        renewable=issued.renewable,
+    )
+    if lease.expires_at is not None:
+        message.expires_at.CopyFrom(_timestamp(lease.expires_at))
+    return broker_pb2.IssueResponse(
+        lease=message, credential=broker_pb2.Credential(values=issued.credential.reveal())
+    )
+
+
+# --- Roles ----------------------------------------------------------------------------------
+
+
+def role_message(stored: StoredRole) -> roles_pb2.Role:
+    message = spec_message(stored.spec)
+    message.updated_at.CopyFrom(_timestamp(stored.updated_at))
+    return message
+
+
+def spec_message(spec: RoleSpec) -> roles_pb2.Role:
+    """A role as ApplyRoles takes it (no updated_at)."""
+    message = roles_pb2.Role(name=spec.name, description=spec.description)
+    if isinstance(spec, DatabaseRole):
+        message.database.CopyFrom(
+            roles_pb2.DatabaseBackend(mount=spec.mount, vault_role=spec.vault_role)
+        )
+    elif isinstance(spec, AwsRole):
+        aws = roles_pb2.AwsBackend(
+            mount=spec.mount,
+            vault_role=spec.vault_role,
+            credential_type=_CREDENTIAL_TYPE_NUMBERS[spec.credential_type],
+            role_arn=spec.role_arn or "",
+        )
+        if spec.ttl is not None:
+            aws.ttl.CopyFrom(_duration(spec.ttl))
+        message.aws.CopyFrom(aws)
+    elif isinstance(spec, KvRole):
+        kv = roles_pb2.KvBackend(mount=spec.mount, path=spec.path)
+        if spec.version is not None:
+            kv.version = spec.version
+        message.kv.CopyFrom(kv)
+    elif isinstance(spec, PkiRole):
+        pki = roles_pb2.PkiBackend(
+            mount=spec.mount,
+            vault_role=spec.vault_role,
+            common_name=spec.common_name,
+            alt_names=spec.alt_names,
+        )
+        if spec.ttl is not None:
+            pki.ttl.CopyFrom(_duration(spec.ttl))
+        message.pki.CopyFrom(pki)
+    return message
+
+
+def role_specs(messages: list[roles_pb2.Role]) -> list[RoleSpec]:
+    """Every role validated; InvalidRequest naming `roles[i].field` for the first problem."""
+    specs = []
+    for index, message in enumerate(messages):
+        try:
+            specs.append(_ROLE.validate_python(_role_fields(message, index)))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            loc = [str(p) for p in error["loc"] if str(p) not in ("database", "aws", "kv", "pki")]
+            field = ".".join([f"roles[{index}]", *loc]) if loc else f"roles[{index}]"
+            detail = (error.get("ctx") or {}).get("error", error["msg"])
+            raise InvalidRequest(field, str(detail)) from exc
+    return specs
+
+
+def role_spec(message: roles_pb2.Role) -> RoleSpec:
+    return role_specs([message])[0]
+
+
+def _role_fields(message: roles_pb2.Role, index: int) -> dict[str, Any]:
+    fields: dict[str, Any] = {"name": message.name, "description": message.description}
+    backend = message.WhichOneof("backend")
+    if backend is None:
+        raise InvalidRequest(
+            f"roles[{index}].backend", "set one of database, aws, kv or pki for the role"
+        )
+    fields["kind"] = backend
+    if backend == "database":
+        fields |= {"mount": message.database.mount, "vault_role": message.database.vault_role}
+    elif backend == "aws":
+        aws = message.aws
+        if aws.credential_type not in _CREDENTIAL_TYPES:
+            raise InvalidRequest(f"roles[{index}].credential_type", "set IAM_USER or ASSUMED_ROLE")
+        fields |= {
+            "mount": aws.mount,
+            "vault_role": aws.vault_role,
+            "credential_type": _CREDENTIAL_TYPES[aws.credential_type],
+            "ttl": _timedelta(aws.ttl) if aws.HasField("ttl") else None,
+            "role_arn": aws.role_arn or None,
+        }
+    elif backend == "kv":
+        kv = message.kv
+        fields |= {
+            "mount": kv.mount,
+            "path": kv.path,
+            "version": kv.version if kv.HasField("version") else None,
+        }
+    else:
+        pki = message.pki
+        fields |= {
+            "mount": pki.mount,
+            "vault_role": pki.vault_role,
+            "common_name": pki.common_name,
+            "alt_names": list(pki.alt_names),
+            "ttl": _timedelta(pki.ttl) if pki.HasField("ttl") else None,
+        }
+    return fields
+
+
+# --- well-known types -------------------------------------------------------------------------
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _duration(value: timedelta) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(value)
+    return duration
+
+
+def _timedelta(value: duration_pb2.Duration) -> timedelta:
+    return value.ToTimedelta()

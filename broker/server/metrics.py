@@ -1,0 +1,53 @@
+"""Prometheus metrics of one broker, on a registry of its own (several brokers may share a
+process in tests), served on their own HTTP port."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BrokerMetrics:
+    def __init__(self, live_leases: Callable[[], float]) -> None:
+        self.registry = CollectorRegistry()
+        self.issues = Counter(
+            "keyferry_issue",
+            "Issue calls by outcome: issued, replayed, or the error reason in lowercase",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.issue_seconds = Histogram(
+            "keyferry_issue_duration_seconds",
+            "Time to answer an Issue call",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.releases = Counter(
+            "keyferry_release", "Release calls by outcome", ["outcome"], registry=self.registry
+        )
+        self.active_leases = Gauge(
+            "keyferry_active_leases",
+            "Live (pending or active) leases in the lease store",
+            registry=self.registry,
+        )
+        self.active_leases.set_function(live_leases)
+        self._http: tuple[WSGIServer, Thread] | None = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start /metrics; the bound port (port 0 picks one)."""
+        self._http = start_http_server(port, host, registry=self.registry)
+        return int(self._http[0].server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            server, thread = self._http
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+            self._http = None

@@ -1,0 +1,36 @@
+"""Run a broker until SIGTERM or SIGINT, then stop it gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from broker.settings import BrokerSettings
+
+from .app import DEFAULT_GRACE, BrokerServer, create_server
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+async def serve(
+    settings: BrokerSettings,
+    *,
+    ready: Callable[[BrokerServer], None] | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> None:
+    """Serve until a stop signal; running calls get `grace` seconds to finish."""
+    server, _port = await create_server(settings)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await server.start()
+        if ready is not None:
+            ready(server)
+        await stop.wait()
+    finally:
+        for signum in STOP_SIGNALS:
+            loop.remove_signal_handler(signum)
+        await server.stop(grace)

@@ -1,0 +1,108 @@
+"""The broker's side of the audit trail: events built from typed facts, written off the loop.
+
+AuditLog.append blocks on fsync, so it runs on one dedicated thread (appends are serial
+anyway). A record that cannot be written raises AuditUnavailable and the request is
+refused: nothing is issued or revoked that the trail does not show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from broker.audit import AuditEvent, AuditLog, Decision, Fingerprinter, Principal, PrincipalKind
+from broker.models import Credential
+from broker.policy import Decision as PolicyDecision
+from broker.policy import Workload
+from broker.store import LeaseRecord
+
+_FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
+
+
+def principal_of(workload: Workload) -> Principal:
+    return Principal(
+        kind=PrincipalKind.WORKLOAD,
+        name=f"{workload.cluster}/{workload.namespace}/{workload.service_account}",
+    )
+
+
+def where(workload: Workload) -> dict[str, Any]:
+    return {
+        "cluster": workload.cluster,
+        "namespace": workload.namespace,
+        "pod": workload.pod,
+        "pod_uid": workload.pod_uid,
+    }
+
+
+class AuditTrail:
+    def __init__(self, log: AuditLog, fingerprinter: Fingerprinter) -> None:
+        self.log = log
+        self._fingerprinter = fingerprinter
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyferry-audit")
+
+    async def record(self, event: AuditEvent) -> None:
+        """Write the record before returning; AuditUnavailable if it is not on disk."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self.log.append, event)
+
+    async def decision(
+        self,
+        workload: Workload,
+        action: str,
+        decision: PolicyDecision,
+        request_id: str,
+        **fields: Any,
+    ) -> None:
+        await self.record(
+            AuditEvent(
+                who=principal_of(workload),
+                action=action,
+                decision=Decision.ALLOW if decision.allowed else Decision.DENY,
+                reason=None if decision.allowed else "POLICY_DENIED",
+                policy_ids=decision.policy_ids,
+                request_id=request_id,
+                **where(workload),
+                **fields,
+            )
+        )
+
+    async def lease(
+        self,
+        workload: Workload,
+        action: str,
+        lease: LeaseRecord,
+        request_id: str,
+        *,
+        credential: Credential | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A lease's state change; a new credential appears only as fingerprints."""
+        await self.record(
+            AuditEvent(
+                who=principal_of(workload),
+                action=action,
+                reason=reason,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+                generation=lease.generation,
+                request_id=request_id,
+                fingerprints=self.fingerprints(credential) if credential else {},
+                **where(workload),
+            )
+        )
+
+    def fingerprints(self, credential: Credential) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for index, (name, value) in enumerate(sorted(credential.values.items())):
+            key = _FINGERPRINT_NAME.sub("_", name.lower())[:64]
+            if not key[:1].isalpha():
+                key = f"value.{index}"
+            found[key] = self._fingerprinter.fingerprint(value)
+        return found
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)

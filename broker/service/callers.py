@@ -1,0 +1,71 @@
+"""Who is calling: a bearer token verified against its cluster's keys, and its pod still there.
+
+Token verification is CPU work plus, on an unknown key id, a JWKS fetch from the cluster;
+it runs on a worker thread, and the fetch is scheduled back on the event loop (the cluster
+client is async) while that thread waits for it with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from broker.clusters import ClusterClient
+from broker.errors import Unauthenticated
+from broker.identity import ClusterKeys, TokenVerifier
+from broker.policy import Workload
+
+BEARER = "bearer "
+VERIFY_THREADS = 4
+
+
+def bearer_token(metadata: Mapping[str, str]) -> str:
+    """The token of an `authorization: Bearer <token>` header; Unauthenticated otherwise."""
+    value = metadata.get("authorization", "")
+    if not value.lower().startswith(BEARER) or not value[len(BEARER) :].strip():
+        raise Unauthenticated(
+            "send the pod's projected service-account token as `authorization: Bearer <token>`"
+        )
+    return value[len(BEARER) :].strip()
+
+
+class Callers:
+    def __init__(self, verifier: TokenVerifier, clients: Mapping[str, ClusterClient]) -> None:
+        self._verifier = verifier
+        self._clients = clients
+        self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="keyferry-verify")
+
+    @classmethod
+    async def connect(cls, clients: Mapping[str, ClusterClient]) -> Callers:
+        """Fetch every cluster's JWKS now; a cluster that does not answer stops the start."""
+        loop = asyncio.get_running_loop()
+        keys: dict[str, ClusterKeys] = {}
+        for name, client in clients.items():
+            keys[name] = ClusterKeys(
+                name, client.config.issuer, await client.jwks(), refresh=_refresher(client, loop)
+            )
+        return cls(TokenVerifier(keys), clients)
+
+    async def authenticate(self, token: str, *, allow_terminating: bool = False) -> Workload:
+        """The pod the token proves, after checking the pod still exists with its UID."""
+        loop = asyncio.get_running_loop()
+        workload = await loop.run_in_executor(self._pool, self._verifier.verify, token)
+        await self._clients[workload.cluster].ensure_pod_bound(
+            workload, allow_terminating=allow_terminating
+        )
+        return workload
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+
+
+def _refresher(client: ClusterClient, loop: asyncio.AbstractEventLoop) -> Any:
+    def refresh() -> dict[str, Any]:
+        future = asyncio.run_coroutine_threadsafe(client.jwks(), loop)
+        return future.result(timeout=client.timeout + 1)
+
+    return refresh

@@ -1,0 +1,132 @@
+"""Everything the broker's servicers need, opened from settings in order and closed in reverse.
+
+Start-up refuses to continue on the first thing that cannot work: a policy that does not
+validate (Cedar's message), a store that cannot be migrated, a roles file with problems,
+a cluster whose keys cannot be fetched, an audit log whose tail is damaged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from broker.audit import AuditLog, Fingerprinter, JsonLinesSink, StoreCheckpointSink
+from broker.backends import Backends, VaultClient
+from broker.backends.transit import TransitSigner
+from broker.clusters import ClusterClient
+from broker.models import load_roles
+from broker.policy import PolicyEngine
+from broker.settings import BrokerSettings
+from broker.store import Store, StoreRunner
+
+from .auditing import AuditTrail
+from .callers import Callers
+from .catalog import RoleCatalog
+from .issuing import IssueFlow, IssueLimits
+from .releasing import ReleaseFlow
+from .sealing import CredentialSealer
+
+log = structlog.get_logger("keyferry.runtime")
+
+
+@dataclass
+class BrokerRuntime:
+    settings: BrokerSettings
+    store: Store
+    runner: StoreRunner
+    vault: VaultClient
+    catalog: RoleCatalog
+    audit: AuditTrail
+    issue: IssueFlow
+    release: ReleaseFlow
+    _stack: AsyncExitStack
+
+    @classmethod
+    async def open(cls, settings: BrokerSettings) -> BrokerRuntime:
+        stack = AsyncExitStack()
+        try:
+            return await cls._open(settings, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    @classmethod
+    async def _open(cls, settings: BrokerSettings, stack: AsyncExitStack) -> BrokerRuntime:
+        policy = PolicyEngine.from_files(settings.policies)
+        store = await asyncio.to_thread(Store.open, settings.store)
+        _on_close(stack, store.close)
+        runner = StoreRunner(settings.store.pool_size)
+        _on_close(stack, runner.close)
+        vault = VaultClient(settings.vault)
+        _on_close(stack, vault.close)
+        catalog = RoleCatalog(store.roles, runner)
+        if settings.roles is not None:
+            applied = await catalog.apply(load_roles(settings.roles))
+            log.info("roles file applied", path=str(settings.roles), roles=len(applied))
+        clients = {c.name: ClusterClient(c) for c in settings.clusters}
+        callers = await _connect(clients)
+        _on_close(stack, callers.close)
+        sink = JsonLinesSink(settings.audit.log)
+        _on_close(stack, sink.close)
+        audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
+        audit = AuditTrail(audit_log, Fingerprinter(settings.audit.hmac_key))
+        _on_close(stack, audit.close)
+        backends = Backends(vault)
+        sealer = CredentialSealer(settings.sealing.key_bytes())
+        limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
+        issue = IssueFlow(
+            callers=callers,
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            backends=backends,
+            sealer=sealer,
+            limits=limits,
+        )
+        release = ReleaseFlow(
+            callers=callers,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            backends=backends,
+        )
+        return cls(settings, store, runner, vault, catalog, audit, issue, release, stack)
+
+    async def checkpoint(self) -> bool:
+        """Sign the audit chain's head with Vault transit and keep it in the store, when
+        transit is configured; False when it is not."""
+        audit = self.settings.audit
+        if audit.transit_mount is None or audit.transit_key is None:
+            return False
+        mount, key = audit.transit_mount, audit.transit_key
+        sink = StoreCheckpointSink(self.store.checkpoints)
+
+        def sign(client: Any) -> object:
+            return self.audit.log.checkpoint(TransitSigner(client, key, mount), sink)
+
+        await self.vault.call(sign)
+        return True
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def _connect(clients: dict[str, ClusterClient]) -> Callers:
+    try:
+        return await Callers.connect(clients)
+    except BaseException:
+        for client in clients.values():
+            client.close()
+        raise
+
+
+def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:
+    stack.callback(close)

@@ -1,0 +1,67 @@
+"""Credentials sealed for the lease store, so a repeated Issue can return them again.
+
+Issue is idempotent per (pod UID, credential name): a crash-looping agent must get the same
+credential back, not a new Vault lease each time. Vault cannot be asked again for a dynamic
+secret's values, so the broker must keep them. Options weighed:
+
+- in memory: lost on restart, and not shared between replicas; a restarted broker would
+  have to issue a second lease for a pod that already holds one;
+- plaintext in the store: anyone who can read a backup or the database reads every live
+  credential;
+- Vault transit encrypt/decrypt: the key stays in Vault, but every Issue and every replay
+  costs another Vault round trip and Vault becomes a hard dependency of replays;
+- AES-256-GCM here, with a key from the broker's settings (chosen): a store dump alone
+  reveals nothing; the lease id is the associated data, so a sealed blob copied onto
+  another lease row does not open; each seal uses a fresh random 96-bit nonce. The blob is
+  cleared as soon as the lease stops being handed out (revoking, revoked, failed).
+
+Blob format: version byte 0x01, 12-byte nonce, ciphertext with its 16-byte tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import SecretStr
+
+from broker.errors import KeyferryError
+from broker.models import Credential
+
+VERSION = b"\x01"
+NONCE_BYTES = 12
+
+
+class SealBroken(KeyferryError):
+    """A sealed credential does not open: the sealing key changed or the row was altered."""
+
+    reason = "UNAVAILABLE"
+
+
+class CredentialSealer:
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, lease_id: str, credential: Credential) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        plain = json.dumps(credential.reveal(), sort_keys=True).encode()
+        return VERSION + nonce + self._aead.encrypt(nonce, plain, lease_id.encode())
+
+    def unseal(self, lease_id: str, blob: bytes) -> Credential:
+        if blob[:1] != VERSION:
+            raise SealBroken(f"the sealed credential of lease {lease_id} has an unknown format")
+        nonce, body = blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :]
+        try:
+            plain = self._aead.decrypt(nonce, body, lease_id.encode())
+        except InvalidTag as exc:
+            raise SealBroken(
+                f"the sealed credential of lease {lease_id} does not open: was sealing.key "
+                "changed? Release the lease so a new one is issued"
+            ) from exc
+        values = json.loads(plain)
+        return Credential(values={name: SecretStr(value) for name, value in values.items()})
+
+    def __repr__(self) -> str:
+        return "CredentialSealer(key=**********)"

@@ -1,0 +1,334 @@
+"""The broker's settings: one YAML file (`--config`) plus environment overrides.
+
+Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
+`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `clusters`, and the paths
+of the policy and roles files. An environment variable wins over the file:
+`KEYFERRY_VAULT__ADDR=https://vault:8200`, `KEYFERRY_STORE__URL=postgresql://...` (prefix
+`KEYFERRY_`, groups split by `__`). Secrets are SecretStr and never printed.
+
+Every problem is reported at once, each naming the file and line (when it came from the
+file), the field's dotted path, and what to write instead (SettingsInvalid).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from broker.backends import VaultSettings
+from broker.clusters import ClusterConfig
+from broker.errors import InvalidRequest
+from broker.store import StoreSettings
+
+ENV_PREFIX = "KEYFERRY_"
+DEFAULT_DATA_DIR = Path("/var/lib/keyferry")
+DEFAULT_WORKLOAD_PORT = 8443
+AES_256_KEY_BYTES = 32
+MIN_HMAC_KEY_BYTES = 32
+KEY_HINT = "generate one with `openssl rand -base64 32`"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class AuditSettings(_Group):
+    log: Path = Field(
+        description="the audit log file (JSON lines, append-only), like "
+        "/var/log/keyferry/audit.jsonl"
+    )
+    hmac_key: SecretStr = Field(
+        description=f"at least {MIN_HMAC_KEY_BYTES} random bytes keying the fingerprints of "
+        f"secret values; {KEY_HINT}"
+    )
+    chain: str = Field(
+        default="broker",
+        min_length=1,
+        max_length=128,
+        description="the chain's name in checkpoints",
+    )
+    transit_mount: str | None = Field(
+        default=None,
+        description="Vault transit mount that signs checkpoints, like keyferry/transit",
+    )
+    transit_key: str | None = Field(
+        default=None, description="the transit key's name, like audit-checkpoints"
+    )
+
+    @field_validator("hmac_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if len(key.get_secret_value().encode()) < MIN_HMAC_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_HMAC_KEY_BYTES} bytes; {KEY_HINT}")
+        return key
+
+    @model_validator(mode="after")
+    def _transit_pair(self) -> AuditSettings:
+        if (self.transit_mount is None) != (self.transit_key is None):
+            raise ValueError(
+                "set both transit_mount and transit_key to sign checkpoints, or neither"
+            )
+        return self
+
+
+class SealingSettings(_Group):
+    key: SecretStr = Field(
+        description="base64 of 32 random bytes (AES-256) that seals credentials in the lease "
+        f"store for idempotent Issue; {KEY_HINT}"
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _aes_256(cls, key: SecretStr) -> SecretStr:
+        try:
+            raw = base64.b64decode(key.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"is not base64; {KEY_HINT}") from exc
+        if len(raw) != AES_256_KEY_BYTES:
+            raise ValueError(
+                f"must decode to {AES_256_KEY_BYTES} bytes, not {len(raw)}; {KEY_HINT}"
+            )
+        return key
+
+    def key_bytes(self) -> bytes:
+        return base64.b64decode(self.key.get_secret_value())
+
+
+class WorkloadListener(_Group):
+    """Where pods' agents call the broker: TLS, bearer token per call."""
+
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(
+        default=DEFAULT_WORKLOAD_PORT, ge=0, le=65535, description="0 picks a free port"
+    )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain; leave tls_cert and tls_key unset to generate a "
+        "self-signed identity in data_dir (development only)",
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+
+    @model_validator(mode="after")
+    def _pair(self) -> WorkloadListener:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "set both tls_cert and tls_key, or neither (a self-signed one is generated)"
+            )
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist or is not a file")
+        return self
+
+
+class AdminListener(_Group):
+    """The ops API (roles). Until the mutual-TLS admin listener exists, it is a Unix socket
+    readable only by the broker's user: the file's permissions are the access control."""
+
+    socket: Path | None = Field(
+        default=None, description="Unix socket path; default <data_dir>/admin.sock"
+    )
+
+
+class MetricsSettings(_Group):
+    host: str = Field(default="0.0.0.0", description="address of the Prometheus endpoint")
+    port: int | None = Field(
+        default=9464, ge=0, le=65535, description="port of /metrics; 0 picks one, null turns it off"
+    )
+
+
+class LimitsSettings(_Group):
+    per_pod: int = Field(default=32, ge=1, description="live leases one pod may hold")
+    per_cluster: int = Field(default=10_000, ge=1, description="live leases one cluster may hold")
+
+
+class BrokerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Field(
+        default=DEFAULT_DATA_DIR,
+        description="where the broker keeps generated files (self-signed TLS identity, "
+        "admin socket)",
+    )
+    vault: VaultSettings
+    store: StoreSettings = StoreSettings()
+    audit: AuditSettings
+    sealing: SealingSettings
+    policies: list[Path] = Field(
+        min_length=1, description="Cedar policy files, like [/etc/keyferry/policies.cedar]"
+    )
+    roles: Path | None = Field(
+        default=None, description="a roles.yaml applied to the catalog at every start (optional)"
+    )
+    clusters: list[ClusterConfig] = Field(
+        default_factory=list,
+        description="member clusters: name, kubeconfig, context, issuer (declared here "
+        "until the cluster registry exists)",
+    )
+    workload: WorkloadListener = WorkloadListener()
+    admin: AdminListener = AdminListener()
+    metrics: MetricsSettings = MetricsSettings()
+    limits: LimitsSettings = LimitsSettings()
+
+    @field_validator("policies")
+    @classmethod
+    def _policy_files_exist(cls, paths: list[Path]) -> list[Path]:
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise ValueError(f"no such file: {', '.join(missing)}")
+        return paths
+
+    @field_validator("roles")
+    @classmethod
+    def _roles_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @field_validator("clusters")
+    @classmethod
+    def _unique_clusters(cls, clusters: list[ClusterConfig]) -> list[ClusterConfig]:
+        names = [c.name for c in clusters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"cluster names must be unique; repeated: {', '.join(repeated)}")
+        return clusters
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.admin.socket or self.data_dir / "admin.sock"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments (load_settings); the environment wins.
+        return (env_settings, init_settings)
+
+
+class SettingsInvalid(InvalidRequest):
+    """The configuration cannot start a broker; `problems` lists every fault, one per line."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__("config", problems[0] if problems else "invalid")
+        self.source = source
+        self.problems = problems
+        self.message = f"{source} is not a valid broker configuration:\n  " + "\n  ".join(problems)
+        self.args = (self.message,)
+
+
+def load_settings(path: Path | None) -> BrokerSettings:
+    """Settings from a YAML file (optional) and KEYFERRY_* variables, or SettingsInvalid."""
+    source = str(path) if path is not None else "the environment"
+    data: dict[str, Any] = {}
+    node: yaml.Node | None = None
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsInvalid(source, [f"cannot be read: {exc}"]) from exc
+        try:
+            loaded = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}: " if mark is not None else ""
+            raise SettingsInvalid(source, [f"{where}not valid YAML: {exc}"]) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise SettingsInvalid(
+                source, ["must be a YAML mapping (vault:, audit:, policies:, ...)"]
+            )
+        data = loaded
+    try:
+        return BrokerSettings(**data)
+    except ValidationError as exc:
+        raise SettingsInvalid(
+            source, [_problem(error, source, node) for error in exc.errors()]
+        ) from exc
+
+
+def _problem(error: ErrorDetails, source: str, node: yaml.Node | None) -> str:
+    loc = [str(part) for part in error["loc"]]
+    field = ".".join(loc) or "(top level)"
+    line = _line_of(node, loc)
+    where = f"{source}:{line}: " if line is not None else ""
+    kind = error["type"]
+    hint = _description(loc)
+    if kind == "missing":
+        text = f"is required: {hint}" if hint else "is required"
+    elif kind == "extra_forbidden":
+        env = f"{ENV_PREFIX}{'__'.join(loc).upper()}"
+        text = f"is not a setting (a typo? also check the variable {env})"
+    elif kind in {"value_error", "assertion_error"}:
+        text = str((error.get("ctx") or {}).get("error", error["msg"]))
+    else:
+        text = f"{error['msg']}: {hint}" if hint else str(error["msg"])
+    return f"{where}{field}: {text}"
+
+
+def _line_of(node: yaml.Node | None, loc: list[str]) -> int | None:
+    """The 1-based line of the deepest key of `loc` found in the file, if any."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [
+                (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part
+            ]
+            if not match:
+                break
+            line = match[0][0].start_mark.line + 1
+            node = match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _description(loc: list[str]) -> str:
+    """The field's description, which says what to write, found by walking the models."""
+    model: Any = BrokerSettings
+    info = None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return ""
+        info = fields[part]
+        annotation = info.annotation
+        model = next(
+            (
+                arg
+                for arg in getattr(annotation, "__args__", (annotation,))
+                if hasattr(arg, "model_fields")
+            ),
+            annotation,
+        )
+    return info.description or "" if info is not None else ""
