@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from broker.backends import VaultSettings
 from broker.clusters import ClusterConfig
 from broker.errors import InvalidRequest
+from broker.models import Duration
 from broker.store import StoreSettings
 
 ENV_PREFIX = "KEYFERRY_"
@@ -157,6 +159,34 @@ class LimitsSettings(_Group):
     per_cluster: int = Field(default=10_000, ge=1, description="live leases one cluster may hold")
 
 
+class RotationSettings(_Group):
+    """How long a rotated-away credential keeps working without the pod's Ack, and how
+    often the broker revokes what is due (rotated leases, retries after Vault failures)."""
+
+    grace: Duration = Field(
+        default=timedelta(minutes=5),
+        description="old credential's lifetime after a rotation when no Ack comes",
+    )
+    revoke_interval: Duration = Field(
+        default=timedelta(seconds=5),
+        description="how often revocations that are due (or to be retried) run",
+    )
+
+
+class RenewalSettings(_Group):
+    """The broker's renewals of watched pods' Vault leases (the Watch stream is the heartbeat)."""
+
+    interval: Duration = Field(default=timedelta(seconds=30), description="how often renewals run")
+    window: Duration = Field(
+        default=timedelta(minutes=2),
+        description="renew a lease when it expires within this time",
+    )
+    increment: Duration | None = Field(
+        default=None,
+        description="lifetime to ask Vault for on renewal; unset for the Vault role's default",
+    )
+
+
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -189,6 +219,8 @@ class BrokerSettings(BaseSettings):
     admin: AdminListener = AdminListener()
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
+    rotation: RotationSettings = RotationSettings()
+    renewal: RenewalSettings = RenewalSettings()
 
     @field_validator("policies")
     @classmethod

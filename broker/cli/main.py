@@ -13,7 +13,7 @@ import typer
 
 from injector.webhook.cli import app as webhook_app
 
-from . import roles, serve
+from . import roles, rotate, serve
 
 app = typer.Typer(
     name="keyferry",
@@ -25,6 +25,7 @@ app = typer.Typer(
         "  keyferry broker serve --config broker.yaml   # run the broker\n\n"
         "  keyferry roles apply -f roles.yaml           # define credential roles\n\n"
         "  keyferry roles list\n\n"
+        "  keyferry rotate --lease ID                   # new credential now, old one revoked\n\n"
         "  keyferry demo            # start the test bed's servers and show where they listen\n\n"
         "  keyferry demo --hold     # ... and keep them running until Ctrl-C"
     ),
@@ -34,6 +35,7 @@ app = typer.Typer(
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(serve.app)
 app.add_typer(roles.app)
+app.command(epilog=rotate.EPILOG)(rotate.rotate)
 
 
 @app.command()

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import grpc
 import typer
 
 from broker.api.v1 import roles_pb2, roles_pb2_grpc
 from broker.models import InvalidRoles, load_roles, parse_roles
-from broker.settings import DEFAULT_DATA_DIR
 
-from .exits import CONFIG, FAILED, UNREACHABLE
+from .admin_socket import DEFAULT_SOCKET, TIMEOUT, SocketOption, call_admin
+from .exits import CONFIG
 
 if TYPE_CHECKING:
     from broker.api.v1.roles_pb2_grpc import RolesServiceAsyncStub
 
 T = TypeVar("T")
-DEFAULT_SOCKET = DEFAULT_DATA_DIR / "admin.sock"
-TIMEOUT = 30.0
 
 app = typer.Typer(
     name="roles",
@@ -33,11 +29,6 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-
-SocketOption = Annotated[
-    Path,
-    typer.Option("--socket", envvar="KEYFERRY_ADMIN__SOCKET", help="the broker's admin socket"),
-]
 
 
 @app.command(
@@ -100,23 +91,4 @@ def _target(role: roles_pb2.Role) -> str:
 
 
 def _call(socket: Path, call: Callable[[RolesServiceAsyncStub], Awaitable[T]]) -> T:
-    from broker.server.status import reason_of  # noqa: PLC0415
-
-    async def run() -> T:
-        async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
-            stub: RolesServiceAsyncStub = roles_pb2_grpc.RolesServiceStub(channel)
-            return await call(stub)
-
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as exc:
-        details = exc.details()
-        if exc.code() == grpc.StatusCode.UNAVAILABLE and reason_of(exc) is None:
-            typer.echo(
-                f"the broker did not answer on {socket}: is it running, and is --socket "
-                f"its admin.socket? ({details})",
-                err=True,
-            )
-            raise typer.Exit(UNREACHABLE) from None
-        typer.echo(f"the broker refused: {details}", err=True)
-        raise typer.Exit(FAILED) from None
+    return call_admin(socket, roles_pb2_grpc.RolesServiceStub, call)

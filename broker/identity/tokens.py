@@ -62,6 +62,11 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Workload:
         """Return the pod a token proves, or raise Unauthenticated saying why."""
+        return self.verify_until(token)[0]
+
+    def verify_until(self, token: str) -> tuple[Workload, dt.datetime]:
+        """The pod a token proves and when the token expires (its `exp`, in UTC): a
+        Watch stream must end then."""
         cluster = self._cluster_of(token)
         try:
             header = jwt.get_unverified_header(token)
@@ -88,7 +93,8 @@ class TokenVerifier:
             )
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"token rejected for cluster {cluster.name!r}: {exc}") from exc
-        return _workload(cluster.name, claims)
+        expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
+        return _workload(cluster.name, claims), expires_at
 
     def _cluster_of(self, token: str) -> ClusterKeys:
         try:

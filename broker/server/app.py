@@ -4,8 +4,8 @@ Two gRPC servers, because a Python gRPC server cannot require client certificate
 port and not another, and ops methods must never be reachable by pods:
 
 - workload: TLS, BrokerService (bearer token per call), health, reflection;
-- admin: RolesService, health, reflection, on a Unix socket of mode 0600 in the data
-  directory until the mutual-TLS admin listener exists.
+- admin: RolesService, RotationService, health, reflection, on a Unix socket of mode 0600
+  in the data directory until the mutual-TLS admin listener exists.
 """
 
 from __future__ import annotations
@@ -19,19 +19,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker.api.v1 import broker_pb2, broker_pb2_grpc, roles_pb2, roles_pb2_grpc
+from broker.api.v1 import (
+    broker_pb2,
+    broker_pb2_grpc,
+    roles_pb2,
+    roles_pb2_grpc,
+    rotation_pb2,
+    rotation_pb2_grpc,
+)
 from broker.errors import InvalidRequest, KeyferryError
 from broker.service import BrokerRuntime
 from broker.settings import BrokerSettings
+from broker.store.clock import Clock, utcnow
 
 from .broker_servicer import BrokerServicer
 from .metrics import BrokerMetrics
 from .roles_servicer import RolesServicer
+from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
 
 log = structlog.get_logger("keyferry.server")
 BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
+ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 SOCKET_MODE = 0o600
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 DEFAULT_GRACE = 5.0
@@ -72,6 +82,7 @@ class BrokerServer:
         for health, services in self._health:
             for name in ["", *services]:
                 await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.runtime.start_jobs()
         log.info(
             "broker serving",
             workload_port=self.port,
@@ -85,6 +96,7 @@ class BrokerServer:
             return
         for health, _services in self._health:
             await health.enter_graceful_shutdown()
+        await self.runtime.stop_jobs()
         await asyncio.gather(self._workload.stop(grace), self._admin.stop(grace))
         try:
             if await self.runtime.checkpoint():
@@ -101,10 +113,13 @@ class BrokerServer:
         await self._stopped.wait()
 
 
-async def create_server(settings: BrokerSettings) -> tuple[BrokerServer, int]:
+async def create_server(
+    settings: BrokerSettings, *, clock: Clock = utcnow
+) -> tuple[BrokerServer, int]:
     """Open the runtime and bind both listeners; `start()` begins serving. The bound
-    workload port is returned (settings may ask for port 0)."""
-    runtime = await BrokerRuntime.open(settings)
+    workload port is returned (settings may ask for port 0). `clock` is the broker's now
+    (tests pass a controlled one)."""
+    runtime = await BrokerRuntime.open(settings, clock)
     try:
         return _assemble(settings, runtime)
     except BaseException:
@@ -143,7 +158,11 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
 
     admin = grpc.aio.server(options=SERVER_OPTIONS)
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.catalog), admin)
-    admin_health = (_health(admin, [ROLES_SERVICE]), [ROLES_SERVICE])
+    rotation_pb2_grpc.add_RotationServiceServicer_to_server(
+        RotationServicer(runtime, metrics), admin
+    )
+    admin_services = [ROLES_SERVICE, ROTATION_SERVICE]
+    admin_health = (_health(admin, admin_services), admin_services)
     socket_path = settings.admin_socket
     socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     socket_path.unlink(missing_ok=True)

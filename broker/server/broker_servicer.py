@@ -1,7 +1,8 @@
 """BrokerService on the workload listener: decode the call, run the flow, encode the result.
 
-Watch and Renew are not built yet: they end with UNIMPLEMENTED and a sentence saying so,
-never with a fake answer.
+Watch is a bidirectional stream: the requests (Acks) are decoded into the flow's ack
+iterator, the flow's events are encoded as they come, and an error the flow raises (token
+expired, stream overflowed, refused at open) ends the stream with its mapped status.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import structlog
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.errors import KeyferryError
-from broker.service import BrokerRuntime, bearer_token
+from broker.service import AckMessage, BrokerRuntime, bearer_token
 
 from . import convert, handlers
 from .metrics import BrokerMetrics
@@ -61,25 +62,41 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
             )
             return broker_pb2.ReleaseResponse()
 
+    @handlers.streaming
     async def Watch(
-        self, request_iterator: Any, context: Context
+        self, request_iterator: AsyncIterator[broker_pb2.WatchRequest], context: Context
     ) -> AsyncIterator[broker_pb2.WatchResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "Broker.Watch is not available in this broker yet; call Issue again to get the "
-            "live lease",
-        )
-        yield broker_pb2.WatchResponse()  # pragma: no cover - abort raises
+        request_id = uuid.uuid4().hex
+        token = bearer_token(_metadata(context))
+        self._metrics.watch_streams.inc()
+        try:
+            events = self._runtime.flows.watch.watch(token, _acks(request_iterator), request_id)
+            async for event in events:
+                yield convert.watch_response(event)
+        except KeyferryError as error:
+            self._metrics.watch_ends.labels(error.reason.lower()).inc()
+            log.info("watch ended", request_id=request_id, reason=error.reason)
+            raise
+        finally:
+            self._metrics.watch_streams.dec()
 
+    @handlers.unary
     async def Renew(
         self, request: broker_pb2.RenewRequest, context: Context
     ) -> broker_pb2.RenewResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "Broker.Renew is not available in this broker yet; pods' leases are renewed by "
-            "the broker itself",
-        )
-        raise AssertionError("unreachable")  # abort raises
+        request_id = uuid.uuid4().hex
+        with _observed("renew", request_id, self._metrics):
+            renewed = await self._runtime.flows.renew.renew(
+                bearer_token(_metadata(context)), request.lease_id, request_id
+            )
+            return convert.renew_response(renewed)
+
+
+async def _acks(requests: AsyncIterator[broker_pb2.WatchRequest]) -> AsyncIterator[AckMessage]:
+    async for request in requests:
+        ack = convert.ack(request)
+        if ack is not None:
+            yield ack
 
 
 @contextmanager
@@ -101,9 +118,5 @@ def _observed(method: str, request_id: str, metrics: BrokerMetrics) -> Iterator[
         raise
     finally:
         elapsed = time.perf_counter() - started
-        if method == "issue":
-            metrics.issues.labels(outcome["value"]).inc()
-            metrics.issue_seconds.labels(outcome["value"]).observe(elapsed)
-        else:
-            metrics.releases.labels(outcome["value"]).inc()
+        metrics.count(method, outcome["value"], elapsed)
         log.debug(f"{method} answered", request_id=request_id, outcome=outcome["value"])

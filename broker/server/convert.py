@@ -12,10 +12,20 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
 
-from broker.api.v1 import broker_pb2, roles_pb2
+from broker.api.v1 import broker_pb2, roles_pb2, rotation_pb2
 from broker.errors import InvalidRequest
-from broker.models import AwsRole, DatabaseRole, KvRole, PkiRole, RoleSpec
-from broker.service import IssuedLease, StoredRole
+from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
+from broker.service import (
+    AckMessage,
+    IssuedLease,
+    LeaseRevoked,
+    LeaseRotated,
+    RenewedLease,
+    Rotation,
+    StoredRole,
+    WatchEvent,
+)
+from broker.store import LeaseRecord
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 _CREDENTIAL_TYPES = {
@@ -29,19 +39,73 @@ _CREDENTIAL_TYPE_NUMBERS = {name: number for number, name in _CREDENTIAL_TYPES.i
 
 
 def issue_response(issued: IssuedLease) -> broker_pb2.IssueResponse:
-    lease = issued.lease
+    return broker_pb2.IssueResponse(
+        lease=lease_message(issued.lease, issued.renewable),
+        credential=_credential(issued.credential),
+    )
+
+
+def lease_message(lease: LeaseRecord, renewable: bool) -> broker_pb2.Lease:
     message = broker_pb2.Lease(
         id=lease.id,
         role=lease.role,
         credential_name=lease.credential,
         generation=lease.generation,
-        renewable=issued.renewable,
+        renewable=renewable,
     )
     if lease.expires_at is not None:
         message.expires_at.CopyFrom(_timestamp(lease.expires_at))
-    return broker_pb2.IssueResponse(
-        lease=message, credential=broker_pb2.Credential(values=issued.credential.reveal())
-    )
+    return message
+
+
+def renew_response(renewed: RenewedLease) -> broker_pb2.RenewResponse:
+    return broker_pb2.RenewResponse(lease=lease_message(renewed.lease, renewed.renewable))
+
+
+def watch_response(event: WatchEvent) -> broker_pb2.WatchResponse:
+    if isinstance(event, LeaseRotated):
+        rotated = broker_pb2.Rotated(
+            lease=lease_message(event.lease, event.vault_lease.renewable),
+            credential=_credential(event.credential),
+        )
+        return broker_pb2.WatchResponse(rotated=rotated)
+    if isinstance(event, LeaseRevoked):
+        revoked = broker_pb2.Revoked(lease_id=event.lease_id, reason=event.reason)
+        return broker_pb2.WatchResponse(revoked=revoked)
+    expiring = broker_pb2.Expiring(lease_id=event.lease_id, expires_at=_timestamp(event.expires_at))
+    return broker_pb2.WatchResponse(expiring=expiring)
+
+
+def ack(request: broker_pb2.WatchRequest) -> AckMessage | None:
+    """The Ack a WatchRequest carries; None for a message this broker does not know."""
+    if request.WhichOneof("message") != "ack":
+        return None
+    return AckMessage(lease_id=request.ack.lease_id, generation=request.ack.generation)
+
+
+def _credential(credential: Credential) -> broker_pb2.Credential:
+    return broker_pb2.Credential(values=credential.reveal())
+
+
+# --- Rotation -------------------------------------------------------------------------------
+
+
+def rotation_grace(request: rotation_pb2.RotateLeasesRequest) -> timedelta | None:
+    return _timedelta(request.grace) if request.HasField("grace") else None
+
+
+def rotate_response(rotations: list[Rotation]) -> rotation_pb2.RotateLeasesResponse:
+    messages = []
+    for rotation in rotations:
+        message = rotation_pb2.LeaseRotation(
+            previous_lease_id=rotation.previous_lease_id,
+            lease=lease_message(rotation.lease, rotation.renewable),
+            already_rotated=rotation.already_rotated,
+        )
+        if rotation.revoke_after is not None:
+            message.revoke_after.CopyFrom(_timestamp(rotation.revoke_after))
+        messages.append(message)
+    return rotation_pb2.RotateLeasesResponse(rotations=messages)
 
 
 # --- Roles ----------------------------------------------------------------------------------

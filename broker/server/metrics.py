@@ -31,6 +31,24 @@ class BrokerMetrics:
         self.releases = Counter(
             "keyferry_release", "Release calls by outcome", ["outcome"], registry=self.registry
         )
+        self.renews = Counter(
+            "keyferry_renew", "Renew calls by outcome", ["outcome"], registry=self.registry
+        )
+        self.rotations = Counter(
+            "keyferry_rotate",
+            "RotateLeases calls by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.watch_streams = Gauge(
+            "keyferry_watch_streams", "Open Watch streams", registry=self.registry
+        )
+        self.watch_ends = Counter(
+            "keyferry_watch_end",
+            "Watch streams the broker ended, by reason (token_invalid at token expiry)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.active_leases = Gauge(
             "keyferry_active_leases",
             "Live (pending or active) leases in the lease store",
@@ -38,6 +56,15 @@ class BrokerMetrics:
         )
         self.active_leases.set_function(live_leases)
         self._http: tuple[WSGIServer, Thread] | None = None
+
+    def count(self, method: str, outcome: str, seconds: float) -> None:
+        """One answered call of `method` (issue, release, renew, rotate)."""
+        if method == "issue":
+            self.issues.labels(outcome).inc()
+            self.issue_seconds.labels(outcome).observe(seconds)
+        else:
+            counters = {"release": self.releases, "renew": self.renews, "rotate": self.rotations}
+            counters[method].labels(outcome).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start /metrics; the bound port (port 0 picks one)."""

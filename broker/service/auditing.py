@@ -15,7 +15,7 @@ from typing import Any
 from broker.audit import AuditEvent, AuditLog, Decision, Fingerprinter, Principal, PrincipalKind
 from broker.models import Credential
 from broker.policy import Decision as PolicyDecision
-from broker.policy import Workload
+from broker.policy import Operator, Workload
 from broker.store import LeaseRecord
 
 _FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
@@ -26,6 +26,24 @@ def principal_of(workload: Workload) -> Principal:
         kind=PrincipalKind.WORKLOAD,
         name=f"{workload.cluster}/{workload.namespace}/{workload.service_account}",
     )
+
+
+def operator_principal(operator: Operator) -> Principal:
+    return Principal(kind=PrincipalKind.OPERATOR, name=operator.name)
+
+
+def system_principal(job: str) -> Principal:
+    """The broker acting on its own (renewals, revocations that come due)."""
+    return Principal(kind=PrincipalKind.SYSTEM, name=job)
+
+
+def lease_where(lease: LeaseRecord) -> dict[str, Any]:
+    return {
+        "cluster": lease.cluster,
+        "namespace": lease.namespace,
+        "pod": lease.pod_name,
+        "pod_uid": lease.pod_uid,
+    }
 
 
 def where(workload: Workload) -> dict[str, Any]:
@@ -92,6 +110,57 @@ class AuditTrail:
                 request_id=request_id,
                 fingerprints=self.fingerprints(credential) if credential else {},
                 **where(workload),
+            )
+        )
+
+    async def decision_on_lease(
+        self,
+        who: Principal,
+        action: str,
+        decision: PolicyDecision,
+        lease: LeaseRecord,
+        request_id: str,
+    ) -> None:
+        """A decision about one lease by a principal other than its own pod's workload."""
+        await self.record(
+            AuditEvent(
+                who=who,
+                action=action,
+                decision=Decision.ALLOW if decision.allowed else Decision.DENY,
+                reason=None if decision.allowed else "POLICY_DENIED",
+                policy_ids=decision.policy_ids,
+                request_id=request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+                generation=lease.generation,
+                **lease_where(lease),
+            )
+        )
+
+    async def lease_change(
+        self,
+        who: Principal,
+        action: str,
+        lease: LeaseRecord,
+        request_id: str,
+        *,
+        credential: Credential | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A lease's state change made by an operator or by the broker itself."""
+        await self.record(
+            AuditEvent(
+                who=who,
+                action=action,
+                reason=reason,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+                generation=lease.generation,
+                request_id=request_id,
+                fingerprints=self.fingerprints(credential) if credential else {},
+                **lease_where(lease),
             )
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from broker.clusters import ClusterClient
@@ -50,12 +51,23 @@ class Callers:
 
     async def authenticate(self, token: str, *, allow_terminating: bool = False) -> Workload:
         """The pod the token proves, after checking the pod still exists with its UID."""
+        workload, _expires_at = await self.authenticate_until(
+            token, allow_terminating=allow_terminating
+        )
+        return workload
+
+    async def authenticate_until(
+        self, token: str, *, allow_terminating: bool = False
+    ) -> tuple[Workload, datetime]:
+        """Like `authenticate`, and when the token expires (a Watch stream ends then)."""
         loop = asyncio.get_running_loop()
-        workload = await loop.run_in_executor(self._pool, self._verifier.verify, token)
+        workload, expires_at = await loop.run_in_executor(
+            self._pool, self._verifier.verify_until, token
+        )
         await self._clients[workload.cluster].ensure_pod_bound(
             workload, allow_terminating=allow_terminating
         )
-        return workload
+        return workload, expires_at
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -12,15 +12,15 @@ from datetime import UTC, datetime, timedelta
 from broker.backends import Backends
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
 from broker.models import VaultLease
-from broker.policy import Action, LeaseResource, PolicyEngine, RoleResource
+from broker.policy import Action, PolicyEngine
 from broker.store import LeaseNotFound, LeaseRecord, LeaseState, Store, StoreRunner
 
 from .auditing import AuditTrail
 from .callers import Callers
+from .resources import lease_resource
 
 FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 REVOKE_RETRY = timedelta(seconds=30)
-UNKNOWN_BACKEND = "unknown"
 
 
 class ReleaseFlow:
@@ -50,7 +50,7 @@ class ReleaseFlow:
             raise LeaseNotFound(lease_id)
         handle = await self._run(self._leases.handle, lease_id)
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        decision = self._policy.decide(workload, Action.RELEASE, _resource(lease, vault_lease))
+        decision = self._policy.decide(workload, Action.RELEASE, lease_resource(lease, vault_lease))
         await self._audit.decision(
             workload,
             "release",
@@ -86,14 +86,3 @@ class ReleaseFlow:
             retry_at = datetime.now(UTC) + REVOKE_RETRY
             await self._run(self._leases.record_revoke_failure, lease.id, error.message, retry_at)
             raise
-
-
-def _resource(lease: LeaseRecord, vault_lease: VaultLease | None) -> LeaseResource:
-    backend = vault_lease.kind if vault_lease is not None else UNKNOWN_BACKEND
-    return LeaseResource(
-        lease_id=lease.id,
-        cluster=lease.cluster,
-        namespace=lease.namespace,
-        service_account=lease.service_account,
-        role=RoleResource(name=lease.role, backend=backend),
-    )

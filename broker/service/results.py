@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from broker.models import Credential
 from broker.store import LeaseRecord
@@ -17,3 +17,24 @@ class IssuedLease(BaseModel):
     credential: Credential
     renewable: bool
     replayed: bool
+
+
+class RenewedLease(BaseModel):
+    """A lease after a renewal: `lease.expires_at` is the new expiry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lease: LeaseRecord
+    renewable: bool
+
+
+class Rotation(BaseModel):
+    """One lease's rotation: the new generation and when the old one is revoked at the latest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    previous_lease_id: str
+    lease: LeaseRecord
+    renewable: bool
+    revoke_after: AwareDatetime | None
+    already_rotated: bool

@@ -23,15 +23,36 @@ from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings
 from broker.store import Store, StoreRunner
+from broker.store.clock import Clock, utcnow
 
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
+from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
+from .loops import Periodic
 from .releasing import ReleaseFlow
+from .renewing import Renewer, RenewFlow
+from .revoking import Revoker
+from .rotating import RotationFlow
 from .sealing import CredentialSealer
+from .watching import WatchFlow
 
 log = structlog.get_logger("keyferry.runtime")
+
+
+@dataclass
+class LeaseFlows:
+    """What keeps issued leases alive and replaces them: the event hub of Watch streams,
+    the flows of Watch, Renew and RotateLeases, and the periodic jobs."""
+
+    hub: EventHub
+    revoker: Revoker
+    renewer: Renewer
+    watch: WatchFlow
+    renew: RenewFlow
+    rotation: RotationFlow
+    jobs: list[Periodic]
 
 
 @dataclass
@@ -44,19 +65,24 @@ class BrokerRuntime:
     audit: AuditTrail
     issue: IssueFlow
     release: ReleaseFlow
+    flows: LeaseFlows
     _stack: AsyncExitStack
 
     @classmethod
-    async def open(cls, settings: BrokerSettings) -> BrokerRuntime:
+    async def open(cls, settings: BrokerSettings, clock: Clock = utcnow) -> BrokerRuntime:
+        """Open everything; `clock` is the broker's notion of now for token ends, renewal
+        windows and grace periods (tests pass a controlled one)."""
         stack = AsyncExitStack()
         try:
-            return await cls._open(settings, stack)
+            return await cls._open(settings, stack, clock)
         except BaseException:
             await stack.aclose()
             raise
 
     @classmethod
-    async def _open(cls, settings: BrokerSettings, stack: AsyncExitStack) -> BrokerRuntime:
+    async def _open(
+        cls, settings: BrokerSettings, stack: AsyncExitStack, clock: Clock
+    ) -> BrokerRuntime:
         policy = PolicyEngine.from_files(settings.policies)
         store = await asyncio.to_thread(Store.open, settings.store)
         _on_close(stack, store.close)
@@ -98,7 +124,69 @@ class BrokerRuntime:
             runner=runner,
             backends=backends,
         )
-        return cls(settings, store, runner, vault, catalog, audit, issue, release, stack)
+        hub = EventHub()
+        revoker = Revoker(
+            store=store, runner=runner, backends=backends, audit=audit, hub=hub, clock=clock
+        )
+        renewer = Renewer(
+            store=store,
+            runner=runner,
+            backends=backends,
+            audit=audit,
+            hub=hub,
+            settings=settings.renewal,
+            clock=clock,
+        )
+        flows = LeaseFlows(
+            hub=hub,
+            revoker=revoker,
+            renewer=renewer,
+            watch=WatchFlow(
+                callers=callers,
+                policy=policy,
+                audit=audit,
+                store=store,
+                runner=runner,
+                sealer=sealer,
+                hub=hub,
+                revoker=revoker,
+                clock=clock,
+            ),
+            renew=RenewFlow(
+                callers=callers,
+                policy=policy,
+                audit=audit,
+                store=store,
+                runner=runner,
+                renewer=renewer,
+            ),
+            rotation=RotationFlow(
+                catalog=catalog,
+                policy=policy,
+                audit=audit,
+                store=store,
+                runner=runner,
+                backends=backends,
+                sealer=sealer,
+                hub=hub,
+                grace=settings.rotation.grace,
+                clock=clock,
+            ),
+            jobs=[
+                Periodic("renew", settings.renewal.interval, renewer.renew_due),
+                Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
+            ],
+        )
+        return cls(settings, store, runner, vault, catalog, audit, issue, release, flows, stack)
+
+    def start_jobs(self) -> None:
+        """Start the periodic renewals and revocations (on the running event loop)."""
+        for job in self.flows.jobs:
+            job.start()
+
+    async def stop_jobs(self) -> None:
+        for job in self.flows.jobs:
+            await job.stop()
 
     async def checkpoint(self) -> bool:
         """Sign the audit chain's head with Vault transit and keep it in the store, when
@@ -116,6 +204,7 @@ class BrokerRuntime:
         return True
 
     async def close(self) -> None:
+        await self.stop_jobs()
         await self._stack.aclose()
 
 

@@ -8,7 +8,7 @@ a change the current state does not allow raises LeaseStateConflict with that re
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
@@ -159,15 +159,22 @@ class LeaseRepository:
 
         return self._change(lease_id, "record renewal", change)
 
-    def leases_to_renew(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
-        """Active leases whose Vault lease ends before `before`, soonest first."""
+    def leases_to_renew(
+        self,
+        before: datetime,
+        limit: int = DEFAULT_BATCH,
+        *,
+        pod_uids: Collection[str] | None = None,
+    ) -> list[LeaseRecord]:
+        """Active leases whose Vault lease ends before `before`, soonest first; only those
+        of `pod_uids` when given (the broker renews only pods that hold a Watch stream)."""
         _require_aware(before, "before")
-        query = (
-            select(LeaseRow)
-            .where(LeaseRow.state == LeaseState.ACTIVE, LeaseRow.expires_at < before)
-            .order_by(LeaseRow.expires_at, LeaseRow.id)
-            .limit(limit)
+        query = select(LeaseRow).where(
+            LeaseRow.state == LeaseState.ACTIVE, LeaseRow.expires_at < before
         )
+        if pod_uids is not None:
+            query = query.where(LeaseRow.pod_uid.in_(list(pod_uids)))
+        query = query.order_by(LeaseRow.expires_at, LeaseRow.id).limit(limit)
         return self._list("leases to renew", query)
 
     # -- revoke ----------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Renewing Vault leases: the broker's own renewals for pods that hold a Watch stream, and
+Broker.Renew for callers outside pods.
+
+For pods the broker owns renewal, and the open Watch stream is the heartbeat: a pass
+renews the renewable leases of watched pods that expire within `renewal.window`. A pod
+whose agent is gone is not kept alive; its leases run out at their TTL. A lease that
+cannot be extended any further (not renewable, or Vault capped it at the role's max TTL)
+gets one Expiring event per broker run, so the agent knows before the credential dies.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import structlog
+
+from broker.backends import Backends
+from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
+from broker.models import VaultLease
+from broker.policy import Action, PolicyEngine
+from broker.settings import RenewalSettings
+from broker.store import (
+    LeaseNotFound,
+    LeaseRecord,
+    LeaseState,
+    LeaseStateConflict,
+    Store,
+    StoreRunner,
+)
+from broker.store.clock import Clock
+
+from .auditing import AuditTrail, system_principal
+from .callers import Callers
+from .events import EventHub, LeaseExpiring
+from .resources import lease_resource
+from .results import RenewedLease
+
+log = structlog.get_logger("keyferry.renew")
+SYSTEM_JOB = "broker.renew"
+
+
+class Renewer:
+    """Renews one lease at Vault and records the new expiry; and the periodic pass."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runner: StoreRunner,
+        backends: Backends,
+        audit: AuditTrail,
+        hub: EventHub,
+        settings: RenewalSettings,
+        clock: Clock,
+    ) -> None:
+        self._leases = store.leases
+        self._run = runner.run
+        self._backends = backends
+        self._audit = audit
+        self._hub = hub
+        self._settings = settings
+        self._clock = clock
+        self._warned: set[str] = set()
+
+    async def vault_lease(self, lease: LeaseRecord) -> VaultLease:
+        handle = await self._run(self._leases.handle, lease.id)
+        if handle.vault_lease is None:
+            raise InvalidRequest("lease_id", f"lease {lease.id} is still being issued; retry")
+        return VaultLease.model_validate(handle.vault_lease)
+
+    async def renew(self, lease: LeaseRecord) -> RenewedLease:
+        """Extend an active lease at Vault and record its new expiry."""
+        if lease.state != LeaseState.ACTIVE:
+            raise InvalidRequest(
+                "lease_id",
+                f"lease {lease.id} is {lease.state}; only an active lease can be renewed "
+                "(call Issue for the live one)",
+            )
+        vault_lease = await self.vault_lease(lease)
+        backend = self._backends.for_lease(vault_lease)
+        renewed = await backend.renew(vault_lease, self._settings.increment)
+        expires_at = renewed.expires_at or self._clock()
+        try:
+            record = await self._run(self._leases.record_renewal, lease.id, expires_at)
+        except LeaseStateConflict as conflict:
+            raise InvalidRequest(
+                "lease_id", f"lease {lease.id} changed while it was renewed: {conflict.message}"
+            ) from conflict
+        return RenewedLease(lease=record, renewable=renewed.renewable)
+
+    async def renew_due(self) -> int:
+        """One pass: renew watched pods' leases that expire within the window; how many."""
+        watched = self._hub.watched()
+        if not watched:
+            return 0
+        horizon = self._clock() + self._settings.window
+        due = await self._run(self._leases.leases_to_renew, horizon, pod_uids=watched)
+        renewed = 0
+        for lease in due:
+            try:
+                if await self._renew_watched(lease):
+                    renewed += 1
+            except KeyferryError as error:
+                log.warning("renewal failed", lease_id=lease.id, error=error.message)
+        return renewed
+
+    async def _renew_watched(self, lease: LeaseRecord) -> bool:
+        vault_lease = await self.vault_lease(lease)
+        if not vault_lease.renewable:
+            self._warn(lease)
+            return False
+        result = await self.renew(lease)
+        record = result.lease
+        await self._audit.lease_change(
+            system_principal(SYSTEM_JOB), "lease.renewed", record, uuid.uuid4().hex
+        )
+        before, after = lease.expires_at, record.expires_at
+        if before is not None and after is not None and after <= before:
+            self._warn(record)  # capped at the max TTL: Vault would not extend it
+        return True
+
+    def _warn(self, lease: LeaseRecord) -> None:
+        if lease.id in self._warned or lease.expires_at is None:
+            return
+        self._warned.add(lease.id)
+        self._hub.publish(lease.pod_uid, LeaseExpiring(lease.id, lease.expires_at))
+
+
+class RenewFlow:
+    """Broker.Renew: a caller extends one of its own leases (callers outside pods)."""
+
+    def __init__(
+        self,
+        *,
+        callers: Callers,
+        policy: PolicyEngine,
+        audit: AuditTrail,
+        store: Store,
+        runner: StoreRunner,
+        renewer: Renewer,
+    ) -> None:
+        self._callers = callers
+        self._policy = policy
+        self._audit = audit
+        self._leases = store.leases
+        self._run = runner.run
+        self._renewer = renewer
+
+    async def renew(self, token: str, lease_id: str, request_id: str) -> RenewedLease:
+        workload = await self._callers.authenticate(token)
+        if not lease_id:
+            raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
+        lease = await self._run(self._leases.get, lease_id)
+        if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
+            raise LeaseNotFound(lease_id)
+        handle = await self._run(self._leases.handle, lease_id)
+        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
+        decision = self._policy.decide(workload, Action.RENEW, lease_resource(lease, vault_lease))
+        await self._audit.decision(
+            workload,
+            "renew",
+            decision,
+            request_id,
+            role=lease.role,
+            credential=lease.credential,
+            lease_id=lease.id,
+        )
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+                f"{workload.cluster!r} to renew lease {lease.id}"
+            )
+        renewed = await self._renewer.renew(lease)
+        await self._audit.lease(workload, "lease.renewed", renewed.lease, request_id)
+        return renewed

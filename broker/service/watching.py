@@ -1,0 +1,218 @@
+"""Broker.Watch: one pod's stream of lease events, its Acks, and its end at token expiry.
+
+The protocol is written for agent authors in docs/api.md (Broker.Watch). In short:
+subscribe to the hub first, then send the snapshot (one LeaseRotated per active lease), so
+no change falls between the two; then live events until the caller's token expires, when
+the stream ends with TokenExpired and the agent reconnects with a fresh token. Acks
+arrive on the same stream and are handled beside it; a bad Ack is logged, never fatal.
+
+Each lease an event carries a credential for is decided with Cedar `watch` (audited)
+before it is sent. Time comes from the injected clock, re-read at least every TICK, so
+tests move the token's end with a controlled clock instead of waiting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from broker.errors import KeyferryError, PermissionDenied, Unauthenticated
+from broker.models import VaultLease
+from broker.policy import Action, PolicyEngine, Workload
+from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreRunner
+from broker.store.clock import Clock
+
+from .auditing import AuditTrail, principal_of
+from .callers import Callers
+from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
+from .resources import lease_resource
+from .revoking import Revoker
+from .sealing import CredentialSealer
+
+log = structlog.get_logger("keyferry.watch")
+TICK = 1.0  # seconds between checks of the clock, the overflow flag and the token's end
+
+
+@dataclass(frozen=True)
+class AckMessage:
+    lease_id: str
+    generation: int
+
+
+class TokenExpired(Unauthenticated):
+    def __init__(self, expired_at: datetime) -> None:
+        super().__init__(
+            f"the token of this Watch stream expired at {expired_at.isoformat()}; "
+            "reconnect with a fresh token (the projected token file is refreshed by the kubelet)"
+        )
+        self.expired_at = expired_at
+
+
+@dataclass
+class _Session:
+    workload: Workload
+    expires_at: datetime
+    request_id: str
+    allowed: dict[str, bool] = field(default_factory=dict)
+
+
+class WatchFlow:
+    def __init__(
+        self,
+        *,
+        callers: Callers,
+        policy: PolicyEngine,
+        audit: AuditTrail,
+        store: Store,
+        runner: StoreRunner,
+        sealer: CredentialSealer,
+        hub: EventHub,
+        revoker: Revoker,
+        clock: Clock,
+    ) -> None:
+        self._callers = callers
+        self._policy = policy
+        self._audit = audit
+        self._leases = store.leases
+        self._run = runner.run
+        self._sealer = sealer
+        self._hub = hub
+        self._revoker = revoker
+        self._clock = clock
+
+    async def watch(
+        self, token: str, acks: AsyncIterator[AckMessage], request_id: str
+    ) -> AsyncIterator[WatchEvent]:
+        """The stream's events; raises TokenExpired at the token's end, StreamOverflowed
+        when the caller fell behind, and the authentication errors of Issue at open."""
+        workload, expires_at = await self._callers.authenticate_until(token)
+        session = _Session(workload, expires_at, request_id)
+        with self._hub.subscribe(workload.pod_uid) as subscription:
+            snapshot = await self._snapshot(session)
+            acking = asyncio.create_task(self._consume(session, acks))
+            log.info(
+                "watch opened", pod=workload.pod, pod_uid=workload.pod_uid, leases=len(snapshot)
+            )
+            try:
+                for event in snapshot:
+                    yield event
+                async for event in self._live(session, subscription):
+                    yield event
+            finally:
+                acking.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acking
+                log.info("watch closed", pod=workload.pod, pod_uid=workload.pod_uid)
+
+    async def _live(
+        self, session: _Session, subscription: Subscription
+    ) -> AsyncIterator[WatchEvent]:
+        while True:
+            if subscription.overflowed.is_set():
+                raise StreamOverflowed(subscription.pod_uid)
+            remaining = (session.expires_at - self._clock()).total_seconds()
+            if remaining <= 0:
+                raise TokenExpired(session.expires_at)
+            try:
+                event = await asyncio.wait_for(subscription.queue.get(), min(remaining, TICK))
+            except TimeoutError:
+                continue
+            if isinstance(event, LeaseRotated) and not await self._may_watch(
+                session, event.lease, event.vault_lease
+            ):
+                continue
+            yield event
+
+    async def _snapshot(self, session: _Session) -> list[WatchEvent]:
+        """One LeaseRotated per active lease of the pod that Cedar lets it watch."""
+        workload = session.workload
+        selector = Selector(
+            cluster=workload.cluster,
+            namespace=workload.namespace,
+            pod_name=workload.pod,
+            states=frozenset({LeaseState.ACTIVE}),
+        )
+        leases = await self._run(self._leases.list_by_selector, selector)
+        mine = sorted(
+            (lease for lease in leases if lease.pod_uid == workload.pod_uid),
+            key=lambda lease: (lease.credential, lease.generation),
+        )
+        events: list[WatchEvent] = []
+        for lease in mine:
+            handle = await self._run(self._leases.handle, lease.id)
+            if handle.vault_lease is None or handle.sealed_credential is None:
+                continue
+            vault_lease = VaultLease.model_validate(handle.vault_lease)
+            if not await self._may_watch(session, lease, vault_lease):
+                continue
+            credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+            events.append(LeaseRotated(lease, credential, vault_lease))
+        if mine and not events and session.allowed and not any(session.allowed.values()):
+            raise PermissionDenied(
+                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+                f"{workload.cluster!r} to watch its leases"
+            )
+        return events
+
+    async def _may_watch(
+        self, session: _Session, lease: LeaseRecord, vault_lease: VaultLease
+    ) -> bool:
+        if lease.id in session.allowed:
+            return session.allowed[lease.id]
+        decision = self._policy.decide(
+            session.workload, Action.WATCH, lease_resource(lease, vault_lease)
+        )
+        await self._audit.decision(
+            session.workload,
+            "watch",
+            decision,
+            session.request_id,
+            role=lease.role,
+            credential=lease.credential,
+            lease_id=lease.id,
+        )
+        session.allowed[lease.id] = decision.allowed
+        return decision.allowed
+
+    async def _consume(self, session: _Session, acks: AsyncIterator[AckMessage]) -> None:
+        async for ack in acks:
+            try:
+                await self.ack(session, ack)
+            except KeyferryError as error:
+                log.warning("ack not applied", lease_id=ack.lease_id, error=error.message)
+
+    async def ack(self, session: _Session, ack: AckMessage) -> None:
+        """The agent has the new generation in place: revoke the older ones now."""
+        workload = session.workload
+        lease = await self._run(self._leases.get, ack.lease_id)
+        mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
+        if not mine or lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
+            log.info(
+                "ack ignored",
+                lease_id=ack.lease_id,
+                generation=ack.generation,
+                pod_uid=workload.pod_uid,
+            )
+            return
+        await self._audit.lease(workload, "lease.acked", lease, session.request_id)
+        selector = Selector(
+            cluster=lease.cluster,
+            namespace=lease.namespace,
+            pod_name=lease.pod_name,
+            states=frozenset({LeaseState.REVOKING}),
+        )
+        older = [
+            old
+            for old in await self._run(self._leases.list_by_selector, selector)
+            if old.pod_uid == lease.pod_uid
+            and old.credential == lease.credential
+            and old.generation < lease.generation
+        ]
+        for old in older:
+            due = await self._run(self._leases.mark_revoking, old.id, revoke_after=self._clock())
+            await self._revoker.revoke(due, principal_of(workload), session.request_id)

@@ -1,0 +1,349 @@
+"""Broker.Watch, Rotation.RotateLeases, the broker's renewals and Broker.Renew on the bed.
+
+The same scene as test_issue.py (in-process broker, Vault with AppRole, PostgreSQL behind a
+keyferry database mount, pod-bound tokens from bed clusters), plus a controlled clock: the
+broker reads "now" from `ShiftedClock`, so a test moves a token's end or a renewal window
+by shifting the clock, never by waiting. Waiting for Vault and PostgreSQL to act is a
+bounded poll (`until`), and no test asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import hvac
+import psycopg
+import pytest
+import yaml
+from google.protobuf import duration_pb2
+from typer.testing import CliRunner
+
+from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
+from broker.audit import StoreCheckpointSink, read_log, verify
+from broker.backends.transit import TransitSigner
+from broker.cli.main import app as cli
+from broker.server import create_server
+from broker.settings import load_settings
+from broker.store import LeaseState
+from broker.store.clock import utcnow
+from tests.bed.kube import KubeCluster
+from tests.bed.postgres import PostgresServer
+from tests.bed.vault import VaultServer
+
+from .stores import sqlite_url
+from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
+    ROLE,
+    Broker,
+    approle,
+    config,
+    issue,
+    log_in,
+    orders_db,
+    root,
+    transit,
+)
+from .workloads import bearer, broker_stub, error_info, mint
+
+__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
+pytestmark = pytest.mark.bed
+T = TypeVar("T")
+UNTIL = 30.0  # bound of every poll; generous, and never asserted
+READ = 30.0  # bound of waiting for one Watch event
+
+
+class ShiftedClock:
+    """The broker's now: the real time plus `offset`, which a test moves."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return utcnow() + self.offset
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """Poll an async probe until it returns something truthy, at most UNTIL seconds."""
+    deadline = asyncio.get_running_loop().time() + UNTIL
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture
+async def broker(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    orders_db: None,
+    transit: TransitSigner,
+    clock: ShiftedClock,
+) -> AsyncIterator[Broker]:
+    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
+    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    # Renewals run when the test says (renew_due), not on the loop's own schedule.
+    data["renewal"] = {"interval": "1h", "window": "2m", "increment": "30m"}
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path)
+    server, port = await create_server(settings, clock=clock)
+    await server.start()
+    running = Broker(server, port, settings)
+    yield running
+    await server.stop(1)
+
+
+class Agent:
+    """An agent-like Watch client: reads events, sends Acks."""
+
+    def __init__(self, stub: Any, token: Any) -> None:
+        self._acks: asyncio.Queue[broker_pb2.WatchRequest | None] = asyncio.Queue()
+        self.call = stub.Watch(self._requests(), metadata=bearer(token))
+
+    async def _requests(self) -> AsyncIterator[broker_pb2.WatchRequest]:
+        while (request := await self._acks.get()) is not None:
+            yield request
+
+    async def next(self) -> broker_pb2.WatchResponse:
+        event = await asyncio.wait_for(self.call.read(), READ)
+        assert isinstance(event, broker_pb2.WatchResponse), f"stream ended: {event!r}"
+        return event
+
+    async def ack(self, lease: broker_pb2.Lease) -> None:
+        ack = broker_pb2.Ack(lease_id=lease.id, generation=lease.generation)
+        await self._acks.put(broker_pb2.WatchRequest(ack=ack))
+
+    def close(self) -> None:
+        self._acks.put_nowait(None)
+        self.call.cancel()
+
+
+async def rotate(broker: Broker, lease_id: str, grace: timedelta) -> rotation_pb2.LeaseRotation:
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(grace)
+    request = rotation_pb2.RotateLeasesRequest(lease_ids=[lease_id], grace=duration)
+    async with grpc.aio.insecure_channel(f"unix:{broker.server.admin_socket}") as channel:
+        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+        reply = await stub.RotateLeases(request)
+    assert len(reply.rotations) == 1
+    rotation: rotation_pb2.LeaseRotation = reply.rotations[0]
+    return rotation
+
+
+def works(postgres: PostgresServer, values: Any) -> bool:
+    try:
+        log_in(postgres, values)
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+def state_of(broker: Broker, lease_id: str) -> LeaseState:
+    store = broker.store()
+    try:
+        return store.leases.get(lease_id).state
+    finally:
+        store.close()
+
+
+async def revoked_and_dead(
+    broker: Broker, postgres: PostgresServer, lease_id: str, values: Any
+) -> bool:
+    if state_of(broker, lease_id) != LeaseState.REVOKED:
+        return False
+    return not await asyncio.to_thread(works, postgres, values)
+
+
+# --- rotation through Watch -------------------------------------------------------------------
+
+
+async def test_rotate_pushes_generation_two_through_watch_and_the_ack_revokes_the_old_lease(
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    postgres: PostgresServer,
+    transit: TransitSigner,
+) -> None:
+    token = mint(kube_clusters["a"], pod_prefix="rotated")
+    first = await issue(broker, token)
+    old = first.credential.values
+    async with broker_stub(broker.port, broker.ca) as stub:
+        agent = Agent(stub, token)
+        snapshot = await agent.next()
+        assert snapshot.rotated.lease.id == first.lease.id
+        assert snapshot.rotated.lease.generation == 1
+
+        rotation = await rotate(broker, first.lease.id, timedelta(hours=1))
+        assert rotation.previous_lease_id == first.lease.id
+        assert rotation.lease.generation == 2
+        assert not rotation.already_rotated
+
+        pushed = (await agent.next()).rotated
+        assert pushed.lease.id == rotation.lease.id
+        assert pushed.lease.generation == 2
+        assert pushed.lease.credential_name == first.lease.credential_name
+        new = pushed.credential.values
+        assert new["username"] != old["username"]
+        log_in(postgres, new)
+        log_in(postgres, old)  # before the Ack the old credential still works
+        assert state_of(broker, first.lease.id) == LeaseState.REVOKING
+
+        await agent.ack(pushed.lease)
+        revoked = (await agent.next()).revoked
+        assert (revoked.lease_id, revoked.reason) == (first.lease.id, "rotated")
+        await until(
+            lambda: revoked_and_dead(broker, postgres, first.lease.id, old),
+            "old lease revoked and its login refused",
+        )
+        log_in(postgres, new)
+        agent.close()
+
+    await broker.server.stop(1)  # signs a checkpoint of the chain with Vault transit
+    records = [json.loads(line) for line in broker.settings.audit.log.read_text().splitlines()]
+    actions = [r["action"] for r in records]
+    for expected in ("rotate", "lease.revoking", "lease.acked", "lease.revoked", "watch"):
+        assert expected in actions
+    rotate_record = records[actions.index("rotate")]
+    assert rotate_record["who"] == {"kind": "operator", "name": "admin-socket"}
+    assert rotate_record["policy_ids"] == ["security-operators"]
+    assert new["password"] not in broker.settings.audit.log.read_text()
+    store = broker.store()
+    try:
+        sink = StoreCheckpointSink(store.checkpoints)
+        report = verify(read_log(broker.settings.audit.log), sink.list("broker"), transit)
+    finally:
+        store.close()
+    assert report.ok, report.damage
+    assert report.records == len(records)
+
+
+async def test_without_an_ack_the_cli_rotation_revokes_the_old_lease_after_the_grace(
+    broker: Broker, kube_clusters: dict[str, KubeCluster], postgres: PostgresServer
+) -> None:
+    token = mint(kube_clusters["b"], pod_prefix="silent")
+    first = await issue(broker, token)
+    old = first.credential.values
+    socket = str(broker.server.admin_socket)
+    runner = CliRunner()
+    result = await asyncio.to_thread(
+        runner.invoke,
+        cli,
+        ["rotate", "--lease", first.lease.id, "--grace", "1s", "--socket", socket],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"lease {first.lease.id} rotated" in result.output
+    assert "(generation 2)" in result.output
+
+    await until(
+        lambda: revoked_and_dead(broker, postgres, first.lease.id, old),
+        "old lease revoked after the grace period",
+    )
+    again = await issue(broker, token)  # Issue hands out the new generation
+    assert again.lease.generation == 2
+    log_in(postgres, again.credential.values)
+
+    unknown = await asyncio.to_thread(
+        runner.invoke, cli, ["rotate", "--lease", "no-such-lease", "--socket", socket]
+    )
+    assert unknown.exit_code == 1
+    assert "does not exist" in unknown.output
+
+
+# --- the stream's end ---------------------------------------------------------------------------
+
+
+async def test_the_broker_ends_a_watch_with_unauthenticated_when_its_token_expires(
+    broker: Broker, kube_clusters: dict[str, KubeCluster], clock: ShiftedClock
+) -> None:
+    token = mint(kube_clusters["a"], pod_prefix="expiring")  # a 600 s token
+    await issue(broker, token)
+    async with broker_stub(broker.port, broker.ca) as stub:
+        agent = Agent(stub, token)
+        await agent.next()  # the snapshot: the stream is open
+        clock.offset = timedelta(seconds=601)  # past the token's exp, for the broker
+        with pytest.raises(grpc.RpcError) as ended:
+            await agent.next()
+        agent.close()
+    error = ended.value
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error_info(error).reason == "TOKEN_INVALID"
+    assert "reconnect with a fresh token" in (error.details() or "")
+
+
+# --- renewals -------------------------------------------------------------------------------------
+
+
+async def test_the_broker_renews_the_leases_of_pods_that_hold_a_watch_stream(
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    clock: ShiftedClock,
+    root: hvac.Client,
+) -> None:
+    watched = mint(kube_clusters["a"], pod_prefix="watched")
+    silent = mint(kube_clusters["a"], pod_prefix="unwatched")
+    mine = await issue(broker, watched)
+    other = await issue(broker, silent)
+    vault_ids = {}
+    store = broker.store()
+    try:
+        for lease in (mine.lease, other.lease):
+            vault_ids[lease.id] = store.leases.get(lease.id).vault_lease_id
+    finally:
+        store.close()
+
+    def ttl(lease_id: str) -> int:
+        return int(root.sys.read_lease(vault_ids[lease_id])["data"]["ttl"])
+
+    before = {lease_id: ttl(lease_id) for lease_id in vault_ids}
+    assert all(value <= 300 for value in before.values())  # the role's default_ttl is 5m
+    async with broker_stub(broker.port, broker.ca) as stub:
+        agent = Agent(stub, watched)
+        await agent.next()
+        clock.offset = timedelta(minutes=4)  # both leases now expire within the 2m window
+        renewed = await broker.server.runtime.flows.renewer.renew_due()
+        agent.close()
+    assert renewed == 1
+    assert ttl(mine.lease.id) > before[mine.lease.id]  # renewed by 30m
+    assert ttl(other.lease.id) <= before[other.lease.id]  # no stream, no heartbeat
+    store = broker.store()
+    try:
+        expires_at = store.leases.get(mine.lease.id).expires_at
+    finally:
+        store.close()
+    assert expires_at is not None
+    assert expires_at > mine.lease.expires_at.ToDatetime().replace(tzinfo=expires_at.tzinfo)
+
+
+async def test_renew_extends_the_callers_own_lease_and_not_another_pods(
+    broker: Broker, kube_clusters: dict[str, KubeCluster]
+) -> None:
+    owner = mint(kube_clusters["c"], pod_prefix="script")
+    stranger = mint(kube_clusters["c"], pod_prefix="stranger")
+    issued = await issue(broker, owner)
+    async with broker_stub(broker.port, broker.ca) as stub:
+        reply = await stub.Renew(
+            broker_pb2.RenewRequest(lease_id=issued.lease.id), metadata=bearer(owner)
+        )
+        assert reply.lease.id == issued.lease.id
+        assert reply.lease.role == ROLE
+        assert reply.lease.expires_at.ToDatetime() > issued.lease.expires_at.ToDatetime()
+        with pytest.raises(grpc.RpcError) as denied:
+            await stub.Renew(
+                broker_pb2.RenewRequest(lease_id=issued.lease.id), metadata=bearer(stranger)
+            )
+    assert denied.value.code() == grpc.StatusCode.NOT_FOUND
+    assert error_info(denied.value).reason == "NOT_FOUND"

@@ -1,0 +1,95 @@
+"""The Watch stream's pieces that need no server: the event hub and the wire form of events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pydantic import SecretStr
+
+from broker.api.v1 import broker_pb2
+from broker.models import Credential, VaultLease
+from broker.server import convert
+from broker.service import AckMessage, LeaseExpiring, LeaseRevoked, LeaseRotated
+from broker.service.events import QUEUE_SIZE, EventHub
+from broker.store import LeaseRecord, LeaseState
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _lease(generation: int = 2) -> LeaseRecord:
+    return LeaseRecord(
+        id=f"lease-{generation}",
+        vault_lease_id="keyferry/db/creds/ro/abc",
+        state=LeaseState.ACTIVE,
+        cluster="a",
+        namespace="orders",
+        service_account="workload",
+        pod_name="app-1",
+        pod_uid="uid-1",
+        credential="orders-db",
+        role="orders-db-ro",
+        generation=generation,
+        expires_at=NOW + timedelta(minutes=5),
+        revoke_after=None,
+        created_at=NOW,
+        updated_at=NOW,
+        last_error=None,
+        revoke_attempts=0,
+    )
+
+
+def _rotated() -> LeaseRotated:
+    vault_lease = VaultLease(
+        role="orders-db-ro",
+        kind="database",
+        mount="keyferry/db",
+        lease_id="keyferry/db/creds/ro/abc",
+        renewable=True,
+        ttl=timedelta(minutes=5),
+        issued_at=NOW,
+        expires_at=NOW + timedelta(minutes=5),
+    )
+    credential = Credential(values={"username": SecretStr("u"), "password": SecretStr("p")})
+    return LeaseRotated(_lease(), credential, vault_lease)
+
+
+def test_the_hub_routes_by_pod_uid_and_forgets_closed_streams() -> None:
+    hub = EventHub()
+    with hub.subscribe("uid-1") as one, hub.subscribe("uid-1") as two, hub.subscribe("uid-2"):
+        assert hub.watched() == {"uid-1", "uid-2"}
+        assert hub.publish("uid-1", LeaseRevoked("lease-1", "rotated")) == 2
+        assert (
+            one.queue.get_nowait() == two.queue.get_nowait() == LeaseRevoked("lease-1", "rotated")
+        )
+        assert hub.publish("uid-3", LeaseRevoked("lease-9", "revoked")) == 0
+    assert hub.watched() == frozenset()
+    assert hub.stream_count() == 0
+
+
+def test_a_stream_that_falls_behind_is_flagged_not_grown() -> None:
+    hub = EventHub()
+    with hub.subscribe("uid-1") as slow:
+        for _ in range(QUEUE_SIZE + 1):
+            hub.publish("uid-1", LeaseRevoked("lease-1", "revoked"))
+        assert slow.queue.qsize() == QUEUE_SIZE
+        assert slow.overflowed.is_set()
+
+
+def test_events_on_the_wire() -> None:
+    rotated = convert.watch_response(_rotated()).rotated
+    assert (rotated.lease.id, rotated.lease.generation, rotated.lease.renewable) == (
+        "lease-2",
+        2,
+        True,
+    )
+    assert dict(rotated.credential.values) == {"username": "u", "password": "p"}
+    revoked = convert.watch_response(LeaseRevoked("lease-1", "rotated")).revoked
+    assert (revoked.lease_id, revoked.reason) == ("lease-1", "rotated")
+    expiring = convert.watch_response(LeaseExpiring("lease-2", NOW)).expiring
+    assert expiring.expires_at.ToDatetime(UTC) == NOW
+
+
+def test_an_ack_is_read_and_an_empty_request_is_skipped() -> None:
+    request = broker_pb2.WatchRequest(ack=broker_pb2.Ack(lease_id="lease-2", generation=2))
+    assert convert.ack(request) == AckMessage("lease-2", 2)
+    assert convert.ack(broker_pb2.WatchRequest()) is None
