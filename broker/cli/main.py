@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
 from . import roles, rotate, serve
@@ -33,6 +34,7 @@ app = typer.Typer(
     add_completion=True,
 )
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(agent_app, name="agent")
 app.add_typer(serve.app)
 app.add_typer(roles.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)

@@ -1,0 +1,173 @@
+"""The broker's workload API as the agent uses it: TLS, a bearer token read fresh from the
+projected token file on every call and every (re)connect, and gRPC failures mapped once,
+through `_mapped`, into the agent's error tree by status code and ErrorInfo reason."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from broker.api.v1 import broker_pb2, broker_pb2_grpc
+
+from .errors import BrokerRefused, BrokerUnavailable, WatchUnsupported
+from .token import read_token
+
+if TYPE_CHECKING:
+    from broker.api.v1.broker_pb2_grpc import BrokerServiceAsyncStub
+
+CALL_TIMEOUT = 20.0
+"""Seconds for Issue and Release; the broker itself waits up to 15 s for a pending lease."""
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class Issued(BaseModel):
+    """A lease the agent holds and the credential's values (hidden from repr and logs)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    lease_id: str
+    credential_name: str
+    generation: int
+    expires_at: datetime | None
+    values: dict[str, SecretStr]
+
+    def reveal(self) -> dict[str, str]:
+        return {key: value.get_secret_value() for key, value in self.values.items()}
+
+
+class Rotated(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    issued: Issued
+
+
+class Revoked(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    lease_id: str
+    reason: str
+
+
+class Expiring(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    lease_id: str
+    expires_at: datetime | None
+
+
+WatchEvent = Rotated | Revoked | Expiring
+
+
+class BrokerClient:
+    """One channel to the broker's workload listener."""
+
+    def __init__(self, address: str, ca_pem: str | None, token_path: Path) -> None:
+        root = ca_pem.encode() if ca_pem else None
+        self._channel = grpc.aio.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=root)
+        )
+        self._stub: BrokerServiceAsyncStub = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        self._token_path = token_path
+
+    def _metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {read_token(self._token_path)}"),)
+
+    async def issue(self, credential_name: str, role: str) -> Issued:
+        request = broker_pb2.IssueRequest(credential_name=credential_name, role=role)
+        with _mapped("Issue", credential_name):
+            reply = await self._stub.Issue(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+        return _issued(reply.lease, reply.credential)
+
+    async def release(self, lease_id: str) -> None:
+        request = broker_pb2.ReleaseRequest(lease_id=lease_id)
+        with _mapped("Release", lease_id):
+            await self._stub.Release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+
+    async def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]:
+        """The Watch stream's events; every (lease id, generation) put on `acks` is sent up."""
+        call: Any = self._stub.Watch(_ack_requests(acks), metadata=self._metadata())
+        try:
+            while True:
+                with _mapped("Watch", "stream"):
+                    response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                yield _event(response)
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+async def _ack_requests(
+    acks: asyncio.Queue[tuple[str, int]],
+) -> AsyncIterator[broker_pb2.WatchRequest]:
+    while True:
+        lease_id, generation = await acks.get()
+        yield broker_pb2.WatchRequest(ack=broker_pb2.Ack(lease_id=lease_id, generation=generation))
+
+
+def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issued:
+    return Issued(
+        lease_id=lease.id,
+        credential_name=lease.credential_name,
+        generation=lease.generation,
+        expires_at=lease.expires_at.ToDatetime() if lease.HasField("expires_at") else None,
+        values={key: SecretStr(value) for key, value in credential.values.items()},
+    )
+
+
+def _event(response: broker_pb2.WatchResponse) -> WatchEvent:
+    kind = response.WhichOneof("event")
+    if kind == "rotated":
+        return Rotated(issued=_issued(response.rotated.lease, response.rotated.credential))
+    if kind == "revoked":
+        return Revoked(lease_id=response.revoked.lease_id, reason=response.revoked.reason)
+    expires = response.expiring.expires_at
+    return Expiring(
+        lease_id=response.expiring.lease_id,
+        expires_at=expires.ToDatetime() if response.expiring.HasField("expires_at") else None,
+    )
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:
+        return ""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+@contextmanager
+def _mapped(method: str, subject: str) -> Iterator[None]:
+    """gRPC errors as the agent's typed errors, by status code (never by message text)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        message = f"Broker.{method} ({subject}): {code.name}: {exc.details() or ''}"
+        args = (message, code.name, _reason(exc))
+        if code == grpc.StatusCode.UNIMPLEMENTED and method == "Watch":
+            raise WatchUnsupported(*args) from exc
+        if code in RETRYABLE:
+            raise BrokerUnavailable(*args) from exc
+        raise BrokerRefused(*args) from exc

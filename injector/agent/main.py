@@ -1,0 +1,98 @@
+"""The agent's two entry points, `run` and `check`, as functions returning an exit code.
+
+`run` installs its SIGTERM/SIGINT handlers on the event loop: the signal cancels the
+session task at its next await (a file write never awaits, so a write is never cut; and
+writes are atomic anyway), then every lease is released and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import structlog
+
+from injector.contract import AgentSpec
+
+from .client import BrokerClient
+from .errors import AgentError, BrokerError
+from .session import AgentSession
+from .spec import load_spec
+
+log = structlog.get_logger("keyferry.agent")
+
+EXIT_OK, EXIT_FAILED, EXIT_SPEC = 0, 1, 2
+
+
+def check(environ: Mapping[str, str]) -> int:
+    """0 when every credential file of the spec exists, 1 otherwise (2: no valid spec)."""
+    try:
+        spec = load_spec(environ)
+    except AgentError:
+        return EXIT_SPEC
+    directory = Path(spec.directory)
+    missing = [c.name for c in spec.credentials if not (directory / c.name).is_file()]
+    return EXIT_FAILED if missing else EXIT_OK
+
+
+def run(environ: Mapping[str, str]) -> int:
+    """Issue, write and (sidecar) hold the credentials until SIGTERM; the exit code."""
+    try:
+        spec = load_spec(environ)
+    except AgentError as exc:
+        _report(exc, 0)
+        return EXIT_SPEC
+    return asyncio.run(_run(spec))
+
+
+async def _run(spec: AgentSpec) -> int:
+    client = BrokerClient(spec.broker_address, spec.broker_ca_pem, Path(spec.token_path))
+    session = AgentSession(spec, client)
+    log.info(
+        "agent.start",
+        cluster=spec.cluster,
+        mode=spec.mode.value,
+        credentials=[c.name for c in spec.credentials],
+    )
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        if not stopping.is_set():
+            stopping.set()
+            worker.cancel()
+
+    worker = asyncio.ensure_future(_work(session))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    try:
+        code = await worker
+    except asyncio.CancelledError:
+        log.info("agent.stopping", leases=len(session.held))
+        code = EXIT_OK
+    finally:
+        if stopping.is_set():
+            await session.release()
+        await client.close()
+    log.info("agent.exit", code=code)
+    return code
+
+
+async def _work(session: AgentSession) -> int:
+    try:
+        await session.start()
+    except AgentError as exc:
+        _report(exc, len(session.held))
+        return EXIT_FAILED
+    await session.hold()
+    return EXIT_OK
+
+
+def _report(exc: AgentError, issued: int) -> None:
+    """One error line a person can act on: what failed, the status code and the reason."""
+    if isinstance(exc, BrokerError):
+        log.error("agent.refused", error=str(exc), code=exc.code, reason=exc.reason, issued=issued)
+    else:
+        log.error("agent.failed", error=str(exc), issued=issued)

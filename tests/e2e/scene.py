@@ -1,0 +1,105 @@
+"""The e2e scene: Vault engines for every role of docs/examples/roles.yaml that the tests
+use, a broker running on its own event loop in a thread (so tests may block on processes
+while it serves), and a keyferry webhook per cluster pointing agents at that broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
+from injector.webhook.registration import registration
+from injector.webhook.server import MUTATE_PATH, WebhookServer, server_context
+from tests.bed.kube import KubeCluster
+from tests.bed.moto import MotoServer
+from tests.bed.pki import new_ca
+from tests.bed.ports import LOOPBACK
+from tests.integration.engines import add_assumed_role, enable, mount_aws
+from tests.integration.kube_helpers import admission
+from tests.integration.test_issue import Broker, start_broker
+
+KV_MOUNT, KV_PATH = "keyferry/app-config", "orders/config"  # role app-config
+AWS_MOUNT, AWS_ROLE = "keyferry/aws", "reader"  # role s3-reader
+KV_VALUES = {"greeting": 'it\'s "quoted"\nand $HOME `x` \\ é', "color": "blue"}
+
+
+def mount_kv(root: hvac.Client) -> None:
+    if f"{KV_MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
+        root.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
+    root.secrets.kv.v2.create_or_update_secret(KV_PATH, secret=KV_VALUES, mount_point=KV_MOUNT)
+
+
+def mount_s3_reader(root: hvac.Client, moto: MotoServer) -> None:
+    enable(root, "aws", AWS_MOUNT)
+    mount_aws(root, moto, AWS_MOUNT)
+    add_assumed_role(root, moto, AWS_MOUNT, AWS_ROLE, "keyferry-e2e-reader")
+
+
+class BrokerThread:
+    """A broker on its own event loop, in a daemon thread."""
+
+    def __init__(self, data: dict[str, Any], folder: Path) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.broker: Broker = self.call(start_broker(data, folder))
+
+    def call(self, coroutine: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout=60)
+
+    def stop(self) -> None:
+        self.call(self.broker.server.stop(1))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@dataclass
+class Webhook:
+    cluster: KubeCluster
+    config: WebhookConfig
+    server: WebhookServer
+    registration: str
+
+
+@contextmanager
+def webhooks(
+    clusters: list[KubeCluster], folder: Path, broker: Broker, run: str, opt_in: tuple[str, str]
+) -> Iterator[dict[str, Webhook]]:
+    ca = new_ca(folder, "ca", "keyferry e2e webhook CA")
+    serving = ca.issue(folder, "serving", "keyferry-webhook", ip_addresses=(LOOPBACK,))
+    context = server_context(serving.cert, serving.key)
+    bundle = base64.b64encode(ca.pem()).decode()
+    started: dict[str, Webhook] = {}
+    try:
+        for cluster in clusters:
+            config = WebhookConfig(
+                cluster_name=cluster.name,
+                namespace=f"keyferry-{run}",
+                agent=AgentConfig(image="keyferry/agent:e2e"),
+                broker=BrokerEndpoint(
+                    address=f"{LOOPBACK}:{broker.port}", ca_pem=broker.ca.read_text()
+                ),
+            )
+            server = WebhookServer(config, context)
+            url = f"https://{LOOPBACK}:{server.start()}{MUTATE_PATH}"
+            name = f"keyferry-e2e-{run}"
+            document = registration(name, url, bundle, config, opt_in_label=opt_in)
+            with cluster.api_client() as api:
+                admission(api).create_mutating_webhook_configuration(document)
+            started[cluster.name] = Webhook(cluster, config, server, name)
+        yield started
+    finally:
+        for hook in started.values():
+            with hook.cluster.api_client() as api:
+                admission(api).delete_mutating_webhook_configuration(hook.registration)
+            hook.server.stop()

@@ -1,0 +1,100 @@
+"""The agent's small parts: backoff, the spec, check, token reading, and finding the app's
+processes in a fake /proc laid out as a shared-PID-namespace pod."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from injector.agent.backoff import Backoff
+from injector.agent.errors import SpecError, TokenError
+from injector.agent.main import check
+from injector.agent.procs import app_processes
+from injector.agent.spec import load_spec
+from injector.agent.token import read_token
+from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
+
+
+def spec(directory: Path) -> AgentSpec:
+    return AgentSpec(
+        mode=Mode.SIDECAR,
+        cluster="a",
+        broker_address="127.0.0.1:1",
+        directory=str(directory),
+        token_path=str(directory / "token"),
+        credentials=(
+            CredentialRequest(name="db", role="orders-db-ro"),
+            CredentialRequest(name="cfg", role="app-config"),
+        ),
+    )
+
+
+def test_backoff_is_full_jitter_doubling_to_the_cap() -> None:
+    ceilings: list[float] = []
+
+    def highest(low: float, high: float) -> float:
+        ceilings.append(high)
+        return high
+
+    backoff = Backoff(base=0.5, cap=4.0, uniform=highest)
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert ceilings == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert delays == ceilings
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+    assert 0.0 <= Backoff(base=1, cap=2).next_delay() <= 1.0
+
+
+def test_check_fails_until_every_file_exists(tmp_path: Path) -> None:
+    env = {AGENT_SPEC_ENV: spec(tmp_path).model_dump_json()}
+    assert check(env) == 1
+    (tmp_path / "db").write_text("x")
+    assert check(env) == 1
+    (tmp_path / "cfg").write_text("x")
+    assert check(env) == 0
+    assert check({}) == 2
+
+
+def test_spec_errors_name_the_field() -> None:
+    with pytest.raises(SpecError, match="not set"):
+        load_spec({})
+    with pytest.raises(SpecError, match="at credentials"):
+        load_spec(
+            {
+                AGENT_SPEC_ENV: '{"mode": "sidecar", "cluster": "a", "broker_address": "x",'
+                ' "directory": "/d", "token_path": "/t", "credentials": []}'
+            }
+        )
+
+
+def test_token_is_read_fresh_and_a_missing_one_is_a_typed_error(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    with pytest.raises(TokenError, match="keyferry-token volume"):
+        read_token(path)
+    path.write_text("one\n")
+    assert read_token(path) == "one"
+    path.write_text("two")
+    assert read_token(path) == "two"
+    path.write_text("")
+    with pytest.raises(TokenError, match="empty"):
+        read_token(path)
+
+
+def _proc(root: Path, pid: int, ppid: int, mnt: str, comm: str = "sh") -> None:
+    folder = root / str(pid)
+    (folder / "ns").mkdir(parents=True)
+    (folder / "stat").write_text(f"{pid} ({comm}) S {ppid} 1 1 0 -1")
+    os.symlink(f"mnt:[{mnt}]", folder / "ns" / "mnt")
+
+
+def test_app_processes_are_other_containers_first_processes(tmp_path: Path) -> None:
+    _proc(tmp_path, 1, 0, "pause")  # the pod's pause process
+    _proc(tmp_path, 10, 1, "agent", "keyferry")  # the agent itself
+    _proc(tmp_path, 11, 0, "agent", "keyferry agent check")  # its probe
+    _proc(tmp_path, 20, 1, "app", "nginx: master (x) ) y")  # the app's main process
+    _proc(tmp_path, 21, 20, "app", "nginx: worker")  # its child: left to it
+    _proc(tmp_path, 30, 0, "app2", "redis")  # a second app container
+    (tmp_path / "self").mkdir()
+    assert app_processes(tmp_path, self_pid=10) == [20, 30]
