@@ -44,8 +44,8 @@ class ResourceList(_Strict):
 class Resources(_Strict):
     """The agent resources; the defaults are placeholders until the agent is measured."""
 
-    requests: ResourceList = ResourceList(cpu="10m", memory="32Mi")
-    limits: ResourceList = ResourceList(memory="64Mi")
+    requests: ResourceList = ResourceList(cpu="10m", memory="64Mi")
+    limits: ResourceList = ResourceList(memory="128Mi")
 
 
 class AgentConfig(_Strict):

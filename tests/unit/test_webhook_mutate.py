@@ -72,7 +72,7 @@ def agent(
         "command": ["keyferry", "agent"],
         "args": ["run"],
         "env": [{"name": AGENT_SPEC_ENV, "value": json.dumps(spec or SPEC)}],
-        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": security,
         "volumeMounts": [
             {"name": "keyferry-secrets", "mountPath": "/keyferry/secrets"},

@@ -1,0 +1,21 @@
+"""The `keyferry` console script.
+
+`keyferry agent ...` runs in every injected pod, so its process must not pay for the
+broker's imports (gRPC servers, SQLAlchemy, Cedar, hvac: about 50 MiB of resident memory).
+It goes straight to the agent's own command line; everything else loads the full CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["agent"]:
+        from injector.agent.cli import app as agent  # noqa: PLC0415 - the lean path
+
+        agent(args=sys.argv[2:], prog_name="keyferry agent")
+        return
+    from broker.cli.main import app  # noqa: PLC0415
+
+    app()
