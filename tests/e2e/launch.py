@@ -17,26 +17,35 @@ import sys
 from pathlib import Path
 
 STAGING = Path("/tmp/keyferry-e2e-interpreter")
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def _mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True)
 
 
-def _expose_interpreter() -> None:
-    """The venv's interpreter may live under a directory other users cannot enter (/root):
-    inside this namespace only, cover that directory with a world-enterable tmpfs holding
-    just the interpreter's tree, as an image would ship it readable."""
-    real = Path(os.path.realpath(sys.executable))
-    closed = next((p for p in reversed(real.parents) if not p.stat().st_mode & stat.S_IXOTH), None)
-    if closed is None:
-        return
-    keep = real.parents[len(real.relative_to(closed).parts) - 2]  # closed's child on the way
-    STAGING.mkdir(exist_ok=True)
-    _mount("--bind", str(keep), str(STAGING))
-    _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(closed))
-    keep.mkdir()
-    _mount("--bind", str(STAGING), str(keep))
+def _expose(paths: list[Path]) -> None:
+    """The interpreter (under /root with pyenv) and the checkout with its venv (under a 0700
+    CI temp folder) may live below directories other users cannot enter. Inside this
+    namespace only, cover each such directory with a world-enterable tmpfs holding just the
+    entries on the way to those paths, as an image would ship them readable."""
+    hidden: dict[Path, set[str]] = {}
+    for path in paths:
+        real = Path(os.path.realpath(path))
+        closed = next(
+            (p for p in reversed(real.parents) if not p.stat().st_mode & stat.S_IXOTH), None
+        )
+        if closed is not None:
+            hidden.setdefault(closed, set()).add(real.relative_to(closed).parts[0])
+    for number, (closed, entries) in enumerate(hidden.items()):
+        stash = STAGING / str(number)
+        for entry in entries:
+            (stash / entry).mkdir(parents=True, exist_ok=True)
+            _mount("--bind", str(closed / entry), str(stash / entry))
+        _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(closed))
+        for entry in entries:
+            (closed / entry).mkdir()
+            _mount("--bind", str(stash / entry), str(closed / entry))
 
 
 def main() -> None:
@@ -48,7 +57,7 @@ def main() -> None:
         if mount["read_only"]:
             _mount("-o", "remount,bind,ro", mount["target"])
     if plan["uid"] is not None:
-        _expose_interpreter()
+        _expose([Path(sys.executable), CHECKOUT])
         os.setgroups(plan["groups"])
         os.setgid(plan["gid"] if plan["gid"] is not None else plan["uid"])
         os.setuid(plan["uid"])
