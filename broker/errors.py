@@ -14,7 +14,8 @@
 Every error carries `reason` (a name from broker.api.v1.ErrorReason, machine-readable)
 and a message that tells a person what to fix. Code branches on the class or the reason,
 never on the message text. A `TemporaryError` may succeed on retry (after `retry_after`
-seconds); every other error will not until the request or the configuration changes.
+seconds), and so may a rate-limited `LimitExceeded` (its `retry_after` is set); every other
+error will not until the request or the configuration changes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ class PermissionDenied(KeyferryError):
 
 
 class LimitExceeded(KeyferryError):
+    """A cap or rate limit refused the call; a rate limit says when to retry (`retry_after`
+    seconds), a cap (None) only frees up when leases end."""
+
     reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TemporaryError(KeyferryError):

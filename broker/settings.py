@@ -40,6 +40,7 @@ from broker.store import StoreSettings
 ENV_PREFIX = "KEYFERRY_"
 DEFAULT_DATA_DIR = Path("/var/lib/keyferry")
 DEFAULT_WORKLOAD_PORT = 8443
+DEFAULT_ADMIN_PORT = 8444
 AES_256_KEY_BYTES = 32
 MIN_HMAC_KEY_BYTES = 32
 KEY_HINT = "generate one with `openssl rand -base64 32`"
@@ -139,12 +140,41 @@ class WorkloadListener(_Group):
 
 
 class AdminListener(_Group):
-    """The ops API (roles). Until the mutual-TLS admin listener exists, it is a Unix socket
-    readable only by the broker's user: the file's permissions are the access control."""
+    """Where ops and security call the broker: mutual TLS required. The client certificate
+    must chain to `client_ca`; its subject names the operator (CN) and groups (O). Leave
+    all three files unset to serve no admin listener; `keyferry admin init` writes them."""
 
-    socket: Path | None = Field(
-        default=None, description="Unix socket path; default <data_dir>/admin.sock"
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=DEFAULT_ADMIN_PORT, ge=0, le=65535, description="0 picks a free port")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM serving certificate of the admin listener (keyferry admin init "
+        "writes broker-admin.crt)",
     )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    client_ca: Path | None = Field(
+        default=None,
+        description="PEM CA that operators' client certificates must chain to (ca.crt of "
+        "keyferry admin init)",
+    )
+
+    @model_validator(mode="after")
+    def _all_or_none(self) -> AdminListener:
+        paths = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "client_ca": self.client_ca}
+        given = [name for name, path in paths.items() if path is not None]
+        if given and len(given) != len(paths):
+            raise ValueError(
+                "set tls_cert, tls_key and client_ca together (keyferry admin init writes "
+                "them), or none to serve no admin listener"
+            )
+        for name, path in paths.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist or is not a file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.client_ca is not None
 
 
 class MetricsSettings(_Group):
@@ -155,8 +185,23 @@ class MetricsSettings(_Group):
 
 
 class LimitsSettings(_Group):
+    """Caps on live leases, and token-bucket rate limits on Issue calls (replays count):
+    a bucket holds `burst` calls and refills at `rate` calls per second."""
+
     per_pod: int = Field(default=32, ge=1, description="live leases one pod may hold")
     per_cluster: int = Field(default=10_000, ge=1, description="live leases one cluster may hold")
+    pod_issue_rate: float = Field(
+        default=1.0, gt=0, description="Issue calls per second one pod may make, sustained"
+    )
+    pod_issue_burst: int = Field(
+        default=32, ge=1, description="Issue calls one pod may make at once"
+    )
+    cluster_issue_rate: float = Field(
+        default=200.0, gt=0, description="Issue calls per second one cluster may make, sustained"
+    )
+    cluster_issue_burst: int = Field(
+        default=1000, ge=1, description="Issue calls one cluster may make at once"
+    )
 
 
 class RotationSettings(_Group):
@@ -197,8 +242,8 @@ class BrokerSettings(BaseSettings):
 
     data_dir: Path = Field(
         default=DEFAULT_DATA_DIR,
-        description="where the broker keeps generated files (self-signed TLS identity, "
-        "admin socket)",
+        description="where the broker keeps generated files (the self-signed workload TLS "
+        "identity)",
     )
     vault: VaultSettings
     store: StoreSettings = StoreSettings()
@@ -245,10 +290,6 @@ class BrokerSettings(BaseSettings):
         if repeated:
             raise ValueError(f"cluster names must be unique; repeated: {', '.join(repeated)}")
         return clusters
-
-    @property
-    def admin_socket(self) -> Path:
-        return self.admin.socket or self.data_dir / "admin.sock"
 
     @classmethod
     def settings_customise_sources(

@@ -3,4 +3,4 @@
 OK = 0
 FAILED = 1  # the broker refused the request or could not start
 CONFIG = 2  # a file or an option is invalid: fix it and run again
-UNREACHABLE = 3  # the broker did not answer: is it running, is the socket path right?
+UNREACHABLE = 3  # the broker did not answer: is it running, is the context's address right?

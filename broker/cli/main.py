@@ -14,7 +14,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import roles, rotate, serve
+from . import admin, roles, rotate, serve
 
 app = typer.Typer(
     name="keyferry",
@@ -23,6 +23,7 @@ app = typer.Typer(
         "across every registered cluster.\n\n"
         "Examples:\n\n"
         "  keyferry version\n\n"
+        "  keyferry admin init --operator alice --group security   # admin CA + context\n\n"
         "  keyferry broker serve --config broker.yaml   # run the broker\n\n"
         "  keyferry roles apply -f roles.yaml           # define credential roles\n\n"
         "  keyferry roles list\n\n"
@@ -37,6 +38,7 @@ app.add_typer(webhook_app, name="webhook")
 app.add_typer(agent_app, name="agent")
 app.add_typer(serve.app)
 app.add_typer(roles.app)
+app.add_typer(admin.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 
 

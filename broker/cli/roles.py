@@ -1,4 +1,4 @@
-"""`keyferry roles`: apply and list the role catalog through the broker's admin socket."""
+"""`keyferry roles`: apply and list the role catalog through the broker's admin listener."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import typer
 from broker.api.v1 import roles_pb2, roles_pb2_grpc
 from broker.models import InvalidRoles, load_roles, parse_roles
 
-from .admin_socket import DEFAULT_SOCKET, TIMEOUT, SocketOption, call_admin
+from .admin_channel import TIMEOUT, call_admin
+from .context import ContextOption
 from .exits import CONFIG
 
 if TYPE_CHECKING:
@@ -24,8 +25,10 @@ app = typer.Typer(
     name="roles",
     help=(
         "Manage the role catalog: which keyferry role maps to which Vault backend.\n\n"
-        "Talks to a running broker over its admin socket (admin.socket in the broker's "
-        f"config; default {DEFAULT_SOCKET})."
+        "Talks to a running broker's admin listener (mutual TLS) as the operator of the CLI "
+        "context (--context, KEYFERRY_CONTEXT, default ~/.config/keyferry/context.yaml; "
+        "`keyferry admin init` writes it). Cedar decides each call as the action `grant` "
+        "on the role."
     ),
     no_args_is_help=True,
 )
@@ -36,7 +39,7 @@ app = typer.Typer(
         "Examples:\n\n"
         "  keyferry roles apply -f roles.yaml\n\n"
         "  cat roles.yaml | keyferry roles apply -f -\n\n"
-        "  keyferry roles apply -f docs/examples/roles.yaml --socket /tmp/kf/admin.sock\n\n"
+        "  keyferry roles apply -f docs/examples/roles.yaml --context /tmp/kf/context.yaml\n\n"
         "The file is checked here first: every problem is listed with its line, role and "
         "field. Each role is created or replaced whole.\n\n"
         "Exit codes: 0 applied; 2 the file is invalid; 1 the broker refused it; "
@@ -45,7 +48,7 @@ app = typer.Typer(
 )
 def apply(
     file: Annotated[str, typer.Option("--file", "-f", help="a roles YAML file, or - for stdin")],
-    socket: SocketOption = DEFAULT_SOCKET,
+    context: ContextOption = None,
 ) -> None:
     """Create or replace every role in a roles.yaml."""
     from broker.server import convert  # noqa: PLC0415 - only this command needs it
@@ -56,16 +59,23 @@ def apply(
         typer.echo(exc.message, err=True)
         raise typer.Exit(CONFIG) from None
     request = roles_pb2.ApplyRolesRequest(roles=[convert.spec_message(s) for s in specs])
-    reply = _call(socket, lambda stub: stub.ApplyRoles(request, timeout=TIMEOUT))
+    reply = _call(context, lambda stub: stub.ApplyRoles(request, timeout=TIMEOUT))
     for role in reply.roles:
         typer.echo(f"role {role.name} applied ({role.WhichOneof('backend')})")
 
 
-@app.command("list", epilog="Example:\n\n  keyferry roles list")
-def list_roles(socket: SocketOption = DEFAULT_SOCKET) -> None:
+@app.command(
+    "list",
+    epilog=(
+        "Examples:\n\n  keyferry roles list\n\n"
+        "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry roles list\n\n"
+        "Only the roles the operator may see (Cedar `grant` on each role) are listed."
+    ),
+)
+def list_roles(context: ContextOption = None) -> None:
     """List the roles, one per line: name, kind, where in Vault."""
     reply = _call(
-        socket, lambda stub: stub.ListRoles(roles_pb2.ListRolesRequest(), timeout=TIMEOUT)
+        context, lambda stub: stub.ListRoles(roles_pb2.ListRolesRequest(), timeout=TIMEOUT)
     )
     if not reply.roles:
         typer.echo("no roles yet; add some with `keyferry roles apply -f roles.yaml`")
@@ -90,5 +100,5 @@ def _target(role: roles_pb2.Role) -> str:
     return ""
 
 
-def _call(socket: Path, call: Callable[[RolesServiceAsyncStub], Awaitable[T]]) -> T:
-    return call_admin(socket, roles_pb2_grpc.RolesServiceStub, call)
+def _call(context: Path | None, call: Callable[[RolesServiceAsyncStub], Awaitable[T]]) -> T:
+    return call_admin(context, roles_pb2_grpc.RolesServiceStub, call)

@@ -1,4 +1,4 @@
-"""`keyferry rotate`: replace leases' credentials now, through the broker's admin socket."""
+"""`keyferry rotate`: replace leases' credentials now, through the broker's admin listener."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
 from broker.models import parse_duration
 
-from .admin_socket import DEFAULT_SOCKET, TIMEOUT, SocketOption, call_admin
+from .admin_channel import TIMEOUT, call_admin
+from .context import ContextOption
 from .exits import CONFIG
 
 if TYPE_CHECKING:
@@ -22,7 +23,9 @@ T = TypeVar("T")
 EPILOG = (
     "Examples:\n\n"
     "  keyferry rotate --lease 3f0c2a9e-6d1b-4c55-9a39-0b8f1f7c2d11\n\n"
-    "  keyferry rotate --lease ID1 --lease ID2 --grace 30s --socket /tmp/kf/admin.sock\n\n"
+    "  keyferry rotate --lease ID1 --lease ID2 --grace 30s --context /tmp/kf/context.yaml\n\n"
+    "The operator is the one of the CLI context's certificate; Cedar decides `rotate` for "
+    "it on each lease.\n\n"
     "Each lease gets a new credential (its next generation), pushed to the pod's agent over "
     "Watch; the old credential is revoked when the agent acknowledges the new one, or when "
     "the grace period ends (default: the broker's rotation.grace).\n\n"
@@ -39,7 +42,7 @@ def rotate(
         str | None,
         typer.Option(help="how long the old credential lives without an Ack, like 30s or 5m"),
     ] = None,
-    socket: SocketOption = DEFAULT_SOCKET,
+    context: ContextOption = None,
 ) -> None:
     """Rotate leases now: new credential, pushed to the pod, old one revoked after the Ack."""
     request = rotation_pb2.RotateLeasesRequest(lease_ids=lease)
@@ -50,7 +53,7 @@ def rotate(
             typer.echo(f"--grace: {exc}", err=True)
             raise typer.Exit(CONFIG) from None
 
-    reply = _call(socket, lambda stub: stub.RotateLeases(request, timeout=TIMEOUT))
+    reply = _call(context, lambda stub: stub.RotateLeases(request, timeout=TIMEOUT))
     for rotation in reply.rotations:
         new = rotation.lease
         state = "already rotated" if rotation.already_rotated else "rotated"
@@ -63,8 +66,8 @@ def rotate(
         )
 
 
-def _call(socket: Path, call: Callable[[RotationServiceAsyncStub], Awaitable[T]]) -> T:
-    return call_admin(socket, rotation_pb2_grpc.RotationServiceStub, call)
+def _call(context: Path | None, call: Callable[[RotationServiceAsyncStub], Awaitable[T]]) -> T:
+    return call_admin(context, rotation_pb2_grpc.RotationServiceStub, call)
 
 
 def _duration(text: str) -> duration_pb2.Duration:

@@ -67,7 +67,17 @@ def serve(
                 "(development only; set workload.tls_cert and workload.tls_key)",
                 err=True,
             )
-        typer.echo(f"keyferry broker: admin socket {server.admin_socket}", err=True)
+        if server.admin_port is not None:
+            typer.echo(
+                f"keyferry broker: admin listener on port {server.admin_port} (mutual TLS)",
+                err=True,
+            )
+        else:
+            typer.echo(
+                "keyferry broker: no admin listener (set admin.tls_cert, admin.tls_key and "
+                "admin.client_ca; `keyferry admin init` writes them)",
+                err=True,
+            )
 
     try:
         asyncio.run(run(settings, ready=ready))

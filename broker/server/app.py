@@ -4,14 +4,14 @@ Two gRPC servers, because a Python gRPC server cannot require client certificate
 port and not another, and ops methods must never be reachable by pods:
 
 - workload: TLS, BrokerService (bearer token per call), health, reflection;
-- admin: RolesService, RotationService, health, reflection, on a Unix socket of mode 0600
-  in the data directory until the mutual-TLS admin listener exists.
+- admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
+  subject names the operator), RolesService, RotationService, health, reflection. Without
+  `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 
 import grpc
 import structlog
@@ -29,7 +29,7 @@ from broker.api.v1 import (
 )
 from broker.errors import InvalidRequest, KeyferryError
 from broker.service import BrokerRuntime
-from broker.settings import BrokerSettings
+from broker.settings import AdminListener, BrokerSettings
 from broker.store.clock import Clock, utcnow
 
 from .broker_servicer import BrokerServicer
@@ -42,7 +42,6 @@ log = structlog.get_logger("keyferry.server")
 BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
-SOCKET_MODE = 0o600
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 DEFAULT_GRACE = 5.0
 
@@ -54,17 +53,18 @@ class BrokerServer:
         self,
         runtime: BrokerRuntime,
         workload: grpc.aio.Server,
-        admin: grpc.aio.Server,
+        admin: grpc.aio.Server | None,
         health: list[tuple[health_aio.HealthServicer, list[str]]],
         metrics: BrokerMetrics,
         *,
         port: int,
+        admin_port: int | None,
         tls: TlsIdentity,
     ) -> None:
         self.runtime = runtime
         self.port = port
+        self.admin_port = admin_port
         self.tls = tls
-        self.admin_socket = runtime.settings.admin_socket
         self.metrics_port: int | None = None
         self._workload = workload
         self._admin = admin
@@ -74,8 +74,13 @@ class BrokerServer:
 
     async def start(self) -> None:
         await self._workload.start()
-        await self._admin.start()
-        os.chmod(self.admin_socket, SOCKET_MODE)
+        if self._admin is not None:
+            await self._admin.start()
+        else:
+            log.warning(
+                "no admin listener: admin.tls_cert, admin.tls_key and admin.client_ca are "
+                "unset (run `keyferry admin init`)"
+            )
         settings = self.runtime.settings.metrics
         if settings.port is not None:
             self.metrics_port = self._metrics.serve(settings.host, settings.port)
@@ -86,7 +91,7 @@ class BrokerServer:
         log.info(
             "broker serving",
             workload_port=self.port,
-            admin_socket=str(self.admin_socket),
+            admin_port=self.admin_port,
             metrics_port=self.metrics_port,
         )
 
@@ -97,7 +102,8 @@ class BrokerServer:
         for health, _services in self._health:
             await health.enter_graceful_shutdown()
         await self.runtime.stop_jobs()
-        await asyncio.gather(self._workload.stop(grace), self._admin.stop(grace))
+        servers = [self._workload] if self._admin is None else [self._workload, self._admin]
+        await asyncio.gather(*(server.stop(grace) for server in servers))
         try:
             if await self.runtime.checkpoint():
                 log.info("audit checkpoint signed")
@@ -156,26 +162,49 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
             "workload.port", f"cannot listen on {address}: {exc}; pick a free port"
         ) from exc
 
+    admin, admin_port, admin_health = None, None, []
+    if settings.admin.enabled:
+        admin, admin_port, health = _admin_listener(settings.admin, runtime, metrics)
+        admin_health = [health]
+    server = BrokerServer(
+        runtime,
+        workload,
+        admin,
+        [workload_health, *admin_health],
+        metrics,
+        port=port,
+        admin_port=admin_port,
+        tls=tls,
+    )
+    return server, port
+
+
+def _admin_listener(
+    listener: AdminListener, runtime: BrokerRuntime, metrics: BrokerMetrics
+) -> tuple[grpc.aio.Server, int, tuple[health_aio.HealthServicer, list[str]]]:
+    """The mutual-TLS admin server: a client certificate from the admin CA is required
+    for the handshake itself, so nothing without one reaches a servicer."""
+    if listener.tls_cert is None or listener.tls_key is None or listener.client_ca is None:
+        raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
     admin = grpc.aio.server(options=SERVER_OPTIONS)
-    roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.catalog), admin)
+    roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
     rotation_pb2_grpc.add_RotationServiceServicer_to_server(
         RotationServicer(runtime, metrics), admin
     )
-    admin_services = [ROLES_SERVICE, ROTATION_SERVICE]
-    admin_health = (_health(admin, admin_services), admin_services)
-    socket_path = settings.admin_socket
-    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    socket_path.unlink(missing_ok=True)
+    services = [ROLES_SERVICE, ROTATION_SERVICE]
+    credentials = grpc.ssl_server_credentials(
+        [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
+        root_certificates=listener.client_ca.read_bytes(),
+        require_client_auth=True,
+    )
+    address = f"{listener.host}:{listener.port}"
     try:
-        admin.add_insecure_port(f"unix:{socket_path}")
+        port = admin.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise InvalidRequest(
-            "admin.socket", f"cannot listen on {socket_path}: {exc}; check the folder"
+            "admin.port", f"cannot listen on {address}: {exc}; pick a free port"
         ) from exc
-    server = BrokerServer(
-        runtime, workload, admin, [workload_health, admin_health], metrics, port=port, tls=tls
-    )
-    return server, port
+    return admin, port, (_health(admin, services), services)
 
 
 def _health(server: grpc.aio.Server, services: list[str]) -> health_aio.HealthServicer:

@@ -1,23 +1,26 @@
-"""RolesService on the admin listener: the role catalog for ops."""
+"""RolesService on the admin listener: the role catalog for ops, each call decided by Cedar
+for the operator its client certificate names (broker.service.role_admin)."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
 
 from broker.api.v1 import roles_pb2, roles_pb2_grpc
 from broker.errors import InvalidRequest
-from broker.service import RoleCatalog
+from broker.service import RoleAdmin
 
 from . import convert, handlers
+from .operators import operator_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RolesServicer(roles_pb2_grpc.RolesServiceServicer):
-    def __init__(self, catalog: RoleCatalog) -> None:
-        self._catalog = catalog
+    def __init__(self, roles: RoleAdmin) -> None:
+        self._roles = roles
 
     @handlers.unary
     async def ApplyRoles(
@@ -25,7 +28,8 @@ class RolesServicer(roles_pb2_grpc.RolesServiceServicer):
     ) -> roles_pb2.ApplyRolesResponse:
         if not request.roles:
             raise InvalidRequest("roles", "give at least one role")
-        saved = await self._catalog.apply(convert.role_specs(list(request.roles)))
+        specs = convert.role_specs(list(request.roles))
+        saved = await self._roles.apply(operator_of(context), specs, _request_id())
         return roles_pb2.ApplyRolesResponse(roles=[convert.role_message(r) for r in saved])
 
     @handlers.unary
@@ -34,14 +38,14 @@ class RolesServicer(roles_pb2_grpc.RolesServiceServicer):
     ) -> roles_pb2.GetRoleResponse:
         if not request.name:
             raise InvalidRequest("name", "is required: the role's name")
-        stored = await self._catalog.get(request.name)
+        stored = await self._roles.get(operator_of(context), request.name, _request_id())
         return roles_pb2.GetRoleResponse(role=convert.role_message(stored))
 
     @handlers.unary
     async def ListRoles(
         self, request: roles_pb2.ListRolesRequest, context: Context
     ) -> roles_pb2.ListRolesResponse:
-        roles = await self._catalog.list_all()
+        roles = await self._roles.list_all(operator_of(context), _request_id())
         return roles_pb2.ListRolesResponse(roles=[convert.role_message(r) for r in roles])
 
     @handlers.unary
@@ -50,5 +54,9 @@ class RolesServicer(roles_pb2_grpc.RolesServiceServicer):
     ) -> roles_pb2.DeleteRoleResponse:
         if not request.name:
             raise InvalidRequest("name", "is required: the role's name")
-        await self._catalog.delete(request.name)
+        await self._roles.delete(operator_of(context), request.name, _request_id())
         return roles_pb2.DeleteRoleResponse()
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex

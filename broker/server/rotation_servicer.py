@@ -1,8 +1,5 @@
-"""RotationService on the admin listener: rotate leases on an operator's demand.
-
-The caller is the operator of the admin socket (ADMIN_SOCKET_OPERATOR) until the
-mutual-TLS admin listener names operators by their certificate.
-"""
+"""RotationService on the admin listener: rotate leases on an operator's demand; the
+operator is the one its client certificate names."""
 
 from __future__ import annotations
 
@@ -13,10 +10,11 @@ import grpc
 
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
 from broker.errors import KeyferryError
-from broker.service import ADMIN_SOCKET_OPERATOR, BrokerRuntime
+from broker.service import BrokerRuntime
 
 from . import convert, handlers
 from .metrics import BrokerMetrics
+from .operators import operator_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -33,7 +31,7 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
         outcome = "rotated"
         try:
             rotations = await self._runtime.flows.rotation.rotate(
-                ADMIN_SOCKET_OPERATOR,
+                operator_of(context),
                 list(request.lease_ids),
                 convert.rotation_grace(request),
                 uuid.uuid4().hex,

@@ -34,16 +34,18 @@ def code_for(error: errors.KeyferryError) -> grpc.StatusCode:
 
 
 def to_status(error: errors.KeyferryError) -> grpc.Status:
-    """Code, the error's sentence, ErrorInfo, and RetryInfo when it is temporary."""
+    """Code, the error's sentence, ErrorInfo, and RetryInfo when retrying later can help
+    (a temporary error, a rate limit)."""
     code = code_for(error)
     details = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     if isinstance(error, errors.InvalidRequest):
         info.metadata["field"] = error.field
     details.append(info)
-    if isinstance(error, errors.TemporaryError):
+    retry_after = _retry_after(error)
+    if retry_after is not None:
         delay = duration_pb2.Duration()
-        delay.FromMilliseconds(int(error.retry_after * 1000))
+        delay.FromMilliseconds(max(int(retry_after * 1000), 1))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     packed = []
     for detail in details:
@@ -55,6 +57,14 @@ def to_status(error: errors.KeyferryError) -> grpc.Status:
     )
     status: grpc.Status = rpc_status.to_status(proto)
     return status
+
+
+def _retry_after(error: errors.KeyferryError) -> float | None:
+    if isinstance(error, errors.TemporaryError):
+        return error.retry_after
+    if isinstance(error, errors.LimitExceeded):
+        return error.retry_after
+    return None
 
 
 def reason_of(error: grpc.RpcError) -> str | None:

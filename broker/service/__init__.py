@@ -1,5 +1,5 @@
-"""The broker's flows (Issue, Release, Watch, Renew, RotateLeases, the role catalog), apart
-from any transport.
+"""The broker's flows (Issue, Release, Watch, Renew, RotateLeases, the role catalog and
+operators' decisions on it), apart from any transport.
 
 The server turns gRPC calls into these calls and their results and errors back into
 messages and statuses; nothing here knows about gRPC.
@@ -9,12 +9,11 @@ from .callers import bearer_token
 from .catalog import RoleCatalog, StoredRole
 from .events import LeaseExpiring, LeaseRevoked, LeaseRotated, WatchEvent
 from .results import IssuedLease, RenewedLease, Rotation
-from .rotating import ADMIN_SOCKET_OPERATOR
+from .role_admin import RoleAdmin
 from .runtime import BrokerRuntime
 from .watching import AckMessage, TokenExpired
 
 __all__ = [
-    "ADMIN_SOCKET_OPERATOR",
     "AckMessage",
     "BrokerRuntime",
     "IssuedLease",
@@ -22,6 +21,7 @@ __all__ = [
     "LeaseRevoked",
     "LeaseRotated",
     "RenewedLease",
+    "RoleAdmin",
     "RoleCatalog",
     "Rotation",
     "StoredRole",

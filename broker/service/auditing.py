@@ -138,6 +138,28 @@ class AuditTrail:
             )
         )
 
+    async def operator_decision(
+        self,
+        operator: Operator,
+        action: str,
+        decision: PolicyDecision,
+        request_id: str,
+        *,
+        role: str | None = None,
+    ) -> None:
+        """An operator's decision about something other than a lease (a role, the broker)."""
+        await self.record(
+            AuditEvent(
+                who=operator_principal(operator),
+                action=action,
+                decision=Decision.ALLOW if decision.allowed else Decision.DENY,
+                reason=None if decision.allowed else "POLICY_DENIED",
+                policy_ids=decision.policy_ids,
+                request_id=request_id,
+                role=role,
+            )
+        )
+
     async def lease_change(
         self,
         who: Principal,

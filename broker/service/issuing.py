@@ -1,6 +1,6 @@
 """Broker.Issue, step by step, each step refusing with its own typed error.
 
-token → pod still bound → credential name → role → Cedar → audit the decision → caps →
+token → pod still bound → rate limits → credential name → role → Cedar → audit the decision → caps →
 pending row (before Vault) → Vault → complete the row → audit → credential.
 
 Idempotent per (pod UID, credential name): when the store already holds a live lease for
@@ -35,7 +35,7 @@ from broker.store import (
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
-from .limits import check_limits
+from .limits import IssueRates, check_limits
 from .names import check_credential_name
 from .results import IssuedLease
 from .sealing import CredentialSealer
@@ -64,6 +64,7 @@ class IssueFlow:
         backends: Backends,
         sealer: CredentialSealer,
         limits: IssueLimits,
+        rates: IssueRates,
     ) -> None:
         self._callers = callers
         self._catalog = catalog
@@ -75,11 +76,13 @@ class IssueFlow:
         self._backends = backends
         self._sealer = sealer
         self._limits = limits
+        self._rates = rates
 
     async def issue(
         self, token: str, credential_name: str, role_name: str, request_id: str
     ) -> IssuedLease:
         workload = await self._callers.authenticate(token)
+        self._rates.check(workload)
         check_credential_name(credential_name)
         if not role_name:
             raise InvalidRequest("role", "is required: the keyferry role to issue from")

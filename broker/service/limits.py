@@ -1,10 +1,16 @@
-"""Caps on live leases, per pod and per cluster: a runaway agent cannot drain Vault."""
+"""Caps on live leases and rate limits on Issue, per pod and per cluster: a runaway agent
+(or a cluster full of them) can neither drain Vault nor keep the broker busy."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+
 from broker.errors import LimitExceeded
 from broker.policy import Workload
+from broker.settings import LimitsSettings
 from broker.store import LeaseRepository, StoreRunner
+from broker.store.clock import Clock
 
 
 async def check_limits(
@@ -23,3 +29,79 @@ async def check_limits(
             f"cluster {workload.cluster!r} holds {in_cluster} live leases, the per-cluster "
             "limit; raise limits.per_cluster or release leases"
         )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: datetime
+
+
+class TokenBuckets:
+    """One token bucket per key (a pod UID, a cluster): `burst` calls at once, refilled at
+    `rate` per second, timed by the broker's clock (tests move it). In memory, per
+    replica: a limit of N per second is N per second per replica."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock, *, keep: int = 10_000) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._keep = keep
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str) -> float | None:
+        """Take one call from `key`'s bucket: None when allowed, else the seconds until
+        one call is available again (nothing is taken then)."""
+        now = self._clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._keep:
+                self._forget_full(now)
+            bucket = self._buckets[key] = _Bucket(self._burst, now)
+        elapsed = max((now - bucket.at).total_seconds(), 0.0)
+        bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._rate)
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return (1.0 - bucket.tokens) / self._rate
+
+    def give_back(self, key: str) -> None:
+        """Return a call taken by `take` (another limit refused the call after all)."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self._burst, bucket.tokens + 1.0)
+
+    def _forget_full(self, now: datetime) -> None:
+        """Drop the buckets that have refilled: forgetting them changes nothing."""
+        for key, bucket in list(self._buckets.items()):
+            if bucket.tokens + (now - bucket.at).total_seconds() * self._rate >= self._burst:
+                del self._buckets[key]
+
+
+class IssueRates:
+    """Rate limits on Issue calls, per pod and per cluster (limits.*_issue_rate/burst)."""
+
+    def __init__(self, settings: LimitsSettings, clock: Clock) -> None:
+        self._pods = TokenBuckets(settings.pod_issue_rate, settings.pod_issue_burst, clock)
+        self._clusters = TokenBuckets(
+            settings.cluster_issue_rate, settings.cluster_issue_burst, clock
+        )
+
+    def check(self, workload: Workload) -> None:
+        """LimitExceeded (with a retry delay) when the pod or its cluster calls too often."""
+        wait = self._pods.take(workload.pod_uid)
+        if wait is not None:
+            raise LimitExceeded(
+                f"pod {workload.namespace}/{workload.pod} calls Issue too often; retry in "
+                f"{wait:.1f}s (limits.pod_issue_rate, limits.pod_issue_burst)",
+                retry_after=wait,
+            )
+        wait = self._clusters.take(workload.cluster)
+        if wait is not None:
+            self._pods.give_back(workload.pod_uid)
+            raise LimitExceeded(
+                f"cluster {workload.cluster!r} calls Issue too often; retry in {wait:.1f}s "
+                "(limits.cluster_issue_rate, limits.cluster_issue_burst)",
+                retry_after=wait,
+            )

@@ -8,9 +8,8 @@ when its time comes (the pod's Ack brings that time forward, see watching.py). I
 fails the old lease stays active; if the store fails after Vault issued, the new Vault
 lease is revoked before the error is returned (as in Issue).
 
-Until the mutual-TLS admin listener names operators by certificate, whoever can open the
-admin socket (mode 0600, the broker's user) acts as the operator `admin-socket` in group
-`security`; Cedar still decides and can forbid, and the audit trail names that operator.
+The operator is the one the admin listener's client certificate names; Cedar decides
+`rotate` for it on each lease and the audit trail names it.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ from .results import Rotation
 from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.rotate")
-ADMIN_SOCKET_OPERATOR = Operator(name="admin-socket", groups=("security",))
 MAX_LEASES = 100
 MIN_GRACE = timedelta(seconds=1)
 MAX_GRACE = timedelta(hours=24)

@@ -30,10 +30,12 @@ from .callers import Callers
 from .catalog import RoleCatalog
 from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
+from .limits import IssueRates
 from .loops import Periodic
 from .releasing import ReleaseFlow
 from .renewing import Renewer, RenewFlow
 from .revoking import Revoker
+from .role_admin import RoleAdmin
 from .rotating import RotationFlow
 from .sealing import CredentialSealer
 from .watching import WatchFlow
@@ -62,6 +64,7 @@ class BrokerRuntime:
     runner: StoreRunner
     vault: VaultClient
     catalog: RoleCatalog
+    roles: RoleAdmin
     audit: AuditTrail
     issue: IssueFlow
     release: ReleaseFlow
@@ -115,6 +118,7 @@ class BrokerRuntime:
             backends=backends,
             sealer=sealer,
             limits=limits,
+            rates=IssueRates(settings.limits, clock),
         )
         release = ReleaseFlow(
             callers=callers,
@@ -177,7 +181,10 @@ class BrokerRuntime:
                 Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
             ],
         )
-        return cls(settings, store, runner, vault, catalog, audit, issue, release, flows, stack)
+        roles = RoleAdmin(catalog, policy, audit)
+        return cls(
+            settings, store, runner, vault, catalog, roles, audit, issue, release, flows, stack
+        )
 
     def start_jobs(self) -> None:
         """Start the periodic renewals and revocations (on the running event loop)."""

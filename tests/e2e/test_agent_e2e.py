@@ -485,8 +485,7 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     (lease,) = live_leases(broker, "a", runner.name)
 
     async def rotate() -> Any:
-        socket = str(broker.broker.server.admin_socket)
-        async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
+        async with broker.broker.admin_channel() as channel:
             stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
             return await stub.RotateLeases(rotation_pb2.RotateLeasesRequest(lease_ids=[lease.id]))
 

@@ -9,10 +9,10 @@ import asyncio
 import base64
 import json
 import os
-import stat
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,18 @@ from broker.api.v1 import broker_pb2, roles_pb2, roles_pb2_grpc
 from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends import VaultClient, VaultSettings, list_keyferry_leases
 from broker.backends.transit import TransitSigner
+from broker.cli.context import CliContext, save_context
 from broker.cli.main import app as cli
 from broker.server import BrokerServer, create_server
 from broker.server.app import BROKER_SERVICE
 from broker.settings import BrokerSettings, load_settings
 from broker.store import LeaseState, Selector, Store
 from tests.bed.kube import KubeCluster
+from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 
+from .admin_helpers import PLATFORM, SECURITY, admin_channel, admin_section
 from .engines import enable, enable_approle, mount_postgres
 from .kube_helpers import core, eventually
 from .stores import postgres_database, sqlite_url
@@ -119,7 +122,8 @@ def config(
         ],
         "workload": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
-        "limits": {"per_pod": 4, "per_cluster": 1000},
+        "limits": {"per_pod": 4, "per_cluster": 1000, "pod_issue_burst": 1000},
+        "admin": admin_section(folder / "admin-ca"),
     }
 
 
@@ -135,6 +139,26 @@ class Broker:
 
     def store(self) -> Store:
         return Store.open(self.settings.store)
+
+    def admin_channel(self, operator: str = SECURITY) -> AbstractAsyncContextManager[Any]:
+        """A mutual-TLS channel to the admin listener as `operator` (see admin_helpers)."""
+        return admin_channel(self.settings, self.server.admin_port, operator)
+
+    def context_file(self, folder: Path, operator: str = SECURITY) -> Path:
+        """A CLI context file for `operator` on this broker's admin listener."""
+        ca = self.settings.admin.client_ca
+        assert ca is not None
+        path = folder / f"{operator}-context.yaml"
+        save_context(
+            path,
+            CliContext(
+                address=f"127.0.0.1:{self.server.admin_port}",
+                ca=ca,
+                cert=ca.parent / "operators" / f"{operator}.crt",
+                key=ca.parent / "operators" / f"{operator}.key",
+            ),
+        )
+        return path
 
 
 async def start_broker(data: dict[str, Any], folder: Path) -> Broker:
@@ -411,26 +435,25 @@ def _gone(api: object, namespace: str, name: str) -> bool:
 # --- the admin listener and health ----------------------------------------------------------
 
 
-async def test_roles_are_applied_listed_and_deleted_over_the_admin_socket(
+async def test_roles_are_applied_listed_and_deleted_over_the_admin_listener(
     broker: Broker, tmp_path: Path
 ) -> None:
-    socket = str(broker.server.admin_socket)
-    assert stat.S_IMODE(os.stat(socket).st_mode) == 0o600
+    context = str(broker.context_file(tmp_path, PLATFORM))
     extra = tmp_path / "roles.yaml"
     extra.write_text("- {name: orders-db-rw, kind: database, mount: db-orders, vault_role: rw}\n")
     runner = CliRunner()
     applied = await asyncio.to_thread(
-        runner.invoke, cli, ["roles", "apply", "-f", str(extra), "--socket", socket]
+        runner.invoke, cli, ["roles", "apply", "-f", str(extra), "--context", context]
     )
     assert applied.exit_code == 0, applied.output
     assert "role orders-db-rw applied (database)" in applied.output
 
-    listed = await asyncio.to_thread(runner.invoke, cli, ["roles", "list", "--socket", socket])
+    listed = await asyncio.to_thread(runner.invoke, cli, ["roles", "list", "--context", context])
     assert listed.exit_code == 0, listed.output
     names = [line.split()[0] for line in listed.output.splitlines()[1:]]
     assert names == ["app-config", "internal-tls", "orders-db-ro", "orders-db-rw", "s3-reader"]
 
-    async with grpc.aio.insecure_channel(f"unix:{socket}") as channel:
+    async with broker.admin_channel(PLATFORM) as channel:
         roles: Any = roles_pb2_grpc.RolesServiceStub(channel)
         await roles.DeleteRole(roles_pb2.DeleteRoleRequest(name="orders-db-rw"))
         with pytest.raises(grpc.RpcError) as missing:
@@ -446,11 +469,20 @@ async def test_roles_are_applied_listed_and_deleted_over_the_admin_socket(
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert error_info(bad.value).metadata["field"] == "roles[0].name"
 
+    nowhere = tmp_path / "nowhere.yaml"
+    nowhere.write_text(
+        Path(context).read_text().replace(f":{broker.server.admin_port}", f":{free_port()}")
+    )
     unreachable = await asyncio.to_thread(
-        runner.invoke, cli, ["roles", "list", "--socket", str(tmp_path / "none.sock")]
+        runner.invoke, cli, ["roles", "list", "--context", str(nowhere)]
     )
     assert unreachable.exit_code == 3
     assert "did not answer" in unreachable.output
+    missing_context = await asyncio.to_thread(
+        runner.invoke, cli, ["roles", "list", "--context", str(tmp_path / "none.yaml")]
+    )
+    assert missing_context.exit_code == 2
+    assert "keyferry admin init" in missing_context.output
 
 
 async def test_health_reflection_and_metrics_are_served(

@@ -36,6 +36,7 @@ from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 
+from .admin_helpers import SECURITY
 from .stores import sqlite_url
 from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
     ROLE,
@@ -137,7 +138,7 @@ async def rotate(broker: Broker, lease_id: str, grace: timedelta) -> rotation_pb
     duration = duration_pb2.Duration()
     duration.FromTimedelta(grace)
     request = rotation_pb2.RotateLeasesRequest(lease_ids=[lease_id], grace=duration)
-    async with grpc.aio.insecure_channel(f"unix:{broker.server.admin_socket}") as channel:
+    async with broker.admin_channel() as channel:
         stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
         reply = await stub.RotateLeases(request)
     assert len(reply.rotations) == 1
@@ -218,7 +219,7 @@ async def test_rotate_pushes_generation_two_through_watch_and_the_ack_revokes_th
     for expected in ("rotate", "lease.revoking", "lease.acked", "lease.revoked", "watch"):
         assert expected in actions
     rotate_record = records[actions.index("rotate")]
-    assert rotate_record["who"] == {"kind": "operator", "name": "admin-socket"}
+    assert rotate_record["who"] == {"kind": "operator", "name": SECURITY}
     assert rotate_record["policy_ids"] == ["security-operators"]
     assert new["password"] not in broker.settings.audit.log.read_text()
     store = broker.store()
@@ -232,17 +233,20 @@ async def test_rotate_pushes_generation_two_through_watch_and_the_ack_revokes_th
 
 
 async def test_without_an_ack_the_cli_rotation_revokes_the_old_lease_after_the_grace(
-    broker: Broker, kube_clusters: dict[str, KubeCluster], postgres: PostgresServer
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    postgres: PostgresServer,
+    tmp_path: Path,
 ) -> None:
     token = mint(kube_clusters["b"], pod_prefix="silent")
     first = await issue(broker, token)
     old = first.credential.values
-    socket = str(broker.server.admin_socket)
+    context = str(broker.context_file(tmp_path))
     runner = CliRunner()
     result = await asyncio.to_thread(
         runner.invoke,
         cli,
-        ["rotate", "--lease", first.lease.id, "--grace", "1s", "--socket", socket],
+        ["rotate", "--lease", first.lease.id, "--grace", "1s", "--context", context],
     )
     assert result.exit_code == 0, result.output
     assert f"lease {first.lease.id} rotated" in result.output
@@ -257,7 +261,7 @@ async def test_without_an_ack_the_cli_rotation_revokes_the_old_lease_after_the_g
     log_in(postgres, again.credential.values)
 
     unknown = await asyncio.to_thread(
-        runner.invoke, cli, ["rotate", "--lease", "no-such-lease", "--socket", socket]
+        runner.invoke, cli, ["rotate", "--lease", "no-such-lease", "--context", context]
     )
     assert unknown.exit_code == 1
     assert "does not exist" in unknown.output

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from broker.identity.admin_pki import create_ca
+
 DOCS = Path(__file__).parents[2] / "docs" / "examples"
 KEYFERRY = [sys.executable, "-c", "from broker.cli.main import main; main()"]
 
@@ -28,6 +30,7 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         "roles": str(DOCS / "roles.yaml"),
         "workload": {"host": "127.0.0.1", "port": 0},
         "metrics": {"port": None},
+        "admin": admin_files(tmp_path / "admin-ca"),
     }
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -41,7 +44,7 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     lines = []
     for line in process.stdout:
         lines.append(line)
-        if "admin socket" in line:
+        if "admin listener on port" in line:
             break
     else:
         raise AssertionError("the broker never said it was serving:\n" + "".join(lines))
@@ -54,3 +57,15 @@ def test_serve_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     events = [json.loads(line)["event"] for line in (text + rest).splitlines() if line[:1] == "{"]
     assert "broker serving" in events
     assert events[-1] == "broker stopped"
+
+
+def admin_files(folder: Path) -> dict[str, object]:
+    ca = create_ca(folder)
+    server = ca.issue_server(["localhost", "127.0.0.1"])
+    return {
+        "host": "127.0.0.1",
+        "port": 0,
+        "tls_cert": str(server.cert_path),
+        "tls_key": str(server.key_path),
+        "client_ca": str(ca.cert_path),
+    }

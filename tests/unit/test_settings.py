@@ -64,7 +64,12 @@ def test_the_example_config_loads_with_secrets_from_the_environment(
     monkeypatch.setenv("KEYFERRY_WORKLOAD__TLS_CERT", str(cert))
     monkeypatch.setenv("KEYFERRY_WORKLOAD__TLS_KEY", str(key))
     monkeypatch.setenv("KEYFERRY_VAULT__APPROLE__SECRET_ID", "from-env")
+    for name in ("tls_cert", "tls_key", "client_ca"):
+        monkeypatch.setenv(f"KEYFERRY_ADMIN__{name.upper()}", str(cert))
     settings = load_settings(DOCS / "broker.yaml")
+    assert settings.admin.enabled
+    assert settings.admin.port == 8444
+    assert settings.limits.pod_issue_burst == 32
     assert settings.vault.approle is not None
     assert settings.vault.approle.secret_id.get_secret_value() == "from-env"
     assert settings.workload.port == 8443  # the file's value survives next to env ones

@@ -1,0 +1,311 @@
+"""The admin listener on the bed: mutual TLS required, operators named by their client
+certificate, Cedar deciding each admin call and the audit trail naming the operator;
+`keyferry admin init` feeding `keyferry roles` through a context file; and the rate limits
+on Issue, timed by a controlled clock (nothing here waits for time to pass)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from typer.testing import CliRunner
+
+from broker.api.v1 import roles_pb2, roles_pb2_grpc, rotation_pb2, rotation_pb2_grpc
+from broker.audit import read_log
+from broker.backends.transit import TransitSigner
+from broker.cli.main import app as cli
+from broker.identity.admin_pki import create_ca
+from broker.server import create_server
+from broker.server.status import reason_of
+from broker.settings import load_settings
+from broker.store.clock import utcnow
+from tests.bed.kube import KubeCluster
+from tests.bed.ports import free_port
+from tests.bed.vault import VaultServer
+
+from .admin_helpers import PLATFORM, SECURITY
+from .stores import sqlite_url
+from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
+    Broker,
+    approle,
+    config,
+    issue,
+    orders_db,
+    root,
+    start_broker,
+    transit,
+)
+from .workloads import error_info, mint
+
+__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
+pytestmark = pytest.mark.bed
+EXAMPLE_ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
+
+
+class ManualClock:
+    """The broker's now: real time until `freeze()`, then only what the test says."""
+
+    def __init__(self) -> None:
+        self.frozen: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.frozen or utcnow()
+
+    def freeze(self) -> None:
+        self.frozen = utcnow()
+
+    def advance(self, seconds: float) -> None:
+        assert self.frozen is not None
+        self.frozen += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def broker(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    orders_db: None,
+    transit: TransitSigner,
+    clock: ManualClock,
+) -> AsyncIterator[Broker]:
+    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
+    data["limits"].update(pod_issue_burst=3, pod_issue_rate=0.5)
+    path = tmp_path / "broker.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = load_settings(path)
+    server, port = await create_server(settings, clock=clock)
+    await server.start()
+    yield Broker(server, port, settings)
+    await server.stop(1)
+
+
+def handshake(port: int, ca: Path, cert: tuple[Path, Path] | None) -> None:
+    """A bare TLS 1.2 handshake with the admin listener (TLS 1.2, so a refused client
+    certificate fails the handshake itself rather than the first read)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["h2"])
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.2"
+
+
+def operator_files(broker: Broker, operator: str) -> tuple[Path, Path]:
+    ca = broker.settings.admin.client_ca
+    assert ca is not None
+    return ca.parent / "operators" / f"{operator}.crt", ca.parent / "operators" / f"{operator}.key"
+
+
+async def list_roles(port: int, credentials: grpc.ChannelCredentials) -> Any:
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+        stub: Any = roles_pb2_grpc.RolesServiceStub(channel)
+        return await stub.ListRoles(roles_pb2.ListRolesRequest(), timeout=10)
+
+
+# --- mutual TLS ---------------------------------------------------------------------------------
+
+
+async def test_a_client_without_a_certificate_cannot_complete_the_handshake(
+    broker: Broker,
+) -> None:
+    port, ca = broker.server.admin_port, broker.settings.admin.client_ca
+    assert port is not None
+    assert ca is not None
+    await asyncio.to_thread(handshake, port, ca, operator_files(broker, SECURITY))  # control
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await asyncio.to_thread(handshake, port, ca, None)
+
+    no_cert = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    with pytest.raises(grpc.RpcError) as refused:
+        await list_roles(port, no_cert)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason_of(refused.value) is None  # no servicer ever ran
+
+
+async def test_a_certificate_from_another_ca_is_refused(broker: Broker, tmp_path: Path) -> None:
+    port, ca = broker.server.admin_port, broker.settings.admin.client_ca
+    assert port is not None
+    assert ca is not None
+    other = create_ca(tmp_path / "other-ca").issue_operator(SECURITY, ["security"])
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        await asyncio.to_thread(handshake, port, ca, (other.cert_path, other.key_path))
+
+    forged = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=other.key_path.read_bytes(),
+        certificate_chain=other.cert_path.read_bytes(),
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        await list_roles(port, forged)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason_of(refused.value) is None
+
+
+# --- Cedar per operator -------------------------------------------------------------------------
+
+
+async def test_security_may_rotate_platform_may_not_and_both_are_audited_by_name(
+    broker: Broker, kube_clusters: dict[str, KubeCluster]
+) -> None:
+    lease = (await issue(broker, mint(kube_clusters["a"]))).lease
+    request = rotation_pb2.RotateLeasesRequest(lease_ids=[lease.id])
+
+    async with broker.admin_channel(PLATFORM) as channel:
+        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            await stub.RotateLeases(request)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(denied.value).reason == "POLICY_DENIED"
+    assert PLATFORM in (denied.value.details() or "")
+
+    async with broker.admin_channel(SECURITY) as channel:
+        stub = rotation_pb2_grpc.RotationServiceStub(channel)
+        reply = await stub.RotateLeases(request)
+    assert reply.rotations[0].lease.generation == 2
+
+    records = [json.loads(line) for line in read_log(broker.settings.audit.log)]
+    decided = [
+        (r["who"], r["decision"], r["policy_ids"])
+        for r in records
+        if r["action"] == "rotate" and r.get("lease_id") == lease.id
+    ]
+    assert decided == [
+        ({"kind": "operator", "name": PLATFORM}, "deny", []),
+        ({"kind": "operator", "name": SECURITY}, "allow", ["security-operators"]),
+    ]
+
+
+# --- keyferry admin init -> keyferry roles ------------------------------------------------------
+
+
+async def test_admin_init_then_roles_apply_and_list_through_the_context_file(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    transit: TransitSigner,
+) -> None:
+    pki, context = tmp_path / "init-ca", tmp_path / "context.yaml"
+    port = free_port()
+    runner = CliRunner()
+    init = [
+        "admin",
+        "init",
+        "--operator",
+        "olivia",
+        "--group",
+        "platform",
+        "--dir",
+        str(pki),
+        "--context-file",
+        str(context),
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    made = await asyncio.to_thread(runner.invoke, cli, init)
+    assert made.exit_code == 0, made.output
+    for key in (pki / "ca.key", pki / "broker-admin.key", pki / "operators" / "olivia.key"):
+        assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    again = await asyncio.to_thread(runner.invoke, cli, init)
+    assert again.exit_code == 2
+    assert "--force" in again.output
+
+    section = yaml.safe_load(made.output.split("(broker.yaml):", 1)[1])
+    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
+    data.pop("roles")  # an empty catalog: the CLI fills it
+    data["admin"] = {**section["admin"], "host": "127.0.0.1"}
+    broker = await start_broker(data, tmp_path)
+    try:
+        assert broker.server.admin_port == port
+        options = ["--context", str(context)]
+        empty = await asyncio.to_thread(runner.invoke, cli, ["roles", "list", *options])
+        assert empty.exit_code == 0, empty.output
+        assert "no roles yet" in empty.output
+        applied = await asyncio.to_thread(
+            runner.invoke, cli, ["roles", "apply", "-f", str(EXAMPLE_ROLES), *options]
+        )
+        assert applied.exit_code == 0, applied.output
+        listed = await asyncio.to_thread(
+            runner.invoke, cli, ["roles", "list"], env={"KEYFERRY_CONTEXT": str(context)}
+        )
+        assert listed.exit_code == 0, listed.output
+        names = [line.split()[0] for line in listed.output.splitlines()[1:]]
+        assert names == ["app-config", "internal-tls", "orders-db-ro", "s3-reader"]
+
+        minted = await asyncio.to_thread(
+            runner.invoke,
+            cli,
+            [
+                *("admin", "issue-operator", "sid", "--group", "security", "--dir", str(pki)),
+                *("--context-file", str(tmp_path / "sid.yaml"), "--address", f"127.0.0.1:{port}"),
+            ],
+        )
+        assert minted.exit_code == 0, minted.output
+        refused = await asyncio.to_thread(
+            runner.invoke,
+            cli,
+            ["roles", "apply", "-f", str(EXAMPLE_ROLES), "--context", str(tmp_path / "sid.yaml")],
+        )
+        assert refused.exit_code == 1  # security may rotate, not define roles (no `grant`)
+        assert "operator 'sid'" in refused.output
+    finally:
+        await broker.server.stop(1)
+    records = [json.loads(line) for line in read_log(broker.settings.audit.log)]
+    applies = {(r["who"]["name"], r["decision"]) for r in records if r["action"] == "roles.apply"}
+    assert applies == {("olivia", "allow"), ("sid", "deny")}
+
+
+# --- rate limits on Issue -----------------------------------------------------------------------
+
+
+async def test_a_burst_beyond_the_pods_bucket_is_resource_exhausted_and_another_pod_is_not(
+    broker: Broker, kube_clusters: dict[str, KubeCluster], clock: ManualClock
+) -> None:
+    busy, calm = mint(kube_clusters["a"]), mint(kube_clusters["a"])
+    clock.freeze()  # the buckets refill only when the test moves the clock
+    for _ in range(3):  # limits.pod_issue_burst
+        await issue(broker, busy)
+    with pytest.raises(grpc.RpcError) as limited:
+        await issue(broker, busy)
+    assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert error_info(limited.value).reason == "LIMIT_EXCEEDED"
+    delay = retry_delay(limited.value)
+    assert delay > timedelta(0)
+
+    assert (await issue(broker, calm)).lease.id  # another pod has its own bucket
+
+    clock.advance(delay.total_seconds())
+    assert (await issue(broker, busy)).lease.id  # refilled, by the broker's clock
+
+
+def retry_delay(error: grpc.RpcError) -> timedelta:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay: timedelta = info.retry_delay.ToTimedelta()
+            return delay
+    raise AssertionError("no RetryInfo in the status")
