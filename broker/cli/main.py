@@ -14,7 +14,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import admin, roles, rotate, serve
+from . import admin, audit, roles, rotate, serve
 
 app = typer.Typer(
     name="keyferry",
@@ -28,6 +28,7 @@ app = typer.Typer(
         "  keyferry roles apply -f roles.yaml           # define credential roles\n\n"
         "  keyferry roles list\n\n"
         "  keyferry rotate --lease ID                   # new credential now, old one revoked\n\n"
+        "  keyferry audit verify --config broker.yaml   # catch edits, drops, truncation\n\n"
         "  keyferry demo            # start the test bed's servers and show where they listen\n\n"
         "  keyferry demo --hold     # ... and keep them running until Ctrl-C"
     ),
@@ -38,6 +39,7 @@ app.add_typer(webhook_app, name="webhook")
 app.add_typer(agent_app, name="agent")
 app.add_typer(serve.app)
 app.add_typer(roles.app)
+app.add_typer(audit.app)
 app.add_typer(admin.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 

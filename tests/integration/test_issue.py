@@ -9,6 +9,8 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -270,6 +272,32 @@ async def test_issue_gives_a_working_login_release_ends_it_and_the_audit_trail_v
         store.close()
     assert report.ok, report.damage
     assert (report.records, report.checkpoints_verified) == (5, 1)
+
+    # The same verification from the command line, with the broker's own config file.
+    config_file = broker.settings.audit.log.parent / "broker.yaml"
+    clean = _audit_verify(config_file)
+    assert clean.returncode == 0, clean.stderr
+    assert "OK, the chain and its checkpoints verify" in clean.stdout
+    lines = log_text.splitlines()
+    truncated = broker.settings.audit.log.parent / "truncated.jsonl"
+    truncated.write_text("\n".join(lines[:-1]) + "\n")
+    cut = _audit_verify(config_file, "--log", str(truncated), "--output", "json")
+    assert cut.returncode == 1
+    assert json.loads(cut.stdout)["damage"]["kind"] == "truncated"
+    lines[2] = lines[2].replace('"release"', '"renew"')
+    broker.settings.audit.log.write_text("\n".join(lines) + "\n")
+    edited = _audit_verify(config_file)
+    assert edited.returncode == 1
+    assert "DAMAGED" in edited.stdout
+    assert "record 2" in edited.stdout
+
+
+def _audit_verify(config_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    keyferry = Path(sys.executable).parent / "keyferry"
+    return subprocess.run(
+        [str(keyferry), "audit", "verify", "--config", str(config_file), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
 
 
 async def test_a_hundred_issues_for_one_pod_credential_make_one_vault_lease(
