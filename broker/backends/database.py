@@ -46,9 +46,10 @@ class DatabaseBackend:
         body = await self._vault.read(f"{mount}/creds/{spec.vault_role}")
         reply = parse_reply(SecretReply, body, f"{mount}/creds/{spec.vault_role}")
         login = parse_reply(_Login, reply.data, f"{mount}/creds/{spec.vault_role}")
-        credential = Credential(
-            values={"username": SecretStr(login.username), "password": SecretStr(login.password)}
-        )
+        values = {"username": SecretStr(login.username), "password": SecretStr(login.password)}
+        if spec.connection is not None:
+            values.update({k: SecretStr(v) for k, v in spec.connection.values().items()})
+        credential = Credential(values=values)
         return IssuedSecret(
             credential=credential, lease=leased(spec, mount, reply, self._vault.clock())
         )

@@ -11,12 +11,13 @@ from .credentials import (
     VaultLease,
 )
 from .durations import Duration, parse_duration
-from .roles import AwsRole, DatabaseRole, KvRole, PkiRole, RoleSpec, render_name
+from .roles import AwsRole, DatabaseConnection, DatabaseRole, KvRole, PkiRole, RoleSpec, render_name
 
 __all__ = [
     "AwsRole",
     "BackendKind",
     "Credential",
+    "DatabaseConnection",
     "DatabaseRole",
     "Duration",
     "Ending",

@@ -30,6 +30,8 @@ MOUNT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 VAULT_ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 KV_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9_+=,.@/-]+$"
+HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[[0-9A-Fa-f:.]+\]$"
+DBNAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_$-]{0,62}$"
 
 # What a name template may say: placeholders filled from the pod the credential is for.
 TEMPLATE_FIELDS = ("cluster", "namespace", "service_account", "pod")
@@ -89,6 +91,32 @@ class _Role(BaseModel):
     description: str = Field(default="", description="free text for people")
 
 
+class DatabaseConnection(BaseModel):
+    """Where the pod connects: not secret, but part of a usable DSN."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: Annotated[str, StringConstraints(pattern=HOST_PATTERN)] = Field(
+        description="a host name or IP address, like orders-db.internal"
+    )
+    port: int = Field(default=5432, ge=1, le=65535)
+    dbname: Annotated[str, StringConstraints(pattern=DBNAME_PATTERN)] | None = Field(
+        default=None, description="the database to connect to"
+    )
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+
+    def values(self) -> dict[str, str]:
+        shown = {
+            "host": self.host,
+            "port": str(self.port),
+            "dbname": self.dbname,
+            "sslmode": self.sslmode,
+        }
+        return {key: value for key, value in shown.items() if value is not None}
+
+
 class DatabaseRole(_Role):
     """Dynamic users from Vault's database engine (PostgreSQL, MariaDB, ...)."""
 
@@ -99,6 +127,11 @@ class DatabaseRole(_Role):
     )
     vault_role: VaultRoleName = Field(
         description="the Vault role on that mount whose creds/<role> endpoint issues users"
+    )
+    connection: DatabaseConnection | None = Field(
+        default=None,
+        description="where the database is, handed to the pod with the user and password so "
+        "the DSN and pgpass files are complete",
     )
 
 

@@ -36,6 +36,7 @@ from broker.backends import (
 )
 from broker.models import (
     AwsRole,
+    DatabaseConnection,
     DatabaseRole,
     Ending,
     IssueContext,
@@ -198,6 +199,35 @@ async def issue(backends: Backends, role: RoleSpec) -> IssuedSecret:
 
 
 # --- database ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("pg_mounts")
+async def test_a_role_with_connection_details_hands_out_a_complete_dsn(
+    backends: Backends, postgres: PostgresServer
+) -> None:
+    connection = DatabaseConnection(
+        host=LOOPBACK, port=postgres.port, dbname="postgres", sslmode="disable"
+    )
+    role = PG.model_copy(update={"connection": connection})
+    issued = await issue(backends, role)
+    values = issued.credential.reveal()
+    assert {k: values[k] for k in ("host", "port", "dbname", "sslmode")} == {
+        "host": LOOPBACK,
+        "port": str(postgres.port),
+        "dbname": "postgres",
+        "sslmode": "disable",
+    }
+    dsn = psycopg.conninfo.make_conninfo(
+        user=values["username"],
+        password=values["password"],
+        host=values["host"],
+        port=values["port"],
+        dbname=values["dbname"],
+        sslmode=values["sslmode"],
+    )
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        assert conn.execute("select current_user").fetchone() == (values["username"],)
+    await backends.for_lease(issued.lease).revoke(issued.lease)
 
 
 @pytest.mark.usefixtures("pg_mounts")

@@ -103,6 +103,16 @@ def test_an_unknown_field_suggests_the_right_one() -> None:
         ("name: db\n  kind: database\n  mount: keyferry/db\n  vault_role: ro", "mount"),
         ("name: db\n  kind: database\n  mount: db\n  vault_role: 7", "vault_role"),
         (
+            "name: db\n  kind: database\n  mount: db\n  vault_role: ro\n"
+            "  connection:\n    host: 'db/../x'",
+            "connection[host]",
+        ),
+        (
+            "name: db\n  kind: database\n  mount: db\n  vault_role: ro\n"
+            "  connection:\n    host: db.internal\n    port: 70000",
+            "connection[port]",
+        ),
+        (
             "name: s3\n  kind: aws\n  mount: aws\n  vault_role: r\n  credential_type: root",
             "credential_type",
         ),
