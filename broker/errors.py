@@ -3,6 +3,8 @@
     KeyferryError                       reason            gRPC status
     ├── InvalidRequest                  INVALID_FIELD     INVALID_ARGUMENT
     ├── NotFound                        ROLE_UNKNOWN ...  NOT_FOUND
+    ├── AlreadyExists                   CLUSTER_EXISTS    ALREADY_EXISTS
+    ├── FailedPrecondition              LEASES_NOT_...    FAILED_PRECONDITION
     ├── Unauthenticated                 TOKEN_INVALID     UNAUTHENTICATED
     ├── PermissionDenied                POLICY_DENIED     PERMISSION_DENIED
     ├── LimitExceeded                   LIMIT_EXCEEDED    RESOURCE_EXHAUSTED
@@ -45,6 +47,18 @@ class InvalidRequest(KeyferryError):
 
 class NotFound(KeyferryError):
     reason = "NOT_FOUND"
+
+
+class AlreadyExists(KeyferryError):
+    """What the request would create exists already (a cluster's name or keys)."""
+
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(KeyferryError):
+    """The system is not in a state that allows the request; fix that state, then retry."""
+
+    reason = "FAILED_PRECONDITION"
 
 
 class Unauthenticated(KeyferryError):

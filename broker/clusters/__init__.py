@@ -1,6 +1,24 @@
 """Registered clusters: how the broker reaches each API server, its keys, and its pods."""
 
-from .client import ClusterClient, ClusterUnavailable
+from .client import (
+    ClusterAuthFailed,
+    ClusterClient,
+    ClusterForbidden,
+    ClusterTlsFailed,
+    ClusterUnavailable,
+)
 from .config import ClusterConfig
+from .connection import ClusterConnection
+from .pods import EndedPod, PodWatch
 
-__all__ = ["ClusterClient", "ClusterConfig", "ClusterUnavailable"]
+__all__ = [
+    "ClusterAuthFailed",
+    "ClusterClient",
+    "ClusterConfig",
+    "ClusterConnection",
+    "ClusterForbidden",
+    "ClusterTlsFailed",
+    "ClusterUnavailable",
+    "EndedPod",
+    "PodWatch",
+]

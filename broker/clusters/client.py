@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -22,6 +24,8 @@ from broker import errors
 from broker.policy import Workload
 
 from .config import ClusterConfig
+from .connection import ClusterConnection, api_client
+from .pods import FINISHED, EndedPod, PodWatch
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
@@ -34,10 +38,22 @@ class ClusterUnavailable(errors.TemporaryError):
     reason = "UNAVAILABLE"
 
 
+class ClusterTlsFailed(ClusterUnavailable):
+    """The API server's certificate did not verify against the CA bundle (or TLS failed)."""
+
+
+class ClusterAuthFailed(ClusterUnavailable):
+    """The API server did not accept the broker's credential (HTTP 401)."""
+
+
+class ClusterForbidden(ClusterUnavailable):
+    """The broker's credential is valid but its RBAC does not allow the call (HTTP 403)."""
+
+
 class ClusterClient:
     def __init__(
         self,
-        config: ClusterConfig,
+        config: ClusterConfig | ClusterConnection,
         *,
         timeout: float = DEFAULT_TIMEOUT,
         pool: ThreadPoolExecutor | None = None,
@@ -47,12 +63,19 @@ class ClusterClient:
         self._pool = pool or ThreadPoolExecutor(
             DEFAULT_POOL, thread_name_prefix=f"k8s-{config.name}"
         )
-        self._api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(config.kubeconfig), context=config.context
-        )
+        self._files: tempfile.TemporaryDirectory[str] | None = None
+        self._api: Any
+        if isinstance(config, ClusterConnection):
+            self._api, self._files = api_client(config)
+        else:
+            self._api = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=str(config.kubeconfig), context=config.context
+            )
 
     def close(self) -> None:
         self._api.close()
+        if self._files is not None:
+            self._files.cleanup()
 
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -64,9 +87,25 @@ class ClusterClient:
             ) from exc
         except ApiException as exc:
             body = (exc.body or "")[:300] if isinstance(exc.body, str) else ""
-            raise ClusterUnavailable(
+            kind = {401: ClusterAuthFailed, 403: ClusterForbidden}.get(
+                exc.status or 0, ClusterUnavailable
+            )
+            raise kind(
                 f"cluster {self.config.name!r} refused {what}: "
                 f"HTTP {exc.status} {exc.reason} {body}"
+            ) from exc
+        except urllib3.exceptions.SSLError as exc:
+            raise ClusterTlsFailed(
+                f"cluster {self.config.name!r}: TLS failed for {what}: {exc}"
+            ) from exc
+        except urllib3.exceptions.MaxRetryError as exc:
+            kind = (
+                ClusterTlsFailed
+                if isinstance(exc.reason, ssl.SSLError | urllib3.exceptions.SSLError)
+                else ClusterUnavailable
+            )
+            raise kind(
+                f"cluster {self.config.name!r} is unreachable for {what}: {exc.reason}"
             ) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ClusterUnavailable(
@@ -95,6 +134,38 @@ class ClusterClient:
 
         path = "/.well-known/openid-configuration"
         return _json_object(await self._call(f"GET {path}", get), path)
+
+    async def list_pods_probe(self) -> None:
+        """List at most one pod in all namespaces: proves the broker may list pods."""
+
+        def probe() -> None:
+            k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
+                limit=1, _request_timeout=self.timeout
+            )
+
+        await self._call("list pods", probe)
+
+    def pod_watch(self, on_ended: Callable[[EndedPod], None]) -> PodWatch:
+        """A watch of this cluster's pods reporting each one that ended (not started yet)."""
+        return PodWatch(self.config.name, self._api, on_ended)
+
+    async def live_pod_uid(self, namespace: str, name: str) -> str | None:
+        """The UID of the pod if it exists and has not finished; None otherwise."""
+
+        def read() -> Any:
+            try:
+                return k8s.CoreV1Api(self._api).read_namespaced_pod(
+                    name, namespace, _request_timeout=self.timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        pod = await self._call(f"GET pod {namespace}/{name}", read)
+        if pod is None or (pod.status is not None and pod.status.phase in FINISHED):
+            return None
+        return str(pod.metadata.uid)
 
     async def ensure_pod_bound(
         self, workload: Workload, *, allow_terminating: bool = False

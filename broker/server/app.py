@@ -5,7 +5,8 @@ port and not another, and ops methods must never be reachable by pods:
 
 - workload: TLS, BrokerService (bearer token per call), health, reflection;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
-  subject names the operator), RolesService, RotationService, health, reflection. Without
+  subject names the operator), RolesService, RotationService, ClustersService, health,
+  reflection. Without
   `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
@@ -22,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.v1 import (
     broker_pb2,
     broker_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -33,6 +36,7 @@ from broker.settings import AdminListener, BrokerSettings
 from broker.store.clock import Clock, utcnow
 
 from .broker_servicer import BrokerServicer
+from .clusters_servicer import ClustersServicer
 from .metrics import BrokerMetrics
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
@@ -42,6 +46,7 @@ log = structlog.get_logger("keyferry.server")
 BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_name
 ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
+CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 DEFAULT_GRACE = 5.0
 
@@ -191,7 +196,10 @@ def _admin_listener(
     rotation_pb2_grpc.add_RotationServiceServicer_to_server(
         RotationServicer(runtime, metrics), admin
     )
-    services = [ROLES_SERVICE, ROTATION_SERVICE]
+    clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
+        ClustersServicer(runtime.clusters), admin
+    )
+    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

@@ -12,11 +12,13 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
 
-from broker.api.v1 import broker_pb2, roles_pb2, rotation_pb2
+from broker.api.v1 import broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
+from broker.clusters import ClusterConnection
 from broker.errors import InvalidRequest
 from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
 from broker.service import (
     AckMessage,
+    ClusterView,
     IssuedLease,
     LeaseRevoked,
     LeaseRotated,
@@ -228,3 +230,50 @@ def _duration(value: timedelta) -> duration_pb2.Duration:
 
 def _timedelta(value: duration_pb2.Duration) -> timedelta:
     return value.ToTimedelta()
+
+
+# --- Clusters -------------------------------------------------------------------------------
+
+
+def cluster_connection(request: clusters_pb2.RegisterClusterRequest) -> ClusterConnection:
+    """A RegisterCluster request as a validated connection; InvalidRequest names the field."""
+    kind = request.credential.WhichOneof("kind")
+    values: dict[str, Any] = {
+        "name": request.name,
+        "server": request.server,
+        "ca_pem": request.ca_pem,
+        "issuer": request.issuer,
+    }
+    if kind == "bearer_token":
+        values["bearer_token"] = request.credential.bearer_token
+    elif kind == "client_certificate":
+        values["cert_pem"] = request.credential.client_certificate.cert_pem
+        values["key_pem"] = request.credential.client_certificate.key_pem
+    try:
+        return ClusterConnection.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "credential"
+        raise InvalidRequest(field, error["msg"]) from None
+
+
+def cluster_message(view: ClusterView) -> clusters_pb2.Cluster:
+    message = clusters_pb2.Cluster(
+        name=view.name,
+        server=view.server,
+        issuer=view.issuer,
+        source=(
+            clusters_pb2.CLUSTER_SOURCE_REGISTERED
+            if view.registered
+            else clusters_pb2.CLUSTER_SOURCE_CONFIG
+        ),
+        key_ids=list(view.key_ids),
+        active_leases=view.active_leases,
+    )
+    if view.last_contact is not None:
+        message.last_contact.CopyFrom(_timestamp(view.last_contact))
+    if view.jwks_fetched_at is not None:
+        message.jwks_fetched_at.CopyFrom(_timestamp(view.jwks_fetched_at))
+    if view.registered_at is not None:
+        message.registered_at.CopyFrom(_timestamp(view.registered_at))
+    return message

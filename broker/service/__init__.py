@@ -7,6 +7,7 @@ messages and statuses; nothing here knows about gRPC.
 
 from .callers import bearer_token
 from .catalog import RoleCatalog, StoredRole
+from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
 from .events import LeaseExpiring, LeaseRevoked, LeaseRotated, WatchEvent
 from .results import IssuedLease, RenewedLease, Rotation
 from .role_admin import RoleAdmin
@@ -16,10 +17,14 @@ from .watching import AckMessage, TokenExpired
 __all__ = [
     "AckMessage",
     "BrokerRuntime",
+    "ClusterAdmin",
+    "ClusterView",
+    "Deregistered",
     "IssuedLease",
     "LeaseExpiring",
     "LeaseRevoked",
     "LeaseRotated",
+    "LeasesNotRevoked",
     "RenewedLease",
     "RoleAdmin",
     "RoleCatalog",

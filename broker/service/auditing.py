@@ -146,8 +146,10 @@ class AuditTrail:
         request_id: str,
         *,
         role: str | None = None,
+        cluster: str | None = None,
     ) -> None:
-        """An operator's decision about something other than a lease (a role, the broker)."""
+        """An operator's decision about something other than a lease (a role, a cluster,
+        the broker)."""
         await self.record(
             AuditEvent(
                 who=operator_principal(operator),
@@ -157,6 +159,7 @@ class AuditTrail:
                 policy_ids=decision.policy_ids,
                 request_id=request_id,
                 role=role,
+                cluster=cluster,
             )
         )
 

@@ -33,9 +33,15 @@ def bearer_token(metadata: Mapping[str, str]) -> str:
 
 
 class Callers:
-    def __init__(self, verifier: TokenVerifier, clients: Mapping[str, ClusterClient]) -> None:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        clients: dict[str, ClusterClient],
+        keys: dict[str, ClusterKeys] | None = None,
+    ) -> None:
         self._verifier = verifier
         self._clients = clients
+        self._keys = keys if keys is not None else {}
         self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="keyferry-verify")
 
     @classmethod
@@ -47,7 +53,33 @@ class Callers:
             keys[name] = ClusterKeys(
                 name, client.config.issuer, await client.jwks(), refresh=_refresher(client, loop)
             )
-        return cls(TokenVerifier(keys), clients)
+        return cls(TokenVerifier(keys), dict(clients), keys)
+
+    def join(self, client: ClusterClient, jwks: Mapping[str, Any]) -> None:
+        """Accept tokens of one more cluster from now on (its JWKS already fetched)."""
+        loop = asyncio.get_running_loop()
+        name = client.config.name
+        self._keys[name] = ClusterKeys(
+            name, client.config.issuer, jwks, refresh=_refresher(client, loop)
+        )
+        self._clients[name] = client
+
+    def leave(self, name: str) -> None:
+        """Refuse the cluster's tokens from now on and close its client."""
+        self._keys.pop(name, None)
+        client = self._clients.pop(name, None)
+        if client is not None:
+            client.close()
+
+    def keys(self) -> dict[str, ClusterKeys]:
+        """Every cluster's pinned keys, by name (a copy of the mapping)."""
+        return dict(self._keys)
+
+    def client(self, name: str) -> ClusterClient | None:
+        return self._clients.get(name)
+
+    def clients(self) -> list[ClusterClient]:
+        return list(self._clients.values())
 
     async def authenticate(self, token: str, *, allow_terminating: bool = False) -> Workload:
         """The pod the token proves, after checking the pod still exists with its UID."""

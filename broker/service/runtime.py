@@ -28,10 +28,12 @@ from broker.store.clock import Clock, utcnow
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
+from .cluster_admin import KEYS_REFRESH, ClusterAdmin
 from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
 from .limits import IssueRates
 from .loops import Periodic
+from .pod_leases import SWEEP_INTERVAL, PodLeases
 from .releasing import ReleaseFlow
 from .renewing import Renewer, RenewFlow
 from .revoking import Revoker
@@ -69,6 +71,8 @@ class BrokerRuntime:
     issue: IssueFlow
     release: ReleaseFlow
     flows: LeaseFlows
+    clusters: ClusterAdmin
+    pods: PodLeases
     _stack: AsyncExitStack
 
     @classmethod
@@ -182,16 +186,46 @@ class BrokerRuntime:
             ],
         )
         roles = RoleAdmin(catalog, policy, audit)
+        pods = PodLeases(callers=callers, store=store, runner=runner, revoker=revoker)
+        clusters = ClusterAdmin(
+            configured=settings.clusters,
+            callers=callers,
+            store=store,
+            runner=runner,
+            policy=policy,
+            audit=audit,
+            sealer=sealer,
+            revoker=revoker,
+            pods=pods,
+            clock=clock,
+        )
+        await clusters.load()
+        flows.jobs.append(Periodic("jwks", KEYS_REFRESH, clusters.refresh_keys))
+        flows.jobs.append(Periodic("pod-sweep", SWEEP_INTERVAL, pods.sweep))
         return cls(
-            settings, store, runner, vault, catalog, roles, audit, issue, release, flows, stack
+            settings,
+            store,
+            runner,
+            vault,
+            catalog,
+            roles,
+            audit,
+            issue,
+            release,
+            flows,
+            clusters,
+            pods,
+            stack,
         )
 
     def start_jobs(self) -> None:
-        """Start the periodic renewals and revocations (on the running event loop)."""
+        """Start the periodic jobs and the pod watches (on the running event loop)."""
         for job in self.flows.jobs:
             job.start()
+        self.pods.start()
 
     async def stop_jobs(self) -> None:
+        await self.pods.stop()
         for job in self.flows.jobs:
             await job.stop()
 

@@ -15,15 +15,24 @@ Sync SQLAlchemy on a dedicated thread pool, not SQLAlchemy's asyncio extension:
 from __future__ import annotations
 
 from .checkpoints import CheckpointRepository
+from .clusters import ClusterRepository
 from .config import StoreSettings
 from .engine import create_store_engine
-from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict, RoleNotFound
+from .errors import (
+    ClusterExists,
+    ClusterNotFound,
+    IssueInProgress,
+    LeaseNotFound,
+    LeaseStateConflict,
+    RoleNotFound,
+)
 from .failures import store_errors
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
     LIVE_STATES,
     CheckpointRecord,
+    ClusterRecord,
     ExistingLease,
     LeaseHandle,
     LeaseRecord,
@@ -41,6 +50,10 @@ __all__ = [
     "LIVE_STATES",
     "CheckpointRecord",
     "CheckpointRepository",
+    "ClusterExists",
+    "ClusterNotFound",
+    "ClusterRecord",
+    "ClusterRepository",
     "ExistingLease",
     "IssueInProgress",
     "LeaseHandle",

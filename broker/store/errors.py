@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.errors import KeyferryError, NotFound, TemporaryError
+from broker.errors import AlreadyExists, KeyferryError, NotFound, TemporaryError
 
 from .records import LeaseRecord, LeaseState
 
@@ -19,6 +19,22 @@ class RoleNotFound(NotFound):
     def __init__(self, name: str) -> None:
         super().__init__(f"role {name!r} does not exist; list roles with `keyferry roles list`")
         self.name = name
+
+
+class ClusterNotFound(NotFound):
+    reason = "CLUSTER_UNKNOWN"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"cluster {name!r} is not registered; list clusters with `keyferry clusters list`"
+        )
+        self.name = name
+
+
+class ClusterExists(AlreadyExists):
+    """A cluster of that name, or one holding the same service-account key, is registered."""
+
+    reason = "CLUSTER_EXISTS"
 
 
 class LeaseStateConflict(KeyferryError):

@@ -128,6 +128,22 @@ class RoleRecord(BaseModel):
     updated_at: datetime
 
 
+class ClusterRecord(BaseModel):
+    """A cluster registered at run time; its credential stays sealed."""
+
+    model_config = _RECORD
+
+    name: str
+    server: str
+    ca_pem: str
+    issuer: str
+    sealed_credential: bytes = Field(repr=False)
+    jwks: dict[str, Any]
+    jwks_fetched_at: AwareDatetime
+    last_contact: AwareDatetime | None
+    registered_at: AwareDatetime
+
+
 class CheckpointRecord(BaseModel):
     model_config = _RECORD
 

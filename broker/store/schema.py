@@ -123,3 +123,20 @@ class CheckpointRow(Base):
     head_hash: Mapped[str] = mapped_column(String(64))
     document: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ClusterRow(Base):
+    """A cluster registered at run time: how to reach it (its credential sealed by the
+    broker) and its pinned JWKS."""
+
+    __tablename__ = "clusters"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    server: Mapped[str] = mapped_column(String(2048))
+    ca_pem: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(String(2048))
+    sealed_credential: Mapped[bytes] = mapped_column(LargeBinary)
+    jwks: Mapped[dict[str, Any]] = mapped_column(JSON)
+    jwks_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_contact: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())

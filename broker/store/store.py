@@ -7,6 +7,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .checkpoints import CheckpointRepository
 from .clock import Clock, utcnow
+from .clusters import ClusterRepository
 from .config import StoreSettings
 from .engine import create_store_engine
 from .leases import LeaseRepository
@@ -21,6 +22,7 @@ class Store:
         self.leases = LeaseRepository(sessions, clock)
         self.roles = RoleRepository(sessions, clock)
         self.checkpoints = CheckpointRepository(sessions, clock)
+        self.clusters = ClusterRepository(sessions, clock)
 
     @classmethod
     def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:

@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from broker.api.v1 import broker_pb2_grpc, rotation_pb2, rotation_pb2_grpc
 from broker.backends.transit import TransitSigner
-from broker.store import LeaseState, Selector
+from broker.store import LeaseState
 from injector.webhook import patch as webhook_patch
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
@@ -40,6 +40,17 @@ from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOU
 from tests.integration.workloads import ensure_namespace
 
 from .kubelet import PodRunner, resident_kib, wait_for
+from .pods import (
+    AGENT,
+    create,
+    dsn_values,
+    live_leases,
+    live_leases_all,
+    log_lines,
+    mutated,
+    runner_for,
+    until_ready,
+)
 from .scene import KV_VALUES, BrokerThread, Webhook, mount_kv, mount_s3_reader, webhooks
 
 pytestmark = pytest.mark.bed
@@ -47,7 +58,6 @@ RUN = secrets.token_hex(3)
 OPT_IN = (f"keyferry.test/e2e-{RUN}", "on")
 APP_UID, OTHER_UID, FS_GROUP = 1001, 1002, 3000
 AGENT_UID = 65532  # the webhook's agent.run_as_user: the app containers' UIDs differ
-AGENT = "keyferry-agent"
 SECRETS = "/keyferry/secrets"
 
 APP = """
@@ -107,7 +117,7 @@ def hooks(
         for hook in started.values():
 
             def active(cluster: KubeCluster = hook.cluster) -> bool:
-                return _mutated(create(cluster, pod_body()))
+                return mutated(create(cluster, pod_body()))
 
             eventually(active, f"the webhook patching pods on {hook.cluster.name}")
         yield started
@@ -165,65 +175,6 @@ def pod_spec(app_env: dict[str, str]) -> dict[str, Any]:
             },
         ],
     }
-
-
-def create(cluster: KubeCluster, body: dict[str, Any], namespace: str = "orders") -> dict[str, Any]:
-    with cluster.api_client() as api:
-        raw = core(api).create_namespaced_pod(namespace, body, _preload_content=False)
-        created: dict[str, Any] = json.loads(raw.data)
-    return created
-
-
-def read(cluster: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
-    with cluster.api_client() as api:
-        raw = core(api).read_namespaced_pod(name, namespace, _preload_content=False)
-        stored: dict[str, Any] = json.loads(raw.data)
-    return stored
-
-
-def _mutated(stored: dict[str, Any]) -> bool:
-    return any(c["name"] == AGENT for c in stored["spec"].get("initContainers") or [])
-
-
-def runner_for(
-    cluster: KubeCluster, stored: dict[str, Any], tmp_path: Path, runners: list[PodRunner]
-) -> PodRunner:
-    """Read the pod back from the API server (the mutated, stored form) and prepare it."""
-    pod = read(cluster, stored["metadata"]["namespace"], stored["metadata"]["name"])
-    assert _mutated(pod), "the webhook did not mutate the pod"
-    folder = tmp_path / pod["metadata"]["name"]
-    folder.mkdir()
-    runner = PodRunner(cluster, pod, folder)
-    runners.append(runner)
-    runner.prepare_volumes()
-    return runner
-
-
-def until_ready(runner: PodRunner, agent: Any, timeout: float = 30.0) -> None:
-    def ready() -> bool:
-        if agent.poll() is not None:
-            raise AssertionError(f"agent exited {agent.returncode}: {agent.stderr.read().decode()}")
-        return runner.probe(AGENT) == 0
-
-    wait_for(ready, "the agent's startupProbe passing", timeout)
-
-
-def log_lines(process: Any) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in process.stderr.read().decode().splitlines() if line]
-
-
-def live_leases(broker: BrokerThread, cluster: str, pod: str) -> list[Any]:
-    store = broker.broker.store()
-    try:
-        return list(store.leases.list_by_selector(Selector(cluster=cluster, pod_name=pod)))
-    finally:
-        store.close()
-
-
-def dsn_values(text: str) -> dict[str, str]:
-    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415
-
-    return {k: str(v) for k, v in conninfo_to_dict(text).items()}
 
 
 # --- the tests -----------------------------------------------------------------------------------
@@ -291,15 +242,6 @@ def test_a_pod_gets_a_dsn_a_kv_value_and_aws_keys_the_app_uses_and_sigterm_relea
         LeaseState.REVOKED
     }
     print(f"\nagent resident memory on cluster {name}: {rss / 1024:.1f} MiB (VmRSS)")
-
-
-def live_leases_all(broker: BrokerThread, cluster: str, pod: str) -> list[Any]:
-    store = broker.broker.store()
-    try:
-        selector = Selector(cluster=cluster, pod_name=pod, states=frozenset(LeaseState))
-        return list(store.leases.list_by_selector(selector))
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("name", ["a", "b"])

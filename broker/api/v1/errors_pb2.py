@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/errors.proto\x12\rbroker.api.v1*\x93\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_INVALID\x10\x01\x12 \n\x1c\x45RROR_REASON_CLUSTER_UNKNOWN\x10\x02\x12\x1e\n\x1a\x45RROR_REASON_POLICY_DENIED\x10\x03\x12\x1d\n\x19\x45RROR_REASON_ROLE_UNKNOWN\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_INVALID_FIELD\x10\x05\x12\"\n\x1e\x45RROR_REASON_VAULT_UNAVAILABLE\x10\x06\x12\"\n\x1e\x45RROR_REASON_AUDIT_UNAVAILABLE\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10\x08\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\t\x12\"\n\x1e\x45RROR_REASON_STORE_UNAVAILABLE\x10\n\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\x0b\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/errors.proto\x12\rbroker.api.v1*\xce\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_REASON_TOKEN_INVALID\x10\x01\x12 \n\x1c\x45RROR_REASON_CLUSTER_UNKNOWN\x10\x02\x12\x1e\n\x1a\x45RROR_REASON_POLICY_DENIED\x10\x03\x12\x1d\n\x19\x45RROR_REASON_ROLE_UNKNOWN\x10\x04\x12\x1e\n\x1a\x45RROR_REASON_INVALID_FIELD\x10\x05\x12\"\n\x1e\x45RROR_REASON_VAULT_UNAVAILABLE\x10\x06\x12\"\n\x1e\x45RROR_REASON_AUDIT_UNAVAILABLE\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_LIMIT_EXCEEDED\x10\x08\x12\x1a\n\x16\x45RROR_REASON_NOT_FOUND\x10\t\x12\"\n\x1e\x45RROR_REASON_STORE_UNAVAILABLE\x10\n\x12\x1c\n\x18\x45RROR_REASON_UNAVAILABLE\x10\x0b\x12,\n(ERROR_REASON_CLUSTER_REGISTRATION_FAILED\x10\x0c\x12\x1f\n\x1b\x45RROR_REASON_CLUSTER_EXISTS\x10\r\x12#\n\x1f\x45RROR_REASON_LEASES_NOT_REVOKED\x10\x0e\x12\x1f\n\x1b\x45RROR_REASON_ALREADY_EXISTS\x10\x0f\x12$\n ERROR_REASON_FAILED_PRECONDITION\x10\x10\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.api.v1.errors_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=46
-  _globals['_ERRORREASON']._serialized_end=449
+  _globals['_ERRORREASON']._serialized_end=636
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The lease store did not answer; nothing was issued. Retry after the hinted delay."""
     ERROR_REASON_UNAVAILABLE: _ErrorReason.ValueType  # 11
     """A dependency is temporarily unavailable; retry after the hinted delay."""
+    ERROR_REASON_CLUSTER_REGISTRATION_FAILED: _ErrorReason.ValueType  # 12
+    """A cluster could not be registered; the message names the step (TLS, auth, RBAC,
+    discovery) that failed.
+    """
+    ERROR_REASON_CLUSTER_EXISTS: _ErrorReason.ValueType  # 13
+    """A cluster of that name, or one of its JWKS keys, is already registered."""
+    ERROR_REASON_LEASES_NOT_REVOKED: _ErrorReason.ValueType  # 14
+    """Some leases could not be revoked now; they stay queued for retry."""
+    ERROR_REASON_ALREADY_EXISTS: _ErrorReason.ValueType  # 15
+    """What the request would create exists already."""
+    ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 16
+    """The system is not in a state that allows the request."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable `reason` of the google.rpc.ErrorInfo attached to
@@ -74,4 +86,16 @@ ERROR_REASON_STORE_UNAVAILABLE: ErrorReason.ValueType  # 10
 """The lease store did not answer; nothing was issued. Retry after the hinted delay."""
 ERROR_REASON_UNAVAILABLE: ErrorReason.ValueType  # 11
 """A dependency is temporarily unavailable; retry after the hinted delay."""
+ERROR_REASON_CLUSTER_REGISTRATION_FAILED: ErrorReason.ValueType  # 12
+"""A cluster could not be registered; the message names the step (TLS, auth, RBAC,
+discovery) that failed.
+"""
+ERROR_REASON_CLUSTER_EXISTS: ErrorReason.ValueType  # 13
+"""A cluster of that name, or one of its JWKS keys, is already registered."""
+ERROR_REASON_LEASES_NOT_REVOKED: ErrorReason.ValueType  # 14
+"""Some leases could not be revoked now; they stay queued for retry."""
+ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 15
+"""What the request would create exists already."""
+ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 16
+"""The system is not in a state that allows the request."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

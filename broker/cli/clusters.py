@@ -1,0 +1,189 @@
+"""`keyferry clusters`: register, list, inspect and deregister member clusters through the
+broker's admin listener."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+from google.protobuf import timestamp_pb2
+
+from broker.api.v1 import clusters_pb2, clusters_pb2_grpc
+
+from .admin_channel import TIMEOUT, call_admin
+from .context import ContextOption
+from .exits import CONFIG
+from .kubeconfig import KubeconfigInvalid, discover_issuer, read_context
+
+if TYPE_CHECKING:
+    from broker.api.v1.clusters_pb2_grpc import ClustersServiceAsyncStub
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="clusters",
+    help=(
+        "Manage the member clusters whose pods may ask the broker for credentials.\n\n"
+        "Talks to a running broker's admin listener (mutual TLS) as the operator of the CLI "
+        "context (--context, KEYFERRY_CONTEXT). Cedar decides each call as the action "
+        "`register` on the cluster. The broker needs, in each member cluster, exactly the "
+        "RBAC in docs/examples/broker-rbac.yaml."
+    ),
+    no_args_is_help=True,
+)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  keyferry clusters register --kubeconfig broker-a.kubeconfig --context a\n\n"
+        "  keyferry clusters register --kubeconfig kc.yaml --context prod --name prod-eu-1 "
+        "--issuer https://kubernetes.default.svc.cluster.local\n\n"
+        "The server, CA bundle and credential (token or client certificate) come from the "
+        "context; use a ServiceAccount token bound by docs/examples/broker-rbac.yaml. "
+        "Without --issuer the cluster's /.well-known/openid-configuration names it.\n\n"
+        "Exit codes: 0 registered; 2 the kubeconfig is unusable; 1 the broker refused (the "
+        "message names what failed: TLS, auth, RBAC, discovery); 3 the broker did not answer."
+    )
+)
+def register(
+    kubeconfig: Annotated[Path, typer.Option(help="the kubeconfig file with the cluster")],
+    context: Annotated[str, typer.Option("--context", help="the kubeconfig context")],
+    name: Annotated[
+        str | None, typer.Option(help="the cluster's keyferry name (default: the context's)")
+    ] = None,
+    issuer: Annotated[
+        str | None, typer.Option(help="the --service-account-issuer (default: discovered)")
+    ] = None,
+    keyferry_context: Annotated[
+        Path | None,
+        typer.Option(
+            "--keyferry-context",
+            envvar="KEYFERRY_CONTEXT",
+            help="the CLI context file (default ~/.config/keyferry/context.yaml)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Register the cluster of a kubeconfig context with the broker."""
+    try:
+        found = read_context(kubeconfig, context)
+        issuer = issuer or discover_issuer(kubeconfig, context)
+    except KubeconfigInvalid as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(CONFIG) from None
+    credential = clusters_pb2.ClusterCredential()
+    if found.bearer_token is not None:
+        credential.bearer_token = found.bearer_token.get_secret_value()
+    elif found.cert_pem is not None and found.key_pem is not None:
+        credential.client_certificate.cert_pem = found.cert_pem
+        credential.client_certificate.key_pem = found.key_pem.get_secret_value()
+    request = clusters_pb2.RegisterClusterRequest(
+        name=name or context,
+        server=found.server,
+        ca_pem=found.ca_pem,
+        credential=credential,
+        issuer=issuer,
+    )
+    reply = _call(keyferry_context, lambda stub: stub.RegisterCluster(request, timeout=TIMEOUT))
+    keys = ", ".join(reply.cluster.key_ids)
+    typer.echo(f"cluster {reply.cluster.name} registered (issuer {issuer}; keys {keys})")
+
+
+@app.command(
+    "list",
+    epilog=(
+        "Examples:\n\n  keyferry clusters list\n\n"
+        "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry clusters list\n\n"
+        "SOURCE is config (the broker's config file) or registered. CONTACT is the last "
+        "time the broker reached the API server (how long ago), JWKS the age of the pinned "
+        "keys; - when the broker does not track it (clusters from the config file)."
+    ),
+)
+def list_clusters(context: ContextOption = None) -> None:
+    """List the clusters with their health: last contact, JWKS age, live leases."""
+    reply = _call(
+        context,
+        lambda stub: stub.ListClusters(clusters_pb2.ListClustersRequest(), timeout=TIMEOUT),
+    )
+    if not reply.clusters:
+        typer.echo("no clusters yet; add one with `keyferry clusters register`")
+        return
+    rows = [("NAME", "SOURCE", "CONTACT", "JWKS", "LEASES", "ISSUER")]
+    now = dt.datetime.now(dt.UTC)
+    rows += [
+        (
+            c.name,
+            _source(c),
+            _age(c, "last_contact", now),
+            _age(c, "jwks_fetched_at", now),
+            str(c.active_leases),
+            c.issuer,
+        )
+        for c in reply.clusters
+    ]
+    width = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        typer.echo("  ".join(f"{v:<{width[i]}}" for i, v in enumerate(row[:5])) + f"  {row[5]}")
+
+
+@app.command(epilog="Examples:\n\n  keyferry clusters get a")
+def get(name: str, context: ContextOption = None) -> None:
+    """Show one cluster: server, issuer, key ids, health."""
+    reply = _call(
+        context,
+        lambda stub: stub.GetCluster(clusters_pb2.GetClusterRequest(name=name), timeout=TIMEOUT),
+    )
+    c, now = reply.cluster, dt.datetime.now(dt.UTC)
+    typer.echo(f"name:          {c.name}")
+    typer.echo(f"source:        {_source(c)}")
+    typer.echo(f"server:        {c.server or '-'}")
+    typer.echo(f"issuer:        {c.issuer}")
+    typer.echo(f"key ids:       {', '.join(c.key_ids) or '-'}")
+    typer.echo(f"last contact:  {_age(c, 'last_contact', now)} ago")
+    typer.echo(f"JWKS age:      {_age(c, 'jwks_fetched_at', now)}")
+    typer.echo(f"active leases: {c.active_leases}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n  keyferry clusters deregister a\n\n"
+        "  keyferry clusters deregister a --force\n\n"
+        "Every live lease of the cluster is revoked first. When some cannot be revoked now "
+        "the cluster stays registered (exit 1) unless --force: then it is removed and those "
+        "leases stay queued; the broker retries them until they are revoked."
+    )
+)
+def deregister(
+    name: str,
+    force: Annotated[
+        bool, typer.Option(help="remove it even if some leases are only queued for revocation")
+    ] = False,
+    context: ContextOption = None,
+) -> None:
+    """Revoke every lease of a cluster, then remove it from the broker."""
+    request = clusters_pb2.DeregisterClusterRequest(name=name, force=force)
+    reply = _call(context, lambda stub: stub.DeregisterCluster(request, timeout=TIMEOUT))
+    typer.echo(
+        f"cluster {name} deregistered: {reply.revoked} lease(s) revoked, "
+        f"{reply.queued} queued for retry"
+    )
+
+
+def _source(cluster: clusters_pb2.Cluster) -> str:
+    return "registered" if cluster.source == clusters_pb2.CLUSTER_SOURCE_REGISTERED else "config"
+
+
+def _age(cluster: clusters_pb2.Cluster, field: str, now: dt.datetime) -> str:
+    if not cluster.HasField(field):  # type: ignore[arg-type]
+        return "-"
+    stamp: timestamp_pb2.Timestamp = getattr(cluster, field)
+    seconds = int((now - stamp.ToDatetime(dt.UTC)).total_seconds())
+    return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
+
+
+def _call(context: Path | None, call: Callable[[ClustersServiceAsyncStub], Awaitable[T]]) -> T:
+    return call_admin(context, clusters_pb2_grpc.ClustersServiceStub, call)

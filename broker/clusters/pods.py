@@ -1,0 +1,126 @@
+"""Watching a member cluster's pods for the ones that ended, in a thread per cluster.
+
+The kubernetes client's watch is synchronous and blocks on the stream, so each cluster gets
+one daemon thread: list pods (remembering the list's resourceVersion), then watch from that
+version with a short server-side timeout so a stop request is seen within seconds, and
+resume from the last version seen. 410 Gone (the version is too old) relists. A pod that is
+deleted, or whose phase is Succeeded or Failed, is reported through `on_ended` (the
+receiver is idempotent). `stop` shuts the stream's socket down, so the thread ends at once
+rather than at the watch's timeout. Anything missed while no watch ran is the periodic
+sweep's to catch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+log = structlog.get_logger("keyferry.pods")
+WATCH_SECONDS = 30  # server-side timeout of one watch call; then it resumes
+RETRY_SECONDS = 2.0
+GONE = 410
+FINISHED = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class EndedPod:
+    cluster: str
+    namespace: str
+    name: str
+    uid: str
+
+
+class PodWatch:
+    """One cluster's pod watch; `start` runs it on its own thread, `stop` ends it."""
+
+    def __init__(self, cluster: str, api: Any, on_ended: Callable[[EndedPod], None]) -> None:
+        self._cluster = cluster
+        self._api = api
+        self._on_ended = on_ended
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"keyferry-pods-{cluster}", daemon=True
+        )
+        self.resource_version: str | None = None
+        self._current: Any = None  # the running kubernetes Watch, to interrupt it
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        current = self._current
+        if current is not None:
+            current.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.resource_version is None:
+                    self._list()
+                self._watch()
+            except ApiException as exc:
+                if exc.status == GONE:
+                    log.info("pod watch expired; relisting", cluster=self._cluster)
+                    self.resource_version = None
+                    continue
+                log.warning("pod watch failed", cluster=self._cluster, status=exc.status)
+                self._stop.wait(RETRY_SECONDS)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                log.warning("pod watch failed", cluster=self._cluster, error=type(exc).__name__)
+                self._stop.wait(RETRY_SECONDS)
+
+    def _list(self) -> None:
+        pods: Any = k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
+            _request_timeout=WATCH_SECONDS * 2
+        )
+        for pod in pods.items:
+            if pod.status is not None and pod.status.phase in FINISHED:
+                self._report(pod)
+        self.resource_version = pods.metadata.resource_version
+
+    def _watch(self) -> None:
+        watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        self._current = watch
+        if self._stop.is_set():
+            return
+        stream = watch.stream(  # type: ignore[no-untyped-call]
+            k8s.CoreV1Api(self._api).list_pod_for_all_namespaces,
+            resource_version=self.resource_version,
+            timeout_seconds=WATCH_SECONDS,
+            allow_watch_bookmarks=True,
+            _request_timeout=WATCH_SECONDS * 2,
+        )
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    return
+                kind, pod = event["type"], event["object"]
+                if kind == "ERROR":
+                    code = event["raw_object"].get("code")
+                    raise ApiException(status=code, reason="watch error")
+                self.resource_version = pod.metadata.resource_version
+                if kind == "DELETED" or (
+                    kind == "MODIFIED" and pod.status is not None and pod.status.phase in FINISHED
+                ):
+                    self._report(pod)
+        finally:
+            self._current = None
+            watch.stop()  # type: ignore[no-untyped-call]
+
+    def _report(self, pod: Any) -> None:
+        ended = EndedPod(self._cluster, pod.metadata.namespace, pod.metadata.name, pod.metadata.uid)
+        try:
+            self._on_ended(ended)
+        except Exception:  # a callback's failure must not end the cluster's watch
+            log.exception("handling an ended pod failed", cluster=self._cluster)
