@@ -71,7 +71,7 @@ def root(vault: VaultServer) -> hvac.Client:
 
 @pytest.fixture(scope="module")
 def approle(root: hvac.Client) -> tuple[str, str]:
-    return enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
+    return new_approle(root)
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,16 @@ def orders_db(root: hvac.Client, postgres: PostgresServer) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def transit(root: hvac.Client) -> TransitSigner:
+    return new_transit(root)
+
+
+def new_approle(root: hvac.Client) -> tuple[str, str]:
+    """The broker's AppRole with docs/vault-policy.hcl (also used by tests/bench)."""
+    return enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
+
+
+def new_transit(root: hvac.Client) -> TransitSigner:
+    """The audit checkpoints' transit key (also used by tests/bench)."""
     enable(root, "transit", TRANSIT_MOUNT)
     root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
     return TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)

@@ -16,7 +16,9 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,31 +116,39 @@ def webhooks(
     kube_clusters: dict[str, KubeCluster], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Harness]]:
     folder = tmp_path_factory.mktemp("keyferry-webhook")
+    with harnesses([kube_clusters[name] for name in NAMES], folder) as running:
+        yield running
+
+
+@contextmanager
+def harnesses(clusters: list[KubeCluster], folder: Path) -> Iterator[dict[str, Harness]]:
+    """A webhook per cluster, registered for OPT_IN namespaces and active (also tests/bench)."""
     ca = new_ca(folder, "ca", "keyferry webhook test CA")
     serving = ca.issue(folder, "serving", "keyferry-webhook", ip_addresses=(LOOPBACK,))
     context = server_context(serving.cert, serving.key)
     bundle = base64.b64encode(ca.pem()).decode()
-    harnesses: dict[str, Harness] = {}
+    started: dict[str, Harness] = {}
     try:
-        for name in NAMES:
+        for cluster in clusters:
+            name = cluster.name
             config = WebhookConfig(
                 cluster_name=name,
                 namespace=f"keyferry-{RUN}",
                 agent=AgentConfig(image="keyferry/agent:test"),
                 broker=BrokerEndpoint(address="127.0.0.1:9443"),
             )
-            harness = Harness(kube_clusters[name], config, f"keyferry-{RUN}")
+            harness = Harness(cluster, config, f"keyferry-{RUN}")
             harness.server = WebhookServer(config, context, observe=harness.observe)
             url = f"https://{LOOPBACK}:{harness.server.start()}{MUTATE_PATH}"
             document = registration(harness.registration, url, bundle, config, opt_in_label=OPT_IN)
             with harness.cluster.api_client() as api:
                 admission(api).create_mutating_webhook_configuration(document)
-            harnesses[name] = harness
-        for harness in harnesses.values():
+            started[name] = harness
+        for harness in started.values():
             _wait_until_active(harness)
-        yield harnesses
+        yield started
     finally:
-        for harness in harnesses.values():
+        for harness in started.values():
             with harness.cluster.api_client() as api:
                 admission(api).delete_mutating_webhook_configuration(harness.registration)
             harness.server.stop()

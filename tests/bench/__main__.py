@@ -1,0 +1,37 @@
+"""Run keyferry's benchmarks on a fresh bed and write docs/benchmarks.md (+ .json).
+
+python -m tests.bench            # the full run (about 3-5 minutes on 2 cores)
+python -m tests.bench --quick    # a few samples of each, to see that the code runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .report import render, write
+from .scenarios import FULL, QUICK, run_all
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few samples only (smoke)")
+    parser.add_argument(
+        "--out", type=Path, default=DOCS / "benchmarks.md", help="the page to write"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
+    args = parser.parse_args(argv)
+    figures = run_all(QUICK if args.quick else FULL)
+    page = render(figures)
+    if not args.no_write:
+        write(figures, page, args.out)
+        print(f"[bench] wrote {args.out} and {args.out.with_suffix('.json')}", file=sys.stderr)
+    print(page)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

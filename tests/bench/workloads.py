@@ -1,0 +1,212 @@
+"""The measured operations: keyferry through its workload listener, and the same credential
+made directly with hvac against the same Vault. Each returns per-sample seconds and the
+phase's wall time; samples are split into halves run direct, keyferry, direct, keyferry so
+that drift of the shared machine falls on both sides alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import hvac
+
+from broker.api.v1 import broker_pb2
+from tests.integration.kube_helpers import BoundToken
+from tests.integration.test_issue import Broker
+from tests.integration.test_watch_rotate import Agent, rotate
+from tests.integration.workloads import bearer, broker_stub
+
+
+@dataclass
+class Run:
+    """One side of a pair: per-sample seconds (total, and the first step alone) and wall time."""
+
+    total: list[float] = field(default_factory=list)
+    first: list[float] = field(default_factory=list)
+    wall: float = 0.0
+
+    def add(self, other: Run) -> None:
+        self.total += other.total
+        self.first += other.first
+        self.wall += other.wall
+
+
+# --- keyferry ------------------------------------------------------------------------------
+
+
+async def keyferry_issue_release(
+    broker: Broker, tokens: list[BoundToken], per_worker: int, role: str, credential: str
+) -> Run:
+    """One worker per pod (its own channel, as an agent has): Issue, then Release, repeated."""
+    run = Run()
+    async with AsyncExitStack() as stack:
+        stubs = [
+            await stack.enter_async_context(broker_stub(broker.port, broker.ca)) for _ in tokens
+        ]
+        request = broker_pb2.IssueRequest(credential_name=credential, role=role)
+
+        async def worker(stub: Any, token: BoundToken) -> None:
+            metadata = bearer(token)
+            for _ in range(per_worker):
+                started = time.perf_counter()
+                issued = await stub.Issue(request, metadata=metadata)
+                between = time.perf_counter()
+                await stub.Release(
+                    broker_pb2.ReleaseRequest(lease_id=issued.lease.id), metadata=metadata
+                )
+                ended = time.perf_counter()
+                run.first.append(between - started)
+                run.total.append(ended - started)
+
+        # One untimed round per worker: channel set-up, TLS, first-call paths.
+        await asyncio.gather(*(_warm(s, t, request) for s, t in zip(stubs, tokens, strict=True)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(s, t) for s, t in zip(stubs, tokens, strict=True)))
+        run.wall = time.perf_counter() - started
+    return run
+
+
+async def _warm(stub: Any, token: BoundToken, request: broker_pb2.IssueRequest) -> None:
+    issued = await stub.Issue(request, metadata=bearer(token))
+    await stub.Release(broker_pb2.ReleaseRequest(lease_id=issued.lease.id), metadata=bearer(token))
+
+
+# --- direct hvac ---------------------------------------------------------------------------
+
+
+def direct(
+    vault_addr: str, token: str, workers: int, per_worker: int, step: Callable[[hvac.Client], Any]
+) -> Run:
+    """`workers` threads, each with its own hvac client (one keep-alive session), each
+    running `step` per_worker times after one untimed warm-up call."""
+    run = Run()
+    lock = threading.Lock()
+    clients = [hvac.Client(url=vault_addr, token=token) for _ in range(workers)]
+    barrier = threading.Barrier(workers + 1)
+
+    def worker(client: hvac.Client) -> None:
+        step(client)  # warm: connection
+        barrier.wait()
+        mine_total: list[float] = []
+        mine_first: list[float] = []
+        for _ in range(per_worker):
+            started = time.perf_counter()
+            first = step(client)
+            ended = time.perf_counter()
+            mine_total.append(ended - started)
+            mine_first.append(first - started if isinstance(first, float) else ended - started)
+        with lock:
+            run.total += mine_total
+            run.first += mine_first
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(worker, c) for c in clients]
+        barrier.wait()
+        started = time.perf_counter()
+        for future in futures:
+            future.result()
+        run.wall = time.perf_counter() - started
+    for client in clients:
+        client.adapter.close()
+    return run
+
+
+def db_creds_and_revoke(mount: str, vault_role: str) -> Callable[[hvac.Client], float]:
+    """Generate a database credential, revoke its lease; returns when the creds came back."""
+
+    def step(client: hvac.Client) -> float:
+        lease = client.read(f"{mount}/creds/{vault_role}")
+        issued = time.perf_counter()
+        client.sys.revoke_lease(lease["lease_id"])
+        return issued
+
+    return step
+
+
+def kv_read(mount: str, path: str) -> Callable[[hvac.Client], float]:
+    def step(client: hvac.Client) -> float:
+        client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=mount, raise_on_deleted_version=True
+        )
+        return time.perf_counter()
+
+    return step
+
+
+# --- rotation push -------------------------------------------------------------------------
+
+
+@dataclass
+class PushRun:
+    """Per rotation: RotateLeases sent → event received, reply → event received (negative
+    when the event came before the reply), and event received → Ack sent (file swapped)."""
+
+    sent_to_receipt: list[float] = field(default_factory=list)
+    reply_to_receipt: list[float] = field(default_factory=list)
+    receipt_to_ack: list[float] = field(default_factory=list)
+    agents: int = 0
+
+
+async def rotation_push(
+    broker: Broker, tokens: list[BoundToken], rounds: int, role: str, credential: str
+) -> PushRun:
+    """One Watch stream per pod; each round rotates each pod's lease in turn and times its push."""
+    result = PushRun(agents=len(tokens))
+    folder = Path(tempfile.mkdtemp(prefix="keyferry-bench-swap-"))
+    async with AsyncExitStack() as stack:
+        agents: list[tuple[Agent, broker_pb2.Lease]] = []
+        for token in tokens:
+            stub = await stack.enter_async_context(broker_stub(broker.port, broker.ca))
+            issued = await stub.Issue(
+                broker_pb2.IssueRequest(credential_name=credential, role=role),
+                metadata=bearer(token),
+            )
+            agent = Agent(stub, token)
+            stack.callback(agent.close)
+            snapshot = await agent.next()
+            assert snapshot.rotated.lease.id == issued.lease.id
+            agents.append((agent, issued.lease))
+        for _ in range(rounds):
+            for index, (agent, lease) in enumerate(agents):
+                receipt = asyncio.ensure_future(_receive(agent))
+                sent = time.perf_counter()
+                rotation = await rotate(broker, lease.id, timedelta(hours=1))
+                replied = time.perf_counter()
+                event, received = await receipt
+                new = event.rotated.lease
+                assert new.id == rotation.lease.id, "the push is not the rotation asked for"
+                _swap(folder / f"agent-{index}", event.rotated.credential.values)
+                await agent.ack(new)
+                acked = time.perf_counter()
+                result.sent_to_receipt.append(received - sent)
+                result.reply_to_receipt.append(received - replied)
+                result.receipt_to_ack.append(acked - received)
+                agents[index] = (agent, new)
+    return result
+
+
+async def _receive(agent: Agent) -> tuple[broker_pb2.WatchResponse, float]:
+    while True:
+        event = await agent.next()
+        if event.HasField("rotated"):
+            return event, time.perf_counter()
+
+
+def _swap(path: Path, values: Any) -> None:
+    """What the agent does before its Ack: write, fsync, rename."""
+    staged = path.with_suffix(".tmp")
+    with staged.open("w") as handle:
+        handle.write(repr(dict(values)))
+        handle.flush()
+        os.fsync(handle.fileno())
+    staged.replace(path)
