@@ -14,8 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from broker.errors import KeyferryError
-from broker.settings import SettingsInvalid, load_settings
 
+from .config_file import ConfigFile, load_or_exit
 from .exits import CONFIG, FAILED
 
 app = typer.Typer(name="audit", help="Read and verify the audit trail.", no_args_is_help=True)
@@ -32,17 +32,7 @@ app = typer.Typer(name="audit", help="Read and verify the audit trail.", no_args
     )
 )
 def verify(
-    config: Annotated[
-        Path,
-        typer.Option(
-            "--config",
-            "-c",
-            help="the broker's YAML config file",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-        ),
-    ],
+    config: ConfigFile,
     log: Annotated[
         Path | None,
         typer.Option(help="verify this copy of the log instead of the configured one"),
@@ -53,11 +43,7 @@ def verify(
     if output not in ("table", "json"):
         typer.echo(f"--output must be table or json, not {output!r}", err=True)
         raise typer.Exit(CONFIG)
-    try:
-        settings = load_settings(config)
-    except SettingsInvalid as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(CONFIG) from None
+    settings = load_or_exit(config)
     audit = settings.audit
     if audit.transit_mount is None or audit.transit_key is None:
         typer.echo(

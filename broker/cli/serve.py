@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from broker.errors import KeyferryError
-from broker.settings import SettingsInvalid, load_settings
 
-from .exits import CONFIG, FAILED
+from .config_file import ConfigFile, load_or_exit
+from .exits import FAILED
 
 app = typer.Typer(
     name="broker",
@@ -32,28 +31,14 @@ app = typer.Typer(
     )
 )
 def serve(
-    config: Annotated[
-        Path,
-        typer.Option(
-            "--config",
-            "-c",
-            help="the broker's YAML config file",
-            exists=True,
-            dir_okay=False,
-            readable=True,
-        ),
-    ],
+    config: ConfigFile,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve the workload (TLS) and admin listeners until SIGTERM, then stop gracefully."""
     from broker.server.logs import configure_logging  # noqa: PLC0415 - server loads only here
     from broker.server.run import serve as run  # noqa: PLC0415
 
-    try:
-        settings = load_settings(config)
-    except SettingsInvalid as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(CONFIG) from None
+    settings = load_or_exit(config)
     configure_logging(log_level)
 
     def ready(server: object) -> None:

@@ -22,10 +22,10 @@ import psycopg
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
-from tests.e2e.kubelet import PodRunner, wait_for
+from tests.e2e.kubelet import PodRunner
 from tests.e2e.pods import live_leases, live_leases_all
 from tests.e2e.scene import BrokerThread, webhooks
-from tests.integration.kube_helpers import core
+from tests.integration.kube_helpers import core, eventually
 from tests.integration.workloads import ensure_namespace
 
 from . import stage
@@ -140,7 +140,7 @@ def _rotate(
     (lease,) = live_leases(broker, runner.cluster.name, runner.name)
     before, old = credential(runner)
     stage.keyferry(say, "rotate", "--lease", lease.id, "--context", str(context))
-    wait_for(lambda: credential(runner)[0] != before, "the agent swapping the file")
+    eventually(lambda: credential(runner)[0] != before, "the agent swapping the file")
     new = show_file(runner, say, " after the rotation")
     say.line(f"rotation: database user {old['user']} -> {new['user']}")
     prove(runner, say)
@@ -152,7 +152,7 @@ def _rotate(
             return str(error).strip().splitlines()[-1]
         return None
 
-    refusal = wait_for(old_login_refused, "the old database user revoked after the Ack", 30)
+    refusal = eventually(old_login_refused, "the old database user revoked after the Ack", 30)
     say.line(f"old login refused: {old['user']}: {refusal}")
 
 

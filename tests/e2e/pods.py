@@ -10,9 +10,9 @@ from typing import Any
 
 from broker.store import LeaseState, Selector
 from tests.bed.kube import KubeCluster
-from tests.integration.kube_helpers import core
+from tests.integration.kube_helpers import core, eventually
 
-from .kubelet import PodRunner, wait_for
+from .kubelet import PodRunner
 from .scene import BrokerThread
 
 AGENT = "keyferry-agent"
@@ -56,7 +56,7 @@ def until_ready(runner: PodRunner, agent: Any, timeout: float = 30.0) -> None:
             raise AssertionError(f"agent exited {agent.returncode}: {agent.stderr.read().decode()}")
         return runner.probe(AGENT) == 0
 
-    wait_for(ready, "the agent's startupProbe passing", timeout)
+    eventually(ready, "the agent's startupProbe passing", timeout)
 
 
 def log_lines(process: Any) -> list[dict[str, Any]]:

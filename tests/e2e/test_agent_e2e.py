@@ -39,7 +39,7 @@ from tests.integration.stores import sqlite_url
 from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
 from tests.integration.workloads import ensure_namespace
 
-from .kubelet import PodRunner, resident_kib, wait_for
+from .kubelet import PodRunner, resident_kib
 from .pods import (
     AGENT,
     create,
@@ -372,7 +372,7 @@ def test_without_the_token_volume_the_harness_cannot_run_the_agent(
     assert "keyferry-token" not in runner.volumes
     agent = runner.start(AGENT)
     with pytest.raises(AssertionError, match="never happened"):
-        wait_for(lambda: runner.probe(AGENT) == 0, "the probe passing", timeout=3)
+        eventually(lambda: runner.probe(AGENT) == 0, "the probe passing", timeout=3)
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
     retries = [line for line in log_lines(agent) if line["event"] == "issue.retry"]
@@ -433,7 +433,7 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
 
     rotated = asyncio.run(rotate())
     assert rotated.rotations[0].lease.generation == 2
-    wait_for(lambda: (files / "db").read_text() != before, "the file swapped")
+    eventually(lambda: (files / "db").read_text() != before, "the file swapped")
     after = (files / "db").read_text()
     assert out.readline().decode().strip() == f"HUP {after.strip()}"
     new = dsn_values(after)
@@ -446,7 +446,7 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
             return True
         return False
 
-    wait_for(old_login_refused, "the old generation revoked after the Ack", timeout=20)
+    eventually(old_login_refused, "the old generation revoked after the Ack", timeout=20)
     assert stat.S_IMODE((files / "db").stat().st_mode) == 0o440
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
