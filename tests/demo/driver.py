@@ -26,6 +26,7 @@ from tests.e2e.kubelet import PodRunner
 from tests.e2e.pods import live_leases, live_leases_all
 from tests.e2e.scene import BrokerThread, webhooks
 from tests.integration.kube_helpers import core, eventually
+from tests.integration.member_clusters import RBAC, broker_kubeconfig
 from tests.integration.workloads import ensure_namespace
 
 from . import stage
@@ -79,11 +80,13 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
              f"identity), admin listener 127.0.0.1:{broker.broker.server.admin_port} "
              "(mutual TLS), store SQLite")  # fmt: skip
 
-    say.begin(2, "declare the clusters, apply roles and policies")
-    say.line(
-        "clusters a and b are declared in the broker's config file (the cluster registry's "
-        "`keyferry clusters register` is not committed yet)"
-    )
+    say.begin(2, "register the clusters, apply roles and policies")
+    for cluster in clusters.values():
+        say.line(f"cluster {cluster.name}: the broker's RBAC applied as-is ({RBAC.name}); "
+                 "the broker reaches it with its ServiceAccount's token")  # fmt: skip
+        kubeconfig = broker_kubeconfig(cluster, folder)
+        stage.keyferry(say, "clusters", "register", "--kubeconfig", str(kubeconfig),
+                       "--context", cluster.name, "--keyferry-context", str(context))  # fmt: skip
     say.line(f"Cedar policies: {DOCS / 'examples' / 'policies.cedar'} (loaded at start)")
     stage.keyferry(say, "roles", "apply", "-f", str(DOCS / "examples" / "roles.yaml"),
                    "--context", str(context))  # fmt: skip

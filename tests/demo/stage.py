@@ -107,6 +107,7 @@ def start_broker(
     data["audit"]["hmac_key"] = secrets.token_urlsafe(32)
     data["sealing"]["key"] = base64.b64encode(os.urandom(32)).decode()
     data.pop("roles")  # applied below with `keyferry roles apply`, as an operator would
+    data["clusters"] = []  # registered below with `keyferry clusters register`
     data["admin"] = {
         "host": "127.0.0.1",
         "port": admin_port,

@@ -27,6 +27,7 @@ from tests.bed.vault import VaultServer
 
 from .admin_helpers import PLATFORM
 from .kube_helpers import core, eventually
+from .member_clusters import broker_kubeconfig
 from .stores import sqlite_url
 from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
     Broker,
@@ -45,40 +46,8 @@ from .workloads import error_info, mint
 __all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 
 pytestmark = pytest.mark.bed
-RBAC = Path(__file__).parents[2] / "docs" / "examples" / "broker-rbac.yaml"
-NAMESPACE, ACCOUNT = "keyferry-system", "keyferry-broker"
 UNBOUND = "keyferry-unbound"  # a ServiceAccount the RBAC does not bind
 TEST_NAMESPACE = "kf-pods"
-
-
-def broker_kubeconfig(cluster: KubeCluster, folder: Path, account: str = ACCOUNT) -> Path:
-    """A kubeconfig for `cluster` whose user is a token of `account` (the RBAC applied as-is;
-    no admin certificate)."""
-    cluster.kubectl("apply", "-f", str(RBAC))
-    if account != ACCOUNT:
-        manifest = cluster.kubectl(
-            "-n", NAMESPACE, "create", "serviceaccount", account, "--dry-run=client", "-o=yaml"
-        )
-        cluster.kubectl("apply", "-f", "-", stdin=manifest)
-    token = cluster.kubectl("-n", NAMESPACE, "create", "token", account, "--duration=1h").strip()
-    admin = json.loads(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    path = folder / f"{cluster.name}-{account}.kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": cluster.name, "cluster": server}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [
-                    {"name": cluster.name, "context": {"cluster": cluster.name, "user": account}}
-                ],
-                "current-context": cluster.name,
-            }
-        )
-    )
-    return path
 
 
 def register_request(

@@ -37,6 +37,8 @@ def test_keyferry_demo_runs_the_main_job_to_its_success_line(tmp_path: Path) -> 
     for cluster in ("a", "b"):
         assert f"pod orders/orders-app-{cluster} on cluster {cluster}: created, mutated" in out
         assert re.search(rf"app container of orders-app-{cluster} \(uid 1001\) queried", out)
+    for cluster in ("a", "b"):
+        assert f"cluster {cluster} registered" in out
     assert "role orders-db-ro applied (database)" in out
     (old, new) = re.findall(r"rotation: database user (\S+) -> (\S+)", out)[0]
     assert old != new
