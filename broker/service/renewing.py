@@ -15,12 +15,11 @@ import uuid
 import structlog
 
 from broker.backends import Backends
-from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
+from broker.errors import InvalidRequest, KeyferryError
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine
 from broker.settings import RenewalSettings
 from broker.store import (
-    LeaseNotFound,
     LeaseRecord,
     LeaseState,
     LeaseStateConflict,
@@ -32,7 +31,7 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, system_principal
 from .callers import Callers
 from .events import EventHub, LeaseExpiring
-from .resources import lease_resource
+from .own_leases import OwnLeaseGate
 from .results import RenewedLease
 
 log = structlog.get_logger("keyferry.renew")
@@ -139,37 +138,13 @@ class RenewFlow:
         runner: StoreRunner,
         renewer: Renewer,
     ) -> None:
-        self._callers = callers
-        self._policy = policy
+        self._gate = OwnLeaseGate(callers, policy, audit, store, runner)
         self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
         self._renewer = renewer
 
     async def renew(self, token: str, lease_id: str, request_id: str) -> RenewedLease:
-        workload = await self._callers.authenticate(token)
-        if not lease_id:
-            raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
-        lease = await self._run(self._leases.get, lease_id)
-        if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
-            raise LeaseNotFound(lease_id)
-        handle = await self._run(self._leases.handle, lease_id)
-        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        decision = self._policy.decide(workload, Action.RENEW, lease_resource(lease, vault_lease))
-        await self._audit.decision(
-            workload,
-            "renew",
-            decision,
-            request_id,
-            role=lease.role,
-            credential=lease.credential,
-            lease_id=lease.id,
-        )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
-                f"{workload.cluster!r} to renew lease {lease.id}"
-            )
+        own = await self._gate.authorize(token, lease_id, Action.RENEW, request_id)
+        workload, lease = own.workload, own.lease
         renewed = await self._renewer.renew(lease)
         await self._audit.lease(workload, "lease.renewed", renewed.lease, request_id)
         return renewed

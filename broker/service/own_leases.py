@@ -1,0 +1,71 @@
+"""The first step of every call a pod makes on one of its own leases (Release, Renew):
+authenticate, find the lease, ask Cedar, audit the decision.
+
+A lease of another pod is reported as not found, like one that does not exist, so a
+caller learns nothing about other pods' leases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.errors import InvalidRequest, PermissionDenied
+from broker.models import VaultLease
+from broker.policy import Action, PolicyEngine, Workload
+from broker.store import LeaseNotFound, LeaseRecord, Store, StoreRunner
+
+from .auditing import AuditTrail
+from .callers import Callers
+from .resources import lease_resource
+
+
+@dataclass(frozen=True)
+class OwnLease:
+    workload: Workload
+    lease: LeaseRecord
+    vault_lease: VaultLease | None  # None while the lease is still pending
+
+
+@dataclass(frozen=True)
+class OwnLeaseGate:
+    callers: Callers
+    policy: PolicyEngine
+    audit: AuditTrail
+    store: Store
+    runner: StoreRunner
+
+    async def authorize(
+        self,
+        token: str,
+        lease_id: str,
+        action: Action,
+        request_id: str,
+        *,
+        allow_terminating: bool = False,
+    ) -> OwnLease:
+        """The caller and its lease, once Cedar allowed `action` on it (and the audit says so)."""
+        workload = await self.callers.authenticate(token, allow_terminating=allow_terminating)
+        if not lease_id:
+            raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
+        leases = self.store.leases
+        lease = await self.runner.run(leases.get, lease_id)
+        if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
+            raise LeaseNotFound(lease_id)
+        handle = await self.runner.run(leases.handle, lease_id)
+        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
+        decision = self.policy.decide(workload, action, lease_resource(lease, vault_lease))
+        await self.audit.decision(
+            workload,
+            action.value,
+            decision,
+            request_id,
+            role=lease.role,
+            credential=lease.credential,
+            lease_id=lease.id,
+        )
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+                f"{workload.cluster!r} to {action.value} lease {lease.id}"
+            )
+        return OwnLease(workload, lease, vault_lease)
