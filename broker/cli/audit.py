@@ -7,7 +7,6 @@ the checkpoints (the second sink) and the Vault transit key that signed them.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from broker.errors import KeyferryError
 
 from .config_file import ConfigFile, load_or_exit
 from .exits import CONFIG, FAILED
+from .output import Output, OutputOption, emit_one
 
 app = typer.Typer(name="audit", help="Read and verify the audit trail.", no_args_is_help=True)
 
@@ -37,12 +37,9 @@ def verify(
         Path | None,
         typer.Option(help="verify this copy of the log instead of the configured one"),
     ] = None,
-    output: Annotated[str, typer.Option(help="table or json")] = "table",
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Detect an edited, dropped, reordered or truncated audit log."""
-    if output not in ("table", "json"):
-        typer.echo(f"--output must be table or json, not {output!r}", err=True)
-        raise typer.Exit(CONFIG)
     settings = load_or_exit(config)
     audit = settings.audit
     if audit.transit_mount is None or audit.transit_key is None:
@@ -60,8 +57,8 @@ def verify(
         raise typer.Exit(FAILED) from None
     summary: dict[str, Any] = report.model_dump(mode="json")
     summary["ok"] = report.ok
-    if output == "json":
-        typer.echo(json.dumps(summary, indent=2))
+    if output is not Output.TABLE:
+        emit_one(summary, output)
     else:
         typer.echo(f"records:              {report.records}")
         typer.echo(f"checkpoints verified: {report.checkpoints_verified}")

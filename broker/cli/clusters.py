@@ -17,6 +17,7 @@ from .admin_channel import TIMEOUT, call_admin
 from .context import ContextOption
 from .exits import CONFIG
 from .kubeconfig import KubeconfigInvalid, discover_issuer, read_context
+from .output import Output, OutputOption, emit, emit_one
 
 if TYPE_CHECKING:
     from broker.api.v1.clusters_pb2_grpc import ClustersServiceAsyncStub
@@ -103,49 +104,42 @@ def register(
         "keys; - when the broker does not track it (clusters from the config file)."
     ),
 )
-def list_clusters(context: ContextOption = None) -> None:
+def list_clusters(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
     """List the clusters with their health: last contact, JWKS age, live leases."""
     reply = _call(
         context,
         lambda stub: stub.ListClusters(clusters_pb2.ListClustersRequest(), timeout=TIMEOUT),
     )
-    if not reply.clusters:
-        typer.echo("no clusters yet; add one with `keyferry clusters register`")
-        return
-    rows = [("NAME", "SOURCE", "CONTACT", "JWKS", "LEASES", "ISSUER")]
     now = dt.datetime.now(dt.UTC)
-    rows += [
-        (
-            c.name,
-            _source(c),
-            _age(c, "last_contact", now),
-            _age(c, "jwks_fetched_at", now),
-            str(c.active_leases),
-            c.issuer,
-        )
-        for c in reply.clusters
-    ]
-    width = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        typer.echo("  ".join(f"{v:<{width[i]}}" for i, v in enumerate(row[:5])) + f"  {row[5]}")
+    emit(
+        [_row(c, now) for c in reply.clusters],
+        output,
+        columns=("name", "source", "contact", "jwks", "leases", "issuer"),
+        empty="no clusters yet; add one with `keyferry clusters register`",
+    )
 
 
 @app.command(epilog="Examples:\n\n  keyferry clusters get a")
-def get(name: str, context: ContextOption = None) -> None:
+def get(name: str, context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
     """Show one cluster: server, issuer, key ids, health."""
     reply = _call(
         context,
         lambda stub: stub.GetCluster(clusters_pb2.GetClusterRequest(name=name), timeout=TIMEOUT),
     )
-    c, now = reply.cluster, dt.datetime.now(dt.UTC)
-    typer.echo(f"name:          {c.name}")
-    typer.echo(f"source:        {_source(c)}")
-    typer.echo(f"server:        {c.server or '-'}")
-    typer.echo(f"issuer:        {c.issuer}")
-    typer.echo(f"key ids:       {', '.join(c.key_ids) or '-'}")
-    typer.echo(f"last contact:  {_age(c, 'last_contact', now)} ago")
-    typer.echo(f"JWKS age:      {_age(c, 'jwks_fetched_at', now)}")
-    typer.echo(f"active leases: {c.active_leases}")
+    emit_one(_row(reply.cluster, dt.datetime.now(dt.UTC)), output)
+
+
+def _row(c: clusters_pb2.Cluster, now: dt.datetime) -> dict[str, object]:
+    return {
+        "name": c.name,
+        "source": _source(c),
+        "server": c.server or None,
+        "issuer": c.issuer,
+        "key_ids": list(c.key_ids),
+        "contact": _age(c, "last_contact", now),
+        "jwks": _age(c, "jwks_fetched_at", now),
+        "leases": c.active_leases,
+    }
 
 
 @app.command(

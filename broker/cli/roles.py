@@ -15,6 +15,7 @@ from broker.models import InvalidRoles, load_roles, parse_roles
 from .admin_channel import TIMEOUT, call_admin
 from .context import ContextOption
 from .exits import CONFIG
+from .output import Output, OutputOption, emit
 
 if TYPE_CHECKING:
     from broker.api.v1.roles_pb2_grpc import RolesServiceAsyncStub
@@ -72,19 +73,15 @@ def apply(
         "Only the roles the operator may see (Cedar `grant` on each role) are listed."
     ),
 )
-def list_roles(context: ContextOption = None) -> None:
+def list_roles(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
     """List the roles, one per line: name, kind, where in Vault."""
     reply = _call(
         context, lambda stub: stub.ListRoles(roles_pb2.ListRolesRequest(), timeout=TIMEOUT)
     )
-    if not reply.roles:
-        typer.echo("no roles yet; add some with `keyferry roles apply -f roles.yaml`")
-        return
-    rows = [("NAME", "KIND", "VAULT")]
-    rows += [(r.name, r.WhichOneof("backend") or "?", _target(r)) for r in reply.roles]
-    width = [max(len(row[i]) for row in rows) for i in range(2)]
-    for name, kind, target in rows:
-        typer.echo(f"{name:<{width[0]}}  {kind:<{width[1]}}  {target}")
+    rows = [
+        {"name": r.name, "kind": r.WhichOneof("backend"), "vault": _target(r)} for r in reply.roles
+    ]
+    emit(rows, output, empty="no roles yet; add some with `keyferry roles apply -f roles.yaml`")
 
 
 def _target(role: roles_pb2.Role) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import psycopg
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from broker.api.v1 import clusters_pb2, clusters_pb2_grpc
@@ -167,13 +168,17 @@ async def test_registered_clusters_serve_their_pods_and_deregistration_revokes_t
     log_in(postgres, issued_b.credential.values)
 
     listed = await asyncio.to_thread(
-        runner.invoke, cli, ["clusters", "list", "--context", str(context)]
+        runner.invoke, cli, ["clusters", "list", "--context", str(context), "-o", "json"]
     )
     assert listed.exit_code == 0, listed.output
-    rows = {line.split()[0]: line.split() for line in listed.output.splitlines()[1:]}
+    rows = {row["name"]: row for row in json.loads(listed.output)}
     assert set(rows) == {"a", "b", "c"}
-    assert rows["a"][1] == "registered"
-    assert rows["a"][4] == "1"  # NAME SOURCE CONTACT JWKS LEASES ISSUER
+    assert rows["a"]["source"] == "registered"
+    assert rows["a"]["leases"] == 1
+    table = await asyncio.to_thread(
+        runner.invoke, cli, ["clusters", "list", "--context", str(context)]
+    )
+    assert table.output.split()[:6] == ["NAME", "SOURCE", "CONTACT", "JWKS", "LEASES", "ISSUER"]
 
     # Deregistering a revokes its lease first, and its pods are refused afterwards.
     gone = await asyncio.to_thread(
@@ -186,10 +191,10 @@ async def test_registered_clusters_serve_their_pods_and_deregistration_revokes_t
     assert error_info(await refused(broker, mint(a))).reason == "CLUSTER_UNKNOWN"
     log_in(postgres, issued_b.credential.values)  # b's lease is untouched
     shown = await asyncio.to_thread(
-        runner.invoke, cli, ["clusters", "get", "b", "--context", str(context)]
+        runner.invoke, cli, ["clusters", "get", "b", "--context", str(context), "-o", "yaml"]
     )
     assert shown.exit_code == 0, shown.output
-    assert "active leases: 1" in shown.output
+    assert yaml.safe_load(shown.output)["leases"] == 1
 
 
 def lease_state(broker: Broker, lease_id: str) -> LeaseState:
