@@ -40,6 +40,10 @@ app = typer.Typer(
         "An operator certificate's subject is the operator: CN = name, one O per group "
         '(Cedar sees `Operator::"NAME" in Group::"GROUP"`).'
     ),
+    epilog=(
+        "Examples:\n\n  keyferry admin init --operator alice --group security\n\n"
+        "  keyferry admin issue-operator bob --group platform"
+    ),
     no_args_is_help=True,
 )
 

@@ -18,7 +18,12 @@ from .config_file import ConfigFile, load_or_exit
 from .exits import CONFIG, FAILED
 from .output import Output, OutputOption, emit_one
 
-app = typer.Typer(name="audit", help="Read and verify the audit trail.", no_args_is_help=True)
+app = typer.Typer(
+    name="audit",
+    help="Read and verify the audit trail.",
+    epilog="Examples:\n\n  keyferry audit verify --config /etc/keyferry/broker.yaml",
+    no_args_is_help=True,
+)
 
 
 @app.command(

@@ -33,6 +33,10 @@ app = typer.Typer(
         "`register` on the cluster. The broker needs, in each member cluster, exactly the "
         "RBAC in docs/examples/broker-rbac.yaml."
     ),
+    epilog=(
+        "Examples:\n\n  keyferry clusters register --kubeconfig broker-a.kubeconfig --context a\n\n"
+        "  keyferry clusters list --output json"
+    ),
     no_args_is_help=True,
 )
 
@@ -41,7 +45,7 @@ app = typer.Typer(
     epilog=(
         "Examples:\n\n"
         "  keyferry clusters register --kubeconfig broker-a.kubeconfig --context a\n\n"
-        "  keyferry clusters register --kubeconfig kc.yaml --context prod --name prod-eu-1 "
+        "  keyferry clusters register --kubeconfig kc.yaml --context prod --name prod-eu-1 -o json "
         "--issuer https://kubernetes.default.svc.cluster.local\n\n"
         "The server, CA bundle and credential (token or client certificate) come from the "
         "context; use a ServiceAccount token bound by docs/examples/broker-rbac.yaml. "
@@ -51,6 +55,7 @@ app = typer.Typer(
     )
 )
 def register(
+    *,
     kubeconfig: Annotated[Path, typer.Option(help="the kubeconfig file with the cluster")],
     context: Annotated[str, typer.Option("--context", help="the kubeconfig context")],
     name: Annotated[
@@ -68,6 +73,7 @@ def register(
             show_default=False,
         ),
     ] = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Register the cluster of a kubeconfig context with the broker."""
     try:
@@ -90,6 +96,9 @@ def register(
         issuer=issuer,
     )
     reply = _call(keyferry_context, lambda stub: stub.RegisterCluster(request, timeout=TIMEOUT))
+    if output is not Output.TABLE:
+        emit_one(_row(reply.cluster, dt.datetime.now(dt.UTC)), output)
+        return
     keys = ", ".join(reply.cluster.key_ids)
     typer.echo(f"cluster {reply.cluster.name} registered (issuer {issuer}; keys {keys})")
 
@@ -101,7 +110,9 @@ def register(
         "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry clusters list\n\n"
         "SOURCE is config (the broker's config file) or registered. CONTACT is the last "
         "time the broker reached the API server (how long ago), JWKS the age of the pinned "
-        "keys; - when the broker does not track it (clusters from the config file)."
+        "keys; - when the broker does not track it (clusters from the config file).\n\n"
+        "Exit codes: 0 listed; 2 the context file is unusable; 1 the broker refused; "
+        "3 the broker did not answer."
     ),
 )
 def list_clusters(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
@@ -119,7 +130,14 @@ def list_clusters(context: ContextOption = None, output: OutputOption = Output.T
     )
 
 
-@app.command(epilog="Examples:\n\n  keyferry clusters get a")
+@app.command(
+    epilog=(
+        "Examples:\n\n  keyferry clusters get a\n\n"
+        "  keyferry clusters get prod-eu-1 --output yaml\n\n"
+        "Exit codes: 0 shown; 1 no such cluster, or the broker refused; 2 the context file "
+        "is unusable; 3 the broker did not answer."
+    )
+)
 def get(name: str, context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
     """Show one cluster: server, issuer, key ids, health."""
     reply = _call(
@@ -148,7 +166,10 @@ def _row(c: clusters_pb2.Cluster, now: dt.datetime) -> dict[str, object]:
         "  keyferry clusters deregister a --force\n\n"
         "Every live lease of the cluster is revoked first. When some cannot be revoked now "
         "the cluster stays registered (exit 1) unless --force: then it is removed and those "
-        "leases stay queued; the broker retries them until they are revoked."
+        "leases stay queued; the broker retries them until they are revoked.\n\n"
+        "Exit codes: 0 deregistered; 1 some leases could not be revoked (without --force), "
+        "no such cluster, or the broker refused; 2 the context file is unusable; "
+        "3 the broker did not answer."
     )
 )
 def deregister(
@@ -157,10 +178,14 @@ def deregister(
         bool, typer.Option(help="remove it even if some leases are only queued for revocation")
     ] = False,
     context: ContextOption = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Revoke every lease of a cluster, then remove it from the broker."""
     request = clusters_pb2.DeregisterClusterRequest(name=name, force=force)
     reply = _call(context, lambda stub: stub.DeregisterCluster(request, timeout=TIMEOUT))
+    if output is not Output.TABLE:
+        emit_one({"name": name, "revoked": reply.revoked, "queued": reply.queued}, output)
+        return
     typer.echo(
         f"cluster {name} deregistered: {reply.revoked} lease(s) revoked, "
         f"{reply.queued} queued for retry"

@@ -46,7 +46,7 @@ app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command(epilog=demo.EPILOG)(demo.demo)
 
 
-@app.command()
+@app.command(epilog="Examples:\n\n  keyferry version\n\nExit codes: 0 printed.")
 def version() -> None:
     """Print keyferry's version."""
     typer.echo(f"keyferry {dist_version('keyferry')}")

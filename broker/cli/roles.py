@@ -31,6 +31,10 @@ app = typer.Typer(
         "`keyferry admin init` writes it). Cedar decides each call as the action `grant` "
         "on the role."
     ),
+    epilog=(
+        "Examples:\n\n  keyferry roles apply -f docs/examples/roles.yaml\n\n"
+        "  keyferry roles list --output yaml"
+    ),
     no_args_is_help=True,
 )
 
@@ -39,7 +43,7 @@ app = typer.Typer(
     epilog=(
         "Examples:\n\n"
         "  keyferry roles apply -f roles.yaml\n\n"
-        "  cat roles.yaml | keyferry roles apply -f -\n\n"
+        "  cat roles.yaml | keyferry roles apply -f - --output json\n\n"
         "  keyferry roles apply -f docs/examples/roles.yaml --context /tmp/kf/context.yaml\n\n"
         "The file is checked here first: every problem is listed with its line, role and "
         "field. Each role is created or replaced whole.\n\n"
@@ -50,6 +54,7 @@ app = typer.Typer(
 def apply(
     file: Annotated[str, typer.Option("--file", "-f", help="a roles YAML file, or - for stdin")],
     context: ContextOption = None,
+    output: OutputOption = Output.TABLE,
 ) -> None:
     """Create or replace every role in a roles.yaml."""
     from broker.server import convert  # noqa: PLC0415 - only this command needs it
@@ -61,6 +66,9 @@ def apply(
         raise typer.Exit(CONFIG) from None
     request = roles_pb2.ApplyRolesRequest(roles=[convert.spec_message(s) for s in specs])
     reply = _call(context, lambda stub: stub.ApplyRoles(request, timeout=TIMEOUT))
+    if output is not Output.TABLE:
+        emit([_record(r) for r in reply.roles], output)
+        return
     for role in reply.roles:
         typer.echo(f"role {role.name} applied ({role.WhichOneof('backend')})")
 
@@ -70,7 +78,10 @@ def apply(
     epilog=(
         "Examples:\n\n  keyferry roles list\n\n"
         "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry roles list\n\n"
-        "Only the roles the operator may see (Cedar `grant` on each role) are listed."
+        "  keyferry roles list --output json\n\n"
+        "Only the roles the operator may see (Cedar `grant` on each role) are listed.\n\n"
+        "Exit codes: 0 listed; 2 the context file is unusable; 1 the broker refused; "
+        "3 the broker did not answer."
     ),
 )
 def list_roles(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
@@ -78,10 +89,15 @@ def list_roles(context: ContextOption = None, output: OutputOption = Output.TABL
     reply = _call(
         context, lambda stub: stub.ListRoles(roles_pb2.ListRolesRequest(), timeout=TIMEOUT)
     )
-    rows = [
-        {"name": r.name, "kind": r.WhichOneof("backend"), "vault": _target(r)} for r in reply.roles
-    ]
-    emit(rows, output, empty="no roles yet; add some with `keyferry roles apply -f roles.yaml`")
+    emit(
+        [_record(r) for r in reply.roles],
+        output,
+        empty="no roles yet; add some with `keyferry roles apply -f roles.yaml`",
+    )
+
+
+def _record(role: roles_pb2.Role) -> dict[str, str]:
+    return {"name": role.name, "kind": role.WhichOneof("backend") or "", "vault": _target(role)}
 
 
 def _target(role: roles_pb2.Role) -> str:

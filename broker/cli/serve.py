@@ -15,6 +15,7 @@ from .exits import FAILED
 app = typer.Typer(
     name="broker",
     help="Run the keyferry broker.",
+    epilog="Examples:\n\n  keyferry broker serve --config /etc/keyferry/broker.yaml",
     no_args_is_help=True,
 )
 

@@ -15,7 +15,9 @@ app = typer.Typer(
     name="agent",
     help=(
         "The in-pod agent the keyferry webhook injects. It reads its spec from "
-        "KEYFERRY_AGENT_SPEC (set by the webhook).\n\n"
+        "KEYFERRY_AGENT_SPEC (set by the webhook)."
+    ),
+    epilog=(
         "Examples:\n\n"
         "  keyferry agent run     # issue, write and keep the pod's credential files\n\n"
         "  keyferry agent check   # exit 0 once every file exists (the startupProbe)"
@@ -38,12 +40,29 @@ def _configure_logging() -> None:
     )
 
 
-@app.command(help="Issue every credential, write its file atomically, hold Watch until SIGTERM.")
+@app.command(
+    help="Issue every credential, write its file atomically, hold Watch until SIGTERM.",
+    epilog=(
+        "Examples:\n\n"
+        "  KEYFERRY_AGENT_SPEC='{...}' keyferry agent run   # as the webhook injects it\n\n"
+        "The spec (broker address and CA, credentials, formats, paths) comes from the webhook; "
+        "see docs/injector.md. No credential value is ever logged.\n\n"
+        "Exit codes: 0 stopped by SIGTERM, every lease released; 1 a credential could not be "
+        "issued or written; 2 the spec is invalid."
+    ),
+)
 def run() -> None:
     _configure_logging()
     raise typer.Exit(main.run(os.environ))
 
 
-@app.command(help="Exit 0 when every credential file exists, 1 otherwise (the startupProbe).")
+@app.command(
+    help="Exit 0 when every credential file exists, 1 otherwise (the startupProbe).",
+    epilog=(
+        "Examples:\n\n"
+        "  keyferry agent check   # the startupProbe's exec command\n\n"
+        "Exit codes: 0 every file exists; 1 a file is missing; 2 the spec is invalid."
+    ),
+)
 def check() -> None:
     raise typer.Exit(main.check(os.environ))

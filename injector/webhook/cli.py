@@ -16,11 +16,8 @@ from .server import serve as run_server
 
 app = typer.Typer(
     name="webhook",
-    help=(
-        "The mutating admission webhook that injects the keyferry agent into pods.\n\n"
-        "Example:\n\n"
-        "  keyferry webhook serve --config /etc/keyferry/webhook.yaml"
-    ),
+    help=("The mutating admission webhook that injects the keyferry agent into pods."),
+    epilog="Examples:\n\n  keyferry webhook serve --config /etc/keyferry/webhook.yaml",
     no_args_is_help=True,
 )
 
@@ -28,12 +25,16 @@ app = typer.Typer(
 @app.command(
     help=(
         "Serve AdmissionReview v1 over HTTPS on POST /mutate (GET /healthz for probes) until "
-        "SIGTERM or Ctrl-C.\n\n"
-        "Example:\n\n"
+        "SIGTERM or Ctrl-C."
+    ),
+    epilog=(
+        "Examples:\n\n"
         "  keyferry webhook serve --config webhook.yaml\n\n"
         "The file's fields (cluster_name, agent.image, broker.address, server.cert_file, ...) "
-        "are described in docs/injector.md."
-    )
+        "are described in docs/injector.md.\n\n"
+        "Exit codes: 0 stopped by SIGTERM/SIGINT; 2 the configuration is invalid (the file "
+        "and field are named); 1 it could not serve."
+    ),
 )
 def serve(
     config: Annotated[Path, typer.Option("--config", help="the webhook's YAML configuration file")],
