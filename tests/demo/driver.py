@@ -1,9 +1,10 @@
 """`keyferry demo`: keyferry's main job on the bed's real servers, narrated step by step.
 
-Vault (dev), PostgreSQL, etcd and two Kubernetes clusters from the bed; the broker on its
-embedded defaults; the webhook registered in both clusters; one annotated pod per cluster
-whose injected agent runs exactly as injected (the e2e kubelet harness, which needs root);
-then a rotation, a pod's termination and the audit trail's verification.
+Vault (dev), PostgreSQL, moto, etcd and two Kubernetes clusters from the bed; the broker on
+its embedded defaults; the webhook registered in both clusters; one annotated pod per cluster
+(a database DSN and AWS keys) whose injected agent runs exactly as injected (the e2e kubelet
+harness, which needs root); then a rotation, a pod's termination and the audit trail's
+verification.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from botocore.exceptions import ClientError
 
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
+from tests.bed.moto import MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.e2e.kubelet import PodRunner
 from tests.e2e.pods import live_leases, live_leases_all
@@ -30,7 +33,17 @@ from tests.integration.member_clusters import RBAC, broker_kubeconfig
 from tests.integration.workloads import ensure_namespace
 
 from . import stage
-from .pods import NAMESPACE, credential, delete_pod, prove, show_file, start_pod
+from .pods import (
+    NAMESPACE,
+    aws_keys,
+    caller_arn,
+    credential,
+    delete_pod,
+    prove,
+    show_aws_file,
+    show_file,
+    start_pod,
+)
 from .say import Narrator
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -63,7 +76,7 @@ def run(hold: bool = False, show_secrets: bool = False) -> int:
         say.line("demo: FAILED (everything it started is stopped)")
         return 1
     say.line(f"{SUCCESS}: in {time.monotonic() - started:.0f}s, two clusters served, a credential "
-             "rotated, a pod's lease revoked, the audit trail verified")  # fmt: skip
+             "rotated, a pod's leases revoked, the audit trail verified")  # fmt: skip
     return 0
 
 
@@ -71,9 +84,10 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     folder = bed.workspace.root / "demo"
     folder.mkdir()
 
-    say.begin(1, "start Vault, PostgreSQL, two Kubernetes clusters and the broker")
-    vault, postgres, clusters = stage.start_servers(bed, say)
-    approle = stage.prepare_vault(vault.client(), postgres, say)
+    say.begin(1, "start Vault, PostgreSQL, moto, two Kubernetes clusters and the broker")
+    servers = stage.start_servers(bed, say)
+    vault, postgres, clusters = servers.vault, servers.postgres, servers.clusters
+    approle = stage.prepare_vault(vault.client(), servers, say)
     broker, context = stage.start_broker(folder, vault, approle, clusters, say)
     stack.callback(broker.stop)
     say.line(f"broker: workload listener 127.0.0.1:{broker.broker.port} (generated TLS "
@@ -108,23 +122,26 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     runners: list[PodRunner] = []
     stack.callback(_stop_all, runners)
     pods = {
-        name: start_pod(cluster, postgres, folder / "pods", runners, say)
+        name: start_pod(cluster, postgres, servers.moto, folder / "pods", runners, say)
         for name, cluster in clusters.items()
     }
 
-    say.begin(4, "each pod's credential file, and a query through it")
+    say.begin(4, "each pod's credential files, a query through the DSN, an STS call with the keys")
     for runner, _agent in pods.values():
         values = show_file(runner, say)
+        keys = show_aws_file(runner, say)
         seen = prove(runner, say)
         if seen["user"] != values["user"]:
             raise RuntimeError(f"the app logged in as {seen['user']}, not {values['user']}")
+        if seen["arn"] != caller_arn(servers.moto, keys):
+            raise RuntimeError(f"the app called STS as {seen['arn']}, not with its file's keys")
         leases = live_leases(broker, runner.cluster.name, runner.name)
         for lease in leases:
             say.detail(f"lease {lease.id}: role {lease.role}, generation {lease.generation}")
 
     say.begin(5, "rotate one pod's lease, terminate the other pod, verify the audit trail")
     _rotate(broker, context, pods["a"][0], postgres, say)
-    _terminate(broker, clusters["b"], *pods["b"], postgres, say)
+    _terminate(broker, clusters["b"], *pods["b"], servers, say)
     say.line("signing an audit checkpoint now (the broker also signs one at every stop)")
     broker.call(broker.broker.server.runtime.checkpoint())
     stage.keyferry(say, "audit", "verify", "--config", str(folder / "broker.yaml"))
@@ -140,7 +157,11 @@ def _stop_all(runners: list[PodRunner]) -> None:
 def _rotate(
     broker: BrokerThread, context: Path, runner: PodRunner, postgres: PostgresServer, say: Narrator
 ) -> None:
-    (lease,) = live_leases(broker, runner.cluster.name, runner.name)
+    (lease,) = [
+        lease
+        for lease in live_leases(broker, runner.cluster.name, runner.name)
+        if lease.role == "orders-db-ro"
+    ]
     before, old = credential(runner)
     stage.keyferry(say, "rotate", "--lease", lease.id, "--context", str(context))
     eventually(lambda: credential(runner)[0] != before, "the agent swapping the file")
@@ -164,10 +185,12 @@ def _terminate(
     cluster: KubeCluster,
     runner: PodRunner,
     agent: subprocess.Popen[bytes],
-    postgres: PostgresServer,
+    servers: stage.Servers,
     say: Narrator,
 ) -> None:
+    postgres = servers.postgres
     _text, login = credential(runner)
+    keys = aws_keys(runner)
     say.line(f"terminating pod {runner.name} on cluster {cluster.name}: SIGTERM to its agent, "
              "then the Pod is deleted")  # fmt: skip
     agent.send_signal(signal.SIGTERM)
@@ -184,6 +207,17 @@ def _terminate(
         say.line(f"old login refused: {login['user']} no longer exists")
     else:
         raise RuntimeError(f"{login['user']} can still log in after its pod ended")
+    refusal = eventually(lambda: _sts_refusal(servers.moto, keys), "the IAM user deleted", 30)
+    say.line(f"old AWS keys refused: {keys['aws_access_key_id']}: {refusal}")
+
+
+def _sts_refusal(moto: MotoServer, keys: dict[str, str]) -> str | None:
+    """The error code STS answers `keys` with, or None while they still work."""
+    try:
+        caller_arn(moto, keys)
+    except ClientError as error:
+        return str(error.response["Error"]["Code"])
+    return None
 
 
 def _how_to_reach(

@@ -1,5 +1,6 @@
 """The demo's stage: the bed's servers, Vault set up for the broker the way the tests do it
-(AppRole with docs/vault-policy.hcl as-is, a database mount, a transit key), an admin CA
+(AppRole with docs/vault-policy.hcl as-is, a database mount, an aws mount on moto, a
+transit key), an admin CA
 and operator context from `keyferry admin init`, and the broker on its embedded defaults
 (SQLite store, generated workload TLS identity) in a thread of this process."""
 
@@ -18,11 +19,12 @@ import hvac
 
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
+from tests.bed.moto import MotoServer
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.e2e.scene import BrokerThread
-from tests.integration.engines import enable, enable_approle, mount_postgres
+from tests.integration.engines import enable, enable_approle, mount_aws, mount_postgres
 from tests.integration.stores import sqlite_url
 from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
 
@@ -30,19 +32,15 @@ from .say import Narrator
 
 KEYFERRY = Path(sys.executable).with_name("keyferry")
 OPERATOR = "demo-operator"
+AWS_MOUNT, AWS_ROLE = "keyferry/aws", "orders-app"  # role orders-aws in docs/examples/roles.yaml
 
 
 @dataclass
-class Stage:
-    folder: Path
+class Servers:
+    vault: VaultServer
     postgres: PostgresServer
+    moto: MotoServer
     clusters: dict[str, KubeCluster]
-    broker: BrokerThread
-    context: Path
-
-    @property
-    def config_file(self) -> Path:
-        return self.folder / "broker.yaml"
 
 
 def keyferry(say: Narrator, *args: str) -> str:
@@ -59,13 +57,13 @@ def keyferry(say: Narrator, *args: str) -> str:
     return done.stdout
 
 
-def start_servers(
-    bed: Bed, say: Narrator
-) -> tuple[VaultServer, PostgresServer, dict[str, KubeCluster]]:
+def start_servers(bed: Bed, say: Narrator) -> Servers:
     vault = bed.vault()
     say.detail(f"Vault dev server ({vault.flavour}): {vault.addr}")
     postgres = bed.postgres()
     say.detail(f"PostgreSQL: 127.0.0.1:{postgres.port}")
+    moto = bed.moto()
+    say.detail(f"moto (AWS IAM and STS, key checking on): {moto.endpoint}")
     clusters = {c.name: c for c in bed.clusters(2) if isinstance(c, KubeCluster)}
     if len(clusters) != 2:
         raise RuntimeError(
@@ -73,14 +71,17 @@ def start_servers(
         )
     for cluster in clusters.values():
         say.detail(f"cluster {cluster.name}: {cluster.describe()}")
-    return vault, postgres, clusters
+    return Servers(vault, postgres, moto, clusters)
 
 
-def prepare_vault(root: hvac.Client, postgres: PostgresServer, say: Narrator) -> tuple[str, str]:
+def prepare_vault(root: hvac.Client, servers: Servers, say: Narrator) -> tuple[str, str]:
+    postgres = servers.postgres
     approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
     say.detail("AppRole keyferry-broker with docs/vault-policy.hcl")
     mount_postgres(root, postgres, MOUNT, "ro")
     say.detail(f"database engine {MOUNT} (role ro: SELECT-only PostgreSQL users)")
+    mount_aws(root, servers.moto, AWS_MOUNT, AWS_ROLE)
+    say.detail(f"aws engine {AWS_MOUNT} on moto (role {AWS_ROLE}: an IAM user per lease)")
     enable(root, "transit", TRANSIT_MOUNT)
     root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
     say.detail(f"transit key {TRANSIT_MOUNT}/{TRANSIT_KEY} (signs audit checkpoints)")

@@ -251,7 +251,7 @@ async def test_admin_init_then_roles_apply_and_list_through_the_context_file(
         )
         assert listed.exit_code == 0, listed.output
         names = [line.split()[0] for line in listed.output.splitlines()[1:]]
-        assert names == ["app-config", "internal-tls", "orders-db-ro", "s3-reader"]
+        assert names == ["app-config", "internal-tls", "orders-aws", "orders-db-ro", "s3-reader"]
 
         minted = await asyncio.to_thread(
             runner.invoke,

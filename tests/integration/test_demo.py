@@ -40,11 +40,22 @@ def test_keyferry_demo_runs_the_main_job_to_its_success_line(tmp_path: Path) -> 
     for cluster in ("a", "b"):
         assert f"cluster {cluster} registered" in out
     assert "role orders-db-ro applied (database)" in out
+    assert "role orders-aws applied (aws)" in out
+    for cluster in ("a", "b"):
+        arn = re.search(
+            rf"orders-app-{cluster} called STS GetCallerIdentity at moto with the keys of "
+            r"/keyferry/secrets/aws: (arn:aws:iam::\d+:user/\S+)",
+            out,
+        )
+        assert arn is not None, f"pod {cluster} proved no AWS identity"
+    assert re.search(r"old AWS keys refused: \S+: InvalidClientTokenId", out)
     (old, new) = re.findall(r"rotation: database user (\S+) -> (\S+)", out)[0]
     assert old != new
     assert re.search(r"rotated: new lease \S+ \(generation 2\)", out)
     assert f"old login refused: {old}: " in out
-    assert re.search(r"lease \S+ of orders-app-b: revoked", out)
+    assert len(re.findall(r"lease \S+ of orders-app-b: revoked", out)) == 2  # db and aws
     assert "result:               OK, the chain and its checkpoints verify" in out
     assert "password='********'" in out
     assert not re.search(r"password='(?!\*{8}')", out), "a password printed unmasked"
+    assert "aws_secret_access_key = ********" in out
+    assert not re.search(r"aws_secret_access_key = (?!\*{8}$)", out, re.MULTILINE)
