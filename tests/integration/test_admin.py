@@ -243,9 +243,16 @@ async def test_admin_init_then_roles_apply_and_list_through_the_context_file(
         assert empty.exit_code == 0, empty.output
         assert "no roles yet" in empty.output
         applied = await asyncio.to_thread(
-            runner.invoke, cli, ["roles", "apply", "-f", str(EXAMPLE_ROLES), *options]
+            runner.invoke,
+            cli,
+            ["roles", "apply", "-f", str(EXAMPLE_ROLES), *options, "--output", "json"],
         )
         assert applied.exit_code == 0, applied.output
+        # The in-process broker's log lines share stdout: the JSON array is the end of it.
+        rows = json.loads(applied.output[applied.output.index("[\n") :])
+        kinds = {row["name"]: row["kind"] for row in rows}
+        assert kinds["orders-aws"] == "aws"
+        assert kinds["orders-db-ro"] == "database"
         listed = await asyncio.to_thread(
             runner.invoke, cli, ["roles", "list"], env={"KEYFERRY_CONTEXT": str(context)}
         )

@@ -489,7 +489,14 @@ async def test_roles_are_applied_listed_and_deleted_over_the_admin_listener(
     listed = await asyncio.to_thread(runner.invoke, cli, ["roles", "list", "--context", context])
     assert listed.exit_code == 0, listed.output
     names = [line.split()[0] for line in listed.output.splitlines()[1:]]
-    assert names == ["app-config", "internal-tls", "orders-aws", "orders-db-ro", "orders-db-rw", "s3-reader"]
+    assert names == [
+        "app-config",
+        "internal-tls",
+        "orders-aws",
+        "orders-db-ro",
+        "orders-db-rw",
+        "s3-reader",
+    ]
 
     async with broker.admin_channel(PLATFORM) as channel:
         roles: Any = roles_pb2_grpc.RolesServiceStub(channel)
