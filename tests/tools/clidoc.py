@@ -15,7 +15,7 @@ import typer.main
 
 from broker.cli.main import app
 
-from .docgen import ROOT, cell, run
+from .docgen import ROOT, cell, escape_outside_code, run
 
 TARGET = ROOT / "docs" / "reference" / "cli.md"
 PROG = "keyferry"
@@ -57,7 +57,7 @@ def paragraphs(text: str) -> list[str]:
         if block:
             out.append("```console\n" + "\n".join(block) + "\n```")
             block = []
-        out.append(" ".join(line.strip() for line in chunk.splitlines()))
+        out.append(escape_outside_code(" ".join(line.strip() for line in chunk.splitlines())))
     if block:
         out.append("```console\n" + "\n".join(block) + "\n```")
     return out
@@ -78,7 +78,9 @@ def render_command(entry: Command) -> list[str]:
     ]
     if records:
         lines += ["| option | description |", "|---|---|"]
-        lines += [f"| `{cell(names)}` | {cell(text)} |" for names, text in records]
+        lines += [
+            f"| `{cell(names)}` | {escape_outside_code(cell(text))} |" for names, text in records
+        ]
         lines.append("")
     if entry.is_group:
         subs = command.list_commands(context)

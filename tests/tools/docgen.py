@@ -4,6 +4,7 @@ committed page differs from a fresh one (so the docs never drift from the code).
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,12 @@ def run(target: Path, render: Callable[[], str], command: str, description: str 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(fresh)
     print(f"wrote {relative}")
+
+
+def escape_outside_code(text: str) -> str:
+    """Markdown would take a bare `<name>` for an HTML tag and drop it; code spans keep theirs."""
+    parts = text.split("`")
+    return "`".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
 
 
 def cell(text: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 from grpc_tools import protoc
 
-from .docgen import ROOT, cell, run
+from .docgen import ROOT, cell, escape_outside_code, run
 
 PROTO = ROOT / "proto"
 TARGET = ROOT / "docs" / "reference" / "api.md"
@@ -63,7 +63,8 @@ def comments(proto: descriptor_pb2.FileDescriptorProto) -> Comments:
     for location in proto.source_code_info.location:
         text = location.leading_comments or location.trailing_comments
         if text.strip():
-            found[tuple(location.path)] = " ".join(line.strip() for line in text.splitlines())
+            joined = " ".join(line.strip() for line in text.splitlines())
+            found[tuple(location.path)] = escape_outside_code(joined)
     return found
 
 
