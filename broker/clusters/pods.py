@@ -109,6 +109,9 @@ class PodWatch:
                 if kind == "ERROR":
                     code = event["raw_object"].get("code")
                     raise ApiException(status=code, reason="watch error")
+                if kind == "BOOKMARK":  # the client leaves a bookmark's object a dict
+                    self.resource_version = event["raw_object"]["metadata"]["resourceVersion"]
+                    continue
                 self.resource_version = pod.metadata.resource_version
                 if kind == "DELETED" or (
                     kind == "MODIFIED" and pod.status is not None and pod.status.phase in FINISHED
