@@ -153,12 +153,6 @@ data: /var/lib/keyferry
 {{- if $b.vaultCA.configMap -}}
 {{- $_ := set $owned "vault" (dict "ca_file" (printf "%s/%s" $p.vaultCA $b.vaultCA.key)) -}}
 {{- end -}}
-{{- if and (gt (int $b.replicas) 1) (not $b.secretKeys.storeUrl) -}}
-{{- fail "broker.replicas > 1 needs PostgreSQL: set broker.secretKeys.storeUrl to the key of broker.existingSecret that holds the postgresql:// URL (SQLite is one file in one pod)" -}}
-{{- end -}}
-{{- if and (gt (int $b.replicas) 1) $b.persistence.enabled -}}
-{{- fail "broker.persistence.enabled needs broker.replicas: 1 (one ReadWriteOnce volume); with several replicas the store is PostgreSQL" -}}
-{{- end -}}
 {{- toYaml (mustMergeOverwrite (deepCopy (default dict $b.config)) $owned) -}}
 {{- end -}}
 
