@@ -614,3 +614,46 @@ def test_chart_registration_makes_the_api_server_mutate_pods(
     assert token["audience"] == "keyferry:a"
     for untouched in (own, plain):
         assert "initContainers" not in untouched["spec"]
+
+
+# ------------------------------------------------------------------ helm install and upgrade
+
+
+def test_install_and_upgrade_keep_the_generated_webhook_certificate(kube_cluster: Cluster) -> None:
+    """tls.mode helm: the CA and serving pair made at install survive `helm upgrade` (the
+    chart reads its own Secret back with lookup), and caBundle stays that CA."""
+    run = secrets.token_hex(3)
+    namespace, release = f"keyferry-{run}", f"kf-{run}"
+    values = [
+        f"--namespace={namespace}",
+        "--create-namespace",
+        # Only namespaces with this label are sent to the (never running) webhook.
+        f"--set-string=webhook.namespaceSelector.matchLabels.keyferry\\.test/install-{run}=on",
+    ]
+    installed = kube_cluster.helm("install", release, str(CHART), *values)
+    assert "WARNING: broker.tls.workloadSecret is empty" in installed
+    try:
+        secret_name = f"{release}-keyferry-webhook-tls"
+        hook_name = f"{release}-keyferry-webhook"
+
+        def current() -> tuple[dict[str, str], str]:
+            secret = json.loads(
+                kube_cluster.kubectl("get", "secret", secret_name, "-n", namespace, "-o", "json")
+            )
+            hook = json.loads(
+                kube_cluster.kubectl("get", "mutatingwebhookconfiguration", hook_name, "-o", "json")
+            )
+            return secret["data"], hook["webhooks"][0]["clientConfig"]["caBundle"]
+
+        first, first_bundle = current()
+        assert first_bundle == first["ca.crt"]
+        kube_cluster.helm("upgrade", release, str(CHART), *values, "--set=webhook.replicas=3")
+        second, second_bundle = current()
+        assert second == first
+        assert second_bundle == first_bundle
+        deployment = json.loads(
+            kube_cluster.kubectl("get", "deployment", hook_name, "-n", namespace, "-o", "json")
+        )
+        assert deployment["spec"]["replicas"] == 3
+    finally:
+        kube_cluster.helm("uninstall", release, f"--namespace={namespace}", "--wait")
