@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -14,7 +15,6 @@ from broker.errors import Unauthenticated
 from broker.identity import ClusterKeys, TokenVerifier
 
 SHARED_ISSUER = "https://kubernetes.default.svc.cluster.local"
-NOW = dt.datetime.now(dt.UTC)
 
 
 def _keypair(kid: str) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
@@ -29,14 +29,20 @@ KEY_B, JWK_B = _keypair("b-1")
 KEY_A2, JWK_A2 = _keypair("a-2")
 
 
+def _now() -> dt.datetime:
+    # Read at each use: a time taken at collection lets a long suite expire the tokens.
+    return dt.datetime.now(dt.UTC)
+
+
 def _claims(cluster: str = "a", **changes: Any) -> dict[str, Any]:
+    now = _now()
     claims: dict[str, Any] = {
         "iss": SHARED_ISSUER,
         "aud": [f"keyferry:{cluster}"],
         "sub": "system:serviceaccount:orders:app",
-        "iat": NOW,
-        "nbf": NOW,
-        "exp": NOW + dt.timedelta(minutes=10),
+        "iat": now,
+        "nbf": now,
+        "exp": now + dt.timedelta(minutes=10),
         "kubernetes.io": {
             "namespace": "orders",
             "serviceaccount": {"name": "app", "uid": "sa-uid"},
@@ -92,14 +98,17 @@ def test_cluster_b_token_is_accepted_only_as_cluster_b() -> None:
 @pytest.mark.parametrize(
     ("claims", "match"),
     [
-        (_claims(aud=["vault"]), "exactly one audience"),
-        (_claims(aud=["keyferry:a", "keyferry:b"]), "exactly one audience"),
-        (_claims("zeta"), "not registered"),
-        (_claims(iss="https://elsewhere"), "Invalid issuer"),
-        (_claims(exp=NOW - dt.timedelta(minutes=5)), "expired"),
-        (_claims(nbf=NOW + dt.timedelta(minutes=5)), "not yet valid"),
-        (_with_k8s({"namespace": "orders"}), "not bound to a pod"),
-        ({k: v for k, v in _claims().items() if k != "kubernetes.io"}, "no kubernetes.io claims"),
+        (lambda: _claims(aud=["vault"]), "exactly one audience"),
+        (lambda: _claims(aud=["keyferry:a", "keyferry:b"]), "exactly one audience"),
+        (lambda: _claims("zeta"), "not registered"),
+        (lambda: _claims(iss="https://elsewhere"), "Invalid issuer"),
+        (lambda: _claims(exp=_now() - dt.timedelta(minutes=5)), "expired"),
+        (lambda: _claims(nbf=_now() + dt.timedelta(minutes=5)), "not yet valid"),
+        (lambda: _with_k8s({"namespace": "orders"}), "not bound to a pod"),
+        (
+            lambda: {k: v for k, v in _claims().items() if k != "kubernetes.io"},
+            "no kubernetes.io claims",
+        ),
     ],
     ids=[
         "wrong-audience",
@@ -112,9 +121,9 @@ def test_cluster_b_token_is_accepted_only_as_cluster_b() -> None:
         "no-k8s-claims",
     ],
 )
-def test_bad_claims_are_rejected(claims: dict[str, Any], match: str) -> None:
+def test_bad_claims_are_rejected(claims: Callable[[], dict[str, Any]], match: str) -> None:
     with pytest.raises(Unauthenticated, match=match):
-        _verifier().verify(_token(claims))
+        _verifier().verify(_token(claims()))
 
 
 def test_unsigned_token_is_rejected() -> None:
