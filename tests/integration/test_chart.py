@@ -52,6 +52,14 @@ CLUSTER_SCOPED = {"MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBin
 # Broker settings the chart writes from its own values; the rest pass through broker.config.
 CHART_OWNED_SETTINGS = {"data_dir", "policies", "roles", "workload", "admin", "metrics"}
 VARIANTS = {"default": (), "ha": (f"--values={HA_VALUES}",)}
+# A member cluster: its webhook and the broker's RBAC, no broker.
+MEMBER = (
+    "--set=broker.enabled=false",
+    "--set=memberRBAC.enabled=true",
+    "--set=webhook.clusterName=b",
+    "--set=webhook.brokerAddress=keyferry.example.com:8443",
+)
+ALL_VARIANTS = {**VARIANTS, "member": MEMBER}
 DEFAULT_KINDS = {
     "ConfigMap": 3,
     "Deployment": 2,
@@ -72,6 +80,13 @@ HA_KINDS = {
     "ClusterRole": 1,
     "ClusterRoleBinding": 1,
 }
+MEMBER_KINDS = {
+    **{kind: 1 for kind in DEFAULT_KINDS},
+    "ServiceAccount": 2,  # the webhook's and the broker's (the member RBAC's subject)
+    "ClusterRole": 1,
+    "ClusterRoleBinding": 1,
+}
+EXPECTED_KINDS = {"default": DEFAULT_KINDS, "ha": HA_KINDS, "member": MEMBER_KINDS}
 
 
 def render(cluster: Cluster, namespace: str, *args: str) -> list[dict[str, Any]]:
@@ -139,26 +154,26 @@ def crds(kube_cluster: Cluster) -> None:
 # ------------------------------------------------------------------ lint and template
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_helm_lint(kube_cluster: Cluster, variant: str) -> None:
-    out = kube_cluster.helm("lint", "--strict", str(CHART), *VARIANTS[variant])
+    out = kube_cluster.helm("lint", "--strict", str(CHART), *ALL_VARIANTS[variant])
     assert "1 chart(s) linted, 0 chart(s) failed" in out
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_template_renders_the_expected_objects(kube_cluster: Cluster, variant: str) -> None:
-    objects = render(kube_cluster, "keyferry-system", *VARIANTS[variant])
-    assert kinds(objects) == (DEFAULT_KINDS if variant == "default" else HA_KINDS)
+    objects = render(kube_cluster, "keyferry-system", *ALL_VARIANTS[variant])
+    assert kinds(objects) == EXPECTED_KINDS[variant]
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert ("Deployment", "keyferry-broker") in names
+    assert (("Deployment", "keyferry-broker") in names) is (variant != "member")
     assert ("Deployment", "keyferry-webhook") in names
     assert ("ServiceAccount", "keyferry-broker") in names
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_pods_are_locked_down(kube_cluster: Cluster, variant: str) -> None:
     """Restricted Pod Security and no API credentials unless leader election needs them."""
-    objects = render(kube_cluster, "keyferry-system", *VARIANTS[variant])
+    objects = render(kube_cluster, "keyferry-system", *ALL_VARIANTS[variant])
     for deployment in (o for o in objects if o["kind"] == "Deployment"):
         spec = deployment["spec"]["template"]["spec"]
         pod = spec["securityContext"]
@@ -230,13 +245,13 @@ def test_ha_values_spread_and_guard_the_broker(kube_cluster: Cluster) -> None:
 # ------------------------------------------------------------------ the API server accepts it
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_every_object_passes_a_server_side_dry_run(
     kube_cluster: Cluster, crds: None, variant: str
 ) -> None:
     with kube_cluster.api_client() as api:
         namespace = new_namespace(api, f"chart-{variant}")
-    objects = render(kube_cluster, namespace, *VARIANTS[variant])
+    objects = render(kube_cluster, namespace, *ALL_VARIANTS[variant])
     applied = kube_cluster.kubectl(
         "apply",
         "--dry-run=server",
@@ -251,7 +266,7 @@ def test_every_object_passes_a_server_side_dry_run(
         kube_cluster.kubectl("get", "deployment", "keyferry-broker", f"--namespace={namespace}")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
 def test_pods_are_admitted_under_restricted_pod_security(
     kube_cluster: Cluster, crds: None, variant: str
 ) -> None:
@@ -273,7 +288,7 @@ def test_pods_are_admitted_under_restricted_pod_security(
         with pytest.raises(ApiException) as refused:
             core(api).create_namespaced_pod(namespace, loose)
         assert "violates PodSecurity" in (refused.value.body or "")
-    objects = render(kube_cluster, namespace, *VARIANTS[variant])
+    objects = render(kube_cluster, namespace, *ALL_VARIANTS[variant])
     namespaced = [o for o in objects if o["kind"] not in CLUSTER_SCOPED]
     kube_cluster.kubectl(
         "apply", f"--namespace={namespace}", "--filename=-", stdin=as_yaml(namespaced)
