@@ -216,6 +216,23 @@ class RotationSettings(_Group):
         default=timedelta(seconds=5),
         description="how often revocations that are due (or to be retried) run",
     )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="leases a rotation or revocation by selector handles at once (its default)",
+    )
+    reconcile_interval: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how often the store is reconciled against Vault's keyferry leases",
+    )
+    orphan_age: Duration = Field(
+        default=timedelta(minutes=2),
+        description=(
+            "reconcile revokes a Vault lease the store does not know, and fails a pending "
+            "row, only once it is this old (an Issue may still be recording it)"
+        ),
+    )
 
 
 class RenewalSettings(_Group):

@@ -12,6 +12,12 @@ path "keyferry/+/creds/*" {
   capabilities = ["read"]
 }
 
+# Database engine: rotate a connection's root credential (keyferry rotate-root), on
+# operators' demand only (Cedar action rotate_root).
+path "keyferry/+/rotate-root/*" {
+  capabilities = ["update"]
+}
+
 # aws engine, assumed_role: STS session credentials (sts/<role>, with ttl and role_arn).
 path "keyferry/+/sts/*" {
   capabilities = ["update"]

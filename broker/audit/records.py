@@ -9,7 +9,9 @@ without floats):
 - strings escape only `"`, `\\` and the control characters U+0000-U+001F (`\\b \\f \\n \\r
   \\t`, the rest as lowercase `\\u00xx`); everything else is written as itself;
 - numbers are integers only, in plain decimal; floats are refused;
-- times are strings `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC, always six fraction digits.
+- times are strings `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC, always six fraction digits;
+- `selector` and `target` (added after the first records were written) are present only
+  when set, so the records written before they existed keep their canonical form and hash.
 
 A record's `hash` is the lowercase hex SHA-256 of the canonical JSON of every other field
 of the record, `seq` and `prev` included; `prev` is the previous record's hash, and 64
@@ -24,15 +26,17 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_serializer,
+    model_serializer,
 )
 
 GENESIS = "0" * 64
@@ -44,6 +48,10 @@ Action = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 Reason = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 FingerprintName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 FingerprintValue = Annotated[str, StringConstraints(pattern=r"^hmac-sha256:[0-9a-f]{64}$")]
+LATER_FIELDS = ("selector", "target")
+SelectorField = Literal[
+    "clusters", "namespaces", "service_accounts", "pods", "roles", "lease_ids", "all"
+]
 
 
 class PrincipalKind(StrEnum):
@@ -93,6 +101,19 @@ class AuditEvent(BaseModel):
     request_id: Name | None = None
     vault_request_id: Name | None = None
     fingerprints: dict[FingerprintName, FingerprintValue] = Field(default_factory=dict)
+    selector: dict[SelectorField, tuple[Name, ...]] | None = None
+    """What an operator's rotate or revoke selected (field -> values; `all` -> ())."""
+    target: Name | None = None
+    """What a change outside the lease table acted on: a Vault path or Vault lease id."""
+
+    @model_serializer(mode="wrap")
+    def _later_fields_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in LATER_FIELDS:
+                if data.get(name) is None:
+                    data.pop(name, None)
+        return data
 
 
 class AuditRecord(AuditEvent):

@@ -61,3 +61,11 @@ class DatabaseBackend:
 
     async def revoke(self, lease: VaultLease) -> None:
         await revoke_lease(self._vault, lease.lease_id)
+
+
+async def rotate_root(vault: VaultClient, mount: str, connection: str) -> str:
+    """Have Vault rotate the root credential of a connection on a keyferry database mount
+    (`<mount>/rotate-root/<connection>`); the Vault path rotated."""
+    path = f"{vault.mount(mount)}/rotate-root/{connection}"
+    await vault.write(path)
+    return path

@@ -14,6 +14,7 @@ class Action(StrEnum):
     RELEASE = "release"
     RENEW = "renew"
     ROTATE = "rotate"
+    ROTATE_ROOT = "rotate_root"
     REVOKE = "revoke"
     REGISTER = "register"
     GRANT = "grant"
@@ -154,5 +155,20 @@ class BrokerResource(_Entity):
         return [_entity("Broker", self.ident, {})]
 
 
+class ConnectionResource(_Entity):
+    """A database connection on a keyferry mount (mount relative to the prefix)."""
+
+    kind: str = "Connection"
+    mount: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+
+    @property
+    def ident(self) -> str:
+        return f"{self.mount}/{self.name}"
+
+    def entities(self) -> list[dict[str, Any]]:
+        return [_entity("Connection", self.ident, {"mount": self.mount})]
+
+
 Principal = Workload | Operator
-Resource = RoleResource | LeaseResource | ClusterRef | BrokerResource
+Resource = RoleResource | LeaseResource | ClusterRef | BrokerResource | ConnectionResource

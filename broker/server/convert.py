@@ -20,11 +20,19 @@ from broker.service import (
     AckMessage,
     ClusterView,
     IssuedLease,
+    LeaseProgress,
     LeaseRevoked,
     LeaseRotated,
+    LeaseSelector,
+    Outcome,
+    Planned,
     RenewedLease,
+    RootRotated,
+    RootTarget,
     Rotation,
+    SelectionEvent,
     StoredRole,
+    Summary,
     WatchEvent,
 )
 from broker.store import LeaseRecord
@@ -108,6 +116,93 @@ def rotate_response(rotations: list[Rotation]) -> rotation_pb2.RotateLeasesRespo
             message.revoke_after.CopyFrom(_timestamp(rotation.revoke_after))
         messages.append(message)
     return rotation_pb2.RotateLeasesResponse(rotations=messages)
+
+
+def lease_selector(message: rotation_pb2.LeaseSelector) -> LeaseSelector:
+    """The request's selector, validated; InvalidRequest names `selector.<field>`."""
+    return LeaseSelector.parse(
+        clusters=tuple(message.clusters),
+        namespaces=tuple(message.namespaces),
+        service_accounts=tuple(message.service_accounts),
+        pods=tuple(message.pods),
+        roles=tuple(message.roles),
+        lease_ids=tuple(message.lease_ids),
+        all=message.all,
+    )
+
+
+def selected_grace(request: rotation_pb2.RotateSelectedRequest) -> timedelta | None:
+    return _timedelta(request.grace) if request.HasField("grace") else None
+
+
+def concurrency(value: int) -> int | None:
+    return value or None
+
+
+_OUTCOMES = {
+    Outcome.PLANNED: rotation_pb2.OUTCOME_PLANNED,
+    Outcome.ROTATED: rotation_pb2.OUTCOME_ROTATED,
+    Outcome.ALREADY_ROTATED: rotation_pb2.OUTCOME_ALREADY_ROTATED,
+    Outcome.REVOKED: rotation_pb2.OUTCOME_REVOKED,
+    Outcome.QUEUED: rotation_pb2.OUTCOME_QUEUED,
+    Outcome.FAILED: rotation_pb2.OUTCOME_FAILED,
+}
+
+
+def _selected_lease(lease: LeaseRecord) -> rotation_pb2.SelectedLease:
+    return rotation_pb2.SelectedLease(
+        id=lease.id,
+        cluster=lease.cluster,
+        namespace=lease.namespace,
+        service_account=lease.service_account,
+        pod=lease.pod_name,
+        role=lease.role,
+        credential_name=lease.credential,
+        generation=lease.generation,
+        state=lease.state.value,
+    )
+
+
+def _selection_fields(event: SelectionEvent) -> dict[str, Any]:
+    if isinstance(event, Planned):
+        return {"plan": rotation_pb2.SelectionPlan(matched=event.matched)}
+    if isinstance(event, LeaseProgress):
+        outcome = rotation_pb2.LeaseOutcome(
+            lease=_selected_lease(event.lease),
+            outcome=_OUTCOMES[event.outcome],
+            error=event.error or "",
+        )
+        if event.successor is not None:
+            outcome.successor.CopyFrom(_selected_lease(event.successor))
+        return {"lease": outcome}
+    summary: Summary = event
+    return {
+        "summary": rotation_pb2.SelectionSummary(
+            matched=summary.matched,
+            done=summary.done,
+            failed=summary.failed,
+            pending=summary.pending,
+            dry_run=summary.dry_run,
+        )
+    }
+
+
+def rotate_selected_response(event: SelectionEvent) -> rotation_pb2.RotateSelectedResponse:
+    return rotation_pb2.RotateSelectedResponse(**_selection_fields(event))
+
+
+def revoke_selected_response(event: SelectionEvent) -> rotation_pb2.RevokeSelectedResponse:
+    return rotation_pb2.RevokeSelectedResponse(**_selection_fields(event))
+
+
+def root_target(request: rotation_pb2.RotateRootRequest) -> RootTarget:
+    return RootTarget.parse(request.mount, request.connection)
+
+
+def rotate_root_response(rotated: RootRotated) -> rotation_pb2.RotateRootResponse:
+    return rotation_pb2.RotateRootResponse(
+        path=rotated.path, rotated_at=_timestamp(rotated.rotated_at)
+    )
 
 
 # --- Roles ----------------------------------------------------------------------------------

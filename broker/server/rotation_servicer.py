@@ -1,9 +1,11 @@
-"""RotationService on the admin listener: rotate leases on an operator's demand; the
+"""RotationService on the admin listener: rotate and revoke leases on an operator's demand
+(by id or by selector, streaming progress) and rotate a database connection's root; the
 operator is the one its client certificate names."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -42,3 +44,43 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
         finally:
             self._metrics.count("rotate", outcome, 0.0)
         return convert.rotate_response(rotations)
+
+    @handlers.streaming
+    async def RotateSelected(
+        self, request: rotation_pb2.RotateSelectedRequest, context: Context
+    ) -> AsyncIterator[rotation_pb2.RotateSelectedResponse]:
+        operator = operator_of(context)
+        events = self._runtime.flows.rotation.rotate_selected(
+            operator,
+            convert.lease_selector(request.selector),
+            grace=convert.selected_grace(request),
+            concurrency=convert.concurrency(request.concurrency),
+            dry_run=request.dry_run,
+            request_id=uuid.uuid4().hex,
+        )
+        async for event in events:
+            yield convert.rotate_selected_response(event)
+
+    @handlers.streaming
+    async def RevokeSelected(
+        self, request: rotation_pb2.RevokeSelectedRequest, context: Context
+    ) -> AsyncIterator[rotation_pb2.RevokeSelectedResponse]:
+        operator = operator_of(context)
+        events = self._runtime.flows.revocation.revoke_selected(
+            operator,
+            convert.lease_selector(request.selector),
+            concurrency=convert.concurrency(request.concurrency),
+            dry_run=request.dry_run,
+            request_id=uuid.uuid4().hex,
+        )
+        async for event in events:
+            yield convert.revoke_selected_response(event)
+
+    @handlers.unary
+    async def RotateRoot(
+        self, request: rotation_pb2.RotateRootRequest, context: Context
+    ) -> rotation_pb2.RotateRootResponse:
+        rotated = await self._runtime.flows.root.rotate_root(
+            operator_of(context), convert.root_target(request), uuid.uuid4().hex
+        )
+        return convert.rotate_root_response(rotated)

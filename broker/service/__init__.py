@@ -11,7 +11,9 @@ from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRev
 from .events import LeaseExpiring, LeaseRevoked, LeaseRotated, WatchEvent
 from .results import IssuedLease, RenewedLease, Rotation
 from .role_admin import RoleAdmin
+from .root_rotation import RootRotated, RootTarget
 from .runtime import BrokerRuntime
+from .selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
 from .watching import AckMessage, TokenExpired
 
 __all__ = [
@@ -22,14 +24,22 @@ __all__ = [
     "Deregistered",
     "IssuedLease",
     "LeaseExpiring",
+    "LeaseProgress",
     "LeaseRevoked",
     "LeaseRotated",
+    "LeaseSelector",
     "LeasesNotRevoked",
+    "Outcome",
+    "Planned",
     "RenewedLease",
     "RoleAdmin",
     "RoleCatalog",
+    "RootRotated",
+    "RootTarget",
     "Rotation",
+    "SelectionEvent",
     "StoredRole",
+    "Summary",
     "TokenExpired",
     "WatchEvent",
     "bearer_token",

@@ -10,20 +10,31 @@ lease is revoked before the error is returned (as in Issue).
 
 The operator is the one the admin listener's client certificate names; Cedar decides
 `rotate` for it on each lease and the audit trail names it.
+
+RotateSelected rotates a fleet: the selector is resolved and every lease decided first
+(selection.py), then the rotation is written on each selected row (`request_rotation`)
+before any is rotated, and `concurrency` workers rotate them, so a fleet rotation asks
+Vault for at most that many credentials at once. A broker that dies part-way finds the
+rest in the table: the rotation queue's periodic pass (`resume`) rotates every requested
+lease the call did not reach, with the grace asked for, as the broker itself.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 
 import structlog
 
+from broker.audit import Principal
 from broker.backends import Backends
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
 from broker.models import IssueContext, IssuedSecret, RoleSpec, VaultLease
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import (
     ExistingLease,
+    LeaseQuery,
     LeaseRecord,
     LeaseState,
     LeaseStateConflict,
@@ -32,17 +43,34 @@ from broker.store import (
 )
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, operator_principal
+from .auditing import AuditTrail, operator_principal, system_principal
 from .catalog import RoleCatalog
 from .events import EventHub, LeaseRotated
 from .resources import lease_resource
 from .results import Rotation
 from .sealing import CredentialSealer
+from .selection import (
+    LeaseProgress,
+    LeaseSelector,
+    Outcome,
+    Planned,
+    Selected,
+    Selection,
+    SelectionEvent,
+    Summary,
+    audit_selector,
+    check_concurrency,
+    run_batched,
+)
 
 log = structlog.get_logger("keyferry.rotate")
 MAX_LEASES = 100
 MIN_GRACE = timedelta(seconds=1)
 MAX_GRACE = timedelta(hours=24)
+CHUNK = 500
+RESUME_AFTER = timedelta(minutes=1)  # a request younger than this belongs to a running call
+SYSTEM_JOB = "broker.rotate"
+ACTIVE = frozenset({LeaseState.ACTIVE})
 
 
 class RotationFlow:
@@ -58,8 +86,12 @@ class RotationFlow:
         sealer: CredentialSealer,
         hub: EventHub,
         grace: timedelta,
+        concurrency: int,
         clock: Clock,
     ) -> None:
+        self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
+        self._concurrency = concurrency
+        self._inflight: set[str] = set()
         self._catalog = catalog
         self._policy = policy
         self._audit = audit
@@ -90,9 +122,115 @@ class RotationFlow:
         for lease in leases:
             await self._decide(operator, lease, request_id)
         rotations = []
+        who = operator_principal(operator)
         for index, lease in enumerate(leases):
-            rotations.append(await self._rotate_one(operator, index, lease, grace, request_id))
+            field = f"lease_ids[{index}]"
+            rotations.append(await self._rotate_one(who, field, lease, grace, request_id))
         return rotations
+
+    async def rotate_selected(
+        self,
+        operator: Operator,
+        selector: LeaseSelector,
+        *,
+        grace: timedelta | None,
+        concurrency: int | None,
+        dry_run: bool,
+        request_id: str,
+    ) -> AsyncIterator[SelectionEvent]:
+        """Rotate every active lease the selector reaches, `concurrency` at a time; one
+        LeaseProgress per lease as it finishes, then the Summary. All are decided first."""
+        grace = self._check_grace(grace)
+        workers = check_concurrency(concurrency, self._concurrency)
+        action = "rotate.plan" if dry_run else "rotate.selected"
+        await audit_selector(self._audit, operator, action, selector, request_id)
+        chosen = await self._selection.decide_all(
+            operator, Action.ROTATE, selector, ACTIVE, request_id, audited=not dry_run
+        )
+        yield Planned(len(chosen))
+        if dry_run:
+            for selected in chosen:
+                yield LeaseProgress(selected.lease, Outcome.PLANNED)
+            yield Summary(len(chosen), 0, 0, 0, dry_run=True)
+            return
+        ids = [selected.lease.id for selected in chosen]
+        seconds = int(grace.total_seconds())
+        for chunk in _chunks(ids):
+            await self._run(self._leases.request_rotation, chunk, self._clock(), seconds)
+        who = operator_principal(operator)
+        done = failed = 0
+        rotated_away: list[str] = []
+        async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
+            if progress.outcome is Outcome.FAILED:
+                failed += 1
+            else:
+                done += 1
+                rotated_away.append(progress.lease.id)
+            yield progress
+        pending = await self._count_revoking(rotated_away)
+        yield Summary(len(chosen), done, failed, pending, dry_run=False)
+
+    async def resume(self) -> int:
+        """The rotation queue's pass: rotate the requested leases no running call holds
+        (a broker that died part-way, a client that went away); how many were rotated."""
+        before = self._clock() - RESUME_AFTER
+        requests = await self._run(self._leases.rotation_requests, before)
+        todo = [r for r in requests if r.lease.id not in self._inflight]
+        done = 0
+        for request in todo:
+            grace = (
+                timedelta(seconds=request.grace_seconds)
+                if request.grace_seconds is not None
+                else self._grace
+            )
+            chosen = [Selected(request.lease, None)]
+            who = system_principal(SYSTEM_JOB)
+            async for progress in self._rotate_many(who, chosen, grace, 1, uuid.uuid4().hex):
+                done += progress.outcome is not Outcome.FAILED
+        return done
+
+    async def _rotate_many(
+        self,
+        who: Principal,
+        chosen: list[Selected],
+        grace: timedelta,
+        workers: int,
+        request_id: str,
+    ) -> AsyncIterator[LeaseProgress]:
+        """Rotate `chosen` with `workers` tasks; progress in the order leases finish. If the
+        caller goes away, the rest stays requested for `resume`."""
+
+        async def step(item: tuple[int, Selected]) -> LeaseProgress:
+            index, selected = item
+            return await self._rotate_requested(who, index, selected, grace, request_id)
+
+        async for progress in run_batched(list(enumerate(chosen)), workers, step):
+            yield progress
+
+    async def _rotate_requested(
+        self, who: Principal, index: int, selected: Selected, grace: timedelta, request_id: str
+    ) -> LeaseProgress:
+        lease = selected.lease
+        self._inflight.add(lease.id)
+        try:
+            rotation = await self._rotate_one(who, f"selected[{index}]", lease, grace, request_id)
+        except KeyferryError as error:
+            log.warning("lease not rotated", lease_id=lease.id, error=error.message)
+            await self._run(self._leases.clear_rotation_request, lease.id)
+            return LeaseProgress(lease, Outcome.FAILED, error=error.message)
+        finally:
+            self._inflight.discard(lease.id)
+        await self._run(self._leases.clear_rotation_request, lease.id)
+        outcome = Outcome.ALREADY_ROTATED if rotation.already_rotated else Outcome.ROTATED
+        return LeaseProgress(lease, outcome, successor=rotation.lease)
+
+    async def _count_revoking(self, lease_ids: list[str]) -> int:
+        revoking = frozenset({LeaseState.REVOKING})
+        count = 0
+        for chunk in _chunks(lease_ids):
+            query = LeaseQuery(lease_ids=frozenset(chunk), states=revoking)
+            count += len(await self._run(self._leases.select_page, query, None, len(chunk)))
+        return count
 
     def _check_grace(self, grace: timedelta | None) -> timedelta:
         if grace is None:
@@ -115,8 +253,8 @@ class RotationFlow:
 
     async def _rotate_one(
         self,
-        operator: Operator,
-        index: int,
+        who: Principal,
+        field: str,
         lease: LeaseRecord,
         grace: timedelta,
         request_id: str,
@@ -126,8 +264,7 @@ class RotationFlow:
             return await self._already(lease, successor)
         if lease.state != LeaseState.ACTIVE:
             raise InvalidRequest(
-                f"lease_ids[{index}]",
-                f"lease {lease.id} is {lease.state}; only an active lease can be rotated",
+                field, f"lease {lease.id} is {lease.state}; only an active lease can be rotated"
             )
         role = (await self._catalog.get(lease.role)).spec
         begun = await self._run(self._leases.begin_rotation, lease.id)
@@ -139,7 +276,7 @@ class RotationFlow:
         except KeyferryError as error:
             await self._run(self._leases.mark_failed, pending.id, error.message)
             await self._audit.lease_change(
-                operator_principal(operator),
+                who,
                 "lease.failed",
                 pending,
                 request_id,
@@ -147,8 +284,8 @@ class RotationFlow:
             )
             raise
         return await self._complete(
-            operator,
-            index=index,
+            who,
+            field=field,
             lease=lease,
             pending=pending,
             role=role,
@@ -159,9 +296,9 @@ class RotationFlow:
 
     async def _complete(
         self,
-        operator: Operator,
+        who: Principal,
         *,
-        index: int,
+        field: str,
         lease: LeaseRecord,
         pending: LeaseRecord,
         role: RoleSpec,
@@ -169,7 +306,6 @@ class RotationFlow:
         grace: timedelta,
         request_id: str,
     ) -> Rotation:
-        who = operator_principal(operator)
         vault_lease = issued.lease
         revoke_after = self._clock() + grace
         try:
@@ -186,7 +322,7 @@ class RotationFlow:
             # The pod went away while Vault answered: the row is revoking with the new Vault
             # lease recorded, so the Revoker ends it.
             raise InvalidRequest(
-                f"lease_ids[{index}]", f"lease {lease.id}'s pod is going away; not rotated"
+                field, f"lease {lease.id}'s pod is going away; not rotated"
             ) from conflict
         except KeyferryError as error:
             await self._undo(pending, vault_lease, error)
@@ -251,6 +387,11 @@ class RotationFlow:
             await self._run(self._leases.mark_failed, pending.id, error.message)
         except KeyferryError as also:
             log.exception("could not mark a lease failed", lease_id=pending.id, error=also.message)
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
 
 
 def _context(lease: LeaseRecord) -> IssueContext:

@@ -34,10 +34,13 @@ from .issuing import IssueFlow, IssueLimits
 from .limits import IssueRates
 from .loops import Periodic
 from .pod_leases import SWEEP_INTERVAL, PodLeases
+from .reconciling import Reconciler
 from .releasing import ReleaseFlow
 from .renewing import Renewer, RenewFlow
+from .revocation import RevocationFlow
 from .revoking import Revoker
 from .role_admin import RoleAdmin
+from .root_rotation import RootRotationFlow
 from .rotating import RotationFlow
 from .sealing import CredentialSealer
 from .watching import WatchFlow
@@ -56,6 +59,9 @@ class LeaseFlows:
     watch: WatchFlow
     renew: RenewFlow
     rotation: RotationFlow
+    revocation: RevocationFlow
+    root: RootRotationFlow
+    reconciler: Reconciler
     jobs: list[Periodic]
 
 
@@ -178,7 +184,27 @@ class BrokerRuntime:
                 sealer=sealer,
                 hub=hub,
                 grace=settings.rotation.grace,
+                concurrency=settings.rotation.concurrency,
                 clock=clock,
+            ),
+            revocation=RevocationFlow(
+                policy=policy,
+                audit=audit,
+                store=store,
+                runner=runner,
+                revoker=revoker,
+                concurrency=settings.rotation.concurrency,
+                clock=clock,
+            ),
+            root=RootRotationFlow(policy=policy, audit=audit, vault=vault, clock=clock),
+            reconciler=Reconciler(
+                vault=vault,
+                store=store,
+                runner=runner,
+                audit=audit,
+                hub=hub,
+                clock=clock,
+                orphan_age=settings.rotation.orphan_age,
             ),
             jobs=[
                 Periodic("renew", settings.renewal.interval, renewer.renew_due),
@@ -202,6 +228,12 @@ class BrokerRuntime:
         await clusters.load()
         flows.jobs.append(Periodic("jwks", KEYS_REFRESH, clusters.refresh_keys))
         flows.jobs.append(Periodic("pod-sweep", SWEEP_INTERVAL, pods.sweep))
+        # The first pass runs as the job starts, so at broker start; then periodically.
+        reconcile = settings.rotation.reconcile_interval
+        flows.jobs.append(Periodic("reconcile", reconcile, flows.reconciler.run_once))
+        flows.jobs.append(
+            Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume)
+        )
         return cls(
             settings,
             store,

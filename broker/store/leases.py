@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, Select, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,10 +25,12 @@ from .records import (
     LIVE_STATES,
     ExistingLease,
     LeaseHandle,
+    LeaseQuery,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
     PendingLease,
+    RotationRequest,
     Selector,
 )
 from .schema import LeaseRow
@@ -287,6 +289,116 @@ class LeaseRepository:
                 query = query.where(column == value)
         query = query.order_by(LeaseRow.created_at, LeaseRow.id).limit(limit)
         return self._list("listing leases", query)
+
+    def select_page(
+        self, query: LeaseQuery, after: str | None = None, limit: int = DEFAULT_BATCH
+    ) -> list[LeaseRecord]:
+        """One page of the leases a query selects, by lease id; pass the last id of a page
+        as `after` for the next. Keyset pages, so a fleet of 100,000 is read in slices
+        that each cost an index range, never an offset scan."""
+        statement = select(LeaseRow).where(LeaseRow.state.in_(query.states))
+        for column, values in (
+            (LeaseRow.cluster, query.clusters),
+            (LeaseRow.namespace, query.namespaces),
+            (LeaseRow.service_account, query.service_accounts),
+            (LeaseRow.pod_name, query.pod_names),
+            (LeaseRow.role, query.roles),
+            (LeaseRow.id, query.lease_ids),
+        ):
+            if values:
+                statement = statement.where(column.in_(sorted(values)))
+        if after is not None:
+            statement = statement.where(LeaseRow.id > after)
+        return self._list("selecting leases", statement.order_by(LeaseRow.id).limit(limit))
+
+    # -- rotations by selector -------------------------------------------------------------
+
+    def request_rotation(
+        self, lease_ids: Collection[str], requested_at: datetime, grace_seconds: int | None
+    ) -> int:
+        """Note on each active lease named that a rotation was asked for; how many.
+
+        The note survives a broker that dies before it rotates them: the rotation queue's
+        pass (`rotation_requests`) finds them. A lease rotated meanwhile is left alone.
+        """
+        _require_aware(requested_at, "requested_at")
+        statement = (
+            update(LeaseRow)
+            .where(LeaseRow.id.in_(list(lease_ids)), LeaseRow.state == LeaseState.ACTIVE)
+            .values(rotate_requested_at=requested_at, rotate_grace=grace_seconds)
+        )
+        with store_errors("requesting rotations"), self._sessions.begin() as session:
+            result = session.execute(statement)
+            return int(cast("CursorResult[Any]", result).rowcount)
+
+    def rotation_requests(
+        self, before: datetime, limit: int = DEFAULT_BATCH
+    ) -> list[RotationRequest]:
+        """Active leases whose rotation was asked for before `before`, oldest request first."""
+        _require_aware(before, "before")
+        statement = (
+            select(LeaseRow)
+            .where(
+                LeaseRow.state == LeaseState.ACTIVE,
+                LeaseRow.rotate_requested_at.is_not(None),
+                LeaseRow.rotate_requested_at <= before,
+            )
+            .order_by(LeaseRow.rotate_requested_at, LeaseRow.id)
+            .limit(limit)
+        )
+        with store_errors("reading rotation requests"), self._sessions() as session:
+            return [
+                RotationRequest(_record(row), row.rotate_grace)
+                for row in session.scalars(statement)
+            ]
+
+    def clear_rotation_request(self, lease_id: str) -> None:
+        """The rotation asked for is done or failed (a failure is reported, not retried)."""
+        statement = (
+            update(LeaseRow)
+            .where(LeaseRow.id == lease_id)
+            .values(rotate_requested_at=None, rotate_grace=None)
+        )
+        with store_errors("clearing a rotation request"), self._sessions.begin() as session:
+            session.execute(statement)
+
+    # -- reconcile -------------------------------------------------------------------------
+
+    def vault_lease_ids(self, states: Collection[LeaseState], prefix: str) -> dict[str, str]:
+        """Lease ids by Vault lease id, of the leases in `states` that hold a Vault lease
+        under `prefix` (two columns only: reconcile reads the whole fleet)."""
+        statement = select(LeaseRow.vault_lease_id, LeaseRow.id).where(
+            LeaseRow.state.in_(list(states)), LeaseRow.vault_lease_id.startswith(prefix)
+        )
+        with store_errors("listing Vault lease ids"), self._sessions() as session:
+            return {str(vault_id): lease_id for vault_id, lease_id in session.execute(statement)}
+
+    def unissued_before(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
+        """Pending or revoking rows without a Vault lease, written before `before`: their
+        issue died with a broker (or never returned); reconcile settles them."""
+        _require_aware(before, "before")
+        query = (
+            select(LeaseRow)
+            .where(
+                LeaseRow.state.in_([LeaseState.PENDING, LeaseState.REVOKING]),
+                LeaseRow.vault_lease_id.is_(None),
+                LeaseRow.created_at < before,
+            )
+            .order_by(LeaseRow.created_at, LeaseRow.id)
+            .limit(limit)
+        )
+        return self._list("listing unissued leases", query)
+
+    def count_pending_since(self, since: datetime) -> int:
+        """Pending rows written at or after `since`: issues that may still be running."""
+        _require_aware(since, "since")
+        query = (
+            select(func.count())
+            .select_from(LeaseRow)
+            .where(LeaseRow.state == LeaseState.PENDING, LeaseRow.created_at >= since)
+        )
+        with store_errors("counting pending leases"), self._sessions() as session:
+            return int(session.execute(query).scalar_one())
 
     def pending_before(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
         """Pending rows older than `before`: a crash between the row and Vault; reconcile."""

@@ -120,6 +120,33 @@ class Selector(BaseModel):
     states: frozenset[LeaseState] = LIVE_STATES
 
 
+class LeaseQuery(BaseModel):
+    """Leases by any mix of fields, each a set of accepted values (empty: any value).
+
+    Fields are combined with AND, the values of one field with OR. The service validates
+    what a caller asked for (service/selection.py) before it becomes a query.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    clusters: frozenset[str] = frozenset()
+    namespaces: frozenset[str] = frozenset()
+    service_accounts: frozenset[str] = frozenset()
+    pod_names: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    lease_ids: frozenset[str] = frozenset()
+    states: frozenset[LeaseState] = LIVE_STATES
+
+
+@dataclass(frozen=True)
+class RotationRequest:
+    """An active lease a rotation was asked for and not done yet, and its grace (seconds;
+    None for the broker's default)."""
+
+    lease: LeaseRecord
+    grace_seconds: int | None
+
+
 class RoleRecord(BaseModel):
     model_config = _RECORD
 

@@ -80,6 +80,9 @@ class LeaseRow(Base):
         Index("ix_leases_state_revoke_after", "state", "revoke_after"),
         Index("ix_leases_workload", "cluster", "namespace", "service_account"),
         Index("ix_leases_vault_lease_id", "vault_lease_id"),
+        Index("ix_leases_role_state", "role", "state"),
+        Index("ix_leases_cluster_pod", "cluster", "pod_name"),
+        Index("ix_leases_state_rotate", "state", "rotate_requested_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -101,6 +104,8 @@ class LeaseRow(Base):
     revoke_attempts: Mapped[int] = mapped_column(Integer)
     vault_lease: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     sealed_credential: Mapped[bytes | None] = mapped_column(LargeBinary)
+    rotate_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rotate_grace: Mapped[int | None] = mapped_column(Integer)  # seconds
 
 
 class RoleRow(Base):

@@ -10,6 +10,7 @@ from broker.policy import (
     Action,
     BrokerResource,
     ClusterRef,
+    ConnectionResource,
     LeaseResource,
     Operator,
     PolicyEngine,
@@ -35,6 +36,7 @@ OWN_LEASE = LeaseResource(
 FOREIGN_LEASE = OWN_LEASE.model_copy(update={"cluster": "b"})
 CLUSTER = ClusterRef(name="a")
 BROKER = BrokerResource()
+CONNECTION = ConnectionResource(mount="db-orders", name="orders")
 CTX = {"credential_name": "db"}
 
 CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
@@ -60,6 +62,15 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("approve-platform", PLATFORM, Action.APPROVE, DB_ROLE, False, None),
     ("audit-security", SECURITY, Action.AUDIT, BROKER, True, "security-operators"),
     ("audit-nobody", NOBODY, Action.AUDIT, BROKER, False, None),
+    (
+        "rotate-root-security",
+        SECURITY,
+        Action.ROTATE_ROOT,
+        CONNECTION,
+        True,
+        "security-rotate-root",
+    ),
+    ("rotate-root-platform", PLATFORM, Action.ROTATE_ROOT, CONNECTION, False, None),
 ]
 
 

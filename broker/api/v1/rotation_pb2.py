@@ -27,19 +27,43 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62roker/api/v1/rotation.proto\x12\rbroker.api.v1\x1a\x1a\x62roker/api/v1/broker.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x13RotateLeasesRequest\x12\x11\n\tlease_ids\x18\x01 \x03(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x14RotateLeasesResponse\x12/\n\trotations\x18\x01 \x03(\x0b\x32\x1c.broker.api.v1.LeaseRotation\"\x9a\x01\n\rLeaseRotation\x12\x19\n\x11previous_lease_id\x18\x01 \x01(\t\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12\x30\n\x0crevoke_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61lready_rotated\x18\x04 \x01(\x08\x32j\n\x0fRotationService\x12W\n\x0cRotateLeases\x12\".broker.api.v1.RotateLeasesRequest\x1a#.broker.api.v1.RotateLeasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62roker/api/v1/rotation.proto\x12\rbroker.api.v1\x1a\x1a\x62roker/api/v1/broker.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x13RotateLeasesRequest\x12\x11\n\tlease_ids\x18\x01 \x03(\t\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"G\n\x14RotateLeasesResponse\x12/\n\trotations\x18\x01 \x03(\x0b\x32\x1c.broker.api.v1.LeaseRotation\"\x9a\x01\n\rLeaseRotation\x12\x19\n\x11previous_lease_id\x18\x01 \x01(\t\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12\x30\n\x0crevoke_after\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x61lready_rotated\x18\x04 \x01(\x08\"\x8c\x01\n\rLeaseSelector\x12\x10\n\x08\x63lusters\x18\x01 \x03(\t\x12\x12\n\nnamespaces\x18\x02 \x03(\t\x12\x18\n\x10service_accounts\x18\x03 \x03(\t\x12\x0c\n\x04pods\x18\x04 \x03(\t\x12\r\n\x05roles\x18\x05 \x03(\t\x12\x11\n\tlease_ids\x18\x06 \x03(\t\x12\x0b\n\x03\x61ll\x18\x07 \x01(\x08\"\x97\x01\n\x15RotateSelectedRequest\x12.\n\x08selector\x18\x01 \x01(\x0b\x32\x1c.broker.api.v1.LeaseSelector\x12(\n\x05grace\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x63oncurrency\x18\x03 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"\xb1\x01\n\x16RotateSelectedResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1c.broker.api.v1.SelectionPlanH\x00\x12,\n\x05lease\x18\x02 \x01(\x0b\x32\x1b.broker.api.v1.LeaseOutcomeH\x00\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32\x1f.broker.api.v1.SelectionSummaryH\x00\x42\x07\n\x05\x65vent\"m\n\x15RevokeSelectedRequest\x12.\n\x08selector\x18\x01 \x01(\x0b\x32\x1c.broker.api.v1.LeaseSelector\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"\xb1\x01\n\x16RevokeSelectedResponse\x12,\n\x04plan\x18\x01 \x01(\x0b\x32\x1c.broker.api.v1.SelectionPlanH\x00\x12,\n\x05lease\x18\x02 \x01(\x0b\x32\x1b.broker.api.v1.LeaseOutcomeH\x00\x12\x32\n\x07summary\x18\x03 \x01(\x0b\x32\x1f.broker.api.v1.SelectionSummaryH\x00\x42\x07\n\x05\x65vent\" \n\rSelectionPlan\x12\x0f\n\x07matched\x18\x01 \x01(\r\"\xa4\x01\n\x0cLeaseOutcome\x12+\n\x05lease\x18\x01 \x01(\x0b\x32\x1c.broker.api.v1.SelectedLease\x12\'\n\x07outcome\x18\x02 \x01(\x0e\x32\x16.broker.api.v1.Outcome\x12/\n\tsuccessor\x18\x03 \x01(\x0b\x32\x1c.broker.api.v1.SelectedLease\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xaf\x01\n\rSelectedLease\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x0c\n\x04role\x18\x06 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\r\x12\r\n\x05state\x18\t \x01(\t\"c\n\x10SelectionSummary\x12\x0f\n\x07matched\x18\x01 \x01(\r\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\r\x12\x0f\n\x07pending\x18\x04 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\"6\n\x11RotateRootRequest\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nconnection\x18\x02 \x01(\t\"R\n\x12RotateRootResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12.\n\nrotated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa6\x01\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_PLANNED\x10\x01\x12\x13\n\x0fOUTCOME_ROTATED\x10\x02\x12\x1b\n\x17OUTCOME_ALREADY_ROTATED\x10\x03\x12\x13\n\x0fOUTCOME_REVOKED\x10\x04\x12\x12\n\x0eOUTCOME_QUEUED\x10\x05\x12\x12\n\x0eOUTCOME_FAILED\x10\x06\x32\xff\x02\n\x0fRotationService\x12W\n\x0cRotateLeases\x12\".broker.api.v1.RotateLeasesRequest\x1a#.broker.api.v1.RotateLeasesResponse\x12_\n\x0eRotateSelected\x12$.broker.api.v1.RotateSelectedRequest\x1a%.broker.api.v1.RotateSelectedResponse0\x01\x12_\n\x0eRevokeSelected\x12$.broker.api.v1.RevokeSelectedRequest\x1a%.broker.api.v1.RevokeSelectedResponse0\x01\x12Q\n\nRotateRoot\x12 .broker.api.v1.RotateRootRequest\x1a!.broker.api.v1.RotateRootResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.api.v1.rotation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_OUTCOME']._serialized_start=1843
+  _globals['_OUTCOME']._serialized_end=2009
   _globals['_ROTATELEASESREQUEST']._serialized_start=140
   _globals['_ROTATELEASESREQUEST']._serialized_end=222
   _globals['_ROTATELEASESRESPONSE']._serialized_start=224
   _globals['_ROTATELEASESRESPONSE']._serialized_end=295
   _globals['_LEASEROTATION']._serialized_start=298
   _globals['_LEASEROTATION']._serialized_end=452
-  _globals['_ROTATIONSERVICE']._serialized_start=454
-  _globals['_ROTATIONSERVICE']._serialized_end=560
+  _globals['_LEASESELECTOR']._serialized_start=455
+  _globals['_LEASESELECTOR']._serialized_end=595
+  _globals['_ROTATESELECTEDREQUEST']._serialized_start=598
+  _globals['_ROTATESELECTEDREQUEST']._serialized_end=749
+  _globals['_ROTATESELECTEDRESPONSE']._serialized_start=752
+  _globals['_ROTATESELECTEDRESPONSE']._serialized_end=929
+  _globals['_REVOKESELECTEDREQUEST']._serialized_start=931
+  _globals['_REVOKESELECTEDREQUEST']._serialized_end=1040
+  _globals['_REVOKESELECTEDRESPONSE']._serialized_start=1043
+  _globals['_REVOKESELECTEDRESPONSE']._serialized_end=1220
+  _globals['_SELECTIONPLAN']._serialized_start=1222
+  _globals['_SELECTIONPLAN']._serialized_end=1254
+  _globals['_LEASEOUTCOME']._serialized_start=1257
+  _globals['_LEASEOUTCOME']._serialized_end=1421
+  _globals['_SELECTEDLEASE']._serialized_start=1424
+  _globals['_SELECTEDLEASE']._serialized_end=1599
+  _globals['_SELECTIONSUMMARY']._serialized_start=1601
+  _globals['_SELECTIONSUMMARY']._serialized_end=1700
+  _globals['_ROTATEROOTREQUEST']._serialized_start=1702
+  _globals['_ROTATEROOTREQUEST']._serialized_end=1756
+  _globals['_ROTATEROOTRESPONSE']._serialized_start=1758
+  _globals['_ROTATEROOTRESPONSE']._serialized_end=1840
+  _globals['_ROTATIONSERVICE']._serialized_start=2012
+  _globals['_ROTATIONSERVICE']._serialized_end=2395
 # @@protoc_insertion_point(module_scope)

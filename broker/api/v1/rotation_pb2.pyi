@@ -10,6 +10,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Outcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OUTCOME_UNSPECIFIED: _Outcome.ValueType  # 0
+    OUTCOME_PLANNED: _Outcome.ValueType  # 1
+    """Dry run: it would be rotated or revoked."""
+    OUTCOME_ROTATED: _Outcome.ValueType  # 2
+    OUTCOME_ALREADY_ROTATED: _Outcome.ValueType  # 3
+    """A newer generation existed already; `successor` is it."""
+    OUTCOME_REVOKED: _Outcome.ValueType  # 4
+    OUTCOME_QUEUED: _Outcome.ValueType  # 5
+    """Vault did not revoke it now; it stays queued and is retried until it succeeds."""
+    OUTCOME_FAILED: _Outcome.ValueType  # 6
+    """Not rotated (Vault refused, the pod went away); `error` says why."""
+
+class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
+    """What happened to one selected lease."""
+
+OUTCOME_UNSPECIFIED: Outcome.ValueType  # 0
+OUTCOME_PLANNED: Outcome.ValueType  # 1
+"""Dry run: it would be rotated or revoked."""
+OUTCOME_ROTATED: Outcome.ValueType  # 2
+OUTCOME_ALREADY_ROTATED: Outcome.ValueType  # 3
+"""A newer generation existed already; `successor` is it."""
+OUTCOME_REVOKED: Outcome.ValueType  # 4
+OUTCOME_QUEUED: Outcome.ValueType  # 5
+"""Vault did not revoke it now; it stays queued and is retried until it succeeds."""
+OUTCOME_FAILED: Outcome.ValueType  # 6
+"""Not rotated (Vault refused, the pod went away); `error` says why."""
+Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 @_typing.final
 class RotateLeasesRequest(_message.Message):
@@ -110,3 +145,367 @@ class LeaseRotation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseRotation: _TypeAlias = LeaseRotation  # noqa: Y015
+
+@_typing.final
+class LeaseSelector(_message.Message):
+    """LeaseSelector picks leases by any mix of fields: the fields combine with AND, the values
+    of one field with OR. At least one field must be set, or `all` alone: an empty
+    selector is refused (INVALID_ARGUMENT, field `selector`) rather than taken as "all".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    PODS_FIELD_NUMBER: _builtins.int
+    ROLES_FIELD_NUMBER: _builtins.int
+    LEASE_IDS_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """Every live lease; only valid with no other field set."""
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def service_accounts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def pods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Pod names."""
+
+    @_builtins.property
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keyferry role names."""
+
+    @_builtins.property
+    def lease_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        clusters: _abc.Iterable[_builtins.str] | None = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        service_accounts: _abc.Iterable[_builtins.str] | None = ...,
+        pods: _abc.Iterable[_builtins.str] | None = ...,
+        roles: _abc.Iterable[_builtins.str] | None = ...,
+        lease_ids: _abc.Iterable[_builtins.str] | None = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "clusters", b"clusters", "lease_ids", b"lease_ids", "namespaces", b"namespaces", "pods", b"pods", "roles", b"roles", "service_accounts", b"service_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseSelector: _TypeAlias = LeaseSelector  # noqa: Y015
+
+@_typing.final
+class RotateSelectedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    GRACE_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    concurrency: _builtins.int
+    """Leases rotated at once (1 to 64); 0 for the broker's rotation.concurrency."""
+    dry_run: _builtins.bool
+    """List what would be rotated; change nothing."""
+    @_builtins.property
+    def selector(self) -> Global___LeaseSelector: ...
+    @_builtins.property
+    def grace(self) -> _duration_pb2.Duration:
+        """As in RotateLeasesRequest; unset for the broker's rotation.grace."""
+
+    def __init__(
+        self,
+        *,
+        selector: Global___LeaseSelector | None = ...,
+        grace: _duration_pb2.Duration | None = ...,
+        concurrency: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grace", b"grace", "selector", b"selector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "dry_run", b"dry_run", "grace", b"grace", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateSelectedRequest: _TypeAlias = RotateSelectedRequest  # noqa: Y015
+
+@_typing.final
+class RotateSelectedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___SelectionPlan: ...
+    @_builtins.property
+    def lease(self) -> Global___LeaseOutcome: ...
+    @_builtins.property
+    def summary(self) -> Global___SelectionSummary: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___SelectionPlan | None = ...,
+        lease: Global___LeaseOutcome | None = ...,
+        summary: Global___SelectionSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease", b"lease", "plan", b"plan", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease", b"lease", "plan", b"plan", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["plan", "lease", "summary"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RotateSelectedResponse: _TypeAlias = RotateSelectedResponse  # noqa: Y015
+
+@_typing.final
+class RevokeSelectedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    concurrency: _builtins.int
+    """Leases revoked at once (1 to 64); 0 for the broker's rotation.concurrency."""
+    dry_run: _builtins.bool
+    """List what would be revoked; change nothing."""
+    @_builtins.property
+    def selector(self) -> Global___LeaseSelector: ...
+    def __init__(
+        self,
+        *,
+        selector: Global___LeaseSelector | None = ...,
+        concurrency: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "dry_run", b"dry_run", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeSelectedRequest: _TypeAlias = RevokeSelectedRequest  # noqa: Y015
+
+@_typing.final
+class RevokeSelectedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___SelectionPlan: ...
+    @_builtins.property
+    def lease(self) -> Global___LeaseOutcome: ...
+    @_builtins.property
+    def summary(self) -> Global___SelectionSummary: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___SelectionPlan | None = ...,
+        lease: Global___LeaseOutcome | None = ...,
+        summary: Global___SelectionSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease", b"lease", "plan", b"plan", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "lease", b"lease", "plan", b"plan", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["plan", "lease", "summary"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___RevokeSelectedResponse: _TypeAlias = RevokeSelectedResponse  # noqa: Y015
+
+@_typing.final
+class SelectionPlan(_message.Message):
+    """SelectionPlan comes first: every matched lease was found and permitted by Cedar (a
+    denial of any ends the call with PERMISSION_DENIED before anything changes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """Matched leases; 0 means the selector matched nothing (the CLI exits with 4)."""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matched", b"matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectionPlan: _TypeAlias = SelectionPlan  # noqa: Y015
+
+@_typing.final
+class LeaseOutcome(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    SUCCESSOR_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    outcome: Global___Outcome.ValueType
+    error: _builtins.str
+    """Why it failed or was queued."""
+    @_builtins.property
+    def lease(self) -> Global___SelectedLease:
+        """The selected lease (no credential values)."""
+
+    @_builtins.property
+    def successor(self) -> Global___SelectedLease:
+        """The new generation, after a rotation."""
+
+    def __init__(
+        self,
+        *,
+        lease: Global___SelectedLease | None = ...,
+        outcome: Global___Outcome.ValueType = ...,
+        successor: Global___SelectedLease | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "successor", b"successor"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "lease", b"lease", "outcome", b"outcome", "successor", b"successor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseOutcome: _TypeAlias = LeaseOutcome  # noqa: Y015
+
+@_typing.final
+class SelectedLease(_message.Message):
+    """SelectedLease names a lease and the workload that holds it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    POD_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_NAME_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    cluster: _builtins.str
+    namespace: _builtins.str
+    service_account: _builtins.str
+    pod: _builtins.str
+    role: _builtins.str
+    credential_name: _builtins.str
+    generation: _builtins.int
+    state: _builtins.str
+    """pending, active, revoking, revoked or failed."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        cluster: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        service_account: _builtins.str = ...,
+        pod: _builtins.str = ...,
+        role: _builtins.str = ...,
+        credential_name: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        state: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "credential_name", b"credential_name", "generation", b"generation", "id", b"id", "namespace", b"namespace", "pod", b"pod", "role", b"role", "service_account", b"service_account", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectedLease: _TypeAlias = SelectedLease  # noqa: Y015
+
+@_typing.final
+class SelectionSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    done: _builtins.int
+    """Rotated (or already rotated), or revoked."""
+    failed: _builtins.int
+    """Not rotated."""
+    pending: _builtins.int
+    """Rotation: old leases still waiting for the pod's Ack or their grace period.
+    Revocation: revocations queued for retry.
+    """
+    dry_run: _builtins.bool
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        done: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "dry_run", b"dry_run", "failed", b"failed", "matched", b"matched", "pending", b"pending"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectionSummary: _TypeAlias = SelectionSummary  # noqa: Y015
+
+@_typing.final
+class RotateRootRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOUNT_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    mount: _builtins.str
+    """A keyferry database mount, relative to the broker's mount prefix (like a role's mount)."""
+    connection: _builtins.str
+    """The connection's name under that mount (database/config/<connection>)."""
+    def __init__(
+        self,
+        *,
+        mount: _builtins.str = ...,
+        connection: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "mount", b"mount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootRequest: _TypeAlias = RotateRootRequest  # noqa: Y015
+
+@_typing.final
+class RotateRootResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    ROTATED_AT_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The full Vault path rotated (prefix included)."""
+    @_builtins.property
+    def rotated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        rotated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rotated_at", b"rotated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "rotated_at", b"rotated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateRootResponse: _TypeAlias = RotateRootResponse  # noqa: Y015

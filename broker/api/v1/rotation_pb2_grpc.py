@@ -29,8 +29,9 @@ class RotationServiceStub:
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     def __init__(self, channel):
@@ -44,18 +45,59 @@ class RotationServiceStub:
                 request_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesRequest.SerializeToString,
                 response_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesResponse.FromString,
                 _registered_method=True)
+        self.RotateSelected = channel.unary_stream(
+                '/broker.api.v1.RotationService/RotateSelected',
+                request_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedRequest.SerializeToString,
+                response_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedResponse.FromString,
+                _registered_method=True)
+        self.RevokeSelected = channel.unary_stream(
+                '/broker.api.v1.RotationService/RevokeSelected',
+                request_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedRequest.SerializeToString,
+                response_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedResponse.FromString,
+                _registered_method=True)
+        self.RotateRoot = channel.unary_unary(
+                '/broker.api.v1.RotationService/RotateRoot',
+                request_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootRequest.SerializeToString,
+                response_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootResponse.FromString,
+                _registered_method=True)
 
 
 class RotationServiceServicer:
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     def RotateLeases(self, request, context):
         """RotateLeases rotates every lease named; all are checked before any is rotated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateSelected(self, request, context):
+        """RotateSelected rotates every active lease the selector matches: the plan first
+        (how many matched), then one message per lease as it finishes, then the summary.
+        With dry_run nothing changes and each matched lease is listed as planned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeSelected(self, request, context):
+        """RevokeSelected revokes every live lease the selector matches, streamed like
+        RotateSelected; a revocation Vault does not take now is queued and retried.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateRoot(self, request, context):
+        """RotateRoot has Vault rotate the root credential of a database connection under
+        keyferry's mounts (database/rotate-root); afterwards only Vault knows it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,6 +111,21 @@ def add_RotationServiceServicer_to_server(servicer, server):
                     request_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesRequest.FromString,
                     response_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesResponse.SerializeToString,
             ),
+            'RotateSelected': grpc.unary_stream_rpc_method_handler(
+                    servicer.RotateSelected,
+                    request_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedRequest.FromString,
+                    response_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedResponse.SerializeToString,
+            ),
+            'RevokeSelected': grpc.unary_stream_rpc_method_handler(
+                    servicer.RevokeSelected,
+                    request_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedRequest.FromString,
+                    response_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedResponse.SerializeToString,
+            ),
+            'RotateRoot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateRoot,
+                    request_deserializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootRequest.FromString,
+                    response_serializer=broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'broker.api.v1.RotationService', rpc_method_handlers)
@@ -81,8 +138,9 @@ class RotationService:
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     @staticmethod
@@ -102,6 +160,87 @@ class RotationService:
             '/broker.api.v1.RotationService/RotateLeases',
             broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesRequest.SerializeToString,
             broker_dot_api_dot_v1_dot_rotation__pb2.RotateLeasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateSelected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/broker.api.v1.RotationService/RotateSelected',
+            broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedRequest.SerializeToString,
+            broker_dot_api_dot_v1_dot_rotation__pb2.RotateSelectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeSelected(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/broker.api.v1.RotationService/RevokeSelected',
+            broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedRequest.SerializeToString,
+            broker_dot_api_dot_v1_dot_rotation__pb2.RevokeSelectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateRoot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.api.v1.RotationService/RotateRoot',
+            broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootRequest.SerializeToString,
+            broker_dot_api_dot_v1_dot_rotation__pb2.RotateRootResponse.FromString,
             options,
             channel_credentials,
             insecure,

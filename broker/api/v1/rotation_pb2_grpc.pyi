@@ -30,8 +30,9 @@ class RotationServiceStub:
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     @_typing.overload
@@ -40,26 +41,54 @@ class RotationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RotationServiceAsyncStub: ...
     RotateLeases: _grpc.UnaryUnaryMultiCallable[_rotation_pb2.RotateLeasesRequest, _rotation_pb2.RotateLeasesResponse]
     """RotateLeases rotates every lease named; all are checked before any is rotated."""
+    RotateSelected: _grpc.UnaryStreamMultiCallable[_rotation_pb2.RotateSelectedRequest, _rotation_pb2.RotateSelectedResponse]
+    """RotateSelected rotates every active lease the selector matches: the plan first
+    (how many matched), then one message per lease as it finishes, then the summary.
+    With dry_run nothing changes and each matched lease is listed as planned.
+    """
+    RevokeSelected: _grpc.UnaryStreamMultiCallable[_rotation_pb2.RevokeSelectedRequest, _rotation_pb2.RevokeSelectedResponse]
+    """RevokeSelected revokes every live lease the selector matches, streamed like
+    RotateSelected; a revocation Vault does not take now is queued and retried.
+    """
+    RotateRoot: _grpc.UnaryUnaryMultiCallable[_rotation_pb2.RotateRootRequest, _rotation_pb2.RotateRootResponse]
+    """RotateRoot has Vault rotate the root credential of a database connection under
+    keyferry's mounts (database/rotate-root); afterwards only Vault knows it.
+    """
 
 @_typing.type_check_only
 class RotationServiceAsyncStub(RotationServiceStub):
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RotateLeases: _aio.UnaryUnaryMultiCallable[_rotation_pb2.RotateLeasesRequest, _rotation_pb2.RotateLeasesResponse]  # type: ignore[assignment]
     """RotateLeases rotates every lease named; all are checked before any is rotated."""
+    RotateSelected: _aio.UnaryStreamMultiCallable[_rotation_pb2.RotateSelectedRequest, _rotation_pb2.RotateSelectedResponse]  # type: ignore[assignment]
+    """RotateSelected rotates every active lease the selector matches: the plan first
+    (how many matched), then one message per lease as it finishes, then the summary.
+    With dry_run nothing changes and each matched lease is listed as planned.
+    """
+    RevokeSelected: _aio.UnaryStreamMultiCallable[_rotation_pb2.RevokeSelectedRequest, _rotation_pb2.RevokeSelectedResponse]  # type: ignore[assignment]
+    """RevokeSelected revokes every live lease the selector matches, streamed like
+    RotateSelected; a revocation Vault does not take now is queued and retried.
+    """
+    RotateRoot: _aio.UnaryUnaryMultiCallable[_rotation_pb2.RotateRootRequest, _rotation_pb2.RotateRootResponse]  # type: ignore[assignment]
+    """RotateRoot has Vault rotate the root credential of a database connection under
+    keyferry's mounts (database/rotate-root); afterwards only Vault knows it.
+    """
 
 class RotationServiceServicer(metaclass=_abc_1.ABCMeta):
     """RotationService replaces live credentials. RotateLeases is the primitive: a new
     credential (the lease's next generation) is issued, pushed to the pod through
     BrokerService.Watch, and the old lease is revoked once the pod's agent acknowledges
-    the new generation or the grace period ends, whichever comes first. Selectors,
-    batching and schedules arrive later as new methods and fields.
+    the new generation or the grace period ends, whichever comes first. RotateSelected and
+    RevokeSelected reach every lease a selector matches, a few at a time, and stream
+    their progress; RotateRoot replaces the root credential of a database connection.
     """
 
     @_abc_1.abstractmethod
@@ -69,5 +98,36 @@ class RotationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rotation_pb2.RotateLeasesResponse, _abc.Awaitable[_rotation_pb2.RotateLeasesResponse]]:
         """RotateLeases rotates every lease named; all are checked before any is rotated."""
+
+    @_abc_1.abstractmethod
+    def RotateSelected(
+        self,
+        request: _rotation_pb2.RotateSelectedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rotation_pb2.RotateSelectedResponse], _abc.AsyncIterator[_rotation_pb2.RotateSelectedResponse]]:
+        """RotateSelected rotates every active lease the selector matches: the plan first
+        (how many matched), then one message per lease as it finishes, then the summary.
+        With dry_run nothing changes and each matched lease is listed as planned.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeSelected(
+        self,
+        request: _rotation_pb2.RevokeSelectedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_rotation_pb2.RevokeSelectedResponse], _abc.AsyncIterator[_rotation_pb2.RevokeSelectedResponse]]:
+        """RevokeSelected revokes every live lease the selector matches, streamed like
+        RotateSelected; a revocation Vault does not take now is queued and retried.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateRoot(
+        self,
+        request: _rotation_pb2.RotateRootRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rotation_pb2.RotateRootResponse, _abc.Awaitable[_rotation_pb2.RotateRootResponse]]:
+        """RotateRoot has Vault rotate the root credential of a database connection under
+        keyferry's mounts (database/rotate-root); afterwards only Vault knows it.
+        """
 
 def add_RotationServiceServicer_to_server(servicer: RotationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,113 @@
+"""RevokeSelected: end every live lease a selector reaches, on an operator's demand.
+
+Each selected lease is decided (Cedar `revoke`, audited) before any is touched; then each
+row becomes revoking (no longer handed out) and the Revoker asks Vault, `concurrency` at
+a time. A revocation Vault does not take now stays queued on its row and the Revoker's
+periodic pass retries it until it succeeds (revoking.py): it is reported as queued,
+never as given up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+
+from broker.audit import Principal
+from broker.errors import KeyferryError
+from broker.policy import Action, Operator, PolicyEngine
+from broker.store import LIVE_STATES, LeaseState, Store, StoreRunner
+from broker.store.clock import Clock
+
+from .auditing import AuditTrail, operator_principal
+from .revoking import Revoker
+from .selection import (
+    LeaseProgress,
+    LeaseSelector,
+    Outcome,
+    Planned,
+    Selected,
+    Selection,
+    SelectionEvent,
+    Summary,
+    audit_selector,
+    check_concurrency,
+    run_batched,
+)
+
+log = structlog.get_logger("keyferry.revoke")
+
+
+class RevocationFlow:
+    def __init__(
+        self,
+        *,
+        policy: PolicyEngine,
+        audit: AuditTrail,
+        store: Store,
+        runner: StoreRunner,
+        revoker: Revoker,
+        concurrency: int,
+        clock: Clock,
+    ) -> None:
+        self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
+        self._audit = audit
+        self._leases = store.leases
+        self._run = runner.run
+        self._revoker = revoker
+        self._concurrency = concurrency
+        self._clock = clock
+
+    async def revoke_selected(
+        self,
+        operator: Operator,
+        selector: LeaseSelector,
+        *,
+        concurrency: int | None,
+        dry_run: bool,
+        request_id: str,
+    ) -> AsyncIterator[SelectionEvent]:
+        """Revoke every live lease the selector reaches; one LeaseProgress per lease as it
+        finishes (revoked, or queued for retry), then the Summary."""
+        workers = check_concurrency(concurrency, self._concurrency)
+        action = "revoke.plan" if dry_run else "revoke.selected"
+        await audit_selector(self._audit, operator, action, selector, request_id)
+        chosen = await self._selection.decide_all(
+            operator, Action.REVOKE, selector, LIVE_STATES, request_id, audited=not dry_run
+        )
+        yield Planned(len(chosen))
+        if dry_run:
+            for selected in chosen:
+                yield LeaseProgress(selected.lease, Outcome.PLANNED)
+            yield Summary(len(chosen), 0, 0, 0, dry_run=True)
+            return
+        who = operator_principal(operator)
+
+        async def step(selected: Selected) -> LeaseProgress:
+            return await self._revoke_one(who, selected, request_id)
+
+        revoked = queued = 0
+        async for progress in run_batched(chosen, workers, step):
+            if progress.outcome is Outcome.REVOKED:
+                revoked += 1
+            else:
+                queued += 1
+            yield progress
+        yield Summary(len(chosen), revoked, 0, queued, dry_run=False)
+
+    async def _revoke_one(
+        self, who: Principal, selected: Selected, request_id: str
+    ) -> LeaseProgress:
+        try:
+            marked = await self._run(
+                self._leases.mark_revoking, selected.lease.id, revoke_after=self._clock()
+            )
+            if marked.state is not LeaseState.REVOKING:  # revoked or failed meanwhile
+                return LeaseProgress(marked, Outcome.REVOKED)
+            done = await self._revoker.revoke(marked, who, request_id)
+        except KeyferryError as error:
+            log.warning("lease not revoked now; queued", lease_id=selected.lease.id)
+            return LeaseProgress(selected.lease, Outcome.QUEUED, error=error.message)
+        if done.state is not LeaseState.REVOKED:  # its issue is still running: queued
+            return LeaseProgress(done, Outcome.QUEUED, error=done.last_error)
+        return LeaseProgress(done, Outcome.REVOKED)
