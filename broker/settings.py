@@ -222,6 +222,13 @@ class RotationSettings(_Group):
         le=64,
         description="leases a rotation or revocation by selector handles at once (its default)",
     )
+    resume_after: Duration = Field(
+        default=timedelta(minutes=1),
+        description=(
+            "a rotation by selector that no running call carries on (the broker died, the "
+            "client went away) is resumed by the broker after this long"
+        ),
+    )
     reconcile_interval: Duration = Field(
         default=timedelta(minutes=10),
         description="how often the store is reconciled against Vault's keyferry leases",

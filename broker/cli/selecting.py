@@ -184,14 +184,12 @@ def _row(outcome: rotation_pb2.LeaseOutcome) -> dict[str, Any]:
 
 
 def _line(row: dict[str, Any]) -> str:
-    text = (
-        f"lease {row['lease']} ({row['cluster']}/{row['namespace']}/{row['pod']}) {row['outcome']}"
-    )
+    text = f"lease {row['lease']} {row['outcome']}"
     if "new_lease" in row:
         text += f": new lease {row['new_lease']} (generation {row['new_generation']})"
     if "error" in row:
         text += f": {row['error']}"
-    return text
+    return f"{text} [{row['cluster']}/{row['namespace']}/{row['pod']}]"
 
 
 def _document(summary: rotation_pb2.SelectionSummary, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ settles them, run once at broker start and then periodically:
    Vault: expired, or revoked behind keyferry's back) is closed: revoked, with the pod told.
 3. A Vault lease the store does not know is revoked at Vault. An Issue records its Vault
    lease just after Vault answers, so a lease seen in that moment is not an orphan: it is
-   revoked only once no issue younger than `orphan_age` may still claim it, or when a
-   previous pass at least `orphan_age` earlier saw it unknown already.
+   revoked only when a pass at least `orphan_age` earlier saw it unknown already (the
+   first pass after a start only notes what it sees; run reconcile more often than
+   `orphan_age` to clear orphans sooner).
 
 The store is read before Vault is listed for step 2 (a lease issued after the snapshot
 cannot look gone) and after it for step 3 (a lease recorded meanwhile is known). Every
@@ -115,6 +116,8 @@ class Reconciler:
         return settled
 
     async def _close(self, lease_id: str, request_id: str) -> int:
+        if (await self._run(self._leases.get, lease_id)).state not in HELD:
+            return 0  # revoked by keyferry meanwhile: nothing to close
         try:
             closed = await self._run(self._leases.mark_revoked, lease_id)
         except LeaseStateConflict:
@@ -132,10 +135,9 @@ class Reconciler:
             vault_id: self._unknown_since.get(vault_id, now) for vault_id in unknown
         }
         young = now - self._orphan_age
-        issuing = await self._run(self._leases.count_pending_since, young)
         revoked = deferred = 0
         for vault_id in sorted(unknown):
-            if issuing and self._unknown_since[vault_id] > young:
+            if self._unknown_since[vault_id] > young:
                 deferred += 1
                 continue
             try:

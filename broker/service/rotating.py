@@ -68,7 +68,6 @@ MAX_LEASES = 100
 MIN_GRACE = timedelta(seconds=1)
 MAX_GRACE = timedelta(hours=24)
 CHUNK = 500
-RESUME_AFTER = timedelta(minutes=1)  # a request younger than this belongs to a running call
 SYSTEM_JOB = "broker.rotate"
 ACTIVE = frozenset({LeaseState.ACTIVE})
 
@@ -87,11 +86,13 @@ class RotationFlow:
         hub: EventHub,
         grace: timedelta,
         concurrency: int,
+        resume_after: timedelta,
         clock: Clock,
     ) -> None:
+        self._resume_after = resume_after
         self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
         self._concurrency = concurrency
-        self._inflight: set[str] = set()
+        self._claimed: set[str] = set()  # leases a running call of this broker carries
         self._catalog = catalog
         self._policy = policy
         self._audit = audit
@@ -160,22 +161,26 @@ class RotationFlow:
         who = operator_principal(operator)
         done = failed = 0
         rotated_away: list[str] = []
-        async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
-            if progress.outcome is Outcome.FAILED:
-                failed += 1
-            else:
-                done += 1
-                rotated_away.append(progress.lease.id)
-            yield progress
+        self._claimed.update(ids)
+        try:
+            async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
+                if progress.outcome is Outcome.FAILED:
+                    failed += 1
+                else:
+                    done += 1
+                    rotated_away.append(progress.lease.id)
+                yield progress
+        finally:
+            self._claimed.difference_update(ids)
         pending = await self._count_revoking(rotated_away)
         yield Summary(len(chosen), done, failed, pending, dry_run=False)
 
     async def resume(self) -> int:
         """The rotation queue's pass: rotate the requested leases no running call holds
         (a broker that died part-way, a client that went away); how many were rotated."""
-        before = self._clock() - RESUME_AFTER
+        before = self._clock() - self._resume_after
         requests = await self._run(self._leases.rotation_requests, before)
-        todo = [r for r in requests if r.lease.id not in self._inflight]
+        todo = [r for r in requests if r.lease.id not in self._claimed]
         done = 0
         for request in todo:
             grace = (
@@ -211,16 +216,16 @@ class RotationFlow:
         self, who: Principal, index: int, selected: Selected, grace: timedelta, request_id: str
     ) -> LeaseProgress:
         lease = selected.lease
-        self._inflight.add(lease.id)
         try:
             rotation = await self._rotate_one(who, f"selected[{index}]", lease, grace, request_id)
         except KeyferryError as error:
             log.warning("lease not rotated", lease_id=lease.id, error=error.message)
             await self._run(self._leases.clear_rotation_request, lease.id)
             return LeaseProgress(lease, Outcome.FAILED, error=error.message)
-        finally:
-            self._inflight.discard(lease.id)
-        await self._run(self._leases.clear_rotation_request, lease.id)
+        if not (rotation.already_rotated and rotation.lease.state is LeaseState.PENDING):
+            # A pending successor may be one a dead broker began: reconcile fails it, and
+            # the request, kept, has the next pass rotate this lease after all.
+            await self._run(self._leases.clear_rotation_request, lease.id)
         outcome = Outcome.ALREADY_ROTATED if rotation.already_rotated else Outcome.ROTATED
         return LeaseProgress(lease, outcome, successor=rotation.lease)
 

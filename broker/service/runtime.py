@@ -185,6 +185,7 @@ class BrokerRuntime:
                 hub=hub,
                 grace=settings.rotation.grace,
                 concurrency=settings.rotation.concurrency,
+                resume_after=settings.rotation.resume_after,
                 clock=clock,
             ),
             revocation=RevocationFlow(

@@ -389,17 +389,6 @@ class LeaseRepository:
         )
         return self._list("listing unissued leases", query)
 
-    def count_pending_since(self, since: datetime) -> int:
-        """Pending rows written at or after `since`: issues that may still be running."""
-        _require_aware(since, "since")
-        query = (
-            select(func.count())
-            .select_from(LeaseRow)
-            .where(LeaseRow.state == LeaseState.PENDING, LeaseRow.created_at >= since)
-        )
-        with store_errors("counting pending leases"), self._sessions() as session:
-            return int(session.execute(query).scalar_one())
-
     def pending_before(self, before: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
         """Pending rows older than `before`: a crash between the row and Vault; reconcile."""
         _require_aware(before, "before")

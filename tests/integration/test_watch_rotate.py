@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
+from broker.cli.exits import NOTHING_SELECTED
 from broker.cli.main import app as cli
 from broker.server import create_server
 from broker.settings import load_settings
@@ -263,8 +264,8 @@ async def test_without_an_ack_the_cli_rotation_revokes_the_old_lease_after_the_g
     unknown = await asyncio.to_thread(
         runner.invoke, cli, ["rotate", "--lease", "no-such-lease", "--context", context]
     )
-    assert unknown.exit_code == 1
-    assert "does not exist" in unknown.output
+    assert unknown.exit_code == NOTHING_SELECTED
+    assert "matched no lease" in unknown.output
 
 
 # --- the stream's end ---------------------------------------------------------------------------
