@@ -81,7 +81,8 @@ class LeaseRow(Base):
         Index("ix_leases_workload", "cluster", "namespace", "service_account"),
         Index("ix_leases_vault_lease_id", "vault_lease_id"),
         Index("ix_leases_role_state", "role", "state"),
-        Index("ix_leases_cluster_pod", "cluster", "pod_name"),
+        Index("ix_leases_namespace", "namespace"),
+        Index("ix_leases_pod_name", "pod_name"),
         Index("ix_leases_state_rotate", "state", "rotate_requested_at"),
     )
 
