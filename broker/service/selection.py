@@ -9,7 +9,7 @@ selecting the whole fleet must be said (`all`), never fallen into by a forgotten
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, TypeVar
@@ -247,7 +247,7 @@ async def audit_selector(
 
 async def run_batched(
     items: Sequence[T], workers: int, step: Callable[[T], Awaitable[LeaseProgress]]
-) -> AsyncIterator[LeaseProgress]:
+) -> AsyncGenerator[LeaseProgress]:
     """`step` over every item, at most `workers` at once; progress in the order they finish.
 
     When the consumer goes away (the client cancelled, the broker stops), no further item
