@@ -137,9 +137,9 @@ class Selection:
         after: str | None = None
         while True:
             page = await self._run(self._leases.select_page, query, after, PAGE)
+            handles = await self._run(self._leases.vault_handles, [lease.id for lease in page])
             for lease in page:
-                handle = await self._run(self._leases.handle, lease.id)
-                raw = handle.vault_lease
+                raw = handles.get(lease.id)
                 yield Selected(lease, VaultLease.model_validate(raw) if raw else None)
             if len(page) < PAGE:
                 return

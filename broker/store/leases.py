@@ -311,6 +311,14 @@ class LeaseRepository:
             statement = statement.where(LeaseRow.id > after)
         return self._list("selecting leases", statement.order_by(LeaseRow.id).limit(limit))
 
+    def vault_handles(self, lease_ids: Collection[str]) -> dict[str, dict[str, Any] | None]:
+        """The Vault handle (`LeaseHandle.vault_lease`) of each lease named, in one query."""
+        statement = select(LeaseRow.id, LeaseRow.vault_lease).where(
+            LeaseRow.id.in_(list(lease_ids))
+        )
+        with store_errors("reading Vault handles"), self._sessions() as session:
+            return {lease_id: handle for lease_id, handle in session.execute(statement)}
+
     # -- rotations by selector -------------------------------------------------------------
 
     def request_rotation(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -60,6 +61,9 @@ permit (principal is Workload, action == Action::"issue", resource is Role)
 when { principal.namespace like "fleet-*" && resource.backend == "database" };
 """
 ROOT_MOUNT, ROOT_ROLE = "keyferry/db-root", "root-db"
+# The fleet of the Ack test; set it higher for a figure (the time from the call to the last
+# Ack is printed with -s): KEYFERRY_FLEET_SIZE=200 pytest -s -k acks ...
+FLEET_SIZE = int(os.environ.get("KEYFERRY_FLEET_SIZE", "20"))
 
 
 @pytest.fixture
@@ -338,7 +342,7 @@ async def test_a_fleet_rotation_with_acks_revokes_each_old_lease_on_its_pods_ack
     """Agents hold Watch streams and Ack each new generation, as the real agent does; the
     time from the call to the last Ack is printed (a figure for docs, never asserted)."""
     namespace = f"fleet-{secrets.token_hex(3)}"
-    size = 20
+    size = FLEET_SIZE - FLEET_SIZE % 2
     pods = await fleet(broker, kube_clusters["a"], namespace, size // 2)
     pods += await fleet(broker, kube_clusters["b"], namespace, size // 2)
     acked: dict[str, float] = {}
