@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -377,7 +378,8 @@ async def test_a_fleet_rotation_with_acks_revokes_each_old_lease_on_its_pods_ack
         await asyncio.wait_for(asyncio.gather(*answering), 120)
         for agent in agents:
             agent.close()
-    print(f"\nfleet of {size}: rotate to last Ack {max(acked.values()) - started:.2f} s")
+    took = max(acked.values()) - started
+    print(f"\nfleet of {size}: rotate to last Ack {took:.2f} s", file=sys.stderr)
     assert events[0].plan.matched == size
     assert events[-1].summary.done == size
     outcomes = [e.lease for e in events if e.WhichOneof("event") == "lease"]
@@ -389,6 +391,14 @@ async def test_a_fleet_rotation_with_acks_revokes_each_old_lease_on_its_pods_ack
     await until(all_revoked, "every old lease revoked on its pod's Ack")
     for pod in pods:
         assert not works(postgres, pod.values)
+
+    revoke = rotation_pb2.RevokeSelectedRequest(
+        selector=rotation_pb2.LeaseSelector(namespaces=[namespace]), concurrency=8
+    )
+    async with broker.admin_channel() as channel:
+        stub = rotation_pb2_grpc.RotationServiceStub(channel)
+        ended = [event async for event in stub.RevokeSelected(revoke)]
+    assert (ended[-1].summary.matched, ended[-1].summary.done) == (size, size)
 
 
 # --- RotateRoot --------------------------------------------------------------------------------
