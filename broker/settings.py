@@ -16,7 +16,7 @@ import base64
 import binascii
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -51,9 +51,15 @@ class _Group(BaseModel):
 
 
 class AuditSettings(_Group):
+    sink: Literal["file", "store"] = Field(
+        default="file",
+        description="where the chain's records go: `file` (one broker; the JSON-lines log) "
+        "or `store` (several replicas on PostgreSQL share one chain in the lease store)",
+    )
     log: Path = Field(
         description="the audit log file (JSON lines, append-only), like "
-        "/var/log/keyferry/audit.jsonl"
+        "/var/log/keyferry/audit.jsonl; with sink store, this replica's copy of the records "
+        "it wrote (the chain itself is in the store)"
     )
     hmac_key: SecretStr = Field(
         description=f"at least {MIN_HMAC_KEY_BYTES} random bytes keying the fingerprints of "
@@ -246,13 +252,72 @@ class RenewalSettings(_Group):
     """The broker's renewals of watched pods' Vault leases (the Watch stream is the heartbeat)."""
 
     interval: Duration = Field(default=timedelta(seconds=30), description="how often renewals run")
+    fraction: float = Field(
+        default=2 / 3,
+        gt=0,
+        lt=1,
+        description="renew a lease once this fraction of its lifetime (since issue or the "
+        "last renewal) has passed",
+    )
+    jitter: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="spread renewals by up to this fraction of a lease's lifetime, earlier, "
+        "so leases issued together are not renewed together",
+    )
     window: Duration = Field(
         default=timedelta(minutes=2),
-        description="renew a lease when it expires within this time",
+        description="renew a lease at the latest when it expires within this time",
     )
     increment: Duration | None = Field(
         default=None,
         description="lifetime to ask Vault for on renewal; unset for the Vault role's default",
+    )
+
+
+class SchedulerSettings(_Group):
+    """The periodic jobs (APScheduler). With several replicas on PostgreSQL one replica leads
+    them (advisory lock); renewals run on every replica for the Watch streams it holds."""
+
+    jitter: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="spread each job's runs by up to this fraction of its interval",
+    )
+    leadership: Duration = Field(
+        default=timedelta(seconds=2),
+        description="how often a follower tries to take the lead and the leader checks its "
+        "lock's connection (PostgreSQL only)",
+    )
+    revoke_backoff: Duration = Field(
+        default=timedelta(seconds=5),
+        description="first wait before a failed revocation is retried; doubles per attempt",
+    )
+    revoke_backoff_cap: Duration = Field(
+        default=timedelta(minutes=10),
+        description="longest wait between retries of a revocation (retries never stop)",
+    )
+    jwks_refresh: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often registered clusters' JWKS are fetched anew",
+    )
+    pod_sweep: Duration = Field(
+        default=timedelta(seconds=60),
+        description="how often leases whose pod no longer runs are looked for",
+    )
+    audit_checkpoint: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often the audit chain's head is signed (needs audit.transit_*)",
+    )
+    reconcile: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often the store is reconciled against Vault",
+    )
+    grant_expiry: Duration = Field(
+        default=timedelta(seconds=10),
+        description="how often expired just-in-time grants are ended",
     )
 
 
@@ -290,6 +355,7 @@ class BrokerSettings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     rotation: RotationSettings = RotationSettings()
     renewal: RenewalSettings = RenewalSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     @field_validator("policies")
     @classmethod

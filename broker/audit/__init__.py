@@ -9,6 +9,8 @@
   (count + head hash) are signed by Vault transit, whose key never leaves Vault
   (broker/backends/transit.py), and kept in a second sink, the lease store
   (store_sink.py); verify.py compares the log with them.
+- Several replicas share one chain kept in the store (shared.py, `audit.sink: store`):
+  each append seals on the store's head under that row's lock.
 - Fail-closed: AuditLog.append returns only once the record is on disk (fsync); any
   failure raises broker.errors.AuditUnavailable and the request is refused.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
 from .fingerprint import Fingerprinter
-from .log import AuditLog
+from .log import AuditChain, AuditLog
 from .records import (
     GENESIS,
     AuditEvent,
@@ -28,12 +30,14 @@ from .records import (
     canonical_json,
     record_hash,
 )
+from .shared import StoreChainLog
 from .sink import JsonLinesSink, read_log
 from .store_sink import StoreCheckpointSink
 from .verify import Damage, DamageKind, VerifyReport, verify
 
 __all__ = [
     "GENESIS",
+    "AuditChain",
     "AuditEvent",
     "AuditLog",
     "AuditRecord",
@@ -48,6 +52,7 @@ __all__ = [
     "PrincipalKind",
     "SignedCheckpoint",
     "Signer",
+    "StoreChainLog",
     "StoreCheckpointSink",
     "VerifyReport",
     "canonical_json",

@@ -23,6 +23,19 @@ class RecordSink(Protocol):
     def last_line(self) -> bytes | None: ...
 
 
+class AuditChain(Protocol):
+    """What the broker writes to: one chain, in a file (AuditLog) or in the store
+    (shared.StoreChainLog, several replicas)."""
+
+    chain: str
+
+    def append(self, event: AuditEvent) -> AuditRecord: ...
+
+    def head(self) -> Checkpoint: ...
+
+    def checkpoint(self, signer: Signer, sink: CheckpointSink) -> SignedCheckpoint: ...
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 

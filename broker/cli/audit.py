@@ -1,7 +1,8 @@
 """`keyferry audit verify`: check the audit log against its transit-signed checkpoints.
 
-Runs beside the broker, with the broker's own config: the log file, the store that keeps
-the checkpoints (the second sink) and the Vault transit key that signed them.
+Runs beside the broker, with the broker's own config: the log file (or, with
+`audit.sink: store`, the chain that every replica writes in the store), the store that
+keeps the checkpoints (the second sink) and the Vault transit key that signed them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ app = typer.Typer(
         "Examples:\n\n"
         "  keyferry audit verify --config /etc/keyferry/broker.yaml\n\n"
         "  keyferry audit verify --config broker.yaml --log /backup/audit.jsonl --output json\n\n"
+        "With audit.sink: store (several replicas) the chain is read from the store, unless "
+        "--log names a file to verify instead.\n\n"
         "Exit codes: 0 the chain and every checkpoint verify; 1 damage was found (the first "
         "damaged record or checkpoint is named) or Vault/the store did not answer; 2 the "
         "configuration is invalid or has no transit key."
@@ -56,7 +59,8 @@ def verify(
         )
         raise typer.Exit(CONFIG)
     try:
-        report = asyncio.run(_verify(settings, log or audit.log))
+        source = log if log is not None or audit.sink == "file" else None
+        report = asyncio.run(_verify(settings, source or audit.log, from_store=source is None))
     except KeyferryError as exc:
         typer.echo(f"audit verify could not finish: {exc.message}", err=True)
         raise typer.Exit(FAILED) from None
@@ -82,14 +86,14 @@ def verify(
         raise typer.Exit(FAILED)
 
 
-async def _verify(settings: Any, log: Path) -> Any:
-    from broker.audit import StoreCheckpointSink, read_log  # noqa: PLC0415
+async def _verify(settings: Any, log: Path, *, from_store: bool) -> Any:
+    from broker.audit import StoreChainLog, StoreCheckpointSink, read_log  # noqa: PLC0415
     from broker.audit import verify as verify_log  # noqa: PLC0415
     from broker.backends import VaultClient  # noqa: PLC0415
     from broker.backends.transit import TransitSigner  # noqa: PLC0415
     from broker.store import Store  # noqa: PLC0415
 
-    if not log.exists():
+    if not from_store and not log.exists():
         raise KeyferryError(f"the audit log {log} does not exist")
     store = await asyncio.to_thread(Store.open, settings.store)
     vault = VaultClient(settings.vault)
@@ -97,7 +101,11 @@ async def _verify(settings: Any, log: Path) -> Any:
         checkpoints = await asyncio.to_thread(
             StoreCheckpointSink(store.checkpoints).list, settings.audit.chain
         )
-        lines = await asyncio.to_thread(read_log, log)
+        if from_store:
+            chain = StoreChainLog(store.audit_chain, chain=settings.audit.chain)
+            lines = await asyncio.to_thread(chain.lines)
+        else:
+            lines = await asyncio.to_thread(read_log, log)
         mount, key = settings.audit.transit_mount, settings.audit.transit_key
 
         def check(client: Any) -> Any:

@@ -47,6 +47,8 @@ def serve(
 
         assert isinstance(server, BrokerServer)
         typer.echo(f"keyferry broker: workload listener on port {server.port} (TLS)", err=True)
+        if server.metrics_port is not None:
+            typer.echo(f"keyferry broker: metrics on port {server.metrics_port}", err=True)
         if server.tls.generated:
             typer.echo(
                 f"keyferry broker: self-signed TLS identity at {server.tls.cert_path} "

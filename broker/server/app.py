@@ -145,7 +145,13 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
         except KeyferryError:
             return float("nan")  # the store did not answer this scrape
 
-    metrics = BrokerMetrics(live_leases)
+    def pending_revocations() -> float:
+        try:
+            return float(runtime.store.leases.count_revoking())
+        except KeyferryError:
+            return float("nan")
+
+    metrics = BrokerMetrics(live_leases, pending_revocations, lambda: float(runtime.is_leader))
     tls = workload_identity(settings.workload, settings.data_dir)
     if tls.generated:
         log.warning(

@@ -13,7 +13,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class BrokerMetrics:
-    def __init__(self, live_leases: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        live_leases: Callable[[], float],
+        pending_revocations: Callable[[], float] | None = None,
+        leader: Callable[[], float] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.issues = Counter(
             "keyferry_issue",
@@ -55,6 +60,21 @@ class BrokerMetrics:
             registry=self.registry,
         )
         self.active_leases.set_function(live_leases)
+        self.pending_revocations = Gauge(
+            "keyferry_pending_revocations",
+            "Leases queued for revocation at Vault (due now or waiting for a retry); "
+            "revocation never gives up, so this only falls when Vault answers",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "keyferry_leader",
+            "1 while this replica leads the periodic jobs, else 0",
+            registry=self.registry,
+        )
+        if pending_revocations is not None:
+            self.pending_revocations.set_function(pending_revocations)
+        if leader is not None:
+            self.leader.set_function(leader)
         self._http: tuple[WSGIServer, Thread] | None = None
 
     def count(self, method: str, outcome: str, seconds: float) -> None:

@@ -12,7 +12,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from broker.audit import AuditEvent, AuditLog, Decision, Fingerprinter, Principal, PrincipalKind
+from broker.audit import AuditChain, AuditEvent, Decision, Fingerprinter, Principal, PrincipalKind
 from broker.models import Credential
 from broker.policy import Decision as PolicyDecision
 from broker.policy import Operator, Workload
@@ -56,7 +56,7 @@ def where(workload: Workload) -> dict[str, Any]:
 
 
 class AuditTrail:
-    def __init__(self, log: AuditLog, fingerprinter: Fingerprinter) -> None:
+    def __init__(self, log: AuditChain, fingerprinter: Fingerprinter) -> None:
         self.log = log
         self._fingerprinter = fingerprinter
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyferry-audit")

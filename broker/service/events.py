@@ -1,17 +1,11 @@
 """The events a pod's Watch streams receive, and the in-process hub that routes them.
 
-One broker replica for now: the hub is a dictionary from pod UID to the queues of that
-pod's open streams, and every change that concerns a pod (a rotation, a revocation, a
-lease that cannot be renewed further) is published to it by the flow that made the change,
-after the store has recorded it.
-
-Several replicas will fan out through the store, not through this hub: each replica keeps
-its own hub for the streams it serves, and the change is written first to an event table
-(pod UID, sequence number, event) in the same transaction as the lease change. Every
-replica follows that table (PostgreSQL LISTEN/NOTIFY as the wake-up, the sequence number
-as the cursor) and publishes what concerns its own streams to its own hub. Nothing is
-lost when the replica that made the change holds no stream of the pod, and the snapshot a
-stream receives on (re)connect covers anything missed in between.
+Each replica has its own hub for the Watch streams it serves. Every change that concerns
+a pod (a rotation, a revocation, a lease that cannot be renewed further) is published to
+it by the flow that made the change, after the store has recorded it. With several
+replicas the hub also hands each event to a fan-out (notify.py: PostgreSQL NOTIFY, no
+secret in the payload), and the other replicas deliver it to their own streams of that
+pod. The snapshot a stream receives on (re)connect covers anything missed in between.
 
 A stream that does not keep up is closed (its queue overflowed) rather than allowed to
 grow the broker's memory: the agent reconnects and the snapshot brings it up to date.
@@ -21,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -55,6 +49,7 @@ class LeaseExpiring:
 
 
 WatchEvent = LeaseRotated | LeaseRevoked | LeaseExpiring
+FanOut = Callable[[str, WatchEvent], None]
 
 
 class StreamOverflowed(TemporaryError):
@@ -88,6 +83,11 @@ class EventHub:
 
     def __init__(self) -> None:
         self._streams: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._fanout: FanOut | None = None
+
+    def fan_out(self, fanout: FanOut | None) -> None:
+        """Also hand every published event to `fanout` (the other replicas)."""
+        self._fanout = fanout
 
     @contextmanager
     def subscribe(self, pod_uid: str) -> Iterator[Subscription]:
@@ -102,7 +102,14 @@ class EventHub:
                 del self._streams[pod_uid]
 
     def publish(self, pod_uid: str, event: WatchEvent) -> int:
-        """Hand the event to every open stream of the pod; how many there were."""
+        """Hand the event to every open stream of the pod here, and to the other replicas;
+        how many streams here there were."""
+        if self._fanout is not None:
+            self._fanout(pod_uid, event)
+        return self.deliver(pod_uid, event)
+
+    def deliver(self, pod_uid: str, event: WatchEvent) -> int:
+        """Hand the event to this replica's open streams of the pod only."""
         streams = self._streams.get(pod_uid, set())
         for subscription in streams:
             subscription.offer(event)
@@ -111,6 +118,16 @@ class EventHub:
     def watched(self) -> frozenset[str]:
         """UIDs of the pods that hold at least one open stream: the heartbeat set."""
         return frozenset(self._streams)
+
+    def resync(self) -> int:
+        """Close every stream (as overflowed): events may have been missed, so each agent
+        reconnects and its snapshot brings it up to date; how many streams."""
+        count = 0
+        for streams in self._streams.values():
+            for subscription in streams:
+                subscription.overflowed.set()
+                count += 1
+        return count
 
     def stream_count(self) -> int:
         return sum(len(streams) for streams in self._streams.values())

@@ -1,48 +1,28 @@
-"""The broker's periodic jobs on its own event loop: renewals and due revocations.
+"""The broker's periodic jobs, as the scheduler (scheduler.py) runs them.
 
-One replica for now, so each job simply runs every `interval`. With several replicas on
-PostgreSQL one will lead the periodic jobs (the scheduler issue); the jobs are idempotent
-already, so running one twice is wasted work, not harm. A job's failure is logged and the
-next run tries again: a periodic job must never die with one bad pass.
+A job is a coroutine run every `interval`. `leader_only` jobs (revocations, the pod
+sweep, JWKS refresh, audit checkpoints, reconcile, grant expiry) run on the one replica
+that leads (leadership.py); the others run on every replica because they serve what that
+replica holds (renewals of the pods whose Watch streams it serves, leadership itself).
+
+Every job reads its due work from the lease table and every action on a lease is
+idempotent, so a job that runs twice (two replicas in the moment a lead changes hands, a
+retry after a crash) wastes work, never repeats an effect; and a new leader finds
+whatever its predecessor left undone in the table, so nothing due is missed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
-import structlog
-
-log = structlog.get_logger("keyferry.loops")
+Job = Callable[[], Awaitable[object]]
 
 
+@dataclass(frozen=True)
 class Periodic:
-    def __init__(
-        self, name: str, interval: timedelta, job: Callable[[], Awaitable[object]]
-    ) -> None:
-        self.name = name
-        self._interval = interval.total_seconds()
-        self._job = job
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"keyferry-{self.name}")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._job()
-            except Exception:  # logged; the next pass tries again
-                log.exception("periodic job failed", job=self.name)
-            await asyncio.sleep(self._interval)
+    name: str
+    interval: timedelta
+    job: Job
+    leader_only: bool = True

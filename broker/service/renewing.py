@@ -2,7 +2,12 @@
 Broker.Renew for callers outside pods.
 
 For pods the broker owns renewal, and the open Watch stream is the heartbeat: a pass
-renews the renewable leases of watched pods that expire within `renewal.window`. A pod
+renews the renewable leases of watched pods once `renewal.fraction` (default 2/3) of their
+current lifetime has passed, up to `renewal.jitter` of it earlier (a fixed spread per
+lease, so leases issued together are not renewed together), and at the latest when they
+expire within `renewal.window`. Each replica renews for the streams it serves (the hub is
+per replica), so this job does not wait for the lead: a stream that moves to another
+replica moves its renewals with it. A pod
 whose agent is gone is not kept alive; its leases run out at their TTL. A lease that
 cannot be extended any further (not renewable, or Vault capped it at the role's max TTL)
 gets one Expiring event per broker run, so the agent knows before the credential dies.
@@ -10,7 +15,9 @@ gets one Expiring event per broker run, so the agent knows before the credential
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -36,6 +43,8 @@ from .results import RenewedLease
 
 log = structlog.get_logger("keyferry.renew")
 SYSTEM_JOB = "broker.renew"
+LOOK_AHEAD = timedelta(days=3650)  # every lease with an end is a candidate; due() decides
+CANDIDATES = 500
 
 
 class Renewer:
@@ -92,16 +101,29 @@ class Renewer:
         watched = self._hub.watched()
         if not watched:
             return 0
-        horizon = self._clock() + self._settings.window
-        due = await self._run(self._leases.leases_to_renew, horizon, pod_uids=watched)
+        now = self._clock()
+        candidates = await self._run(
+            self._leases.leases_to_renew, now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
+        )
         renewed = 0
-        for lease in due:
+        for lease in (c for c in candidates if self.due(c, now)):
             try:
                 if await self._renew_watched(lease):
                     renewed += 1
             except KeyferryError as error:
                 log.warning("renewal failed", lease_id=lease.id, error=error.message)
         return renewed
+
+    def due(self, lease: LeaseRecord, now: datetime) -> bool:
+        """Past its renewal point: `fraction` of the lifetime since its last renewal (or
+        issue), less this lease's share of the jitter; or within `window` of its end."""
+        if lease.expires_at is None:
+            return False
+        if lease.expires_at - now <= self._settings.window:
+            return True
+        lifetime = lease.expires_at - lease.updated_at
+        fraction = self._settings.fraction - self._settings.jitter * _spread(lease)
+        return now >= lease.updated_at + lifetime * max(fraction, 0.0)
 
     async def _renew_watched(self, lease: LeaseRecord) -> bool:
         vault_lease = await self.vault_lease(lease)
@@ -123,6 +145,12 @@ class Renewer:
             return
         self._warned.add(lease.id)
         self._hub.publish(lease.pod_uid, LeaseExpiring(lease.id, lease.expires_at))
+
+
+def _spread(lease: LeaseRecord) -> float:
+    """A number in [0, 1) fixed for this lease and its current end."""
+    key = f"{lease.id}/{lease.expires_at}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
 
 
 class RenewFlow:

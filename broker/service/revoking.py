@@ -3,12 +3,18 @@ Ack or their grace period, and retries of revocations Vault did not answer.
 
 The row is revoking before Vault is asked, and becomes revoked only after Vault answered,
 so a Vault lease is never left alive without a row saying so. A failure records the error
-and the next attempt time on the row; revocation never gives up.
+and the next attempt time on the row, and an audit record (`lease.revoke_failed`);
+revocation never gives up. The wait doubles with each failed attempt from
+`scheduler.revoke_backoff` up to `scheduler.revoke_backoff_cap`, with up to a tenth
+taken off at random so a Vault outage does not end in one stampede of retries. The
+revoking rows are the queue: the leader's pass reads them, whoever queued them.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
@@ -24,10 +30,24 @@ from .auditing import AuditTrail, system_principal
 from .events import EventHub, LeaseRevoked
 
 log = structlog.get_logger("keyferry.revoke")
-RETRY_AFTER = timedelta(seconds=30)
+RETRY_AFTER = timedelta(seconds=30)  # an issue still running: its Vault lease is not known
 NOT_ISSUED_YET = "the Vault lease is not recorded yet (issue still running); retrying"
 ROTATED, REVOKED = "rotated", "revoked"
 SYSTEM_JOB = "broker.revoke"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between revocation attempts: `first`, doubled per failure, at most `cap`."""
+
+    first: timedelta = timedelta(seconds=5)
+    cap: timedelta = timedelta(minutes=10)
+
+    def after(self, attempts: int) -> timedelta:
+        """The wait after the `attempts`-th failure (1 = the first), jitter included."""
+        wait: timedelta = min(self.cap, self.first * (2 ** min(max(attempts - 1, 0), 32)))
+        spread = 1 - random.random() / 10  # noqa: S311 - spread, not secrecy
+        return wait * spread
 
 
 class Revoker:
@@ -40,6 +60,7 @@ class Revoker:
         audit: AuditTrail,
         hub: EventHub,
         clock: Clock,
+        backoff: Backoff | None = None,
     ) -> None:
         self._leases = store.leases
         self._run = runner.run
@@ -47,6 +68,7 @@ class Revoker:
         self._audit = audit
         self._hub = hub
         self._clock = clock
+        self._backoff = backoff or Backoff()
 
     async def revoke(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
         """Revoke one revoking lease at Vault now and mark it revoked; on a Vault failure the
@@ -61,8 +83,7 @@ class Revoker:
         try:
             await self._backends.for_lease(vault_lease).revoke(vault_lease)
         except KeyferryError as error:
-            retry_at = self._clock() + RETRY_AFTER
-            await self._run(self._leases.record_revoke_failure, lease.id, error.message, retry_at)
+            await self._record_failure(lease, who, request_id, error)
             raise
         revoked = await self._run(self._leases.mark_revoked, lease.id)
         reason = await self._reason(revoked)
@@ -80,11 +101,36 @@ class Revoker:
         for lease in due:
             try:
                 await self.revoke(lease, system_principal(SYSTEM_JOB), uuid.uuid4().hex)
-            except KeyferryError as error:
-                log.warning("revocation failed; will retry", lease_id=lease.id, error=error.message)
+            except KeyferryError:
+                pass  # recorded on the row, logged and audited by revoke
             else:
                 done += 1
         return done
+
+    async def pending(self) -> int:
+        """Revocations not done yet (revoking rows, due or waiting): a gauge."""
+        return await self._run(self._leases.count_revoking)
+
+    async def _record_failure(
+        self, lease: LeaseRecord, who: Principal, request_id: str, error: KeyferryError
+    ) -> None:
+        retry_at = self._clock() + self._backoff.after(lease.revoke_attempts + 1)
+        failed = await self._run(
+            self._leases.record_revoke_failure, lease.id, error.message, retry_at
+        )
+        log.warning(
+            "revocation failed; will retry",
+            lease_id=lease.id,
+            attempts=failed.revoke_attempts,
+            retry_at=retry_at.isoformat(),
+            error=error.message,
+        )
+        try:
+            await self._audit.lease_change(
+                who, "lease.revoke_failed", failed, request_id, reason=error.reason
+            )
+        except KeyferryError as also:  # the row keeps the retry either way
+            log.warning("revocation failure not audited", lease_id=lease.id, error=also.message)
 
     async def _reason(self, lease: LeaseRecord) -> str:
         """`rotated` when a newer generation of the credential is live, else `revoked`."""

@@ -10,12 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from broker.audit import AuditLog, Fingerprinter, JsonLinesSink, StoreCheckpointSink
+from broker.audit import (
+    AuditChain,
+    AuditLog,
+    Fingerprinter,
+    JsonLinesSink,
+    StoreChainLog,
+    StoreCheckpointSink,
+)
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
 from broker.clusters import ClusterClient
@@ -28,20 +35,23 @@ from broker.store.clock import Clock, utcnow
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
-from .cluster_admin import KEYS_REFRESH, ClusterAdmin
+from .cluster_admin import ClusterAdmin
 from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
+from .leadership import leadership_for
 from .limits import IssueRates
-from .loops import Periodic
-from .pod_leases import SWEEP_INTERVAL, PodLeases
+from .loops import Job, Periodic
+from .notify import EventRelay
+from .pod_leases import PodLeases
 from .reconciling import Reconciler
 from .releasing import ReleaseFlow
 from .renewing import Renewer, RenewFlow
 from .revocation import RevocationFlow
-from .revoking import Revoker
+from .revoking import Backoff, Revoker
 from .role_admin import RoleAdmin
 from .root_rotation import RootRotationFlow
 from .rotating import RotationFlow
+from .scheduler import JobScheduler
 from .sealing import CredentialSealer
 from .watching import WatchFlow
 
@@ -50,10 +60,12 @@ log = structlog.get_logger("keyferry.runtime")
 
 @dataclass
 class LeaseFlows:
-    """What keeps issued leases alive and replaces them: the event hub of Watch streams,
-    the flows of Watch, Renew and RotateLeases, and the periodic jobs."""
+    """What keeps issued leases alive and replaces them: the event hub of Watch streams
+    (and its relay to the other replicas), the flows of Watch, Renew and RotateLeases,
+    and the scheduler of the periodic jobs."""
 
     hub: EventHub
+    relay: EventRelay | None
     revoker: Revoker
     renewer: Renewer
     watch: WatchFlow
@@ -62,7 +74,11 @@ class LeaseFlows:
     revocation: RevocationFlow
     root: RootRotationFlow
     reconciler: Reconciler
-    jobs: list[Periodic]
+    scheduler: JobScheduler
+
+    @property
+    def jobs(self) -> list[Periodic]:
+        return self.scheduler.jobs
 
 
 @dataclass
@@ -80,6 +96,7 @@ class BrokerRuntime:
     clusters: ClusterAdmin
     pods: PodLeases
     _stack: AsyncExitStack
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def open(cls, settings: BrokerSettings, clock: Clock = utcnow) -> BrokerRuntime:
@@ -112,7 +129,11 @@ class BrokerRuntime:
         _on_close(stack, callers.close)
         sink = JsonLinesSink(settings.audit.log)
         _on_close(stack, sink.close)
-        audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
+        audit_log: AuditChain
+        if settings.audit.sink == "store":
+            audit_log = StoreChainLog(store.audit_chain, chain=settings.audit.chain, copy=sink)
+        else:
+            audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
         audit = AuditTrail(audit_log, Fingerprinter(settings.audit.hmac_key))
         _on_close(stack, audit.close)
         backends = Backends(vault)
@@ -139,8 +160,15 @@ class BrokerRuntime:
             backends=backends,
         )
         hub = EventHub()
+        timing = settings.scheduler
         revoker = Revoker(
-            store=store, runner=runner, backends=backends, audit=audit, hub=hub, clock=clock
+            store=store,
+            runner=runner,
+            backends=backends,
+            audit=audit,
+            hub=hub,
+            clock=clock,
+            backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
         )
         renewer = Renewer(
             store=store,
@@ -151,8 +179,21 @@ class BrokerRuntime:
             settings=settings.renewal,
             clock=clock,
         )
+        relay = EventRelay.for_store(
+            settings.store, hub=hub, store=store, runner=runner, sealer=sealer
+        )
+        scheduler = JobScheduler(
+            [
+                Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
+                Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
+            ],
+            leadership_for(settings.store),
+            jitter=timing.jitter,
+            leadership_interval=timing.leadership,
+        )
         flows = LeaseFlows(
             hub=hub,
+            relay=relay,
             revoker=revoker,
             renewer=renewer,
             watch=WatchFlow(
@@ -207,10 +248,7 @@ class BrokerRuntime:
                 clock=clock,
                 orphan_age=settings.rotation.orphan_age,
             ),
-            jobs=[
-                Periodic("renew", settings.renewal.interval, renewer.renew_due),
-                Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
-            ],
+            scheduler=scheduler,
         )
         roles = RoleAdmin(catalog, policy, audit)
         pods = PodLeases(callers=callers, store=store, runner=runner, revoker=revoker)
@@ -227,15 +265,15 @@ class BrokerRuntime:
             clock=clock,
         )
         await clusters.load()
-        flows.jobs.append(Periodic("jwks", KEYS_REFRESH, clusters.refresh_keys))
-        flows.jobs.append(Periodic("pod-sweep", SWEEP_INTERVAL, pods.sweep))
-        # The first pass runs as the job starts, so at broker start; then periodically.
+        scheduler.add(Periodic("jwks", timing.jwks_refresh, clusters.refresh_keys))
+        scheduler.add(Periodic("pod-sweep", timing.pod_sweep, pods.sweep))
+        # The first pass runs at start (and when a replica takes the lead); then periodically.
         reconcile = settings.rotation.reconcile_interval
-        flows.jobs.append(Periodic("reconcile", reconcile, flows.reconciler.run_once))
-        flows.jobs.append(
+        scheduler.add(Periodic("reconcile", reconcile, flows.reconciler.run_once))
+        scheduler.add(
             Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume)
         )
-        return cls(
+        runtime = cls(
             settings,
             store,
             runner,
@@ -250,17 +288,43 @@ class BrokerRuntime:
             pods,
             stack,
         )
+        if settings.audit.transit_mount is not None:
+            scheduler.add(Periodic("audit-checkpoint", timing.audit_checkpoint, runtime.checkpoint))
+        return runtime
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica leads the periodic jobs (always, on SQLite)."""
+        return self.flows.scheduler.leadership.is_leader
+
+    def schedule(self, name: str, job: Job) -> None:
+        """Fill a leader's slot: `reconcile` or `grant-expiry`, at its configured interval."""
+        timing = self.settings.scheduler
+        intervals = {"reconcile": timing.reconcile, "grant-expiry": timing.grant_expiry}
+        self.flows.scheduler.add(Periodic(name, intervals[name], job))
 
     def start_jobs(self) -> None:
-        """Start the periodic jobs and the pod watches (on the running event loop)."""
-        for job in self.flows.jobs:
-            job.start()
-        self.pods.start()
+        """Start the scheduler and the event relay (on the running event loop). The pod
+        watches run on the leader: they start when this replica takes the lead."""
+        scheduler = self.flows.scheduler
+        scheduler.on_leadership(self._leadership_changed)
+        scheduler.start()
+        if self.flows.relay is not None:
+            self.flows.relay.start()
 
     async def stop_jobs(self) -> None:
+        await self.flows.scheduler.stop()
         await self.pods.stop()
-        for job in self.flows.jobs:
-            await job.stop()
+        if self.flows.relay is not None:
+            await self.flows.relay.stop()
+
+    def _leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self.pods.start()
+        else:
+            task = asyncio.get_running_loop().create_task(self.pods.stop())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def checkpoint(self) -> bool:
         """Sign the audit chain's head with Vault transit and keep it in the store, when

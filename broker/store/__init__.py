@@ -14,6 +14,7 @@ Sync SQLAlchemy on a dedicated thread pool, not SQLAlchemy's asyncio extension:
 
 from __future__ import annotations
 
+from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
 from .clusters import ClusterRepository
 from .config import StoreSettings
@@ -50,6 +51,7 @@ from .store import Store
 
 __all__ = [
     "LIVE_STATES",
+    "AuditChainRepository",
     "CheckpointRecord",
     "CheckpointRepository",
     "ClusterExists",

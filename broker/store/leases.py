@@ -276,6 +276,14 @@ class LeaseRepository:
         with store_errors("counting leases"), self._sessions() as session:
             return int(session.execute(query).scalar_one())
 
+    def count_revoking(self) -> int:
+        """Revocations not done yet (due now or waiting for a retry): a gauge."""
+        query = (
+            select(func.count()).select_from(LeaseRow).where(LeaseRow.state == LeaseState.REVOKING)
+        )
+        with store_errors("counting revocations"), self._sessions() as session:
+            return int(session.execute(query).scalar_one())
+
     def list_by_selector(self, selector: Selector, limit: int | None = None) -> list[LeaseRecord]:
         query = select(LeaseRow).where(LeaseRow.state.in_(selector.states))
         for column, value in (

@@ -146,3 +146,23 @@ class ClusterRow(Base):
     jwks_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_contact: Mapped[datetime | None] = mapped_column(UTCDateTime())
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditHeadRow(Base):
+    """The shared audit chain's head: appends take this row's lock (audit_chain.py)."""
+
+    __tablename__ = "audit_heads"
+
+    chain: Mapped[str] = mapped_column(String(128), primary_key=True)
+    record_count: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditRecordRow(Base):
+    """One record of the shared audit chain, as its canonical log line."""
+
+    __tablename__ = "audit_records"
+
+    chain: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    line: Mapped[str] = mapped_column(Text)

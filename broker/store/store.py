@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
 from .clock import Clock, utcnow
 from .clusters import ClusterRepository
@@ -22,6 +23,7 @@ class Store:
         self.leases = LeaseRepository(sessions, clock)
         self.roles = RoleRepository(sessions, clock)
         self.checkpoints = CheckpointRepository(sessions, clock)
+        self.audit_chain = AuditChainRepository(sessions)
         self.clusters = ClusterRepository(sessions, clock)
 
     @classmethod

@@ -1,0 +1,82 @@
+"""The audit chain kept in the store, for several replicas writing one chain.
+
+An append locks the chain's head row (SELECT ... FOR UPDATE on PostgreSQL; SQLite's
+BEGIN IMMEDIATE serialises writers anyway), seals the record on the count and hash it
+read, inserts the record and moves the head, all in one transaction: two replicas can
+never seal two records on the same head. broker.audit builds and checks the records; the
+store only keeps their lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .failures import store_errors
+from .schema import AuditHeadRow, AuditRecordRow
+
+PAGE = 1000
+ATTEMPTS = 3
+
+
+class Sealed(Protocol):
+    @property
+    def hash(self) -> str: ...
+
+    def line(self) -> bytes: ...
+
+
+S = TypeVar("S", bound=Sealed)
+
+
+class AuditChainRepository:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def append(self, chain: str, genesis: str, seal: Callable[[int, str], S]) -> S:
+        """Seal the next record on the chain's current count and head, and keep it."""
+        for _ in range(ATTEMPTS):
+            with store_errors("appending an audit record"):
+                try:
+                    with self._sessions.begin() as session:
+                        head = session.get(AuditHeadRow, chain, with_for_update=True)
+                        if head is None:  # the chain's first record; a racing insert retries
+                            head = AuditHeadRow(chain=chain, record_count=0, head_hash=genesis)
+                            session.add(head)
+                            session.flush()
+                        sealed = seal(head.record_count, head.head_hash)
+                        line = sealed.line().decode().removesuffix("\n")
+                        session.add(AuditRecordRow(chain=chain, seq=head.record_count, line=line))
+                        head.record_count += 1
+                        head.head_hash = sealed.hash
+                except IntegrityError:
+                    continue
+                return sealed
+        raise IntegrityError("audit append", None, Exception("the chain's head kept moving"))
+
+    def head(self, chain: str) -> tuple[int, str] | None:
+        """The chain's record count and last hash; None before its first record."""
+        with store_errors("reading the audit chain's head"), self._sessions() as session:
+            head = session.get(AuditHeadRow, chain)
+            return None if head is None else (head.record_count, head.head_hash)
+
+    def lines(self, chain: str) -> list[str]:
+        """Every record's line, in sequence order (what `keyferry audit verify` reads)."""
+        found: list[str] = []
+        after = -1
+        with store_errors("reading the audit chain"), self._sessions() as session:
+            while True:
+                page = session.execute(
+                    select(AuditRecordRow.seq, AuditRecordRow.line)
+                    .where(AuditRecordRow.chain == chain, AuditRecordRow.seq > after)
+                    .order_by(AuditRecordRow.seq)
+                    .limit(PAGE)
+                ).all()
+                found.extend(line for _seq, line in page)
+                if len(page) < PAGE:
+                    return found
+                after = page[-1][0]
