@@ -1,0 +1,290 @@
+"""Two broker replicas (`keyferry broker serve` processes) on one PostgreSQL store and one Vault.
+
+What several replicas promise (docs/architecture.md, "Several replicas"): a rotation made on
+one replica reaches the Watch streams held by the other; one replica leads the periodic
+jobs (a PostgreSQL advisory lock, never held twice), and when it is killed with -9 the
+other takes the lead and does what came due (revocations after a grace period), nothing
+done twice; the audit records of both form one chain that verifies.
+
+Waits are bounded polls (`until`); the failover time is printed as an observation, never
+asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import duration_pb2
+from pydantic import SecretStr
+
+from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
+from broker.audit import StoreChainLog
+from broker.backends import VaultClient, VaultSettings, list_keyferry_leases
+from broker.backends.transit import TransitSigner
+from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreSettings
+from tests.bed.kube import KubeCluster
+from tests.bed.postgres import PostgresServer
+from tests.bed.vault import VaultServer
+
+from .kube_helpers import BoundToken
+from .replicas import KEYFERRY, Replica, lock_holders, start_replica
+from .stores import postgres_database
+from .test_issue import approle, config, orders_db, root, transit
+from .test_watch_rotate import Agent, until, works
+from .workloads import bearer, broker_stub, mint
+
+__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
+pytestmark = pytest.mark.bed
+PODS = 6
+GRACE = 3  # seconds an unacknowledged rotated-away credential lives
+
+
+@pytest.fixture
+def store_dsn(postgres: PostgresServer) -> Iterator[str]:
+    with postgres_database(postgres) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def shared(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    orders_db: None,
+    transit: TransitSigner,
+    store_dsn: str,
+) -> dict[str, Any]:
+    """The settings both replicas share (the store, Vault, keys, admin CA, roles)."""
+    data = config(tmp_path, vault, approle, kube_clusters, store_dsn)
+    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["renewal"] = {"interval": "1h"}  # renewals are not what this test is about
+    data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
+    return data
+
+
+@pytest.fixture
+def store(store_dsn: str) -> Iterator[Store]:
+    """The shared store, read by the test as an outside observer."""
+    opened = Store.open(StoreSettings(url=SecretStr(store_dsn)))
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def vault_leases(vault: VaultServer) -> Iterator[VaultClient]:
+    client = VaultClient(VaultSettings(addr=vault.addr, token=SecretStr(vault.root_token)))
+    yield client
+    client.close()
+
+
+class LeaderWatch:
+    """Samples, until stopped, how many sessions hold the leader lock and how many live
+    replicas say they lead; keeps the highest of each."""
+
+    def __init__(self, dsn: str, replicas: list[Replica]) -> None:
+        self.dsn = dsn
+        self.replicas = replicas
+        self.most_holders = 0
+        self.most_leaders = 0
+        self.samples = 0
+
+    async def run(self) -> None:
+        while True:
+            holders = await asyncio.to_thread(lock_holders, self.dsn)
+            says = [await asyncio.to_thread(r.leader) for r in self.replicas if r.alive()]
+            self.most_holders = max(self.most_holders, holders)
+            self.most_leaders = max(self.most_leaders, sum(1 for s in says if s))
+            self.samples += 1
+            await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def watching(watch: LeaderWatch) -> AsyncIterator[LeaderWatch]:
+    task = asyncio.create_task(watch.run())
+    try:
+        yield watch
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def issue_on(replica: Replica, token: BoundToken) -> broker_pb2.IssueResponse:
+    async with broker_stub(replica.port, replica.ca) as stub:
+        response: broker_pb2.IssueResponse = await stub.Issue(
+            broker_pb2.IssueRequest(credential_name="orders-db", role="orders-db-ro"),
+            metadata=bearer(token),
+        )
+        return response
+
+
+async def rotate_on(
+    replica: Replica, lease_ids: list[str], grace: float
+) -> list[rotation_pb2.LeaseRotation]:
+    duration = duration_pb2.Duration(seconds=int(grace))
+    request = rotation_pb2.RotateLeasesRequest(lease_ids=lease_ids, grace=duration)
+    async with replica.admin_channel() as channel:
+        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+        reply = await stub.RotateLeases(request)
+    return list(reply.rotations)
+
+
+def pod_leases(store: Store, pod_uid: str) -> list[LeaseRecord]:
+    states = frozenset(LeaseState)
+    return [
+        lease
+        for lease in store.leases.list_by_selector(Selector(cluster="a", states=states))
+        if lease.pod_uid == pod_uid
+    ]
+
+
+def leader_of(replicas: list[Replica]) -> Replica | None:
+    leading = [r for r in replicas if r.alive() and r.leader()]
+    return leading[0] if len(leading) == 1 else None
+
+
+async def test_two_replicas_share_rotations_and_one_chain_and_the_survivor_of_a_kill_leads(
+    tmp_path: Path,
+    shared: dict[str, Any],
+    kube_clusters: dict[str, KubeCluster],
+    postgres: PostgresServer,
+    store_dsn: str,
+    store: Store,
+    vault_leases: VaultClient,
+) -> None:
+    replicas: list[Replica] = []
+    try:
+        a = await start_replica(tmp_path, "a", shared)
+        replicas.append(a)
+        await until(lambda: asyncio.to_thread(leader_of, replicas), "replica a leads")
+        b = await start_replica(tmp_path, "b", shared)
+        replicas.append(b)
+        async with watching(LeaderWatch(store_dsn, replicas)) as watch:
+            await _scenario(a, b, replicas, kube_clusters, postgres, store, vault_leases)
+        assert watch.samples > 0
+        assert watch.most_holders == 1  # the lock: one holder, never two
+        assert watch.most_leaders == 1  # and one replica says it leads
+        assert b.stop() == 0  # SIGTERM: signs a checkpoint of the shared chain
+        _chain_verifies(b, store)
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+async def _scenario(
+    a: Replica,
+    b: Replica,
+    replicas: list[Replica],
+    kube_clusters: dict[str, KubeCluster],
+    postgres: PostgresServer,
+    store: Store,
+    vault_leases: VaultClient,
+) -> None:
+    assert b.leader() is False
+    assert a.leader() is True
+    tokens = [mint(kube_clusters["a"], pod_prefix="replica") for _ in range(PODS)]
+    issued = [await issue_on(b, token) for token in tokens]
+    async with broker_stub(b.port, b.ca) as stub:
+        agents = [Agent(stub, token) for token in tokens]
+        try:
+            for agent, first in zip(agents, issued, strict=True):
+                assert (await agent.next()).rotated.lease.id == first.lease.id
+
+            # 1. A rotation made on replica a reaches the streams on replica b.
+            rotations = await rotate_on(a, [x.lease.id for x in issued], grace=3600)
+            second = []
+            for agent, rotation in zip(agents, rotations, strict=True):
+                pushed = (await agent.next()).rotated
+                assert (pushed.lease.id, pushed.lease.generation) == (rotation.lease.id, 2)
+                assert await asyncio.to_thread(works, postgres, pushed.credential.values)
+                await agent.ack(pushed.lease)  # b revokes generation 1 at once
+                second.append(pushed)
+            for first in issued:
+                await _until_revoked(store, postgres, first, "generation 1, after the Ack")
+
+            # 2. kill -9 the leader while b rotates every lease again (short grace, no Ack).
+            rotating = asyncio.create_task(rotate_on(b, [x.lease.id for x in second], grace=GRACE))
+            await until(
+                lambda: asyncio.to_thread(_third_generation_begun, store, tokens[0].pod_uid),
+                "the second rotation has begun",
+            )
+            a.kill()
+            killed = time.monotonic()
+            third = await rotating
+            await until(lambda: asyncio.to_thread(leader_of, replicas), "replica b leads")
+            print(f"\nobserved: replica b led {time.monotonic() - killed:.2f} s after kill -9 of a")
+            assert all(not r.already_rotated and r.lease.generation == 3 for r in third)
+            for agent, rotation, old in zip(agents, third, issued, strict=True):
+                revoked = await agent.next()  # generation 1's end, from the Ack before
+                assert revoked.revoked.lease_id == old.lease.id
+                pushed = (await agent.next()).rotated
+                assert (pushed.lease.id, pushed.lease.generation) == (rotation.lease.id, 3)
+                assert await asyncio.to_thread(works, postgres, pushed.credential.values)
+
+            # 3. Generation 2's revocations came due after a died: b, now leading, does them.
+            for old in second:
+                await _until_revoked(store, postgres, old, "generation 2, by the survivor")
+        finally:
+            for agent in agents:
+                agent.close()
+
+    # Nothing half-done: per pod one active lease (generation 3), the others revoked.
+    for token in tokens:
+        leases = await asyncio.to_thread(pod_leases, store, token.pod_uid)
+        states = sorted((lease.generation, lease.state) for lease in leases)
+        assert states == [(1, "revoked"), (2, "revoked"), (3, "active")]
+    # Vault holds exactly the active generation of each pod, none of the revoked ones.
+    at_vault = set(await list_keyferry_leases(vault_leases))
+    for token in tokens:
+        for lease in await asyncio.to_thread(pod_leases, store, token.pod_uid):
+            alive = lease.state == LeaseState.ACTIVE
+            assert (lease.vault_lease_id in at_vault) is alive, lease
+    # Nothing done twice with effect: each old generation was revoked once, by one replica.
+    records = [json.loads(line) for line in StoreChainLog(store.audit_chain).lines()]
+    revoked = [r["lease_id"] for r in records if r["action"] == "lease.revoked"]
+    old_ids = {x.lease.id for x in issued} | {x.lease.id for x in second}
+    assert sorted(revoked) == sorted(old_ids)
+    assert any(r["action"] == "rotate" for r in records)
+
+
+def _third_generation_begun(store: Store, pod_uid: str) -> bool:
+    return any(lease.generation == 3 for lease in pod_leases(store, pod_uid))
+
+
+async def _until_revoked(store: Store, postgres: PostgresServer, event: Any, what: str) -> None:
+    async def probe() -> bool:
+        return await _revoked_and_dead(store, postgres, event)
+
+    await until(probe, f"{what}: lease {event.lease.id} revoked and its login dead")
+
+
+async def _revoked_and_dead(store: Store, postgres: PostgresServer, event: Any) -> bool:
+    lease = await asyncio.to_thread(store.leases.get, event.lease.id)
+    if lease.state != LeaseState.REVOKED:
+        return False
+    return not await asyncio.to_thread(works, postgres, event.credential.values)
+
+
+def _chain_verifies(replica: Replica, store: Store) -> None:
+    """`keyferry audit verify` with a replica's config reads the shared chain in the store."""
+    result = subprocess.run(
+        [str(KEYFERRY), "audit", "verify", "--config", str(replica.config), "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["records"] == len(StoreChainLog(store.audit_chain).lines())
+    assert report["checkpoints_verified"] >= 1
