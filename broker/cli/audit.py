@@ -59,8 +59,8 @@ def verify(
         )
         raise typer.Exit(CONFIG)
     try:
-        source = log if log is not None or audit.sink == "file" else None
-        report = asyncio.run(_verify(settings, source or audit.log, from_store=source is None))
+        from_store = log is None and audit.sink == "store"
+        report = asyncio.run(_verify(settings, log or audit.log, from_store=from_store))
     except KeyferryError as exc:
         typer.echo(f"audit verify could not finish: {exc.message}", err=True)
         raise typer.Exit(FAILED) from None

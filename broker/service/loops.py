@@ -26,3 +26,4 @@ class Periodic:
     interval: timedelta
     job: Job
     leader_only: bool = True
+    at_once: bool = True  # first run at start and on taking the lead; else after `interval`

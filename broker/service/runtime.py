@@ -289,7 +289,10 @@ class BrokerRuntime:
             stack,
         )
         if settings.audit.transit_mount is not None:
-            scheduler.add(Periodic("audit-checkpoint", timing.audit_checkpoint, runtime.checkpoint))
+            checkpoint = Periodic(
+                "audit-checkpoint", timing.audit_checkpoint, runtime.checkpoint, at_once=False
+            )
+            scheduler.add(checkpoint)
         return runtime
 
     @property

@@ -98,7 +98,7 @@ class JobScheduler:
             IntervalTrigger(seconds=seconds, jitter=seconds * self._jitter or None, timezone=UTC),
             args=[job],
             id=job.name,
-            next_run_time=datetime.now(UTC),
+            next_run_time=datetime.now(UTC) if job.at_once else datetime.now(UTC) + job.interval,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
@@ -132,7 +132,7 @@ class JobScheduler:
         self._report(now)
         if now and self._scheduler is not None:
             for job in self.jobs:
-                if job.leader_only:
+                if job.leader_only and job.at_once:
                     self._scheduler.modify_job(job.name, next_run_time=datetime.now(UTC))
 
     def _report(self, leader: bool) -> None:
