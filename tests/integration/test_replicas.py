@@ -15,27 +15,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf import duration_pb2
 from pydantic import SecretStr
 
 from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
-from broker.audit import StoreChainLog
+from broker.audit import StoreChainLog, verify
 from broker.backends import VaultClient, VaultSettings, list_keyferry_leases
 from broker.backends.transit import TransitSigner
+from broker.server import BrokerServer, create_server
+from broker.settings import load_settings
 from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreSettings
+from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
-from tests.bed.postgres import PostgresServer
+from tests.bed.postgres import PostgresServer, start_postgres
 from tests.bed.vault import VaultServer
 
 from .kube_helpers import BoundToken
-from .replicas import KEYFERRY, Replica, lock_holders, start_replica
+from .replicas import KEYFERRY, Replica, lock_holders, start_replica, write_config
 from .stores import postgres_database
 from .test_issue import approle, config, orders_db, root, transit
 from .test_watch_rotate import Agent, until, works
@@ -223,16 +228,16 @@ async def _scenario(
             await until(lambda: asyncio.to_thread(leader_of, replicas), "replica b leads")
             print(f"\nobserved: replica b led {time.monotonic() - killed:.2f} s after kill -9 of a")
             assert all(not r.already_rotated and r.lease.generation == 3 for r in third)
-            for agent, rotation, old in zip(agents, third, issued, strict=True):
-                revoked = await agent.next()  # generation 1's end, from the Ack before
-                assert revoked.revoked.lease_id == old.lease.id
+            for agent, rotation, first in zip(agents, third, issued, strict=True):
+                ended = await agent.next()  # generation 1's end, from the Ack before
+                assert ended.revoked.lease_id == first.lease.id
                 pushed = (await agent.next()).rotated
                 assert (pushed.lease.id, pushed.lease.generation) == (rotation.lease.id, 3)
                 assert await asyncio.to_thread(works, postgres, pushed.credential.values)
 
             # 3. Generation 2's revocations came due after a died: b, now leading, does them.
-            for old in second:
-                await _until_revoked(store, postgres, old, "generation 2, by the survivor")
+            for gone in second:
+                await _until_revoked(store, postgres, gone, "generation 2, by the survivor")
         finally:
             for agent in agents:
                 agent.close()
@@ -250,9 +255,9 @@ async def _scenario(
             assert (lease.vault_lease_id in at_vault) is alive, lease
     # Nothing done twice with effect: each old generation was revoked once, by one replica.
     records = [json.loads(line) for line in StoreChainLog(store.audit_chain).lines()]
-    revoked = [r["lease_id"] for r in records if r["action"] == "lease.revoked"]
+    revocations = [r["lease_id"] for r in records if r["action"] == "lease.revoked"]
     old_ids = {x.lease.id for x in issued} | {x.lease.id for x in second}
-    assert sorted(revoked) == sorted(old_ids)
+    assert sorted(revocations) == sorted(old_ids)
     assert any(r["action"] == "rotate" for r in records)
 
 
@@ -288,3 +293,111 @@ def _chain_verifies(replica: Replica, store: Store) -> None:
     assert report["ok"] is True
     assert report["records"] == len(StoreChainLog(store.audit_chain).lines())
     assert report["checkpoints_verified"] >= 1
+
+
+# --- the store goes away ------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_postgres(bed: Bed) -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, to stop and start (the bed's one serves Vault)."""
+    server = start_postgres(bed.workspace, name=f"store-{secrets.token_hex(3)}")
+    yield server
+    server.stop()
+
+
+async def test_with_the_store_down_issue_fails_closed_nobody_leads_and_service_resumes(
+    tmp_path: Path,
+    shared: dict[str, Any],
+    own_postgres: PostgresServer,
+    kube_clusters: dict[str, KubeCluster],
+    vault_leases: VaultClient,
+    transit: TransitSigner,
+) -> None:
+    data = {**shared, "store": {"url": own_postgres.dsn(), "pool_size": 4, "timeout": 3}}
+    servers = []
+    try:
+        for name in ("a", "b"):
+            path = write_config(tmp_path, name, data)
+            server, _port = await create_server(load_settings(path))
+            await server.start()
+            servers.append(server)
+        runtimes = [server.runtime for server in servers]
+
+        async def one_leader() -> bool:
+            return [r.is_leader for r in runtimes].count(True) == 1
+
+        async def nobody_leads() -> bool:
+            return not any(r.is_leader for r in runtimes)
+
+        leaders = LeaderCount(runtimes)
+        async with leaders.sampling():
+            await until(one_leader, "one replica leads")
+            for server in servers:
+                await issue_in(server, mint(kube_clusters["a"], pod_prefix="before"))
+
+            before = set(await list_keyferry_leases(vault_leases))
+            own_postgres.stop()
+            for server in servers:
+                with pytest.raises(grpc.RpcError) as refused:
+                    await issue_in(server, mint(kube_clusters["a"], pod_prefix="down"))
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert set(await list_keyferry_leases(vault_leases)) == before  # nothing handed out
+            await until(nobody_leads, "no replica leads without the store")
+
+            own_postgres.process.start()
+            await asyncio.to_thread(
+                own_postgres.process.wait_until,
+                own_postgres.healthy,
+                "accepting connections again",
+            )
+            for server in servers:
+                token = mint(kube_clusters["a"], pod_prefix="after")
+
+                async def served(server: BrokerServer = server, token: BoundToken = token) -> bool:
+                    try:
+                        await issue_in(server, token)
+                    except grpc.RpcError:
+                        return False
+                    return True
+
+                await until(served, "Issue served again once the store is back")
+            await until(one_leader, "one replica leads again")
+        assert leaders.most == 1  # never two leaders, before, during or after the outage
+        chain = StoreChainLog(runtimes[0].store.audit_chain).lines()
+        assert verify(chain, [], transit).ok
+    finally:
+        for server in servers:
+            await server.stop(1)
+
+
+class LeaderCount:
+    """The most in-process replicas that said they lead at one moment, sampled."""
+
+    def __init__(self, runtimes: list[Any]) -> None:
+        self.runtimes = runtimes
+        self.most = 0
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[None]:
+        async def sample() -> None:
+            while True:
+                self.most = max(self.most, sum(1 for r in self.runtimes if r.is_leader))
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(sample())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def issue_in(server: BrokerServer, token: BoundToken) -> broker_pb2.IssueResponse:
+    async with broker_stub(server.port, server.tls.cert_path) as stub:
+        response: broker_pb2.IssueResponse = await stub.Issue(
+            broker_pb2.IssueRequest(credential_name="orders-db", role="orders-db-ro"),
+            metadata=bearer(token),
+        )
+        return response
