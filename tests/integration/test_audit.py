@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import hvac
 import hvac.exceptions
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from broker.audit import (
     AuditEvent,
@@ -24,6 +26,7 @@ from broker.audit import (
     Principal,
     PrincipalKind,
     SignedCheckpoint,
+    StoreChainLog,
     StoreCheckpointSink,
     canonical_json,
     read_log,
@@ -34,10 +37,11 @@ from broker.backends.transit import TransitSigner
 from broker.errors import AuditUnavailable, VaultUnavailable
 from broker.store import Store, StoreSettings
 from tests.bed.ports import free_port
+from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 
 from .engines import enable
-from .stores import TickingClock, sqlite_url
+from .stores import TickingClock, postgres_database, sqlite_url
 
 MOUNT = "kf-audit-transit"
 KEY = "audit-checkpoints"
@@ -367,3 +371,65 @@ def test_the_log_holds_fingerprints_never_the_secret(log_path: Path) -> None:
     assert password not in data
     assert FINGERPRINTS.fingerprint(password) in data
     assert oct(log_path.stat().st_mode & 0o777) == oct(0o600)
+
+
+# -- one chain in the store, for several replicas ----------------------------------------------
+
+
+def test_two_writers_on_postgresql_make_one_chain_that_verifies(
+    postgres: PostgresServer, tmp_path: Path, transit: TransitSigner
+) -> None:
+    """Two stores (two replicas' engines) append at once; the records form one chain, each
+    writer's copy file holds exactly what it wrote, and tampering in the store is found."""
+    with postgres_database(postgres) as dsn:
+        stores = [Store.open(StoreSettings(url=SecretStr(dsn))) for _ in range(2)]
+        try:
+            logs = [
+                StoreChainLog(
+                    store.audit_chain, chain=CHAIN, copy=JsonLinesSink(tmp_path / f"copy-{i}")
+                )
+                for i, store in enumerate(stores)
+            ]
+            per_writer = 40
+
+            def write(log: StoreChainLog) -> list[int]:
+                return [log.append(event).seq for event in events(per_writer)]
+
+            with ThreadPoolExecutor(8) as pool:
+                written = list(pool.map(write, [logs[0], logs[1], logs[0], logs[1]]))
+            seqs = sorted(seq for batch in written for seq in batch)
+            assert seqs == list(range(4 * per_writer))  # no sequence number sealed twice
+            sink = StoreCheckpointSink(stores[1].checkpoints)
+            signed = logs[1].checkpoint(transit, sink)
+            assert signed.checkpoint.count == 4 * per_writer
+            lines = logs[0].lines()
+            report = verify(lines, sink.list(CHAIN), transit)
+            assert report.ok, report.damage
+            assert (report.records, report.checkpoints_verified) == (4 * per_writer, 1)
+            copies = sorted(line for i in range(2) for line in read_log(tmp_path / f"copy-{i}"))
+            assert copies == sorted(lines)
+
+            with stores[0].engine.begin() as conn:
+                conn.execute(
+                    text("DELETE FROM audit_records WHERE chain = :c AND seq = 7"), {"c": CHAIN}
+                )
+            damaged = verify(logs[0].lines(), sink.list(CHAIN), transit)
+            assert damaged.damage is not None
+            assert damaged.damage.kind == DamageKind.DROPPED
+            assert damaged.damage.index == 7
+        finally:
+            for store in stores:
+                store.close()
+
+
+def test_the_store_chain_refuses_the_append_when_the_store_is_gone(tmp_path: Path) -> None:
+    store = Store.open(StoreSettings(url=SecretStr(sqlite_url(tmp_path))))
+    log = StoreChainLog(store.audit_chain, chain=CHAIN)
+    log.append(next(events(1)))
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP TABLE audit_heads"))
+    try:
+        with pytest.raises(AuditUnavailable, match="audit chain in the store"):
+            log.append(next(events(1)))
+    finally:
+        store.close()
