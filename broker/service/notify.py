@@ -95,7 +95,7 @@ class EventRelay:
 
     def _send_soon(self, pod_uid: str, event: WatchEvent) -> None:
         """From the hub (on the loop, after the store commit): NOTIFY in order, off the call."""
-        payload = json.dumps({"origin": self.replica, "pod_uid": pod_uid, **_describe(event)})
+        payload = json.dumps({"origin": self.replica, "pod_uid": pod_uid, **describe_event(event)})
         task = asyncio.create_task(self._send(payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -178,7 +178,7 @@ class EventRelay:
         return LeaseRotated(lease, credential, VaultLease.model_validate(handle.vault_lease))
 
 
-def _describe(event: WatchEvent) -> dict[str, str]:
+def describe_event(event: WatchEvent) -> dict[str, str]:
     """What names the change, and nothing secret."""
     if isinstance(event, LeaseRotated):
         return {"kind": "rotated", "lease_id": event.lease.id}

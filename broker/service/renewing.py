@@ -106,24 +106,13 @@ class Renewer:
             self._leases.leases_to_renew, now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
         )
         renewed = 0
-        for lease in (c for c in candidates if self.due(c, now)):
+        for lease in (c for c in candidates if renewal_due(c, now, self._settings)):
             try:
                 if await self._renew_watched(lease):
                     renewed += 1
             except KeyferryError as error:
                 log.warning("renewal failed", lease_id=lease.id, error=error.message)
         return renewed
-
-    def due(self, lease: LeaseRecord, now: datetime) -> bool:
-        """Past its renewal point: `fraction` of the lifetime since its last renewal (or
-        issue), less this lease's share of the jitter; or within `window` of its end."""
-        if lease.expires_at is None:
-            return False
-        if lease.expires_at - now <= self._settings.window:
-            return True
-        lifetime = lease.expires_at - lease.updated_at
-        fraction = self._settings.fraction - self._settings.jitter * _spread(lease)
-        return now >= lease.updated_at + lifetime * max(fraction, 0.0)
 
     async def _renew_watched(self, lease: LeaseRecord) -> bool:
         vault_lease = await self.vault_lease(lease)
@@ -145,6 +134,18 @@ class Renewer:
             return
         self._warned.add(lease.id)
         self._hub.publish(lease.pod_uid, LeaseExpiring(lease.id, lease.expires_at))
+
+
+def renewal_due(lease: LeaseRecord, now: datetime, settings: RenewalSettings) -> bool:
+    """Past its renewal point: `fraction` of the lifetime since its last renewal (or
+    issue), less this lease's share of the jitter; or within `window` of its end."""
+    if lease.expires_at is None:
+        return False
+    if lease.expires_at - now <= settings.window:
+        return True
+    lifetime = lease.expires_at - lease.updated_at
+    fraction = settings.fraction - settings.jitter * _spread(lease)
+    return now >= lease.updated_at + lifetime * max(fraction, 0.0)
 
 
 def _spread(lease: LeaseRecord) -> float:
