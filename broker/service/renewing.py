@@ -10,13 +10,16 @@ per replica), so this job does not wait for the lead: a stream that moves to ano
 replica moves its renewals with it. A pod
 whose agent is gone is not kept alive; its leases run out at their TTL. A lease that
 cannot be extended any further (not renewable, or Vault capped it at the role's max TTL)
-gets one Expiring event per broker run, so the agent knows before the credential dies.
+is re-issued: the broker rotates it (a new generation pushed to the stream, the old one
+revoked on the Ack or when its remaining life is over). When that fails, the pod gets one
+Expiring event per broker run, so the agent knows before the credential dies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import structlog
@@ -45,6 +48,8 @@ log = structlog.get_logger("keyferry.renew")
 SYSTEM_JOB = "broker.renew"
 LOOK_AHEAD = timedelta(days=3650)  # every lease with an end is a candidate; due() decides
 CANDIDATES = 500
+MIN_REISSUE_GRACE = timedelta(seconds=1)
+Reissue = Callable[[LeaseRecord, timedelta, str], Awaitable[object]]
 
 
 class Renewer:
@@ -69,6 +74,11 @@ class Renewer:
         self._settings = settings
         self._clock = clock
         self._warned: set[str] = set()
+        self._reissue: Reissue | None = None
+
+    def reissue_with(self, reissue: Reissue) -> None:
+        """How a lease that cannot be renewed further is replaced (RotationFlow.reissue)."""
+        self._reissue = reissue
 
     async def vault_lease(self, lease: LeaseRecord) -> VaultLease:
         handle = await self._run(self._leases.handle, lease.id)
@@ -94,7 +104,7 @@ class Renewer:
             raise InvalidRequest(
                 "lease_id", f"lease {lease.id} changed while it was renewed: {conflict.message}"
             ) from conflict
-        return RenewedLease(lease=record, renewable=renewed.renewable)
+        return RenewedLease(lease=record, renewable=renewed.renewable, granted=renewed.ttl)
 
     async def renew_due(self) -> int:
         """One pass: renew watched pods' leases that expire within the window; how many."""
@@ -117,17 +127,29 @@ class Renewer:
     async def _renew_watched(self, lease: LeaseRecord) -> bool:
         vault_lease = await self.vault_lease(lease)
         if not vault_lease.renewable:
-            self._warn(lease)
+            await self._replace(lease)
             return False
         result = await self.renew(lease)
         record = result.lease
         await self._audit.lease_change(
             system_principal(SYSTEM_JOB), "lease.renewed", record, uuid.uuid4().hex
         )
-        before, after = lease.expires_at, record.expires_at
-        if before is not None and after is not None and after <= before:
-            self._warn(record)  # capped at the max TTL: Vault would not extend it
+        wanted = self._settings.increment or vault_lease.ttl
+        if result.granted is not None and result.granted < wanted:
+            await self._replace(record)  # capped at the max TTL: the next renewal cannot help
         return True
+
+    async def _replace(self, lease: LeaseRecord) -> None:
+        """Re-issue before the end (the rest of its life as the grace), else warn."""
+        if self._reissue is not None and lease.expires_at is not None:
+            grace = max(lease.expires_at - self._clock(), MIN_REISSUE_GRACE)
+            try:
+                await self._reissue(lease, grace, uuid.uuid4().hex)
+            except KeyferryError as error:
+                log.warning("re-issue failed", lease_id=lease.id, error=error.message)
+            else:
+                return
+        self._warn(lease)
 
     def _warn(self, lease: LeaseRecord) -> None:
         if lease.id in self._warned or lease.expires_at is None:

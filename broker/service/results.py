@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from broker.models import Credential
@@ -26,6 +28,7 @@ class RenewedLease(BaseModel):
 
     lease: LeaseRecord
     renewable: bool
+    granted: timedelta | None = None  # what Vault granted; less than asked: capped at max TTL
 
 
 class Rotation(BaseModel):

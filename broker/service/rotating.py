@@ -69,6 +69,7 @@ MIN_GRACE = timedelta(seconds=1)
 MAX_GRACE = timedelta(hours=24)
 CHUNK = 500
 SYSTEM_JOB = "broker.rotate"
+REISSUE_JOB = "broker.reissue"
 ACTIVE = frozenset({LeaseState.ACTIVE})
 
 
@@ -236,6 +237,13 @@ class RotationFlow:
             query = LeaseQuery(lease_ids=frozenset(chunk), states=revoking)
             count += len(await self._run(self._leases.select_page, query, None, len(chunk)))
         return count
+
+    async def reissue(self, lease: LeaseRecord, grace: timedelta, request_id: str) -> Rotation:
+        """The broker's own rotation of a lease it cannot renew any further (not renewable,
+        or capped at the role's max TTL): the next generation before this one ends."""
+        who = system_principal(REISSUE_JOB)
+        grace = min(max(grace, MIN_GRACE), MAX_GRACE)
+        return await self._rotate_one(who, "lease_id", lease, grace, request_id)
 
     def _check_grace(self, grace: timedelta | None) -> timedelta:
         if grace is None:

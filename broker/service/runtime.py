@@ -250,6 +250,7 @@ class BrokerRuntime:
             ),
             scheduler=scheduler,
         )
+        renewer.reissue_with(flows.rotation.reissue)
         roles = RoleAdmin(catalog, policy, audit)
         pods = PodLeases(callers=callers, store=store, runner=runner, revoker=revoker)
         clusters = ClusterAdmin(
