@@ -85,7 +85,9 @@ class Revoker:
         except KeyferryError as error:
             await self._record_failure(lease, who, request_id, error)
             raise
-        revoked = await self._run(self._leases.mark_revoked, lease.id)
+        revoked, settled = await self._run(self._leases.settle_revoked, lease.id)
+        if not settled:
+            return revoked  # another replica (or call) revoked it first and said so
         reason = await self._reason(revoked)
         await self._audit.lease_change(
             who, "lease.revoked", revoked, request_id, reason=reason.upper()

@@ -21,6 +21,8 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from broker.errors import KeyferryError
+
 from .leadership import Leadership
 from .loops import Periodic
 
@@ -113,7 +115,10 @@ class JobScheduler:
         self._running.add(task)
         try:
             return await job.job()
-        except Exception:  # logged; the next pass tries again
+        except KeyferryError as error:  # the store or Vault away: the next pass tries again
+            log.warning("periodic job failed", job=job.name, error=error.message)
+            return None
+        except Exception:  # a bug: logged in full; the next pass tries again
             log.exception("periodic job failed", job=job.name)
             return None
         finally:

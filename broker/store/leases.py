@@ -221,18 +221,27 @@ class LeaseRepository:
 
     def mark_revoked(self, lease_id: str) -> LeaseRecord:
         """Vault revoked it (or reconcile found it gone): final."""
+        return self.settle_revoked(lease_id)[0]
+
+    def settle_revoked(self, lease_id: str) -> tuple[LeaseRecord, bool]:
+        """mark_revoked, and whether this call made the change: of two replicas that both
+        revoked the lease at Vault (harmless there), only the one that gets True records
+        and announces it."""
         allowed = frozenset({LeaseState.REVOKING, LeaseState.ACTIVE})
+        changed = False
 
         def change(row: LeaseRow, now: datetime) -> bool:
+            nonlocal changed
             if row.state == LeaseState.REVOKED:
                 return False
             if row.state not in allowed:
                 raise LeaseStateConflict(_record(row), "mark revoked", allowed)
             row.state = LeaseState.REVOKED
             row.sealed_credential = None
+            changed = True
             return True
 
-        return self._change(lease_id, "mark revoked", change)
+        return self._change(lease_id, "mark revoked", change), changed
 
     def leases_to_revoke(self, now: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
         """Revoking leases whose time has come, longest waiting first."""

@@ -58,16 +58,21 @@ class Replica:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def leader(self) -> bool | None:
-        """What its /metrics says (keyferry_leader); None when it does not answer."""
+    def gauge(self, name: str) -> float | None:
+        """A gauge from its /metrics; None when it does not answer."""
         url = f"http://127.0.0.1:{self.ports['metrics']}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 text = response.read().decode()
         except OSError:
             return None
-        match = re.search(r"^keyferry_leader ([0-9.]+)$", text, re.MULTILINE)
-        return None if match is None else float(match.group(1)) == 1.0
+        match = re.search(rf"^{name} ([0-9.e+-]+|nan)$", text, re.MULTILINE)
+        return None if match is None else float(match.group(1))
+
+    def leader(self) -> bool | None:
+        """What its /metrics says (keyferry_leader); None when it does not answer."""
+        value = self.gauge("keyferry_leader")
+        return None if value is None else value == 1.0
 
     def kill(self) -> None:
         """kill -9."""
