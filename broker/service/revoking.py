@@ -103,15 +103,11 @@ class Revoker:
         for lease in due:
             try:
                 await self.revoke(lease, system_principal(SYSTEM_JOB), uuid.uuid4().hex)
-            except KeyferryError:
-                pass  # recorded on the row, logged and audited by revoke
+            except KeyferryError as error:
+                log.warning("revocation not done", lease_id=lease.id, error=error.message)
             else:
                 done += 1
         return done
-
-    async def pending(self) -> int:
-        """Revocations not done yet (revoking rows, due or waiting): a gauge."""
-        return await self._run(self._leases.count_revoking)
 
     async def _record_failure(
         self, lease: LeaseRecord, who: Principal, request_id: str, error: KeyferryError
