@@ -79,7 +79,8 @@ class JobScheduler:
         """Stop scheduling, cancel running passes, give up the lead."""
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
-            scheduler.shutdown(wait=False)
+            scheduler.shutdown(wait=False)  # runs on the loop's next turn: let it
+            await asyncio.sleep(0)
         for task in list(self._running):
             task.cancel()
         for task in list(self._running):
