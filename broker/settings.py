@@ -311,10 +311,6 @@ class SchedulerSettings(_Group):
         default=timedelta(minutes=5),
         description="how often the audit chain's head is signed (needs audit.transit_*)",
     )
-    reconcile: Duration = Field(
-        default=timedelta(minutes=5),
-        description="how often the store is reconciled against Vault",
-    )
     grant_expiry: Duration = Field(
         default=timedelta(seconds=10),
         description="how often expired just-in-time grants are ended",

@@ -302,9 +302,8 @@ class BrokerRuntime:
         return self.flows.scheduler.leadership.is_leader
 
     def schedule(self, name: str, job: Job) -> None:
-        """Fill a leader's slot: `reconcile` or `grant-expiry`, at its configured interval."""
-        timing = self.settings.scheduler
-        intervals = {"reconcile": timing.reconcile, "grant-expiry": timing.grant_expiry}
+        """Fill a leader's slot (`grant-expiry`) at its configured interval."""
+        intervals = {"grant-expiry": self.settings.scheduler.grant_expiry}
         self.flows.scheduler.add(Periodic(name, intervals[name], job))
 
     def start_jobs(self) -> None:
