@@ -1,7 +1,7 @@
 """One audit chain shared by every replica: its head and its records in the store.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 
 - audit_heads: per chain, the record count and the last record's hash; a replica appends
   under this row's lock (SELECT ... FOR UPDATE), so records of all replicas form one chain.
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision: str | None = "0003"
+revision = "0005"
+down_revision: str | None = "0004"
 branch_labels = None
 depends_on = None
 
