@@ -1,7 +1,10 @@
-"""Run keyferry's benchmarks on a fresh bed and write docs/benchmarks.md (+ .json).
+"""Run keyferry's benchmarks on a fresh bed and write docs/benchmarks.md, its .json of raw
+figures and its plots (docs/benchmarks/*.png).
 
-python -m tests.bench            # the full run (about 3-5 minutes on 2 cores)
+python -m tests.bench            # the full run (about 20 minutes on 2 cores)
 python -m tests.bench --quick    # a few samples of each, to see that the code runs
+python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
+python -m tests.bench.soak       # the soak (tests/run soak)
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     figures = run_all(QUICK if args.quick else FULL)
     page = render(figures)
     if not args.no_write:
-        write(figures, page, args.out)
-        print(f"[bench] wrote {args.out} and {args.out.with_suffix('.json')}", file=sys.stderr)
+        plots = write(figures, page, args.out)
+        print(
+            f"[bench] wrote {args.out}, {args.out.with_suffix('.json')} and {len(plots)} plots",
+            file=sys.stderr,
+        )
     print(page)
     return 0
 

@@ -133,6 +133,17 @@ def db_creds_and_revoke(mount: str, vault_role: str) -> Callable[[hvac.Client], 
     return step
 
 
+def db_creds(mount: str, vault_role: str, issued: list[str]) -> Callable[[hvac.Client], float]:
+    """Generate a database credential only (what a rotation asks of Vault); the lease ids
+    are kept in `issued` for revoking them afterwards, untimed."""
+
+    def step(client: hvac.Client) -> float:
+        issued.append(client.read(f"{mount}/creds/{vault_role}")["lease_id"])
+        return time.perf_counter()
+
+    return step
+
+
 def kv_read(mount: str, path: str) -> Callable[[hvac.Client], float]:
     def step(client: hvac.Client) -> float:
         client.secrets.kv.v2.read_secret_version(
