@@ -178,14 +178,29 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
 class BrokerProcess:
     process: subprocess.Popen[bytes]
     port: int
+    admin_port: int | None
     ca: Path
     log: Path
+    config: Path
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
 
 
-def start_broker_process(scene: Scene, folder: Path) -> BrokerProcess:
-    """`keyferry broker serve` with the scene's config, its own data, store and audit log."""
+def start_broker_process(
+    scene: Scene, folder: Path, changes: dict[str, Any] | None = None
+) -> BrokerProcess:
+    """`keyferry broker serve` with the scene's config (and `changes` to it), its own data,
+    store and audit log."""
     folder.mkdir(parents=True)
     data = copy.deepcopy(scene.data)
+    data.update(changes or {})
     data["data_dir"] = str(folder / "data")
     data["store"]["url"] = f"sqlite:///{folder / 'store.db'}"
     data["audit"]["log"] = str(folder / "audit.jsonl")
@@ -201,10 +216,13 @@ def start_broker_process(scene: Scene, folder: Path) -> BrokerProcess:
         )
     deadline = time.monotonic() + READY
     while time.monotonic() < deadline:
-        found = re.search(rb"workload listener on port (\d+)", log.read_bytes())
-        if found:
+        text = log.read_bytes()
+        found = re.search(rb"workload listener on port (\d+)", text)
+        admin = re.search(rb"admin listener on port (\d+)", text)
+        if found and (admin or b"no admin listener" in text):
             ca = folder / "data" / "workload-tls" / "tls.crt"
-            return BrokerProcess(process, int(found.group(1)), ca, log)
+            admin_port = int(admin.group(1)) if admin else None
+            return BrokerProcess(process, int(found.group(1)), admin_port, ca, log, config)
         if process.poll() is not None:
             break
         time.sleep(0.2)
@@ -262,11 +280,7 @@ async def broker_with_streams(
                 )
                 say(f"broker process: {step} idle Watch streams, {points[-1]['rss_mib']:.0f} MiB")
     finally:
-        broker.process.send_signal(signal.SIGTERM)
-        try:
-            broker.process.wait(20)
-        except subprocess.TimeoutExpired:
-            broker.process.kill()
+        await asyncio.to_thread(broker.stop)
     return {"pods": min(len(tokens), max(steps, default=0)), "points": points}
 
 

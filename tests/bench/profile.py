@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pyinstrument import Profiler
 
+from tests.bed import Bed
 from tests.integration.test_issue import ROLE
 
 from .scene import KV_ROLE, say, scene
@@ -31,10 +32,10 @@ OUT = Path(__file__).parents[2] / "docs" / "benchmarks"
 CREDENTIAL = {ROLE: "orders-db", KV_ROLE: "config"}
 
 
-async def profile(role: str, concurrency: int, calls: int, out: Path) -> Path:
-    if os.environ.get("SWITCH"):
-        sys.setswitchinterval(float(os.environ["SWITCH"]))
-    async with scene() as running:
+async def profile(
+    role: str, concurrency: int, calls: int, out: Path, *, bed: Bed | None = None
+) -> Path:
+    async with scene(bed) as running:
         tokens = await running.pods(concurrency)
         await keyferry_issue_release(running.broker, tokens, 2, role, CREDENTIAL[role])  # warm
         profiler = Profiler(interval=0.0005, async_mode="disabled")

@@ -173,6 +173,8 @@ async def scene(bed: Bed | None = None) -> AsyncIterator[Scene]:
             yield running
         finally:
             await running.broker.server.stop(1)
+            if not own:  # a shared bed: revoke what is left, as the tests' fixtures do
+                root.sys.disable_secrets_engine(MOUNT)
     finally:
         if own:
             bed.stop()
