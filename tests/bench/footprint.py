@@ -39,6 +39,7 @@ IDLE_WINDOW = 5.0
 READY = 60.0
 STREAMS_PER_CHANNEL = 100
 OPEN_BURST = 100  # streams opened at once
+STREAMS_BUDGET = 480.0  # seconds; past it no further step starts (the page says so)
 
 
 def rss_mib(pid: int) -> float:
@@ -251,7 +252,11 @@ async def broker_with_streams(
             stubs: list[Any] = []
             calls: list[Any] = []
             issued: set[str] = set()
+            begun = time.monotonic()
             for step in steps:
+                if time.monotonic() - begun > STREAMS_BUDGET:
+                    say(f"broker process: stopping at {len(calls)} streams (time budget spent)")
+                    break
                 while len(calls) < step:
                     chunk = []
                     for _ in range(min(OPEN_BURST, step - len(calls))):
