@@ -7,7 +7,7 @@ import asyncio
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +19,8 @@ from kubernetes import client as k8s
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import core, new_namespace
+from tests.integration.kube_helpers import BoundToken, core, new_namespace
+from tests.integration.stores import postgres_database
 from tests.integration.test_issue import MOUNT, ROLE
 from tests.integration.test_webhook import INJECT, harnesses, pod_body
 
@@ -134,6 +135,8 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
         lambda c, n: keyferry_issue_release(broker, tokens[:c], n, KV_ROLE, "config"),
         lambda c, n: direct(vault.addr, token, c, n, kv_read(KV_MOUNT, KV_PATH)),
     )
+    figures["issue_postgres_store"] = await _on_postgres_store(running, plan, tokens)
+    broker = running.broker
     say(f"rotation push: {plan.watchers} watchers x {plan.rotation_rounds} rounds")
     push = await rotation_push(
         broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
@@ -176,6 +179,30 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
     figures["store"] = await asyncio.to_thread(
         store_scale, running.folder, running.postgres, plan.store_rows, plan.store_samples
     )
+
+
+async def _on_postgres_store(
+    running: Scene, plan: Plan, tokens: list[BoundToken]
+) -> list[dict[str, Any]]:
+    """The database Issue pair again at the highest concurrency, with the broker's lease
+    store on the bed's PostgreSQL instead of SQLite (what several replicas use)."""
+    sqlite_store = dict(running.data["store"])
+    top = plan.concurrency[-1]
+    with postgres_database(running.postgres) as url:
+        broker = await running.restart_broker(store={"url": url, "pool_size": 8})
+        try:
+            rows = await _pairs(
+                replace(plan, concurrency=(top,)),
+                plan.issue_samples,
+                "database credential, PostgreSQL store",
+                lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
+                lambda c, n: direct(
+                    running.vault.addr, running.root.token, c, n, db_creds_and_revoke(MOUNT, "ro")
+                ),
+            )
+        finally:
+            await running.restart_broker(store=sqlite_store)
+    return rows
 
 
 def _push_figures(push: PushRun, rounds: int) -> dict[str, Any]:

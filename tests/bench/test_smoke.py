@@ -56,6 +56,9 @@ async def test_every_benchmark_produces_figures_and_the_page_and_plots(
     for key in ("issue", "kv"):
         assert [row["concurrency"] for row in figures[key]] == list(QUICK.concurrency)
         assert all(_summary(row["keyferry"]) and _summary(row["direct"]) for row in figures[key])
+    (on_postgres,) = figures["issue_postgres_store"]
+    assert on_postgres["concurrency"] == QUICK.concurrency[-1]
+    assert _summary(on_postgres["keyferry"])
     assert [row["watchers"] for row in figures["fanout"]] == list(QUICK.fanout)
     for row in figures["fanout"]:
         assert row["version_to_ack"]["n"] == row["watchers"]
