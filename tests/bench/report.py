@@ -472,6 +472,12 @@ BOUNDS = [
     "   (a pending row, a Vault read, a completion, audit) before its push, one lease after",
     "   another within each RotateLeases call. The push itself (reply → Ack) stays in",
     "   milliseconds.",
+    "4. **The agent's memory** is its runtime's: a bare Python interpreter is about 10 MiB",
+    "   resident here, importing grpcio brings it to about 35 MiB, and pydantic, protobuf,",
+    "   typer and structlog (which imports rich when present) the rest; `keyferry agent`",
+    "   already skips every broker import (broker/cli/entry.py). 40 MiB is out of reach for",
+    "   a Python agent on grpcio; a smaller runtime for the agent, or fewer imports (no rich,",
+    "   no typer), is the way there.",
     "",
 ]
 
