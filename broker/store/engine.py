@@ -1,12 +1,12 @@
 """One SQLAlchemy engine per store, tuned for each database keyferry supports.
 
-SQLite: WAL journal so readers never block the writer, and every transaction starts with
-BEGIN IMMEDIATE when it writes. Python's sqlite3 (before 3.12) otherwise begins lazily at the first write,
-and two transactions that both read and then write deadlock on the upgrade and one fails
-at once instead of waiting; IMMEDIATE takes the write lock up front, so writers queue for
-at most `timeout` seconds. Read-only sessions (Store's plain sessions; writes go through
-`sessions.begin()`) carry READ_ONLY and begin DEFERRED instead: in WAL they read a snapshot
-without taking the write lock, side by side with the writer.
+SQLite: WAL journal so readers never block the writer, and every transaction that writes
+starts with BEGIN IMMEDIATE. Python's sqlite3 (before 3.12) otherwise begins lazily at the
+first write, and two transactions that both read and then write deadlock on the upgrade and
+one fails at once instead of waiting; IMMEDIATE takes the write lock up front, so writers
+queue for at most `timeout` seconds. Read-only sessions (Store's plain sessions; writes go
+through `sessions.begin()`) carry READ_ONLY and begin DEFERRED instead: in WAL they read a
+snapshot without taking the write lock, side by side with the writer.
 
 PostgreSQL: psycopg 3, a bounded pool, pre-ping, and statement and lock timeouts so a
 stuck database fails a call instead of holding it.
