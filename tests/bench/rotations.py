@@ -68,7 +68,9 @@ async def open_watchers(
         issued = await stub.Issue(request, metadata=bearer(token))
         agent = Agent(stub, token)
         stack.callback(agent.close)
-        snapshot = await agent.next()
+        snapshot = await agent.next()  # one event per active lease of the pod
+        while snapshot.rotated.lease.credential_name != credential:
+            snapshot = await agent.next()
         assert snapshot.rotated.lease.id == issued.lease.id
         return Watcher(agent, issued.lease, token.cluster)
 
@@ -114,8 +116,11 @@ async def kv_fanout(
             while True:
                 event = await asyncio.wait_for(watcher.agent.call.read(), FANOUT_READ)
                 assert isinstance(event, broker_pb2.WatchResponse), f"stream ended: {event!r}"
-                if event.HasField("rotated") and event.rotated.lease.generation > (
-                    watcher.lease.generation
+                lease = event.rotated.lease
+                if (
+                    event.HasField("rotated")
+                    and lease.credential_name == watcher.lease.credential_name
+                    and lease.generation > watcher.lease.generation
                 ):
                     break
             _swap(folder / f"watcher-{index}", event.rotated.credential.values)
