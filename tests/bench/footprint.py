@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from broker.api.v1 import broker_pb2, rotation_pb2_grpc
@@ -32,6 +33,7 @@ from tests.integration.workloads import bearer, broker_stub
 
 from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say
 from .stats import describe, summarise
+from .workloads import retried
 
 KEYFERRY = Path(sys.executable).parent / "keyferry"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -301,7 +303,13 @@ async def _open(stub: Any, token: BoundToken, issued: set[str]) -> Any:
     if token.pod_uid not in issued:
         issued.add(token.pod_uid)
         request = broker_pb2.IssueRequest(credential_name="config", role=KV_ROLE)
-        await stub.Issue(request, metadata=bearer(token))
-    call = stub.Watch(_idle(), metadata=bearer(token))
-    await call.read()  # the snapshot
-    return call
+        await retried(stub.Issue, request, metadata=bearer(token))
+
+    async def watch() -> Any:
+        call = stub.Watch(_idle(), metadata=bearer(token))
+        event = await call.read()  # the snapshot
+        if event is grpc.aio.EOF:
+            await call  # the stream's status: raises it
+        return call
+
+    return await retried(watch)

@@ -49,10 +49,20 @@ def _pairs(rows: list[dict[str, Any]], ours: str, theirs: str, first: tuple[str,
             _row(f"direct hvac {first[1]} alone", row["direct_first"]),
             "",
             f"p50 ratio {_x(row['p50_ratio'])}, throughput ratio {_x(row['throughput_ratio'])}, "
-            f"{first[0]} alone adds {row['added_p50_first_ms']:.2f} ms at p50.",
+            f"{first[0]} alone adds {row['added_p50_first_ms']:.2f} ms at p50."
+            + _refused(row.get("keyferry_unavailable", 0)),
             "",
         ]
     return out
+
+
+def _refused(count: int) -> str:
+    if not count:
+        return ""
+    return (
+        f" {count} keyferry calls were refused UNAVAILABLE (the cluster's API server missed"
+        " the broker's 5 s deadline under the machine's load) and are not among the samples."
+    )
 
 
 def targets(f: dict[str, Any]) -> list[tuple[str, str, bool]]:

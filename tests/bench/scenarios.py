@@ -281,6 +281,7 @@ async def _pairs(
                 "p50_ratio": ratio(k.p50, d.p50),
                 "throughput_ratio": ratio(k.rate, d.rate),
                 "added_p50_first_ms": k1.p50 - d1.p50,
+                "keyferry_unavailable": keyferry.errors,
             }
         )
     return rows
