@@ -149,7 +149,7 @@ def _describe_row(label: str, s: dict[str, Any], unit: str) -> str:
     return f"| {label} | {s['n']} | {cells} |"
 
 
-def render(f: dict[str, Any]) -> str:
+def render(f: dict[str, Any], soak: dict[str, Any] | None = None) -> str:
     m, v = f["machine"], f["versions"]
     quick = " — **quick smoke run, not figures**" if f["plan"]["quick"] else ""
     lines = [
@@ -257,8 +257,37 @@ def render(f: dict[str, Any]) -> str:
         "![Store scale, PostgreSQL](benchmarks/store-postgresql.png)",
         "",
     ]
+    if soak is not None:
+        lines += _soak(soak)
     lines += [line.replace("{postgres}", _postgres_sentence(f)) for line in BOUNDS]
     return "\n".join(lines)
+
+
+def _soak(s: dict[str, Any]) -> list[str]:
+    audit = s["audit"]
+    calls = ", ".join(f"{name} {count:,}" for name, count in sorted(s["calls"].items()))
+    errors = ", ".join(f"{k}: {n}" for k, n in sorted(s["errors"].items())) or "none"
+    return [
+        "## Soak (issue 10)",
+        "",
+        f"`tests/run soak` for {s['minutes']:g} minutes (its own run; raw figures in",
+        "`docs/benchmarks/soak.json`): a broker process on loopback, pods issuing a database",
+        "credential, renewing it, rotating it (every other round, 1 s grace), releasing it,",
+        "and issuing and releasing a KV secret, at a bounded pace.",
+        "",
+        "| check | measured | |",
+        "|---|---|---|",
+        f"| calls | {calls}; refused: {errors} | |",
+        f"| no leaked lease (Vault vs store, after release and settling) | "
+        f"{len(s['vault_leases_left'])} Vault leases left, {len(s['untracked'])} untracked, "
+        f"{s['store_live']} live in the store | "
+        f"{_met(not s['vault_leases_left'] and not s['untracked'] and not s['store_live'])} |",
+        f"| broker RSS growth ≤ 10% after warm-up | {s['warm_rss_mib']:.0f} → "
+        f"{s['end_rss_mib']:.0f} MiB ({100 * s['growth']:+.1f}%) | {_met(s['growth'] <= 0.10)} |",
+        f"| audit chain and signed checkpoints verify | {audit.get('records', '-')} records, "
+        f"{audit.get('checkpoints_verified', '-')} checkpoints | {_met(bool(audit.get('ok')))} |",
+        "",
+    ]
 
 
 def _postgres_sentence(f: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ import pytest
 from tests.bed import Bed
 
 from .profile import profile, summarise_raw
-from .report import render, targets, write
+from .report import _soak, render, targets, write
 from .scenarios import QUICK, measure
 from .scene import KV_ROLE, scene
 from .soak import soak
@@ -133,3 +133,6 @@ async def test_a_short_soak_leaks_no_lease_keeps_memory_and_the_audit_verifies(
     assert result.growth <= 0.10, result.as_dict()
     assert result.audit["ok"], result.audit
     assert result.audit["records"] > 0
+    section = "\n".join(_soak(result.as_dict()))
+    assert "## Soak (issue 10)" in section
+    assert "**missed**" not in section
