@@ -62,11 +62,11 @@ class Plan:
 
 FULL = Plan(
     concurrency=(1, 8, 64),
-    issue_samples={1: 60, 8: 240, 64: 640},
-    kv_samples={1: 200, 8: 400, 64: 1280},
-    webhook_samples=200,
+    issue_samples={1: 40, 8: 160, 64: 384},
+    kv_samples={1: 100, 8: 200, 64: 512},
+    webhook_samples=100,
     watchers=8,
-    rotation_rounds=8,
+    rotation_rounds=6,
     fanout=(10, 100, 1000),
     fleet_pods=32,
     fleet_concurrency=(1, 8, 32),
@@ -75,7 +75,7 @@ FULL = Plan(
     streams=(1000, 2500, 5000, 10000),
     stream_pods=1000,
     store_rows=(10_000, 30_000, 100_000),
-    store_samples=100,
+    store_samples=50,
 )
 QUICK = Plan(
     concurrency=(1, 4),
