@@ -41,7 +41,7 @@ IDLE_WINDOW = 5.0
 READY = 60.0
 STREAMS_PER_CHANNEL = 100
 OPEN_BURST = 100  # streams opened at once
-STREAMS_BUDGET = 300.0  # seconds; past it no further step starts (the page says so)
+STREAMS_BUDGET = 240.0  # seconds; past it no further step starts (the page says so)
 
 
 def rss_mib(pid: int) -> float:

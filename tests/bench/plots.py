@@ -113,6 +113,10 @@ def draw_all(figures: dict[str, Any], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
         try:
             plot(ax, figures)
+        except (KeyError, TypeError):  # that measurement failed in this run: no plot
+            plt.close(fig)
+            continue
+        try:
             fig.tight_layout()
             path = folder / f"{name}.png"
             fig.savefig(path, metadata={"Software": None})

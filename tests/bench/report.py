@@ -56,6 +56,18 @@ def _pairs(rows: list[dict[str, Any]], ours: str, theirs: str, first: tuple[str,
     return out
 
 
+def failed(f: dict[str, Any], key: str) -> str | None:
+    """The error of a measurement that failed in this run, None when it has figures."""
+    value = f.get(key)
+    if value is None:
+        return "not run"
+    return value.get("error") if isinstance(value, dict) else None
+
+
+def _not_measured(f: dict[str, Any], key: str) -> list[str]:
+    return [f"**Not measured in this run**: {failed(f, key)}", ""]
+
+
 def _refused(count: int) -> str:
     if not count:
         return ""
@@ -87,16 +99,27 @@ def targets(f: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 added <= 2.0,
             )
         )
-    fan = f["fanout"][-1]
-    last = fan["last_ack_ms"]
-    result.append(
-        (
-            f"KV fan-out: last Ack ≤ 1 s at 1,000 watchers (measured at {fan['watchers']})",
-            f"{last:.0f} ms (p99 {fan['version_to_ack']['p99']:.0f} ms)",
-            fan["watchers"] >= 1000 and last <= 1000,
+    for key, what in (
+        ("fanout", "KV fan-out"),
+        ("fleet", "fleet rotation"),
+        ("agents", "agent footprint"),
+        ("streams", "broker with idle streams"),
+        ("store", "store scale"),
+        ("webhook", "webhook admission"),
+    ):
+        if failed(f, key):
+            result.append((f"{what}: not measured", str(failed(f, key)), False))
+    if not failed(f, "fanout"):
+        fan = f["fanout"][-1]
+        last = fan["last_ack_ms"]
+        result.append(
+            (
+                f"KV fan-out: last Ack ≤ 1 s at 1,000 watchers (measured at {fan['watchers']})",
+                f"{last:.0f} ms (p99 {fan['version_to_ack']['p99']:.0f} ms)",
+                fan["watchers"] >= 1000 and last <= 1000,
+            )
         )
-    )
-    for row in f["fleet"]:
+    for row in [] if failed(f, "fleet") else f["fleet"]:
         t = row["throughput_ratio"]
         result.append(
             (
@@ -106,26 +129,28 @@ def targets(f: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 t is not None and t >= 0.9,
             )
         )
-    agents = f["agents"]
-    worst = max(agents["idle_rss_mib"]["p99"], agents["busy_rss_mib"]["p99"])
-    result.append(
-        (
-            f"agent ≤ 40 MiB RSS ({agents['agents']} agent processes, idle and rotating)",
-            f"{worst:.1f} MiB (largest)",
-            worst <= 40,
+    if not failed(f, "agents"):
+        agents = f["agents"]
+        worst = max(agents["idle_rss_mib"]["p99"], agents["busy_rss_mib"]["p99"])
+        result.append(
+            (
+                f"agent ≤ 40 MiB RSS ({agents['agents']} agent processes, idle and rotating)",
+                f"{worst:.1f} MiB (largest)",
+                worst <= 40,
+            )
         )
-    )
-    top = f["streams"]["points"][-1]
-    streams = top["streams"]
-    judged = f"{top['rss_mib']:.0f} MiB at {streams:,} streams"
-    result.append(
-        (
-            "broker ≤ 1 GiB RSS at 10,000 idle Watch streams",
-            judged if streams >= 10_000 else f"{judged} (fewer than 10,000 measured)",
-            streams >= 10_000 and top["rss_mib"] <= 1024,
+    if not failed(f, "streams"):
+        top = f["streams"]["points"][-1]
+        streams = top["streams"]
+        judged = f"{top['rss_mib']:.0f} MiB at {streams:,} streams"
+        result.append(
+            (
+                "broker ≤ 1 GiB RSS at 10,000 idle Watch streams",
+                judged if streams >= 10_000 else f"{judged} (fewer than 10,000 measured)",
+                streams >= 10_000 and top["rss_mib"] <= 1024,
+            )
         )
-    )
-    for database, rows in f["store"].items():
+    for database, rows in {} if failed(f, "store") else f["store"].items():
         size = max(r["rows"] for r in rows)
         worst_row = max((r for r in rows if r["rows"] == size), key=lambda r: r["p99"])
         result.append(
@@ -135,8 +160,9 @@ def targets(f: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 worst_row["p99"] <= 50,
             )
         )
-    p99 = f["webhook"]["inside"]["p99"]
-    result.append(("webhook p99 ≤ 10 ms per AdmissionReview", f"{p99:.2f} ms", p99 <= 10.0))
+    if not failed(f, "webhook"):
+        p99 = f["webhook"]["inside"]["p99"]
+        result.append(("webhook p99 ≤ 10 ms per AdmissionReview", f"{p99:.2f} ms", p99 <= 10.0))
     push = f["rotation"]["reply_to_ack"]["p99"]
     result.append(
         ("rotation push p99 ≤ 50 ms (RotateLeases reply → Ack sent)", f"{push:.2f} ms", push <= 50)
@@ -221,25 +247,7 @@ def render(f: dict[str, Any], soak: dict[str, Any] | None = None) -> str:
     ]
     lines += _pairs(f["kv"], "Issue→Release", "read", ("Issue", "read"))
     lines += _rotation(f)
-    w = f["webhook"]
-    lines += [
-        "## 4. Webhook admission",
-        "",
-        "Pods created one at a time through cluster a's real API server on one connection,",
-        "alternating a namespace the keyferry webhook selects (the pod is mutated) and one it",
-        "does not. *Inside* is the webhook's own time per AdmissionReview (decode, mutate,",
-        "encode), as its server records it; more reviews than pods when the API server",
-        "reinvokes it.",
-        "",
-        HEAD,
-        _row("inside the webhook, per AdmissionReview", w["inside"]),
-        _row("pod create with the webhook", w["with"]),
-        _row("pod create without it", w["without"]),
-        "",
-        f"The webhook adds {w['added_p50_ms']:.2f} ms to a pod create at p50 "
-        f"(ratio {_x(w['p50_ratio'])}).",
-        "",
-    ]
+    lines += _webhook(f)
     lines += _footprint(f)
     lines += _store(f)
     lines += [
@@ -304,6 +312,30 @@ def _postgres_sentence(f: dict[str, Any]) -> str:
     )
 
 
+def _webhook(f: dict[str, Any]) -> list[str]:
+    if failed(f, "webhook"):
+        return ["## 4. Webhook admission", "", *_not_measured(f, "webhook")]
+    w = f["webhook"]
+    return [
+        "## 4. Webhook admission",
+        "",
+        "Pods created one at a time through cluster a's real API server on one connection,",
+        "alternating a namespace the keyferry webhook selects (the pod is mutated) and one it",
+        "does not. *Inside* is the webhook's own time per AdmissionReview (decode, mutate,",
+        "encode), as its server records it; more reviews than pods when the API server",
+        "reinvokes it.",
+        "",
+        HEAD,
+        _row("inside the webhook, per AdmissionReview", w["inside"]),
+        _row("pod create with the webhook", w["with"]),
+        _row("pod create without it", w["without"]),
+        "",
+        f"The webhook adds {w['added_p50_ms']:.2f} ms to a pod create at p50 "
+        f"(ratio {_x(w['p50_ratio'])}).",
+        "",
+    ]
+
+
 def _rotation(f: dict[str, Any]) -> list[str]:
     r = f["rotation"]
     lines = [
@@ -342,7 +374,7 @@ def _rotation(f: dict[str, Any]) -> list[str]:
         "| reply → Ack p50 / p99 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for row in f["fanout"]:
+    for row in [] if failed(f, "fanout") else f["fanout"]:
         t, ra = row["version_to_ack"], row["reply_to_ack"]
         clusters = ", ".join(f"{k}: {n}" for k, n in sorted(row["clusters"].items()))
         lines.append(
@@ -360,7 +392,11 @@ def _rotation(f: dict[str, Any]) -> list[str]:
         "(`creds/ro`; their leases revoked afterwards, untimed) at the same concurrency.",
         "",
     ]
-    for row in f["fleet"]:
+    if failed(f, "fanout"):
+        lines += ["", *_not_measured(f, "fanout")]
+    if failed(f, "fleet"):
+        lines += _not_measured(f, "fleet")
+    for row in [] if failed(f, "fleet") else f["fleet"]:
         lines += [
             f"**concurrency {row['concurrency']}**",
             "",
@@ -392,6 +428,12 @@ DESCRIBE = "| | n | p50 | p95 | p99 |\n|---|---|---|---|---|"
 
 
 def _footprint(f: dict[str, Any]) -> list[str]:
+    if failed(f, "agents") or failed(f, "streams"):
+        lines = ["## 5. Footprint", ""]
+        for key in ("agents", "streams"):
+            if failed(f, key):
+                lines += [f"### {key}", "", *_not_measured(f, key)]
+        return lines
     a, st = f["agents"], f["streams"]
     lines = [
         "## 5. Footprint",
@@ -447,6 +489,8 @@ def _footprint(f: dict[str, Any]) -> list[str]:
 
 
 def _store(f: dict[str, Any]) -> list[str]:
+    if failed(f, "store"):
+        return ["## 6. Scale of the store", "", *_not_measured(f, "store")]
     lines = [
         "## 6. Scale of the store",
         "",

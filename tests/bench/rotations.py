@@ -28,7 +28,7 @@ from tests.integration.test_issue import Broker
 from tests.integration.test_watch_rotate import Agent
 from tests.integration.workloads import bearer, broker_stub
 
-from .workloads import Run, _swap
+from .workloads import Run, _swap, retried
 
 STREAMS_PER_CHANNEL = 25
 ROTATE_BATCH = 100  # RotateLeases takes at most 100 lease ids per call
@@ -167,26 +167,27 @@ async def fleet_rotation(
     async with AsyncExitStack() as stack:
         stub = await stack.enter_async_context(broker_stub(broker.port, broker.ca))
         request = broker_pb2.IssueRequest(credential_name=credential, role=role)
-        leases = [(await stub.Issue(request, metadata=bearer(token))).lease.id for token in tokens]
+        leases = [
+            (await retried(stub.Issue, request, metadata=bearer(token))).lease.id
+            for token in tokens
+        ]
         channel = await stack.enter_async_context(broker.admin_channel())
         admin: Any = rotation_pb2_grpc.RotationServiceStub(channel)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for _ in range(rounds):
-            for index in range(len(leases)):
-                queue.put_nowait(index)
 
-        async def worker() -> None:
-            while not queue.empty():
-                index = queue.get_nowait()
-                started = time.perf_counter()
-                (rotation,) = await rotate_batch(admin, [leases[index]])
-                run.total.append(time.perf_counter() - started)
-                leases[index] = rotation.lease.id
+        async def worker(mine: list[int]) -> None:
+            # Each worker owns its leases: one lease is never rotated by two at once.
+            for _ in range(rounds):
+                for index in mine:
+                    started = time.perf_counter()
+                    (rotation,) = await rotate_batch(admin, [leases[index]])
+                    run.total.append(time.perf_counter() - started)
+                    leases[index] = rotation.lease.id
 
         (warm,) = await rotate_batch(admin, [leases[0]])  # admin TLS, first-call paths
         leases[0] = warm.lease.id
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        shares = [list(range(w, len(leases), concurrency)) for w in range(concurrency)]
+        await asyncio.gather(*(worker(share) for share in shares if share))
         run.wall = time.perf_counter() - started
         run.first = list(run.total)
     return run

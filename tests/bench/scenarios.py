@@ -7,6 +7,7 @@ import asyncio
 import os
 import platform
 import time
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -62,11 +63,11 @@ class Plan:
 
 FULL = Plan(
     concurrency=(1, 8, 64),
-    issue_samples={1: 40, 8: 160, 64: 384},
-    kv_samples={1: 100, 8: 200, 64: 512},
+    issue_samples={1: 30, 8: 120, 64: 256},
+    kv_samples={1: 60, 8: 160, 64: 384},
     webhook_samples=100,
     watchers=8,
-    rotation_rounds=6,
+    rotation_rounds=5,
     fanout=(10, 100, 1000),
     fleet_pods=32,
     fleet_concurrency=(1, 8, 32),
@@ -142,12 +143,45 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
         broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
     )
     figures["rotation"] = _push_figures(push, plan.rotation_rounds)
-    figures["fanout"] = []
+    await _phase(figures, "fanout", _fanouts(running, plan))
+    await _phase(figures, "fleet", _fleet(running, plan))
+    say(f"footprint: {plan.agents} agent processes over clusters a, b, c")
+    await _phase(figures, "agents", _agents(running, plan))
+    say(f"footprint: a broker process with up to {max(plan.streams)} idle Watch streams")
+    await _phase(figures, "streams", _streams(running, plan))
+    say(f"webhook admission: {plan.webhook_samples} pods with and without, cluster a")
+    await _phase(
+        figures,
+        "webhook",
+        asyncio.to_thread(_webhook, running.clusters["a"], running.folder, plan.webhook_samples),
+    )
+    say(f"store scale: {', '.join(map(str, plan.store_rows))} leases, SQLite and PostgreSQL")
+    await _phase(
+        figures,
+        "store",
+        asyncio.to_thread(
+            store_scale, running.folder, running.postgres, plan.store_rows, plan.store_samples
+        ),
+    )
+
+
+async def _phase(figures: dict[str, Any], key: str, measurement: Awaitable[Any]) -> None:
+    """One later measurement; if it fails, the run goes on and the page says which failed
+    and why (`{"error": ...}` in place of its figures)."""
+    try:
+        figures[key] = await measurement
+    except Exception as exc:
+        say(f"{key} failed: {exc!r}")
+        figures[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+async def _fanouts(running: Scene, plan: Plan) -> list[dict[str, Any]]:
+    rows = []
     for watchers in plan.fanout:
         say(f"KV fan-out: minting pods, then a new version to {watchers} watchers")
         spread = await running.spread(watchers)
         fan = await kv_fanout(
-            broker,
+            running.broker,
             running.root,
             spread,
             role=KV_ROLE,
@@ -155,7 +189,7 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
             mount=KV_MOUNT,
             path=KV_PATH,
         )
-        figures["fanout"].append(
+        rows.append(
             {
                 "watchers": fan.watchers,
                 "clusters": fan.clusters,
@@ -165,20 +199,15 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
                 "reply_to_ack": summarise(fan.reply_to_ack).as_dict(),
             }
         )
-    figures["fleet"] = await _fleet(running, plan)
-    say(f"footprint: {plan.agents} agent processes over clusters a, b, c")
-    figures["agents"] = await agents_footprint(running, await running.spread(plan.agents))
-    say(f"footprint: a broker process with up to {max(plan.streams)} idle Watch streams")
-    stream_pods = await running.spread(plan.stream_pods)
-    figures["streams"] = await broker_with_streams(running, stream_pods, plan.streams)
-    say(f"webhook admission: {plan.webhook_samples} pods with and without, cluster a")
-    figures["webhook"] = await asyncio.to_thread(
-        _webhook, running.clusters["a"], running.folder, plan.webhook_samples
-    )
-    say(f"store scale: {', '.join(map(str, plan.store_rows))} leases, SQLite and PostgreSQL")
-    figures["store"] = await asyncio.to_thread(
-        store_scale, running.folder, running.postgres, plan.store_rows, plan.store_samples
-    )
+    return rows
+
+
+async def _agents(running: Scene, plan: Plan) -> dict[str, Any]:
+    return await agents_footprint(running, await running.spread(plan.agents))
+
+
+async def _streams(running: Scene, plan: Plan) -> dict[str, Any]:
+    return await broker_with_streams(running, await running.spread(plan.stream_pods), plan.streams)
 
 
 async def _on_postgres_store(
