@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -30,6 +30,8 @@ class AuditChain(Protocol):
     chain: str
 
     def append(self, event: AuditEvent) -> AuditRecord: ...
+
+    def append_all(self, events: Sequence[AuditEvent]) -> list[AuditRecord]: ...
 
     def head(self) -> Checkpoint: ...
 
@@ -61,6 +63,20 @@ class AuditLog:
             self._count += 1
             self._head = record.hash
             return record
+
+    def append_all(self, events: Sequence[AuditEvent]) -> list[AuditRecord]:
+        """Seal the events in order and write them with one write and one fsync (a group
+        commit); all or none are written, AuditUnavailable if none is."""
+        with self._lock:
+            records: list[AuditRecord] = []
+            count, head = self._count, self._head
+            for event in events:
+                record = seal(event, count, head, self._clock())
+                records.append(record)
+                count, head = count + 1, record.hash
+            self._sink.write(b"".join(record.line() for record in records))
+            self._count, self._head = count, head
+            return records
 
     def head(self) -> Checkpoint:
         """The chain as it stands: record count and the last record's hash."""

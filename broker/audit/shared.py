@@ -14,7 +14,7 @@ Checkpoints work as with the file: the head read from the store, signed by Vault
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from broker.errors import AuditUnavailable, StoreUnavailable
@@ -49,17 +49,26 @@ class StoreChainLog:
 
     def append(self, event: AuditEvent) -> AuditRecord:
         """Seal on the store's head and keep the record; AuditUnavailable if not kept."""
+        return self.append_all([event])[0]
+
+    def append_all(self, events: Sequence[AuditEvent]) -> list[AuditRecord]:
+        """Seal the events in order on the store's head and keep them in one transaction."""
+        now = self._clock()
+
+        def sealer(event: AuditEvent) -> Callable[[int, str], AuditRecord]:
+            return lambda count, head: seal(event, count, head, now)
+
         try:
-            record = self._repository.append(
-                self.chain, GENESIS, lambda count, head: seal(event, count, head, self._clock())
+            records = self._repository.append_all(
+                self.chain, GENESIS, [sealer(event) for event in events]
             )
         except StoreUnavailable as exc:
             raise AuditUnavailable(
                 f"the audit chain in the store did not take the record: {exc.message}"
             ) from exc
         if self._copy is not None:
-            self._copy.write(record.line())
-        return record
+            self._copy.write(b"".join(record.line() for record in records))
+        return records
 
     def head(self) -> Checkpoint:
         try:

@@ -1,4 +1,7 @@
-"""The audit log file: append-only JSON lines, each fsync'd before the append returns.
+"""The audit log file: append-only JSON lines, fsync'd before the append returns.
+
+One write may carry several lines (AuditLog.append_all's group commit): they reach the
+disk together, and a failure cuts all of them back off.
 
 Every failure raises AuditUnavailable. A failed write is cut back off the file (ftruncate
 to the size before it), so a retry continues a clean chain; if even that fails, the sink
@@ -25,7 +28,7 @@ class JsonLinesSink:
         self._lock = threading.Lock()
 
     def write(self, line: bytes) -> None:
-        """Append one whole line and fsync it; AuditUnavailable if it is not on disk."""
+        """Append whole lines and fsync them; AuditUnavailable if they are not on disk."""
         with self._lock:
             if self._damaged:
                 raise AuditUnavailable(

@@ -176,15 +176,21 @@ class ClusterClient:
         for calls that only give something back (Release at agent shutdown).
         """
 
-        def read() -> Any:
+        def read() -> dict[str, Any] | None:
+            # Raw JSON: the client's model deserialisation of a whole Pod costs more than
+            # the request itself, and only three fields are read (issue 9 profile).
             try:
-                return k8s.CoreV1Api(self._api).read_namespaced_pod(
-                    workload.pod, workload.namespace, _request_timeout=self.timeout
+                response: Any = k8s.CoreV1Api(self._api).read_namespaced_pod(
+                    workload.pod,
+                    workload.namespace,
+                    _request_timeout=self.timeout,
+                    _preload_content=False,
                 )
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 raise
+            return _json_object(response.data.decode(), "GET pod")
 
         pod = await self._call(f"GET pod {workload.namespace}/{workload.pod}", read)
         if pod is None:
@@ -192,17 +198,16 @@ class ClusterClient:
                 f"pod {workload.namespace}/{workload.pod} in cluster {workload.cluster!r} "
                 "no longer exists; its token is not accepted"
             )
-        if pod.metadata.uid != workload.pod_uid:
+        metadata = pod.get("metadata") or {}
+        if metadata.get("uid") != workload.pod_uid:
             raise errors.Unauthenticated(
                 f"pod {workload.namespace}/{workload.pod} in cluster {workload.cluster!r} was "
                 "replaced (its UID changed); the old pod's token is not accepted"
             )
         if allow_terminating:
             return
-        if pod.metadata.deletion_timestamp is not None or pod.status.phase in (
-            "Succeeded",
-            "Failed",
-        ):
+        phase = (pod.get("status") or {}).get("phase")
+        if metadata.get("deletionTimestamp") is not None or phase in FINISHED:
             raise errors.Unauthenticated(
                 f"pod {workload.namespace}/{workload.pod} is terminating or finished; "
                 "no new credentials are issued to it"

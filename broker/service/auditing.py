@@ -1,8 +1,11 @@
 """The broker's side of the audit trail: events built from typed facts, written off the loop.
 
-AuditLog.append blocks on fsync, so it runs on one dedicated thread (appends are serial
-anyway). A record that cannot be written raises AuditUnavailable and the request is
-refused: nothing is issued or revoked that the trail does not show.
+Writing blocks on fsync, so it runs on one dedicated thread. Records are group-committed:
+while one write is on its way to the disk, the records of other calls queue; the next
+write seals the whole queue in arrival order and writes it with one fsync
+(AuditLog.append_all). Each caller still waits until its own record is on disk. A record
+that cannot be written raises AuditUnavailable to every caller of its batch, and those
+requests are refused: nothing is issued or revoked that the trail does not show.
 """
 
 from __future__ import annotations
@@ -60,11 +63,35 @@ class AuditTrail:
         self.log = log
         self._fingerprinter = fingerprinter
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyferry-audit")
+        self._queue: list[tuple[AuditEvent, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(self, event: AuditEvent) -> None:
         """Write the record before returning; AuditUnavailable if it is not on disk."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self.log.append, event)
+        written: asyncio.Future[None] = loop.create_future()
+        self._queue.append((event, written))
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._write_queued())
+        await written
+
+    async def _write_queued(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await loop.run_in_executor(
+                    self._pool, self.log.append_all, [event for event, _ in batch]
+                )
+            except Exception as exc:  # every caller of the batch is refused with it
+                for _, written in batch:
+                    if not written.done():
+                        written.set_exception(exc)
+            else:
+                for _, written in batch:
+                    if not written.done():
+                        written.set_result(None)
 
     async def decision(
         self,

@@ -17,13 +17,19 @@ async def check_limits(
     leases: LeaseRepository, runner: StoreRunner, workload: Workload, per_pod: int, per_cluster: int
 ) -> None:
     """LimitExceeded when the pod or its cluster already holds as many live leases as allowed."""
-    held = await runner.run(leases.count_live, pod_uid=workload.pod_uid)
+
+    def counts() -> tuple[int, int]:  # one trip to the store's threads for both counts
+        return (
+            leases.count_live(pod_uid=workload.pod_uid),
+            leases.count_live(cluster=workload.cluster),
+        )
+
+    held, in_cluster = await runner.run(counts)
     if held >= per_pod:
         raise LimitExceeded(
             f"pod {workload.namespace}/{workload.pod} holds {held} live leases, the per-pod "
             f"limit; release one (Broker.Release) or raise limits.per_pod"
         )
-    in_cluster = await runner.run(leases.count_live, cluster=workload.cluster)
     if in_cluster >= per_cluster:
         raise LimitExceeded(
             f"cluster {workload.cluster!r} holds {in_cluster} live leases, the per-cluster "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from broker.errors import InvalidRequest, PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
-from broker.store import LeaseNotFound, LeaseRecord, Store, StoreRunner
+from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
 
 from .auditing import AuditTrail
 from .callers import Callers
@@ -48,10 +48,13 @@ class OwnLeaseGate:
         if not lease_id:
             raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
         leases = self.store.leases
-        lease = await self.runner.run(leases.get, lease_id)
+
+        def read() -> tuple[LeaseRecord, LeaseHandle]:  # one trip to the store's threads
+            return leases.get(lease_id), leases.handle(lease_id)
+
+        lease, handle = await self.runner.run(read)
         if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
             raise LeaseNotFound(lease_id)
-        handle = await self.runner.run(leases.handle, lease_id)
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
         decision = self.policy.decide(workload, action, lease_resource(lease, vault_lease))
         await self.audit.decision(

@@ -9,7 +9,7 @@ store only keeps their lines.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from sqlalchemy import select
@@ -39,6 +39,12 @@ class AuditChainRepository:
 
     def append(self, chain: str, genesis: str, seal: Callable[[int, str], S]) -> S:
         """Seal the next record on the chain's current count and head, and keep it."""
+        return self.append_all(chain, genesis, [seal])[0]
+
+    def append_all(
+        self, chain: str, genesis: str, seals: Sequence[Callable[[int, str], S]]
+    ) -> list[S]:
+        """Seal records in order on the chain's head and keep them in one transaction."""
         for _ in range(ATTEMPTS):
             with store_errors("appending an audit record"):
                 try:
@@ -48,14 +54,19 @@ class AuditChainRepository:
                             head = AuditHeadRow(chain=chain, record_count=0, head_hash=genesis)
                             session.add(head)
                             session.flush()
-                        sealed = seal(head.record_count, head.head_hash)
-                        line = sealed.line().decode().removesuffix("\n")
-                        session.add(AuditRecordRow(chain=chain, seq=head.record_count, line=line))
-                        head.record_count += 1
-                        head.head_hash = sealed.hash
+                        sealed_all = []
+                        for seal in seals:
+                            sealed = seal(head.record_count, head.head_hash)
+                            line = sealed.line().decode().removesuffix("\n")
+                            session.add(
+                                AuditRecordRow(chain=chain, seq=head.record_count, line=line)
+                            )
+                            head.record_count += 1
+                            head.head_hash = sealed.hash
+                            sealed_all.append(sealed)
                 except IntegrityError:
                     continue
-                return sealed
+                return sealed_all
         raise IntegrityError("audit append", None, Exception("the chain's head kept moving"))
 
     def head(self, chain: str) -> tuple[int, str] | None:

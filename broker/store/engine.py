@@ -1,11 +1,15 @@
 """One SQLAlchemy engine per store, tuned for each database keyferry supports.
 
-SQLite: WAL journal so readers never block the writer, and every transaction starts with
-BEGIN IMMEDIATE. Python's sqlite3 (before 3.12) otherwise begins lazily at the first write,
-and two transactions that both read and then write deadlock on the upgrade and one fails
-at once instead of waiting; IMMEDIATE takes the write lock up front, so writers queue for
-at most `timeout` seconds. PostgreSQL: psycopg 3, a bounded pool, pre-ping, and statement
-and lock timeouts so a stuck database fails a call instead of holding it.
+SQLite: WAL journal so readers never block the writer, and every transaction that writes
+starts with BEGIN IMMEDIATE. Python's sqlite3 (before 3.12) otherwise begins lazily at the
+first write, and two transactions that both read and then write deadlock on the upgrade and
+one fails at once instead of waiting; IMMEDIATE takes the write lock up front, so writers
+queue for at most `timeout` seconds. Read-only sessions (Store's plain sessions; writes go
+through `sessions.begin()`) carry READ_ONLY and begin DEFERRED instead: in WAL they read a
+snapshot without taking the write lock, side by side with the writer.
+
+PostgreSQL: psycopg 3, a bounded pool, pre-ping, and statement and lock timeouts so a
+stuck database fails a call instead of holding it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from broker.errors import InvalidRequest
 from .config import StoreSettings
 
 POSTGRES_DRIVER = "postgresql+psycopg"
+READ_ONLY = "keyferry_read_only"  # execution option: the transaction only reads
 
 
 def create_store_engine(settings: StoreSettings) -> Engine:
@@ -52,6 +57,7 @@ def _sqlite(url: URL, settings: StoreSettings) -> Engine:
     engine = create_engine(
         url,
         pool_size=settings.pool_size,
+        max_overflow=0,
         pool_timeout=settings.timeout,
         connect_args={"timeout": settings.timeout, "check_same_thread": False},
     )
@@ -66,7 +72,8 @@ def _sqlite(url: URL, settings: StoreSettings) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN DEFERRED" if reads_only else "BEGIN IMMEDIATE")
 
     return engine
 

@@ -1,12 +1,17 @@
-"""Run keyferry's benchmarks on a fresh bed and write docs/benchmarks.md (+ .json).
+"""Run keyferry's benchmarks on a fresh bed and write docs/benchmarks.md, its .json of raw
+figures and its plots (docs/benchmarks/*.png).
 
-python -m tests.bench            # the full run (about 3-5 minutes on 2 cores)
+python -m tests.bench            # the full run (about 20 minutes on 2 cores)
 python -m tests.bench --quick    # a few samples of each, to see that the code runs
+python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
+python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
+python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -23,12 +28,25 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=DOCS / "benchmarks.md", help="the page to write"
     )
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: regenerate the page and plots from the page's JSON",
+    )
     args = parser.parse_args(argv)
-    figures = run_all(QUICK if args.quick else FULL)
-    page = render(figures)
+    if args.render_only:
+        figures = json.loads(args.out.with_suffix(".json").read_text())
+    else:
+        figures = run_all(QUICK if args.quick else FULL)
+    soak_file = args.out.with_suffix("") / "soak.json"
+    soak = json.loads(soak_file.read_text()) if soak_file.is_file() else None
+    page = render(figures, soak)
     if not args.no_write:
-        write(figures, page, args.out)
-        print(f"[bench] wrote {args.out} and {args.out.with_suffix('.json')}", file=sys.stderr)
+        plots = write(figures, page, args.out)
+        print(
+            f"[bench] wrote {args.out}, {args.out.with_suffix('.json')} and {len(plots)} plots",
+            file=sys.stderr,
+        )
     print(page)
     return 0
 

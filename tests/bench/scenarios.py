@@ -1,58 +1,45 @@
-"""The bench's scene (a bed, a broker started as the integration tests start it) and the
-four measured pairs. Counts are bounded so that the full run stays within ~5 minutes on
-the project's 2-core machine."""
+"""The plan of a run and every measurement in order, on one scene (scene.py). Counts are
+bounded so that the full run stays within about 20 minutes on the project's 2-core machine."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import platform
-import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import hvac
 from kubernetes import client as k8s
 
-from tests.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.conftest import KUBE_CLUSTERS
-from tests.integration.engines import mount_postgres
-from tests.integration.kube_helpers import core, new_namespace
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (
-    MOUNT,
-    ROLE,
-    config,
-    new_approle,
-    new_transit,
-    start_broker,
-)
+from tests.integration.kube_helpers import BoundToken, core, new_namespace
+from tests.integration.stores import postgres_database
+from tests.integration.test_issue import MOUNT, ROLE
 from tests.integration.test_webhook import INJECT, harnesses, pod_body
-from tests.integration.workloads import mint
 
+from .footprint import agents_footprint, broker_with_streams
+from .rotations import fleet_rotation, kv_fanout
+from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say, scene
 from .stats import ratio, summarise
+from .store_scale import store_scale
 from .workloads import (
+    PushRun,
     Run,
+    db_creds,
     db_creds_and_revoke,
     direct,
     keyferry_issue_release,
     kv_read,
     rotation_push,
 )
-
-KV_ROLE, KV_MOUNT, KV_PATH = "app-config", "keyferry/app-config", "orders/config"  # roles.yaml
-KV_POLICY = """@id("bench-kv-issue")
-permit (principal is Workload, action == Action::"issue", resource is Role)
-when { principal.namespace == "orders" && resource.backend == "kv" };
-"""
-UNLIMITED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -63,101 +50,240 @@ class Plan:
     webhook_samples: int
     watchers: int
     rotation_rounds: int
+    fanout: tuple[int, ...]  # watchers over clusters a, b, c
+    fleet_pods: int
+    fleet_concurrency: tuple[int, ...]
+    fleet_rounds: int
+    agents: int  # real agent processes
+    streams: tuple[int, ...]  # idle Watch streams on a broker process, in steps
+    stream_pods: int  # distinct pods behind those streams
+    store_rows: tuple[int, ...]
+    store_samples: int
 
 
-FULL = Plan((1, 8, 64), {1: 60, 8: 240, 64: 640}, {1: 200, 8: 400, 64: 1280}, 200, 8, 8)
-QUICK = Plan((1, 4), {1: 4, 4: 8}, {1: 4, 4: 8}, 4, 2, 1)
+FULL = Plan(
+    concurrency=(1, 8, 64),
+    issue_samples={1: 30, 8: 120, 64: 256},
+    kv_samples={1: 60, 8: 160, 64: 384},
+    webhook_samples=100,
+    watchers=8,
+    rotation_rounds=5,
+    fanout=(10, 100, 1000),
+    fleet_pods=32,
+    fleet_concurrency=(1, 8, 32),
+    fleet_rounds=2,
+    agents=10,
+    streams=(1000, 2500, 5000, 10000),
+    stream_pods=1000,
+    store_rows=(10_000, 30_000, 100_000),
+    store_samples=50,
+)
+QUICK = Plan(
+    concurrency=(1, 4),
+    issue_samples={1: 4, 4: 8},
+    kv_samples={1: 4, 4: 8},
+    webhook_samples=4,
+    watchers=2,
+    rotation_rounds=1,
+    fanout=(3, 6),
+    fleet_pods=4,
+    fleet_concurrency=(1, 2),
+    fleet_rounds=1,
+    agents=2,
+    streams=(4, 8),
+    stream_pods=4,
+    store_rows=(200, 400),
+    store_samples=5,
+)
 
 
 def run_all(plan: Plan) -> dict[str, Any]:
-    bed = Bed()
-    try:
-        return asyncio.run(_run(bed, plan))
-    finally:
-        bed.stop()
+    return asyncio.run(_run(plan))
 
 
-def _say(message: str) -> None:
-    print(f"[bench] {message}", flush=True)
-
-
-async def _run(bed: Bed, plan: Plan) -> dict[str, Any]:
+async def _run(plan: Plan) -> dict[str, Any]:
     started = time.monotonic()
-    _say("starting the bed: Vault, PostgreSQL, clusters a, b, c")
-    vault, postgres = bed.vault(), bed.postgres()
-    clusters = {c.name: cast(KubeCluster, c) for c in bed.clusters(KUBE_CLUSTERS)}
-    root = vault.client()
-    approle = new_approle(root)
-    mount_postgres(root, postgres, MOUNT, "ro")
-    new_transit(root)
-    _mount_kv(root)
-
-    folder = Path(tempfile.mkdtemp(prefix="keyferry-bench-"))
-    (folder / "bench-kv.cedar").write_text(KV_POLICY)
-    data = config(folder, vault, approle, clusters, sqlite_url(folder))
-    data["policies"].append(str(folder / "bench-kv.cedar"))
-    data["limits"].update(
-        per_pod=8,
-        per_cluster=UNLIMITED,
-        pod_issue_rate=UNLIMITED,
-        pod_issue_burst=UNLIMITED,
-        cluster_issue_rate=UNLIMITED,
-        cluster_issue_burst=UNLIMITED,
-    )
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
-    broker = await start_broker(data, folder)
-    figures: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": _machine(),
-        "versions": _versions(vault, postgres, clusters["a"]),
-        "plan": {"quick": plan is QUICK},
-    }
-    try:
-        pods = max(*plan.concurrency, plan.watchers)
-        _say(f"minting {pods} pods with bound tokens in cluster a")
-        tokens = await asyncio.to_thread(lambda: [mint(clusters["a"]) for _ in range(pods)])
-        token = root.token
-        figures["issue"] = await _pairs(
-            plan,
-            plan.issue_samples,
-            "database credential",
-            lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
-            lambda c, n: direct(vault.addr, token, c, n, db_creds_and_revoke(MOUNT, "ro")),
-        )
-        figures["kv"] = await _pairs(
-            plan,
-            plan.kv_samples,
-            "KV v2 secret",
-            lambda c, n: keyferry_issue_release(broker, tokens[:c], n, KV_ROLE, "config"),
-            lambda c, n: direct(vault.addr, token, c, n, kv_read(KV_MOUNT, KV_PATH)),
-        )
-        _say(f"rotation push: {plan.watchers} watchers x {plan.rotation_rounds} rounds")
-        push = await rotation_push(
-            broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
-        )
-        receipt_to_ack = push.receipt_to_ack
-        figures["rotation"] = {
-            "watchers": push.agents,
-            "rounds": plan.rotation_rounds,
-            "sent_to_receipt": summarise(push.sent_to_receipt).as_dict(),
-            "reply_to_receipt": summarise(push.reply_to_receipt).as_dict(),
-            "receipt_to_ack": summarise(receipt_to_ack).as_dict(),
-            "sent_to_ack": summarise(
-                [a + b for a, b in zip(push.sent_to_receipt, receipt_to_ack, strict=True)]
-            ).as_dict(),
-            "reply_to_ack": summarise(
-                [a + b for a, b in zip(push.reply_to_receipt, receipt_to_ack, strict=True)]
-            ).as_dict(),
-            "event_before_reply": sum(1 for r in push.reply_to_receipt if r < 0),
+    async with scene() as running:
+        figures: dict[str, Any] = {
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": _machine(),
+            "versions": _versions(running.vault, running.postgres, running.clusters["a"]),
+            "plan": {"quick": plan is QUICK, **asdict(plan)},
         }
-    finally:
-        await broker.server.stop(1)
-    _say(f"webhook admission: {plan.webhook_samples} pods with and without, cluster a")
-    figures["webhook"] = await asyncio.to_thread(
-        _webhook, clusters["a"], folder, plan.webhook_samples
-    )
+        await measure(running, plan, figures)
     figures["seconds"] = round(time.monotonic() - started, 1)
     return figures
+
+
+async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
+    """Every measurement, in order, into `figures` (the smoke test calls this too)."""
+    broker, vault = running.broker, running.vault
+    pods = max(*plan.concurrency, plan.watchers)
+    say(f"minting {pods} pods with bound tokens in cluster a")
+    tokens = await running.pods(pods)
+    token = running.root.token
+    figures["issue"] = await _pairs(
+        plan,
+        plan.issue_samples,
+        "database credential",
+        lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
+        lambda c, n: direct(vault.addr, token, c, n, db_creds_and_revoke(MOUNT, "ro")),
+    )
+    figures["kv"] = await _pairs(
+        plan,
+        plan.kv_samples,
+        "KV v2 secret",
+        lambda c, n: keyferry_issue_release(broker, tokens[:c], n, KV_ROLE, "config"),
+        lambda c, n: direct(vault.addr, token, c, n, kv_read(KV_MOUNT, KV_PATH)),
+    )
+    figures["issue_postgres_store"] = await _on_postgres_store(running, plan, tokens)
+    broker = running.broker
+    say(f"rotation push: {plan.watchers} watchers x {plan.rotation_rounds} rounds")
+    push = await rotation_push(
+        broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
+    )
+    figures["rotation"] = _push_figures(push, plan.rotation_rounds)
+    await _phase(figures, "fanout", _fanouts(running, plan))
+    await _phase(figures, "fleet", _fleet(running, plan))
+    say(f"footprint: {plan.agents} agent processes over clusters a, b, c")
+    await _phase(figures, "agents", _agents(running, plan))
+    say(f"footprint: a broker process with up to {max(plan.streams)} idle Watch streams")
+    await _phase(figures, "streams", _streams(running, plan))
+    say(f"webhook admission: {plan.webhook_samples} pods with and without, cluster a")
+    await _phase(
+        figures,
+        "webhook",
+        asyncio.to_thread(_webhook, running.clusters["a"], running.folder, plan.webhook_samples),
+    )
+    say(f"store scale: {', '.join(map(str, plan.store_rows))} leases, SQLite and PostgreSQL")
+    await _phase(
+        figures,
+        "store",
+        asyncio.to_thread(
+            store_scale, running.folder, running.postgres, plan.store_rows, plan.store_samples
+        ),
+    )
+
+
+async def _phase(figures: dict[str, Any], key: str, measurement: Awaitable[Any]) -> None:
+    """One later measurement; if it fails, the run goes on and the page says which failed
+    and why (`{"error": ...}` in place of its figures)."""
+    try:
+        figures[key] = await measurement
+    except Exception as exc:
+        say(f"{key} failed: {exc!r}")
+        figures[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+async def _fanouts(running: Scene, plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for watchers in plan.fanout:
+        say(f"KV fan-out: minting pods, then a new version to {watchers} watchers")
+        spread = await running.spread(watchers)
+        fan = await kv_fanout(
+            running.broker,
+            running.root,
+            spread,
+            role=KV_ROLE,
+            credential="config",
+            mount=KV_MOUNT,
+            path=KV_PATH,
+        )
+        rows.append(
+            {
+                "watchers": fan.watchers,
+                "clusters": fan.clusters,
+                "rotate_calls": fan.calls,
+                "version_to_ack": summarise(fan.to_ack).as_dict(),
+                "last_ack_ms": max(fan.to_ack) * 1000,
+                "reply_to_ack": summarise(fan.reply_to_ack).as_dict(),
+            }
+        )
+    return rows
+
+
+async def _agents(running: Scene, plan: Plan) -> dict[str, Any]:
+    return await agents_footprint(running, await running.spread(plan.agents))
+
+
+async def _streams(running: Scene, plan: Plan) -> dict[str, Any]:
+    return await broker_with_streams(running, await running.spread(plan.stream_pods), plan.streams)
+
+
+async def _on_postgres_store(
+    running: Scene, plan: Plan, tokens: list[BoundToken]
+) -> list[dict[str, Any]]:
+    """The database Issue pair again at the highest concurrency, with the broker's lease
+    store on the bed's PostgreSQL instead of SQLite (what several replicas use)."""
+    sqlite_store = dict(running.data["store"])
+    top = plan.concurrency[-1]
+    with postgres_database(running.postgres) as url:
+        broker = await running.restart_broker(store={"url": url, "pool_size": 8})
+        try:
+            rows = await _pairs(
+                replace(plan, concurrency=(top,)),
+                plan.issue_samples,
+                "database credential, PostgreSQL store",
+                lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
+                lambda c, n: direct(
+                    running.vault.addr, running.root.token, c, n, db_creds_and_revoke(MOUNT, "ro")
+                ),
+            )
+        finally:
+            await running.restart_broker(store=sqlite_store)
+    return rows
+
+
+def _push_figures(push: PushRun, rounds: int) -> dict[str, Any]:
+    receipt_to_ack = push.receipt_to_ack
+    return {
+        "watchers": push.agents,
+        "rounds": rounds,
+        "sent_to_receipt": summarise(push.sent_to_receipt).as_dict(),
+        "reply_to_receipt": summarise(push.reply_to_receipt).as_dict(),
+        "receipt_to_ack": summarise(receipt_to_ack).as_dict(),
+        "sent_to_ack": summarise(
+            [a + b for a, b in zip(push.sent_to_receipt, receipt_to_ack, strict=True)]
+        ).as_dict(),
+        "reply_to_ack": summarise(
+            [a + b for a, b in zip(push.reply_to_receipt, receipt_to_ack, strict=True)]
+        ).as_dict(),
+        "event_before_reply": sum(1 for r in push.reply_to_receipt if r < 0),
+    }
+
+
+async def _fleet(running: Scene, plan: Plan) -> list[dict[str, Any]]:
+    """Rotating database leases through keyferry against making the same number of
+    credentials directly, at each concurrency."""
+    pods = await running.pods(plan.fleet_pods, "b")
+    token = running.root.token
+    rows = []
+    for c in plan.fleet_concurrency:
+        say(f"fleet rotation: {plan.fleet_pods} leases x {plan.fleet_rounds}, concurrency {c}")
+        issued: list[str] = []
+        per_worker = max(1, plan.fleet_pods * plan.fleet_rounds // c)
+        theirs = await asyncio.to_thread(
+            direct, running.vault.addr, token, c, per_worker, db_creds(MOUNT, "ro", issued)
+        )
+        ours = await fleet_rotation(
+            running.broker, pods, c, plan.fleet_rounds, role=ROLE, credential=f"fleet-{c}"
+        )
+        await asyncio.to_thread(_revoke_all, running.root, issued)
+        k, d = summarise(ours.total, ours.wall), summarise(theirs.total, theirs.wall)
+        rows.append(
+            {
+                "concurrency": c,
+                "keyferry": k.as_dict(),
+                "direct": d.as_dict(),
+                "throughput_ratio": ratio(k.rate, d.rate),
+            }
+        )
+    return rows
+
+
+def _revoke_all(root: hvac.Client, lease_ids: list[str]) -> None:
+    for lease_id in lease_ids:
+        root.sys.revoke_lease(lease_id)
 
 
 async def _pairs(
@@ -167,7 +293,7 @@ async def _pairs(
     rows = []
     for c in plan.concurrency:
         per_worker = max(1, samples[c] // c // 2)
-        _say(f"{what}: concurrency {c}, {per_worker * c * 2} samples a side")
+        say(f"{what}: concurrency {c}, {per_worker * c * 2} samples a side")
         keyferry, hvac_side = Run(), Run()
         for _ in range(2):
             hvac_side.add(await asyncio.to_thread(theirs, c, per_worker))
@@ -184,6 +310,7 @@ async def _pairs(
                 "p50_ratio": ratio(k.p50, d.p50),
                 "throughput_ratio": ratio(k.rate, d.rate),
                 "added_p50_first_ms": k1.p50 - d1.p50,
+                "keyferry_unavailable": keyferry.errors,
             }
         )
     return rows
@@ -217,14 +344,6 @@ def _webhook(cluster: KubeCluster, folder: Path, samples: int) -> dict[str, Any]
         "added_p50_ms": with_hook.p50 - without.p50,
         "p50_ratio": ratio(with_hook.p50, without.p50),
     }
-
-
-def _mount_kv(root: hvac.Client) -> None:
-    if f"{KV_MOUNT}/" not in root.sys.list_mounted_secrets_engines()["data"]:
-        root.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
-    root.secrets.kv.v2.create_or_update_secret(
-        KV_PATH, secret={"feature": "on", "color": "blue"}, mount_point=KV_MOUNT
-    )
 
 
 def _machine() -> dict[str, Any]:

@@ -22,13 +22,20 @@ class Summary:
 
 
 def summarise(seconds: list[float], wall: float | None = None) -> Summary:
-    if not seconds:
+    """Latencies in seconds, summarised in milliseconds."""
+    summary = describe([s * 1000 for s in seconds])
+    rate = len(seconds) / wall if wall else None
+    return Summary(summary.n, summary.p50, summary.p95, summary.p99, rate)
+
+
+def describe(values: list[float]) -> Summary:
+    """Any figures (MiB, percent), in their own unit."""
+    if not values:
         raise ValueError("no samples")
-    ms = sorted(s * 1000 for s in seconds)
-    one = len(ms) == 1
-    cuts = [ms[0]] * 99 if one else statistics.quantiles(ms, n=100, method="inclusive")
-    rate = len(ms) / wall if wall else None
-    return Summary(len(ms), statistics.median(ms), cuts[94], cuts[98], rate)
+    ordered = sorted(values)
+    one = len(ordered) == 1
+    cuts = [ordered[0]] * 99 if one else statistics.quantiles(ordered, n=100, method="inclusive")
+    return Summary(len(ordered), statistics.median(ordered), cuts[94], cuts[98])
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:

@@ -3,6 +3,7 @@ kept in a real lease store; every kind of tampering found; writes fail closed.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from broker.audit import (
 )
 from broker.backends.transit import TransitSigner
 from broker.errors import AuditUnavailable, VaultUnavailable
+from broker.service.auditing import AuditTrail
 from broker.store import Store, StoreSettings
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
@@ -433,3 +435,77 @@ def test_the_store_chain_refuses_the_append_when_the_store_is_gone(tmp_path: Pat
             log.append(next(events(1)))
     finally:
         store.close()
+
+
+# -- group commit (the broker's AuditTrail) -----------------------------------------------------
+
+
+class CountingSink(JsonLinesSink):
+    """The real file sink, counting its writes (each one write and one fsync)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.writes = 0
+
+    def write(self, line: bytes) -> None:
+        self.writes += 1
+        super().write(line)
+
+
+def test_append_all_writes_the_records_in_order_as_one_write(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    sink = CountingSink(log_path)
+    log = AuditLog(sink, chain=CHAIN, clock=TickingClock())
+    log.append(next(events(1)))
+    records = log.append_all(list(events(5)))
+    assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+    assert sink.writes == 2
+    assert log.head().count == 6
+    log.checkpoint(transit, checkpoints)
+    report = verify(read_log(log_path), checkpoints.list(CHAIN), transit)
+    assert report.ok, report.damage
+    assert report.head == records[-1].hash
+
+
+async def test_concurrent_records_are_group_committed_and_each_waits_for_its_own(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    sink = CountingSink(log_path)
+    trail = AuditTrail(AuditLog(sink, chain=CHAIN, clock=TickingClock()), FINGERPRINTS)
+    try:
+        batch = list(events(30))
+        await asyncio.gather(*(trail.record(event) for event in batch))
+        # Every record is on disk when its call returns, in the order the calls came.
+        lines = read_log(log_path)
+        written = [json.loads(line) for line in lines]
+        assert [(w["action"], w["lease_id"], w["request_id"]) for w in written] == [
+            (e.action, e.lease_id, e.request_id) for e in batch
+        ]
+        assert sink.writes < len(batch)
+        await trail.record(next(events(1)))
+        assert len(read_log(log_path)) == len(batch) + 1
+    finally:
+        trail.close()
+    trail.log.checkpoint(transit, checkpoints)
+    report = verify(read_log(log_path), checkpoints.list(CHAIN), transit)
+    assert report.ok, report.damage
+
+
+async def test_a_failed_group_write_refuses_every_caller_of_its_batch(tmp_path: Path) -> None:
+    folder = tmp_path / "later"
+    path = folder / "audit.jsonl"
+    trail = AuditTrail(
+        AuditLog(JsonLinesSink(path), chain=CHAIN, clock=TickingClock()), FINGERPRINTS
+    )
+    try:
+        outcomes = await asyncio.gather(
+            *(trail.record(event) for event in events(5)), return_exceptions=True
+        )
+        assert all(isinstance(o, AuditUnavailable) for o in outcomes), outcomes
+        assert trail.log.head().count == 0
+        folder.mkdir()  # the volume is back: the next batch starts a clean chain
+        await asyncio.gather(*(trail.record(event) for event in events(3)))
+    finally:
+        trail.close()
+    assert [json.loads(line)["seq"] for line in read_log(path)] == [0, 1, 2]

@@ -1,0 +1,315 @@
+"""Footprint: real agent processes (`keyferry agent run`) idle and while their credentials
+rotate, and a broker process (`keyferry broker serve`) holding many idle Watch streams.
+
+Memory is the resident set (VmRSS) from /proc; CPU is user + system time from
+/proc/<pid>/stat over a window, as a share of one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+from broker.api.v1 import broker_pb2, rotation_pb2_grpc
+from injector.contract import AGENT_SPEC_ENV
+from tests.integration.kube_helpers import BoundToken
+from tests.integration.workloads import bearer, broker_stub
+
+from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say
+from .stats import describe, summarise
+from .workloads import retried
+
+KEYFERRY = Path(sys.executable).parent / "keyferry"
+TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_WINDOW = 5.0
+READY = 60.0
+STREAMS_PER_CHANNEL = 100
+OPEN_BURST = 100  # streams opened at once
+STREAMS_BUDGET = 240.0  # seconds; past it no further step starts (the page says so)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def cpu_share(pids: Sequence[int], seconds: float) -> list[float]:
+    """Each process's CPU over the next `seconds`, as a share of one core (0.0-1.0)."""
+    before = [cpu_seconds(p) for p in pids]
+    time.sleep(seconds)
+    return [(cpu_seconds(p) - b) / seconds for p, b in zip(pids, before, strict=True)]
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen[bytes]
+    folder: Path
+    log: Path
+    token: BoundToken
+
+    def rotated_at(self) -> list[datetime]:
+        """When the agent logged each rotation it applied (after its swap and Ack)."""
+        times = []
+        for line in self.log.read_text().splitlines():
+            with suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("event") == "credential.rotated":
+                    times.append(datetime.fromisoformat(entry["timestamp"]))
+        return times
+
+
+def start_agent(scene: Scene, token: BoundToken, folder: Path) -> AgentProcess:
+    folder.mkdir(parents=True)
+    (folder / "files").mkdir()
+    (folder / "token").write_text(token.token)
+    spec = {
+        "mode": "sidecar",
+        "cluster": token.cluster,
+        "broker_address": f"127.0.0.1:{scene.broker.port}",
+        "broker_ca_pem": scene.broker.ca.read_text(),
+        "directory": str(folder / "files"),
+        "token_path": str(folder / "token"),
+        "credentials": [{"name": "config", "role": KV_ROLE, "format": "json"}],
+    }
+    log = folder / "agent.log"
+    env = {**os.environ, AGENT_SPEC_ENV: json.dumps(spec)}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(KEYFERRY), "agent", "run"], env=env, stdout=out, stderr=out, cwd=folder
+        )
+    return AgentProcess(process, folder, log, token)
+
+
+async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[str, Any]:
+    """Start one agent per pod, wait for its file, measure idle; then write a new KV version,
+    rotate every agent's lease and measure the agents while they swap and Ack."""
+    from .rotations import ROTATE_BATCH, rotate_batch  # noqa: PLC0415
+
+    folder = scene.folder / "agents"
+    agents = [start_agent(scene, t, folder / f"agent-{i}") for i, t in enumerate(tokens)]
+    try:
+        deadline = time.monotonic() + READY
+        while not all((a.folder / "files" / "config").exists() for a in agents):
+            for agent in agents:
+                if agent.process.poll() is not None:
+                    raise RuntimeError(f"agent exited: {agent.log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("agents did not write their files in time")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)  # settle: Watch streams open, start-up garbage collected
+        pids = [a.process.pid for a in agents]
+        idle_rss = [rss_mib(p) for p in pids]
+        idle_cpu = await asyncio.to_thread(cpu_share, pids, IDLE_WINDOW)
+
+        store = scene.broker.store()
+        try:
+            leases = [store.leases.find_live(a.token.pod_uid, "config") for a in agents]
+        finally:
+            store.close()
+        ids = [lease.id for lease in leases if lease is not None]
+        before = [cpu_seconds(p) for p in pids]
+        started_cpu = time.monotonic()
+        await asyncio.to_thread(
+            scene.root.secrets.kv.v2.create_or_update_secret,
+            KV_PATH,
+            secret={"feature": "on", "color": f"v{time.time_ns()}"},
+            mount_point=KV_MOUNT,
+        )
+        written = datetime.now().astimezone()
+        async with scene.broker.admin_channel() as channel:
+            admin: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+            for start in range(0, len(ids), ROTATE_BATCH):
+                await rotate_batch(admin, ids[start : start + ROTATE_BATCH])
+        deadline = time.monotonic() + READY
+        while not all(a.rotated_at() for a in agents) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        busy_rss = [rss_mib(p) for p in pids]
+        spent = time.monotonic() - started_cpu
+        busy_cpu = [(cpu_seconds(p) - b) / spent for p, b in zip(pids, before, strict=True)]
+        to_swap = [(a.rotated_at()[0] - written).total_seconds() for a in agents if a.rotated_at()]
+    finally:
+        for agent in agents:
+            agent.process.send_signal(signal.SIGTERM)
+        for agent in agents:
+            try:
+                agent.process.wait(15)
+            except subprocess.TimeoutExpired:
+                agent.process.kill()
+    return {
+        "agents": len(agents),
+        "clusters": sorted({t.cluster for t in tokens}),
+        "idle_rss_mib": describe(idle_rss).as_dict(),
+        "busy_rss_mib": describe(busy_rss).as_dict(),
+        "idle_cpu_percent": describe([c * 100 for c in idle_cpu]).as_dict(),
+        "rotation_cpu_percent": describe([c * 100 for c in busy_cpu]).as_dict(),
+        "rotation_window_s": round(spent, 2),
+        "version_to_swap": summarise(to_swap).as_dict() if to_swap else None,
+        "rotated": len(to_swap),
+    }
+
+
+# --- a broker process with idle streams ---------------------------------------------------------
+
+
+@dataclass
+class BrokerProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int | None
+    ca: Path
+    log: Path
+    config: Path
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+
+def start_broker_process(
+    scene: Scene, folder: Path, changes: dict[str, Any] | None = None
+) -> BrokerProcess:
+    """`keyferry broker serve` with the scene's config (and `changes` to it), its own data,
+    store and audit log."""
+    folder.mkdir(parents=True)
+    data = copy.deepcopy(scene.data)
+    data.update(changes or {})
+    data["data_dir"] = str(folder / "data")
+    data["store"]["url"] = f"sqlite:///{folder / 'store.db'}"
+    data["audit"]["log"] = str(folder / "audit.jsonl")
+    data["metrics"] = {"host": "127.0.0.1", "port": 0}
+    config = folder / "broker.yaml"
+    config.write_text(yaml.safe_dump(data))
+    log = folder / "broker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(KEYFERRY), "broker", "serve", "--config", str(config), "--log-level", "warning"],
+            stdout=out,
+            stderr=out,
+        )
+    deadline = time.monotonic() + READY
+    while time.monotonic() < deadline:
+        text = log.read_bytes()
+        found = re.search(rb"workload listener on port (\d+)", text)
+        admin = re.search(rb"admin listener on port (\d+)", text)
+        if found and (admin or b"no admin listener" in text):
+            ca = folder / "data" / "workload-tls" / "tls.crt"
+            admin_port = int(admin.group(1)) if admin else None
+            return BrokerProcess(process, int(found.group(1)), admin_port, ca, log, config)
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"broker did not start: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class _Target:
+    port: int
+    ca: Path
+
+
+async def broker_with_streams(
+    scene: Scene, tokens: Sequence[BoundToken], steps: Sequence[int]
+) -> dict[str, Any]:
+    """Open idle Watch streams to a broker process in steps, its RSS after each step.
+    Streams beyond the pods given reuse pods round-robin (a pod may hold several)."""
+    broker = await asyncio.to_thread(start_broker_process, scene, scene.folder / "broker-proc")
+    target = _Target(broker.port, broker.ca)
+    points: list[dict[str, Any]] = []
+    try:
+        await asyncio.sleep(1.0)
+        points.append({"streams": 0, "rss_mib": rss_mib(broker.process.pid)})
+        async with AsyncExitStack() as stack:
+            stubs: list[Any] = []
+            calls: list[Any] = []
+            issued: set[str] = set()
+            begun = time.monotonic()
+            for step in steps:
+                if time.monotonic() - begun > STREAMS_BUDGET:
+                    say(f"broker process: stopping at {len(calls)} streams (time budget spent)")
+                    break
+                while len(calls) < step:
+                    chunk = []
+                    for _ in range(min(OPEN_BURST, step - len(calls))):
+                        index = len(calls)
+                        if index % STREAMS_PER_CHANNEL == 0:
+                            stubs.append(
+                                await stack.enter_async_context(broker_stub(target.port, target.ca))
+                            )
+                        token = tokens[index % len(tokens)]
+                        chunk.append((stubs[-1], token))
+                        calls.append(None)
+                    opened = await asyncio.gather(
+                        *(_open(stub, token, issued) for stub, token in chunk)
+                    )
+                    calls[len(calls) - len(opened) :] = opened
+                    for call in opened:
+                        stack.callback(call.cancel)
+                await asyncio.sleep(2.0)
+                share = await asyncio.to_thread(cpu_share, [broker.process.pid], 3.0)
+                points.append(
+                    {
+                        "streams": step,
+                        "rss_mib": rss_mib(broker.process.pid),
+                        "cpu_idle_percent": round(share[0] * 100, 1),
+                    }
+                )
+                say(f"broker process: {step} idle Watch streams, {points[-1]['rss_mib']:.0f} MiB")
+    finally:
+        await asyncio.to_thread(broker.stop)
+    return {"pods": min(len(tokens), max(steps, default=0)), "points": points}
+
+
+async def _idle() -> Any:
+    """A Watch request stream that sends nothing (an agent with nothing to Ack)."""
+    await asyncio.Event().wait()
+    yield  # pragma: no cover - never reached
+
+
+async def _open(stub: Any, token: BoundToken, issued: set[str]) -> Any:
+    """A Watch stream of the pod, once its snapshot arrived; the pod's KV lease is issued
+    first (once per pod), so that every stream, like an agent's, watches one lease."""
+    if token.pod_uid not in issued:
+        issued.add(token.pod_uid)
+        request = broker_pb2.IssueRequest(credential_name="config", role=KV_ROLE)
+        await retried(stub.Issue, request, metadata=bearer(token))
+
+    async def watch() -> Any:
+        call = stub.Watch(_idle(), metadata=bearer(token))
+        event = await call.read()  # the snapshot
+        if event is grpc.aio.EOF:
+            await call  # the stream's status: raises it
+        return call
+
+    return await retried(watch)
