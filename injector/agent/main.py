@@ -83,10 +83,10 @@ async def _run(spec: AgentSpec) -> int:
 async def _work(session: AgentSession) -> int:
     try:
         await session.start()
+        await session.hold()
     except AgentError as exc:
         _report(exc, len(session.held))
         return EXIT_FAILED
-    await session.hold()
     return EXIT_OK
 
 

@@ -220,7 +220,9 @@ def everything_body(moto: MotoServer, name: str | None = None) -> dict[str, Any]
         "AWS_SHARED_CREDENTIALS_FILE": f"{SECRETS}/s3",
         "AWS_CONFIG_FILE": "/dev/null",
     }
-    return pod_body(name, EVERYTHING, app_env)
+    body = pod_body(name, EVERYTHING, app_env)
+    del body["spec"]["automountServiceAccountToken"]  # the API token: the app's, not the agent's
+    return body
 
 
 def app_uses_everything(
@@ -296,6 +298,11 @@ def test_a_pod_gets_a_dsn_kv_aws_keys_and_a_certificate_and_sigterm_releases_the
     until_ready(runner, agent)
     rss = resident_kib(agent.pid)
     login = app_uses_everything(runner, postgres, internal_ca)
+    api_token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    for container, listing in (("app", "token"), (AGENT, "")):
+        looked = runner.start(container, ["ls", api_token])
+        seen, _ = looked.communicate(timeout=30)
+        assert seen.decode().split() == listing.split(), f"{container} sees {seen!r}"
     files = runner.volumes["keyferry-secrets"]
     assert json.loads((files / "cfg").read_text()) == KV_VALUES
     assert "aws_session_token" in (files / "s3").read_text()
