@@ -17,9 +17,10 @@ from typing import Any
 import hvac
 import yaml
 
+from injector.webhook.certs import server_context
 from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
 from injector.webhook.registration import registration
-from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer, server_context
+from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import MotoServer
 from tests.bed.pki import new_ca

@@ -25,9 +25,10 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from injector.webhook.certs import server_context
 from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
 from injector.webhook.registration import registration
-from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer, server_context
+from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer
 from tests.bed.kube import KubeCluster
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
