@@ -17,6 +17,7 @@ from typing import Any
 import hvac
 import yaml
 
+from broker.backends.transit import TransitSigner
 from injector.webhook.certs import server_context
 from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
 from injector.webhook.registration import registration
@@ -26,9 +27,26 @@ from tests.bed.moto import MotoServer
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
 from tests.bed.postgres import PostgresServer
-from tests.integration.engines import add_assumed_role, enable, mount_aws, mount_pki
+from tests.bed.vault import VaultServer
+from tests.integration.engines import (
+    add_assumed_role,
+    enable,
+    enable_approle,
+    mount_aws,
+    mount_pki,
+    mount_postgres,
+)
 from tests.integration.kube_helpers import admission
-from tests.integration.test_issue import Broker, start_broker
+from tests.integration.stores import sqlite_url
+from tests.integration.test_issue import (
+    MOUNT,
+    POLICY,
+    TRANSIT_KEY,
+    TRANSIT_MOUNT,
+    Broker,
+    config,
+    start_broker,
+)
 
 KV_MOUNT, KV_PATH = "keyferry/app-config", "orders/config"  # role app-config
 AWS_MOUNT, AWS_ROLE = "keyferry/aws", "reader"  # role s3-reader
@@ -74,6 +92,31 @@ def role_catalog(folder: Path, postgres: PostgresServer) -> Path:
     path = folder / "roles.yaml"
     path.write_text(yaml.safe_dump(roles))
     return path
+
+
+def scene_broker(
+    folder: Path,
+    vault: VaultServer,
+    postgres: PostgresServer,
+    clusters: dict[str, KubeCluster],
+    *,
+    policies: tuple[Path, ...] = (),
+    limits: dict[str, Any] | None = None,
+) -> BrokerThread:
+    """A broker in a thread on the bed: its AppRole, role orders-db-ro's PostgreSQL mount
+    (with the connection in the catalog), the audit transit key, docs/examples' policies
+    plus `policies`, and `limits` over the test defaults. Other engines are the caller's."""
+    root: hvac.Client = vault.client()
+    approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
+    mount_postgres(root, postgres, MOUNT, "ro")
+    enable(root, "transit", TRANSIT_MOUNT)
+    root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
+    TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
+    data = config(folder, vault, approle, clusters, sqlite_url(folder))
+    data["policies"] += [str(path) for path in policies]
+    data["roles"] = str(role_catalog(folder, postgres))
+    data["limits"] |= limits or {}
+    return BrokerThread(data, folder)
 
 
 class BrokerThread:

@@ -30,17 +30,14 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
-from broker.backends.transit import TransitSigner
 from broker.store import LeaseState, Selector
 from injector.webhook import patch as webhook_patch
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.engines import enable, enable_approle, mount_postgres
 from tests.integration.kube_helpers import apps, core, eventually
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
+from tests.integration.test_issue import MOUNT
 from tests.integration.workloads import ensure_namespace
 
 from .kubelet import PodRunner, resident_kib
@@ -55,6 +52,7 @@ from .pods import (
     read,
     runner_for,
     until_ready,
+    vault_leases,
 )
 from .scene import (
     KV_VALUES,
@@ -63,7 +61,7 @@ from .scene import (
     mount_internal_tls,
     mount_kv,
     mount_s3_reader,
-    role_catalog,
+    scene_broker,
     webhooks,
 )
 
@@ -118,19 +116,12 @@ def broker(
     kube_clusters: dict[str, KubeCluster],
     internal_ca: x509.Certificate,
 ) -> Iterator[BrokerThread]:
-    folder = tmp_path_factory.mktemp("e2e-broker")
     root: hvac.Client = vault.client()
-    approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
-    mount_postgres(root, postgres, MOUNT, "ro")
     mount_kv(root)
     mount_s3_reader(root, moto)
-    enable(root, "transit", TRANSIT_MOUNT)
-    root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
-    TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
-    data = config(folder, vault, approle, kube_clusters, sqlite_url(folder))
-    data["policies"].append(str(Path(__file__).with_name("policies.cedar")))
-    data["roles"] = str(role_catalog(folder, postgres))
-    running = BrokerThread(data, folder)
+    folder = tmp_path_factory.mktemp("e2e-broker")
+    policies = (Path(__file__).with_name("policies.cedar"),)
+    running = scene_broker(folder, vault, postgres, kube_clusters, policies=policies)
     yield running
     running.stop()
     root.sys.disable_secrets_engine(MOUNT)
@@ -262,17 +253,6 @@ def store_leases(broker: BrokerThread, cluster: str) -> set[str]:
         return {lease.id for lease in store.leases.list_by_selector(selector)}
     finally:
         store.close()
-
-
-def vault_leases(root: hvac.Client, prefix: str = "keyferry/") -> set[str]:
-    found: set[str] = set()
-    pending = [prefix]
-    while pending:
-        folder = pending.pop()
-        listed = root.list(f"sys/leases/lookup/{folder}")
-        for key in (listed or {}).get("data", {}).get("keys", []):
-            (pending.append if key.endswith("/") else found.add)(f"{folder}{key}")
-    return found
 
 
 # --- the tests -----------------------------------------------------------------------------------
