@@ -70,6 +70,7 @@ NAMES = ("a", "b")
 RUN = secrets.token_hex(3)
 OPT_IN = (f"keyferry.test/e2e-{RUN}", "on")
 APP_UID, OTHER_UID, FS_GROUP = 1001, 1002, 3000
+ROTATING_UID = 40000 + secrets.randbelow(10000)
 AGENT_UID = 65532  # the webhook's agent.run_as_user: the app containers' UIDs differ
 SECRETS = "/keyferry/secrets"
 EVERYTHING = {"db": "orders-db-ro", "cfg": "app-config", "s3": "s3-reader", "tls": "internal-tls"}
@@ -525,13 +526,15 @@ def test_without_the_token_volume_the_harness_cannot_run_the_agent(
     runner = runner_for(hook.cluster, create(hook.cluster, pod_body("no-token")), tmp_path, runners)
     assert "keyferry-token" not in runner.volumes
     agent = runner.start(AGENT)
+    assert agent.stderr is not None
+    while (first := json.loads(agent.stderr.readline()))["event"] != "issue.retry":
+        pass  # the agent is up (its SIGTERM handler too) and cannot read a token
+    assert "keyferry-token volume" in first["error"]
     with pytest.raises(AssertionError, match="never happened"):
         eventually(lambda: runner.probe(AGENT) == 0, "the probe passing", timeout=3)
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
-    retries = [line for line in log_lines(agent) if line["event"] == "issue.retry"]
-    assert retries
-    assert "keyferry-token volume" in retries[0]["error"]
+    assert not [line for line in log_lines(agent) if line["event"] == "credential.written"]
 
 
 HUP_APP = """
@@ -558,7 +561,9 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     body = pod_body(f"rotating-{RUN}", {"db": "orders-db-ro"})
     body["metadata"]["annotations"]["keyferry.io/on-rotate"] = "signal:SIGHUP"
     body["spec"] |= {"shareProcessNamespace": True}
-    body["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": APP_UID}
+    # The harness shares the host's PID namespace: a UID of this run only, so no other
+    # process on the machine (another test run's app) looks like this pod's app.
+    body["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": ROTATING_UID}
     app_spec = body["spec"]["containers"][0]
     app_spec["command"] = ["python", "-c", HUP_APP]
     body["spec"]["containers"] = [app_spec]
