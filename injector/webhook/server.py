@@ -26,11 +26,21 @@ from typing import Any, cast
 import structlog
 from pydantic import ValidationError
 
-from .certs import ReloadingContext
+from .certs import ReloadingContext, server_context
 from .config import WebhookConfig
 from .errors import InvalidConfig
 from .mutate import mutate
 from .review import AdmissionResponse, AdmissionReview
+
+__all__ = [
+    "HEALTH_PATH",
+    "MUTATE_PATH",
+    "Admission",
+    "Observer",
+    "WebhookServer",
+    "serve",
+    "server_context",  # from certs.py, where it moved; still importable from here
+]
 
 MUTATE_PATH = "/mutate"
 HEALTH_PATH = "/healthz"
