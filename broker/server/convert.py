@@ -21,6 +21,7 @@ from broker.service import (
     ClusterView,
     IssuedLease,
     LeaseProgress,
+    LeaseRenewed,
     LeaseRevoked,
     LeaseRotated,
     LeaseSelector,
@@ -82,6 +83,11 @@ def watch_response(event: WatchEvent) -> broker_pb2.WatchResponse:
     if isinstance(event, LeaseRevoked):
         revoked = broker_pb2.Revoked(lease_id=event.lease_id, reason=event.reason)
         return broker_pb2.WatchResponse(revoked=revoked)
+    if isinstance(event, LeaseRenewed):
+        renewed = broker_pb2.Renewed(
+            lease_id=event.lease_id, expires_at=_timestamp(event.expires_at)
+        )
+        return broker_pb2.WatchResponse(renewed=renewed)
     expiring = broker_pb2.Expiring(lease_id=event.lease_id, expires_at=_timestamp(event.expires_at))
     return broker_pb2.WatchResponse(expiring=expiring)
 

@@ -8,7 +8,7 @@ messages and statuses; nothing here knows about gRPC.
 from .callers import bearer_token
 from .catalog import RoleCatalog, StoredRole
 from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
-from .events import LeaseExpiring, LeaseRevoked, LeaseRotated, WatchEvent
+from .events import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
 from .results import IssuedLease, RenewedLease, Rotation
 from .role_admin import RoleAdmin
 from .root_rotation import RootRotated, RootTarget
@@ -25,6 +25,7 @@ __all__ = [
     "IssuedLease",
     "LeaseExpiring",
     "LeaseProgress",
+    "LeaseRenewed",
     "LeaseRevoked",
     "LeaseRotated",
     "LeaseSelector",

@@ -1,10 +1,10 @@
 """The events a pod's Watch streams receive, and the in-process hub that routes them.
 
 Each replica has its own hub for the Watch streams it serves. Every change that concerns
-a pod (a rotation, a revocation, a lease that cannot be renewed further) is published to
-it by the flow that made the change, after the store has recorded it. With several
-replicas the hub also hands each event to a fan-out (notify.py: PostgreSQL NOTIFY, no
-secret in the payload), and the other replicas deliver it to their own streams of that
+a pod (a rotation, a revocation, a renewal, a lease that cannot be renewed further) is
+published to it by the flow that made the change, after the store has recorded it. With
+several replicas the hub also hands each event to a fan-out (notify.py: PostgreSQL NOTIFY,
+no secret in the payload), and the other replicas deliver it to their own streams of that
 pod. The snapshot a stream receives on (re)connect covers anything missed in between.
 
 A stream that does not keep up is closed (its queue overflowed) rather than allowed to
@@ -48,7 +48,16 @@ class LeaseExpiring:
     expires_at: datetime
 
 
-WatchEvent = LeaseRotated | LeaseRevoked | LeaseExpiring
+@dataclass(frozen=True)
+class LeaseRenewed:
+    """The broker extended the lease: the agent learns its new end, so it keeps the file
+    exactly as long as the credential lives even when the broker is away later."""
+
+    lease_id: str
+    expires_at: datetime
+
+
+WatchEvent = LeaseRotated | LeaseRevoked | LeaseExpiring | LeaseRenewed
 FanOut = Callable[[str, WatchEvent], None]
 
 

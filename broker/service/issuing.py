@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 import structlog
@@ -77,6 +78,10 @@ class IssueFlow:
         self._sealer = sealer
         self._limits = limits
         self._rates = rates
+        self._admitting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        """Per cluster: counting live leases and writing the pending row are one step, or a
+        burst of new pods all count below the cap and all get a lease. One replica: with
+        several, the count and the insert need one database transaction under a lock."""
 
     async def issue(
         self, token: str, credential_name: str, role_name: str, request_id: str
@@ -101,15 +106,6 @@ class IssueFlow:
                 f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
                 f"{workload.cluster!r} to issue role {role.name!r}; ask for a Cedar permit"
             )
-        live = await self._run(self._leases.find_live, workload.pod_uid, credential_name)
-        if live is None:
-            await check_limits(
-                self._leases,
-                self._runner,
-                workload,
-                self._limits.per_pod,
-                self._limits.per_cluster,
-            )
         request = LeaseRequest(
             cluster=workload.cluster,
             namespace=workload.namespace,
@@ -119,7 +115,17 @@ class IssueFlow:
             credential=credential_name,
             role=role.name,
         )
-        begun = await self._run(self._leases.begin_issue, request)
+        async with self._admitting[workload.cluster]:
+            live = await self._run(self._leases.find_live, workload.pod_uid, credential_name)
+            if live is None:
+                await check_limits(
+                    self._leases,
+                    self._runner,
+                    workload,
+                    self._limits.per_pod,
+                    self._limits.per_cluster,
+                )
+            begun = await self._run(self._leases.begin_issue, request)
         if isinstance(begun, ExistingLease):
             return await self._replay(workload, begun.lease, role, request_id)
         pending = begun.lease

@@ -30,7 +30,7 @@ from broker.errors import KeyferryError
 from broker.models import VaultLease
 from broker.store import LeaseState, Store, StoreRunner, StoreSettings
 
-from .events import EventHub, LeaseExpiring, LeaseRevoked, LeaseRotated, WatchEvent
+from .events import EventHub, LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
 from .sealing import CredentialSealer
 from .sessions import Session, open_session, postgres_conninfo
 
@@ -168,6 +168,8 @@ class EventRelay:
             return LeaseRevoked(lease_id, note["reason"])
         if kind == "expiring":
             return LeaseExpiring(lease_id, datetime.fromisoformat(note["expires_at"]))
+        if kind == "renewed":
+            return LeaseRenewed(lease_id, datetime.fromisoformat(note["expires_at"]))
         lease = await self._run(self._leases.get, lease_id)
         handle = await self._run(self._leases.handle, lease_id)
         if lease.state != LeaseState.ACTIVE or handle.vault_lease is None:
@@ -185,7 +187,7 @@ def describe_event(event: WatchEvent) -> dict[str, str]:
     if isinstance(event, LeaseRevoked):
         return {"kind": "revoked", "lease_id": event.lease_id, "reason": event.reason}
     return {
-        "kind": "expiring",
+        "kind": "renewed" if isinstance(event, LeaseRenewed) else "expiring",
         "lease_id": event.lease_id,
         "expires_at": event.expires_at.isoformat(),
     }

@@ -40,7 +40,7 @@ from broker.store.clock import Clock
 
 from .auditing import AuditTrail, system_principal
 from .callers import Callers
-from .events import EventHub, LeaseExpiring
+from .events import EventHub, LeaseExpiring, LeaseRenewed
 from .own_leases import OwnLeaseGate
 from .results import RenewedLease
 
@@ -137,6 +137,8 @@ class Renewer:
         wanted = self._settings.increment or vault_lease.ttl
         if result.granted is not None and result.granted < wanted:
             await self._replace(record)  # capped at the max TTL: the next renewal cannot help
+        elif record.expires_at is not None:
+            self._hub.publish(record.pod_uid, LeaseRenewed(record.id, record.expires_at))
         return True
 
     async def _replace(self, lease: LeaseRecord) -> None:

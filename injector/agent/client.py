@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 
-from .errors import BrokerRefused, BrokerUnavailable, WatchUnsupported
+from .errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchUnsupported
 from .token import read_token
 
 if TYPE_CHECKING:
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 20.0
 """Seconds for Issue and Release; the broker itself waits up to 15 s for a pending lease."""
+RECONNECT_CAP = 30.0
+"""The channel's own reconnect backoff ceiling, in seconds. gRPC's default is 120 s: after a
+long broker outage the channel could sit out two minutes more before even trying, whatever
+the agent's own backoff says. The agent's backoff cap is the same 30 s."""
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -68,16 +72,35 @@ class Expiring(BaseModel):
     expires_at: datetime | None
 
 
-WatchEvent = Rotated | Revoked | Expiring
+class Renewed(BaseModel):
+    """The broker extended the lease: it now ends at `expires_at`."""
+
+    model_config = ConfigDict(frozen=True)
+    lease_id: str
+    expires_at: datetime
+
+
+WatchEvent = Rotated | Revoked | Expiring | Renewed
 
 
 class BrokerClient:
     """One channel to the broker's workload listener."""
 
-    def __init__(self, address: str, ca_pem: str | None, token_path: Path) -> None:
+    def __init__(
+        self,
+        address: str,
+        ca_pem: str | None,
+        token_path: Path,
+        *,
+        reconnect_cap: float = RECONNECT_CAP,
+    ) -> None:
         root = ca_pem.encode() if ca_pem else None
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", int(min(1.0, reconnect_cap) * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(reconnect_cap * 1000)),
+        ]
         self._channel = grpc.aio.secure_channel(
-            address, grpc.ssl_channel_credentials(root_certificates=root)
+            address, grpc.ssl_channel_credentials(root_certificates=root), options=options
         )
         self._stub: BrokerServiceAsyncStub = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._token_path = token_path
@@ -105,7 +128,9 @@ class BrokerClient:
                     response = await call.read()
                 if response is grpc.aio.EOF:
                     return
-                yield _event(response)
+                event = _event(response)
+                if event is not None:
+                    yield event
         finally:
             call.cancel()
 
@@ -131,12 +156,19 @@ def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issue
     )
 
 
-def _event(response: broker_pb2.WatchResponse) -> WatchEvent:
+def _event(response: broker_pb2.WatchResponse) -> WatchEvent | None:
     kind = response.WhichOneof("event")
     if kind == "rotated":
         return Rotated(issued=_issued(response.rotated.lease, response.rotated.credential))
     if kind == "revoked":
         return Revoked(lease_id=response.revoked.lease_id, reason=response.revoked.reason)
+    if kind == "renewed":
+        return Renewed(
+            lease_id=response.renewed.lease_id,
+            expires_at=response.renewed.expires_at.ToDatetime(),
+        )
+    if kind != "expiring":
+        return None  # an event a newer broker sends: skipped, as docs/api.md asks
     expires = response.expiring.expires_at
     return Expiring(
         lease_id=response.expiring.lease_id,
@@ -144,17 +176,23 @@ def _event(response: broker_pb2.WatchResponse) -> WatchEvent:
     )
 
 
-def _reason(error: grpc.aio.AioRpcError) -> str:
+def _details(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
+    """The ErrorInfo reason ("" when none) and the RetryInfo delay in seconds (None)."""
     try:
         status = rpc_status.from_call(error)
     except ValueError:
-        return ""
+        return "", None
+    reason, retry_after = "", None
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason)
-    return ""
+            reason = str(info.reason)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return reason, retry_after
 
 
 @contextmanager
@@ -165,9 +203,12 @@ def _mapped(method: str, subject: str) -> Iterator[None]:
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         message = f"Broker.{method} ({subject}): {code.name}: {exc.details() or ''}"
-        args = (message, code.name, _reason(exc))
+        reason, retry_after = _details(exc)
+        args = (message, code.name, reason)
         if code == grpc.StatusCode.UNIMPLEMENTED and method == "Watch":
             raise WatchUnsupported(*args) from exc
         if code in RETRYABLE:
             raise BrokerUnavailable(*args) from exc
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise BrokerLimited(*args, retry_after=retry_after) from exc
         raise BrokerRefused(*args) from exc

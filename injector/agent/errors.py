@@ -6,8 +6,10 @@
     ├── TokenError           the projected token file cannot be read (retried)
     └── BrokerError
         ├── BrokerUnavailable    UNAVAILABLE, DEADLINE_EXCEEDED, ... (retried with backoff)
+        │   └── BrokerLimited    RESOURCE_EXHAUSTED: a cap or rate limit (retried, RetryInfo)
         ├── WatchUnsupported     Watch answers UNIMPLEMENTED: no push; keep files, retry
         └── BrokerRefused        any other status, with its code and ErrorInfo reason (exit 1)
+            └── WatchDenied      Watch refused again and again though Issue works (exit 1)
 
 Messages name the credential, the key and the fix; never a secret value.
 """
@@ -46,9 +48,25 @@ class BrokerUnavailable(BrokerError):
     """The broker could not be reached or asked to retry; the agent retries with backoff."""
 
 
+class BrokerLimited(BrokerUnavailable):
+    """A per-pod or per-cluster cap or rate limit refused the call: wait, then retry."""
+
+    def __init__(
+        self, message: str, code: str = "", reason: str = "", *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, code, reason)
+        self.retry_after = retry_after
+        """The broker's RetryInfo in seconds; None for a cap that frees up only as leases end."""
+
+
 class WatchUnsupported(BrokerError):
     """The broker does not serve Watch yet: no pushed rotations; files stay, retry later."""
 
 
 class BrokerRefused(BrokerError):
     """The broker refused the call for good (policy, unknown role, bad token, ...)."""
+
+
+class WatchDenied(BrokerRefused):
+    """Watch is refused though Issue succeeds with the same token: the policy lets the pod
+    have its credentials but not follow them; the agent stops rather than retry forever."""

@@ -1,5 +1,8 @@
 """The agent's two entry points, `run` and `check`, as functions returning an exit code.
 
+`check` imports only the spec's models: it runs as the startup and readiness probes, inside
+the agent container's memory limit next to the running agent.
+
 `run` installs its SIGTERM/SIGINT handlers on the event loop: the signal cancels the
 session task at its next await (a file write never awaits, so a write is never cut; and
 writes are atomic anyway), then every lease is released and the exit code is 0.
@@ -11,15 +14,17 @@ import asyncio
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from injector.contract import AgentSpec
 
-from .client import BrokerClient
 from .errors import AgentError, BrokerError
-from .session import AgentSession
 from .spec import load_spec
+
+if TYPE_CHECKING:
+    from .session import AgentSession
 
 log = structlog.get_logger("keyferry.agent")
 
@@ -48,6 +53,11 @@ def run(environ: Mapping[str, str]) -> int:
 
 
 async def _run(spec: AgentSpec) -> int:
+    # Here, not at the top: `check` (the probes, run every few seconds inside the agent's
+    # memory limit) must not load gRPC and the protobuf stubs.
+    from .client import BrokerClient  # noqa: PLC0415
+    from .session import AgentSession  # noqa: PLC0415
+
     client = BrokerClient(spec.broker_address, spec.broker_ca_pem, Path(spec.token_path))
     session = AgentSession(spec, client)
     log.info(
@@ -83,10 +93,10 @@ async def _run(spec: AgentSpec) -> int:
 async def _work(session: AgentSession) -> int:
     try:
         await session.start()
+        await session.hold()
     except AgentError as exc:
         _report(exc, len(session.held))
         return EXIT_FAILED
-    await session.hold()
     return EXIT_OK
 
 

@@ -2,11 +2,24 @@
 mode) hold Watch — swapping files on Rotated, signalling the app, Acking — until stopped, and
 release every lease on the way out.
 
-Retry rules: a broker that is away (BrokerUnavailable), a token not there yet (TokenError)
-and a Watch the broker does not serve yet (WatchUnsupported) are retried with full-jitter
-backoff, keeping the files already written. A refusal (BrokerRefused) or an unwritable
-format (FormatError) during Issue stops the agent with exit 1 and a clear error; it is not
-retried, so the pod shows a crash-looping agent instead of a silently waiting one.
+Retry rules: a broker that is away (BrokerUnavailable), a cap or rate limit (BrokerLimited,
+after at least its RetryInfo), a token not there yet (TokenError) and a Watch the broker does
+not serve yet (WatchUnsupported) are retried with full-jitter backoff, keeping the files
+already written. A refusal (BrokerRefused) or an unwritable format (FormatError) during
+Issue stops the agent with exit 1 and a clear error; it is not retried, so the pod shows a
+crash-looping agent instead of a silently waiting one.
+
+Watch refused (PERMISSION_DENIED, or UNAUTHENTICATED before any event): the agent does not
+sit at the maximum backoff. It Issues every credential again with the token read afresh:
+a refusal there ends the agent with that error (the policy now denies the pod, or the pod
+is gone); a success rewrites what changed and the Watch is tried again with backoff.
+`WATCH_REFUSALS` refusals in a row despite working Issues end the agent with WatchDenied.
+
+Expiry: every credential with an end (`expires_at`, kept current by Rotated, Renewed and
+Expiring events) is kept while the broker is away, and its file is removed once that end
+has passed, so `keyferry agent check` (the startup and readiness probes) fails: the pod is
+reported not ready instead of serving a dead credential. An expired credential is issued
+again when the broker answers.
 """
 
 from __future__ import annotations
@@ -14,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -24,19 +38,27 @@ import structlog
 from injector.contract import AgentSpec, CredentialRequest, FileFormat, Mode
 
 from .backoff import Backoff
-from .client import Expiring, Issued, Revoked, Rotated, WatchEvent
-from .errors import BrokerError, BrokerRefused, BrokerUnavailable, TokenError, WatchUnsupported
+from .client import Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
+from .errors import (
+    BrokerError,
+    BrokerLimited,
+    BrokerRefused,
+    BrokerUnavailable,
+    TokenError,
+    WatchDenied,
+    WatchUnsupported,
+)
 from .formats import default_format, render
 from .procs import app_processes
-from .token import read_token
 from .writer import remove_stale_temps, write_atomic
 
 log = structlog.get_logger("keyferry.agent")
 
 RELEASE_TIMEOUT = 10.0
-TOKEN_POLL_SECONDS = 1.0
-BACKOFF_AT_CAP = 6
-"""Attempts after which the backoff's ceiling is its cap (1 s doubling: 32 s > 30 s)."""
+EXPIRY_CHECK_SECONDS = 1.0
+"""How often the agent compares the credentials' ends with the clock."""
+WATCH_REFUSALS = 3
+"""Watch refusals in a row (each followed by a successful Issue) before the agent gives up."""
 
 
 class Broker(Protocol):
@@ -45,11 +67,17 @@ class Broker(Protocol):
     def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]: ...
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Held:
     request: CredentialRequest
     format: FileFormat
     issued: Issued
+    expires_at: datetime | None
+    """The credential's end as last heard from the broker (aware, UTC); None: no end."""
 
 
 @dataclass
@@ -58,7 +86,12 @@ class AgentSession:
     broker: Broker
     backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0))
     signal_app: Callable[[int], list[int]] = field(default=lambda signum: signal_app(signum))  # noqa: PLW0108 - defined below
+    clock: Callable[[], datetime] = utc_now
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     held: dict[str, Held] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)
+    """Credentials whose file was removed at their end; issued again when the broker answers."""
+    refusals: int = 0
 
     @property
     def directory(self) -> Path:
@@ -68,33 +101,43 @@ class AgentSession:
         """Issue and write every credential; retries while the broker is away."""
         remove_stale_temps(self.directory)
         for request in self.spec.credentials:
-            issued = await self._retrying(request)
-            chosen = request.format or default_format(issued.reveal())
-            held = Held(request, chosen, issued)
-            self._write(held)
-            self.held[request.name] = held
-            log.info(
-                "credential.written",
-                credential=request.name,
-                role=request.role,
-                format=chosen.value,
-                lease_id=issued.lease_id,
-                generation=issued.generation,
-            )
+            self._keep(request, await self._retrying(request))
         log.info("agent.ready", credentials=len(self.held), directory=str(self.directory))
 
+    def _keep(self, request: CredentialRequest, issued: Issued) -> None:
+        chosen = request.format or default_format(issued.reveal())
+        held = Held(request, chosen, issued, _aware(issued.expires_at))
+        self._write(held)
+        self.held[request.name] = held
+        self.expired.discard(request.name)
+        log.info(
+            "credential.written",
+            credential=request.name,
+            role=request.role,
+            format=chosen.value,
+            lease_id=issued.lease_id,
+            generation=issued.generation,
+        )
+
     async def _retrying(self, request: CredentialRequest) -> Issued:
+        # Its own attempts: a working Issue says nothing about whether Watch will work.
+        backoff = replace(self.backoff, attempt=0)
         while True:
             try:
                 issued = await self.broker.issue(request.name, request.role)
             except (BrokerUnavailable, TokenError) as exc:
-                delay = self.backoff.next_delay()
+                delay = backoff.next_delay()
+                if isinstance(exc, BrokerLimited) and exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
                 log.warning(
-                    "issue.retry", credential=request.name, error=str(exc), retry_in=round(delay, 2)
+                    "issue.retry",
+                    credential=request.name,
+                    error=str(exc),
+                    code=getattr(exc, "code", ""),
+                    retry_in=round(delay, 3),
                 )
-                await asyncio.sleep(delay)
+                await self.sleep(delay)
                 continue
-            self.backoff.reset()
             return issued
 
     def _write(self, held: Held) -> None:
@@ -103,17 +146,25 @@ class AgentSession:
 
     async def hold(self) -> None:
         """Sidecar mode: keep a Watch stream open until cancelled, reconnecting by the rules of
-        docs/api.md: at once when the broker ends a stream at its token's expiry, after the
-        token file changes when the token is refused at open, with backoff otherwise."""
+        docs/api.md; meanwhile remove files whose credential has ended. BrokerRefused ends it."""
         if self.spec.mode is Mode.INIT_ONLY:
             return
+        expiring = asyncio.ensure_future(self._expire_forever())
+        try:
+            await self._watch_forever()
+        finally:
+            expiring.cancel()
+
+    async def _watch_forever(self) -> None:
         while True:
+            if self.expired:
+                await self._issue_expired()
             acks: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
             events = 0
-            token = self._token_text()
             try:
                 async for event in self.broker.watch(acks):
                     events += 1
+                    self.refusals = 0
                     self.backoff.reset()
                     self._on_event(event, acks)
                 log.info("watch.ended")
@@ -123,45 +174,115 @@ class AgentSession:
                 if exc.code == "UNAUTHENTICATED" and events:
                     log.info("watch.token_expired", detail="reconnecting with a fresh token")
                     continue
-                log.warning("watch.refused", error=str(exc), code=exc.code, reason=exc.reason)
-                if exc.code == "UNAUTHENTICATED":
-                    await self._token_changed(token)
-                    continue
-                self.backoff.attempt = max(self.backoff.attempt, BACKOFF_AT_CAP)
+                await self._refused(exc)
             except (BrokerError, TokenError) as exc:
                 log.warning("watch.failed", error=str(exc), code=getattr(exc, "code", ""))
             delay = self.backoff.next_delay()
-            log.info("watch.reconnect", retry_in=round(delay, 2))
-            await asyncio.sleep(delay)
+            log.info("watch.reconnect", retry_in=round(delay, 3))
+            await self.sleep(delay)
 
-    def _token_text(self) -> str:
-        try:
-            return read_token(Path(self.spec.token_path))
-        except TokenError:
-            return ""
+    async def _refused(self, exc: BrokerRefused) -> None:
+        """Watch refused: Issue again with the token read afresh; a refusal there (or too
+        many refusals of Watch alone) ends the agent."""
+        self.refusals += 1
+        log.warning(
+            "watch.refused",
+            error=str(exc),
+            code=exc.code,
+            reason=exc.reason,
+            refusals=self.refusals,
+        )
+        for request in self.spec.credentials:
+            if request.name in self.held or request.name in self.expired:
+                self._reissued(request, await self._retrying(request))
+        if self.refusals >= WATCH_REFUSALS:
+            raise WatchDenied(
+                f"Broker.Watch refused {self.refusals} times in a row ({exc.code} {exc.reason}) "
+                "while Issue succeeds: the policy must permit action watch on the pod's own "
+                "leases (see docs/examples/policies.cedar)",
+                exc.code,
+                exc.reason,
+            )
 
-    async def _token_changed(self, refused: str) -> None:
-        """Wait until the kubelet has written a token other than the refused one."""
-        while self._token_text() in ("", refused):
-            await asyncio.sleep(TOKEN_POLL_SECONDS)
+    def _reissued(self, request: CredentialRequest, issued: Issued) -> None:
+        held = self.held.get(request.name)
+        if held is None or (held.issued.lease_id, held.issued.generation) != (
+            issued.lease_id,
+            issued.generation,
+        ):
+            self._keep(request, issued)
+        else:
+            held.expires_at = _later(held.expires_at, issued.expires_at)
+
+    async def _issue_expired(self) -> None:
+        for request in self.spec.credentials:
+            if request.name not in self.expired:
+                continue
+            issued = await self._retrying(request)
+            end = _aware(issued.expires_at)
+            if end is not None and end <= self.clock():
+                log.warning("credential.issued_expired", credential=request.name)
+                continue
+            self._keep(request, issued)
+
+    async def _expire_forever(self) -> None:
+        while True:
+            self.expire_due()
+            await self.sleep(EXPIRY_CHECK_SECONDS)
+
+    def expire_due(self) -> list[str]:
+        """Remove the files of credentials whose end has passed; their names."""
+        now = self.clock()
+        ended = [
+            name
+            for name, held in self.held.items()
+            if held.expires_at is not None and held.expires_at <= now
+        ]
+        for name in ended:
+            held = self.held.pop(name)
+            (self.directory / name).unlink(missing_ok=True)
+            self.expired.add(name)
+            log.warning(
+                "credential.expired",
+                credential=name,
+                lease_id=held.issued.lease_id,
+                expires_at=str(held.expires_at),
+                detail="file removed; the pod is not ready until the broker issues it again",
+            )
+        return ended
 
     def _on_event(self, event: WatchEvent, acks: asyncio.Queue[tuple[str, int]]) -> None:
         if isinstance(event, Rotated):
             self._rotate(event.issued, acks)
         elif isinstance(event, Revoked):
             self._revoked(event)
+        elif isinstance(event, Renewed):
+            self._new_end(event.lease_id, event.expires_at)
         elif isinstance(event, Expiring):
             log.warning("lease.expiring", lease_id=event.lease_id, expires_at=str(event.expires_at))
+            self._new_end(event.lease_id, event.expires_at)
+
+    def _new_end(self, lease_id: str, expires_at: datetime | None) -> None:
+        for held in self.held.values():
+            if held.issued.lease_id == lease_id and expires_at is not None:
+                held.expires_at = _aware(expires_at)
 
     def _rotate(self, issued: Issued, acks: asyncio.Queue[tuple[str, int]]) -> None:
         held = self.held.get(issued.credential_name)
         if held is None:
-            log.warning("rotated.unknown", credential=issued.credential_name)
-            return
-        if issued.generation <= held.issued.generation:  # the snapshot, or a repeat
+            request = self._request(issued.credential_name)
+            if request is None or issued.credential_name not in self.expired:
+                log.warning("rotated.unknown", credential=issued.credential_name)
+                return
+            self._keep(request, issued)  # a new generation of an expired credential
             acks.put_nowait((issued.lease_id, issued.generation))
             return
-        renewed = Held(held.request, held.format, issued)
+        if issued.generation <= held.issued.generation:  # the snapshot, or a repeat
+            if issued.lease_id == held.issued.lease_id:
+                held.expires_at = _later(held.expires_at, issued.expires_at)
+            acks.put_nowait((issued.lease_id, issued.generation))
+            return
+        renewed = Held(held.request, held.format, issued, _aware(issued.expires_at))
         self._write(renewed)
         self.held[issued.credential_name] = renewed
         signalled: list[int] = []
@@ -175,6 +296,9 @@ class AgentSession:
             generation=issued.generation,
             signalled=signalled,
         )
+
+    def _request(self, name: str) -> CredentialRequest | None:
+        return next((r for r in self.spec.credentials if r.name == name), None)
 
     def _revoked(self, event: Revoked) -> None:
         """A superseded generation needs nothing; the current lease's file is removed."""
@@ -197,6 +321,20 @@ class AgentSession:
                 log.info("lease.released", **fields)
             else:
                 log.error("lease.release_failed", error=failure, **fields)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """Timestamps from protobuf are naive UTC; compare them as aware ones."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _later(current: datetime | None, heard: datetime | None) -> datetime | None:
+    heard = _aware(heard)
+    if current is None or heard is None:
+        return current if heard is None else heard
+    return max(current, heard)
 
 
 async def _release(broker: Broker, lease_id: str) -> str | None:

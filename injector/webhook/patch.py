@@ -27,10 +27,18 @@ from .review import PatchOperation
 AGENT_CONTAINER = "keyferry-agent"
 SECRETS_VOLUME = "keyferry-secrets"
 TOKEN_VOLUME = "keyferry-token"
+NO_API_TOKEN_VOLUME = "keyferry-no-api-token"
+"""An empty volume mounted over the Kubernetes API token's path in the agent only."""
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where the ServiceAccount admission plugin mounts the API token (`kube-api-access-*`)."""
 TOKEN_FILE = "token"
-RESERVED_NAMES = (AGENT_CONTAINER, SECRETS_VOLUME, TOKEN_VOLUME)
+RESERVED_NAMES = (AGENT_CONTAINER, SECRETS_VOLUME, TOKEN_VOLUME, NO_API_TOKEN_VOLUME)
 SECRETS_SIZE_LIMIT = "1Mi"
+EMPTY_SIZE_LIMIT = "1Ki"
 PROBE_PERIOD_SECONDS = 1
+READINESS_PERIOD_SECONDS = 5
+"""The sidecar's readinessProbe: a file removed at its credential's end (broker away) or on
+revocation makes the pod not ready within this many seconds."""
 
 
 def agent_spec(spec: InjectionSpec, config: WebhookConfig) -> AgentSpec:
@@ -85,15 +93,24 @@ def agent_container(spec: InjectionSpec, config: WebhookConfig, run_as: RunAs) -
         "volumeMounts": [
             {"name": SECRETS_VOLUME, "mountPath": config.mount_path},
             {"name": TOKEN_VOLUME, "mountPath": config.token_mount_path, "readOnly": True},
+            # Something at this path keeps the ServiceAccount admission plugin from mounting
+            # the Kubernetes API token here, on its first pass or when it is re-run after
+            # this patch: the agent only ever uses its keyferry-audience token.
+            {"name": NO_API_TOKEN_VOLUME, "mountPath": API_TOKEN_PATH, "readOnly": True},
         ],
     }
     if spec.mode is Mode.SIDECAR:
+        check = {"exec": {"command": [*AGENT_COMMAND, *CHECK_ARGS]}, "timeoutSeconds": 1}
         container["restartPolicy"] = "Always"
         container["startupProbe"] = {
-            "exec": {"command": [*AGENT_COMMAND, *CHECK_ARGS]},
+            **check,
             "periodSeconds": PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": 1,
             "failureThreshold": config.agent.startup_timeout_seconds // PROBE_PERIOD_SECONDS,
+        }
+        container["readinessProbe"] = {
+            **check,
+            "periodSeconds": READINESS_PERIOD_SECONDS,
+            "failureThreshold": 1,
         }
     return container
 
@@ -107,6 +124,10 @@ def volumes(config: WebhookConfig) -> list[dict[str, Any]]:
     return [
         {"name": SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": SECRETS_SIZE_LIMIT}},
         {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": token}]}},
+        {
+            "name": NO_API_TOKEN_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": EMPTY_SIZE_LIMIT},
+        },
     ]
 
 
@@ -114,8 +135,8 @@ def _already_injected(pod: Pod) -> bool:
     volume_names = {v.name for v in pod.spec.volumes or []}
     present = {
         AGENT_CONTAINER: any(c.name == AGENT_CONTAINER for c in pod.spec.init_containers or []),
-        SECRETS_VOLUME: SECRETS_VOLUME in volume_names,
-        TOKEN_VOLUME: TOKEN_VOLUME in volume_names,
+        **{name: name in volume_names for name in (SECRETS_VOLUME, TOKEN_VOLUME)},
+        NO_API_TOKEN_VOLUME: NO_API_TOKEN_VOLUME in volume_names,
     }
     if any(c.name == AGENT_CONTAINER for c in pod.spec.containers):
         raise _reserved(f"an app container is named {AGENT_CONTAINER}")
@@ -131,8 +152,8 @@ def _reserved(problem: str) -> UnsupportedPod:
     return UnsupportedPod(
         "spec",
         problem,
-        f"the container name {AGENT_CONTAINER} and the volume names {SECRETS_VOLUME} and "
-        f"{TOKEN_VOLUME} are keyferry's: rename yours",
+        f"the container name {AGENT_CONTAINER} and the volume names {SECRETS_VOLUME}, "
+        f"{TOKEN_VOLUME} and {NO_API_TOKEN_VOLUME} are keyferry's: rename yours",
     )
 
 

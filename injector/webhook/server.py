@@ -7,6 +7,8 @@ client cannot stall the others.
 
     POST /mutate    AdmissionReview v1 in, AdmissionReview v1 out
     GET  /healthz   200 "ok" while serving
+
+`keyferry webhook serve` reloads its certificate when the files change (certs.py).
 """
 
 from __future__ import annotations
@@ -19,16 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
 
+from .certs import ReloadingContext, server_context
 from .config import WebhookConfig
 from .errors import InvalidConfig
 from .mutate import mutate
 from .review import AdmissionResponse, AdmissionReview
+
+__all__ = [
+    "HEALTH_PATH",
+    "MUTATE_PATH",
+    "Admission",
+    "Observer",
+    "WebhookServer",
+    "serve",
+    "server_context",  # from certs.py, where it moved; still importable from here
+]
 
 MUTATE_PATH = "/mutate"
 HEALTH_PATH = "/healthz"
@@ -57,14 +69,8 @@ class Admission:
 Observer = Callable[[Admission], None]
 
 
-def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(str(cert_file), str(key_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise InvalidConfig(f"cannot load the serving certificate {cert_file}: {exc}") from exc
-    return context
+Contexts = Callable[[], ssl.SSLContext]
+"""Where each handshake gets its SSLContext: a fixed one, or `ReloadingContext.current`."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -73,12 +79,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        context: ssl.SSLContext,
+        contexts: Contexts,
         config: WebhookConfig,
         observe: Observer | None,
     ) -> None:
         super().__init__(address, _Handler)
-        self.context = context
+        self.contexts = contexts
         self.config = config
         self.observe = observe
 
@@ -86,7 +92,7 @@ class _Server(ThreadingHTTPServer):
         sock = cast(socket.socket, request)
         sock.settimeout(CONNECTION_TIMEOUT_SECONDS)
         try:
-            tls = self.context.wrap_socket(sock, server_side=True)
+            tls = self.contexts().wrap_socket(sock, server_side=True)
         except (ssl.SSLError, OSError):
             return  # a failed handshake (a port scan, a client without our CA) is not ours to log
         try:
@@ -185,13 +191,16 @@ class WebhookServer:
     def __init__(
         self,
         config: WebhookConfig,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | ReloadingContext,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         observe: Observer | None = None,
     ) -> None:
-        self._server = _Server((host, port), context, config, observe)
+        contexts: Contexts = (
+            context.current if isinstance(context, ReloadingContext) else lambda: context
+        )
+        self._server = _Server((host, port), contexts, config, observe)
         self._thread: threading.Thread | None = None
 
     @property
@@ -220,7 +229,7 @@ def serve(config: WebhookConfig, stop: threading.Event) -> None:
     """Serve until `stop` is set (the CLI sets it on SIGTERM or SIGINT)."""
     if config.server is None:
         raise InvalidConfig("server: `keyferry webhook serve` needs server.cert_file and key_file")
-    context = server_context(config.server.cert_file, config.server.key_file)
+    context = ReloadingContext(config.server.cert_file, config.server.key_file)
     server = WebhookServer(config, context, host=config.server.host, port=config.server.port)
     port = server.start()
     log.info("webhook serving", host=config.server.host, port=port, cluster=config.cluster_name)

@@ -84,3 +84,15 @@ def live_leases_all(broker: BrokerThread, cluster: str, pod: str) -> list[Any]:
         return list(store.leases.list_by_selector(selector))
     finally:
         store.close()
+
+
+def vault_leases(root: Any, prefix: str = "keyferry/") -> set[str]:
+    """Every lease id Vault holds under `prefix` (root token's view)."""
+    found: set[str] = set()
+    pending = [prefix]
+    while pending:
+        folder = pending.pop()
+        listed = root.list(f"sys/leases/lookup/{folder}")
+        for key in (listed or {}).get("data", {}).get("keys", []):
+            (pending.append if key.endswith("/") else found.add)(f"{folder}{key}")
+    return found

@@ -15,21 +15,44 @@ from pathlib import Path
 from typing import Any
 
 import hvac
+import yaml
 
+from broker.backends.transit import TransitSigner
+from injector.webhook.certs import server_context
 from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
 from injector.webhook.registration import registration
-from injector.webhook.server import MUTATE_PATH, WebhookServer, server_context
+from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import MotoServer
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
-from tests.integration.engines import add_assumed_role, enable, mount_aws
+from tests.bed.postgres import PostgresServer
+from tests.bed.vault import VaultServer
+from tests.integration.engines import (
+    add_assumed_role,
+    enable,
+    enable_approle,
+    mount_aws,
+    mount_pki,
+    mount_postgres,
+)
 from tests.integration.kube_helpers import admission
-from tests.integration.test_issue import Broker, start_broker
+from tests.integration.stores import sqlite_url
+from tests.integration.test_issue import (
+    MOUNT,
+    POLICY,
+    TRANSIT_KEY,
+    TRANSIT_MOUNT,
+    Broker,
+    config,
+    start_broker,
+)
 
 KV_MOUNT, KV_PATH = "keyferry/app-config", "orders/config"  # role app-config
 AWS_MOUNT, AWS_ROLE = "keyferry/aws", "reader"  # role s3-reader
 KV_VALUES = {"greeting": 'it\'s "quoted"\nand $HOME `x` \\ é', "color": "blue"}
+PKI_MOUNT, PKI_ROLE = "keyferry/pki-internal", "internal"  # role internal-tls
+ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
 
 
 def mount_kv(root: hvac.Client) -> None:
@@ -42,6 +65,58 @@ def mount_s3_reader(root: hvac.Client, moto: MotoServer) -> None:
     enable(root, "aws", AWS_MOUNT)
     mount_aws(root, moto, AWS_MOUNT)
     add_assumed_role(root, moto, AWS_MOUNT, AWS_ROLE, "keyferry-e2e-reader")
+
+
+def mount_internal_tls(root: hvac.Client) -> str:
+    """The PKI mount of role internal-tls (`{pod}.{namespace}.svc`, 24 h); its CA's PEM."""
+    ca = mount_pki(root, PKI_MOUNT, PKI_ROLE, "svc")
+    root.write_data(
+        f"{PKI_MOUNT}/roles/{PKI_ROLE}",
+        data={"allowed_domains": "svc", "allow_subdomains": True, "max_ttl": "48h"},
+    )
+    return ca
+
+
+def role_catalog(folder: Path, postgres: PostgresServer) -> Path:
+    """docs/examples/roles.yaml with the connection of orders-db-ro filled in for the bed's
+    PostgreSQL, so the DSN file alone (host, port, dbname, user, password) logs in."""
+    roles = yaml.safe_load(ROLES.read_text())
+    for role in roles:
+        if role["name"] == "orders-db-ro":
+            role["connection"] = {
+                "host": "127.0.0.1",
+                "port": postgres.port,
+                "dbname": "postgres",
+                "sslmode": "disable",
+            }
+    path = folder / "roles.yaml"
+    path.write_text(yaml.safe_dump(roles))
+    return path
+
+
+def scene_broker(
+    folder: Path,
+    vault: VaultServer,
+    postgres: PostgresServer,
+    clusters: dict[str, KubeCluster],
+    *,
+    policies: tuple[Path, ...] = (),
+    limits: dict[str, Any] | None = None,
+) -> BrokerThread:
+    """A broker in a thread on the bed: its AppRole, role orders-db-ro's PostgreSQL mount
+    (with the connection in the catalog), the audit transit key, docs/examples' policies
+    plus `policies`, and `limits` over the test defaults. Other engines are the caller's."""
+    root: hvac.Client = vault.client()
+    approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
+    mount_postgres(root, postgres, MOUNT, "ro")
+    enable(root, "transit", TRANSIT_MOUNT)
+    root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
+    TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
+    data = config(folder, vault, approle, clusters, sqlite_url(folder))
+    data["policies"] += [str(path) for path in policies]
+    data["roles"] = str(role_catalog(folder, postgres))
+    data["limits"] |= limits or {}
+    return BrokerThread(data, folder)
 
 
 class BrokerThread:
@@ -69,6 +144,8 @@ class Webhook:
     config: WebhookConfig
     server: WebhookServer
     registration: str
+    seen: list[Admission]
+    """Every admission this webhook answered (appended from the server's threads)."""
 
 
 @contextmanager
@@ -90,13 +167,14 @@ def webhooks(
                     address=f"{LOOPBACK}:{broker.port}", ca_pem=broker.ca.read_text()
                 ),
             )
-            server = WebhookServer(config, context)
+            seen: list[Admission] = []
+            server = WebhookServer(config, context, observe=seen.append)
             url = f"https://{LOOPBACK}:{server.start()}{MUTATE_PATH}"
             name = f"keyferry-e2e-{run}"
             document = registration(name, url, bundle, config, opt_in_label=opt_in)
             with cluster.api_client() as api:
                 admission(api).create_mutating_webhook_configuration(document)
-            started[cluster.name] = Webhook(cluster, config, server, name)
+            started[cluster.name] = Webhook(cluster, config, server, name, seen)
         yield started
     finally:
         for hook in started.values():

@@ -4,8 +4,10 @@ from the mutated pod's JSON alone, against a broker on the bed's Vault, PostgreS
 
 Every pod here is a Pod object in a real API server; its containers run as local processes
 in their own mount namespaces, as the UIDs the pod spec says. The app container of the test
-pods is a small Python program that logs in with the DSN, reads the KV value and calls STS
-with the aws-credentials file, as a UID other than the agent's (fsGroup case).
+pods is a small Python program that logs in with the DSN file alone (the role carries the
+database's host, port and name; the app has no PG* variable), reads the KV value, calls STS
+with the aws-credentials file and checks the PEM bundle with `cryptography`, as a UID other
+than the agent's (fsGroup case). Every test runs in both clusters.
 """
 
 from __future__ import annotations
@@ -19,24 +21,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import hvac
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from broker.api.v1 import broker_pb2_grpc, rotation_pb2, rotation_pb2_grpc
-from broker.backends.transit import TransitSigner
-from broker.store import LeaseState
+from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
+from broker.store import LeaseState, Selector
 from injector.webhook import patch as webhook_patch
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.engines import enable, enable_approle, mount_postgres
 from tests.integration.kube_helpers import apps, core, eventually
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
+from tests.integration.test_issue import MOUNT
 from tests.integration.workloads import ensure_namespace
 
 from .kubelet import PodRunner, resident_kib
@@ -48,32 +49,63 @@ from .pods import (
     live_leases_all,
     log_lines,
     mutated,
+    read,
     runner_for,
     until_ready,
+    vault_leases,
 )
-from .scene import KV_VALUES, BrokerThread, Webhook, mount_kv, mount_s3_reader, webhooks
+from .scene import (
+    KV_VALUES,
+    BrokerThread,
+    Webhook,
+    mount_internal_tls,
+    mount_kv,
+    mount_s3_reader,
+    scene_broker,
+    webhooks,
+)
 
 pytestmark = pytest.mark.bed
+NAMES = ("a", "b")
 RUN = secrets.token_hex(3)
 OPT_IN = (f"keyferry.test/e2e-{RUN}", "on")
 APP_UID, OTHER_UID, FS_GROUP = 1001, 1002, 3000
+ROTATING_UID = 40000 + secrets.randbelow(10000)
 AGENT_UID = 65532  # the webhook's agent.run_as_user: the app containers' UIDs differ
 SECRETS = "/keyferry/secrets"
+EVERYTHING = {"db": "orders-db-ro", "cfg": "app-config", "s3": "s3-reader", "tls": "internal-tls"}
 
 APP = """
-import json, os, boto3, psycopg
+import json, os, re, boto3, psycopg
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 d = os.environ["SECRETS"]
-out = {"uid": os.getuid()}
+out = {"uid": os.getuid(), "pg_env": sorted(k for k in os.environ if k.startswith("PG"))}
 with psycopg.connect(open(f"{d}/db").read()) as conn:
     out["user"] = conn.execute("select current_user").fetchone()[0]
 out["config"] = json.load(open(f"{d}/cfg"))
 sts = boto3.client("sts", endpoint_url=os.environ["STS_ENDPOINT"], region_name=os.environ["REGION"])
 out["arn"] = sts.get_caller_identity()["Arn"]
+bundle = open(f"{d}/tls", "rb").read()
+pem = re.findall(rb"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----\\n", bundle, re.S)
+key = serialization.load_pem_private_key(next(b for b in pem if b"PRIVATE KEY" in b), None)
+leaf, *chain = [x509.load_pem_x509_certificate(b) for b in pem if b"CERTIFICATE" in b]
+raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+assert key.public_key().public_bytes(*raw) == leaf.public_key().public_bytes(*raw)
+leaf.verify_directly_issued_by(chain[-1])
+out["cn"] = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+out["ca"] = chain[-1].fingerprint(hashes.SHA256()).hex()
 print(json.dumps(out))
 """
 
 
 # --- the scene ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def internal_ca(vault: VaultServer) -> x509.Certificate:
+    """The CA of role internal-tls's PKI mount, as Vault reports it."""
+    return x509.load_pem_x509_certificate(mount_internal_tls(vault.client()).encode())
 
 
 @pytest.fixture(scope="module")
@@ -83,19 +115,14 @@ def broker(
     postgres: PostgresServer,
     moto: MotoServer,
     kube_clusters: dict[str, KubeCluster],
+    internal_ca: x509.Certificate,
 ) -> Iterator[BrokerThread]:
-    folder = tmp_path_factory.mktemp("e2e-broker")
     root: hvac.Client = vault.client()
-    approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
-    mount_postgres(root, postgres, MOUNT, "ro")
     mount_kv(root)
     mount_s3_reader(root, moto)
-    enable(root, "transit", TRANSIT_MOUNT)
-    root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
-    TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
-    data = config(folder, vault, approle, kube_clusters, sqlite_url(folder))
-    data["policies"].append(str(Path(__file__).with_name("policies.cedar")))
-    running = BrokerThread(data, folder)
+    folder = tmp_path_factory.mktemp("e2e-broker")
+    policies = (Path(__file__).with_name("policies.cedar"),)
+    running = scene_broker(folder, vault, postgres, kube_clusters, policies=policies)
     yield running
     running.stop()
     root.sys.disable_secrets_engine(MOUNT)
@@ -107,7 +134,7 @@ def hooks(
     kube_clusters: dict[str, KubeCluster],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Webhook]]:
-    clusters = [kube_clusters["a"], kube_clusters["b"]]
+    clusters = [kube_clusters[name] for name in NAMES]
     for cluster in clusters:
         with cluster.api_client() as api:
             ensure_namespace(api, "orders")
@@ -135,6 +162,7 @@ def pod_body(
     name: str | None = None,
     roles: dict[str, str] | None = None,
     app_env: dict[str, str] | None = None,
+    service_account: str = "workload",
 ) -> dict[str, Any]:
     roles = roles or {"db": "orders-db-ro"}
     annotations = {"keyferry.io/inject": "true"}
@@ -145,18 +173,18 @@ def pod_body(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": metadata,
-        "spec": pod_spec(app_env or {}),
+        "spec": pod_spec(app_env or {}, service_account),
     }
 
 
-def pod_spec(app_env: dict[str, str]) -> dict[str, Any]:
+def pod_spec(app_env: dict[str, str], service_account: str = "workload") -> dict[str, Any]:
     """An app container (UID 1001) and a worker (UID 1002): the agent runs as neither, and
     the pod's fsGroup lets both read the 0440 files. The app's own configuration says where
-    the database and STS are; the credential files only say who it is."""
+    STS is; the database's address comes with the credential (the role's connection)."""
     env = [{"name": "SECRETS", "value": SECRETS}]
     env += [{"name": k, "value": v} for k, v in app_env.items()]
     return {
-        "serviceAccountName": "workload",
+        "serviceAccountName": service_account,
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "fsGroup": FS_GROUP},
         "containers": [
@@ -177,63 +205,96 @@ def pod_spec(app_env: dict[str, str]) -> dict[str, Any]:
     }
 
 
-# --- the tests -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["a", "b"])
-def test_a_pod_gets_a_dsn_a_kv_value_and_aws_keys_the_app_uses_and_sigterm_releases_them(
-    hooks: dict[str, Webhook],
-    broker: BrokerThread,
-    postgres: PostgresServer,
-    moto: MotoServer,
-    tmp_path: Path,
-    runners: list[PodRunner],
-    name: str,
-) -> None:
-    hook = hooks[name]
-    roles = {"db": "orders-db-ro", "cfg": "app-config", "s3": "s3-reader"}
+def everything_body(moto: MotoServer, name: str | None = None) -> dict[str, Any]:
     app_env = {
-        "PGHOST": "127.0.0.1",
-        "PGPORT": str(postgres.port),
-        "PGDATABASE": "postgres",
         "STS_ENDPOINT": moto.endpoint,
         "REGION": REGION,
         "AWS_SHARED_CREDENTIALS_FILE": f"{SECRETS}/s3",
         "AWS_CONFIG_FILE": "/dev/null",
     }
-    stored = create(hook.cluster, pod_body(f"orders-{RUN}", roles, app_env))
+    body = pod_body(name, EVERYTHING, app_env)
+    del body["spec"]["automountServiceAccountToken"]  # the API token: the app's, not the agent's
+    return body
+
+
+def app_uses_everything(
+    runner: PodRunner, postgres: PostgresServer, internal_ca: x509.Certificate
+) -> dict[str, str]:
+    """Run the app container (UID 1001) on the agent's files; check what it saw; the DSN."""
+    files = runner.volumes["keyferry-secrets"]
+    for credential in EVERYTHING:
+        info = (files / credential).stat()
+        assert stat.S_IMODE(info.st_mode) == 0o440
+        assert (info.st_uid, info.st_gid) == (AGENT_UID, FS_GROUP)
+    login = dsn_values((files / "db").read_text())
+    assert (login["host"], login["port"], login["dbname"]) == (
+        "127.0.0.1",
+        str(postgres.port),
+        "postgres",
+    ), "the DSN does not carry the role's connection"
+
+    app = runner.start("app")
+    out, err = app.communicate(timeout=60)
+    assert app.returncode == 0, err.decode()
+    seen = json.loads(out)
+    assert seen["uid"] == APP_UID
+    assert seen["pg_env"] == [], "the app must log in with the DSN file alone"
+    assert seen["user"] == login["user"]
+    assert seen["config"] == KV_VALUES
+    assert ":assumed-role/keyferry-e2e-reader/" in seen["arn"]
+    assert seen["cn"] == f"{runner.name}.{runner.namespace}.svc"
+    assert seen["ca"] == internal_ca.fingerprint(hashes.SHA256()).hex()
+    return login
+
+
+def store_leases(broker: BrokerThread, cluster: str) -> set[str]:
+    store = broker.broker.store()
+    try:
+        selector = Selector(cluster=cluster, states=frozenset(LeaseState))
+        return {lease.id for lease in store.leases.list_by_selector(selector)}
+    finally:
+        store.close()
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_pod_gets_a_dsn_kv_aws_keys_and_a_certificate_and_sigterm_releases_them(
+    hooks: dict[str, Webhook],
+    broker: BrokerThread,
+    postgres: PostgresServer,
+    moto: MotoServer,
+    internal_ca: x509.Certificate,
+    tmp_path: Path,
+    runners: list[PodRunner],
+    name: str,
+) -> None:
+    hook = hooks[name]
+    stored = create(hook.cluster, everything_body(moto, f"orders-{RUN}"))
     runner = runner_for(hook.cluster, stored, tmp_path, runners)
 
     assert runner.probe(AGENT) == 1, "check passed before any file existed"
     agent = runner.start(AGENT)
     until_ready(runner, agent)
     rss = resident_kib(agent.pid)
-
+    login = app_uses_everything(runner, postgres, internal_ca)
+    api_token = "/var/run/secrets/kubernetes.io/serviceaccount"
+    for container, listing in (("app", "token"), (AGENT, "")):
+        looked = runner.start(container, ["ls", api_token])
+        seen, _ = looked.communicate(timeout=30)
+        assert seen.decode().split() == listing.split(), f"{container} sees {seen!r}"
     files = runner.volumes["keyferry-secrets"]
-    for credential in roles:
-        info = (files / credential).stat()
-        assert stat.S_IMODE(info.st_mode) == 0o440
-        assert (info.st_uid, info.st_gid) == (AGENT_UID, FS_GROUP)
     assert json.loads((files / "cfg").read_text()) == KV_VALUES
     assert "aws_session_token" in (files / "s3").read_text()
 
-    app = runner.start("app")
-    out, err = app.communicate(timeout=30)
-    assert app.returncode == 0, err.decode()
-    seen = json.loads(out)
-    login = dsn_values((files / "db").read_text())
-    assert seen["uid"] == APP_UID
-    assert seen["user"] == login["user"]
-    assert seen["config"] == KV_VALUES
-    assert ":assumed-role/keyferry-e2e-reader/" in seen["arn"]
-
     leases = live_leases(broker, name, runner.name)
-    assert sorted(lease.credential for lease in leases) == ["cfg", "db", "s3"]
+    assert sorted(lease.credential for lease in leases) == sorted(EVERYTHING)
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
     logs = log_lines(agent)
     released = {line["credential"] for line in logs if line["event"] == "lease.released"}
-    assert released == {"cfg", "db", "s3"}
+    assert released == set(EVERYTHING)
     for value in [login["password"], *KV_VALUES.values()]:
         assert all(value not in json.dumps(line) for line in logs), "a secret in the logs"
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
@@ -244,17 +305,19 @@ def test_a_pod_gets_a_dsn_a_kv_value_and_aws_keys_the_app_uses_and_sigterm_relea
     print(f"\nagent resident memory on cluster {name}: {rss / 1024:.1f} MiB (VmRSS)")
 
 
-@pytest.mark.parametrize("name", ["a", "b"])
-def test_a_deployments_pod_with_a_generated_name_gets_a_dsn_that_logs_in(
+@pytest.mark.parametrize("name", NAMES)
+def test_a_deployments_pod_with_a_generated_name_gets_every_credential(
     hooks: dict[str, Webhook],
     postgres: PostgresServer,
+    moto: MotoServer,
+    internal_ca: x509.Certificate,
     tmp_path: Path,
     runners: list[PodRunner],
     name: str,
 ) -> None:
     hook = hooks[name]
     labels = {"app": f"orders-{RUN}"}
-    template = pod_body()
+    template = everything_body(moto)
     template["metadata"]["labels"] = labels
     del template["metadata"]["generateName"], template["apiVersion"], template["kind"]
     deployment = f"orders-{RUN}"
@@ -283,8 +346,7 @@ def test_a_deployments_pod_with_a_generated_name_gets_a_dsn_that_logs_in(
         )
         agent = runner.start(AGENT)
         until_ready(runner, agent)
-        login = dsn_values((runner.volumes["keyferry-secrets"] / "db").read_text())
-        postgres.connect(login["user"], login["password"]).close()
+        app_uses_everything(runner, postgres, internal_ca)
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0
     finally:
@@ -292,15 +354,102 @@ def test_a_deployments_pod_with_a_generated_name_gets_a_dsn_that_logs_in(
             apps(api).delete_namespaced_deployment(deployment, "orders")
 
 
-def test_a_pod_the_policy_does_not_allow_gets_no_credential_and_a_clear_error(
-    hooks: dict[str, Webhook], tmp_path: Path, runners: list[PodRunner]
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bad_annotation_is_refused_by_the_api_server_with_the_webhooks_message(
+    hooks: dict[str, Webhook], name: str
 ) -> None:
-    hook = hooks["a"]
-    namespace = f"payments-{RUN}"
+    hook = hooks[name]
+    body = pod_body(f"bad-{RUN}")
+    body["metadata"]["annotations"]["keyferry.io/format.db"] = "yaml"
+    with pytest.raises(ApiException) as refused:
+        create(hook.cluster, body)
+    assert refused.value.status == 400
+    message = json.loads(refused.value.body or "{}")["message"]
+    assert "keyferry.io/format.db" in message
+    assert "write one of: env, json, dsn, pgpass, aws-credentials, pem" in message
+    with pytest.raises(ApiException) as missing:
+        read(hook.cluster, "orders", f"bad-{RUN}")
+    assert missing.value.status == 404
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unannotated_pod_and_a_kube_system_pod_are_untouched(
+    hooks: dict[str, Webhook], name: str
+) -> None:
+    hook = hooks[name]
+    plain = pod_body(f"plain-{RUN}")
+    plain["metadata"]["annotations"] = {}
+    stored = create(hook.cluster, plain)
+    assert stored["spec"].get("initContainers") is None
+    assert not [v for v in stored["spec"].get("volumes") or [] if v["name"].startswith("keyferry")]
+    for container in stored["spec"]["containers"]:
+        assert not container.get("volumeMounts")
+    (called,) = [a for a in hook.seen if a.name == f"plain-{RUN}"]
+    assert (called.allowed, called.patched) == (True, False)
+
+    label = {"metadata": {"labels": {OPT_IN[0]: OPT_IN[1]}}}
     with hook.cluster.api_client() as api:
-        ensure_namespace(api, namespace)
-        core(api).patch_namespace(namespace, {"metadata": {"labels": dict([OPT_IN])}})
-    stored = create(hook.cluster, pod_body("payments"), namespace)
+        core(api).patch_namespace("kube-system", label)  # it even opts in: still excluded
+        try:
+            system = pod_body(f"system-{RUN}", service_account="default")
+            stored = create(hook.cluster, system, "kube-system")
+            assert not mutated(stored)
+            assert stored["spec"].get("volumes") is None
+            core(api).delete_namespaced_pod(f"system-{RUN}", "kube-system")
+        finally:
+            core(api).patch_namespace("kube-system", {"metadata": {"labels": {OPT_IN[0]: None}}})
+    assert not [a for a in hook.seen if a.namespace == "kube-system"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_server_side_dry_run_is_mutated_and_creates_no_lease(
+    hooks: dict[str, Webhook], broker: BrokerThread, vault: VaultServer, name: str
+) -> None:
+    hook = hooks[name]
+    root = vault.client()
+    in_vault, in_store = vault_leases(root), store_leases(broker, name)
+    pod = f"dry-{RUN}"
+    with hook.cluster.api_client() as api:
+        raw = core(api).create_namespaced_pod(
+            "orders", pod_body(pod, EVERYTHING), dry_run="All", _preload_content=False
+        )
+        answered = json.loads(raw.data)
+    assert mutated(answered), "the dry run was not sent through the webhook"
+    (call,) = [a for a in hook.seen if a.name == pod]
+    assert call.dry_run
+    assert call.patched
+    with pytest.raises(ApiException) as missing:
+        read(hook.cluster, "orders", pod)
+    assert missing.value.status == 404
+    assert vault_leases(root) <= in_vault
+    assert store_leases(broker, name) <= in_store
+    assert not live_leases_all(broker, name, pod)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("who", ["namespace", "service-account"])
+def test_a_pod_the_policy_does_not_allow_gets_no_credential_and_a_clear_error(
+    hooks: dict[str, Webhook],
+    broker: BrokerThread,
+    tmp_path: Path,
+    runners: list[PodRunner],
+    name: str,
+    who: str,
+) -> None:
+    hook = hooks[name]
+    if who == "namespace":  # no permit for namespace payments-*
+        namespace, body = f"payments-{RUN}", pod_body(f"payments-{RUN}")
+        with hook.cluster.api_client() as api:
+            ensure_namespace(api, namespace)
+            core(api).patch_namespace(namespace, {"metadata": {"labels": dict([OPT_IN])}})
+    else:  # tests/e2e/policies.cedar forbids the service account "untrusted"
+        namespace, body = "orders", pod_body(f"untrusted-{RUN}", service_account="untrusted")
+        with hook.cluster.api_client() as api:
+            accounts = core(api).list_namespaced_service_account(namespace).items
+            if "untrusted" not in {a.metadata.name for a in accounts}:
+                account = k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="untrusted"))
+                core(api).create_namespaced_service_account(namespace, account)
+    stored = create(hook.cluster, body, namespace)
     runner = runner_for(hook.cluster, stored, tmp_path, runners)
     agent = runner.start(AGENT)
     assert agent.wait(timeout=30) == 1
@@ -313,12 +462,18 @@ def test_a_pod_the_policy_does_not_allow_gets_no_credential_and_a_clear_error(
     assert "orders-db-ro" in error["error"]
     assert not list(runner.volumes["keyferry-secrets"].iterdir())
     assert runner.probe(AGENT) == 1
+    assert not live_leases_all(broker, name, runner.name)
 
 
+@pytest.mark.parametrize("name", NAMES)
 def test_an_agent_restarted_five_times_holds_one_lease_per_credential(
-    hooks: dict[str, Webhook], broker: BrokerThread, tmp_path: Path, runners: list[PodRunner]
+    hooks: dict[str, Webhook],
+    broker: BrokerThread,
+    tmp_path: Path,
+    runners: list[PodRunner],
+    name: str,
 ) -> None:
-    hook = hooks["b"]
+    hook = hooks[name]
     roles = {"db": "orders-db-ro", "cfg": "app-config"}
     runner = runner_for(
         hook.cluster, create(hook.cluster, pod_body(None, roles)), tmp_path, runners
@@ -332,7 +487,7 @@ def test_an_agent_restarted_five_times_holds_one_lease_per_credential(
         )
         agent.send_signal(signal.SIGKILL)
         agent.wait()
-    leases = live_leases(broker, "b", runner.name)
+    leases = live_leases_all(broker, name, runner.name)
     assert sorted(lease.credential for lease in leases) == ["cfg", "db"]
     assert len(passwords) == 1
 
@@ -371,13 +526,15 @@ def test_without_the_token_volume_the_harness_cannot_run_the_agent(
     runner = runner_for(hook.cluster, create(hook.cluster, pod_body("no-token")), tmp_path, runners)
     assert "keyferry-token" not in runner.volumes
     agent = runner.start(AGENT)
+    assert agent.stderr is not None
+    while (first := json.loads(agent.stderr.readline()))["event"] != "issue.retry":
+        pass  # the agent is up (its SIGTERM handler too) and cannot read a token
+    assert "keyferry-token volume" in first["error"]
     with pytest.raises(AssertionError, match="never happened"):
         eventually(lambda: runner.probe(AGENT) == 0, "the probe passing", timeout=3)
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
-    retries = [line for line in log_lines(agent) if line["event"] == "issue.retry"]
-    assert retries
-    assert "keyferry-token volume" in retries[0]["error"]
+    assert not [line for line in log_lines(agent) if line["event"] == "credential.written"]
 
 
 HUP_APP = """
@@ -391,32 +548,28 @@ while True:
 """
 
 
+@pytest.mark.parametrize("name", NAMES)
 def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_working(
     hooks: dict[str, Webhook],
     broker: BrokerThread,
     postgres: PostgresServer,
     tmp_path: Path,
     runners: list[PodRunner],
-    request: pytest.FixtureRequest,
+    name: str,
 ) -> None:
-    """Needs Broker.Watch and RotateLeases. While the broker answers Watch with UNIMPLEMENTED
-    this is a strict xfail (it must fail then); once Watch is served it runs for real."""
-    hook = hooks["a"]
-    body = pod_body("rotating", {"db": "orders-db-ro"})
+    hook = hooks[name]
+    body = pod_body(f"rotating-{RUN}", {"db": "orders-db-ro"})
     body["metadata"]["annotations"]["keyferry.io/on-rotate"] = "signal:SIGHUP"
     body["spec"] |= {"shareProcessNamespace": True}
-    body["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": APP_UID}
+    # The harness shares the host's PID namespace: a UID of this run only, so no other
+    # process on the machine (another test run's app) looks like this pod's app.
+    body["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": ROTATING_UID}
     app_spec = body["spec"]["containers"][0]
     app_spec["command"] = ["python", "-c", HUP_APP]
     body["spec"]["containers"] = [app_spec]
     runner = runner_for(hook.cluster, create(hook.cluster, body), tmp_path, runners)
     agent = runner.start(AGENT)
     until_ready(runner, agent)
-    if _watch_code(broker, runner) == grpc.StatusCode.UNIMPLEMENTED:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="Broker.Watch answers UNIMPLEMENTED")
-        )
-        raise AssertionError("Broker.Watch is not served: no rotation can reach the agent")
     app = runner.start("app")
     out = app.stdout
     assert out is not None
@@ -424,7 +577,8 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     files = runner.volumes["keyferry-secrets"]
     before = (files / "db").read_text()
     old = dsn_values(before)
-    (lease,) = live_leases(broker, "a", runner.name)
+    inode = (files / "db").stat().st_ino
+    (lease,) = live_leases(broker, name, runner.name)
 
     async def rotate() -> Any:
         async with broker.broker.admin_channel() as channel:
@@ -435,18 +589,20 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     assert rotated.rotations[0].lease.generation == 2
     eventually(lambda: (files / "db").read_text() != before, "the file swapped")
     after = (files / "db").read_text()
+    assert (files / "db").stat().st_ino != inode, "not swapped by rename"
     assert out.readline().decode().strip() == f"HUP {after.strip()}"
     new = dsn_values(after)
-    postgres.connect(new["user"], new["password"]).close()
+    psycopg.connect(after).close()  # the new DSN alone logs in
 
     def old_login_refused() -> bool:
         try:
-            postgres.connect(old["user"], old["password"]).close()
+            psycopg.connect(before).close()
         except psycopg.OperationalError:
             return True
         return False
 
     eventually(old_login_refused, "the old generation revoked after the Ack", timeout=20)
+    assert new["user"] != old["user"]
     assert stat.S_IMODE((files / "db").stat().st_mode) == 0o440
     agent.send_signal(signal.SIGTERM)
     assert agent.wait(timeout=30) == 0
@@ -454,20 +610,3 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     (swap,) = [line for line in logs if line["event"] == "credential.rotated"]
     assert swap["generation"] == 2
     assert swap["signalled"] == [app.pid]
-
-
-def _watch_code(broker: BrokerThread, runner: PodRunner) -> grpc.StatusCode | None:
-    """What Watch answers this pod's token right now (None: the stream is open)."""
-    token = (runner.volumes["keyferry-token"] / "token").read_text()
-    credentials = grpc.ssl_channel_credentials(root_certificates=broker.broker.ca.read_bytes())
-    with grpc.secure_channel(f"127.0.0.1:{broker.broker.port}", credentials) as channel:
-        stub: Any = broker_pb2_grpc.BrokerServiceStub(channel)
-        stream = stub.Watch(iter([]), metadata=(("authorization", f"Bearer {token}"),), timeout=2)
-        try:
-            next(iter(stream))
-        except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()
-            return None if code == grpc.StatusCode.DEADLINE_EXCEEDED else code
-        except StopIteration:
-            return None
-    return None

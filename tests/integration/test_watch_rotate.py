@@ -320,8 +320,11 @@ async def test_the_broker_renews_the_leases_of_pods_that_hold_a_watch_stream(
         await agent.next()
         clock.offset = timedelta(minutes=4)  # both leases now expire within the 2m window
         renewed = await broker.server.runtime.flows.renewer.renew_due()
+        pushed = await agent.next()  # the agent learns the lease's new end
         agent.close()
     assert renewed == 1
+    assert pushed.WhichOneof("event") == "renewed"
+    assert pushed.renewed.lease_id == mine.lease.id
     assert ttl(mine.lease.id) > before[mine.lease.id]  # renewed by 30m
     assert ttl(other.lease.id) <= before[other.lease.id]  # no stream, no heartbeat
     store = broker.store()
@@ -331,6 +334,7 @@ async def test_the_broker_renews_the_leases_of_pods_that_hold_a_watch_stream(
         store.close()
     assert expires_at is not None
     assert expires_at > mine.lease.expires_at.ToDatetime().replace(tzinfo=expires_at.tzinfo)
+    assert pushed.renewed.expires_at.ToDatetime() == expires_at.replace(tzinfo=None)
 
 
 async def test_renew_extends_the_callers_own_lease_and_not_another_pods(

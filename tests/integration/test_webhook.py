@@ -25,9 +25,10 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from injector.webhook.certs import server_context
 from injector.webhook.config import AgentConfig, BrokerEndpoint, WebhookConfig
 from injector.webhook.registration import registration
-from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer, server_context
+from injector.webhook.server import MUTATE_PATH, Admission, WebhookServer
 from tests.bed.kube import KubeCluster
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
@@ -203,6 +204,37 @@ def test_annotated_pod_is_mutated(webhooks: dict[str, Harness], name: str) -> No
     calls = harness.admissions(namespace)
     assert {a.name for a in calls} == {"app"}
     assert [a.patched for a in calls] == [True] + [False] * (len(calls) - 1)
+
+
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_agent_gets_no_kubernetes_api_token_while_the_app_keeps_its_own(
+    webhooks: dict[str, Harness], name: str
+) -> None:
+    """The ServiceAccount admission plugin mounts the API token into every container that
+    has nothing at its path, on its first pass and again when the API server re-runs it
+    after keyferry's patch. The agent's empty mount there keeps it out of the agent only."""
+    harness = webhooks[name]
+    namespace = harness.namespace("api-token")
+    harness.create(namespace, pod_body("app", INJECT))  # automountServiceAccountToken default
+    stored = harness.read(namespace, "app")
+
+    api_volumes = [v for v in volumes_of(stored) if v.startswith("kube-api-access-")]
+    assert len(api_volumes) == 1, "the ServiceAccount plugin did not run"
+    (app,) = stored["spec"]["containers"]
+    assert {"name": api_volumes[0], "mountPath": API_TOKEN_PATH, "readOnly": True} in app[
+        "volumeMounts"
+    ]
+    agent = agent_of(stored)
+    assert agent is not None
+    at_token_path = [m for m in agent["volumeMounts"] if m["mountPath"] == API_TOKEN_PATH]
+    assert at_token_path == [
+        {"name": "keyferry-no-api-token", "mountPath": API_TOKEN_PATH, "readOnly": True}
+    ]
+    assert not [m for m in agent["volumeMounts"] if m["name"].startswith("kube-api-access-")]
+    assert volumes_of(stored)["keyferry-no-api-token"]["emptyDir"]["medium"] == "Memory"
 
 
 def test_readmission_after_another_webhook_changes_the_pod(

@@ -36,6 +36,7 @@ VOLUMES = [
             ]
         },
     },
+    {"name": "keyferry-no-api-token", "emptyDir": {"medium": "Memory", "sizeLimit": "1Ki"}},
 ]
 SPEC = {
     "version": 1,
@@ -77,20 +78,31 @@ def agent(
         "volumeMounts": [
             {"name": "keyferry-secrets", "mountPath": "/keyferry/secrets"},
             {"name": "keyferry-token", "mountPath": "/keyferry/token", "readOnly": True},
+            {
+                "name": "keyferry-no-api-token",
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                "readOnly": True,
+            },
         ],
         "restartPolicy": "Always",
         "startupProbe": {
             "exec": {"command": ["keyferry", "agent", "check"]},
-            "periodSeconds": 1,
             "timeoutSeconds": 1,
+            "periodSeconds": 1,
             "failureThreshold": 120,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["keyferry", "agent", "check"]},
+            "timeoutSeconds": 1,
+            "periodSeconds": 5,
+            "failureThreshold": 1,
         },
     }
 
 
 def init_only_agent(spec: dict[str, Any]) -> dict[str, Any]:
     container = agent(spec)
-    del container["restartPolicy"], container["startupProbe"]
+    del container["restartPolicy"], container["startupProbe"], container["readinessProbe"]
     return container
 
 
@@ -180,6 +192,7 @@ PATCHES: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
             {"op": "add", "path": "/spec/initContainers/0/volumeMounts", "value": [MOUNT]},
             {"op": "add", "path": "/spec/volumes/-", "value": VOLUMES[0]},
             {"op": "add", "path": "/spec/volumes/-", "value": VOLUMES[1]},
+            {"op": "add", "path": "/spec/volumes/-", "value": VOLUMES[2]},
             {"op": "add", "path": "/spec/initContainers/0", "value": agent(group=3000)},
         ],
     ),

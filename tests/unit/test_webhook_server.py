@@ -17,10 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from broker.cli.main import app
+from injector.webhook.certs import server_context
 from injector.webhook.config import WebhookConfig, load_config
 from injector.webhook.errors import InvalidConfig
 from injector.webhook.registration import registration
-from injector.webhook.server import Admission, WebhookServer, server_context
+from injector.webhook.server import Admission, WebhookServer
 from tests.bed.pki import CA, KeyPair, new_ca
 from tests.bed.ports import free_port
 

@@ -199,24 +199,28 @@ class WatchResponse(_message.Message):
     ROTATED_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     EXPIRING_FIELD_NUMBER: _builtins.int
+    RENEWED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rotated(self) -> Global___Rotated: ...
     @_builtins.property
     def revoked(self) -> Global___Revoked: ...
     @_builtins.property
     def expiring(self) -> Global___Expiring: ...
+    @_builtins.property
+    def renewed(self) -> Global___Renewed: ...
     def __init__(
         self,
         *,
         rotated: Global___Rotated | None = ...,
         revoked: Global___Revoked | None = ...,
         expiring: Global___Expiring | None = ...,
+        renewed: Global___Renewed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "renewed", b"renewed", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "renewed", b"renewed", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["rotated", "revoked", "expiring"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["rotated", "revoked", "expiring", "renewed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -290,6 +294,33 @@ class Expiring(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Expiring: _TypeAlias = Expiring  # noqa: Y015
+
+@_typing.final
+class Renewed(_message.Message):
+    """Renewed: the broker extended the lease at Vault; expires_at is its new end. The agent keeps
+    the file while the broker is away, and removes it once this time has passed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "lease_id", b"lease_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Renewed: _TypeAlias = Renewed  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):

@@ -1,0 +1,150 @@
+"""Issue 10, "Agent: broker away for minutes, then back — reconnect with backoff and jitter,
+no thundering herd", on the bed: twelve agents (each its own session, channel and pod-bound
+token) hold Watch streams through a TCP relay; the relay goes away, then comes back.
+
+Scale: the agents' backoff runs 75 times faster than in production (base 25 ms, cap 0.4 s
+instead of 1 s and 30 s; the gRPC channel's own reconnect backoff is capped the same way),
+and the outage lasts until every agent has waited ten times at the cap (about five minutes
+at production scale). What is asserted is the distribution of
+the attempts the agents made, never how long anything took: each agent's waits double from
+the base to the cap, each wait is drawn uniformly below its ceiling, the agents fall out of
+step, none hammers, the files stay, and every agent is watching again after the return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.bed.kube import KubeCluster
+from tests.bed.postgres import PostgresServer
+from tests.bed.vault import VaultServer
+from tests.e2e.agents import Agents, Proxy, pod_agents
+from tests.e2e.scene import BrokerThread, scene_broker
+from tests.integration.test_issue import MOUNT
+
+pytestmark = pytest.mark.bed
+AGENTS = 12
+BASE, CAP = 0.025, 0.4
+AT_CAP = 10
+"""The outage lasts until every agent has waited this many times at the cap (about 2 s
+unloaded; at production scale, five minutes): counted in attempts, so a loaded machine
+stretches it instead of thinning the sample."""
+WAIT_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def broker(
+    tmp_path_factory: pytest.TempPathFactory,
+    vault: VaultServer,
+    postgres: PostgresServer,
+    kube_clusters: dict[str, KubeCluster],
+) -> Iterator[BrokerThread]:
+    running = scene_broker(tmp_path_factory.mktemp("outage-broker"), vault, postgres, kube_clusters)
+    yield running
+    running.stop()
+    vault.client().sys.disable_secrets_engine(MOUNT)
+
+
+def streams(broker: BrokerThread) -> int:
+    hub = broker.broker.server.runtime.flows.hub
+
+    async def count() -> int:
+        return hub.stream_count()
+
+    return int(broker.call(count()))
+
+
+async def until(probe: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not probe():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come_back(
+    broker: BrokerThread, kube_clusters: dict[str, KubeCluster], tmp_path: Path
+) -> None:
+    proxy = Proxy(broker.broker.port)
+    await proxy.up()
+    record = Agents()
+    agents = pod_agents(
+        kube_clusters["a"],
+        broker,
+        tmp_path,
+        AGENTS,
+        ("db",),
+        address=proxy.address,
+        backoff=(BASE, CAP),
+        record=record,
+        prefix="herd",
+    )
+    sessions = [agent.new_life() for agent in agents]
+    await asyncio.gather(*(session.start() for session in sessions))
+    holding = [asyncio.ensure_future(session.hold()) for session in sessions]
+    try:
+        await until(lambda: streams(broker) == AGENTS, "every agent watching")
+        files = {a.number: (Path(a.spec.directory) / "db").read_bytes() for a in agents}
+        record.draws.clear()
+
+        await proxy.away()
+        away_at = time.monotonic()
+        await until(lambda: streams(broker) == 0, "the broker seeing every stream gone")
+        await until(
+            lambda: all(
+                sum(d.agent == a.number and d.ceiling == CAP for d in record.draws) >= AT_CAP
+                for a in agents
+            ),
+            f"every agent waiting {AT_CAP} times at the cap",
+        )
+        back_at = time.monotonic()
+        during = [draw for draw in record.draws if draw.at < back_at]
+        await proxy.up()
+        await until(lambda: streams(broker) == AGENTS, "every agent watching again")
+    finally:
+        for task in holding:
+            task.cancel()
+        for task in holding:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    for agent in agents:  # the files stayed all along (the lease outlives the outage)
+        assert (Path(agent.spec.directory) / "db").read_bytes() == files[agent.number]
+
+    per_agent = {a.number: [d for d in during if d.agent == a.number] for a in agents}
+    outage = back_at - away_at
+    for number, draws in per_agent.items():
+        ceilings = [d.ceiling for d in draws]
+        # exponential: the ceiling doubles from the base up to the cap, then stays
+        assert ceilings == [min(CAP, BASE * 2**k) for k in range(len(draws))], number
+        assert ceilings[-1] == CAP, f"agent {number} never reached the cap"
+        # no hammering: at the cap the mean wait is CAP/2, so about 2*outage/CAP attempts
+        assert len(draws) <= 4 * outage / CAP + 8, f"agent {number} tried {len(draws)} times"
+
+    # full jitter: the waits at the cap are uniform below it, in every quarter of [0, cap)
+    at_cap = [d.value / d.ceiling for d in during if d.ceiling == CAP]
+    assert len(at_cap) >= AGENTS * AT_CAP
+    quarters = Counter(min(int(share * 4), 3) for share in at_cap)
+    assert all(quarters[q] >= 0.1 * len(at_cap) for q in range(4)), quarters
+
+    # out of step: the agents did not make the same number of attempts...
+    assert len({len(draws) for draws in per_agent.values()}) >= 3
+    # ...and their first attempts after the return were spread over the cap, not bunched
+    firsts = []
+    for number in per_agent:
+        wakes = sorted(d.at + d.value for d in record.draws if d.agent == number)
+        firsts.append(next((wake for wake in wakes if wake >= back_at), wakes[-1]))
+    slots = Counter(int((first - min(firsts)) / (CAP / 10)) for first in firsts)
+    assert max(slots.values()) <= 2 * AGENTS // 3, slots
+
+    for session in sessions:
+        await session.release()
+    for agent in agents:
+        await agent.crash()
+    await proxy.away()
