@@ -208,6 +208,28 @@ class AuditTrail:
             )
         )
 
+    async def operator_refusal(
+        self,
+        operator: Operator,
+        action: str,
+        error: KeyferryError,
+        request_id: str,
+        *,
+        cluster: str | None = None,
+    ) -> None:
+        """An operator's request that policy allowed but the broker refused (a cluster that
+        fails its checks): a deny record with the error's reason."""
+        await self.record(
+            AuditEvent(
+                who=operator_principal(operator),
+                action=action,
+                decision=Decision.DENY,
+                reason=error.reason,
+                request_id=request_id,
+                cluster=cluster,
+            )
+        )
+
     async def lease_change(
         self,
         who: Principal,
