@@ -26,8 +26,8 @@ from .review import PatchOperation
 
 AGENT_CONTAINER = "keyferry-agent"
 SECRETS_VOLUME = "keyferry-secrets"
-TOKEN_VOLUME = "keyferry-token"
-TOKEN_FILE = "token"
+TOKEN_VOLUME = "keyferry-token"  # noqa: S105 (a volume name, not a secret)
+TOKEN_FILE = "token"  # noqa: S105 (a file name, not a secret)
 RESERVED_NAMES = (AGENT_CONTAINER, SECRETS_VOLUME, TOKEN_VOLUME)
 SECRETS_SIZE_LIMIT = "1Mi"
 PROBE_PERIOD_SECONDS = 1
