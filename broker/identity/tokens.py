@@ -124,8 +124,10 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"the bearer token is not a JWT: {exc}") from exc
-        audiences = unverified.get("aud")
-        audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        claimed = unverified.get("aud")
+        # `aud` is a string or a list of strings (RFC 7519); anything else names no cluster.
+        audiences = [claimed] if isinstance(claimed, str) else claimed
+        audiences = audiences if isinstance(audiences, list) else []
         names = [
             a.removeprefix(AUDIENCE_PREFIX)
             for a in audiences

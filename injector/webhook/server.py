@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from .config import WebhookConfig
 from .errors import InvalidConfig
 from .mutate import mutate
-from .review import AdmissionResponse, AdmissionReview
+from .review import AdmissionRequest, AdmissionResponse, AdmissionReview
 
 MUTATE_PATH = "/mutate"
 HEALTH_PATH = "/healthz"
@@ -55,6 +55,16 @@ class Admission:
 
 
 Observer = Callable[[Admission], None]
+
+
+def pod_name(request: AdmissionRequest) -> str | None:
+    """The pod's name for the admission log: its name, else its generateName prefix. The
+    object is whatever the caller sent: anything but a string there counts as no name."""
+    if request.name:
+        return request.name
+    metadata = (request.object or {}).get("metadata")
+    prefix = metadata.get("generateName") if isinstance(metadata, dict) else None
+    return prefix if isinstance(prefix, str) else None
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -144,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             Admission(
                 uid=request.uid,
                 namespace=request.namespace,
-                name=request.name or (request.object or {}).get("metadata", {}).get("generateName"),
+                name=pod_name(request),
                 allowed=response.allowed,
                 patched=response.patch is not None,
                 dry_run=request.dry_run,
