@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import jwt
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from broker.api.v1 import clusters_pb2, roles_pb2
+from broker.clusters.config import NAME as CLUSTER_NAME
 from broker.errors import InvalidRequest, Unauthenticated
 from broker.identity import ClusterKeys, TokenVerifier
 from broker.identity.tokens import signing_keys
@@ -55,6 +57,22 @@ from .targets import seen
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
+F = TypeVar("F", bound=Callable[..., Any])
+SEEDS = json.loads((Path(__file__).parent / "corpus" / "seeds.json").read_text())
+
+
+def with_seeds(
+    target: str, unpack: Callable[[Any], tuple[Any, ...]] = lambda x: (x,)
+) -> Callable[[F], F]:
+    """Every input of tests/fuzz/corpus/seeds.json for `target`, as explicit examples: the
+    hand-kept corpus replays in every run, short or long."""
+
+    def decorate(test: F) -> F:
+        for seed in SEEDS[target]:
+            test = example(*unpack(seed))(test)
+        return test
+
+    return decorate
 
 
 def attempt(call: Callable[[], T], errors: type[E]) -> tuple[T | None, E | None]:
@@ -85,6 +103,7 @@ _VALUES = st.one_of(
 @example({INJECT: "true", ROLE_PREFIX + "/etc/shadow": "orders-db-ro"})
 @example({INJECT: "true", ROLE_PREFIX + "db": "r" * 10_000})
 @example({INJECT: "true", **{f"{ROLE_PREFIX}f{i}": "orders-db-ro" for i in range(3000)}})
+@with_seeds("annotations")
 def test_annotations(annotations: dict[str, str]) -> None:
     seen("annotations")
     spec, refused = attempt(lambda: parse_annotations(annotations), InvalidAnnotation)
@@ -95,6 +114,7 @@ def test_annotations(annotations: dict[str, str]) -> None:
         assert "/" not in credential.name
         assert "\\" not in credential.name
         assert credential.name.strip(".")
+        assert "\n" not in credential.name + credential.role
         assert annotations[ROLE_PREFIX + credential.name] == credential.role
 
 
@@ -120,6 +140,7 @@ _MARK = "s3cr3t:"  # every fuzzed value carries it, so a quoted value is recogni
 @example(FileFormat.ENV, "db", {"password": _MARK + "a\x00b"})
 @example(FileFormat.PGPASS, "db", {"username": _MARK + "u", "password": _MARK + "p\nq"})
 @example(FileFormat.PEM, "tls", {"certificate": _MARK + "-----BEGIN x", "private_key": _MARK})
+@with_seeds("formats", lambda s: (FileFormat(s[0]), s[1], {k: _MARK + v for k, v in s[2].items()}))
 def test_formats(fmt: FileFormat, name: str, values: dict[str, str]) -> None:
     seen("formats")
     try:
@@ -227,7 +248,7 @@ def test_raw_role_requests(raw: bytes) -> None:
                 else clusters_pb2.ClusterCredential()
             ),
         ),
-        st.one_of(st.text(max_size=70), st.just("a")),
+        st.one_of(st.text(max_size=70), st.sampled_from(["a", "a\n", "A", "-a"])),
         st.one_of(st.text(), st.just("https://127.0.0.1:6443")),
         st.text(max_size=40),
         st.text(max_size=40),
@@ -244,12 +265,14 @@ def test_cluster_requests(request: clusters_pb2.RegisterClusterRequest) -> None:
         return
     assert connection is not None
     assert connection.server.startswith("https://")
+    assert CLUSTER_NAME.fullmatch(connection.name), "a cluster name that is not a DNS label"
 
 
 @given(st.text(max_size=200))
 @example("../etc/passwd")
 @example("..")
 @example("a\x00b")
+@with_seeds("credential_names")
 def test_credential_names(name: str) -> None:
     seen("request validation")
     accepted, refused = attempt(lambda: check_credential_name(name), InvalidRequest)
@@ -328,6 +351,7 @@ def test_structured_tokens(header: Any, claims: Any, signature: bytes) -> None:
 @example("")
 @example("a.b.c")
 @example("..")
+@with_seeds("tokens")
 def test_text_tokens(token: str) -> None:
     seen("tokens")
     _verify(token)
@@ -354,6 +378,7 @@ def _verify(token: str) -> None:
               _JSON), max_size=4))}), st.dictionaries(st.text(), _JSON, max_size=3)))
 @example({"keys": [{"kty": "oct"}]})
 @example({"keys": "garbage"})
+@with_seeds("jwks")
 def test_jwks(jwks: dict[str, Any]) -> None:
     seen("JWKS")
     try:
@@ -421,6 +446,7 @@ _REVIEW = st.fixed_dictionaries(
 
 
 @given(st.one_of(_REVIEW.map(lambda r: json.dumps(r).encode()), st.binary(max_size=256)))
+@with_seeds("admission_reviews", lambda s: (s.encode(),))
 def test_admission_reviews(body: bytes) -> None:
     seen("AdmissionReview")
     try:
