@@ -72,10 +72,11 @@ class Exposure:
         self.said("error message", f"{error.code()} {error.details()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
-    """Every log line of the session's brokers (structlog as JSON at debug, and the standard
-    logging of grpc, hvac and the kubernetes client) goes to one file as well."""
+    """Every log line of tests/security's brokers and webhooks (structlog as JSON at debug,
+    and the standard logging of grpc, hvac and the kubernetes client) goes to one file as
+    well; the logging set-up is restored when tests/security ends."""
     log_file = tmp_path_factory.mktemp("exposure") / "broker.log"
     stream: TextIO = log_file.open("a", encoding="utf-8")
     handler = logging.StreamHandler(stream)
