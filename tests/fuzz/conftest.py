@@ -1,12 +1,15 @@
 """Hypothesis profiles for the fuzz targets, and the count of inputs they ran.
 
-The default profile (every test run) tries KEYFERRY_FUZZ_EXAMPLES (200) inputs per target
-and only reads the corpus. `tests/run fuzz` selects the `fuzz` profile: about 1,100,000
-inputs in all (KEYFERRY_FUZZ_EXAMPLES per target, 110,000 unless set), and the corpus
-(Hypothesis' example database in tests/fuzz/corpus: the inputs that found a new behaviour
-or a failure) grows as it runs. Commit what it adds: the next run starts from there.
-At the end the number of inputs the targets saw is printed; in the fuzz profile a total
-below KEYFERRY_FUZZ_MIN_INPUTS (1,000,000) fails the run.
+The corpus lives in tests/fuzz/corpus: `seeds.json`, kept by hand, holds the interesting
+inputs (every crash found so far among them) and is replayed as explicit examples by every
+run; Hypothesis' example database beside it records any failing input a run finds, and is
+replayed first by later runs. Commit what a fuzz run adds there.
+
+The default profile (every test run) tries KEYFERRY_FUZZ_EXAMPLES (200) generated inputs
+per target and only reads the database. `tests/run fuzz` selects the `fuzz` profile:
+KEYFERRY_FUZZ_EXAMPLES per target, 110,000 unless set, so about 1,100,000 inputs over the
+ten targets, and writes the database. At the end the number of inputs the targets saw is
+printed; in the fuzz profile a total below KEYFERRY_FUZZ_MIN_INPUTS (1,000,000) fails the run.
 """
 
 from __future__ import annotations
