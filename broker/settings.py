@@ -121,7 +121,10 @@ class SealingSettings(_Group):
 class WorkloadListener(_Group):
     """Where pods' agents call the broker: TLS, bearer token per call."""
 
-    host: str = Field(default="0.0.0.0", description="address to listen on")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (in a pod it listens on the pod's own IP)
+        description="address to listen on",
+    )
     port: int = Field(
         default=DEFAULT_WORKLOAD_PORT, ge=0, le=65535, description="0 picks a free port"
     )
@@ -150,7 +153,10 @@ class AdminListener(_Group):
     must chain to `client_ca`; its subject names the operator (CN) and groups (O). Leave
     all three files unset to serve no admin listener; `keyferry admin init` writes them."""
 
-    host: str = Field(default="0.0.0.0", description="address to listen on")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (in a pod it listens on the pod's own IP)
+        description="address to listen on",
+    )
     port: int = Field(default=DEFAULT_ADMIN_PORT, ge=0, le=65535, description="0 picks a free port")
     tls_cert: Path | None = Field(
         default=None,
@@ -184,7 +190,10 @@ class AdminListener(_Group):
 
 
 class MetricsSettings(_Group):
-    host: str = Field(default="0.0.0.0", description="address of the Prometheus endpoint")
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (in a pod it listens on the pod's own IP)
+        description="address of the Prometheus endpoint",
+    )
     port: int | None = Field(
         default=9464, ge=0, le=65535, description="port of /metrics; 0 picks one, null turns it off"
     )

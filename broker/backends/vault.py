@@ -100,7 +100,7 @@ class VaultClient:
 def _login_for(settings: VaultSettings) -> LoginMethod:
     if settings.approle is not None:
         return AppRoleLogin(settings.approle)
-    assert settings.token is not None  # VaultSettings requires one of the two
+    assert settings.token is not None  # noqa: S101 (VaultSettings' validator requires one of the two)
     return StaticToken(settings.token.get_secret_value())
 
 

@@ -45,7 +45,7 @@ def serve(
     def ready(server: object) -> None:
         from broker.server import BrokerServer  # noqa: PLC0415
 
-        assert isinstance(server, BrokerServer)
+        assert isinstance(server, BrokerServer)  # noqa: S101 (narrows the type for mypy only)
         typer.echo(f"keyferry broker: workload listener on port {server.port} (TLS)", err=True)
         if server.metrics_port is not None:
             typer.echo(f"keyferry broker: metrics on port {server.metrics_port}", err=True)

@@ -115,22 +115,22 @@ class ClusterClient:
     async def jwks(self) -> dict[str, Any]:
         """The cluster's service-account signing keys, from /openid/v1/jwks."""
 
-        def get() -> str:
+        def get() -> bytes:
             # Raw body: the client would otherwise turn the JSON into a Python repr string.
             response: Any = k8s.OpenidApi(self._api).get_service_account_issuer_open_id_keyset(
                 _request_timeout=self.timeout, _preload_content=False
             )
-            return str(response.data.decode())
+            return bytes(response.data)
 
         return _json_object(await self._call("GET /openid/v1/jwks", get), "/openid/v1/jwks")
 
     async def openid_configuration(self) -> dict[str, Any]:
-        def get() -> str:
+        def get() -> bytes:
             api = k8s.WellKnownApi(self._api)
             response: Any = api.get_service_account_issuer_open_id_configuration(
                 _request_timeout=self.timeout, _preload_content=False
             )
-            return str(response.data.decode())
+            return bytes(response.data)
 
         path = "/.well-known/openid-configuration"
         return _json_object(await self._call(f"GET {path}", get), path)
@@ -214,9 +214,9 @@ class ClusterClient:
             )
 
 
-def _json_object(text: str, path: str) -> dict[str, Any]:
+def _json_object(body: bytes, path: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = json.loads(body)  # not UTF-8 is a ValueError too
     except ValueError as exc:
         raise ClusterUnavailable(f"{path} did not return JSON: {exc}") from exc
     if not isinstance(value, dict):

@@ -29,7 +29,7 @@ class ClusterConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a valid cluster name: use a DNS label (lowercase letters, "
                 "digits and '-', at most 63 characters), e.g. 'prod-eu-1'"

@@ -34,7 +34,7 @@ class ClusterConnection(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not NAME.match(value):
+        if not NAME.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid cluster name: use a DNS label")
         return value
 

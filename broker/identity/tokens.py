@@ -16,7 +16,7 @@ from typing import Any
 
 import jwt
 
-from broker.errors import Unauthenticated
+from broker.errors import TemporaryError, Unauthenticated
 from broker.policy import Workload
 
 AUDIENCE_PREFIX = "keyferry:"
@@ -26,6 +26,21 @@ ALGORITHMS = ("RS256", "ES256")  # what kube-apiserver signs service-account tok
 
 def audience_for(cluster: str) -> str:
     return f"{AUDIENCE_PREFIX}{cluster}"
+
+
+def signing_keys(jwks: Mapping[str, Any]) -> list[jwt.PyJWK]:
+    """The usable keys of a JWKS a cluster served; jwt.PyJWKSetError when it has none.
+
+    PyJWT lets KeyError, TypeError and ValueError out of some malformed keys (an `oct` key
+    without `k`, a key that is not an object): a JWKS is untrusted input, so every way it
+    can be malformed leaves as the one error.
+    """
+    try:
+        return list(jwt.PyJWKSet.from_dict(dict(jwks)).keys)
+    except jwt.PyJWTError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise jwt.PyJWKSetError(f"a key of the JWK Set is malformed ({exc!r})") from exc
 
 
 @dataclass
@@ -42,14 +57,22 @@ class ClusterKeys:
         self._load(self.jwks)
 
     def _load(self, jwks: Mapping[str, Any]) -> None:
-        keys = jwt.PyJWKSet.from_dict(dict(jwks)).keys
+        keys = signing_keys(jwks)
         self._keys = {key.key_id: key for key in keys if key.key_id}
         self.jwks = jwks
 
     def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key with this id; on an unknown id, refresh the JWKS once (keys rotate)."""
+        """The key with this id; on an unknown id, refresh the JWKS once (keys rotate).
+        A refreshed JWKS without usable keys leaves the pinned keys in place."""
         if kid not in self._keys and self.refresh is not None:
-            self._load(self.refresh())
+            fresh = self.refresh()
+            try:
+                self._load(fresh)
+            except jwt.PyJWTError as exc:
+                raise TemporaryError(
+                    f"cluster {self.name!r} served a JWKS without usable keys ({exc}); "
+                    "its pinned keys are kept"
+                ) from exc
         return self._keys.get(kid)
 
 
@@ -101,8 +124,10 @@ class TokenVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"the bearer token is not a JWT: {exc}") from exc
-        audiences = unverified.get("aud")
-        audiences = [audiences] if isinstance(audiences, str) else list(audiences or [])
+        claimed = unverified.get("aud")
+        # `aud` is a string or a list of strings (RFC 7519); anything else names no cluster.
+        audiences = [claimed] if isinstance(claimed, str) else claimed
+        audiences = audiences if isinstance(audiences, list) else []
         names = [
             a.removeprefix(AUDIENCE_PREFIX)
             for a in audiences

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from broker.audit import AuditChain, AuditEvent, Decision, Fingerprinter, Principal, PrincipalKind
+from broker.errors import KeyferryError
 from broker.models import Credential
 from broker.policy import Decision as PolicyDecision
 from broker.policy import Operator, Workload
 from broker.store import LeaseRecord
 
 _FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
+# Who a refused token claims to be is not known to be true: such callers are recorded as this.
+UNAUTHENTICATED = Principal(kind=PrincipalKind.WORKLOAD, name="unauthenticated")
 
 
 def principal_of(workload: Workload) -> Principal:
@@ -114,6 +118,47 @@ class AuditTrail:
             )
         )
 
+    def refusal(
+        self, action: str, request_id: str
+    ) -> Callable[[KeyferryError, Workload | None], Awaitable[None]]:
+        """A callback recording a caller refused before any policy ran (a bad token, a pod
+        that is gone): a deny record with the error's reason, and the pod when the token
+        proved one."""
+
+        async def refused(error: KeyferryError, workload: Workload | None) -> None:
+            known = {k: v or None for k, v in where(workload).items()} if workload else {}
+            event = {"action": action, "decision": Decision.DENY, "reason": error.reason}
+            await self.record(
+                AuditEvent.model_validate(
+                    {
+                        "who": principal_of(workload) if workload else UNAUTHENTICATED,
+                        "request_id": request_id,
+                        **event,
+                        **known,
+                    }
+                )
+            )
+
+        return refused
+
+    async def not_yours(
+        self, workload: Workload, action: str, lease: LeaseRecord, reason: str, request_id: str
+    ) -> None:
+        """A pod asked to act on another pod's lease: denied, recorded with both pods."""
+        await self.record(
+            AuditEvent(
+                who=principal_of(workload),
+                action=action,
+                decision=Decision.DENY,
+                reason=reason,
+                request_id=request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+                **where(workload),
+            )
+        )
+
     async def lease(
         self,
         workload: Workload,
@@ -186,6 +231,28 @@ class AuditTrail:
                 policy_ids=decision.policy_ids,
                 request_id=request_id,
                 role=role,
+                cluster=cluster,
+            )
+        )
+
+    async def operator_refusal(
+        self,
+        operator: Operator,
+        action: str,
+        error: KeyferryError,
+        request_id: str,
+        *,
+        cluster: str | None = None,
+    ) -> None:
+        """An operator's request that policy allowed but the broker refused (a cluster that
+        fails its checks): a deny record with the error's reason."""
+        await self.record(
+            AuditEvent(
+                who=operator_principal(operator),
+                action=action,
+                decision=Decision.DENY,
+                reason=error.reason,
+                request_id=request_id,
                 cluster=cluster,
             )
         )

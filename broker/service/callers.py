@@ -8,7 +8,7 @@ client is async) while that thread waits for it with a deadline.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,9 @@ from broker.policy import Workload
 
 BEARER = "bearer "
 VERIFY_THREADS = 4
+# Told about every refused token before the error goes back (the audit trail's deny record);
+# the workload is None when the token itself proved no pod.
+Refused = Callable[[Unauthenticated, Workload | None], Awaitable[None]]
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str:
@@ -81,24 +84,34 @@ class Callers:
     def clients(self) -> list[ClusterClient]:
         return list(self._clients.values())
 
-    async def authenticate(self, token: str, *, allow_terminating: bool = False) -> Workload:
+    async def authenticate(
+        self, token: str, *, allow_terminating: bool = False, refused: Refused | None = None
+    ) -> Workload:
         """The pod the token proves, after checking the pod still exists with its UID."""
         workload, _expires_at = await self.authenticate_until(
-            token, allow_terminating=allow_terminating
+            token, allow_terminating=allow_terminating, refused=refused
         )
         return workload
 
     async def authenticate_until(
-        self, token: str, *, allow_terminating: bool = False
+        self, token: str, *, allow_terminating: bool = False, refused: Refused | None = None
     ) -> tuple[Workload, datetime]:
-        """Like `authenticate`, and when the token expires (a Watch stream ends then)."""
+        """Like `authenticate`, and when the token expires (a Watch stream ends then).
+        A refused token is reported to `refused` (the audit trail) before it is raised."""
         loop = asyncio.get_running_loop()
-        workload, expires_at = await loop.run_in_executor(
-            self._pool, self._verifier.verify_until, token
-        )
-        await self._clients[workload.cluster].ensure_pod_bound(
-            workload, allow_terminating=allow_terminating
-        )
+        proved: Workload | None = None
+        try:
+            workload, expires_at = await loop.run_in_executor(
+                self._pool, self._verifier.verify_until, token
+            )
+            proved = workload
+            await self._clients[workload.cluster].ensure_pod_bound(
+                workload, allow_terminating=allow_terminating
+            )
+        except Unauthenticated as error:
+            if refused is not None:
+                await refused(error, proved)
+            raise
         return workload, expires_at
 
     def close(self) -> None:

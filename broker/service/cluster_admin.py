@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from pydantic import SecretStr
@@ -112,6 +113,23 @@ class ClusterAdmin:
     ) -> ClusterView:
         name = connection.name
         await self._require(operator, name, "register", request_id)
+        try:
+            client, jwks, record = await self._add(connection)
+        except KeyferryError as error:  # a refused cluster is on the audit trail too
+            await self._audit.operator_refusal(
+                operator, "clusters.register", error, request_id, cluster=name
+            )
+            raise
+        self._callers.join(client, jwks)
+        self._pods.watch(client)
+        log.info("cluster registered", cluster=name, operator=operator.name, request_id=request_id)
+        return await self._view_record(record)
+
+    async def _add(
+        self, connection: ClusterConnection
+    ) -> tuple[ClusterClient, dict[str, Any], ClusterRecord]:
+        """Check the cluster and pin it in the store; its client, JWKS and record."""
+        name = connection.name
         if name in self._configured or self._callers.client(name) is not None:
             raise ClusterExists(f"a cluster named {name!r} is already registered")
         client = ClusterClient(connection)
@@ -135,10 +153,7 @@ class ClusterAdmin:
         except BaseException:
             client.close()
             raise
-        self._callers.join(client, jwks)
-        self._pods.watch(client)
-        log.info("cluster registered", cluster=name, operator=operator.name, request_id=request_id)
-        return await self._view_record(record)
+        return client, jwks, record
 
     async def get(self, operator: Operator, name: str, request_id: str) -> ClusterView:
         view = await self._view(name)

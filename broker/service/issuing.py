@@ -86,7 +86,9 @@ class IssueFlow:
     async def issue(
         self, token: str, credential_name: str, role_name: str, request_id: str
     ) -> IssuedLease:
-        workload = await self._callers.authenticate(token)
+        workload = await self._callers.authenticate(
+            token, refused=self._audit.refusal("issue", request_id)
+        )
         self._rates.check(workload)
         check_credential_name(credential_name)
         if not role_name:

@@ -44,7 +44,11 @@ class OwnLeaseGate:
         allow_terminating: bool = False,
     ) -> OwnLease:
         """The caller and its lease, once Cedar allowed `action` on it (and the audit says so)."""
-        workload = await self.callers.authenticate(token, allow_terminating=allow_terminating)
+        workload = await self.callers.authenticate(
+            token,
+            allow_terminating=allow_terminating,
+            refused=self.audit.refusal(action.value, request_id),
+        )
         if not lease_id:
             raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
         leases = self.store.leases
@@ -54,7 +58,10 @@ class OwnLeaseGate:
 
         lease, handle = await self.runner.run(read)
         if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
-            raise LeaseNotFound(lease_id)
+            # Another pod's lease: the caller hears "not found", the audit trail the truth.
+            error = LeaseNotFound(lease_id)
+            await self.audit.not_yours(workload, action.value, lease, error.reason, request_id)
+            raise error
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
         decision = self.policy.decide(workload, action, lease_resource(lease, vault_lease))
         await self.audit.decision(

@@ -22,6 +22,7 @@ from broker.clusters import (
     ClusterUnavailable,
 )
 from broker.errors import InvalidRequest
+from broker.identity.tokens import signing_keys
 
 T = TypeVar("T")
 RBAC_HINT = "apply docs/examples/broker-rbac.yaml in the cluster and bind it to the credential"
@@ -60,7 +61,7 @@ async def check_cluster(client: ClusterClient) -> dict[str, Any]:
         )
     jwks = await _step(client, client.jwks())
     try:
-        keys = jwt.PyJWKSet.from_dict(jwks).keys
+        keys = signing_keys(jwks)
     except jwt.PyJWTError as exc:
         raise RegistrationFailed(
             name, Step.DISCOVERY, f"the JWKS has no usable key: {exc}"

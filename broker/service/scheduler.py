@@ -112,7 +112,7 @@ class JobScheduler:
         if job.leader_only and not self.leadership.is_leader:
             return None
         task = asyncio.current_task()
-        assert task is not None
+        assert task is not None  # noqa: S101 (called from a task: narrows the type for mypy)
         self._running.add(task)
         try:
             return await job.job()

@@ -90,7 +90,9 @@ class WatchFlow:
     ) -> AsyncIterator[WatchEvent]:
         """The stream's events; raises TokenExpired at the token's end, StreamOverflowed
         when the caller fell behind, and the authentication errors of Issue at open."""
-        workload, expires_at = await self._callers.authenticate_until(token)
+        workload, expires_at = await self._callers.authenticate_until(
+            token, refused=self._audit.refusal("watch", request_id)
+        )
         session = _Session(workload, expires_at, request_id)
         with self._hub.subscribe(workload.pod_uid) as subscription:
             snapshot = await self._snapshot(session)
@@ -191,7 +193,11 @@ class WatchFlow:
         workload = session.workload
         lease = await self._run(self._leases.get, ack.lease_id)
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
-        if not mine or lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
+        if not mine:
+            await self._audit.not_yours(workload, "ack", lease, "NOT_FOUND", session.request_id)
+            log.info("ack of another pod's lease refused", lease_id=ack.lease_id)
+            return
+        if lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
             log.info(
                 "ack ignored",
                 lease_id=ack.lease_id,

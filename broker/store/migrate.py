@@ -40,7 +40,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def head_revision() -> str:
     head = ScriptDirectory.from_config(_config(None)).get_current_head()
-    assert head is not None  # the package always ships at least one revision
+    assert head is not None  # noqa: S101 (the package always ships at least one revision)
     return head
 
 

@@ -151,7 +151,7 @@ def _credential_name(key: str, name: str) -> str:
         problem = f"the credential name {name!r} is not a file name"
     elif len(name) > CREDENTIAL_NAME_MAX:
         problem = f"the credential name is {len(name)} characters long"
-    elif not CREDENTIAL_NAME_RE.match(name):
+    elif not CREDENTIAL_NAME_RE.fullmatch(name):
         problem = f"the credential name {name!r} is not a safe file name"
     else:
         return name
@@ -165,7 +165,7 @@ def _credential_name(key: str, name: str) -> str:
 
 
 def _role(key: str, role: str) -> str:
-    if _ROLE_RE.match(role):
+    if _ROLE_RE.fullmatch(role):
         return role
     raise InvalidAnnotation(
         key,

@@ -19,7 +19,7 @@ ABSOLUTE_PATH = r"^/[A-Za-z0-9._/-]*[A-Za-z0-9_-]$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|M|G)?$"
 
 DEFAULT_MOUNT_PATH = "/keyferry/secrets"
-DEFAULT_TOKEN_MOUNT_PATH = "/keyferry/token"
+DEFAULT_TOKEN_MOUNT_PATH = "/keyferry/token"  # noqa: S105 (a path, not a secret)
 DEFAULT_TOKEN_EXPIRATION_SECONDS = 600
 MIN_TOKEN_EXPIRATION_SECONDS = 600
 """The API server refuses projected tokens that live less than 10 minutes."""
@@ -68,7 +68,7 @@ class BrokerEndpoint(_Strict):
 
 
 class ServerConfig(_Strict):
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104 (the webhook pod is reached on its pod IP)
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     cert_file: Path
     key_file: Path

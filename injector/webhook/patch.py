@@ -26,12 +26,12 @@ from .review import PatchOperation
 
 AGENT_CONTAINER = "keyferry-agent"
 SECRETS_VOLUME = "keyferry-secrets"
-TOKEN_VOLUME = "keyferry-token"
-NO_API_TOKEN_VOLUME = "keyferry-no-api-token"
+TOKEN_VOLUME = "keyferry-token"  # noqa: S105 (a volume name, not a secret)
+NO_API_TOKEN_VOLUME = "keyferry-no-api-token"  # noqa: S105 (a volume name, not a secret)
 """An empty volume mounted over the Kubernetes API token's path in the agent only."""
-API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 (a path)
 """Where the ServiceAccount admission plugin mounts the API token (`kube-api-access-*`)."""
-TOKEN_FILE = "token"
+TOKEN_FILE = "token"  # noqa: S105 (a file name, not a secret)
 RESERVED_NAMES = (AGENT_CONTAINER, SECRETS_VOLUME, TOKEN_VOLUME, NO_API_TOKEN_VOLUME)
 SECRETS_SIZE_LIMIT = "1Mi"
 EMPTY_SIZE_LIMIT = "1Ki"

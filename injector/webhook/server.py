@@ -30,7 +30,7 @@ from .certs import ReloadingContext, server_context
 from .config import WebhookConfig
 from .errors import InvalidConfig
 from .mutate import mutate
-from .review import AdmissionResponse, AdmissionReview
+from .review import AdmissionRequest, AdmissionResponse, AdmissionReview
 
 __all__ = [
     "HEALTH_PATH",
@@ -71,6 +71,16 @@ Observer = Callable[[Admission], None]
 
 Contexts = Callable[[], ssl.SSLContext]
 """Where each handshake gets its SSLContext: a fixed one, or `ReloadingContext.current`."""
+
+
+def pod_name(request: AdmissionRequest) -> str | None:
+    """The pod's name for the admission log: its name, else its generateName prefix. The
+    object is whatever the caller sent: anything but a string there counts as no name."""
+    if request.name:
+        return request.name
+    metadata = (request.object or {}).get("metadata")
+    prefix = metadata.get("generateName") if isinstance(metadata, dict) else None
+    return prefix if isinstance(prefix, str) else None
 
 
 class _Server(ThreadingHTTPServer):
@@ -150,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
             Admission(
                 uid=request.uid,
                 namespace=request.namespace,
-                name=request.name or (request.object or {}).get("metadata", {}).get("generateName"),
+                name=pod_name(request),
                 allowed=response.allowed,
                 patched=response.patch is not None,
                 dry_run=request.dry_run,

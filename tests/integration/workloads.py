@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 ACCOUNT = "workload"
 
 
-def ensure_namespace(api: Any, namespace: str) -> None:
+def ensure_namespace(api: Any, namespace: str, account: str = ACCOUNT) -> None:
     v1 = core(api)
     objects: list[tuple[Any, tuple[Any, ...]]] = [
         (v1.create_namespace, (k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)),)),
         (
             v1.create_namespaced_service_account,
-            (namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=ACCOUNT))),
+            (namespace, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=account))),
         ),
     ]
     for create, args in objects:
@@ -45,14 +45,16 @@ def mint(
     namespace: str = "orders",
     pod_prefix: str = "app",
     audience: str | None = None,
+    account: str = ACCOUNT,
 ) -> BoundToken:
-    """A new pod (unique name) in `namespace` and a token bound to it for `audience`."""
+    """A new pod (unique name) in `namespace`, running as `account`, and a token bound to
+    it for `audience`."""
     audience = audience or f"keyferry:{cluster.name}"
     name = f"{pod_prefix}-{secrets.token_hex(4)}"
     with cluster.api_client() as api:
-        ensure_namespace(api, namespace)
+        ensure_namespace(api, namespace, account)
         v1 = core(api)
-        created = v1.create_namespaced_pod(namespace, pod(name, ACCOUNT))
+        created = v1.create_namespaced_pod(namespace, pod(name, account))
         request = k8s.AuthenticationV1TokenRequest(
             spec=k8s.V1TokenRequestSpec(
                 audiences=[audience],
@@ -62,9 +64,9 @@ def mint(
                 ),
             )
         )
-        issued = v1.create_namespaced_service_account_token(ACCOUNT, namespace, request)
+        issued = v1.create_namespaced_service_account_token(account, namespace, request)
     return BoundToken(
-        cluster.name, namespace, ACCOUNT, name, created.metadata.uid, audience, issued.status.token
+        cluster.name, namespace, account, name, created.metadata.uid, audience, issued.status.token
     )
 
 
