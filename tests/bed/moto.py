@@ -132,7 +132,7 @@ def bootstrap_moto_admin(endpoint: str) -> tuple[str, str]:
         endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id="bootstrap",
-        aws_secret_access_key="bootstrap",  # noqa: S106 (moto's test key)
+        aws_secret_access_key="bootstrap",
     )
     iam.create_user(UserName=ADMIN_USER)
     iam.put_user_policy(

@@ -23,7 +23,7 @@ from .process import ManagedProcess
 from .readiness import Runner
 from .workspace import Workspace
 
-DEV_ROOT_TOKEN = "keyferry-bed-root"  # noqa: S105 (dev server's token)
+DEV_ROOT_TOKEN = "keyferry-bed-root"
 FLAVOUR = "HashiCorp Vault v1.13.2 (MPL-2.0), built from its Go module"
 CONTAINER_FLAVOUR = "HashiCorp Vault v1.13.2 (MPL-2.0), its container image"  # containers.py
 

@@ -151,7 +151,7 @@ async def test_registered_clusters_serve_their_pods_and_deregistration_revokes_t
     assert error_info(same_keys).reason == "CLUSTER_EXISTS"
     assert "already registered for cluster 'a'" in (same_keys.details() or "")
     bad_token = await refused_registration(
-        broker, register_request(a, kubeconfig_a, name="a-bad", token="not-a-token")  # noqa: S106 (a wrong token on purpose)
+        broker, register_request(a, kubeconfig_a, name="a-bad", token="not-a-token")
     )
     assert error_info(bad_token).reason == "CLUSTER_REGISTRATION_FAILED"
     assert "auth failed" in (bad_token.details() or "")

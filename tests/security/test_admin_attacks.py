@@ -205,7 +205,7 @@ async def test_a_cluster_whose_jwks_endpoint_answers_garbage(
         name="rogue",
         server=rogue.server,
         ca_pem=rogue.ca_pem,
-        credential=clusters_pb2.ClusterCredential(bearer_token="anything-goes"),  # noqa: S106 (the rogue accepts anything)
+        credential=clusters_pb2.ClusterCredential(bearer_token="anything-goes"),
         issuer=ROGUE_ISSUER,
     )
     before = await orders_leases(leases)

@@ -76,7 +76,7 @@ def test_a_line_parses_back_only_in_canonical_form() -> None:
 
 
 def test_events_have_no_place_for_a_raw_secret() -> None:
-    password = "correct-horse-battery-staple"  # noqa: S105 (a test value)
+    password = "correct-horse-battery-staple"
     with pytest.raises(ValidationError):
         AuditEvent(who=WHO, action="issue", fingerprints={"password": password})
     with pytest.raises(ValidationError):

@@ -111,7 +111,7 @@ def test_forget_forces_a_new_login() -> None:
     keeper.ensure(client)
     keeper.forget()
     keeper.ensure(client)
-    assert client.token == "token-2"  # noqa: S105 (a test value)
+    assert client.token == "token-2"
 
 
 def test_the_token_is_not_in_the_grants_repr() -> None:
