@@ -1,10 +1,11 @@
 """The broker's settings: one YAML file (`--config`) plus environment overrides.
 
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
-`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `clusters`, and the paths
-of the policy and roles files. An environment variable wins over the file:
-`KEYFERRY_VAULT__ADDR=https://vault:8200`, `KEYFERRY_STORE__URL=postgresql://...` (prefix
-`KEYFERRY_`, groups split by `__`). Secrets are SecretStr and never printed.
+`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `access` (just-in-time
+grants), `clusters`, and the paths of the policy and roles files. An environment variable
+wins over the file: `KEYFERRY_VAULT__ADDR=https://vault:8200`,
+`KEYFERRY_STORE__URL=postgresql://...` (prefix `KEYFERRY_`, groups split by `__`).
+Secrets are SecretStr and never printed.
 
 Every problem is reported at once, each naming the file and line (when it came from the
 file), the field's dotted path, and what to write instead (SettingsInvalid).
@@ -256,6 +257,24 @@ class RenewalSettings(_Group):
     )
 
 
+class AccessSettings(_Group):
+    """Just-in-time access grants (AccessService): how long one may last, how long a request
+    waits for an approver, and how often ended grants' credentials are revoked."""
+
+    max_duration: Duration = Field(
+        default=timedelta(hours=8),
+        description="the longest grant anyone may request, like 4h; longer requests are refused",
+    )
+    approval_wait: Duration = Field(
+        default=timedelta(hours=1),
+        description="a request nobody approved or denied within this time expires",
+    )
+    expiry_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        description="how often grants that have ended are expired and their leases revoked",
+    )
+
+
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -290,6 +309,7 @@ class BrokerSettings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     rotation: RotationSettings = RotationSettings()
     renewal: RenewalSettings = RenewalSettings()
+    access: AccessSettings = AccessSettings()
 
     @field_validator("policies")
     @classmethod

@@ -25,6 +25,7 @@ from broker.settings import BrokerSettings
 from broker.store import Store, StoreRunner
 from broker.store.clock import Clock, utcnow
 
+from .access import AccessFlow
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
@@ -79,6 +80,7 @@ class BrokerRuntime:
     flows: LeaseFlows
     clusters: ClusterAdmin
     pods: PodLeases
+    access: AccessFlow
     _stack: AsyncExitStack
 
     @classmethod
@@ -235,6 +237,21 @@ class BrokerRuntime:
         flows.jobs.append(
             Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume)
         )
+        access = AccessFlow(
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            backends=backends,
+            sealer=sealer,
+            revoker=revoker,
+            settings=settings.access,
+            clock=clock,
+        )
+        flows.jobs.append(
+            Periodic("access-expiry", settings.access.expiry_interval, access.expire_due)
+        )
         return cls(
             settings,
             store,
@@ -248,6 +265,7 @@ class BrokerRuntime:
             flows,
             clusters,
             pods,
+            access,
             stack,
         )
 

@@ -21,12 +21,15 @@ from .engine import create_store_engine
 from .errors import (
     ClusterExists,
     ClusterNotFound,
+    GrantNotFound,
+    GrantStateConflict,
     IssueInProgress,
     LeaseNotFound,
     LeaseStateConflict,
     RoleNotFound,
 )
 from .failures import store_errors
+from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -34,6 +37,8 @@ from .records import (
     CheckpointRecord,
     ClusterRecord,
     ExistingLease,
+    GrantRecord,
+    GrantState,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -57,6 +62,11 @@ __all__ = [
     "ClusterRecord",
     "ClusterRepository",
     "ExistingLease",
+    "GrantNotFound",
+    "GrantRecord",
+    "GrantRepository",
+    "GrantState",
+    "GrantStateConflict",
     "IssueInProgress",
     "LeaseHandle",
     "LeaseNotFound",

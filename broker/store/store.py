@@ -10,6 +10,7 @@ from .clock import Clock, utcnow
 from .clusters import ClusterRepository
 from .config import StoreSettings
 from .engine import create_store_engine
+from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
@@ -23,6 +24,7 @@ class Store:
         self.roles = RoleRepository(sessions, clock)
         self.checkpoints = CheckpointRepository(sessions, clock)
         self.clusters = ClusterRepository(sessions, clock)
+        self.grants = GrantRepository(sessions)
 
     @classmethod
     def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:
