@@ -45,6 +45,7 @@ from broker.store import (
     IssueInProgress,
     LeaseRecord,
     LeaseState,
+    LeaseStateConflict,
     RoleNotFound,
     Selector,
     Store,
@@ -249,6 +250,14 @@ class AccessFlow:
                 vault_lease=vault_lease.model_dump(mode="json"),
                 sealed_credential=self._sealer.seal(pending.id, issued.credential),
             )
+        except LeaseStateConflict as conflict:
+            # The grant ended while Vault answered: its row is revoking with this Vault
+            # lease recorded, so the Revoker ends it; the credential is not handed out.
+            await self._revoke_quietly(vault_lease)
+            raise FailedPrecondition(
+                f"access grant {grant.id} ended while its credential was issued; the "
+                "credential was revoked"
+            ) from conflict
         except KeyferryError:
             await self._revoke_quietly(vault_lease)  # the pending row stays for reconcile
             raise

@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from broker.clusters.config import NAME, ClusterConfig
 from broker.errors import InvalidRequest
 from broker.policy import Action, GrantResource, Operator, PolicyEngine, RoleResource
 from broker.service.grants import (
@@ -141,3 +143,11 @@ def test_the_example_policy_forbids_self_approval_even_to_an_approver() -> None:
     four_hours, longer = {"duration_seconds": 14400}, {"duration_seconds": 14401}
     assert engine.decide(alice, Action.REQUEST_ACCESS, role, four_hours).allowed
     assert not engine.decide(alice, Action.REQUEST_ACCESS, role, longer).allowed
+
+
+def test_no_cluster_can_be_named_like_the_owner_of_grant_leases() -> None:
+    """Pod watches, sweeps and cluster selectors match leases by cluster name, so a grant's
+    lease is never taken for a pod's as long as no cluster can be called ACCESS_OWNER."""
+    assert not NAME.match(ACCESS_OWNER)
+    with pytest.raises(ValidationError):
+        ClusterConfig(name=ACCESS_OWNER, kubeconfig=Path("kc"), issuer="https://issuer")
