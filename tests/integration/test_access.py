@@ -330,12 +330,16 @@ async def test_a_request_outside_the_limits_or_the_policy_is_refused(broker: Bro
 
 
 async def test_a_grant_expires_its_login_dies_and_it_never_issues_again(
-    broker: Broker, postgres: PostgresServer, clock: ShiftedClock
+    broker: Broker, postgres: PostgresServer, clock: ShiftedClock, root: hvac.Client
 ) -> None:
     grant = await approved_grant(broker, minutes=2)
     issued = await issue_for(broker, grant.id)
     values = dict(issued.credential.values)
     log_in(postgres, values)
+    # Shorter than the role's 5m default: the Vault lease was renewed down to the grant's end.
+    vault_lease = root.sys.read_lease(lease_id=lease_vault_id(broker, issued.lease.id))["data"]
+    vault_end = datetime.fromisoformat(vault_lease["expire_time"])
+    assert vault_end <= grant.expires_at.ToDatetime(UTC) + timedelta(seconds=2)
 
     clock.offset = timedelta(minutes=3)  # past the grant's end; the expiry job notices
 
