@@ -44,6 +44,7 @@ DEFAULT_WORKLOAD_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
 AES_256_KEY_BYTES = 32
 MIN_HMAC_KEY_BYTES = 32
+MIN_GRANT = timedelta(minutes=1)
 KEY_HINT = "generate one with `openssl rand -base64 32`"
 
 
@@ -273,6 +274,13 @@ class AccessSettings(_Group):
         default=timedelta(seconds=15),
         description="how often grants that have ended are expired and their leases revoked",
     )
+
+    @field_validator("max_duration")
+    @classmethod
+    def _at_least_a_minute(cls, value: timedelta) -> timedelta:
+        if value < MIN_GRANT:
+            raise ValueError("must be at least 1m (the shortest grant); write e.g. 4h")
+        return value
 
 
 class BrokerSettings(BaseSettings):

@@ -21,11 +21,11 @@ from broker.errors import InvalidRequest
 from broker.models import IssueContext
 from broker.models.durations import format_duration
 from broker.policy import GrantResource, RoleResource
+from broker.settings import MIN_GRANT as MIN_DURATION
 from broker.store import GrantRecord, GrantState, LeaseRequest
 
 ACCESS_OWNER = "@access"
 GRANT_CREDENTIAL = "access"
-MIN_DURATION = timedelta(minutes=1)
 MAX_REASON = 1000
 MAX_ROLE = 253
 

@@ -17,6 +17,7 @@ from broker.service.grants import (
     grant_lease_request,
     new_grant,
 )
+from broker.settings import AccessSettings
 from broker.store.records import (
     FINAL_GRANT_STATES,
     GRANT_TRANSITIONS,
@@ -151,3 +152,10 @@ def test_no_cluster_can_be_named_like_the_owner_of_grant_leases() -> None:
     assert not NAME.match(ACCESS_OWNER)
     with pytest.raises(ValidationError):
         ClusterConfig(name=ACCESS_OWNER, kubeconfig=Path("kc"), issuer="https://issuer")
+
+
+def test_the_longest_grant_setting_must_allow_the_shortest_grant() -> None:
+    assert AccessSettings.model_validate({"max_duration": "4h"}).max_duration == timedelta(hours=4)
+    with pytest.raises(ValidationError) as short:
+        AccessSettings.model_validate({"max_duration": "30s"})
+    assert "must be at least 1m" in str(short.value)
