@@ -1,7 +1,7 @@
 """Just-in-time access (AccessService) end to end on the bed: a broker started in-process
 with the bed's Vault (AppRole with docs/vault-policy.hcl), PostgreSQL behind the keyferry
 database mount of docs/examples/roles.yaml, the example policy set as it is, and operators
-on the mutual-TLS admin listener:
+on the mutual-TLS admin listener (no member clusters, except where pods are the point):
 
 - alice (developers, security): requests; may approve others' grants, never her own;
 - bob (security): approves, denies, revokes;
@@ -37,6 +37,7 @@ from broker.identity.admin_pki import AdminCa
 from broker.server import create_server
 from broker.settings import load_settings
 from broker.store import GrantState, LeaseState
+from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 
@@ -74,8 +75,9 @@ async def start(
     approle: tuple[str, str],
     clock: ShiftedClock,
     policies: Path = EXAMPLE_POLICIES,
+    clusters: dict[str, KubeCluster] | None = None,
 ) -> Broker:
-    data = config(folder, vault, approle, {}, sqlite_url(folder))
+    data = config(folder, vault, approle, clusters or {}, sqlite_url(folder))
     data["policies"] = [str(policies)]
     data["rotation"] = {"revoke_interval": "1s"}
     data["access"] = {"max_duration": "4h", "approval_wait": "30m", "expiry_interval": "1s"}
@@ -508,3 +510,27 @@ def cli_json(result: Any) -> Any:
 
 async def to_thread(run: Any, *args: str) -> Any:
     return await asyncio.to_thread(run, *args)
+
+
+# --- beside pods ------------------------------------------------------------------------------
+
+
+async def test_pod_watches_and_sweeps_leave_a_grants_lease_alone(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    orders_db: None,
+    transit: TransitSigner,
+    clock: ShiftedClock,
+    kube_clusters: dict[str, KubeCluster],
+    postgres: PostgresServer,
+) -> None:
+    broker = await start(tmp_path, vault, approle, clock, clusters=kube_clusters)
+    try:
+        grant = await approved_grant(broker)
+        issued = await issue_for(broker, grant.id)
+        assert await broker.server.runtime.pods.sweep() == 0  # no pod owns it: nothing ends
+        assert lease_state(broker, issued.lease.id) == LeaseState.ACTIVE
+        log_in(postgres, dict(issued.credential.values))
+    finally:
+        await broker.server.stop(1)
