@@ -203,16 +203,27 @@ class AccessFlow:
         if isinstance(begun, ExistingLease):
             return await self._replay(who, grant, begun.lease, request_id)
         pending = begun.lease
+        backend = self._backends.for_role(role)
         try:
-            issued = await self._backends.for_role(role).issue(role, grant_issue_context(grant))
+            issued = await backend.issue(role, grant_issue_context(grant))
+        except KeyferryError as error:
+            await self._fail(who, pending, error, request_id)
+            raise
+        try:
             issued = await self._end_with_grant(issued, grant, role)
         except KeyferryError as error:
-            await self._run(self._leases.mark_failed, pending.id, error.message)
-            await self._audit.lease_change(
-                who, "lease.failed", pending, request_id, reason=error.reason
-            )
+            # Not handed out: revoke it; if even that fails the pending row stays for
+            # reconcile, so no Vault lease is left that the store does not know about.
+            if await self._revoke_quietly(issued.lease):
+                await self._fail(who, pending, error, request_id)
             raise
         return await self._complete(who, grant, pending, issued, request_id)
+
+    async def _fail(
+        self, who: Principal, pending: LeaseRecord, error: KeyferryError, request_id: str
+    ) -> None:
+        failed = await self._run(self._leases.mark_failed, pending.id, error.message)
+        await self._audit.lease_change(who, "lease.failed", failed, request_id, reason=error.reason)
 
     async def _end_with_grant(
         self, issued: IssuedSecret, grant: GrantRecord, role: RoleSpec
@@ -225,11 +236,7 @@ class AccessFlow:
         if not lease.renewable or lease.expires_at is None:
             return issued
         increment = timedelta(seconds=max(int(remaining.total_seconds()), 1))
-        try:
-            renewed = await self._backends.for_role(role).renew(lease, increment)
-        except KeyferryError:
-            await self._revoke_quietly(lease)
-            raise
+        renewed = await self._backends.for_role(role).renew(lease, increment)
         return IssuedSecret(credential=issued.credential, lease=renewed)
 
     async def _complete(
@@ -303,7 +310,7 @@ class AccessFlow:
             raise IssueInProgress(lease.pod_uid, lease.credential)
         return lease
 
-    async def _revoke_quietly(self, vault_lease: VaultLease) -> None:
+    async def _revoke_quietly(self, vault_lease: VaultLease) -> bool:
         try:
             await self._backends.for_lease(vault_lease).revoke(vault_lease)
         except KeyferryError as error:
@@ -312,6 +319,8 @@ class AccessFlow:
                 vault_lease_id=vault_lease.lease_id,
                 error=error.message,
             )
+            return False
+        return True
 
     # -- end -------------------------------------------------------------------------------
 
