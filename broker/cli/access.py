@@ -35,6 +35,10 @@ STATES = {
 }
 STATE_NUMBERS = {name: number for number, name in STATES.items()}
 SECRET_FILE_MODE = 0o600
+EXITS = (
+    "\n\nExit codes: 0 done; 2 an option or the context is invalid; 1 the broker refused (its "
+    "sentence says why: Cedar, self-approval, the grant's state); 3 the broker did not answer."
+)
 
 app = typer.Typer(
     name="access",
@@ -44,9 +48,14 @@ app = typer.Typer(
         "Talks to a running broker's admin listener (mutual TLS) as the operator of the CLI "
         "context (--context, KEYFERRY_CONTEXT). Cedar decides each step: request_access on "
         "the role, approve_access (approve and deny), revoke_access and view_access on the "
-        "grant. Nobody approves their own request.\n\n"
-        "Exit codes: 0 done; 2 an option is invalid; 1 the broker refused (its sentence "
-        "says why); 3 the broker did not answer."
+        "grant. Nobody approves their own request."
+    ),
+    epilog=(
+        "Examples:\n\n"
+        '  keyferry access request orders-db-ro --duration 30m --reason "INC-4711"\n\n'
+        "  keyferry access list --state pending\n\n"
+        "  keyferry access approve GRANT_ID\n\n"
+        "  keyferry access issue GRANT_ID --to ~/orders-db.json"
     ),
     no_args_is_help=True,
 )
@@ -58,7 +67,7 @@ app = typer.Typer(
         '  keyferry access request orders-db-ro --duration 30m --reason "INC-4711: replica lag"'
         "\n\nThe grant is pending until another operator approves it; it lapses if nobody "
         "decides within the broker's access.approval_wait. Once approved it holds for "
-        "--duration (at most the broker's access.max_duration)."
+        "--duration (at most the broker's access.max_duration)." + EXITS
     )
 )
 def request(
@@ -80,7 +89,7 @@ def request(
     emit_one(grant_row(reply.grant), output)
 
 
-@app.command(epilog="Examples:\n\n  keyferry access approve 6f1c0d3e-...")
+@app.command(epilog="Examples:\n\n  keyferry access approve 6f1c0d3e-..." + EXITS)
 def approve(
     grant_id: Annotated[str, typer.Argument(help="the pending grant's id")],
     context: ContextOption = None,
@@ -92,7 +101,7 @@ def approve(
     emit_one(grant_row(reply.grant), output)
 
 
-@app.command(epilog="Examples:\n\n  keyferry access deny 6f1c0d3e-...")
+@app.command(epilog="Examples:\n\n  keyferry access deny 6f1c0d3e-..." + EXITS)
 def deny(
     grant_id: Annotated[str, typer.Argument(help="the pending grant's id")],
     context: ContextOption = None,
@@ -111,7 +120,7 @@ def deny(
         "  keyferry access issue 6f1c0d3e-... --show-secrets -o json\n\n"
         "Without --show-secrets or --to only the lease is shown, never the values. --to "
         "writes the values as a JSON object to FILE with mode 0600. Running it again "
-        "returns the same credential; it dies when the grant expires or is revoked."
+        "returns the same credential; it dies when the grant expires or is revoked." + EXITS
     )
 )
 def issue(
@@ -146,7 +155,7 @@ def issue(
     emit_one(row, output)
 
 
-@app.command(epilog="Examples:\n\n  keyferry access revoke 6f1c0d3e-...")
+@app.command(epilog="Examples:\n\n  keyferry access revoke 6f1c0d3e-..." + EXITS)
 def revoke(
     grant_id: Annotated[str, typer.Argument(help="the grant's id")],
     context: ContextOption = None,
@@ -166,7 +175,7 @@ def revoke(
         "Examples:\n\n  keyferry access list\n\n"
         "  keyferry access list --state pending -o json\n\n"
         "  keyferry access list --requester alice\n\n"
-        "Only the grants Cedar lets you see (view_access), newest first."
+        "Only the grants Cedar lets you see (view_access), newest first." + EXITS
     ),
 )
 def list_grants(
@@ -197,7 +206,7 @@ def list_grants(
     )
 
 
-@app.command(epilog="Examples:\n\n  keyferry access get 6f1c0d3e-... -o yaml")
+@app.command(epilog="Examples:\n\n  keyferry access get 6f1c0d3e-... -o yaml" + EXITS)
 def get(
     grant_id: Annotated[str, typer.Argument(help="the grant's id")],
     context: ContextOption = None,
