@@ -1,7 +1,7 @@
 """Just-in-time access grants (AccessService).
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 
 One row per grant: role, requester, reason, duration, state (pending, approved, issued,
 denied, expired, revoked), who decided and when, who ended it, and the lease issued for
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision: str | None = "0003"
+revision = "0005"
+down_revision: str | None = "0004"
 branch_labels = None
 depends_on = None
 
