@@ -7,6 +7,7 @@
     ├── FailedPrecondition              LEASES_NOT_...    FAILED_PRECONDITION
     ├── Unauthenticated                 TOKEN_INVALID     UNAUTHENTICATED
     ├── PermissionDenied                POLICY_DENIED     PERMISSION_DENIED
+    │   └── SelfApproval                SELF_APPROVAL     PERMISSION_DENIED
     ├── LimitExceeded                   LIMIT_EXCEEDED    RESOURCE_EXHAUSTED
     └── TemporaryError                  (retry later)     UNAVAILABLE
         ├── VaultUnavailable            VAULT_UNAVAILABLE
@@ -67,6 +68,13 @@ class Unauthenticated(KeyferryError):
 
 class PermissionDenied(KeyferryError):
     reason = "POLICY_DENIED"
+
+
+class SelfApproval(PermissionDenied):
+    """An operator tried to approve or deny their own access request: never allowed,
+    whatever the policies say."""
+
+    reason = "SELF_APPROVAL"
 
 
 class LimitExceeded(KeyferryError):

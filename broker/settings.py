@@ -1,10 +1,11 @@
 """The broker's settings: one YAML file (`--config`) plus environment overrides.
 
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
-`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `clusters`, and the paths
-of the policy and roles files. An environment variable wins over the file:
-`KEYFERRY_VAULT__ADDR=https://vault:8200`, `KEYFERRY_STORE__URL=postgresql://...` (prefix
-`KEYFERRY_`, groups split by `__`). Secrets are SecretStr and never printed.
+`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `access` (just-in-time
+grants), `clusters`, and the paths of the policy and roles files. An environment variable
+wins over the file: `KEYFERRY_VAULT__ADDR=https://vault:8200`,
+`KEYFERRY_STORE__URL=postgresql://...` (prefix `KEYFERRY_`, groups split by `__`).
+Secrets are SecretStr and never printed.
 
 Every problem is reported at once, each naming the file and line (when it came from the
 file), the field's dotted path, and what to write instead (SettingsInvalid).
@@ -43,6 +44,7 @@ DEFAULT_WORKLOAD_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
 AES_256_KEY_BYTES = 32
 MIN_HMAC_KEY_BYTES = 32
+MIN_GRANT = timedelta(minutes=1)
 KEY_HINT = "generate one with `openssl rand -base64 32`"
 
 
@@ -320,10 +322,30 @@ class SchedulerSettings(_Group):
         default=timedelta(minutes=5),
         description="how often the audit chain's head is signed (needs audit.transit_*)",
     )
-    grant_expiry: Duration = Field(
-        default=timedelta(seconds=10),
-        description="how often expired just-in-time grants are ended",
+
+class AccessSettings(_Group):
+    """Just-in-time access grants (AccessService): how long one may last, how long a request
+    waits for an approver, and how often ended grants' credentials are revoked."""
+
+    max_duration: Duration = Field(
+        default=timedelta(hours=8),
+        description="the longest grant anyone may request, like 4h; longer requests are refused",
     )
+    approval_wait: Duration = Field(
+        default=timedelta(hours=1),
+        description="a request nobody approved or denied within this time expires",
+    )
+    expiry_interval: Duration = Field(
+        default=timedelta(seconds=15),
+        description="how often grants that have ended are expired and their leases revoked",
+    )
+
+    @field_validator("max_duration")
+    @classmethod
+    def _at_least_a_minute(cls, value: timedelta) -> timedelta:
+        if value < MIN_GRANT:
+            raise ValueError("must be at least 1m (the shortest grant); write e.g. 4h")
+        return value
 
 
 class BrokerSettings(BaseSettings):
@@ -361,6 +383,7 @@ class BrokerSettings(BaseSettings):
     rotation: RotationSettings = RotationSettings()
     renewal: RenewalSettings = RenewalSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    access: AccessSettings = AccessSettings()
 
     @field_validator("policies")
     @classmethod

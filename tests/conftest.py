@@ -85,8 +85,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if REQUIRED and skipped and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if reporter:
-            reporter.write_line(f"keyferry bed: {skipped} test(s) skipped while servers are "
-                                "required (KEYFERRY_BED_REQUIRED=1): failing the run", red=True)
+            reporter.write_line(
+                f"keyferry bed: {skipped} test(s) skipped while servers are "
+                "required (KEYFERRY_BED_REQUIRED=1): failing the run",
+                red=True,
+            )
 
 
 # --- Kubernetes clusters (issue 4) -------------------------------------------------------

@@ -20,6 +20,10 @@ class Action(StrEnum):
     GRANT = "grant"
     APPROVE = "approve"
     AUDIT = "audit"
+    REQUEST_ACCESS = "request_access"
+    APPROVE_ACCESS = "approve_access"
+    REVOKE_ACCESS = "revoke_access"
+    VIEW_ACCESS = "view_access"
 
     def uid(self) -> dict[str, str]:
         return {"type": "Action", "id": self.value}
@@ -142,6 +146,29 @@ class LeaseResource(_Entity):
         ]
 
 
+class GrantResource(_Entity):
+    """A just-in-time access grant. `requester` is a reference only: the requester's own
+    entity (with its groups) is the principal's when it is the one asking."""
+
+    kind: str = "Grant"
+    grant_id: str = Field(min_length=1)
+    requester: str = Field(min_length=1)
+    duration_seconds: int = Field(ge=0)
+    role: RoleResource
+
+    @property
+    def ident(self) -> str:
+        return self.grant_id
+
+    def entities(self) -> list[dict[str, Any]]:
+        attrs = {
+            "requester": _ref("Operator", self.requester),
+            "role": _ref("Role", self.role.name),
+            "duration_seconds": self.duration_seconds,
+        }
+        return [_entity("Grant", self.grant_id, attrs), *self.role.entities()]
+
+
 class BrokerResource(_Entity):
     """The broker itself, the resource of broker-wide actions such as reading the audit trail."""
 
@@ -171,4 +198,6 @@ class ConnectionResource(_Entity):
 
 
 Principal = Workload | Operator
-Resource = RoleResource | LeaseResource | ClusterRef | BrokerResource | ConnectionResource
+Resource = (
+    RoleResource | LeaseResource | ClusterRef | BrokerResource | ConnectionResource | GrantResource
+)

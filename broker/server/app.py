@@ -5,8 +5,8 @@ port and not another, and ops methods must never be reachable by pods:
 
 - workload: TLS, BrokerService (bearer token per call), health, reflection;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
-  subject names the operator), RolesService, RotationService, ClustersService, health,
-  reflection. Without
+  subject names the operator), RolesService, RotationService, ClustersService,
+  AccessService, health, reflection. Without
   `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
@@ -21,6 +21,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from broker.api.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     clusters_pb2,
@@ -35,6 +37,7 @@ from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings
 from broker.store.clock import Clock, utcnow
 
+from .access_servicer import AccessServicer
 from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .metrics import BrokerMetrics
@@ -47,6 +50,7 @@ BROKER_SERVICE = broker_pb2.DESCRIPTOR.services_by_name["BrokerService"].full_na
 ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
+ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 DEFAULT_GRACE = 5.0
 
@@ -205,7 +209,8 @@ def _admin_listener(
     clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
         ClustersServicer(runtime.clusters), admin
     )
-    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE]
+    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(runtime.access), admin)
+    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

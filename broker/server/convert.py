@@ -12,13 +12,15 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
 
-from broker.api.v1 import broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
+from broker.api.v1 import access_pb2, broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
 from broker.clusters import ClusterConnection
 from broker.errors import InvalidRequest
 from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
 from broker.service import (
     AckMessage,
     ClusterView,
+    GrantCredential,
+    GrantEnd,
     IssuedLease,
     LeaseProgress,
     LeaseRenewed,
@@ -36,7 +38,7 @@ from broker.service import (
     Summary,
     WatchEvent,
 )
-from broker.store import LeaseRecord
+from broker.store import GrantRecord, GrantState, LeaseRecord
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 _CREDENTIAL_TYPES = {
@@ -208,6 +210,71 @@ def root_target(request: rotation_pb2.RotateRootRequest) -> RootTarget:
 def rotate_root_response(rotated: RootRotated) -> rotation_pb2.RotateRootResponse:
     return rotation_pb2.RotateRootResponse(
         path=rotated.path, rotated_at=_timestamp(rotated.rotated_at)
+    )
+
+
+# --- Access ---------------------------------------------------------------------------------
+
+_GRANT_STATES = {
+    GrantState.PENDING: access_pb2.GRANT_STATE_PENDING,
+    GrantState.APPROVED: access_pb2.GRANT_STATE_APPROVED,
+    GrantState.ISSUED: access_pb2.GRANT_STATE_ISSUED,
+    GrantState.DENIED: access_pb2.GRANT_STATE_DENIED,
+    GrantState.EXPIRED: access_pb2.GRANT_STATE_EXPIRED,
+    GrantState.REVOKED: access_pb2.GRANT_STATE_REVOKED,
+}
+_GRANT_STATE_MODELS = {number: state for state, number in _GRANT_STATES.items()}
+
+
+def grant_duration(request: access_pb2.RequestGrantRequest) -> timedelta | None:
+    return _timedelta(request.duration) if request.HasField("duration") else None
+
+
+def grant_states(request: access_pb2.ListGrantsRequest) -> list[GrantState]:
+    """The states asked for; InvalidRequest names an unknown one."""
+    states = []
+    for index, number in enumerate(request.states):
+        if number not in _GRANT_STATE_MODELS:
+            raise InvalidRequest(
+                f"states[{index}]",
+                "is not a grant state: pending, approved, issued, denied, expired or revoked",
+            )
+        states.append(_GRANT_STATE_MODELS[number])
+    return states
+
+
+def grant_message(grant: GrantRecord) -> access_pb2.Grant:
+    message = access_pb2.Grant(
+        id=grant.id,
+        state=_GRANT_STATES[grant.state],
+        role=grant.role,
+        requester=grant.requester,
+        reason=grant.reason,
+        duration=_duration(timedelta(seconds=grant.duration_seconds)),
+        requested_at=_timestamp(grant.requested_at),
+        expires_at=_timestamp(grant.expires_at),
+        decided_by=grant.decided_by or "",
+        ended_by=grant.ended_by or "",
+        lease_id=grant.lease_id or "",
+    )
+    if grant.decided_at is not None:
+        message.decided_at.CopyFrom(_timestamp(grant.decided_at))
+    if grant.ended_at is not None:
+        message.ended_at.CopyFrom(_timestamp(grant.ended_at))
+    return message
+
+
+def grant_credential_response(issued: GrantCredential) -> access_pb2.IssueForGrantResponse:
+    return access_pb2.IssueForGrantResponse(
+        grant=grant_message(issued.grant),
+        lease=lease_message(issued.lease, issued.renewable),
+        credential=_credential(issued.credential),
+    )
+
+
+def revoke_grant_response(ended: GrantEnd) -> access_pb2.RevokeGrantResponse:
+    return access_pb2.RevokeGrantResponse(
+        grant=grant_message(ended.grant), pending_lease_ids=ended.pending_lease_ids
     )
 
 

@@ -5,11 +5,12 @@ The server turns gRPC calls into these calls and their results and errors back i
 messages and statuses; nothing here knows about gRPC.
 """
 
+from .access import AccessFlow
 from .callers import bearer_token
 from .catalog import RoleCatalog, StoredRole
 from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
 from .events import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
-from .results import IssuedLease, RenewedLease, Rotation
+from .results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
 from .role_admin import RoleAdmin
 from .root_rotation import RootRotated, RootTarget
 from .runtime import BrokerRuntime
@@ -17,11 +18,14 @@ from .selection import LeaseProgress, LeaseSelector, Outcome, Planned, Selection
 from .watching import AckMessage, TokenExpired
 
 __all__ = [
+    "AccessFlow",
     "AckMessage",
     "BrokerRuntime",
     "ClusterAdmin",
     "ClusterView",
     "Deregistered",
+    "GrantCredential",
+    "GrantEnd",
     "IssuedLease",
     "LeaseExpiring",
     "LeaseProgress",

@@ -21,7 +21,9 @@ from broker.errors import KeyferryError
 from broker.models import Credential
 from broker.policy import Decision as PolicyDecision
 from broker.policy import Operator, Workload
-from broker.store import LeaseRecord
+from broker.store import GrantRecord, LeaseRecord
+
+from .grants import grant_where
 
 _FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
 # Who a refused token claims to be is not known to be true: such callers are recorded as this.
@@ -42,6 +44,12 @@ def operator_principal(operator: Operator) -> Principal:
 def system_principal(job: str) -> Principal:
     """The broker acting on its own (renewals, revocations that come due)."""
     return Principal(kind=PrincipalKind.SYSTEM, name=job)
+
+
+def _decision(decision: PolicyDecision, reason: str | None) -> Decision:
+    """A step refused for a reason of its own (self-approval) is a deny even when a
+    policy permitted it."""
+    return Decision.ALLOW if decision.allowed and reason is None else Decision.DENY
 
 
 def lease_where(lease: LeaseRecord) -> dict[str, Any]:
@@ -280,6 +288,35 @@ class AuditTrail:
                 request_id=request_id,
                 fingerprints=self.fingerprints(credential) if credential else {},
                 **lease_where(lease),
+            )
+        )
+
+    async def grant(
+        self,
+        who: Principal,
+        action: str,
+        grant: GrantRecord,
+        request_id: str,
+        *,
+        decision: PolicyDecision | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """A step of a just-in-time grant. The grant is the owner (`pod` its id, `pod_uid`
+        `grant:<id>`, as on its lease's records); the requester's free-text reason is kept
+        as a fingerprint only, which ties the record to the reason stored with the grant."""
+        allowed = decision is None or decision.allowed
+        await self.record(
+            AuditEvent(
+                who=who,
+                action=action,
+                decision=None if decision is None else _decision(decision, reason),
+                reason=reason if reason is not None else (None if allowed else "POLICY_DENIED"),
+                policy_ids=() if decision is None else decision.policy_ids,
+                request_id=request_id,
+                role=grant.role,
+                lease_id=grant.lease_id,
+                fingerprints={"reason": self._fingerprinter.fingerprint(grant.reason)},
+                **grant_where(grant.id),
             )
         )
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from broker.models import Credential
-from broker.store import LeaseRecord
+from broker.store import GrantRecord, LeaseRecord
 
 
 class IssuedLease(BaseModel):
@@ -41,3 +41,23 @@ class Rotation(BaseModel):
     renewable: bool
     revoke_after: AwareDatetime | None
     already_rotated: bool
+
+
+class GrantCredential(BaseModel):
+    """IssueForGrant's result: the grant, its lease, and the credential."""
+
+    model_config = ConfigDict(frozen=True)
+
+    grant: GrantRecord
+    lease: LeaseRecord
+    credential: Credential
+    renewable: bool
+
+
+class GrantEnd(BaseModel):
+    """RevokeGrant's result: the grant, and its leases Vault did not revoke yet (queued)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    grant: GrantRecord
+    pending_lease_ids: list[str]

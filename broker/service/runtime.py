@@ -32,6 +32,7 @@ from broker.settings import BrokerSettings
 from broker.store import Store, StoreRunner
 from broker.store.clock import Clock, utcnow
 
+from .access import AccessFlow
 from .auditing import AuditTrail
 from .callers import Callers
 from .catalog import RoleCatalog
@@ -40,7 +41,7 @@ from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
 from .leadership import leadership_for
 from .limits import IssueRates
-from .loops import Job, Periodic
+from .loops import Periodic
 from .notify import EventRelay
 from .pod_leases import PodLeases
 from .reconciling import Reconciler
@@ -95,6 +96,7 @@ class BrokerRuntime:
     flows: LeaseFlows
     clusters: ClusterAdmin
     pods: PodLeases
+    access: AccessFlow
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -266,13 +268,17 @@ class BrokerRuntime:
             clock=clock,
         )
         await clusters.load()
-        scheduler.add(Periodic("jwks", timing.jwks_refresh, clusters.refresh_keys))
-        scheduler.add(Periodic("pod-sweep", timing.pod_sweep, pods.sweep))
-        # The first pass runs at start (and when a replica takes the lead); then periodically.
-        reconcile = settings.rotation.reconcile_interval
-        scheduler.add(Periodic("reconcile", reconcile, flows.reconciler.run_once))
-        scheduler.add(
-            Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume)
+        access = AccessFlow(
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            backends=backends,
+            sealer=sealer,
+            revoker=revoker,
+            settings=settings.access,
+            clock=clock,
         )
         runtime = cls(
             settings,
@@ -287,24 +293,36 @@ class BrokerRuntime:
             flows,
             clusters,
             pods,
+            access,
             stack,
         )
-        if settings.audit.transit_mount is not None:
-            checkpoint = Periodic(
-                "audit-checkpoint", timing.audit_checkpoint, runtime.checkpoint, at_once=False
-            )
-            scheduler.add(checkpoint)
+        runtime._add_leader_jobs()
         return runtime
+
+    def _add_leader_jobs(self) -> None:
+        """The periodic jobs only the leading replica runs. Reconcile's first pass runs at
+        start (and when a replica takes the lead); then periodically."""
+        settings, timing, flows = self.settings, self.settings.scheduler, self.flows
+        jobs = [
+            Periodic("jwks", timing.jwks_refresh, self.clusters.refresh_keys),
+            Periodic("pod-sweep", timing.pod_sweep, self.pods.sweep),
+            Periodic("reconcile", settings.rotation.reconcile_interval, flows.reconciler.run_once),
+            Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume),
+            Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
+        ]
+        if settings.audit.transit_mount is not None:
+            jobs.append(
+                Periodic(
+                    "audit-checkpoint", timing.audit_checkpoint, self.checkpoint, at_once=False
+                )
+            )
+        for job in jobs:
+            flows.scheduler.add(job)
 
     @property
     def is_leader(self) -> bool:
         """Whether this replica leads the periodic jobs (always, on SQLite)."""
         return self.flows.scheduler.leadership.is_leader
-
-    def schedule(self, name: str, job: Job) -> None:
-        """Fill a leader's slot (`grant-expiry`) at its configured interval."""
-        intervals = {"grant-expiry": self.settings.scheduler.grant_expiry}
-        self.flows.scheduler.add(Periodic(name, intervals[name], job))
 
     def start_jobs(self) -> None:
         """Start the scheduler and the event relay (on the running event loop). The pod

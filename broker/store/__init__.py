@@ -22,12 +22,15 @@ from .engine import create_store_engine
 from .errors import (
     ClusterExists,
     ClusterNotFound,
+    GrantNotFound,
+    GrantStateConflict,
     IssueInProgress,
     LeaseNotFound,
     LeaseStateConflict,
     RoleNotFound,
 )
 from .failures import store_errors
+from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -35,6 +38,8 @@ from .records import (
     CheckpointRecord,
     ClusterRecord,
     ExistingLease,
+    GrantRecord,
+    GrantState,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -59,6 +64,11 @@ __all__ = [
     "ClusterRecord",
     "ClusterRepository",
     "ExistingLease",
+    "GrantNotFound",
+    "GrantRecord",
+    "GrantRepository",
+    "GrantState",
+    "GrantStateConflict",
     "IssueInProgress",
     "LeaseHandle",
     "LeaseNotFound",

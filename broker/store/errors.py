@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from broker.errors import AlreadyExists, KeyferryError, NotFound, TemporaryError
+from broker.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    KeyferryError,
+    NotFound,
+    TemporaryError,
+)
 
-from .records import LeaseRecord, LeaseState
+from .records import GrantRecord, GrantState, LeaseRecord, LeaseState
 
 
 class LeaseNotFound(NotFound):
@@ -63,3 +69,32 @@ class IssueInProgress(TemporaryError):
             f"another request is issuing credential {credential!r} for pod {pod_uid}; retry",
             retry_after=0.5,
         )
+
+
+class GrantNotFound(NotFound):
+    def __init__(self, grant_id: str) -> None:
+        super().__init__(
+            f"access grant {grant_id!r} does not exist; list grants with `keyferry access list`"
+        )
+        self.grant_id = grant_id
+
+
+class GrantStateConflict(FailedPrecondition):
+    """A grant is not in a state that allows the step asked for (approve a denied grant,
+    issue for an expired one); `grant` is the grant as it is."""
+
+    def __init__(self, grant: GrantRecord, step: str) -> None:
+        super().__init__(
+            f"access grant {grant.id} is {grant.state}; it cannot be {step}"
+            + _GRANT_HINTS.get(grant.state, "")
+        )
+        self.grant = grant
+        self.step = step
+
+
+_GRANT_HINTS = {
+    GrantState.PENDING: " until an approver approves it (`keyferry access approve`)",
+    GrantState.DENIED: "; it was denied: request a new grant",
+    GrantState.EXPIRED: "; it has expired: request a new grant",
+    GrantState.REVOKED: "; it was revoked: request a new grant",
+}

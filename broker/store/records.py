@@ -180,3 +180,65 @@ class CheckpointRecord(BaseModel):
     head_hash: str
     document: str
     created_at: AwareDatetime
+
+
+class GrantState(StrEnum):
+    """A just-in-time access grant's life; no grant outlives its `expires_at`.
+
+        pending ──approve──▶ approved ──issue──▶ issued
+           │                    │                  │
+           ├─deny─▶ denied      ├─expire/revoke─▶ expired / revoked
+           └─expire/revoke─▶ expired / revoked ◀──┘
+
+    denied, expired and revoked are final: nothing issues for them again, and the lease
+    issued for an ended grant is revoked.
+    """
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    ISSUED = "issued"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_GRANT_STATES
+
+
+FINAL_GRANT_STATES = frozenset({GrantState.DENIED, GrantState.EXPIRED, GrantState.REVOKED})
+OPEN_GRANT_STATES = frozenset({GrantState.PENDING, GrantState.APPROVED, GrantState.ISSUED})
+GRANT_TRANSITIONS: dict[GrantState, frozenset[GrantState]] = {
+    GrantState.PENDING: frozenset(
+        {GrantState.APPROVED, GrantState.DENIED, GrantState.EXPIRED, GrantState.REVOKED}
+    ),
+    GrantState.APPROVED: frozenset({GrantState.ISSUED, GrantState.EXPIRED, GrantState.REVOKED}),
+    GrantState.ISSUED: frozenset({GrantState.EXPIRED, GrantState.REVOKED}),
+    GrantState.DENIED: frozenset(),
+    GrantState.EXPIRED: frozenset(),
+    GrantState.REVOKED: frozenset(),
+}
+"""Which state each state may move to; anything else is a GrantStateConflict."""
+
+
+def grant_may_become(current: GrantState, target: GrantState) -> bool:
+    return target in GRANT_TRANSITIONS[current]
+
+
+class GrantRecord(BaseModel):
+    model_config = _RECORD
+
+    id: str
+    state: GrantState
+    role: str
+    requester: str
+    reason: str
+    duration_seconds: int
+    requested_at: AwareDatetime
+    expires_at: AwareDatetime
+    decided_by: str | None
+    decided_at: AwareDatetime | None
+    ended_by: str | None
+    ended_at: AwareDatetime | None
+    lease_id: str | None
+    updated_at: AwareDatetime

@@ -33,6 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 LIVE_WHERE = "state IN ('pending', 'active')"
 STATE_CHECK = "state IN ('pending', 'active', 'revoking', 'revoked', 'failed')"
+GRANT_STATE_CHECK = "state IN ('pending', 'approved', 'issued', 'denied', 'expired', 'revoked')"
 NAME = 253  # a Kubernetes object name (DNS subdomain) at most
 
 
@@ -166,3 +167,30 @@ class AuditRecordRow(Base):
     chain: Mapped[str] = mapped_column(String(128), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     line: Mapped[str] = mapped_column(Text)
+
+
+class GrantRow(Base):
+    """A just-in-time access grant: who asked for which role, for how long and why, who
+    decided, and until when it holds (the request's deadline while pending)."""
+
+    __tablename__ = "access_grants"
+    __table_args__ = (
+        CheckConstraint(GRANT_STATE_CHECK, name="ck_access_grants_state"),
+        Index("ix_access_grants_state_expires", "state", "expires_at"),
+        Index("ix_access_grants_requester", "requester"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(NAME))
+    requester: Mapped[str] = mapped_column(String(NAME))
+    reason: Mapped[str] = mapped_column(Text)
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    decided_by: Mapped[str | None] = mapped_column(String(NAME))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_by: Mapped[str | None] = mapped_column(String(NAME))
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_id: Mapped[str | None] = mapped_column(String(36))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -23,6 +23,7 @@ from .clock import Clock, utcnow
 from .clusters import ClusterRepository
 from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine
+from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
@@ -39,6 +40,7 @@ class Store:
         self.checkpoints = CheckpointRepository(sessions, clock)
         self.audit_chain = AuditChainRepository(sessions)
         self.clusters = ClusterRepository(sessions, clock)
+        self.grants = GrantRepository(sessions)
 
     @classmethod
     def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:

@@ -306,7 +306,10 @@ def _audit_verify(config_file: Path, *args: str) -> subprocess.CompletedProcess[
     keyferry = Path(sys.executable).parent / "keyferry"
     return subprocess.run(
         [str(keyferry), "audit", "verify", "--config", str(config_file), *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

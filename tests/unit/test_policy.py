@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from broker.policy import (
     BrokerResource,
     ClusterRef,
     ConnectionResource,
+    GrantResource,
     LeaseResource,
     Operator,
     PolicyEngine,
@@ -38,6 +40,15 @@ CLUSTER = ClusterRef(name="a")
 BROKER = BrokerResource()
 CONNECTION = ConnectionResource(mount="db-orders", name="orders")
 CTX = {"credential_name": "db"}
+DEVELOPER = Operator(name="dev", groups=("developers",))
+GRANT = GrantResource(grant_id="g1", requester="dev", duration_seconds=600, role=DB_ROLE)
+OWN_GRANT = GRANT.model_copy(update={"requester": "sam"})
+SEC_ACCESS, OWN_GRANTS = "security-decides-access", "requesters-own-grants"
+DEV_ACCESS = "developers-request-access"
+CONTEXTS: dict[Action, dict[str, Any]] = {
+    Action.ISSUE: CTX,
+    Action.REQUEST_ACCESS: {"duration_seconds": 600},
+}
 
 CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("issue-allowed", APP, Action.ISSUE, DB_ROLE, True, "orders-workloads-issue"),
@@ -71,6 +82,22 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
         "security-rotate-root",
     ),
     ("rotate-root-platform", PLATFORM, Action.ROTATE_ROOT, CONNECTION, False, None),
+    (
+        "request-access-developer",
+        DEVELOPER,
+        Action.REQUEST_ACCESS,
+        DB_ROLE,
+        True,
+        "developers-request-access",
+    ),
+    ("request-access-security", SECURITY, Action.REQUEST_ACCESS, DB_ROLE, False, None),
+    ("approve-access-security", SECURITY, Action.APPROVE_ACCESS, GRANT, True, SEC_ACCESS),
+    ("approve-access-own", SECURITY, Action.APPROVE_ACCESS, OWN_GRANT, False, "no-self-approval"),
+    ("approve-access-platform", PLATFORM, Action.APPROVE_ACCESS, GRANT, False, None),
+    ("revoke-access-requester", DEVELOPER, Action.REVOKE_ACCESS, GRANT, True, OWN_GRANTS),
+    ("revoke-access-nobody", NOBODY, Action.REVOKE_ACCESS, GRANT, False, None),
+    ("view-access-security", SECURITY, Action.VIEW_ACCESS, GRANT, True, SEC_ACCESS),
+    ("view-access-other-developer", PLATFORM, Action.VIEW_ACCESS, GRANT, False, None),
 ]
 
 
@@ -92,7 +119,7 @@ def test_decision(
     allowed: bool,
     decided_by: str | None,
 ) -> None:
-    decision = engine.decide(principal, action, resource, CTX if action is Action.ISSUE else None)
+    decision = engine.decide(principal, action, resource, CONTEXTS.get(action))
     assert decision.allowed is allowed
     assert decision.errors == ()
     if decided_by is None:

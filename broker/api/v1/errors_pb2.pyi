@@ -57,6 +57,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """What the request would create exists already."""
     ERROR_REASON_FAILED_PRECONDITION: _ErrorReason.ValueType  # 16
     """The system is not in a state that allows the request."""
+    ERROR_REASON_SELF_APPROVAL: _ErrorReason.ValueType  # 17
+    """An operator tried to approve or deny their own access request."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable `reason` of the google.rpc.ErrorInfo attached to
@@ -98,4 +100,6 @@ ERROR_REASON_ALREADY_EXISTS: ErrorReason.ValueType  # 15
 """What the request would create exists already."""
 ERROR_REASON_FAILED_PRECONDITION: ErrorReason.ValueType  # 16
 """The system is not in a state that allows the request."""
+ERROR_REASON_SELF_APPROVAL: ErrorReason.ValueType  # 17
+"""An operator tried to approve or deny their own access request."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -1,0 +1,444 @@
+"""AccessService's flows: just-in-time grants of a role's credentials to operators.
+
+request → approve (or deny) → issue → expiry or revoke. Every step: the grant brought up
+to date first (a grant past its `expires_at` is expired on the spot, so an expired grant
+never issues, whether or not the expiry job ran), Cedar decides, the audit trail records
+the decision (fail-closed: no record, no step), then the store moves the grant.
+
+Nobody approves or denies their own request: the broker refuses it whatever the policies
+say (SelfApproval), and the example policy set forbids it as well.
+
+The credential is a normal tracked lease owned by the grant (see grants.py), so ending a
+grant ends its lease through the Revoker: the row is revoking before Vault is asked, and a
+revocation Vault does not answer now is retried until it succeeds. Its Vault lease is
+renewed down (or up, within the role's max TTL) to end when the grant does; only roles
+whose credentials Vault can revoke may be granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+
+import structlog
+
+from broker.audit import Principal
+from broker.backends import Backends
+from broker.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    KeyferryError,
+    PermissionDenied,
+    SelfApproval,
+)
+from broker.models import IssuedSecret, RoleSpec, VaultLease
+from broker.policy import Action, Operator, PolicyEngine, RoleResource
+from broker.settings import AccessSettings
+from broker.store import (
+    ExistingLease,
+    GrantRecord,
+    GrantState,
+    GrantStateConflict,
+    IssueInProgress,
+    LeaseRecord,
+    LeaseState,
+    LeaseStateConflict,
+    RoleNotFound,
+    Selector,
+    Store,
+    StoreRunner,
+)
+from broker.store.clock import Clock
+
+from .auditing import AuditTrail, operator_principal, system_principal
+from .catalog import RoleCatalog
+from .grants import (
+    ACCESS_OWNER,
+    check_grant_ask,
+    grant_issue_context,
+    grant_lease_request,
+    grant_resource,
+    new_grant,
+)
+from .results import GrantCredential, GrantEnd
+from .revoking import Revoker
+from .sealing import CredentialSealer
+
+log = structlog.get_logger("keyferry.access")
+EXPIRY_JOB = "broker.access-expiry"
+PENDING_POLL = 0.05
+PENDING_WAIT = 15.0
+UNKNOWN_BACKEND = "unknown"
+ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
+
+
+class AccessFlow:
+    def __init__(
+        self,
+        *,
+        catalog: RoleCatalog,
+        policy: PolicyEngine,
+        audit: AuditTrail,
+        store: Store,
+        runner: StoreRunner,
+        backends: Backends,
+        sealer: CredentialSealer,
+        revoker: Revoker,
+        settings: AccessSettings,
+        clock: Clock,
+    ) -> None:
+        self._catalog = catalog
+        self._policy = policy
+        self._audit = audit
+        self._grants = store.grants
+        self._leases = store.leases
+        self._run = runner.run
+        self._backends = backends
+        self._sealer = sealer
+        self._revoker = revoker
+        self._settings = settings
+        self._clock = clock
+
+    # -- request, decide -------------------------------------------------------------------
+
+    async def request(
+        self,
+        operator: Operator,
+        role_name: str,
+        duration: timedelta | None,
+        reason: str,
+        request_id: str,
+    ) -> GrantRecord:
+        ask = check_grant_ask(role_name, duration, reason, self._settings.max_duration)
+        role = (await self._catalog.get(ask.role)).spec
+        if not self._backends.for_role(role).lifecycle(role).revocable:
+            raise FailedPrecondition(
+                f"role {role.name!r} issues credentials Vault cannot revoke, so they could "
+                "outlive a grant; grant a role whose credentials can be revoked"
+            )
+        grant = new_grant(ask, operator.name, self._clock(), self._settings.approval_wait)
+        decision = self._policy.decide(
+            operator,
+            Action.REQUEST_ACCESS,
+            RoleResource(name=role.name, backend=role.kind),
+            {"duration_seconds": grant.duration_seconds},
+        )
+        await self._audit.grant(
+            operator_principal(operator), "access.request", grant, request_id, decision=decision
+        )
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"no policy permits operator {operator.name!r} to request role {role.name!r} "
+                f"for {grant.duration_seconds}s (Cedar action 'request_access' on the Role); "
+                "ask for a Cedar permit or a shorter duration"
+            )
+        stored = await self._run(self._grants.add, grant)
+        log.info(
+            "access requested",
+            grant_id=stored.id,
+            role=stored.role,
+            requester=stored.requester,
+            request_id=request_id,
+        )
+        return stored
+
+    async def approve(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
+        grant = await self._decide(operator, grant_id, "approve", request_id)
+        return await self._run(self._grants.approve, grant.id, operator.name, self._clock())
+
+    async def deny(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
+        grant = await self._decide(operator, grant_id, "deny", request_id)
+        return await self._run(self._grants.deny, grant.id, operator.name, self._clock())
+
+    async def _decide(
+        self, operator: Operator, grant_id: str, verb: str, request_id: str
+    ) -> GrantRecord:
+        """Cedar's approve_access, and never the requester; audited either way."""
+        grant = await self.current(grant_id)
+        resource = grant_resource(grant, await self._backend_of(grant.role))
+        decision = self._policy.decide(operator, Action.APPROVE_ACCESS, resource)
+        own = operator.name == grant.requester
+        await self._audit.grant(
+            operator_principal(operator),
+            f"access.{verb}",
+            grant,
+            request_id,
+            decision=decision,
+            reason=SelfApproval.reason if own else None,
+        )
+        if own:
+            raise SelfApproval(
+                f"operator {operator.name!r} requested grant {grant.id}; someone else must "
+                f"{verb} it"
+            )
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"no policy permits operator {operator.name!r} to {verb} grant {grant.id} "
+                f"(Cedar action 'approve_access' on the Grant); ask for a Cedar permit"
+            )
+        if grant.state != GrantState.PENDING:
+            raise GrantStateConflict(grant, f"{verb}d")
+        return grant
+
+    # -- issue -----------------------------------------------------------------------------
+
+    async def issue(self, operator: Operator, grant_id: str, request_id: str) -> GrantCredential:
+        """The grant's credential for its requester; the same one on a repeated call."""
+        grant = await self.current(grant_id)
+        who = operator_principal(operator)
+        if operator.name != grant.requester:
+            await self._audit.grant(who, "access.issue", grant, request_id, reason="NOT_REQUESTER")
+            raise PermissionDenied(
+                f"grant {grant.id} is {grant.requester!r}'s; only its requester may use it"
+            )
+        if grant.state not in ISSUABLE:
+            refused = f"GRANT_{grant.state.value.upper()}"
+            await self._audit.grant(who, "access.issue", grant, request_id, reason=refused)
+            raise GrantStateConflict(grant, "used to issue a credential")
+        role = (await self._catalog.get(grant.role)).spec
+        begun = await self._run(self._leases.begin_issue, grant_lease_request(grant))
+        if isinstance(begun, ExistingLease):
+            return await self._replay(who, grant, begun.lease, request_id)
+        pending = begun.lease
+        backend = self._backends.for_role(role)
+        try:
+            issued = await backend.issue(role, grant_issue_context(grant))
+        except KeyferryError as error:
+            await self._fail(who, pending, error, request_id)
+            raise
+        try:
+            issued = await self._end_with_grant(issued, grant, role)
+        except KeyferryError as error:
+            # Not handed out: revoke it; if even that fails the pending row stays for
+            # reconcile, so no Vault lease is left that the store does not know about.
+            if await self._revoke_quietly(issued.lease):
+                await self._fail(who, pending, error, request_id)
+            raise
+        return await self._complete(who, grant, pending, issued, request_id)
+
+    async def _fail(
+        self, who: Principal, pending: LeaseRecord, error: KeyferryError, request_id: str
+    ) -> None:
+        failed = await self._run(self._leases.mark_failed, pending.id, error.message)
+        await self._audit.lease_change(who, "lease.failed", failed, request_id, reason=error.reason)
+
+    async def _end_with_grant(
+        self, issued: IssuedSecret, grant: GrantRecord, role: RoleSpec
+    ) -> IssuedSecret:
+        """Renew the fresh Vault lease to end when the grant does (Vault caps it at the
+        role's max TTL). A lease that cannot be renewed ends when Vault says, or at the
+        grant's end, whichever is first: the grant's end revokes it."""
+        lease = issued.lease
+        remaining = grant.expires_at - self._clock()
+        if not lease.renewable or lease.expires_at is None:
+            return issued
+        increment = timedelta(seconds=max(int(remaining.total_seconds()), 1))
+        renewed = await self._backends.for_role(role).renew(lease, increment)
+        return IssuedSecret(credential=issued.credential, lease=renewed)
+
+    async def _complete(
+        self,
+        who: Principal,
+        grant: GrantRecord,
+        pending: LeaseRecord,
+        issued: IssuedSecret,
+        request_id: str,
+    ) -> GrantCredential:
+        vault_lease = issued.lease
+        try:
+            record = await self._run(
+                self._leases.complete_issue,
+                pending.id,
+                vault_lease.lease_id,
+                vault_lease.expires_at,
+                vault_lease=vault_lease.model_dump(mode="json"),
+                sealed_credential=self._sealer.seal(pending.id, issued.credential),
+            )
+        except LeaseStateConflict as conflict:
+            # The grant ended while Vault answered: its row is revoking with this Vault
+            # lease recorded, so the Revoker ends it; the credential is not handed out.
+            await self._revoke_quietly(vault_lease)
+            raise FailedPrecondition(
+                f"access grant {grant.id} ended while its credential was issued; the "
+                "credential was revoked"
+            ) from conflict
+        except KeyferryError:
+            await self._revoke_quietly(vault_lease)  # the pending row stays for reconcile
+            raise
+        await self._audit.lease_change(
+            who, "lease.active", record, request_id, credential=issued.credential
+        )
+        try:
+            grant = await self._run(self._grants.record_lease, grant.id, record.id, self._clock())
+        except GrantStateConflict as ended:
+            # The grant ended while Vault answered: its lease goes with it, at once.
+            await self._end_leases(ended.grant, who, request_id)
+            raise
+        await self._audit.grant(who, "access.issue", grant, request_id)
+        log.info("access issued", grant_id=grant.id, lease_id=record.id, request_id=request_id)
+        return GrantCredential(
+            grant=grant,
+            lease=record,
+            credential=issued.credential,
+            renewable=vault_lease.renewable,
+        )
+
+    async def _replay(
+        self, who: Principal, grant: GrantRecord, lease: LeaseRecord, request_id: str
+    ) -> GrantCredential:
+        lease = await self._wait_active(lease)
+        handle = await self._run(self._leases.handle, lease.id)
+        if handle.sealed_credential is None or handle.vault_lease is None:
+            raise IssueInProgress(lease.pod_uid, lease.credential)
+        credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+        vault_lease = VaultLease.model_validate(handle.vault_lease)
+        await self._audit.lease_change(who, "lease.replayed", lease, request_id)
+        return GrantCredential(
+            grant=grant, lease=lease, credential=credential, renewable=vault_lease.renewable
+        )
+
+    async def _wait_active(self, lease: LeaseRecord) -> LeaseRecord:
+        """A concurrent IssueForGrant is asking Vault: wait for it to complete."""
+        deadline = time.monotonic() + PENDING_WAIT
+        while lease.state == LeaseState.PENDING and time.monotonic() < deadline:
+            await asyncio.sleep(PENDING_POLL)
+            lease = await self._run(self._leases.get, lease.id)
+        if lease.state != LeaseState.ACTIVE:
+            raise IssueInProgress(lease.pod_uid, lease.credential)
+        return lease
+
+    async def _revoke_quietly(self, vault_lease: VaultLease) -> bool:
+        try:
+            await self._backends.for_lease(vault_lease).revoke(vault_lease)
+        except KeyferryError as error:
+            log.exception(
+                "could not revoke a grant's Vault lease; reconcile must",
+                vault_lease_id=vault_lease.lease_id,
+                error=error.message,
+            )
+            return False
+        return True
+
+    # -- end -------------------------------------------------------------------------------
+
+    async def revoke(self, operator: Operator, grant_id: str, request_id: str) -> GrantEnd:
+        """End an open grant now and revoke its credential (a revoked grant: again, no-op)."""
+        grant = await self.current(grant_id)
+        who = operator_principal(operator)
+        resource = grant_resource(grant, await self._backend_of(grant.role))
+        decision = self._policy.decide(operator, Action.REVOKE_ACCESS, resource)
+        await self._audit.grant(who, "access.revoke", grant, request_id, decision=decision)
+        if not decision.allowed:
+            raise PermissionDenied(
+                f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
+                "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit"
+            )
+        ended = await self._run(
+            self._grants.end, grant.id, GrantState.REVOKED, operator.name, self._clock()
+        )
+        pending = await self._end_leases(ended, who, request_id)
+        return GrantEnd(grant=ended, pending_lease_ids=pending)
+
+    async def current(self, grant_id: str) -> GrantRecord:
+        """The grant as it is now: one past its end is expired first (and its lease revoked)."""
+        if not grant_id:
+            raise InvalidRequest("grant_id", "is required: the id RequestGrant returned")
+        grant = await self._run(self._grants.get, grant_id)
+        if grant.state.final or grant.expires_at > self._clock():
+            return grant
+        return await self._expire(grant)
+
+    async def expire_due(self) -> int:
+        """One pass of the expiry job: expire every open grant past its end; how many."""
+        due = await self._run(self._grants.due, self._clock())
+        done = 0
+        for grant in due:
+            try:
+                await self._expire(grant)
+            except KeyferryError as error:
+                log.warning(
+                    "grant expiry failed; will retry", grant_id=grant.id, error=error.message
+                )
+            else:
+                done += 1
+        return done
+
+    async def _expire(self, grant: GrantRecord) -> GrantRecord:
+        who = system_principal(EXPIRY_JOB)
+        request_id = uuid.uuid4().hex
+        try:
+            ended = await self._run(
+                self._grants.end, grant.id, GrantState.EXPIRED, EXPIRY_JOB, self._clock()
+            )
+        except GrantStateConflict as conflict:
+            return conflict.grant  # ended otherwise meanwhile (revoked, denied)
+        if grant.state != ended.state:
+            await self._audit.grant(who, "access.expire", ended, request_id)
+        await self._end_leases(ended, who, request_id)
+        log.info("grant expired", grant_id=ended.id, request_id=request_id)
+        return ended
+
+    async def _end_leases(self, grant: GrantRecord, who: Principal, request_id: str) -> list[str]:
+        """Revoke the grant's live leases; the ids of those Vault did not revoke now (queued,
+        retried by the Revoker until they are)."""
+        selector = Selector(cluster=ACCESS_OWNER, pod_name=grant.id)
+        leases = await self._run(self._leases.list_by_selector, selector)
+        queued = []
+        for lease in leases:
+            marked = await self._run(self._leases.mark_revoking, lease.id)
+            await self._audit.lease_change(
+                who,
+                "lease.revoking",
+                marked,
+                request_id,
+                reason=f"GRANT_{grant.state.value.upper()}",
+            )
+            try:
+                await self._revoker.revoke(marked, who, request_id)
+            except KeyferryError as error:
+                log.warning("grant's lease queued", lease_id=lease.id, error=error.message)
+                queued.append(lease.id)
+        return queued
+
+    # -- read ------------------------------------------------------------------------------
+
+    async def get(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
+        grant = await self.current(grant_id)
+        if not await self._may_view(operator, grant, request_id):
+            raise PermissionDenied(
+                f"no policy permits operator {operator.name!r} to see grant {grant.id} "
+                "(Cedar action 'view_access' on the Grant)"
+            )
+        return grant
+
+    async def list_grants(
+        self,
+        operator: Operator,
+        request_id: str,
+        *,
+        states: Iterable[GrantState] = (),
+        requester: str | None = None,
+    ) -> list[GrantRecord]:
+        """The grants the operator may see (one audited decision each), newest first."""
+        await self.expire_due()
+        chosen = frozenset(states) or None
+        grants = await self._run(self._grants.find, requester=requester, states=chosen)
+        return [g for g in grants if await self._may_view(operator, g, request_id)]
+
+    async def _may_view(self, operator: Operator, grant: GrantRecord, request_id: str) -> bool:
+        resource = grant_resource(grant, await self._backend_of(grant.role))
+        decision = self._policy.decide(operator, Action.VIEW_ACCESS, resource)
+        await self._audit.grant(
+            operator_principal(operator), "access.read", grant, request_id, decision=decision
+        )
+        return decision.allowed
+
+    async def _backend_of(self, role_name: str) -> str:
+        """The role's backend for Cedar; `unknown` once the role was deleted."""
+        try:
+            return (await self._catalog.get(role_name)).spec.kind
+        except RoleNotFound:
+            return UNKNOWN_BACKEND
