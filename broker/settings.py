@@ -322,6 +322,10 @@ class SchedulerSettings(_Group):
         default=timedelta(minutes=5),
         description="how often the audit chain's head is signed (needs audit.transit_*)",
     )
+    scheduled_rotation: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how often roles with a rotation schedule are checked for due leases",
+    )
 
 class AccessSettings(_Group):
     """Just-in-time access grants (AccessService): how long one may last, how long a request

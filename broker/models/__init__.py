@@ -11,7 +11,16 @@ from .credentials import (
     VaultLease,
 )
 from .durations import Duration, parse_duration
-from .roles import AwsRole, DatabaseConnection, DatabaseRole, KvRole, PkiRole, RoleSpec, render_name
+from .roles import (
+    AwsRole,
+    DatabaseConnection,
+    DatabaseRole,
+    KvRole,
+    PkiRole,
+    RoleSpec,
+    RotationSchedule,
+    render_name,
+)
 
 __all__ = [
     "AwsRole",
@@ -29,6 +38,7 @@ __all__ = [
     "PkiRole",
     "RoleProblem",
     "RoleSpec",
+    "RotationSchedule",
     "VaultLease",
     "load_roles",
     "parse_duration",

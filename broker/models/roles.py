@@ -11,9 +11,10 @@ of a field is the hint shown when it is missing or malformed, so it says what to
 from __future__ import annotations
 
 import string
-from datetime import timedelta
-from typing import Annotated, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, cast
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +22,7 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .durations import Duration
@@ -79,6 +81,61 @@ def render_name(template: str, values: dict[str, str]) -> str:
 
 
 NameTemplate = Annotated[str, Field(min_length=1, max_length=253)]
+MIN_ROTATION_EVERY = timedelta(minutes=1)
+
+
+class RotationSchedule(BaseModel):
+    """When the broker rotates a role's leases on its own: `every` (an interval since each
+    lease's generation began) or `cron` (five fields, UTC). One of the two."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    every: Duration | None = Field(
+        default=None, description="rotate each lease this long after it was issued, like 24h"
+    )
+    cron: str | None = Field(
+        default=None,
+        max_length=128,
+        description="a five-field crontab in UTC, like '0 3 * * *' (every day at 03:00)",
+    )
+
+    @field_validator("every")
+    @classmethod
+    def _not_too_often(cls, every: timedelta | None) -> timedelta | None:
+        if every is not None and every < MIN_ROTATION_EVERY:
+            raise ValueError("must be at least 1m; rotating more often would churn Vault")
+        return every
+
+    @field_validator("cron")
+    @classmethod
+    def _crontab(cls, cron: str | None) -> str | None:
+        if cron is not None:
+            _trigger(cron)
+        return cron
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RotationSchedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("set exactly one of every (like 24h) or cron (like '0 3 * * *')")
+        return self
+
+    def due_after(self, since: datetime) -> datetime:
+        """When a generation that began at `since` is due for rotation."""
+        if self.every is not None:
+            return since + self.every
+        assert self.cron is not None  # noqa: S101 (the model validator guarantees one)
+        due = _trigger(self.cron).get_next_fire_time(None, since)
+        assert due is not None  # noqa: S101 (a valid crontab always fires again)
+        return cast("datetime", due)
+
+
+def _trigger(cron: str) -> CronTrigger:
+    try:
+        return CronTrigger.from_crontab(cron, timezone=UTC)
+    except ValueError as exc:
+        raise ValueError(
+            f"{cron!r} is not a five-field crontab (minute hour day month weekday): {exc}"
+        ) from None
 
 
 class _Role(BaseModel):
@@ -89,6 +146,10 @@ class _Role(BaseModel):
         "at most 63 characters, like orders-db-ro"
     )
     description: str = Field(default="", description="free text for people")
+    rotation: RotationSchedule | None = Field(
+        default=None,
+        description="rotate this role's leases on a schedule: every: 24h or cron: '0 3 * * *'",
+    )
 
 
 class DatabaseConnection(BaseModel):

@@ -290,10 +290,24 @@ def role_message(stored: StoredRole) -> roles_pb2.Role:
 def spec_message(spec: RoleSpec) -> roles_pb2.Role:
     """A role as ApplyRoles takes it (no updated_at)."""
     message = roles_pb2.Role(name=spec.name, description=spec.description)
+    if spec.rotation is not None:
+        schedule = roles_pb2.RotationSchedule(cron=spec.rotation.cron or "")
+        if spec.rotation.every is not None:
+            schedule.every.CopyFrom(_duration(spec.rotation.every))
+        message.rotation.CopyFrom(schedule)
     if isinstance(spec, DatabaseRole):
-        message.database.CopyFrom(
-            roles_pb2.DatabaseBackend(mount=spec.mount, vault_role=spec.vault_role)
-        )
+        database = roles_pb2.DatabaseBackend(mount=spec.mount, vault_role=spec.vault_role)
+        if spec.connection is not None:
+            where = spec.connection
+            database.connection.CopyFrom(
+                roles_pb2.DatabaseConnection(
+                    host=where.host,
+                    port=where.port,
+                    dbname=where.dbname or "",
+                    sslmode=where.sslmode or "",
+                )
+            )
+        message.database.CopyFrom(database)
     elif isinstance(spec, AwsRole):
         aws = roles_pb2.AwsBackend(
             mount=spec.mount,
@@ -349,8 +363,22 @@ def _role_fields(message: roles_pb2.Role, index: int) -> dict[str, Any]:
             f"roles[{index}].backend", "set one of database, aws, kv or pki for the role"
         )
     fields["kind"] = backend
+    if message.HasField("rotation"):
+        schedule = message.rotation
+        fields["rotation"] = {
+            "every": _timedelta(schedule.every) if schedule.HasField("every") else None,
+            "cron": schedule.cron or None,
+        }
     if backend == "database":
         fields |= {"mount": message.database.mount, "vault_role": message.database.vault_role}
+        if message.database.HasField("connection"):
+            where = message.database.connection
+            fields["connection"] = {
+                "host": where.host,
+                "port": where.port or 5432,
+                "dbname": where.dbname or None,
+                "sslmode": where.sslmode or None,
+            }
     elif backend == "aws":
         aws = message.aws
         if aws.credential_type not in _CREDENTIAL_TYPES:

@@ -70,6 +70,7 @@ MAX_GRACE = timedelta(hours=24)
 CHUNK = 500
 SYSTEM_JOB = "broker.rotate"
 REISSUE_JOB = "broker.reissue"
+SCHEDULE_JOB = "broker.schedule"
 ACTIVE = frozenset({LeaseState.ACTIVE})
 
 
@@ -193,6 +194,28 @@ class RotationFlow:
             who = system_principal(SYSTEM_JOB)
             async for progress in self._rotate_many(who, chosen, grace, 1, uuid.uuid4().hex):
                 done += progress.outcome is not Outcome.FAILED
+        return done
+
+    async def rotate_scheduled(self, leases: list[LeaseRecord], request_id: str) -> int:
+        """The broker's own rotation of leases their role's schedule made due: requested
+        first (so a broker that dies part-way leaves them to `resume`), then rotated
+        `concurrency` at a time with the default grace; how many were rotated."""
+        todo = [lease for lease in leases if lease.id not in self._claimed]
+        ids = [lease.id for lease in todo]
+        seconds = int(self._grace.total_seconds())
+        for chunk in _chunks(ids):
+            await self._run(self._leases.request_rotation, chunk, self._clock(), seconds)
+        chosen = [Selected(lease, None) for lease in todo]
+        who = system_principal(SCHEDULE_JOB)
+        done = 0
+        self._claimed.update(ids)
+        try:
+            async for progress in self._rotate_many(
+                who, chosen, self._grace, self._concurrency, request_id
+            ):
+                done += progress.outcome is Outcome.ROTATED
+        finally:
+            self._claimed.difference_update(ids)
         return done
 
     async def _rotate_many(

@@ -52,6 +52,7 @@ from .revoking import Backoff, Revoker
 from .role_admin import RoleAdmin
 from .root_rotation import RootRotationFlow
 from .rotating import RotationFlow
+from .scheduled_rotation import ScheduledRotation
 from .scheduler import JobScheduler
 from .sealing import CredentialSealer
 from .watching import WatchFlow
@@ -72,6 +73,7 @@ class LeaseFlows:
     watch: WatchFlow
     renew: RenewFlow
     rotation: RotationFlow
+    scheduled: ScheduledRotation
     revocation: RevocationFlow
     root: RootRotationFlow
     reconciler: Reconciler
@@ -116,7 +118,7 @@ class BrokerRuntime:
         cls, settings: BrokerSettings, stack: AsyncExitStack, clock: Clock
     ) -> BrokerRuntime:
         policy = PolicyEngine.from_files(settings.policies)
-        store = await asyncio.to_thread(Store.open, settings.store)
+        store = await asyncio.to_thread(Store.open, settings.store, clock)
         _on_close(stack, store.close)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
@@ -193,6 +195,20 @@ class BrokerRuntime:
             jitter=timing.jitter,
             leadership_interval=timing.leadership,
         )
+        rotation = RotationFlow(
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            backends=backends,
+            sealer=sealer,
+            hub=hub,
+            grace=settings.rotation.grace,
+            concurrency=settings.rotation.concurrency,
+            resume_after=settings.rotation.resume_after,
+            clock=clock,
+        )
         flows = LeaseFlows(
             hub=hub,
             relay=relay,
@@ -217,20 +233,8 @@ class BrokerRuntime:
                 runner=runner,
                 renewer=renewer,
             ),
-            rotation=RotationFlow(
-                catalog=catalog,
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
-                backends=backends,
-                sealer=sealer,
-                hub=hub,
-                grace=settings.rotation.grace,
-                concurrency=settings.rotation.concurrency,
-                resume_after=settings.rotation.resume_after,
-                clock=clock,
-            ),
+            rotation=rotation,
+            scheduled=ScheduledRotation(catalog, store, runner, rotation, clock),
             revocation=RevocationFlow(
                 policy=policy,
                 audit=audit,
@@ -309,6 +313,7 @@ class BrokerRuntime:
             Periodic("reconcile", settings.rotation.reconcile_interval, flows.reconciler.run_once),
             Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
+            Periodic("scheduled-rotation", timing.scheduled_rotation, flows.scheduled.run_once),
         ]
         if settings.audit.transit_mount is not None:
             jobs.append(

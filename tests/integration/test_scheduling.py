@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from broker.backends.transit import TransitSigner
+from broker.models.roles import RotationSchedule
 from broker.server import create_server
 from broker.settings import load_settings
 from broker.store import LeaseState
@@ -26,7 +27,7 @@ from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 
 from .stores import sqlite_url
-from .test_issue import Broker, approle, config, issue, orders_db, root, transit
+from .test_issue import ROLE, Broker, approle, config, issue, orders_db, root, transit
 from .test_watch_rotate import Agent, ShiftedClock, state_of, until, works
 from .workloads import broker_stub, mint
 
@@ -97,3 +98,55 @@ async def test_a_lease_capped_at_its_max_ttl_is_reissued_and_pushed_before_it_en
     reissued = [r for r in records if r["who"]["name"] == "broker.reissue"]
     assert [r["action"] for r in reissued] == ["lease.active", "lease.revoking"]
     assert reissued[0]["generation"] == 2
+
+
+async def test_a_role_with_a_rotation_schedule_has_its_due_leases_rotated_and_pushed(
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    clock: ShiftedClock,
+    postgres: PostgresServer,
+) -> None:
+    runtime = broker.server.runtime
+    scheduled = await runtime.catalog.get(ROLE)
+    every_minute = scheduled.spec.model_copy(
+        update={"rotation": RotationSchedule(every=timedelta(minutes=1))}
+    )
+    await runtime.catalog.apply([every_minute])
+    token = mint(kube_clusters["a"], pod_prefix="scheduled")
+    first = await issue(broker, token)
+    # Not due yet: nothing is rotated.
+    assert await runtime.flows.scheduled.run_once() == 0
+    async with broker_stub(broker.port, broker.ca) as stub:
+        agent = Agent(stub, token)
+        try:
+            assert (await agent.next()).rotated.lease.generation == 1
+            # (A small step: the pod's token must still be valid in the broker's time.)
+            clock.offset += timedelta(minutes=2)
+            assert await runtime.flows.scheduled.run_once() == 1
+            pushed = (await agent.next()).rotated
+            assert pushed.lease.generation == 2
+            assert await asyncio.to_thread(works, postgres, pushed.credential.values)
+            # The new generation is not due until it has aged a minute itself.
+            assert await runtime.flows.scheduled.run_once() == 0
+            await agent.ack(pushed.lease)
+
+            async def gone() -> bool:
+                if state_of(broker, first.lease.id) != LeaseState.REVOKED:
+                    return False
+                return not await asyncio.to_thread(works, postgres, first.credential.values)
+
+            await until(gone, "the scheduled-away generation revoked after the Ack")
+        finally:
+            agent.close()
+    records = [json.loads(line) for line in broker.settings.audit.log.read_text().splitlines()]
+    scheduled_records = [r for r in records if r["who"]["name"] == "broker.schedule"]
+    assert [r["action"] for r in scheduled_records][:2] == ["lease.active", "lease.revoking"]
+
+
+async def test_a_role_without_a_schedule_is_left_alone(
+    broker: Broker, kube_clusters: dict[str, KubeCluster], clock: ShiftedClock
+) -> None:
+    first = await issue(broker, mint(kube_clusters["a"], pod_prefix="unscheduled"))
+    clock.offset += timedelta(days=30)
+    assert await broker.server.runtime.flows.scheduled.run_once() == 0
+    assert state_of(broker, first.lease.id) == LeaseState.ACTIVE

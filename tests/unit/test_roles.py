@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from broker import errors
+from broker.errors import InvalidRequest
 from broker.models import (
     AwsRole,
     DatabaseRole,
     InvalidRoles,
     KvRole,
     PkiRole,
+    RotationSchedule,
     load_roles,
     parse_duration,
     parse_roles,
     render_name,
 )
+from broker.server import convert
 
 GOOD = """
 - name: orders-db-ro
@@ -240,3 +243,54 @@ def test_name_templates_render_only_the_pod_identity() -> None:
     values = {"cluster": "a", "namespace": "shop", "service_account": "web", "pod": "web-0"}
     assert render_name("{pod}.{namespace}.{cluster}.svc", values) == "web-0.shop.a.svc"
     assert render_name("{service_account}.svc", values) == "web.svc"
+
+
+# -- rotation schedules ---------------------------------------------------------------------
+
+
+def test_a_schedule_is_an_interval_or_a_crontab_and_says_when_a_lease_is_due() -> None:
+    began = datetime(2026, 1, 1, 5, 0, tzinfo=UTC)
+    assert RotationSchedule(every=timedelta(hours=2)).due_after(began) == began + timedelta(hours=2)
+    nightly = RotationSchedule(cron="0 3 * * *")
+    assert nightly.due_after(began) == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({}, "exactly one of every"),
+        ({"every": "1h", "cron": "0 3 * * *"}, "exactly one of every"),
+        ({"every": "10s"}, "at least 1m"),
+        ({"cron": "every night"}, "five-field crontab"),
+        ({"cron": "0 25 * * *"}, "five-field crontab"),
+    ],
+)
+def test_a_bad_schedule_is_refused_with_what_to_write(fields: dict[str, str], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        RotationSchedule.model_validate(fields)
+
+
+def test_a_schedule_and_a_connection_survive_the_api_round_trip() -> None:
+    role = DatabaseRole.model_validate(
+        {
+            "name": "orders-db-ro",
+            "kind": "database",
+            "mount": "db-orders",
+            "vault_role": "ro",
+            "rotation": {"cron": "0 3 * * *"},
+            "connection": {"host": "orders-db.internal", "dbname": "orders"},
+        }
+    )
+    assert convert.role_spec(convert.spec_message(role)) == role
+    hourly = role.model_copy(update={"rotation": RotationSchedule(every=timedelta(hours=1))})
+    assert convert.role_spec(convert.spec_message(hourly)) == hourly
+
+
+def test_a_bad_schedule_over_the_api_names_its_field() -> None:
+    message = convert.spec_message(
+        DatabaseRole(name="x", kind="database", mount="db", vault_role="r")
+    )
+    message.rotation.cron = "nope"
+    with pytest.raises(InvalidRequest) as caught:
+        convert.role_specs([message])
+    assert caught.value.field == "roles[0].rotation.cron"

@@ -26,41 +26,45 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62roker/api/v1/roles.proto\x12\rbroker.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n\x04Role\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x08\x64\x61tabase\x18\x03 \x01(\x0b\x32\x1e.broker.api.v1.DatabaseBackendH\x00\x12(\n\x03\x61ws\x18\x04 \x01(\x0b\x32\x19.broker.api.v1.AwsBackendH\x00\x12&\n\x02kv\x18\x05 \x01(\x0b\x32\x18.broker.api.v1.KvBackendH\x00\x12(\n\x03pki\x18\x06 \x01(\x0b\x32\x19.broker.api.v1.PkiBackendH\x00\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x62\x61\x63kend\"4\n\x0f\x44\x61tabaseBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\"\xa4\x01\n\nAwsBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\x12\x39\n\x0f\x63redential_type\x18\x03 \x01(\x0e\x32 .broker.api.v1.AwsCredentialType\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08role_arn\x18\x05 \x01(\t\"J\n\tKvBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x07version\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_version\"\x7f\n\nPkiBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\x12\x13\n\x0b\x63ommon_name\x18\x03 \x01(\t\x12\x11\n\talt_names\x18\x04 \x03(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x11\x41pplyRolesRequest\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"8\n\x12\x41pplyRolesResponse\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"\x1e\n\x0eGetRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0fGetRoleResponse\x12!\n\x04role\x18\x01 \x01(\x0b\x32\x13.broker.api.v1.Role\"\x12\n\x10ListRolesRequest\"7\n\x11ListRolesResponse\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"!\n\x11\x44\x65leteRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteRoleResponse*\x80\x01\n\x11\x41wsCredentialType\x12#\n\x1f\x41WS_CREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x41WS_CREDENTIAL_TYPE_IAM_USER\x10\x01\x12$\n AWS_CREDENTIAL_TYPE_ASSUMED_ROLE\x10\x02\x32\xce\x02\n\x0cRolesService\x12Q\n\nApplyRoles\x12 .broker.api.v1.ApplyRolesRequest\x1a!.broker.api.v1.ApplyRolesResponse\x12H\n\x07GetRole\x12\x1d.broker.api.v1.GetRoleRequest\x1a\x1e.broker.api.v1.GetRoleResponse\x12N\n\tListRoles\x12\x1f.broker.api.v1.ListRolesRequest\x1a .broker.api.v1.ListRolesResponse\x12Q\n\nDeleteRole\x12 .broker.api.v1.DeleteRoleRequest\x1a!.broker.api.v1.DeleteRoleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x62roker/api/v1/roles.proto\x12\rbroker.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n\x04Role\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x08\x64\x61tabase\x18\x03 \x01(\x0b\x32\x1e.broker.api.v1.DatabaseBackendH\x00\x12(\n\x03\x61ws\x18\x04 \x01(\x0b\x32\x19.broker.api.v1.AwsBackendH\x00\x12&\n\x02kv\x18\x05 \x01(\x0b\x32\x18.broker.api.v1.KvBackendH\x00\x12(\n\x03pki\x18\x06 \x01(\x0b\x32\x19.broker.api.v1.PkiBackendH\x00\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x08rotation\x18\x08 \x01(\x0b\x32\x1f.broker.api.v1.RotationScheduleB\t\n\x07\x62\x61\x63kend\"J\n\x10RotationSchedule\x12(\n\x05\x65very\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\"k\n\x0f\x44\x61tabaseBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\x12\x35\n\nconnection\x18\x03 \x01(\x0b\x32!.broker.api.v1.DatabaseConnection\"Q\n\x12\x44\x61tabaseConnection\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06\x64\x62name\x18\x03 \x01(\t\x12\x0f\n\x07sslmode\x18\x04 \x01(\t\"\xa4\x01\n\nAwsBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\x12\x39\n\x0f\x63redential_type\x18\x03 \x01(\x0e\x32 .broker.api.v1.AwsCredentialType\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08role_arn\x18\x05 \x01(\t\"J\n\tKvBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x07version\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\n\n\x08_version\"\x7f\n\nPkiBackend\x12\r\n\x05mount\x18\x01 \x01(\t\x12\x12\n\nvault_role\x18\x02 \x01(\t\x12\x13\n\x0b\x63ommon_name\x18\x03 \x01(\t\x12\x11\n\talt_names\x18\x04 \x03(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"7\n\x11\x41pplyRolesRequest\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"8\n\x12\x41pplyRolesResponse\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"\x1e\n\x0eGetRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0fGetRoleResponse\x12!\n\x04role\x18\x01 \x01(\x0b\x32\x13.broker.api.v1.Role\"\x12\n\x10ListRolesRequest\"7\n\x11ListRolesResponse\x12\"\n\x05roles\x18\x01 \x03(\x0b\x32\x13.broker.api.v1.Role\"!\n\x11\x44\x65leteRoleRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteRoleResponse*\x80\x01\n\x11\x41wsCredentialType\x12#\n\x1f\x41WS_CREDENTIAL_TYPE_UNSPECIFIED\x10\x00\x12 \n\x1c\x41WS_CREDENTIAL_TYPE_IAM_USER\x10\x01\x12$\n AWS_CREDENTIAL_TYPE_ASSUMED_ROLE\x10\x02\x32\xce\x02\n\x0cRolesService\x12Q\n\nApplyRoles\x12 .broker.api.v1.ApplyRolesRequest\x1a!.broker.api.v1.ApplyRolesResponse\x12H\n\x07GetRole\x12\x1d.broker.api.v1.GetRoleRequest\x1a\x1e.broker.api.v1.GetRoleResponse\x12N\n\tListRoles\x12\x1f.broker.api.v1.ListRolesRequest\x1a .broker.api.v1.ListRolesResponse\x12Q\n\nDeleteRole\x12 .broker.api.v1.DeleteRoleRequest\x1a!.broker.api.v1.DeleteRoleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.api.v1.roles_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AWSCREDENTIALTYPE']._serialized_start=1150
-  _globals['_AWSCREDENTIALTYPE']._serialized_end=1278
+  _globals['_AWSCREDENTIALTYPE']._serialized_start=1415
+  _globals['_AWSCREDENTIALTYPE']._serialized_end=1543
   _globals['_ROLE']._serialized_start=110
-  _globals['_ROLE']._serialized_end=386
-  _globals['_DATABASEBACKEND']._serialized_start=388
-  _globals['_DATABASEBACKEND']._serialized_end=440
-  _globals['_AWSBACKEND']._serialized_start=443
-  _globals['_AWSBACKEND']._serialized_end=607
-  _globals['_KVBACKEND']._serialized_start=609
-  _globals['_KVBACKEND']._serialized_end=683
-  _globals['_PKIBACKEND']._serialized_start=685
-  _globals['_PKIBACKEND']._serialized_end=812
-  _globals['_APPLYROLESREQUEST']._serialized_start=814
-  _globals['_APPLYROLESREQUEST']._serialized_end=869
-  _globals['_APPLYROLESRESPONSE']._serialized_start=871
-  _globals['_APPLYROLESRESPONSE']._serialized_end=927
-  _globals['_GETROLEREQUEST']._serialized_start=929
-  _globals['_GETROLEREQUEST']._serialized_end=959
-  _globals['_GETROLERESPONSE']._serialized_start=961
-  _globals['_GETROLERESPONSE']._serialized_end=1013
-  _globals['_LISTROLESREQUEST']._serialized_start=1015
-  _globals['_LISTROLESREQUEST']._serialized_end=1033
-  _globals['_LISTROLESRESPONSE']._serialized_start=1035
-  _globals['_LISTROLESRESPONSE']._serialized_end=1090
-  _globals['_DELETEROLEREQUEST']._serialized_start=1092
-  _globals['_DELETEROLEREQUEST']._serialized_end=1125
-  _globals['_DELETEROLERESPONSE']._serialized_start=1127
-  _globals['_DELETEROLERESPONSE']._serialized_end=1147
-  _globals['_ROLESSERVICE']._serialized_start=1281
-  _globals['_ROLESSERVICE']._serialized_end=1615
+  _globals['_ROLE']._serialized_end=437
+  _globals['_ROTATIONSCHEDULE']._serialized_start=439
+  _globals['_ROTATIONSCHEDULE']._serialized_end=513
+  _globals['_DATABASEBACKEND']._serialized_start=515
+  _globals['_DATABASEBACKEND']._serialized_end=622
+  _globals['_DATABASECONNECTION']._serialized_start=624
+  _globals['_DATABASECONNECTION']._serialized_end=705
+  _globals['_AWSBACKEND']._serialized_start=708
+  _globals['_AWSBACKEND']._serialized_end=872
+  _globals['_KVBACKEND']._serialized_start=874
+  _globals['_KVBACKEND']._serialized_end=948
+  _globals['_PKIBACKEND']._serialized_start=950
+  _globals['_PKIBACKEND']._serialized_end=1077
+  _globals['_APPLYROLESREQUEST']._serialized_start=1079
+  _globals['_APPLYROLESREQUEST']._serialized_end=1134
+  _globals['_APPLYROLESRESPONSE']._serialized_start=1136
+  _globals['_APPLYROLESRESPONSE']._serialized_end=1192
+  _globals['_GETROLEREQUEST']._serialized_start=1194
+  _globals['_GETROLEREQUEST']._serialized_end=1224
+  _globals['_GETROLERESPONSE']._serialized_start=1226
+  _globals['_GETROLERESPONSE']._serialized_end=1278
+  _globals['_LISTROLESREQUEST']._serialized_start=1280
+  _globals['_LISTROLESREQUEST']._serialized_end=1298
+  _globals['_LISTROLESRESPONSE']._serialized_start=1300
+  _globals['_LISTROLESRESPONSE']._serialized_end=1355
+  _globals['_DELETEROLEREQUEST']._serialized_start=1357
+  _globals['_DELETEROLEREQUEST']._serialized_end=1390
+  _globals['_DELETEROLERESPONSE']._serialized_start=1392
+  _globals['_DELETEROLERESPONSE']._serialized_end=1412
+  _globals['_ROLESSERVICE']._serialized_start=1546
+  _globals['_ROLESSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,7 @@ class Role(_message.Message):
     KV_FIELD_NUMBER: _builtins.int
     PKI_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """lowercase letters, digits and '-', at most 63 characters, like orders-db-ro."""
     description: _builtins.str
@@ -73,6 +74,10 @@ class Role(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When the broker last saved the role; ignored in ApplyRoles."""
 
+    @_builtins.property
+    def rotation(self) -> Global___RotationSchedule:
+        """Rotate this role's leases on a schedule; unset: only on demand."""
+
     def __init__(
         self,
         *,
@@ -83,16 +88,45 @@ class Role(_message.Message):
         kv: Global___KvBackend | None = ...,
         pki: Global___PkiBackend | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        rotation: Global___RotationSchedule | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "backend", b"backend", "database", b"database", "kv", b"kv", "pki", b"pki", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "backend", b"backend", "database", b"database", "kv", b"kv", "pki", b"pki", "rotation", b"rotation", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "backend", b"backend", "database", b"database", "description", b"description", "kv", b"kv", "name", b"name", "pki", b"pki", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aws", b"aws", "backend", b"backend", "database", b"database", "description", b"description", "kv", b"kv", "name", b"name", "pki", b"pki", "rotation", b"rotation", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_backend: _TypeAlias = _typing.Literal["database", "aws", "kv", "pki"]  # noqa: Y015
     _WhichOneofArgType_backend: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_backend) -> _WhichOneofReturnType_backend | None: ...
 
 Global___Role: _TypeAlias = Role  # noqa: Y015
+
+@_typing.final
+class RotationSchedule(_message.Message):
+    """RotationSchedule says when the broker rotates a role's leases on its own. Set one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVERY_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    """A five-field crontab in UTC, like "0 3 * * *"."""
+    @_builtins.property
+    def every(self) -> _duration_pb2.Duration:
+        """Rotate each lease this long after its generation was issued (at least 1 minute)."""
+
+    def __init__(
+        self,
+        *,
+        every: _duration_pb2.Duration | None = ...,
+        cron: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["every", b"every"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "every", b"every"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotationSchedule: _TypeAlias = RotationSchedule  # noqa: Y015
 
 @_typing.final
 class DatabaseBackend(_message.Message):
@@ -102,22 +136,60 @@ class DatabaseBackend(_message.Message):
 
     MOUNT_FIELD_NUMBER: _builtins.int
     VAULT_ROLE_FIELD_NUMBER: _builtins.int
+    CONNECTION_FIELD_NUMBER: _builtins.int
     mount: _builtins.str
     """The mount under keyferry's mount prefix, like db-orders."""
     vault_role: _builtins.str
+    @_builtins.property
+    def connection(self) -> Global___DatabaseConnection:
+        """Where the database is, handed to pods with the user so DSN and pgpass are complete."""
+
     def __init__(
         self,
         *,
         mount: _builtins.str = ...,
         vault_role: _builtins.str = ...,
+        connection: Global___DatabaseConnection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mount", b"mount", "vault_role", b"vault_role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "mount", b"mount", "vault_role", b"vault_role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DatabaseBackend: _TypeAlias = DatabaseBackend  # noqa: Y015
+
+@_typing.final
+class DatabaseConnection(_message.Message):
+    """DatabaseConnection is where pods connect: not secret, part of a usable DSN."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    DBNAME_FIELD_NUMBER: _builtins.int
+    SSLMODE_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    port: _builtins.int
+    """0 means 5432."""
+    dbname: _builtins.str
+    sslmode: _builtins.str
+    """disable, allow, prefer, require, verify-ca or verify-full; empty for libpq's default."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        dbname: _builtins.str = ...,
+        sslmode: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dbname", b"dbname", "host", b"host", "port", b"port", "sslmode", b"sslmode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatabaseConnection: _TypeAlias = DatabaseConnection  # noqa: Y015
 
 @_typing.final
 class AwsBackend(_message.Message):
