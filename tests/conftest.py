@@ -7,10 +7,12 @@ installed fails the test instead of skipping it, so CI never passes on skipped b
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+import structlog
 
 from tests.bed import Bed, BedError, ServerUnavailable
 from tests.bed.cluster import Cluster
@@ -32,6 +34,18 @@ def need(start: Callable[[], T]) -> T:
         if REQUIRED:
             pytest.fail(str(exc), pytrace=False)
         pytest.skip(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_stderr() -> Iterator[None]:
+    """In-process brokers log to stderr, as `keyferry broker serve` does: structlog's default
+    (stdout, looked up when a logger is made) would land in a CliRunner's captured output."""
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
