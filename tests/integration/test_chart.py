@@ -75,8 +75,6 @@ HA_KINDS = {
     "Certificate": 1,
     "Issuer": 1,
     "ServiceMonitor": 1,
-    "Role": 1,
-    "RoleBinding": 1,
     "ClusterRole": 1,
     "ClusterRoleBinding": 1,
 }
@@ -189,9 +187,9 @@ def test_pods_are_locked_down(kube_cluster: Cluster, variant: str) -> None:
             assert container["startupProbe"]
             assert container["livenessProbe"]
             assert container["readinessProbe"]
-        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
-        expected_token = component == "broker" and variant == "ha"  # leader election
-        assert spec["automountServiceAccountToken"] is expected_token
+        # Neither needs the Kubernetes API of its own cluster (the broker's replicas elect
+        # their leader in PostgreSQL): no pod mounts a ServiceAccount token.
+        assert spec["automountServiceAccountToken"] is False
     webhook = one(objects, "Deployment", "keyferry-webhook")["spec"]["template"]["spec"]
     probe = webhook["containers"][0]["readinessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
@@ -219,9 +217,6 @@ def test_ha_values_spread_and_guard_the_broker(kube_cluster: Cluster) -> None:
         "minAvailable": 2,
         "selector": broker["spec"]["selector"],
     }
-    role = one(objects, "Role")
-    assert role["rules"][1]["resourceNames"] == ["keyferry-broker-leader"]
-    assert {verb for rule in role["rules"] for verb in rule["verbs"]} == {"create", "get", "update"}
     policy = one(objects, "NetworkPolicy", "keyferry-broker")["spec"]
     assert [rule["ports"][0]["port"] for rule in policy["ingress"]] == [
         "workload",
