@@ -30,8 +30,8 @@ from .selection import (
     Selection,
     SelectionEvent,
     Summary,
-    audit_selector,
     check_concurrency,
+    planned_only,
     run_batched,
 )
 
@@ -70,16 +70,13 @@ class RevocationFlow:
         """Revoke every live lease the selector reaches; one LeaseProgress per lease as it
         finishes (revoked, or queued for retry), then the Summary."""
         workers = check_concurrency(concurrency, self._concurrency)
-        action = "revoke.plan" if dry_run else "revoke.selected"
-        await audit_selector(self._audit, operator, action, selector, request_id)
-        chosen = await self._selection.decide_all(
-            operator, Action.REVOKE, selector, LIVE_STATES, request_id, audited=not dry_run
+        chosen = await self._selection.plan(
+            operator, Action.REVOKE, selector, LIVE_STATES, request_id, dry_run=dry_run
         )
         yield Planned(len(chosen))
         if dry_run:
-            for selected in chosen:
-                yield LeaseProgress(selected.lease, Outcome.PLANNED)
-            yield Summary(len(chosen), 0, 0, 0, dry_run=True)
+            for event in planned_only(chosen):
+                yield event
             return
         who = operator_principal(operator)
 

@@ -58,8 +58,8 @@ from .selection import (
     Selection,
     SelectionEvent,
     Summary,
-    audit_selector,
     check_concurrency,
+    planned_only,
     run_batched,
 )
 
@@ -145,16 +145,13 @@ class RotationFlow:
         LeaseProgress per lease as it finishes, then the Summary. All are decided first."""
         grace = self._check_grace(grace)
         workers = check_concurrency(concurrency, self._concurrency)
-        action = "rotate.plan" if dry_run else "rotate.selected"
-        await audit_selector(self._audit, operator, action, selector, request_id)
-        chosen = await self._selection.decide_all(
-            operator, Action.ROTATE, selector, ACTIVE, request_id, audited=not dry_run
+        chosen = await self._selection.plan(
+            operator, Action.ROTATE, selector, ACTIVE, request_id, dry_run=dry_run
         )
         yield Planned(len(chosen))
         if dry_run:
-            for selected in chosen:
-                yield LeaseProgress(selected.lease, Outcome.PLANNED)
-            yield Summary(len(chosen), 0, 0, 0, dry_run=True)
+            for event in planned_only(chosen):
+                yield event
             return
         ids = [selected.lease.id for selected in chosen]
         seconds = int(grace.total_seconds())

@@ -9,7 +9,7 @@ selecting the whole fleet must be said (`all`), never fallen into by a forgotten
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, TypeVar
@@ -145,6 +145,25 @@ class Selection:
                 return
             after = page[-1].id
 
+    async def plan(
+        self,
+        operator: Operator,
+        action: Action,
+        selector: LeaseSelector,
+        states: frozenset[LeaseState],
+        request_id: str,
+        *,
+        dry_run: bool,
+    ) -> list[Selected]:
+        """The start of a rotate or revoke by selector: one record naming the operator and
+        the selector (`<action>.plan` for a dry run, `<action>.selected` otherwise), then
+        every selected lease decided (each decision audited unless a dry run)."""
+        verb = f"{action.value}.plan" if dry_run else f"{action.value}.selected"
+        await audit_selector(self._audit, operator, verb, selector, request_id)
+        return await self.decide_all(
+            operator, action, selector, states, request_id, audited=not dry_run
+        )
+
     async def decide_all(
         self,
         operator: Operator,
@@ -223,6 +242,13 @@ class Summary:
 
 
 SelectionEvent = Planned | LeaseProgress | Summary
+
+
+def planned_only(chosen: Sequence[Selected]) -> Iterator[SelectionEvent]:
+    """What a dry run reports: each chosen lease as planned, then its summary."""
+    for selected in chosen:
+        yield LeaseProgress(selected.lease, Outcome.PLANNED)
+    yield Summary(len(chosen), 0, 0, 0, dry_run=True)
 
 
 async def audit_selector(
