@@ -82,6 +82,7 @@ def attempt(call: Callable[[], T], errors: type[E]) -> tuple[T | None, E | None]
     except errors as refused:
         return None, refused
 
+
 # --- annotations ------------------------------------------------------------------------------
 
 _KEYS = st.one_of(
@@ -91,8 +92,22 @@ _KEYS = st.one_of(
 )
 _VALUES = st.one_of(
     st.sampled_from(
-        ["true", "false", "orders-db-ro", "json", "env", "dsn", "pem", "init-only",
-         "sidecar", "signal:SIGHUP", "none", "../x", "/etc/passwd", "{{ .Data }}"]
+        [
+            "true",
+            "false",
+            "orders-db-ro",
+            "json",
+            "env",
+            "dsn",
+            "pem",
+            "init-only",
+            "sidecar",
+            "signal:SIGHUP",
+            "none",
+            "../x",
+            "/etc/passwd",
+            "{{ .Data }}",
+        ]
     ),
     st.text(),
 )
@@ -122,8 +137,19 @@ def test_annotations(annotations: dict[str, str]) -> None:
 
 _CREDENTIAL_KEYS = st.one_of(
     st.sampled_from(
-        ["username", "password", "host", "port", "dbname", "access_key_id",
-         "secret_access_key", "security_token", "certificate", "private_key", "issuing_ca"]
+        [
+            "username",
+            "password",
+            "host",
+            "port",
+            "dbname",
+            "access_key_id",
+            "secret_access_key",
+            "security_token",
+            "certificate",
+            "private_key",
+            "issuing_ca",
+        ]
     ),
     st.text(),
 )
@@ -287,12 +313,18 @@ def test_credential_names(name: str) -> None:
 
 # --- tokens and key sets ----------------------------------------------------------------------
 
-_JWK = {"kty": "RSA", "kid": "k1", "use": "sig", "alg": "RS256", "e": "AQAB",
-        "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95"
-             "GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BT"
-             "YuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTl"
-             "XHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tej"
-             "vcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"}
+_JWK = {
+    "kty": "RSA",
+    "kid": "k1",
+    "use": "sig",
+    "alg": "RS256",
+    "e": "AQAB",
+    "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95"
+    "GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BT"
+    "YuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTl"
+    "XHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tej"
+    "vcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw",
+}
 _JSON = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()),
     lambda inner: st.one_of(
@@ -325,16 +357,23 @@ def _b64(value: Any) -> str:
 @given(
     header=st.one_of(
         st.fixed_dictionaries(
-            {"alg": st.one_of(st.sampled_from(["RS256", "ES256", "none", "HS256"]), _JSON),
-             "kid": st.one_of(st.just("k1"), _JSON)}
+            {
+                "alg": st.one_of(st.sampled_from(["RS256", "ES256", "none", "HS256"]), _JSON),
+                "kid": st.one_of(st.just("k1"), _JSON),
+            }
         ),
         _JSON,
     ),
     claims=st.one_of(
         st.fixed_dictionaries(
             {"aud": _AUDIENCES, "iss": st.one_of(st.just("https://issuer"), _JSON)},
-            optional={"exp": _JSON, "iat": _JSON, "nbf": _JSON, "sub": _JSON,
-                      "kubernetes.io": _K8S},
+            optional={
+                "exp": _JSON,
+                "iat": _JSON,
+                "nbf": _JSON,
+                "sub": _JSON,
+                "kubernetes.io": _K8S,
+            },
         ),
         _JSON,
     ),
@@ -371,11 +410,36 @@ def _verify(token: str) -> None:
     assert refused is not None
 
 
-@given(st.one_of(st.fixed_dictionaries({"keys": st.one_of(_JSON, st.lists(
-    st.one_of(st.fixed_dictionaries({"kty": st.sampled_from(["RSA", "EC", "oct", "OKP", "x"])},
-                                    optional={"n": _JSON, "e": _JSON, "crv": _JSON, "x": _JSON,
-                                              "y": _JSON, "k": _JSON, "kid": _JSON}),
-              _JSON), max_size=4))}), st.dictionaries(st.text(), _JSON, max_size=3)))
+@given(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "keys": st.one_of(
+                    _JSON,
+                    st.lists(
+                        st.one_of(
+                            st.fixed_dictionaries(
+                                {"kty": st.sampled_from(["RSA", "EC", "oct", "OKP", "x"])},
+                                optional={
+                                    "n": _JSON,
+                                    "e": _JSON,
+                                    "crv": _JSON,
+                                    "x": _JSON,
+                                    "y": _JSON,
+                                    "k": _JSON,
+                                    "kid": _JSON,
+                                },
+                            ),
+                            _JSON,
+                        ),
+                        max_size=4,
+                    ),
+                )
+            }
+        ),
+        st.dictionaries(st.text(), _JSON, max_size=3),
+    )
+)
 @example({"keys": [{"kty": "oct"}]})
 @example({"keys": "garbage"})
 @with_seeds("jwks")
@@ -411,14 +475,23 @@ _POD = st.fixed_dictionaries(
         ),
         "spec": st.one_of(
             st.fixed_dictionaries(
-                {"containers": st.one_of(
-                    st.lists(st.fixed_dictionaries({"name": st.text(max_size=10)},
-                                                   optional={"securityContext": _JSON}),
-                             max_size=2),
-                    _JSON,
-                )},
-                optional={"securityContext": _JSON, "initContainers": _JSON, "volumes": _JSON,
-                          "shareProcessNamespace": _JSON},
+                {
+                    "containers": st.one_of(
+                        st.lists(
+                            st.fixed_dictionaries(
+                                {"name": st.text(max_size=10)}, optional={"securityContext": _JSON}
+                            ),
+                            max_size=2,
+                        ),
+                        _JSON,
+                    )
+                },
+                optional={
+                    "securityContext": _JSON,
+                    "initContainers": _JSON,
+                    "volumes": _JSON,
+                    "shareProcessNamespace": _JSON,
+                },
             ),
             _JSON,
         ),
@@ -436,8 +509,13 @@ _REVIEW = st.fixed_dictionaries(
                     "resource": st.just({"group": "", "version": "v1", "resource": "pods"}),
                     "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE", "x"]),
                 },
-                optional={"namespace": st.text(max_size=10), "object": st.one_of(_POD, _JSON),
-                          "dryRun": _JSON, "name": _JSON, "subResource": _JSON},
+                optional={
+                    "namespace": st.text(max_size=10),
+                    "object": st.one_of(_POD, _JSON),
+                    "dryRun": _JSON,
+                    "name": _JSON,
+                    "subResource": _JSON,
+                },
             ),
             _JSON,
         ),

@@ -162,7 +162,11 @@ def mount_pki(client: hvac.Client, mount: str, role: str, domain: str) -> str:
 
 
 def enable_approle(
-    client: hvac.Client, policy_name: str, policy_hcl: str, role: str, token_ttl: str = "10m"  # noqa: S107 (a TTL, not a secret)
+    client: hvac.Client,
+    policy_name: str,
+    policy_hcl: str,
+    role: str,
+    token_ttl: str = "10m",  # noqa: S107 (a TTL, not a secret)
 ) -> tuple[str, str]:
     """Write a policy, and an AppRole whose tokens carry it; the role id and a secret id."""
     if "approle/" not in client.sys.list_auth_methods()["data"]:

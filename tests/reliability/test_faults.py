@@ -182,9 +182,7 @@ async def test_vault_stopped_then_restarted(
         assert states <= {LeaseState.ACTIVE, LeaseState.REVOKED, LeaseState.FAILED}
         newcomer_rows = [r for r in rows(broker).values() if r.pod_name == newcomer.pod]
         assert [r.state for r in newcomer_rows] == [LeaseState.FAILED]
-        active = {
-            r.vault_lease_id for r in rows(broker).values() if r.state == LeaseState.ACTIVE
-        }
+        active = {r.vault_lease_id for r in rows(broker).values() if r.state == LeaseState.ACTIVE}
         assert await vault_leases(vault_persistent) == active  # nothing untracked, nothing lost
         again = await issue(broker, mint(kube_clusters["a"]))  # service is back
         assert again.lease.role == ROLE

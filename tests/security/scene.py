@@ -130,9 +130,7 @@ async def broker(
 async def metrics_text(broker: Broker) -> str:
     assert broker.server.metrics_port is not None
     url = f"http://127.0.0.1:{broker.server.metrics_port}/metrics"
-    return await asyncio.to_thread(
-        lambda: urllib.request.urlopen(url, timeout=10).read().decode()
-    )
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
 
 
 def audit_records(broker: Broker) -> list[dict[str, Any]]:

@@ -108,7 +108,8 @@ async def test_an_operator_without_the_cedar_permission(
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert reason(caught.value) == "POLICY_DENIED"
     [record] = [
-        r for r in audit_records(broker)
+        r
+        for r in audit_records(broker)
         if r["decision"] == "deny" and r.get("lease_id") == issued.lease.id
     ]
     assert record["who"] == {"kind": "operator", "name": PLATFORM}
@@ -192,7 +193,8 @@ async def register(broker: Broker, request: clusters_pb2.RegisterClusterRequest)
 
 def registration_denials(broker: Broker, name: str) -> list[dict[str, Any]]:
     return [
-        r for r in audit_records(broker)
+        r
+        for r in audit_records(broker)
         if r["action"] == "clusters.register" and r["decision"] == "deny" and r["cluster"] == name
     ]
 
