@@ -326,6 +326,12 @@ class SchedulerSettings(_Group):
         default=timedelta(seconds=30),
         description="how often roles with a rotation schedule are checked for due leases",
     )
+    store_statistics: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how often the SQLite store's query-planner statistics are refreshed "
+        "(PostgreSQL's autovacuum does its own)",
+    )
+
 
 class AccessSettings(_Group):
     """Just-in-time access grants (AccessService): how long one may last, how long a request

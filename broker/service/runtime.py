@@ -314,6 +314,9 @@ class BrokerRuntime:
             Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
             Periodic("scheduled-rotation", timing.scheduled_rotation, flows.scheduled.run_once),
+            Periodic(
+                "store-statistics", timing.store_statistics, self._refresh_statistics, at_once=False
+            ),
         ]
         if settings.audit.transit_mount is not None:
             jobs.append(
@@ -351,6 +354,9 @@ class BrokerRuntime:
             task = asyncio.get_running_loop().create_task(self.pods.stop())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _refresh_statistics(self) -> bool:
+        return await asyncio.to_thread(self.store.refresh_statistics)
 
     async def checkpoint(self) -> bool:
         """Sign the audit chain's head with Vault transit and keep it in the store, when

@@ -294,18 +294,7 @@ class LeaseRepository:
             return int(session.execute(query).scalar_one())
 
     def list_by_selector(self, selector: Selector, limit: int | None = None) -> list[LeaseRecord]:
-        query = select(LeaseRow).where(LeaseRow.state.in_(selector.states))
-        for column, value in (
-            (LeaseRow.cluster, selector.cluster),
-            (LeaseRow.namespace, selector.namespace),
-            (LeaseRow.service_account, selector.service_account),
-            (LeaseRow.pod_name, selector.pod_name),
-            (LeaseRow.role, selector.role),
-        ):
-            if value is not None:
-                query = query.where(column == value)
-        query = query.order_by(LeaseRow.created_at, LeaseRow.id).limit(limit)
-        return self._list("listing leases", query)
+        return self._list("listing leases", by_selector(selector, limit))
 
     def select_page(
         self, query: LeaseQuery, after: str | None = None, limit: int = DEFAULT_BATCH
@@ -579,3 +568,18 @@ def _live(session: Session, pod_uid: str, credential: str) -> LeaseRow | None:
 def _require_aware(value: datetime | None, field: str) -> None:
     if value is not None and value.tzinfo is None:
         raise InvalidRequest(field, "must be a timezone-aware datetime (UTC)")
+
+
+def by_selector(selector: Selector, limit: int | None = None) -> Select[LeaseRow]:
+    """The leases a selector names, oldest first (ListLeases, the Watch snapshot)."""
+    query = select(LeaseRow).where(LeaseRow.state.in_(selector.states))
+    for column, value in (
+        (LeaseRow.cluster, selector.cluster),
+        (LeaseRow.namespace, selector.namespace),
+        (LeaseRow.service_account, selector.service_account),
+        (LeaseRow.pod_name, selector.pod_name),
+        (LeaseRow.role, selector.role),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    return query.order_by(LeaseRow.created_at, LeaseRow.id).limit(limit)

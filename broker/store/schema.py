@@ -85,6 +85,8 @@ class LeaseRow(Base):
         Index("ix_leases_namespace", "namespace"),
         Index("ix_leases_pod_name", "pod_name"),
         Index("ix_leases_state_rotate", "state", "rotate_requested_at"),
+        Index("ix_leases_cluster_created", "cluster", "created_at", "id"),
+        Index("ix_leases_role_created", "role", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .audit_chain import AuditChainRepository
@@ -23,10 +23,13 @@ from .clock import Clock, utcnow
 from .clusters import ClusterRepository
 from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine
+from .failures import store_errors
 from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
+
+ANALYSIS_ROWS = 1000  # rows ANALYZE samples per index
 
 
 class Store:
@@ -35,6 +38,7 @@ class Store:
     ) -> None:
         self.engine = engine
         sessions = StoreSessions(engine, timeout)
+        self._sessions = sessions
         self.leases = LeaseRepository(sessions, clock)
         self.roles = RoleRepository(sessions, clock)
         self.checkpoints = CheckpointRepository(sessions, clock)
@@ -51,7 +55,22 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock, timeout=settings.timeout)
+        store = cls(engine, clock, timeout=settings.timeout)
+        store.refresh_statistics()
+        return store
+
+    def refresh_statistics(self) -> bool:
+        """Refresh SQLite's query-planner statistics (a sampled ANALYZE, about 10 ms at
+        100,000 leases); False on PostgreSQL, whose autovacuum does its own. Without them
+        SQLite prefers an index that yields the selection's order over a more selective
+        one: a lease page by pod then reads its whole cluster's range (93 ms instead of
+        1 ms at 100,000 leases)."""
+        if self.engine.dialect.name != "sqlite":
+            return False
+        with store_errors("refreshing the planner's statistics"), self._sessions.begin() as session:
+            session.execute(text(f"PRAGMA analysis_limit={ANALYSIS_ROWS}"))
+            session.execute(text("ANALYZE"))
+        return True
 
     def close(self) -> None:
         self.engine.dispose()
