@@ -208,7 +208,7 @@ def _mapped(method: str, subject: str) -> Iterator[None]:
         if code == grpc.StatusCode.UNIMPLEMENTED and method == "Watch":
             raise WatchUnsupported(*args) from exc
         if code in RETRYABLE:
-            raise BrokerUnavailable(*args) from exc
+            raise BrokerUnavailable(*args, retry_after=retry_after) from exc
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise BrokerLimited(*args, retry_after=retry_after) from exc
         raise BrokerRefused(*args) from exc

@@ -5,7 +5,7 @@
     ├── FormatError          a credential cannot be written in the asked format (permanent)
     ├── TokenError           the projected token file cannot be read (retried)
     └── BrokerError
-        ├── BrokerUnavailable    UNAVAILABLE, DEADLINE_EXCEEDED, ... (retried with backoff)
+        ├── BrokerUnavailable    UNAVAILABLE, DEADLINE_EXCEEDED, ... (retried, RetryInfo)
         │   └── BrokerLimited    RESOURCE_EXHAUSTED: a cap or rate limit (retried, RetryInfo)
         ├── WatchUnsupported     Watch answers UNIMPLEMENTED: no push; keep files, retry
         └── BrokerRefused        any other status, with its code and ErrorInfo reason (exit 1)
@@ -45,18 +45,21 @@ class BrokerError(AgentError):
 
 
 class BrokerUnavailable(BrokerError):
-    """The broker could not be reached or asked to retry; the agent retries with backoff."""
-
-
-class BrokerLimited(BrokerUnavailable):
-    """A per-pod or per-cluster cap or rate limit refused the call: wait, then retry."""
+    """The broker could not be reached or asked to retry; the agent retries with backoff,
+    waiting at least the broker's RetryInfo when it sent one."""
 
     def __init__(
         self, message: str, code: str = "", reason: str = "", *, retry_after: float | None = None
     ) -> None:
         super().__init__(message, code, reason)
         self.retry_after = retry_after
-        """The broker's RetryInfo in seconds; None for a cap that frees up only as leases end."""
+        """The broker's RetryInfo in seconds (VAULT_UNAVAILABLE carries one, a rate limit
+        too); None when none was sent (the broker unreachable, a cap that frees up only as
+        leases end)."""
+
+
+class BrokerLimited(BrokerUnavailable):
+    """A per-pod or per-cluster cap or rate limit refused the call: wait, then retry."""
 
 
 class WatchUnsupported(BrokerError):

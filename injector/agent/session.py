@@ -2,10 +2,11 @@
 mode) hold Watch — swapping files on Rotated, signalling the app, Acking — until stopped, and
 release every lease on the way out.
 
-Retry rules: a broker that is away (BrokerUnavailable), a cap or rate limit (BrokerLimited,
-after at least its RetryInfo), a token not there yet (TokenError) and a Watch the broker does
-not serve yet (WatchUnsupported) are retried with full-jitter backoff, keeping the files
-already written. A refusal (BrokerRefused) or an unwritable format (FormatError) during
+Retry rules: a broker that is away or cannot serve now (BrokerUnavailable: unreachable, or
+UNAVAILABLE because its Vault is down), a cap or rate limit (BrokerLimited), a token not there
+yet (TokenError) and a Watch the broker does not serve yet (WatchUnsupported) are retried
+with full-jitter backoff, never sooner than the broker's RetryInfo when it sent one, keeping
+the files already written. A refusal (BrokerRefused) or an unwritable format (FormatError) during
 Issue stops the agent with exit 1 and a clear error; it is not retried, so the pod shows a
 crash-looping agent instead of a silently waiting one.
 
@@ -41,7 +42,6 @@ from .backoff import Backoff
 from .client import Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
 from .errors import (
     BrokerError,
-    BrokerLimited,
     BrokerRefused,
     BrokerUnavailable,
     TokenError,
@@ -126,9 +126,7 @@ class AgentSession:
             try:
                 issued = await self.broker.issue(request.name, request.role)
             except (BrokerUnavailable, TokenError) as exc:
-                delay = backoff.next_delay()
-                if isinstance(exc, BrokerLimited) and exc.retry_after is not None:
-                    delay = max(delay, exc.retry_after)
+                delay = _at_least_hint(backoff.next_delay(), exc)
                 log.warning(
                     "issue.retry",
                     credential=request.name,
@@ -161,6 +159,7 @@ class AgentSession:
                 await self._issue_expired()
             acks: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
             events = 0
+            failure: Exception | None = None
             try:
                 async for event in self.broker.watch(acks):
                     events += 1
@@ -177,7 +176,8 @@ class AgentSession:
                 await self._refused(exc)
             except (BrokerError, TokenError) as exc:
                 log.warning("watch.failed", error=str(exc), code=getattr(exc, "code", ""))
-            delay = self.backoff.next_delay()
+                failure = exc
+            delay = _at_least_hint(self.backoff.next_delay(), failure)
             log.info("watch.reconnect", retry_in=round(delay, 3))
             await self.sleep(delay)
 
@@ -321,6 +321,13 @@ class AgentSession:
                 log.info("lease.released", **fields)
             else:
                 log.error("lease.release_failed", error=failure, **fields)
+
+
+def _at_least_hint(delay: float, error: Exception | None) -> float:
+    """The backoff's `delay`, or the broker's RetryInfo when that is longer."""
+    if isinstance(error, BrokerUnavailable) and error.retry_after is not None:
+        return max(delay, error.retry_after)
+    return delay
 
 
 def _aware(moment: datetime | None) -> datetime | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,11 +40,30 @@ class Draw:
     at: float
 
 
+@dataclass(frozen=True)
+class Wait:
+    """One sleep an agent took (a retry's wait, or its once-a-second expiry check)."""
+
+    agent: int
+    seconds: float
+    at: float
+
+
 @dataclass
 class Agents:
-    """The agents of one test and every backoff draw they made."""
+    """The agents of one test, every backoff draw they made and every wait they took."""
 
     draws: list[Draw] = field(default_factory=list)
+    waits: list[Wait] = field(default_factory=list)
+
+    def sleep(self, agent: int) -> Callable[[float], Awaitable[None]]:
+        """The agent's real sleep, observed."""
+
+        async def wait(seconds: float) -> None:
+            self.waits.append(Wait(agent, seconds, time.monotonic()))
+            await asyncio.sleep(seconds)
+
+        return wait
 
     def uniform(self, agent: int) -> Callable[[float, float], float]:
         """The agent's real random source, observed."""
@@ -66,6 +85,7 @@ class PodAgent:
     ca_pem: str
     backoff: Backoff
     reconnect_cap: float
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     session: AgentSession | None = None
     client: BrokerClient | None = None
 
@@ -77,7 +97,7 @@ class PodAgent:
             Path(self.spec.token_path),
             reconnect_cap=self.reconnect_cap,
         )
-        self.session = AgentSession(self.spec, self.client, backoff=self.backoff)
+        self.session = AgentSession(self.spec, self.client, backoff=self.backoff, sleep=self.sleep)
         return self.session
 
     async def crash(self) -> None:
@@ -127,6 +147,7 @@ def pod_agents(
                 spec.broker_ca_pem or "",
                 Backoff(base=base, cap=cap, uniform=uniform),
                 reconnect_cap=cap,
+                sleep=record.sleep(number) if record is not None else asyncio.sleep,
             )
         )
     return made

@@ -102,13 +102,16 @@ def scene_broker(
     *,
     policies: tuple[Path, ...] = (),
     limits: dict[str, Any] | None = None,
+    renewal: dict[str, Any] | None = None,
+    ttl: str = "5m",
 ) -> BrokerThread:
     """A broker in a thread on the bed: its AppRole, role orders-db-ro's PostgreSQL mount
-    (with the connection in the catalog), the audit transit key, docs/examples' policies
-    plus `policies`, and `limits` over the test defaults. Other engines are the caller's."""
+    (with the connection in the catalog; Vault's default lease TTL `ttl`), the audit
+    transit key, docs/examples' policies plus `policies`, and `limits` and `renewal` over
+    the test defaults. Other engines are the caller's."""
     root: hvac.Client = vault.client()
     approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
-    mount_postgres(root, postgres, MOUNT, "ro")
+    mount_postgres(root, postgres, MOUNT, "ro", default_ttl=ttl)
     enable(root, "transit", TRANSIT_MOUNT)
     root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
     TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
@@ -116,6 +119,8 @@ def scene_broker(
     data["policies"] += [str(path) for path in policies]
     data["roles"] = str(role_catalog(folder, postgres))
     data["limits"] |= limits or {}
+    if renewal is not None:
+        data["renewal"] = renewal
     return BrokerThread(data, folder)
 
 
@@ -131,6 +136,15 @@ class BrokerThread:
     def call(self, coroutine: Any) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout=60)
+
+    def streams(self) -> int:
+        """How many Watch streams the broker serves now."""
+        hub = self.broker.server.runtime.flows.hub
+
+        async def count() -> int:
+            return hub.stream_count()
+
+        return int(self.call(count()))
 
     def stop(self) -> None:
         self.call(self.broker.server.stop(1))

@@ -53,6 +53,7 @@ def mount_postgres(
     *,
     creation: str = PG_CREATE,
     revocation: str | None = None,
+    default_ttl: str = "5m",
 ) -> None:
     enable(client, "database", mount)
     client.secrets.database.configure(
@@ -70,7 +71,7 @@ def mount_postgres(
         db_name="pg",
         creation_statements=[creation],
         revocation_statements=[revocation] if revocation else None,
-        default_ttl="5m",
+        default_ttl=default_ttl,
         max_ttl="1h",
         mount_point=mount,
     )

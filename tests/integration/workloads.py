@@ -94,3 +94,14 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
             detail.Unpack(info)
             return info
     raise AssertionError("no ErrorInfo in the status")
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """The RetryInfo delay of a refused call, in seconds; None when it carries none."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None

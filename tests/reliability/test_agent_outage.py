@@ -52,15 +52,6 @@ def broker(
     vault.client().sys.disable_secrets_engine(MOUNT)
 
 
-def streams(broker: BrokerThread) -> int:
-    hub = broker.broker.server.runtime.flows.hub
-
-    async def count() -> int:
-        return hub.stream_count()
-
-    return int(broker.call(count()))
-
-
 async def until(probe: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + WAIT_SECONDS
     while not probe():
@@ -89,13 +80,13 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
     await asyncio.gather(*(session.start() for session in sessions))
     holding = [asyncio.ensure_future(session.hold()) for session in sessions]
     try:
-        await until(lambda: streams(broker) == AGENTS, "every agent watching")
+        await until(lambda: broker.streams() == AGENTS, "every agent watching")
         files = {a.number: (Path(a.spec.directory) / "db").read_bytes() for a in agents}
         record.draws.clear()
 
         await proxy.away()
         away_at = time.monotonic()
-        await until(lambda: streams(broker) == 0, "the broker seeing every stream gone")
+        await until(lambda: broker.streams() == 0, "the broker seeing every stream gone")
         await until(
             lambda: all(
                 sum(d.agent == a.number and d.ceiling == CAP for d in record.draws) >= AT_CAP
@@ -106,7 +97,7 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
         back_at = time.monotonic()
         during = [draw for draw in record.draws if draw.at < back_at]
         await proxy.up()
-        await until(lambda: streams(broker) == AGENTS, "every agent watching again")
+        await until(lambda: broker.streams() == AGENTS, "every agent watching again")
     finally:
         for task in holding:
             task.cancel()

@@ -2,11 +2,12 @@
 cluster's API server unreachable. Each ends by counting keyferry's leases in Vault against
 the store: nothing handed out is untracked, nothing queued is lost.
 
-- Vault: the persistent server (leases survive its restart) is stopped for a short outage —
-  the issue's 60 s scaled down to OUTAGE seconds; what matters is that calls arrive while it
-  is down, not how long it stays down. Callers get UNAVAILABLE with a RetryInfo hint; a
-  Release and a pod deletion during the outage are queued, and complete once it is back;
-  no lease is declared irrevocable.
+- Vault: the persistent server (leases survive its restart) is stopped for OUTAGE seconds
+  (10 s; KEYFERRY_FAULT_SCALE=full: the issue's 60 s); what matters is that calls arrive
+  while it is down. Callers get UNAVAILABLE with a RetryInfo hint; a Release and a pod
+  deletion during the outage are queued, and complete once it is back; no lease is
+  declared irrevocable. The agents' side (files kept, renewals due during the outage done
+  after it) is tests/reliability/test_vault_outage_agents.py.
 - Audit sink: the log's folder is replaced by a file before the broker's first record (a
   volume that is gone); every request is refused, none is served unaudited, and Vault
   holds no new lease. Service resumes when the folder is back.
@@ -33,8 +34,6 @@ import hvac
 import psycopg
 import pytest
 import yaml
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from pydantic import SecretStr
 
 from broker.api.v1 import broker_pb2
@@ -61,21 +60,12 @@ from tests.integration.test_issue import (
     refused,
     start_broker,
 )
-from tests.integration.workloads import bearer, broker_stub, error_info, mint
+from tests.integration.workloads import bearer, broker_stub, error_info, mint, retry_delay
+from tests.reliability.scale import pick
 
 pytestmark = pytest.mark.bed
-OUTAGE = 10.0  # seconds Vault stays down (the issue's 60 s, scaled)
+OUTAGE = pick(10.0, 60.0)  # seconds Vault stays down (full scale: the issue's 60 s)
 UNTIL = 60.0  # bound of every poll; never asserted
-
-
-def retry_delay(error: grpc.RpcError) -> float | None:
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return float(info.retry_delay.ToTimedelta().total_seconds())
-    return None
 
 
 def rows(broker: Broker) -> dict[str, Any]:

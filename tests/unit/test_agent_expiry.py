@@ -242,3 +242,43 @@ async def test_a_limit_is_waited_out_for_at_least_its_retry_info(tmp_path: Path)
     assert starting.done()
     assert time.slept == [7]
     assert (tmp_path / "db").exists()
+
+
+async def test_vault_down_is_waited_out_for_at_least_its_retry_info_keeping_the_files(
+    tmp_path: Path,
+) -> None:
+    """The broker answers UNAVAILABLE (VAULT_UNAVAILABLE) with a RetryInfo longer than the
+    agent's own backoff: Issue and Watch are retried no sooner than the hint, the file and
+    readiness stay, and the agent does not stop."""
+    time = VirtualTime()
+    broker = Broker(time)
+
+    def vault_down(method: str) -> BrokerUnavailable:
+        message = f"Broker.{method}: UNAVAILABLE: Vault did not answer"
+        return BrokerUnavailable(message, "UNAVAILABLE", "VAULT_UNAVAILABLE", retry_after=7)
+
+    broker.issue_errors = [vault_down("Issue")]
+    agent = session(tmp_path, broker, time)
+    starting = asyncio.ensure_future(agent.start())
+    await time.advance(6.9)  # the backoff alone (base 1 s) would have tried again by now
+    assert not starting.done()
+    assert broker.issues == 1
+    await time.advance(0.2)
+    assert starting.done()
+    assert time.slept == [7]
+    written = (tmp_path / "db").read_bytes()
+
+    broker.watch_error = vault_down("Watch")
+    holding = asyncio.ensure_future(agent.hold())
+    try:
+        await time.advance(6.9)
+        assert broker.watches == 1  # not again before the hint
+        await time.advance(0.2)
+        assert broker.watches == 2
+        await time.advance(40)  # well within the credential's end
+        assert not holding.done()  # still running, not stopped
+        assert broker.watches <= 1 + 47 // 7
+        assert (tmp_path / "db").read_bytes() == written
+        assert ready(tmp_path) == EXIT_OK
+    finally:
+        holding.cancel()

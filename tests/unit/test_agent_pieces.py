@@ -1,15 +1,24 @@
-"""The agent's small parts: backoff, the spec, check, token reading, and finding the app's
-processes in a fake /proc laid out as a shared-PID-namespace pod."""
+"""The agent's small parts: backoff, the spec, check, token reading, finding the app's
+processes in a fake /proc laid out as a shared-PID-namespace pod, and gRPC failures mapped
+to the agent's errors with the broker's ErrorInfo and RetryInfo."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from injector.agent.backoff import Backoff
-from injector.agent.errors import SpecError, TokenError
+from injector.agent.client import _mapped
+from injector.agent.errors import (
+    BrokerLimited,
+    BrokerUnavailable,
+    SpecError,
+    TokenError,
+)
 from injector.agent.main import check
 from injector.agent.procs import app_processes
 from injector.agent.spec import load_spec
@@ -98,3 +107,27 @@ def test_app_processes_are_other_containers_first_processes(tmp_path: Path) -> N
     _proc(tmp_path, 30, 0, "app2", "redis")  # a second app container
     (tmp_path / "self").mkdir()
     assert app_processes(tmp_path, self_pid=10) == [20, 30]
+
+
+def rich_error(code: grpc.StatusCode, reason: str, retry_ms: int) -> grpc.aio.AioRpcError:
+    """An error as the broker sends it: status details with ErrorInfo and RetryInfo."""
+    message = f"{reason}: try again later"
+    status = status_pb2.Status(code=code.value[0], message=message)
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain="keyferry"))
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromMilliseconds(retry_ms)
+    status.details.add().Pack(retry)
+    trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=message)
+
+
+def test_unavailable_keeps_the_brokers_retry_info() -> None:
+    with pytest.raises(BrokerUnavailable) as vault_down, _mapped("Issue", "db"):
+        raise rich_error(grpc.StatusCode.UNAVAILABLE, "VAULT_UNAVAILABLE", 2000)
+    assert not isinstance(vault_down.value, BrokerLimited)
+    assert (vault_down.value.code, vault_down.value.reason) == ("UNAVAILABLE", "VAULT_UNAVAILABLE")
+    assert vault_down.value.retry_after == 2.0
+
+    with pytest.raises(BrokerLimited) as limited, _mapped("Issue", "db"):
+        raise rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 1500)
+    assert limited.value.retry_after == 1.5
