@@ -113,23 +113,33 @@ class RotationFlow:
         grace: timedelta | None,
         request_id: str,
     ) -> list[Rotation]:
-        """Rotate every lease named; all are found and decided before any is rotated."""
+        """Rotate every lease named, `rotation.concurrency` at a time, answering in the
+        order named; all are found and decided before any is rotated. The first failure
+        is raised once the rotations under way have finished; none starts after it."""
         grace = self._check_grace(grace)
         if not lease_ids or len(lease_ids) > MAX_LEASES:
             raise InvalidRequest("lease_ids", f"give between 1 and {MAX_LEASES} lease ids")
         leases = []
+        first: dict[str, int] = {}
         for index, lease_id in enumerate(lease_ids):
             if not lease_id:
                 raise InvalidRequest(f"lease_ids[{index}]", "is empty: give a lease id")
+            if lease_id in first:
+                repeated = f"repeats lease_ids[{first[lease_id]}]: name each lease once"
+                raise InvalidRequest(f"lease_ids[{index}]", repeated)
+            first[lease_id] = index
             leases.append(await self._run(self._leases.get, lease_id))
         for lease in leases:
             await self._decide(operator, lease, request_id)
-        rotations = []
         who = operator_principal(operator)
-        for index, lease in enumerate(leases):
+
+        async def step(item: tuple[int, LeaseRecord]) -> tuple[int, Rotation]:
+            index, lease = item
             field = f"lease_ids[{index}]"
-            rotations.append(await self._rotate_one(who, field, lease, grace, request_id))
-        return rotations
+            return index, await self._rotate_one(who, field, lease, grace, request_id)
+
+        rotated = [r async for r in run_batched(list(enumerate(leases)), self._concurrency, step)]
+        return [rotation for _, rotation in sorted(rotated, key=lambda pair: pair[0])]
 
     async def rotate_selected(
         self,
@@ -176,20 +186,22 @@ class RotationFlow:
 
     async def resume(self) -> int:
         """The rotation queue's pass: rotate the requested leases no running call holds
-        (a broker that died part-way, a client that went away); how many were rotated."""
+        (a broker that died part-way, a client that went away), `rotation.concurrency` at
+        a time, those asked with the same grace together; how many were rotated."""
         before = self._clock() - self._resume_after
         requests = await self._run(self._leases.rotation_requests, before)
-        todo = [r for r in requests if r.lease.id not in self._claimed]
+        by_grace: dict[timedelta, list[Selected]] = {}
+        for request in requests:
+            if request.lease.id in self._claimed:
+                continue
+            seconds = request.grace_seconds
+            grace = self._grace if seconds is None else timedelta(seconds=seconds)
+            by_grace.setdefault(grace, []).append(Selected(request.lease, None))
+        who = system_principal(SYSTEM_JOB)
         done = 0
-        for request in todo:
-            grace = (
-                timedelta(seconds=request.grace_seconds)
-                if request.grace_seconds is not None
-                else self._grace
-            )
-            chosen = [Selected(request.lease, None)]
-            who = system_principal(SYSTEM_JOB)
-            async for progress in self._rotate_many(who, chosen, grace, 1, uuid.uuid4().hex):
+        for grace, chosen in by_grace.items():
+            workers, request_id = self._concurrency, uuid.uuid4().hex
+            async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
                 done += progress.outcome is not Outcome.FAILED
         return done
 

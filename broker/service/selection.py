@@ -26,6 +26,7 @@ from .auditing import AuditTrail, operator_principal
 from .resources import lease_resource
 
 T = TypeVar("T")
+R = TypeVar("R")
 PAGE = 500
 MAX_CONCURRENCY = 64
 MAX_VALUES = 1000
@@ -272,8 +273,8 @@ async def audit_selector(
 
 
 async def run_batched(
-    items: Sequence[T], workers: int, step: Callable[[T], Awaitable[LeaseProgress]]
-) -> AsyncGenerator[LeaseProgress]:
+    items: Sequence[T], workers: int, step: Callable[[T], Awaitable[R]]
+) -> AsyncGenerator[R]:
     """`step` over every item, at most `workers` at once; progress in the order they finish.
 
     When the consumer goes away (the client cancelled, the broker stops), no further item
@@ -281,7 +282,7 @@ async def run_batched(
     leave a pending row and an unrecorded Vault lease for reconcile to clear up.
     """
     todo = iter(items)
-    results: asyncio.Queue[LeaseProgress | BaseException] = asyncio.Queue()
+    results: asyncio.Queue[R | BaseException] = asyncio.Queue()
     stopped = asyncio.Event()
 
     async def work() -> None:

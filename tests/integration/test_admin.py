@@ -196,6 +196,29 @@ async def test_security_may_rotate_platform_may_not_and_both_are_audited_by_name
     ]
 
 
+async def test_rotate_leases_answers_in_the_order_named_and_refuses_a_repeated_id(
+    broker: Broker, kube_clusters: dict[str, KubeCluster]
+) -> None:
+    """RotateLeases rotates `rotation.concurrency` at a time, yet each rotation comes back
+    at the place its lease was named; a lease named twice is refused before anything
+    rotates."""
+    leases = [(await issue(broker, mint(kube_clusters["a"]))).lease for _ in range(5)]
+    named = [leases[i].id for i in (3, 0, 4, 1, 2)]
+    async with broker.admin_channel(SECURITY) as channel:
+        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as repeated:
+            await stub.RotateLeases(
+                rotation_pb2.RotateLeasesRequest(lease_ids=[named[0], named[1], named[0]])
+            )
+        reply = await stub.RotateLeases(rotation_pb2.RotateLeasesRequest(lease_ids=named))
+    assert repeated.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "lease_ids[2]" in (repeated.value.details() or "")
+    assert "lease_ids[0]" in (repeated.value.details() or "")
+    assert [r.previous_lease_id for r in reply.rotations] == named
+    assert all(r.lease.generation == 2 for r in reply.rotations)
+    assert len({r.lease.id for r in reply.rotations}) == len(named)
+
+
 # --- keyferry admin init -> keyferry roles ------------------------------------------------------
 
 

@@ -64,7 +64,7 @@ class RotateLeasesRequest(_message.Message):
     GRACE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lease_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of active leases (Lease.id as Issue returned it), at most 100."""
+        """Ids of active leases (Lease.id as Issue returned it), at most 100, each named once."""
 
     @_builtins.property
     def grace(self) -> _duration_pb2.Duration:

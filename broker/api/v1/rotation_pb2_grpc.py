@@ -72,7 +72,8 @@ class RotationServiceServicer:
     """
 
     def RotateLeases(self, request, context):
-        """RotateLeases rotates every lease named; all are checked before any is rotated.
+        """RotateLeases rotates every lease named, rotation.concurrency at a time; all are
+        checked before any is rotated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,9 @@ class RotationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RotationServiceAsyncStub: ...
     RotateLeases: _grpc.UnaryUnaryMultiCallable[_rotation_pb2.RotateLeasesRequest, _rotation_pb2.RotateLeasesResponse]
-    """RotateLeases rotates every lease named; all are checked before any is rotated."""
+    """RotateLeases rotates every lease named, rotation.concurrency at a time; all are
+    checked before any is rotated.
+    """
     RotateSelected: _grpc.UnaryStreamMultiCallable[_rotation_pb2.RotateSelectedRequest, _rotation_pb2.RotateSelectedResponse]
     """RotateSelected rotates every active lease the selector matches: the plan first
     (how many matched), then one message per lease as it finishes, then the summary.
@@ -67,7 +69,9 @@ class RotationServiceAsyncStub(RotationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RotateLeases: _aio.UnaryUnaryMultiCallable[_rotation_pb2.RotateLeasesRequest, _rotation_pb2.RotateLeasesResponse]  # type: ignore[assignment]
-    """RotateLeases rotates every lease named; all are checked before any is rotated."""
+    """RotateLeases rotates every lease named, rotation.concurrency at a time; all are
+    checked before any is rotated.
+    """
     RotateSelected: _aio.UnaryStreamMultiCallable[_rotation_pb2.RotateSelectedRequest, _rotation_pb2.RotateSelectedResponse]  # type: ignore[assignment]
     """RotateSelected rotates every active lease the selector matches: the plan first
     (how many matched), then one message per lease as it finishes, then the summary.
@@ -97,7 +101,9 @@ class RotationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _rotation_pb2.RotateLeasesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_rotation_pb2.RotateLeasesResponse, _abc.Awaitable[_rotation_pb2.RotateLeasesResponse]]:
-        """RotateLeases rotates every lease named; all are checked before any is rotated."""
+        """RotateLeases rotates every lease named, rotation.concurrency at a time; all are
+        checked before any is rotated.
+        """
 
     @_abc_1.abstractmethod
     def RotateSelected(
