@@ -73,9 +73,10 @@ def _no_nul(name: str, fmt: str, values: Values) -> None:
 def _need(name: str, fmt: str, values: Values, *keys: str) -> None:
     missing = [k for k in keys if k not in values]
     if missing:
+        present = ", ".join(repr(key) for key in sorted(values)) or "nothing"
         raise FormatError(
             f"credential {name!r} has no {', '.join(missing)} for format {fmt} "
-            f"(it has: {', '.join(sorted(values)) or 'nothing'}); ask for another "
+            f"(it has: {present}); ask for another "
             f"keyferry.io/format.{name}, such as json"
         )
 

@@ -128,7 +128,7 @@ def test_env_refuses_two_keys_that_become_one_variable() -> None:
 
 
 def test_a_format_without_its_keys_says_what_the_credential_has() -> None:
-    with pytest.raises(FormatError, match=r"has no username, password .*it has: color"):
+    with pytest.raises(FormatError, match=r"has no username, password .*it has: 'color'"):
         render(FileFormat.DSN, "cfg", {"color": "blue"})
 
 
