@@ -310,6 +310,11 @@ class SchedulerSettings(_Group):
         default=timedelta(minutes=10),
         description="longest wait between retries of a revocation (retries never stop)",
     )
+    vault_token: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how often each replica checks its own Vault token and renews it once "
+        "2/3 of its TTL has passed (leases die with the token that created them)",
+    )
     jwks_refresh: Duration = Field(
         default=timedelta(minutes=5),
         description="how often registered clusters' JWKS are fetched anew",

@@ -70,6 +70,12 @@ class VaultClient:
                 raise
             raise error from exc
 
+    async def keep_token(self) -> None:
+        """Renew (or log in again for) the broker's own token when it is due, whether or
+        not anything else needs Vault: Vault revokes every lease a token created when that
+        token expires, so a broker idle for its token's TTL would lose them all."""
+        await self.call(lambda client: None)
+
     async def read(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return _body(await self.call(lambda c: c.adapter.get(f"/v1/{path}", params=params)))
 

@@ -1,9 +1,10 @@
 """The broker's own Vault token: log in with AppRole, renew before expiry, log in again when
 renewal cannot help (the token hit its max TTL, or Vault forgot it after a restart).
 
-`TokenKeeper.ensure` runs on the Vault thread pool right before each call, so the token is
-fresh whenever it is used and no timer is needed; a lock keeps concurrent calls from
-logging in twice.
+`TokenKeeper.ensure` runs on the Vault thread pool right before each call, and every
+`scheduler.vault_token` on each replica (`VaultClient.keep_token`): Vault revokes every lease
+a token created when that token expires, so a token renewed only when used would take all
+of an idle broker's leases with it. A lock keeps concurrent calls from logging in twice.
 """
 
 from __future__ import annotations

@@ -189,6 +189,7 @@ class BrokerRuntime:
         scheduler = JobScheduler(
             [
                 Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
+                Periodic("vault-token", timing.vault_token, vault.keep_token, leader_only=False),
                 Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
             ],
             leadership_for(settings.store),
