@@ -30,6 +30,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ from tests.bed.vault import VaultServer
 from tests.e2e.agents import PodAgent, pod_agents
 from tests.e2e.pods import dsn_values, live_leases, live_leases_all, vault_leases
 from tests.e2e.scene import BrokerThread, scene_broker
+from tests.integration.engines import set_lease_ttl
 from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
 
@@ -56,6 +58,10 @@ CHECK_SECONDS = pick(0.5, 60.0)
 CLUSTER_CAP, BURST = pick((24, 30), (120, 160))
 BACKOFF = (0.05, 0.5)
 WAIT_SECONDS = pick(60.0, 300.0)
+LEASE_TTL = pick(None, "1h")
+"""The role's lease lifetime, when the bed's 5 minutes would end inside the loop: a pod
+that never holds Watch is not renewed, so its leases run out at their TTL, and what happens
+then is not what this module measures (see docs/injector.md, "Not done yet")."""
 pytestmark = [pytest.mark.bed, pytest.mark.timeout(pick(600, 2400))]
 
 
@@ -69,6 +75,8 @@ def broker(
     folder = tmp_path_factory.mktemp("leases-broker")
     limits = {"per_cluster": CLUSTER_CAP}
     running = scene_broker(folder, vault, postgres, kube_clusters, limits=limits)
+    if LEASE_TTL is not None:
+        set_lease_ttl(vault.client(), MOUNT, LEASE_TTL, LEASE_TTL)
     yield running
     running.stop()
     vault.client().sys.disable_secrets_engine(MOUNT)
@@ -192,6 +200,8 @@ async def test_crash_looping_agents_hold_one_lease_per_credential_each(
     assert new_in_vault == in_store, "a Vault lease the store does not know, or the reverse"
     assert len(new_in_vault) == len(CREDENTIALS) * PODS
     assert ledger.peak <= len(CREDENTIALS) * PODS
+    now = datetime.now(UTC)  # the premise: no lease reached its end during the loop
+    assert all(lease.expires_at is None or lease.expires_at > now for lease in ledger.leases())
     assert min(deaths) >= (DEATHS or 1)
 
     for session in sessions:

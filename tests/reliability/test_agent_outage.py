@@ -24,6 +24,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.e2e.agents import Agents, Proxy, pod_agents
 from tests.e2e.scene import BrokerThread, scene_broker
+from tests.integration.engines import set_lease_ttl
 from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
 
@@ -44,6 +46,9 @@ AT_CAP = pick(10, 15)
 WAIT_SECONDS = pick(60.0, 300.0)
 """Longest wait for one step (streams gone, all watching again) before the test fails; at
 production's backoff an agent may wait a whole cap and then its channel's reconnect."""
+LEASE_TTL = pick(None, "1h")
+"""The role's lease lifetime when the bed's 5 minutes would not outlive the full outage:
+this module measures the backoff, so the credentials must outlive the outage (asserted)."""
 pytestmark = [pytest.mark.bed, pytest.mark.timeout(pick(600, 1800))]
 
 
@@ -55,6 +60,8 @@ def broker(
     kube_clusters: dict[str, KubeCluster],
 ) -> Iterator[BrokerThread]:
     running = scene_broker(tmp_path_factory.mktemp("outage-broker"), vault, postgres, kube_clusters)
+    if LEASE_TTL is not None:
+        set_lease_ttl(vault.client(), MOUNT, LEASE_TTL, LEASE_TTL)
     yield running
     running.stop()
     vault.client().sys.disable_secrets_engine(MOUNT)
@@ -107,6 +114,8 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
         )
         back_at = time.monotonic()
         during = [draw for draw in record.draws if draw.at < back_at]
+        ends = [held.expires_at for s in sessions for held in s.held.values()]
+        assert all(end is None or end > datetime.now(UTC) for end in ends), "lease ended"
         await proxy.up()
         await until(lambda: broker.streams() == AGENTS, "every agent watching again")
         returned = time.monotonic() - back_at
