@@ -77,20 +77,6 @@ def mount_postgres(
     )
 
 
-def set_lease_ttl(
-    client: hvac.Client, mount: str, default_ttl: str, max_ttl: str, role: str = "ro"
-) -> None:
-    """Give the PostgreSQL role that `mount_postgres` made other lease lifetimes."""
-    client.secrets.database.create_role(
-        name=role,
-        db_name="pg",
-        creation_statements=[PG_CREATE],
-        default_ttl=default_ttl,
-        max_ttl=max_ttl,
-        mount_point=mount,
-    )
-
-
 def mount_mariadb(client: hvac.Client, db: MariaDBServer, mount: str, role: str = "ro") -> None:
     enable(client, "database", mount)
     client.secrets.database.configure(

@@ -42,7 +42,6 @@ from tests.bed.vault import VaultServer
 from tests.e2e.agents import PodAgent, pod_agents
 from tests.e2e.pods import dsn_values, live_leases, live_leases_all, vault_leases
 from tests.e2e.scene import BrokerThread, scene_broker
-from tests.integration.engines import set_lease_ttl
 from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
 
@@ -58,7 +57,7 @@ CHECK_SECONDS = pick(0.5, 60.0)
 CLUSTER_CAP, BURST = pick((24, 30), (120, 160))
 BACKOFF = (0.05, 0.5)
 WAIT_SECONDS = pick(60.0, 300.0)
-LEASE_TTL = pick(None, "1h")
+LEASE_TTL = pick("5m", "1h")
 """The role's lease lifetime, when the bed's 5 minutes would end inside the loop: a pod
 that never holds Watch is not renewed, so its leases run out at their TTL, and what happens
 then is not what this module measures (see docs/injector.md, "Not done yet")."""
@@ -74,9 +73,7 @@ def broker(
 ) -> Iterator[BrokerThread]:
     folder = tmp_path_factory.mktemp("leases-broker")
     limits = {"per_cluster": CLUSTER_CAP}
-    running = scene_broker(folder, vault, postgres, kube_clusters, limits=limits)
-    if LEASE_TTL is not None:
-        set_lease_ttl(vault.client(), MOUNT, LEASE_TTL, LEASE_TTL)
+    running = scene_broker(folder, vault, postgres, kube_clusters, limits=limits, ttl=LEASE_TTL)
     yield running
     running.stop()
     vault.client().sys.disable_secrets_engine(MOUNT)
