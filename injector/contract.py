@@ -12,7 +12,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from broker.models.roles import ROLE_NAME_PATTERN
 
@@ -30,6 +30,24 @@ The sidecar's startupProbe runs exactly this, so the app starts after its creden
 
 FILE_MODE = 0o440
 """Owner and group read; see docs/injector.md for who the owner and the group are."""
+
+BACKOFF_BASE_SECONDS: Final = 1.0
+BACKOFF_CAP_SECONDS: Final = 30.0
+"""The agent's retry backoff (full jitter): the first ceiling, doubling up to the cap. The cap
+also bounds the gRPC channel's own reconnect backoff."""
+BACKOFF_MAX_SECONDS: Final = 3600.0
+
+BackoffSeconds = Annotated[float, Field(gt=0, le=BACKOFF_MAX_SECONDS)]
+
+
+def check_backoff(base: float, cap: float) -> None:
+    """ValueError naming both fields when the cap is below the base."""
+    if cap < base:
+        raise ValueError(
+            f"backoff_cap_seconds ({cap:g}) is below backoff_base_seconds ({base:g}); "
+            "the cap must be at least the base"
+        )
+
 
 CREDENTIAL_NAME_MAX = 48
 CREDENTIAL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
@@ -97,3 +115,12 @@ class AgentSpec(BaseModel):
     credentials: tuple[CredentialRequest, ...] = Field(min_length=1)
     on_rotate: Signal | None = None
     """None: no signal; the app re-reads its files itself."""
+    backoff_base_seconds: BackoffSeconds = BACKOFF_BASE_SECONDS
+    backoff_cap_seconds: BackoffSeconds = BACKOFF_CAP_SECONDS
+    """The retry backoff (the webhook's `agent.backoff_*_seconds`); absent in a spec written
+    before they existed, which therefore gets the defaults."""
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> AgentSpec:
+        check_backoff(self.backoff_base_seconds, self.backoff_cap_seconds)
+        return self

@@ -45,8 +45,8 @@ def _configure_logging() -> None:
     epilog=(
         "Examples:\n\n"
         "  KEYFERRY_AGENT_SPEC='{...}' keyferry agent run   # as the webhook injects it\n\n"
-        "The spec (broker address and CA, credentials, formats, paths) comes from the webhook; "
-        "see docs/injector.md. No credential value is ever logged.\n\n"
+        "The spec (broker address and CA, credentials, formats, paths, retry backoff) comes "
+        "from the webhook; see docs/injector.md. No credential value is ever logged.\n\n"
         "Exit codes: 0 stopped by SIGTERM, every lease released; 1 a credential could not be "
         "issued or written; 2 the spec is invalid."
     ),

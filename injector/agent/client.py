@@ -17,6 +17,7 @@ from grpc_status import rpc_status
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
+from injector.contract import BACKOFF_CAP_SECONDS
 
 from .errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchUnsupported
 from .token import read_token
@@ -26,10 +27,11 @@ if TYPE_CHECKING:
 
 CALL_TIMEOUT = 20.0
 """Seconds for Issue and Release; the broker itself waits up to 15 s for a pending lease."""
-RECONNECT_CAP = 30.0
-"""The channel's own reconnect backoff ceiling, in seconds. gRPC's default is 120 s: after a
-long broker outage the channel could sit out two minutes more before even trying, whatever
-the agent's own backoff says. The agent's backoff cap is the same 30 s."""
+RECONNECT_CAP = BACKOFF_CAP_SECONDS
+"""The channel's own reconnect backoff ceiling, in seconds: the agent passes its own backoff
+cap (the spec's `backoff_cap_seconds`, default 30 s). gRPC's default is 120 s: after a long
+broker outage the channel could sit out two minutes more before even trying, whatever the
+agent's own backoff says."""
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -94,6 +96,7 @@ class BrokerClient:
         *,
         reconnect_cap: float = RECONNECT_CAP,
     ) -> None:
+        self.reconnect_cap = reconnect_cap
         root = ca_pem.encode() if ca_pem else None
         options = [
             ("grpc.initial_reconnect_backoff_ms", int(min(1.0, reconnect_cap) * 1000)),

@@ -11,8 +11,9 @@ writes are atomic anyway), then every lease is released and the exit code is 0.
 from __future__ import annotations
 
 import asyncio
+import random
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,12 @@ import structlog
 
 from injector.contract import AgentSpec
 
+from .backoff import Backoff
 from .errors import AgentError, BrokerError
 from .spec import load_spec
 
 if TYPE_CHECKING:
+    from .client import BrokerClient
     from .session import AgentSession
 
 log = structlog.get_logger("keyferry.agent")
@@ -52,19 +55,33 @@ def run(environ: Mapping[str, str]) -> int:
     return asyncio.run(_run(spec))
 
 
-async def _run(spec: AgentSpec) -> int:
+def agent_for(
+    spec: AgentSpec, uniform: Callable[[float, float], float] = random.uniform
+) -> tuple[BrokerClient, AgentSession]:
+    """The channel and the session `run` uses: the spec's broker, token and backoff (its cap
+    also the channel's reconnect cap), drawing from `uniform`. Call inside the event loop."""
     # Here, not at the top: `check` (the probes, run every few seconds inside the agent's
     # memory limit) must not load gRPC and the protobuf stubs.
     from .client import BrokerClient  # noqa: PLC0415
     from .session import AgentSession  # noqa: PLC0415
 
-    client = BrokerClient(spec.broker_address, spec.broker_ca_pem, Path(spec.token_path))
-    session = AgentSession(spec, client)
+    client = BrokerClient(
+        spec.broker_address,
+        spec.broker_ca_pem,
+        Path(spec.token_path),
+        reconnect_cap=spec.backoff_cap_seconds,
+    )
+    return client, AgentSession(spec, client, backoff=Backoff.for_spec(spec, uniform))
+
+
+async def _run(spec: AgentSpec) -> int:
+    client, session = agent_for(spec)
     log.info(
         "agent.start",
         cluster=spec.cluster,
         mode=spec.mode.value,
         credentials=[c.name for c in spec.credentials],
+        backoff=[spec.backoff_base_seconds, spec.backoff_cap_seconds],
     )
     stopping = asyncio.Event()
 

@@ -84,7 +84,7 @@ class Held:
 class AgentSession:
     spec: AgentSpec
     broker: Broker
-    backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=30.0))
+    backoff: Backoff = field(default_factory=Backoff)
     signal_app: Callable[[int], list[int]] = field(default=lambda signum: signal_app(signum))  # noqa: PLW0108 - defined below
     clock: Callable[[], datetime] = utc_now
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep

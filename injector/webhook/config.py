@@ -10,7 +10,21 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from injector.contract import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    BackoffSeconds,
+    check_backoff,
+)
 
 from .errors import InvalidConfig
 
@@ -56,6 +70,16 @@ class AgentConfig(_Strict):
     """The agent's UID when the app's own UID cannot be read from the pod (see docs/injector.md)."""
     resources: Resources = Resources()
     startup_timeout_seconds: int = Field(default=DEFAULT_STARTUP_TIMEOUT_SECONDS, ge=1, le=3600)
+    backoff_base_seconds: BackoffSeconds = BACKOFF_BASE_SECONDS
+    backoff_cap_seconds: BackoffSeconds = BACKOFF_CAP_SECONDS
+    """The agent's retry backoff while the broker is away or at a cap: full jitter, the
+    ceiling doubling from the base up to the cap (which also bounds gRPC's own reconnect
+    backoff). Written into every agent spec."""
+
+    @model_validator(mode="after")
+    def _cap_not_below_base(self) -> AgentConfig:
+        check_backoff(self.backoff_base_seconds, self.backoff_cap_seconds)
+        return self
 
 
 class BrokerEndpoint(_Strict):

@@ -51,6 +51,8 @@ def agent_spec(spec: InjectionSpec, config: WebhookConfig) -> AgentSpec:
         token_path=f"{config.token_mount_path}/{TOKEN_FILE}",
         credentials=spec.credentials,
         on_rotate=spec.on_rotate,
+        backoff_base_seconds=config.agent.backoff_base_seconds,
+        backoff_cap_seconds=config.agent.backoff_cap_seconds,
     )
 
 

@@ -1,8 +1,9 @@
 """Many agents in one process, for the reliability tests: each is the agent's own
-`AgentSession` with its own `BrokerClient` (channel, TLS, token file), as `keyferry agent
-run` builds them, for a pod created in a real API server with a token bound to it. Running
-dozens of them as processes would cost a Python interpreter each on a two-core machine;
-what the broker sees (gRPC calls, tokens, pods) is the same.
+`AgentSession` with its own `BrokerClient` (channel, TLS, token file) and the backoff of its
+spec, built by `keyferry agent run`'s own `agent_for`, for a pod created in a real API
+server with a token bound to it. Running dozens of them as processes would cost a Python
+interpreter each on a two-core machine; what the broker sees (gRPC calls, tokens, pods) is
+the same.
 
 `Proxy` stands between the agents and the broker: a real TCP relay that can go away (stop
 listening and cut every connection, as a broker whose node died) and come back.
@@ -14,13 +15,19 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from injector.agent.backoff import Backoff
 from injector.agent.client import BrokerClient
+from injector.agent.main import agent_for
 from injector.agent.session import AgentSession
-from injector.contract import AgentSpec, CredentialRequest, Mode
+from injector.contract import (
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    AgentSpec,
+    CredentialRequest,
+    Mode,
+)
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import LOOPBACK, free_port
 from tests.integration.workloads import mint
@@ -81,23 +88,16 @@ class PodAgent:
     number: int
     pod: str
     spec: AgentSpec
-    address: str
-    ca_pem: str
-    backoff: Backoff
-    reconnect_cap: float
+    uniform: Callable[[float, float], float] = random.uniform
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     session: AgentSession | None = None
     client: BrokerClient | None = None
 
     def new_life(self) -> AgentSession:
-        """A fresh agent for this pod (a container restart): new channel, nothing held."""
-        self.client = BrokerClient(
-            self.address,
-            self.ca_pem,
-            Path(self.spec.token_path),
-            reconnect_cap=self.reconnect_cap,
-        )
-        self.session = AgentSession(self.spec, self.client, backoff=self.backoff, sleep=self.sleep)
+        """A fresh agent for this pod (a container restart): new channel, nothing held, the
+        backoff and reconnect cap of its spec, as `keyferry agent run` builds them."""
+        self.client, session = agent_for(self.spec, self.uniform)
+        self.session = replace(session, sleep=self.sleep)
         return self.session
 
     async def crash(self) -> None:
@@ -115,13 +115,15 @@ def pod_agents(
     credentials: tuple[str, ...],
     *,
     address: str | None = None,
-    backoff: tuple[float, float] = (1.0, 30.0),
+    backoff: tuple[float, float] = (BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS),
     record: Agents | None = None,
     prefix: str = "agent",
 ) -> list[PodAgent]:
     """`count` pods in namespace orders of `cluster`, a bound token file each, and an agent
-    spec asking for `credentials` (role orders-db-ro each)."""
+    spec asking for `credentials` (role orders-db-ro each) with `backoff` (base, cap) in its
+    spec (production's by default)."""
     made = []
+    base, cap = backoff
     for number in range(count):
         token = mint(cluster, pod_prefix=prefix)
         home = folder / token.pod
@@ -135,21 +137,12 @@ def pod_agents(
             directory=str(home / "secrets"),
             token_path=str(home / "token"),
             credentials=tuple(CredentialRequest(name=n, role="orders-db-ro") for n in credentials),
+            backoff_base_seconds=base,
+            backoff_cap_seconds=cap,
         )
-        base, cap = backoff
         uniform = record.uniform(number) if record is not None else random.uniform
-        made.append(
-            PodAgent(
-                number,
-                token.pod,
-                spec,
-                spec.broker_address,
-                spec.broker_ca_pem or "",
-                Backoff(base=base, cap=cap, uniform=uniform),
-                reconnect_cap=cap,
-                sleep=record.sleep(number) if record is not None else asyncio.sleep,
-            )
-        )
+        sleep = record.sleep(number) if record is not None else asyncio.sleep
+        made.append(PodAgent(number, token.pod, spec, uniform, sleep))
     return made
 
 

@@ -469,6 +469,7 @@ def test_webhook_yaml_and_registration_match_the_injectors_own(
     )
     assert config.namespace == namespace
     assert config.broker.address == "keyferry-broker.keyferry-system.svc:8443"
+    assert (config.agent.backoff_base_seconds, config.agent.backoff_cap_seconds) == (1.0, 30.0)
     rendered = one(objects, "MutatingWebhookConfiguration")
     (hook,) = rendered["webhooks"]
     expected = registration(rendered["metadata"]["name"], "unused", "unused", config)

@@ -2,41 +2,56 @@
 no thundering herd", on the bed: twelve agents (each its own session, channel and pod-bound
 token) hold Watch streams through a TCP relay; the relay goes away, then comes back.
 
-Scale: the agents' backoff runs 75 times faster than in production (base 25 ms, cap 0.4 s
-instead of 1 s and 30 s; the gRPC channel's own reconnect backoff is capped the same way),
-and the outage lasts until every agent has waited ten times at the cap (about five minutes
-at production scale). What is asserted is the distribution of
-the attempts the agents made, never how long anything took: each agent's waits double from
-the base to the cap, each wait is drawn uniformly below its ceiling, the agents fall out of
-step, none hammers, the files stay, and every agent is watching again after the return.
+What is asserted is the distribution of the attempts the agents made, never how long
+anything took: each agent's waits double from the base to the cap, each wait is drawn
+uniformly below its ceiling, the agents fall out of step, none hammers, the files stay, and
+every agent is watching again after the return. The outage lasts until every agent has
+waited `AT_CAP` times at the cap: counted in attempts, so a loaded machine stretches it
+instead of thinning the sample.
+
+Scale (tests/reliability/scale.py): short, the backoff in the agents' spec is base 25 ms,
+cap 0.4 s (75 times below production's 30 s cap; the gRPC channel's reconnect backoff is
+capped alike) and the outage lasts ten waits at the cap, about 2 s unloaded; full
+(`tests/run faults`), production's backoff (base 1 s, cap 30 s, the spec's defaults) and
+twelve waits at the cap, an outage of about four minutes. The figures are printed at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from injector.contract import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.e2e.agents import Agents, Proxy, pod_agents
 from tests.e2e.scene import BrokerThread, scene_broker
 from tests.integration.test_issue import MOUNT
+from tests.reliability.scale import pick
 
-pytestmark = pytest.mark.bed
 AGENTS = 12
-BASE, CAP = 0.025, 0.4
-AT_CAP = 10
-"""The outage lasts until every agent has waited this many times at the cap (about 2 s
-unloaded; at production scale, five minutes): counted in attempts, so a loaded machine
-stretches it instead of thinning the sample."""
-WAIT_SECONDS = 60.0
+BASE, CAP = pick((0.025, 0.4), (BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS))
+AT_CAP = pick(10, 12)
+"""The outage lasts until every agent has waited this many times at the cap."""
+OUTAGE_SECONDS = pick(120.0, 1200.0)
+"""Longest the outage may take to gather AT_CAP waits at the cap per agent before the test
+fails (a loaded machine stretches it)."""
+WAIT_SECONDS = pick(60.0, 300.0)
+"""Longest wait for one step (streams gone, all watching again) before the test fails; at
+production's backoff an agent may wait a whole cap and then its channel's reconnect."""
+LEASE_TTL = pick("5m", "1h")
+"""The role's lease lifetime when the bed's 5 minutes would not outlive the full outage:
+this module measures the backoff, so the credentials must outlive the outage (asserted)."""
+pytestmark = [pytest.mark.bed, pytest.mark.timeout(pick(600, 1800))]
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +61,25 @@ def broker(
     postgres: PostgresServer,
     kube_clusters: dict[str, KubeCluster],
 ) -> Iterator[BrokerThread]:
-    running = scene_broker(tmp_path_factory.mktemp("outage-broker"), vault, postgres, kube_clusters)
+    folder = tmp_path_factory.mktemp("outage-broker")
+    running = scene_broker(folder, vault, postgres, kube_clusters, ttl=LEASE_TTL)
     yield running
     running.stop()
     vault.client().sys.disable_secrets_engine(MOUNT)
 
 
-async def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
+async def until(probe: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
     while not probe():
         assert time.monotonic() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.05)
 
 
 async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come_back(
-    broker: BrokerThread, kube_clusters: dict[str, KubeCluster], tmp_path: Path
+    broker: BrokerThread,
+    kube_clusters: dict[str, KubeCluster],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     proxy = Proxy(broker.broker.port)
     await proxy.up()
@@ -93,11 +112,15 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
                 for a in agents
             ),
             f"every agent waiting {AT_CAP} times at the cap",
+            OUTAGE_SECONDS,
         )
         back_at = time.monotonic()
         during = [draw for draw in record.draws if draw.at < back_at]
+        ends = [held.expires_at for s in sessions for held in s.held.values()]
+        assert all(end is None or end > datetime.now(UTC) for end in ends), "lease ended"
         await proxy.up()
         await until(lambda: broker.streams() == AGENTS, "every agent watching again")
+        returned = time.monotonic() - back_at
     finally:
         for task in holding:
             task.cancel()
@@ -139,3 +162,13 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
     for agent in agents:
         await agent.crash()
     await proxy.away()
+    counts = sorted(len(draws) for draws in per_agent.values())
+    with capsys.disabled():
+        print(
+            f"\nbroker away {outage:.0f} s for {AGENTS} agents at backoff base {BASE:g} s, "
+            f"cap {CAP:g} s; attempts per agent min {counts[0]}, median "
+            f"{statistics.median(counts):g}, max {counts[-1]}; {len(at_cap)} waits at the cap, "
+            f"by quarter of [0, cap) {[quarters[q] for q in range(4)]}; first attempts after "
+            f"the return in {len(slots)} slots of {CAP / 10:g} s (at most {max(slots.values())} "
+            f"in one); all {AGENTS} watching again {returned:.0f} s after the return"
+        )

@@ -4,6 +4,7 @@ to the agent's errors with the broker's ErrorInfo and RetryInfo."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from injector.agent.errors import (
     SpecError,
     TokenError,
 )
-from injector.agent.main import check
+from injector.agent.main import agent_for, check
 from injector.agent.procs import app_processes
 from injector.agent.spec import load_spec
 from injector.agent.token import read_token
@@ -54,6 +55,46 @@ def test_backoff_is_full_jitter_doubling_to_the_cap() -> None:
     backoff.reset()
     assert backoff.next_delay() == 0.5
     assert 0.0 <= Backoff(base=1, cap=2).next_delay() <= 1.0
+
+
+def test_the_spec_sets_the_backoff_and_older_specs_get_the_defaults(tmp_path: Path) -> None:
+    written = spec(tmp_path).model_dump(mode="json")
+    del written["backoff_base_seconds"], written["backoff_cap_seconds"]  # a spec from before
+    old = load_spec({AGENT_SPEC_ENV: json.dumps(written)})
+    assert (old.backoff_base_seconds, old.backoff_cap_seconds) == (1.0, 30.0)
+    bad_values: list[tuple[dict[str, float], str]] = [
+        ({"backoff_base_seconds": 0}, "at backoff_base_seconds: Input should be greater than 0"),
+        ({"backoff_cap_seconds": -1}, "at backoff_cap_seconds: Input should be greater than 0"),
+        ({"backoff_cap_seconds": 1e9}, "at backoff_cap_seconds: Input should be less than or"),
+        (
+            {"backoff_base_seconds": 5, "backoff_cap_seconds": 2},
+            "backoff_cap_seconds (2) is below backoff_base_seconds (5)",
+        ),
+    ]
+    for changes, words in bad_values:
+        with pytest.raises(SpecError) as bad:
+            load_spec({AGENT_SPEC_ENV: json.dumps({**written, **changes})})
+        assert words in str(bad.value)
+
+
+async def test_the_agent_runs_with_the_backoff_of_its_spec(tmp_path: Path) -> None:
+    custom = AgentSpec.model_validate(
+        {**spec(tmp_path).model_dump(), "backoff_base_seconds": 0.25, "backoff_cap_seconds": 4}
+    )
+
+    def highest(low: float, high: float) -> float:
+        return high
+
+    client, session = agent_for(custom, highest)
+    try:
+        assert client.reconnect_cap == 4.0
+        assert [session.backoff.next_delay() for _ in range(6)] == [0.25, 0.5, 1, 2, 4, 4]
+        default_client, default_session = agent_for(spec(tmp_path))
+        assert default_client.reconnect_cap == 30.0
+        assert (default_session.backoff.base, default_session.backoff.cap) == (1.0, 30.0)
+        await default_client.close()
+    finally:
+        await client.close()
 
 
 def test_check_fails_until_every_file_exists(tmp_path: Path) -> None:

@@ -49,6 +49,8 @@ SPEC = {
     "file_mode": 0o440,
     "credentials": [{"name": "db", "role": "orders-db-ro", "format": None}],
     "on_rotate": None,
+    "backoff_base_seconds": 1.0,
+    "backoff_cap_seconds": 30.0,
 }
 
 
@@ -355,6 +357,14 @@ def test_only_config_chooses_addresses_and_images() -> None:
     spec = AgentSpec.model_validate_json(container["env"][0]["value"])
     assert spec.broker_address == "10.0.0.1:9443"
     assert spec.broker_ca_pem is None
+
+
+def test_the_agents_backoff_comes_from_the_config() -> None:
+    slow = AgentConfig(image="keyferry/agent:x", backoff_base_seconds=2.5, backoff_cap_seconds=90)
+    operations = mutate(request(pod(INJECT)), CONFIG.model_copy(update={"agent": slow}))
+    container = operations.operations()[-1]["value"][0]
+    spec = AgentSpec.model_validate_json(container["env"][0]["value"])
+    assert (spec.backoff_base_seconds, spec.backoff_cap_seconds) == (2.5, 90.0)
 
 
 NOT_MINE = [

@@ -193,6 +193,21 @@ def test_config_resolves_files_next_to_it(config_file: Path, pki: tuple[CA, KeyP
             ["broker.ca_file", "nope.pem"],
         ),
         ("cluster_name: a\nagent: {image: x, colour: red}\nbroker: {address: 'b:1'}\n", ["colour"]),
+        (
+            "cluster_name: a\nagent: {image: x, backoff_base_seconds: 0}\n"
+            "broker: {address: 'b:1'}\n",
+            ["agent.backoff_base_seconds", "greater than 0"],
+        ),
+        (
+            "cluster_name: a\nagent: {image: x, backoff_cap_seconds: 7200}\n"
+            "broker: {address: 'b:1'}\n",
+            ["agent.backoff_cap_seconds", "less than or equal to 3600"],
+        ),
+        (
+            "cluster_name: a\nagent: {image: x, backoff_base_seconds: 5, backoff_cap_seconds: 2}\n"
+            "broker: {address: 'b:1'}\n",
+            ["agent: ", "backoff_cap_seconds (2) is below backoff_base_seconds (5)"],
+        ),
     ],
 )
 def test_bad_config(tmp_path: Path, text: str, words: list[str]) -> None:

@@ -174,6 +174,8 @@ data: /var/lib/keyferry
     "image_pull_policy" .Values.images.agent.pullPolicy
     "run_as_user" $w.agent.runAsUser
     "startup_timeout_seconds" $w.agent.startupTimeoutSeconds
+    "backoff_base_seconds" $w.agent.backoffBaseSeconds
+    "backoff_cap_seconds" $w.agent.backoffCapSeconds
     "resources" $w.agent.resources)
   "broker" $broker
   "mount_path" $w.mountPath
