@@ -93,6 +93,7 @@ TOKEN_SECONDS = 3600  # the pods' tokens outlive the run: Watch streams end only
 SEED = int(os.environ.get("KEYFERRY_FAULT_SEED") or secrets.randbits(32))
 ALL_STATES = frozenset(LeaseState)
 LEADER, FOLLOWER = "leader", "follower"
+FAILED = LeaseState.FAILED
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,7 @@ class Round:
     failover: float | None = None  # seconds from the kill to the survivor leading
     restart: float = 0.0  # seconds the victim took to serve again
     took: float = 0.0  # seconds the rotation call took (done, or cut by the kill)
+    requested: set[str] = field(default_factory=set, repr=False)  # not rotated at the kill
 
 
 async def rotate_selected(replica: Replica, pods: list[str], grace: int, workers: int) -> int:
@@ -268,10 +270,14 @@ async def one_round(
         ids = await asyncio.to_thread(active_ids, store, chosen)
         rotating = asyncio.create_task(rotate_on(origin, ids, grace))
     started = time.monotonic()
-    rotating.add_done_callback(lambda _: setattr(record, "took", round(time.monotonic() - started, 2)))
+    rotating.add_done_callback(
+        lambda _: setattr(record, "took", round(time.monotonic() - started, 2))
+    )
     await asyncio.sleep(delay)
     victim.kill()
     killed = time.monotonic()
+    asked = await asyncio.to_thread(store.leases.rotation_requests, utcnow())
+    record.requested = {request.lease.id for request in asked}  # due: must be rotated
     failed = (await asyncio.gather(rotating, return_exceptions=True))[0]
     if isinstance(failed, BaseException):
         cut = isinstance(failed, grpc.RpcError) and origin is victim
@@ -323,16 +329,22 @@ async def test_replicas_killed_at_random_points_of_rotations_miss_nothing_and_re
                 rounds.append(await one_round(number, role, rng, replicas, agents, store))
                 print(f"round {rounds[-1]}")
 
-            async def settled() -> bool:
-                return await asyncio.to_thread(
-                    is_settled, store, agents, set(await mount_leases(vault_leases))
-                )
+            left = ["not looked yet"]
 
-            await until(settled, "one live lease per pod, held by its agent, nothing pending")
+            async def settled() -> bool:
+                at_vault = set(await mount_leases(vault_leases))
+                left[0] = await asyncio.to_thread(unsettled, store, agents, at_vault)
+                return not left[0]
+
+            try:
+                await until(settled, "one live lease per pod, held by its agent, nothing pending")
+            except AssertionError as never:
+                raise AssertionError(f"seed {SEED}: {never}; left: {left[0]}") from None
         report(rounds, agents)
         assert watch.samples > 0
         assert watch.most_holders == 1  # the leader's lock: never two holders
         await check_vault_and_logins(store, agents, root, postgres, logins_before)
+        check_requests_done(store, set().union(*(r.requested for r in rounds)))
         check_audit(store)
         for replica in replicas:
             assert replica.stop() == 0  # SIGTERM: the last one signs a checkpoint
@@ -346,27 +358,30 @@ async def mount_leases(vault: VaultClient) -> list[str]:
     return [lease for lease in await list_keyferry_leases(vault) if lease.startswith(MOUNT)]
 
 
-def is_settled(store: Store, agents: list[PodAgent], at_vault: set[str]) -> bool:
-    """Nothing left to do: no row pending or revoking, no rotation waiting, each pod one
-    active lease which its agent holds, Vault holding exactly the active ones; and the pod
-    never rotated has outlived its first lease's TTL (its renewals fell due)."""
+def unsettled(store: Store, agents: list[PodAgent], at_vault: set[str]) -> str:
+    """What is left to do, or "" when nothing: no row pending or revoking, no rotation
+    waiting, each pod one active lease which its agent holds, Vault holding exactly the
+    active ones; and the pod never rotated has outlived its first lease's TTL (its
+    renewals fell due)."""
     everything = rows(store)
-    if any(r.state in (LeaseState.PENDING, LeaseState.REVOKING) for r in everything):
-        return False
-    if store.leases.rotation_requests(utcnow()):
-        return False
+    if busy := [r for r in everything if r.state in (LeaseState.PENDING, LeaseState.REVOKING)]:
+        return f"rows pending or revoking: {busy}"
+    if waiting := store.leases.rotation_requests(utcnow()):
+        return f"rotations requested: {waiting}"
     active = [r for r in everything if r.state is LeaseState.ACTIVE]
     by_pod = {r.pod_uid: r for r in active}
     if len(active) != len(agents) or len(by_pod) != len(agents):
-        return False
+        return f"not one active lease per pod: {active}"
     for agent in agents:
         lease = by_pod.get(agent.token.pod_uid)
         if lease is None or agent.held is None or agent.held.id != lease.id:
-            return False
-    if {r.vault_lease_id for r in active} != at_vault:
-        return False
+            return f"pod {agent.token.pod} holds {agent.held}, its active lease is {lease}"
+    if (in_store := {r.vault_lease_id for r in active}) != at_vault:
+        return f"Vault {sorted(at_vault)} != store {sorted(map(str, in_store))}"
     bystander = by_pod[agents[0].token.pod_uid]
-    return utcnow() - bystander.created_at > timedelta(seconds=TTL * 1.5)
+    if utcnow() - bystander.created_at <= timedelta(seconds=TTL * 1.5):
+        return "the bystander's first lease is younger than 1.5 TTL"
+    return ""
 
 
 async def check_vault_and_logins(
@@ -392,6 +407,24 @@ async def check_vault_and_logins(
         assert await asyncio.to_thread(works, postgres, values) is (lease_id in current), lease_id
     left = await asyncio.to_thread(vault_logins, postgres)
     assert left - logins_before == {values["username"] for values in current.values()}
+
+
+def check_requests_done(store: Store, requested: set[str]) -> None:
+    """Every lease whose rotation was requested and not done when a replica was killed was
+    rotated afterwards (by the call, or by the rotation queue of whichever replica led)."""
+    everything = rows(store)
+    for lease in (r for r in everything if r.id in requested):
+        pod = sorted((r for r in everything if r.pod_uid == lease.pod_uid), key=generation)
+        assert lease.state is LeaseState.REVOKED, pod
+        # its successor: a later generation that was issued (one a killed replica began
+        # and reconcile failed does not count: the request was kept, the next one was made)
+        later = [r for r in pod if r.generation > lease.generation and r.state is not FAILED]
+        assert later, pod
+    print(f"rotations requested but not done at a kill, done later: {len(requested)}")
+
+
+def generation(lease: LeaseRecord) -> int:
+    return lease.generation
 
 
 def vault_logins(postgres: PostgresServer) -> set[str]:
