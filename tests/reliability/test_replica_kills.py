@@ -88,7 +88,7 @@ __all__ = [  # fixtures, used by name
 pytestmark = pytest.mark.bed
 ROUNDS = pick(3, 20)
 PODS = pick(6, 10)
-TTL = 20  # seconds: the Vault role's default lease TTL, and what a renewal extends by
+TTL = 30  # seconds: the Vault role's default lease TTL, and what a renewal extends by
 TOKEN_SECONDS = 3600  # the pods' tokens outlive the run: Watch streams end only by kills
 SEED = int(os.environ.get("KEYFERRY_FAULT_SEED") or secrets.randbits(32))
 ALL_STATES = frozenset(LeaseState)
@@ -126,7 +126,9 @@ def shared(
         "reconcile_interval": "2s",
         "orphan_age": "3s",
     }
-    data["renewal"] = {"interval": "1s", "window": "6s"}
+    # Renewed half-way: a stream that cannot be opened again at once (a busy API server
+    # answers the pod lookup of Watch late) still finds its lease alive when it is back.
+    data["renewal"] = {"interval": "1s", "fraction": 0.5, "window": "10s"}
     data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
     return data
 
@@ -268,6 +270,7 @@ async def one_round(
         rotating = asyncio.create_task(rotate_selected(origin, names, grace, rng.randint(1, 3)))
     else:
         ids = await asyncio.to_thread(active_ids, store, chosen)
+        assert len(ids) == len(chosen), f"seed {SEED} round {number}: a pod lost its lease"
         rotating = asyncio.create_task(rotate_on(origin, ids, grace))
     started = time.monotonic()
     rotating.add_done_callback(
@@ -379,8 +382,8 @@ def unsettled(store: Store, agents: list[PodAgent], at_vault: set[str]) -> str:
     if (in_store := {r.vault_lease_id for r in active}) != at_vault:
         return f"Vault {sorted(at_vault)} != store {sorted(map(str, in_store))}"
     bystander = by_pod[agents[0].token.pod_uid]
-    if utcnow() - bystander.created_at <= timedelta(seconds=TTL * 1.5):
-        return "the bystander's first lease is younger than 1.5 TTL"
+    if utcnow() - bystander.created_at <= timedelta(seconds=TTL * 1.2):
+        return "the pod never rotated has not outlived its lease's first TTL yet"
     return ""
 
 
