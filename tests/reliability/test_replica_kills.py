@@ -126,9 +126,10 @@ def shared(
         "reconcile_interval": "2s",
         "orphan_age": "3s",
     }
-    # Renewed half-way: a stream that cannot be opened again at once (a busy API server
-    # answers the pod lookup of Watch late) still finds its lease alive when it is back.
-    data["renewal"] = {"interval": "1s", "fraction": 0.5, "window": "10s"}
+    # Renewed early (after 20-30% of the TTL): a stream that cannot be opened again for
+    # a while (after a kill, a busy API server answers Watch's pod lookups late, for 10 s
+    # and more on a loaded bed) still finds its lease alive when it is back.
+    data["renewal"] = {"interval": "1s", "fraction": 0.3, "window": "10s"}
     data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
     return data
 
@@ -438,8 +439,8 @@ def vault_logins(postgres: PostgresServer) -> set[str]:
 
 
 def check_audit(store: Store) -> None:
-    """Each revoked lease revoked once with effect, each orphan once; nothing expired at
-    Vault under the broker (reconcile would close it as NOT_IN_VAULT); renewals happened."""
+    """Each revoked lease revoked once with effect, each orphan once; no pod's current lease
+    expired at Vault (reconcile would close it as NOT_IN_VAULT); renewals happened."""
     records = [json.loads(line) for line in StoreChainLog(store.audit_chain).lines()]
     revoked = Counter(r["lease_id"] for r in records if r["action"] == "lease.revoked")
     expected = {r.id for r in rows(store) if r.state is LeaseState.REVOKED}
@@ -447,13 +448,29 @@ def check_audit(store: Store) -> None:
     assert [lease for lease, count in revoked.items() if count != 1] == []
     orphans = Counter(r["target"] for r in records if r["action"] == "vault_lease.revoked")
     assert [lease for lease, count in orphans.items() if count != 1] == []
-    assert [r for r in records if r.get("reason") == "NOT_IN_VAULT"] == []
+    assert [r for r in records if ran_out(r, records)] == []
     renewed = sum(1 for r in records if r["action"] == "lease.renewed")
     print(
         f"audit: {len(records)} records, {sum(revoked.values())} revocations, "
         f"{len(orphans)} orphans revoked, {renewed} renewals"
     )
     assert renewed > 0
+
+
+def ran_out(record: dict[str, Any], records: list[dict[str, Any]]) -> bool:
+    """A pod's current lease that Vault dropped (it expired: a renewal was missed) and
+    reconcile closed. A rotated-away one may be closed so too: its replica revoked it at
+    Vault after the Ack and reconcile saw it gone before the row said so (still one
+    `lease.revoked`); it is not a miss when its successor was active before."""
+    if record["action"] != "lease.revoked" or record["reason"] != "NOT_IN_VAULT":
+        return False
+    return not any(
+        r["action"] == "lease.active"
+        and r["pod_uid"] == record["pod_uid"]
+        and r["generation"] > record["generation"]
+        and r["seq"] < record["seq"]
+        for r in records
+    )
 
 
 def report(rounds: list[Round], agents: list[PodAgent]) -> None:
