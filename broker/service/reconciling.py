@@ -105,7 +105,9 @@ class Reconciler:
                         )
                         action = "lease.failed"
                     else:
-                        done = await self._run(self._leases.mark_revoked, lease.id)
+                        done, settled_now = await self._run(self._leases.settle_revoked, lease.id)
+                        if not settled_now:
+                            continue  # revoked meanwhile, and recorded by whoever did it
                         action = "lease.revoked"
                 except LeaseStateConflict:
                     continue  # its issue completed meanwhile: nothing to settle
@@ -116,11 +118,13 @@ class Reconciler:
         return settled
 
     async def _close(self, lease_id: str, request_id: str) -> int:
-        if (await self._run(self._leases.get, lease_id)).state not in HELD:
-            return 0  # revoked by keyferry meanwhile: nothing to close
         try:
-            closed = await self._run(self._leases.mark_revoked, lease_id)
+            closed, settled = await self._run(self._leases.settle_revoked, lease_id)
         except LeaseStateConflict:
+            return 0
+        if not settled:
+            # Revoked meanwhile by whoever revoked it at Vault (the Revoker's pass, an Ack's
+            # revocation on another replica), which recorded and announced it: not twice.
             return 0
         await self._audit.lease_change(
             system_principal(SYSTEM_JOB), "lease.revoked", closed, request_id, reason="NOT_IN_VAULT"

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,38 +23,51 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
-from pydantic import SecretStr
 
-from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
+from broker.api.v1 import broker_pb2
 from broker.audit import StoreChainLog, verify
-from broker.backends import VaultClient, VaultSettings, list_keyferry_leases
+from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.transit import TransitSigner
 from broker.server import BrokerServer, create_server
 from broker.settings import load_settings
-from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreSettings
+from broker.store import LeaseState, Store
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer, start_postgres
 from tests.bed.vault import VaultServer
 
 from .kube_helpers import BoundToken
-from .replicas import KEYFERRY, Replica, lock_holders, start_replica, write_config
-from .stores import postgres_database
+from .replicas import (
+    LeaderWatch,
+    Replica,
+    chain_verifies,
+    issue_on,
+    leader_of,
+    pod_leases,
+    rotate_on,
+    start_replica,
+    store,
+    store_dsn,
+    vault_leases,
+    watching,
+    write_config,
+)
 from .test_issue import approle, config, orders_db, root, transit
 from .test_watch_rotate import Agent, until, works
 from .workloads import bearer, broker_stub, mint
 
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
+__all__ = [  # fixtures, used by name
+    "approle",
+    "orders_db",
+    "root",
+    "store",
+    "store_dsn",
+    "transit",
+    "vault_leases",
+]
 pytestmark = pytest.mark.bed
 PODS = 6
 GRACE = 5  # seconds an unacknowledged rotated-away credential lives
-
-
-@pytest.fixture
-def store_dsn(postgres: PostgresServer) -> Iterator[str]:
-    with postgres_database(postgres) as dsn:
-        yield dsn
 
 
 @pytest.fixture
@@ -74,96 +86,6 @@ def shared(
     data["renewal"] = {"interval": "1h"}  # renewals are not what this test is about
     data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
     return data
-
-
-@pytest.fixture
-def store(store_dsn: str) -> Iterator[Store]:
-    """The shared store, read by the test as an outside observer."""
-    opened = Store.open(StoreSettings(url=SecretStr(store_dsn)))
-    yield opened
-    opened.close()
-
-
-@pytest.fixture
-def vault_leases(vault: VaultServer) -> Iterator[VaultClient]:
-    client = VaultClient(VaultSettings(addr=vault.addr, token=SecretStr(vault.root_token)))
-    yield client
-    client.close()
-
-
-class LeaderWatch:
-    """Samples, until stopped, how many sessions hold the leader lock and how many live
-    replicas say they lead; keeps the highest of each."""
-
-    def __init__(self, dsn: str, replicas: list[Replica]) -> None:
-        self.dsn = dsn
-        self.replicas = replicas
-        self.most_holders = 0
-        self.most_leaders = 0
-        self.samples = 0
-
-    async def run(self) -> None:
-        while True:
-            holders = await asyncio.to_thread(lock_holders, self.dsn)
-            says = [await asyncio.to_thread(r.leader) for r in self.replicas if r.alive()]
-            self.most_holders = max(self.most_holders, holders)
-            self.most_leaders = max(self.most_leaders, sum(1 for s in says if s))
-            self.samples += 1
-            await asyncio.sleep(0.2)
-
-
-@contextlib.asynccontextmanager
-async def watching(watch: LeaderWatch) -> AsyncIterator[LeaderWatch]:
-    task = asyncio.create_task(watch.run())
-    try:
-        yield watch
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def issue_on(replica: Replica, token: BoundToken) -> broker_pb2.IssueResponse:
-    """Issue as an agent does it: UNAVAILABLE (a busy bed's API server) is retried."""
-    request = broker_pb2.IssueRequest(credential_name="orders-db", role="orders-db-ro")
-    async with broker_stub(replica.port, replica.ca) as stub:
-        for attempt in range(5):
-            try:
-                response: broker_pb2.IssueResponse = await stub.Issue(
-                    request, metadata=bearer(token)
-                )
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 4:
-                    raise
-                await asyncio.sleep(1)
-            else:
-                return response
-    raise AssertionError("unreachable")
-
-
-async def rotate_on(
-    replica: Replica, lease_ids: list[str], grace: float
-) -> list[rotation_pb2.LeaseRotation]:
-    duration = duration_pb2.Duration(seconds=int(grace))
-    request = rotation_pb2.RotateLeasesRequest(lease_ids=lease_ids, grace=duration)
-    async with replica.admin_channel() as channel:
-        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
-        reply = await stub.RotateLeases(request)
-    return list(reply.rotations)
-
-
-def pod_leases(store: Store, pod_uid: str) -> list[LeaseRecord]:
-    states = frozenset(LeaseState)
-    return [
-        lease
-        for lease in store.leases.list_by_selector(Selector(cluster="a", states=states))
-        if lease.pod_uid == pod_uid
-    ]
-
-
-def leader_of(replicas: list[Replica]) -> Replica | None:
-    leading = [r for r in replicas if r.alive() and r.leader()]
-    return leading[0] if len(leading) == 1 else None
 
 
 async def test_two_replicas_share_rotations_and_one_chain_and_the_survivor_of_a_kill_leads(
@@ -188,7 +110,7 @@ async def test_two_replicas_share_rotations_and_one_chain_and_the_survivor_of_a_
         assert watch.most_holders == 1  # the lock: one holder, never two
         assert watch.most_leaders == 1  # and one replica says it leads
         assert b.stop() == 0  # SIGTERM: signs a checkpoint of the shared chain
-        _chain_verifies(b, store)
+        chain_verifies(b, store)
     finally:
         for replica in replicas:
             replica.stop()
@@ -288,22 +210,6 @@ async def _revoked_and_dead(store: Store, postgres: PostgresServer, event: Any) 
     if lease.state != LeaseState.REVOKED:
         return False
     return not await asyncio.to_thread(works, postgres, event.credential.values)
-
-
-def _chain_verifies(replica: Replica, store: Store) -> None:
-    """`keyferry audit verify` with a replica's config reads the shared chain in the store."""
-    result = subprocess.run(
-        [str(KEYFERRY), "audit", "verify", "--config", str(replica.config), "--output", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads(result.stdout)
-    assert report["ok"] is True
-    assert report["records"] == len(StoreChainLog(store.audit_chain).lines())
-    assert report["checkpoints_verified"] >= 1
 
 
 # --- the store goes away ------------------------------------------------------------------

@@ -15,6 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.cli.exits import CONFIG, NOTHING_SELECTED
 from broker.cli.main import app as cli
 from broker.server import create_server
+from broker.service.auditing import system_principal
 from broker.settings import load_settings
 from broker.store import LeaseRequest, LeaseState, PendingLease
 from tests.bed.kube import KubeCluster
@@ -51,7 +53,7 @@ from .test_issue import (  # the scene's module fixtures, shared with the Issue 
     root,
     transit,
 )
-from .test_watch_rotate import Agent, ShiftedClock, until
+from .test_watch_rotate import Agent, ShiftedClock, rotate, until
 from .workloads import broker_stub, error_info, mint
 
 __all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
@@ -501,3 +503,46 @@ async def test_reconcile_revokes_vault_orphans_closes_leases_vault_lost_and_fail
     ]
     assert [r["lease_id"] for r in closed] == [lost.lease_id]
     assert all(r["who"] == {"kind": "system", "name": "broker.reconcile"} for r in closed)
+
+
+async def test_reconcile_records_no_second_revocation_of_a_lease_revoked_while_it_looked(
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    root: hvac.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rotated-away lease whose revocation is under way when reconcile runs: the Revoker
+    (on this replica or another) has revoked it at Vault, so reconcile sees it gone and
+    closes it, while the Revoker settles the row. Whoever settles it records it; the other
+    records nothing. Found by tests/reliability/test_replica_kills.py: reconcile recorded
+    NOT_IN_VAULT after the Revoker's ROTATED, two `lease.revoked` for one lease."""
+    namespace = f"fleet-{secrets.token_hex(3)}"
+    [pod] = await fleet(broker, kube_clusters["a"], namespace, 1)
+    await rotate(broker, pod.lease_id, timedelta(hours=1))  # the old one: revoking
+    store = broker.store()
+    try:
+        old = store.leases.get(pod.lease_id)
+    finally:
+        store.close()
+    assert old.state is LeaseState.REVOKING
+    root.sys.revoke_lease(old.vault_lease_id)  # the Revoker's call to Vault, done
+    runtime = broker.server.runtime
+    reconciler, revoker = runtime.flows.reconciler, runtime.flows.revoker
+    run = reconciler._run  # the store calls of reconcile, to interleave the Revoker
+
+    async def revoker_first(fn: Any, *args: Any) -> Any:
+        """The Revoker settles the row just before reconcile's own write to it."""
+        if getattr(fn, "__name__", "") in ("settle_revoked", "mark_revoked") and args == (old.id,):
+            await revoker.revoke(old, system_principal("broker.revoke"), "revoker")
+        return await run(fn, *args)
+
+    monkeypatch.setattr(reconciler, "_run", revoker_first)
+    report = await reconciler.run_once()
+    assert report.closed == 0
+    assert states(broker, [old.id]) == {old.id: LeaseState.REVOKED}
+    revoked = [
+        (r["reason"], r["who"]["name"])
+        for r in audit_records(broker)
+        if r["action"] == "lease.revoked" and r["lease_id"] == old.id
+    ]
+    assert revoked == [("ROTATED", "broker.revoke")]

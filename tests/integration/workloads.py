@@ -46,9 +46,10 @@ def mint(
     pod_prefix: str = "app",
     audience: str | None = None,
     account: str = ACCOUNT,
+    seconds: int = 600,
 ) -> BoundToken:
     """A new pod (unique name) in `namespace`, running as `account`, and a token bound to
-    it for `audience`."""
+    it for `audience`, valid `seconds`."""
     audience = audience or f"keyferry:{cluster.name}"
     name = f"{pod_prefix}-{secrets.token_hex(4)}"
     with cluster.api_client() as api:
@@ -58,7 +59,7 @@ def mint(
         request = k8s.AuthenticationV1TokenRequest(
             spec=k8s.V1TokenRequestSpec(
                 audiences=[audience],
-                expiration_seconds=600,
+                expiration_seconds=seconds,
                 bound_object_ref=k8s.V1BoundObjectReference(
                     kind="Pod", api_version="v1", name=name, uid=created.metadata.uid
                 ),
