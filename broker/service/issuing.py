@@ -4,7 +4,8 @@ token → pod still bound → rate limits → credential name → role → Cedar
 pending row (before Vault) → Vault → complete the row → audit → credential.
 
 Idempotent per (pod UID, credential name): when the store already holds a live lease for
-them, its sealed credential is returned and Vault is not asked (see sealing.py). If the
+them, its sealed credential is returned and Vault is not asked (see sealing.py), unless that
+lease has run out unrenewed: then it goes to the revoker and Vault issues a new one. If the
 store cannot record what Vault issued, the Vault lease is revoked before the error is
 returned, so no credential exists that the store does not know about.
 """
@@ -29,9 +30,11 @@ from broker.store import (
     LeaseRequest,
     LeaseState,
     LeaseStateConflict,
+    PendingLease,
     Store,
     StoreRunner,
 )
+from broker.store.clock import Clock, utcnow
 
 from .auditing import AuditTrail
 from .callers import Callers
@@ -44,6 +47,7 @@ from .sealing import CredentialSealer
 log = structlog.get_logger("keyferry.issue")
 PENDING_POLL = 0.05
 PENDING_WAIT = 15.0  # longer than one Vault call may take (VaultSettings.timeout)
+ENDED_RETRIES = 3  # an ended lease retired, then Issue begins again (a race may need a second)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class IssueFlow:
         sealer: CredentialSealer,
         limits: IssueLimits,
         rates: IssueRates,
+        clock: Clock = utcnow,
     ) -> None:
         self._callers = callers
         self._catalog = catalog
@@ -78,6 +83,7 @@ class IssueFlow:
         self._sealer = sealer
         self._limits = limits
         self._rates = rates
+        self._clock = clock
         self._admitting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Per cluster: counting live leases and writing the pending row are one step, or a
         burst of new pods all count below the cap and all get a lease. One replica: with
@@ -117,18 +123,14 @@ class IssueFlow:
             credential=credential_name,
             role=role.name,
         )
-        async with self._admitting[workload.cluster]:
-            live = await self._run(self._leases.find_live, workload.pod_uid, credential_name)
-            if live is None:
-                await check_limits(
-                    self._leases,
-                    self._runner,
-                    workload,
-                    self._limits.per_pod,
-                    self._limits.per_cluster,
-                )
-            begun = await self._run(self._leases.begin_issue, request)
+        for _ in range(ENDED_RETRIES):
+            begun = await self._begin(workload, request)
+            if not (isinstance(begun, ExistingLease) and self._ended(begun.lease)):
+                break
+            await self._retire_ended(workload, begun.lease, request_id)
         if isinstance(begun, ExistingLease):
+            if self._ended(begun.lease):  # retired and re-found each time: a retry will do
+                raise IssueInProgress(begun.lease.pod_uid, begun.lease.credential)
             return await self._replay(workload, begun.lease, role, request_id)
         pending = begun.lease
         try:
@@ -137,6 +139,40 @@ class IssueFlow:
             await self._settle_failed(workload, pending, error, request_id)
             raise
         return await self._complete(workload, pending, issued, request_id)
+
+    async def _begin(
+        self, workload: Workload, request: LeaseRequest
+    ) -> PendingLease | ExistingLease:
+        async with self._admitting[workload.cluster]:
+            live = await self._run(self._leases.find_live, workload.pod_uid, request.credential)
+            if live is None:
+                await check_limits(
+                    self._leases,
+                    self._runner,
+                    workload,
+                    self._limits.per_pod,
+                    self._limits.per_cluster,
+                )
+            return await self._run(self._leases.begin_issue, request)
+
+    def _ended(self, lease: LeaseRecord) -> bool:
+        """An active lease whose Vault lease has run out (nobody renewed it: its pod held
+        no Watch, or the broker was away): its credential no longer works anywhere."""
+        ends = lease.expires_at
+        return lease.state is LeaseState.ACTIVE and ends is not None and ends <= self._clock()
+
+    async def _retire_ended(self, workload: Workload, lease: LeaseRecord, request_id: str) -> None:
+        """Hand the ended lease to the revoker (Vault has already dropped it; revoking is
+        harmless there) so the next pass of Issue asks Vault for a new credential instead of
+        replaying a dead one."""
+        try:
+            revoking = await self._run(
+                self._leases.mark_revoking, lease.id, revoke_after=self._clock()
+            )
+        except LeaseStateConflict:
+            return  # a concurrent call retired it first
+        await self._audit.lease(workload, "lease.revoking", revoking, request_id, reason="EXPIRED")
+        log.info("lease past its end retired; issuing anew", lease_id=lease.id)
 
     async def _complete(
         self, workload: Workload, pending: LeaseRecord, issued: IssuedSecret, request_id: str

@@ -154,6 +154,7 @@ class BrokerRuntime:
             sealer=sealer,
             limits=limits,
             rates=IssueRates(settings.limits, clock),
+            clock=clock,
         )
         release = ReleaseFlow(
             callers=callers,
