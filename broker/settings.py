@@ -332,7 +332,7 @@ class SchedulerSettings(_Group):
         description="how often roles with a rotation schedule are checked for due leases",
     )
     store_statistics: Duration = Field(
-        default=timedelta(minutes=10),
+        default=timedelta(hours=1),
         description="how often the SQLite store's query-planner statistics are refreshed "
         "(PostgreSQL's autovacuum does its own)",
     )

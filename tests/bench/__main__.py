@@ -6,6 +6,7 @@ python -m tests.bench --quick    # a few samples of each, to see that the code r
 python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
 python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
 python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
+python -m tests.bench --only store    # one section measured again, the rest kept
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .report import render, write
-from .scenarios import FULL, QUICK, run_all
+from .scenarios import FULL, QUICK, run_all, run_section
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument(
+        "--only",
+        choices=["store"],
+        help="measure this section again and keep every other figure of the page's JSON "
+        "(the page names the section and when it was measured)",
+    )
+    parser.add_argument(
         "--render-only",
         action="store_true",
         help="run nothing: regenerate the page and plots from the page's JSON",
@@ -36,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render_only:
         figures = json.loads(args.out.with_suffix(".json").read_text())
+    elif args.only:
+        figures = json.loads(args.out.with_suffix(".json").read_text())
+        figures.update(run_section(args.only, QUICK if args.quick else FULL))
     else:
         figures = run_all(QUICK if args.quick else FULL)
     soak_file = args.out.with_suffix("") / "soak.json"

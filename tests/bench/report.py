@@ -189,6 +189,11 @@ def render(f: dict[str, Any], soak: dict[str, Any] | None = None) -> str:
         "`docs/benchmarks/*.png`. Every summary gives samples (n), p50, p95 and p99.",
         "",
         f"- **Run**: {f['date']}, {f['seconds']} s in all{quick}",
+        *(
+            f"- **Measured again on its own** (`python -m tests.bench --only {section}`): "
+            f"{section}, {when}; every other section is from the run above"
+            for section, when in f.get("remeasured", {}).items()
+        ),
         f"- **Machine**: {m['cores']} cores, {m['memory']} memory, shared with other work; "
         f"Python {m['python']}; {m['platform']}",
         f"- **Vault**: {v['vault']} (reports {v['vault_reported']}; dev mode, in memory) — "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +18,7 @@ from typing import Any
 import hvac
 from kubernetes import client as k8s
 
+from tests.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
@@ -163,6 +165,24 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
             store_scale, running.folder, running.postgres, plan.store_rows, plan.store_samples
         ),
     )
+
+
+def run_section(name: str, plan: Plan) -> dict[str, Any]:
+    """One section measured again on its own servers (`python -m tests.bench --only`): its
+    figures, and when they were taken (`remeasured`)."""
+    if name != "store":
+        raise ValueError(f"--only {name}: only 'store' can be measured on its own")
+    bed = Bed()
+    try:
+        with tempfile.TemporaryDirectory(prefix="keyferry-bench-") as folder:
+            say(
+                f"store scale: {', '.join(map(str, plan.store_rows))} leases, SQLite and PostgreSQL"
+            )
+            store = store_scale(Path(folder), bed.postgres(), plan.store_rows, plan.store_samples)
+    finally:
+        bed.stop()
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return {"store": store, "remeasured": {"store": when}}
 
 
 async def _phase(figures: dict[str, Any], key: str, measurement: Awaitable[Any]) -> None:
