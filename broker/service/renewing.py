@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from broker.backends import Backends
-from broker.errors import InvalidRequest, KeyferryError
+from broker.errors import InvalidRequest, KeyferryError, VaultUnavailable
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine
 from broker.settings import RenewalSettings
@@ -115,11 +115,18 @@ class Renewer:
         candidates = await self._run(
             self._leases.leases_to_renew, now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
         )
+        due = [c for c in candidates if renewal_due(c, now, self._settings)]
         renewed = 0
-        for lease in (c for c in candidates if renewal_due(c, now, self._settings)):
+        for index, lease in enumerate(due):
             try:
                 if await self._renew_watched(lease):
                     renewed += 1
+            except VaultUnavailable as error:
+                # Vault is away: the others would fail alike. One line, and the next pass
+                # tries them all again.
+                left = len(due) - index
+                log.warning("renewals wait for Vault", due=left, error=error.message)
+                break
             except KeyferryError as error:
                 log.warning("renewal failed", lease_id=lease.id, error=error.message)
         return renewed
