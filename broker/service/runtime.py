@@ -316,9 +316,7 @@ class BrokerRuntime:
             Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
             Periodic("scheduled-rotation", timing.scheduled_rotation, flows.scheduled.run_once),
-            Periodic(
-                "store-statistics", timing.store_statistics, self._refresh_statistics, at_once=False
-            ),
+            Periodic("store-statistics", timing.store_statistics, self._refresh_statistics),
         ]
         if settings.audit.transit_mount is not None:
             jobs.append(

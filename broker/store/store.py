@@ -53,9 +53,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        store = cls(engine, clock, timeout=settings.timeout)
-        store.refresh_statistics()
-        return store
+        return cls(engine, clock, timeout=settings.timeout)
 
     def refresh_statistics(self) -> bool:
         """Refresh SQLite's query-planner statistics (a full ANALYZE: about 0.3 s at 100,000
