@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class LeaseState(StrEnum):
-    """pending → active → revoking → revoked; pending → failed.
+    """pending → active → revoking → revoked; pending → failed (LEASE_TRANSITIONS).
 
     - pending: written before Vault is asked, so a crash never leaves an untracked lease.
     - active: Vault issued it; the broker renews it.
