@@ -5,9 +5,10 @@ pending row (before Vault) → Vault → complete the row → audit → credenti
 
 Idempotent per (pod UID, credential name): when the store already holds a live lease for
 them, its sealed credential is returned and Vault is not asked (see sealing.py), unless that
-lease has run out unrenewed: then it goes to the revoker and Vault issues a new one. If the
-store cannot record what Vault issued, the Vault lease is revoked before the error is
-returned, so no credential exists that the store does not know about.
+lease has run out unrenewed: then it is ended (audited reason EXPIRED) and Vault issues a
+new one. The pending row, Vault, completing and undoing are the lease engine's
+(lease_engine.py): if the store cannot record what Vault issued, the Vault lease is revoked
+before the error is returned, so no credential exists that the store does not know about.
 """
 
 from __future__ import annotations
