@@ -276,6 +276,15 @@ class LeaseEngine:
         await self._audit.lease_change(who, "lease.revoking", marked, request_id, reason=reason)
         return await self._revoker.revoke(marked, who, request_id)
 
+    async def revoke_now(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
+        """Bring a retiring lease's revocation forward (the pod Acked its successor): the row,
+        revoking since the rotation (audited then, reason ROTATED), is revoked at Vault now
+        and settled by the Revoker; Vault failures as in `end`."""
+        due = await self._run(self._leases.mark_revoking, lease.id, revoke_after=self._clock())
+        if due.state is not LeaseState.REVOKING:
+            return due
+        return await self._revoker.revoke(due, who, request_id)
+
     async def close_unissued(self, lease: LeaseRecord, who: Principal, request_id: str) -> bool:
         """Reconcile's end of a row whose issue died with a broker (no Vault lease recorded):
         a pending one fails, a revoking one is settled revoked (ABANDONED); False when its

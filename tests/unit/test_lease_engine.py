@@ -408,6 +408,22 @@ async def test_end_marks_audits_revokes_and_settles_once(bench: Bench) -> None:
     ] == [("lease.revoking", "RELEASED"), ("lease.revoked", "REVOKED")]
 
 
+async def test_an_ack_brings_a_retiring_lease_revocation_forward(bench: Bench) -> None:
+    old = await issued(bench)
+    successor = await bench.engine.begin_next_generation(old.id)
+    assert isinstance(successor, PendingLease)
+    order = IssueOrder(
+        successor.lease, ROLES["database"], WHO, "r-rot", retire_after=START + timedelta(hours=1)
+    )
+    await bench.engine.issue(order)
+    assert bench.state(old.id) is LeaseState.REVOKING
+    assert await bench.revoker.revoke_due() == 0  # its grace is not over
+    done = await bench.engine.revoke_now(old, WHO, "r-ack")
+    assert done.state is LeaseState.REVOKED
+    assert [r["reason"] for r in bench.records("lease.revoked")] == ["ROTATED"]
+    assert (await bench.engine.revoke_now(old, WHO, "r-ack")).state is LeaseState.REVOKED
+
+
 async def test_end_when_vault_refuses_queues_the_lease_and_raises(bench: Bench) -> None:
     lease = await issued(bench)
     bench.backends.database.fail_revoke = VaultUnavailable("Vault is sealed")
