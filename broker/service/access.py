@@ -8,17 +8,16 @@ the decision (fail-closed: no record, no step), then the store moves the grant.
 Nobody approves or denies their own request: the broker refuses it whatever the policies
 say (SelfApproval), and the example policy set forbids it as well.
 
-The credential is a normal tracked lease owned by the grant (see grants.py), so ending a
-grant ends its lease through the Revoker: the row is revoking before Vault is asked, and a
-revocation Vault does not answer now is retried until it succeeds. Its Vault lease is
+The credential is a normal tracked lease owned by the grant (see grants.py), issued and
+ended by the lease engine (lease_engine.py) like a pod's: ending a grant ends its lease,
+the row revoking before Vault is asked, and a revocation Vault does not answer now is
+retried until it succeeds. Its Vault lease is
 renewed down (or up, within the role's max TTL) to end when the grant does; only roles
 whose credentials Vault can revoke may be granted.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -34,7 +33,7 @@ from broker.errors import (
     PermissionDenied,
     SelfApproval,
 )
-from broker.models import IssuedSecret, RoleSpec, VaultLease
+from broker.models import IssuedSecret, RoleSpec
 from broker.policy import Action, Operator, PolicyEngine, RoleResource
 from broker.settings import AccessSettings
 from broker.store import (
@@ -42,9 +41,6 @@ from broker.store import (
     GrantRecord,
     GrantState,
     GrantStateConflict,
-    IssueInProgress,
-    LeaseRecord,
-    LeaseState,
     LeaseStateConflict,
     RoleNotFound,
     Selector,
@@ -58,19 +54,15 @@ from .catalog import RoleCatalog
 from .grants import (
     ACCESS_OWNER,
     check_grant_ask,
-    grant_issue_context,
     grant_lease_request,
     grant_resource,
     new_grant,
 )
+from .lease_engine import IssueOrder, LeaseEngine, TrackedCredential
 from .results import GrantCredential, GrantEnd
-from .revoking import Revoker
-from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"
-PENDING_POLL = 0.05
-PENDING_WAIT = 15.0
 UNKNOWN_BACKEND = "unknown"
 ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
 
@@ -85,8 +77,7 @@ class AccessFlow:
         store: Store,
         runner: StoreRunner,
         backends: Backends,
-        sealer: CredentialSealer,
-        revoker: Revoker,
+        engine: LeaseEngine,
         settings: AccessSettings,
         clock: Clock,
     ) -> None:
@@ -97,8 +88,7 @@ class AccessFlow:
         self._leases = store.leases
         self._run = runner.run
         self._backends = backends
-        self._sealer = sealer
-        self._revoker = revoker
+        self._engine = engine
         self._settings = settings
         self._clock = clock
 
@@ -199,31 +189,33 @@ class AccessFlow:
             await self._audit.grant(who, "access.issue", grant, request_id, reason=refused)
             raise GrantStateConflict(grant, "used to issue a credential")
         role = (await self._catalog.get(grant.role)).spec
-        begun = await self._run(self._leases.begin_issue, grant_lease_request(grant))
+        begun = await self._engine.begin(grant_lease_request(grant))
         if isinstance(begun, ExistingLease):
-            return await self._replay(who, grant, begun.lease, request_id)
-        pending = begun.lease
-        backend = self._backends.for_role(role)
-        try:
-            issued = await backend.issue(role, grant_issue_context(grant))
-        except KeyferryError as error:
-            await self._fail(who, pending, error, request_id)
-            raise
-        try:
-            issued = await self._end_with_grant(issued, grant, role)
-        except KeyferryError as error:
-            # Not handed out: revoke it; if even that fails the pending row stays for
-            # reconcile, so no Vault lease is left that the store does not know about.
-            if await self._revoke_quietly(issued.lease):
-                await self._fail(who, pending, error, request_id)
-            raise
-        return await self._complete(who, grant, pending, issued, request_id)
+            return _handed(grant, await self._engine.replay(begun.lease, who, request_id))
 
-    async def _fail(
-        self, who: Principal, pending: LeaseRecord, error: KeyferryError, request_id: str
-    ) -> None:
-        failed = await self._run(self._leases.mark_failed, pending.id, error.message)
-        await self._audit.lease_change(who, "lease.failed", failed, request_id, reason=error.reason)
+        async def end_with_grant(issued: IssuedSecret) -> IssuedSecret:
+            return await self._end_with_grant(issued, grant, role)
+
+        order = IssueOrder(begun.lease, role, who, request_id, shape=end_with_grant)
+        try:
+            tracked = await self._engine.issue(order)
+        except LeaseStateConflict as conflict:
+            # The grant ended while Vault answered: its row is revoking with this Vault
+            # lease recorded, so the Revoker ends it; the credential is not handed out.
+            raise FailedPrecondition(
+                f"access grant {grant.id} ended while its credential was issued; the "
+                "credential was revoked"
+            ) from conflict
+        record = tracked.lease
+        try:
+            grant = await self._run(self._grants.record_lease, grant.id, record.id, self._clock())
+        except GrantStateConflict as ended:
+            # The grant ended while Vault answered: its lease goes with it, at once.
+            await self._end_leases(ended.grant, who, request_id)
+            raise
+        await self._audit.grant(who, "access.issue", grant, request_id)
+        log.info("access issued", grant_id=grant.id, lease_id=record.id, request_id=request_id)
+        return _handed(grant, tracked)
 
     async def _end_with_grant(
         self, issued: IssuedSecret, grant: GrantRecord, role: RoleSpec
@@ -238,89 +230,6 @@ class AccessFlow:
         increment = timedelta(seconds=max(int(remaining.total_seconds()), 1))
         renewed = await self._backends.for_role(role).renew(lease, increment)
         return IssuedSecret(credential=issued.credential, lease=renewed)
-
-    async def _complete(
-        self,
-        who: Principal,
-        grant: GrantRecord,
-        pending: LeaseRecord,
-        issued: IssuedSecret,
-        request_id: str,
-    ) -> GrantCredential:
-        vault_lease = issued.lease
-        try:
-            record = await self._run(
-                self._leases.complete_issue,
-                pending.id,
-                vault_lease.lease_id,
-                vault_lease.expires_at,
-                vault_lease=vault_lease.model_dump(mode="json"),
-                sealed_credential=self._sealer.seal(pending.id, issued.credential),
-            )
-        except LeaseStateConflict as conflict:
-            # The grant ended while Vault answered: its row is revoking with this Vault
-            # lease recorded, so the Revoker ends it; the credential is not handed out.
-            await self._revoke_quietly(vault_lease)
-            raise FailedPrecondition(
-                f"access grant {grant.id} ended while its credential was issued; the "
-                "credential was revoked"
-            ) from conflict
-        except KeyferryError:
-            await self._revoke_quietly(vault_lease)  # the pending row stays for reconcile
-            raise
-        await self._audit.lease_change(
-            who, "lease.active", record, request_id, credential=issued.credential
-        )
-        try:
-            grant = await self._run(self._grants.record_lease, grant.id, record.id, self._clock())
-        except GrantStateConflict as ended:
-            # The grant ended while Vault answered: its lease goes with it, at once.
-            await self._end_leases(ended.grant, who, request_id)
-            raise
-        await self._audit.grant(who, "access.issue", grant, request_id)
-        log.info("access issued", grant_id=grant.id, lease_id=record.id, request_id=request_id)
-        return GrantCredential(
-            grant=grant,
-            lease=record,
-            credential=issued.credential,
-            renewable=vault_lease.renewable,
-        )
-
-    async def _replay(
-        self, who: Principal, grant: GrantRecord, lease: LeaseRecord, request_id: str
-    ) -> GrantCredential:
-        lease = await self._wait_active(lease)
-        handle = await self._run(self._leases.handle, lease.id)
-        if handle.sealed_credential is None or handle.vault_lease is None:
-            raise IssueInProgress(lease.pod_uid, lease.credential)
-        credential = self._sealer.unseal(lease.id, handle.sealed_credential)
-        vault_lease = VaultLease.model_validate(handle.vault_lease)
-        await self._audit.lease_change(who, "lease.replayed", lease, request_id)
-        return GrantCredential(
-            grant=grant, lease=lease, credential=credential, renewable=vault_lease.renewable
-        )
-
-    async def _wait_active(self, lease: LeaseRecord) -> LeaseRecord:
-        """A concurrent IssueForGrant is asking Vault: wait for it to complete."""
-        deadline = time.monotonic() + PENDING_WAIT
-        while lease.state == LeaseState.PENDING and time.monotonic() < deadline:
-            await asyncio.sleep(PENDING_POLL)
-            lease = await self._run(self._leases.get, lease.id)
-        if lease.state != LeaseState.ACTIVE:
-            raise IssueInProgress(lease.pod_uid, lease.credential)
-        return lease
-
-    async def _revoke_quietly(self, vault_lease: VaultLease) -> bool:
-        try:
-            await self._backends.for_lease(vault_lease).revoke(vault_lease)
-        except KeyferryError as error:
-            log.exception(
-                "could not revoke a grant's Vault lease; reconcile must",
-                vault_lease_id=vault_lease.lease_id,
-                error=error.message,
-            )
-            return False
-        return True
 
     # -- end -------------------------------------------------------------------------------
 
@@ -387,17 +296,10 @@ class AccessFlow:
         selector = Selector(cluster=ACCESS_OWNER, pod_name=grant.id)
         leases = await self._run(self._leases.list_by_selector, selector)
         queued = []
+        reason = f"GRANT_{grant.state.value.upper()}"
         for lease in leases:
-            marked = await self._run(self._leases.mark_revoking, lease.id)
-            await self._audit.lease_change(
-                who,
-                "lease.revoking",
-                marked,
-                request_id,
-                reason=f"GRANT_{grant.state.value.upper()}",
-            )
             try:
-                await self._revoker.revoke(marked, who, request_id)
+                await self._engine.end(lease, who, reason, request_id)
             except KeyferryError as error:
                 log.warning("grant's lease queued", lease_id=lease.id, error=error.message)
                 queued.append(lease.id)
@@ -442,3 +344,12 @@ class AccessFlow:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:
             return UNKNOWN_BACKEND
+
+
+def _handed(grant: GrantRecord, tracked: TrackedCredential) -> GrantCredential:
+    return GrantCredential(
+        grant=grant,
+        lease=tracked.lease,
+        credential=tracked.credential,
+        renewable=tracked.vault_lease.renewable,
+    )

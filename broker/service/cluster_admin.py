@@ -33,13 +33,14 @@ from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal
 from .callers import Callers
+from .lease_engine import LeaseEngine
 from .pod_leases import PodLeases
 from .registration import check_cluster, key_fingerprints
-from .revoking import Revoker
 from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.clusters")
 ACTION = Action.REGISTER
+DEREGISTERED = "CLUSTER_DEREGISTERED"
 KEYS_REFRESH = timedelta(minutes=5)  # how often registered clusters' JWKS are fetched anew
 
 
@@ -81,7 +82,7 @@ class ClusterAdmin:
         policy: PolicyEngine,
         audit: AuditTrail,
         sealer: CredentialSealer,
-        revoker: Revoker,
+        engine: LeaseEngine,
         pods: PodLeases,
         clock: Clock,
     ) -> None:
@@ -93,7 +94,7 @@ class ClusterAdmin:
         self._policy = policy
         self._audit = audit
         self._sealer = sealer
-        self._revoker = revoker
+        self._engine = engine
         self._pods = pods
         self._clock = clock
 
@@ -217,9 +218,8 @@ class ClusterAdmin:
         leases = await self._run(self._leases.list_by_selector, Selector(cluster=name))
         revoked = queued = 0
         for lease in leases:
-            marked = await self._run(self._leases.mark_revoking, lease.id)
             try:
-                await self._revoker.revoke(marked, who, request_id)
+                await self._engine.end(lease, who, DEREGISTERED, request_id)
             except KeyferryError as error:
                 log.warning("lease not revoked; queued", lease_id=lease.id, error=error.message)
                 queued += 1

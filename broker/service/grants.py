@@ -18,7 +18,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from broker.errors import InvalidRequest
-from broker.models import IssueContext
 from broker.models.durations import format_duration
 from broker.policy import GrantResource, RoleResource
 from broker.settings import MIN_GRANT as MIN_DURATION
@@ -86,16 +85,6 @@ def grant_lease_request(grant: GrantRecord) -> LeaseRequest:
         pod_uid=grant_owner(grant.id),
         credential=GRANT_CREDENTIAL,
         role=grant.role,
-    )
-
-
-def grant_issue_context(grant: GrantRecord) -> IssueContext:
-    return IssueContext(
-        cluster=ACCESS_OWNER,
-        namespace=ACCESS_OWNER,
-        service_account=grant.requester,
-        pod=grant.id,
-        pod_uid=grant_owner(grant.id),
     )
 
 

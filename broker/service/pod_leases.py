@@ -4,8 +4,9 @@ UID) no longer runs, whatever a watch missed (a broker restart, a stopped watch,
 
 Deleting a namespace deletes its pods, so the watch sees each of them go. The watches run
 on threads (broker.clusters.pods); what they report is handled here, on the event loop.
-Revocation is the Revoker's: the row is revoking before Vault is asked, and a lease Vault
-does not revoke now stays queued and is retried until it is.
+Each lease is ended by the lease engine (audited `lease.revoking`, reason POD_ENDED): the
+row is revoking before Vault is asked, and a lease Vault does not revoke now stays queued
+and is retried until it is.
 """
 
 from __future__ import annotations
@@ -23,21 +24,22 @@ from broker.store import LeaseRecord, Selector, Store, StoreRunner
 
 from .auditing import system_principal
 from .callers import Callers
-from .revoking import Revoker
+from .lease_engine import LeaseEngine
 
 log = structlog.get_logger("keyferry.pod_leases")
 SWEEP_INTERVAL = timedelta(seconds=60)
 WATCH_JOB, SWEEP_JOB = "broker.pod-watch", "broker.pod-sweep"
+POD_ENDED = "POD_ENDED"
 
 
 class PodLeases:
     def __init__(
-        self, *, callers: Callers, store: Store, runner: StoreRunner, revoker: Revoker
+        self, *, callers: Callers, store: Store, runner: StoreRunner, engine: LeaseEngine
     ) -> None:
         self._callers = callers
         self._leases = store.leases
         self._run = runner.run
-        self._revoker = revoker
+        self._engine = engine
         self._watches: dict[str, PodWatch] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -89,9 +91,8 @@ class PodLeases:
     async def _end(self, leases: list[LeaseRecord], job: str) -> int:
         done = 0
         for lease in leases:
-            marked = await self._run(self._leases.mark_revoking, lease.id)
             try:
-                await self._revoker.revoke(marked, system_principal(job), uuid.uuid4().hex)
+                await self._engine.end(lease, system_principal(job), POD_ENDED, uuid.uuid4().hex)
             except KeyferryError as error:
                 log.warning("lease of an ended pod queued", lease_id=lease.id, error=error.message)
             else:

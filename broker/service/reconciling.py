@@ -17,7 +17,8 @@ settles them, run once at broker start and then periodically:
 
 The store is read before Vault is listed for step 2 (a lease issued after the snapshot
 cannot look gone) and after it for step 3 (a lease recorded meanwhile is known). Every
-change is audited as the broker's own `broker.reconcile`.
+change is audited as the broker's own `broker.reconcile`; rows are closed through the lease
+engine (lease_engine.py), so a lease the Revoker settles meanwhile is recorded once.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from broker.audit import AuditEvent
 from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.leases import revoke_lease
 from broker.errors import KeyferryError
-from broker.store import LeaseState, LeaseStateConflict, Store, StoreRunner
+from broker.store import LeaseState, Store, StoreRunner
 from broker.store.clock import Clock
 
 from .auditing import AuditTrail, system_principal
-from .events import EventHub, LeaseRevoked
+from .lease_engine import LeaseEngine
 
 log = structlog.get_logger("keyferry.reconcile")
 SYSTEM_JOB = "broker.reconcile"
@@ -62,16 +63,16 @@ class Reconciler:
         vault: VaultClient,
         store: Store,
         runner: StoreRunner,
+        engine: LeaseEngine,
         audit: AuditTrail,
-        hub: EventHub,
         clock: Clock,
         orphan_age: timedelta,
     ) -> None:
         self._vault = vault
         self._leases = store.leases
         self._run = runner.run
+        self._engine = engine
         self._audit = audit
-        self._hub = hub
         self._clock = clock
         self._orphan_age = orphan_age
         self._unknown_since: dict[str, datetime] = {}
@@ -93,43 +94,20 @@ class Reconciler:
         return report
 
     async def _settle_unissued(self, request_id: str) -> int:
+        who = system_principal(SYSTEM_JOB)
         settled = 0
         while rows := await self._run(
             self._leases.unissued_before, self._clock() - self._orphan_age
         ):
             for lease in rows:
-                try:
-                    if lease.state is LeaseState.PENDING:
-                        done = await self._run(
-                            self._leases.mark_failed, lease.id, "abandoned: no Vault lease recorded"
-                        )
-                        action = "lease.failed"
-                    else:
-                        done, settled_now = await self._run(self._leases.settle_revoked, lease.id)
-                        if not settled_now:
-                            continue  # revoked meanwhile, and recorded by whoever did it
-                        action = "lease.revoked"
-                except LeaseStateConflict:
-                    continue  # its issue completed meanwhile: nothing to settle
-                await self._audit.lease_change(
-                    system_principal(SYSTEM_JOB), action, done, request_id, reason="ABANDONED"
-                )
-                settled += 1
+                settled += await self._engine.close_unissued(lease, who, request_id)
         return settled
 
     async def _close(self, lease_id: str, request_id: str) -> int:
-        try:
-            closed, settled = await self._run(self._leases.settle_revoked, lease_id)
-        except LeaseStateConflict:
+        # Not closed when revoked meanwhile by whoever revoked it at Vault (the Revoker's
+        # pass, an Ack's revocation on another replica), which recorded and announced it.
+        if not await self._engine.close_gone(lease_id, system_principal(SYSTEM_JOB), request_id):
             return 0
-        if not settled:
-            # Revoked meanwhile by whoever revoked it at Vault (the Revoker's pass, an Ack's
-            # revocation on another replica), which recorded and announced it: not twice.
-            return 0
-        await self._audit.lease_change(
-            system_principal(SYSTEM_JOB), "lease.revoked", closed, request_id, reason="NOT_IN_VAULT"
-        )
-        self._hub.publish(closed.pod_uid, LeaseRevoked(closed.id, "revoked"))
         log.info("store lease unknown to Vault closed", lease_id=lease_id)
         return 1
 

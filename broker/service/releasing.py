@@ -1,25 +1,23 @@
 """Broker.Release: the caller gives back one of its own leases, revoked at Vault now.
 
 The pod may be terminating (an agent releases at shutdown), so a terminating pod's token
-is accepted here. Another pod's lease is not found (own_leases.py).
+is accepted here. Another pod's lease is not found (own_leases.py). The lease is ended by
+the lease engine (lease_engine.py): a revocation Vault does not take now stays queued on
+its row, retried by the Revoker until it succeeds, and the error is returned.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-from broker.backends import Backends
-from broker.errors import KeyferryError
-from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine
 from broker.store import LeaseRecord, LeaseState, Store, StoreRunner
 
-from .auditing import AuditTrail
+from .auditing import AuditTrail, principal_of
 from .callers import Callers
+from .lease_engine import LeaseEngine
 from .own_leases import OwnLeaseGate
 
 FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
-REVOKE_RETRY = timedelta(seconds=30)
+RELEASED = "RELEASED"
 
 
 class ReleaseFlow:
@@ -31,37 +29,15 @@ class ReleaseFlow:
         audit: AuditTrail,
         store: Store,
         runner: StoreRunner,
-        backends: Backends,
+        engine: LeaseEngine,
     ) -> None:
         self._gate = OwnLeaseGate(callers, policy, audit, store, runner)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
-        self._backends = backends
+        self._engine = engine
 
     async def release(self, token: str, lease_id: str, request_id: str) -> LeaseRecord:
         own = await self._gate.authorize(
             token, lease_id, Action.RELEASE, request_id, allow_terminating=True
         )
-        workload, lease, vault_lease = own.workload, own.lease, own.vault_lease
-        if lease.state in FINAL:
-            return lease
-        revoking = await self._run(self._leases.mark_revoking, lease.id)
-        await self._audit.lease(workload, "lease.revoking", revoking, request_id)
-        if vault_lease is None:
-            # Still pending: complete_issue records the Vault lease id on the revoking row,
-            # and the revoker ends it.
-            return revoking
-        await self._revoke(vault_lease, revoking)
-        revoked = await self._run(self._leases.mark_revoked, lease.id)
-        await self._audit.lease(workload, "lease.revoked", revoked, request_id)
-        return revoked
-
-    async def _revoke(self, vault_lease: VaultLease, lease: LeaseRecord) -> None:
-        try:
-            await self._backends.for_lease(vault_lease).revoke(vault_lease)
-        except KeyferryError as error:
-            # The row stays revoking with the error; revocation is retried until it succeeds.
-            retry_at = datetime.now(UTC) + REVOKE_RETRY
-            await self._run(self._leases.record_revoke_failure, lease.id, error.message, retry_at)
-            raise
+        if own.lease.state in FINAL:
+            return own.lease
+        return await self._engine.end(own.lease, principal_of(own.workload), RELEASED, request_id)

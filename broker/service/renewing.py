@@ -64,6 +64,7 @@ class Renewer:
         audit: AuditTrail,
         hub: EventHub,
         settings: RenewalSettings,
+        reissue: Reissue,
         clock: Clock,
     ) -> None:
         self._leases = store.leases
@@ -74,11 +75,8 @@ class Renewer:
         self._settings = settings
         self._clock = clock
         self._warned: set[str] = set()
-        self._reissue: Reissue | None = None
-
-    def reissue_with(self, reissue: Reissue) -> None:
-        """How a lease that cannot be renewed further is replaced (RotationFlow.reissue)."""
         self._reissue = reissue
+        """How a lease that cannot be renewed further is replaced (RotationFlow.reissue)."""
 
     async def vault_lease(self, lease: LeaseRecord) -> VaultLease:
         handle = await self._run(self._leases.handle, lease.id)
@@ -150,7 +148,7 @@ class Renewer:
 
     async def _replace(self, lease: LeaseRecord) -> None:
         """Re-issue before the end (the rest of its life as the grace), else warn."""
-        if self._reissue is not None and lease.expires_at is not None:
+        if lease.expires_at is not None:
             grace = max(lease.expires_at - self._clock(), MIN_REISSUE_GRACE)
             try:
                 await self._reissue(lease, grace, uuid.uuid4().hex)

@@ -1,10 +1,11 @@
 """RevokeSelected: end every live lease a selector reaches, on an operator's demand.
 
-Each selected lease is decided (Cedar `revoke`, audited) before any is touched; then each
-row becomes revoking (no longer handed out) and the Revoker asks Vault, `concurrency` at
-a time. A revocation Vault does not take now stays queued on its row and the Revoker's
-periodic pass retries it until it succeeds (revoking.py): it is reported as queued,
-never as given up.
+Each selected lease is decided (Cedar `revoke`, audited) before any is touched; then the
+lease engine ends each (lease_engine.py: the row revoking, no longer handed out, audited
+with reason REVOKE_SELECTED, then the Revoker asks Vault), `concurrency` at a time. A
+revocation Vault does not take now stays queued on its row and the Revoker's periodic
+pass retries it until it succeeds (revoking.py): it is reported as queued, never as
+given up.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from broker.audit import Principal
 from broker.errors import KeyferryError
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import LIVE_STATES, LeaseState, Store, StoreRunner
-from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal
-from .revoking import Revoker
+from .lease_engine import LeaseEngine
 from .selection import (
     LeaseProgress,
     LeaseSelector,
@@ -36,6 +36,7 @@ from .selection import (
 )
 
 log = structlog.get_logger("keyferry.revoke")
+REVOKE_SELECTED = "REVOKE_SELECTED"
 
 
 class RevocationFlow:
@@ -46,17 +47,12 @@ class RevocationFlow:
         audit: AuditTrail,
         store: Store,
         runner: StoreRunner,
-        revoker: Revoker,
+        engine: LeaseEngine,
         concurrency: int,
-        clock: Clock,
     ) -> None:
         self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
-        self._revoker = revoker
+        self._engine = engine
         self._concurrency = concurrency
-        self._clock = clock
 
     async def revoke_selected(
         self,
@@ -96,15 +92,10 @@ class RevocationFlow:
         self, who: Principal, selected: Selected, request_id: str
     ) -> LeaseProgress:
         try:
-            marked = await self._run(
-                self._leases.mark_revoking, selected.lease.id, revoke_after=self._clock()
-            )
-            if marked.state is not LeaseState.REVOKING:  # revoked or failed meanwhile
-                return LeaseProgress(marked, Outcome.REVOKED)
-            done = await self._revoker.revoke(marked, who, request_id)
+            done = await self._engine.end(selected.lease, who, REVOKE_SELECTED, request_id)
         except KeyferryError as error:
             log.warning("lease not revoked now; queued", lease_id=selected.lease.id)
             return LeaseProgress(selected.lease, Outcome.QUEUED, error=error.message)
-        if done.state is not LeaseState.REVOKED:  # its issue is still running: queued
+        if done.state is LeaseState.REVOKING:  # its issue is still running: queued
             return LeaseProgress(done, Outcome.QUEUED, error=done.last_error)
-        return LeaseProgress(done, Outcome.REVOKED)
+        return LeaseProgress(done, Outcome.REVOKED)  # revoked (or failed meanwhile)

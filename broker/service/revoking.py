@@ -85,16 +85,26 @@ class Revoker:
         except KeyferryError as error:
             await self._record_failure(lease, who, request_id, error)
             raise
-        revoked, settled = await self._run(self._leases.settle_revoked, lease.id)
-        if not settled:
-            return revoked  # another replica (or call) revoked it first and said so
-        reason = await self._reason(revoked)
-        await self._audit.lease_change(
-            who, "lease.revoked", revoked, request_id, reason=reason.upper()
-        )
-        self._hub.publish(revoked.pod_uid, LeaseRevoked(revoked.id, reason))
-        log.info("lease revoked", lease_id=revoked.id, reason=reason, request_id=request_id)
+        revoked, _ = await self.settle(lease.id, who, request_id)
         return revoked
+
+    async def settle(
+        self, lease_id: str, who: Principal, request_id: str, *, reason: str | None = None
+    ) -> tuple[LeaseRecord, bool]:
+        """Mark a lease revoked that Vault no longer holds, and whether this call did: only
+        that call records it (`lease.revoked`, with `reason`, or ROTATED / REVOKED) and
+        tells its pod, so two replicas (or the Revoker and reconcile) that both saw it go
+        record it once. LeaseStateConflict for a lease that was never issued (failed)."""
+        revoked, settled = await self._run(self._leases.settle_revoked, lease_id)
+        if not settled:
+            return revoked, False  # another replica (or call) revoked it first and said so
+        why = await self._reason(revoked)
+        await self._audit.lease_change(
+            who, "lease.revoked", revoked, request_id, reason=reason or why.upper()
+        )
+        self._hub.publish(revoked.pod_uid, LeaseRevoked(revoked.id, why))
+        log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
+        return revoked, True
 
     async def revoke_due(self) -> int:
         """One pass over the revocations that are due; how many succeeded."""

@@ -1,12 +1,12 @@
 """Rotation.RotateLeases, the primitive: a lease's next generation is issued, pushed to the
 pod's Watch streams, and the old generation is revoked on the Ack or after the grace period.
 
-The store does the bookkeeping: `begin_rotation` writes the next generation's pending row
-before Vault is asked, and `complete_issue(..., retire_after=now + grace)` activates it and
-turns the old generation revoking in one transaction. The Revoker revokes the old lease
-when its time comes (the pod's Ack brings that time forward, see watching.py). If Vault
-fails the old lease stays active; if the store fails after Vault issued, the new Vault
-lease is revoked before the error is returned (as in Issue).
+The lease engine (lease_engine.py) does the bookkeeping: the next generation's pending row
+is written before Vault is asked, and completing it with `retire_after=now + grace`
+activates it and turns the old generation revoking in one transaction. The Revoker revokes
+the old lease when its time comes (the pod's Ack brings that time forward, see
+watching.py). If Vault fails the old lease stays active; if the store fails after Vault
+issued, the new Vault lease is undone as in Issue.
 
 The operator is the one the admin listener's client certificate names; Cedar decides
 `rotate` for it on each lease and the audit trail names it.
@@ -28,9 +28,8 @@ from datetime import timedelta
 import structlog
 
 from broker.audit import Principal
-from broker.backends import Backends
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
-from broker.models import IssueContext, IssuedSecret, RoleSpec, VaultLease
+from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import (
     ExistingLease,
@@ -46,9 +45,9 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, operator_principal, system_principal
 from .catalog import RoleCatalog
 from .events import EventHub, LeaseRotated
+from .lease_engine import IssueOrder, LeaseEngine
 from .resources import lease_resource
 from .results import Rotation
-from .sealing import CredentialSealer
 from .selection import (
     LeaseProgress,
     LeaseSelector,
@@ -83,8 +82,7 @@ class RotationFlow:
         audit: AuditTrail,
         store: Store,
         runner: StoreRunner,
-        backends: Backends,
-        sealer: CredentialSealer,
+        engine: LeaseEngine,
         hub: EventHub,
         grace: timedelta,
         concurrency: int,
@@ -100,8 +98,7 @@ class RotationFlow:
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
-        self._backends = backends
-        self._sealer = sealer
+        self._engine = engine
         self._hub = hub
         self._grace = grace
         self._clock = clock
@@ -312,74 +309,25 @@ class RotationFlow:
                 field, f"lease {lease.id} is {lease.state}; only an active lease can be rotated"
             )
         role = (await self._catalog.get(lease.role)).spec
-        begun = await self._run(self._leases.begin_rotation, lease.id)
+        begun = await self._engine.begin_next_generation(lease.id)
         if isinstance(begun, ExistingLease):
             return await self._already(lease, begun.lease)
-        pending = begun.lease
-        try:
-            issued = await self._backends.for_role(role).issue(role, _context(lease))
-        except KeyferryError as error:
-            await self._run(self._leases.mark_failed, pending.id, error.message)
-            await self._audit.lease_change(
-                who,
-                "lease.failed",
-                pending,
-                request_id,
-                reason=error.reason,
-            )
-            raise
-        return await self._complete(
-            who,
-            field=field,
-            lease=lease,
-            pending=pending,
-            role=role,
-            issued=issued,
-            grace=grace,
-            request_id=request_id,
-        )
-
-    async def _complete(
-        self,
-        who: Principal,
-        *,
-        field: str,
-        lease: LeaseRecord,
-        pending: LeaseRecord,
-        role: RoleSpec,
-        issued: IssuedSecret,
-        grace: timedelta,
-        request_id: str,
-    ) -> Rotation:
-        vault_lease = issued.lease
         revoke_after = self._clock() + grace
+        order = IssueOrder(begun.lease, role, who, request_id, retire_after=revoke_after)
         try:
-            record = await self._run(
-                self._leases.complete_issue,
-                pending.id,
-                vault_lease.lease_id,
-                vault_lease.expires_at,
-                retire_after=revoke_after,
-                vault_lease=vault_lease.model_dump(mode="json"),
-                sealed_credential=self._sealer.seal(pending.id, issued.credential),
-            )
+            tracked = await self._engine.issue(order)
         except LeaseStateConflict as conflict:
             # The pod went away while Vault answered: the row is revoking with the new Vault
             # lease recorded, so the Revoker ends it.
             raise InvalidRequest(
                 field, f"lease {lease.id}'s pod is going away; not rotated"
             ) from conflict
-        except KeyferryError as error:
-            await self._undo(pending, vault_lease, error)
-            raise
-        await self._audit.lease_change(
-            who, "lease.active", record, request_id, credential=issued.credential
-        )
+        record, vault_lease = tracked.lease, tracked.vault_lease
         previous = await self._run(self._leases.get, lease.id)
         await self._audit.lease_change(
             who, "lease.revoking", previous, request_id, reason="ROTATED"
         )
-        self._hub.publish(record.pod_uid, LeaseRotated(record, issued.credential, vault_lease))
+        self._hub.publish(record.pod_uid, LeaseRotated(record, tracked.credential, vault_lease))
         log.info(
             "lease rotated",
             previous_lease_id=lease.id,
@@ -414,36 +362,7 @@ class RotationFlow:
             already_rotated=True,
         )
 
-    async def _undo(
-        self, pending: LeaseRecord, vault_lease: VaultLease, error: KeyferryError
-    ) -> None:
-        """The store did not record the new credential: revoke it at Vault, then close the
-        pending row. If the revoke fails too, the pending row stays for reconcile."""
-        try:
-            await self._backends.for_lease(vault_lease).revoke(vault_lease)
-        except KeyferryError as also:
-            log.exception(
-                "could not revoke a rotated-in Vault lease; reconcile must",
-                lease_id=pending.id,
-                error=also.message,
-            )
-            return
-        try:
-            await self._run(self._leases.mark_failed, pending.id, error.message)
-        except KeyferryError as also:
-            log.exception("could not mark a lease failed", lease_id=pending.id, error=also.message)
-
 
 def _chunks(ids: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(ids), CHUNK):
         yield ids[start : start + CHUNK]
-
-
-def _context(lease: LeaseRecord) -> IssueContext:
-    return IssueContext(
-        cluster=lease.cluster,
-        namespace=lease.namespace,
-        service_account=lease.service_account,
-        pod=lease.pod_name,
-        pod_uid=lease.pod_uid,
-    )

@@ -40,6 +40,7 @@ from .cluster_admin import ClusterAdmin
 from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
 from .leadership import leadership_for
+from .lease_engine import LeaseEngine
 from .limits import IssueRates
 from .loops import Periodic
 from .notify import EventRelay
@@ -63,11 +64,12 @@ log = structlog.get_logger("keyferry.runtime")
 @dataclass
 class LeaseFlows:
     """What keeps issued leases alive and replaces them: the event hub of Watch streams
-    (and its relay to the other replicas), the flows of Watch, Renew and RotateLeases,
-    and the scheduler of the periodic jobs."""
+    (and its relay to the other replicas), the lease engine and its Revoker, the flows of
+    Watch, Renew and RotateLeases, and the scheduler of the periodic jobs."""
 
     hub: EventHub
     relay: EventRelay | None
+    engine: LeaseEngine
     revoker: Revoker
     renewer: Renewer
     watch: WatchFlow
@@ -143,27 +145,6 @@ class BrokerRuntime:
         backends = Backends(vault)
         sealer = CredentialSealer(settings.sealing.key_bytes())
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
-        issue = IssueFlow(
-            callers=callers,
-            catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            backends=backends,
-            sealer=sealer,
-            limits=limits,
-            rates=IssueRates(settings.limits, clock),
-            clock=clock,
-        )
-        release = ReleaseFlow(
-            callers=callers,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            backends=backends,
-        )
         hub = EventHub()
         timing = settings.scheduler
         revoker = Revoker(
@@ -175,6 +156,48 @@ class BrokerRuntime:
             clock=clock,
             backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
         )
+        engine = LeaseEngine(
+            store=store,
+            runner=runner,
+            backends=backends,
+            sealer=sealer,
+            audit=audit,
+            revoker=revoker,
+            clock=clock,
+        )
+        issue = IssueFlow(
+            callers=callers,
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            engine=engine,
+            limits=limits,
+            rates=IssueRates(settings.limits, clock),
+            clock=clock,
+        )
+        release = ReleaseFlow(
+            callers=callers,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            engine=engine,
+        )
+        rotation = RotationFlow(
+            catalog=catalog,
+            policy=policy,
+            audit=audit,
+            store=store,
+            runner=runner,
+            engine=engine,
+            hub=hub,
+            grace=settings.rotation.grace,
+            concurrency=settings.rotation.concurrency,
+            resume_after=settings.rotation.resume_after,
+            clock=clock,
+        )
         renewer = Renewer(
             store=store,
             runner=runner,
@@ -182,6 +205,7 @@ class BrokerRuntime:
             audit=audit,
             hub=hub,
             settings=settings.renewal,
+            reissue=rotation.reissue,
             clock=clock,
         )
         relay = EventRelay.for_store(
@@ -197,23 +221,10 @@ class BrokerRuntime:
             jitter=timing.jitter,
             leadership_interval=timing.leadership,
         )
-        rotation = RotationFlow(
-            catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            backends=backends,
-            sealer=sealer,
-            hub=hub,
-            grace=settings.rotation.grace,
-            concurrency=settings.rotation.concurrency,
-            resume_after=settings.rotation.resume_after,
-            clock=clock,
-        )
         flows = LeaseFlows(
             hub=hub,
             relay=relay,
+            engine=engine,
             revoker=revoker,
             renewer=renewer,
             watch=WatchFlow(
@@ -242,25 +253,23 @@ class BrokerRuntime:
                 audit=audit,
                 store=store,
                 runner=runner,
-                revoker=revoker,
+                engine=engine,
                 concurrency=settings.rotation.concurrency,
-                clock=clock,
             ),
             root=RootRotationFlow(policy=policy, audit=audit, vault=vault, clock=clock),
             reconciler=Reconciler(
                 vault=vault,
                 store=store,
                 runner=runner,
+                engine=engine,
                 audit=audit,
-                hub=hub,
                 clock=clock,
                 orphan_age=settings.rotation.orphan_age,
             ),
             scheduler=scheduler,
         )
-        renewer.reissue_with(flows.rotation.reissue)
         roles = RoleAdmin(catalog, policy, audit)
-        pods = PodLeases(callers=callers, store=store, runner=runner, revoker=revoker)
+        pods = PodLeases(callers=callers, store=store, runner=runner, engine=engine)
         clusters = ClusterAdmin(
             configured=settings.clusters,
             callers=callers,
@@ -269,7 +278,7 @@ class BrokerRuntime:
             policy=policy,
             audit=audit,
             sealer=sealer,
-            revoker=revoker,
+            engine=engine,
             pods=pods,
             clock=clock,
         )
@@ -281,8 +290,7 @@ class BrokerRuntime:
             store=store,
             runner=runner,
             backends=backends,
-            sealer=sealer,
-            revoker=revoker,
+            engine=engine,
             settings=settings.access,
             clock=clock,
         )

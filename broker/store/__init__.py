@@ -34,6 +34,7 @@ from .grants import GrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
+    LEASE_TRANSITIONS,
     LIVE_STATES,
     CheckpointRecord,
     ClusterRecord,
@@ -55,6 +56,7 @@ from .runner import StoreRunner
 from .store import Store
 
 __all__ = [
+    "LEASE_TRANSITIONS",
     "LIVE_STATES",
     "AuditChainRepository",
     "CheckpointRecord",

@@ -2,7 +2,9 @@
 
 State changes are idempotent where a retry could repeat them (the scheduler's jobs, a
 replica that takes over): repeating a change that already happened returns the record;
-a change the current state does not allow raises LeaseStateConflict with that record.
+a move LEASE_TRANSITIONS (records.py) does not allow raises LeaseStateConflict with that
+record. Only the lease engine (broker/service/lease_engine.py, revoking.py) calls the
+lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_failure).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from .records import (
     PendingLease,
     RotationRequest,
     Selector,
+    lease_may_become,
+    lease_sources,
 )
 from .schema import LeaseRow
 
@@ -42,6 +46,7 @@ DEFAULT_BATCH = 100
 _PENDING = frozenset({LeaseState.PENDING})
 _ACTIVE = frozenset({LeaseState.ACTIVE})
 _REVOKING = frozenset({LeaseState.REVOKING})
+_FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 
 
 class LeaseRepository:
@@ -117,7 +122,7 @@ class LeaseRepository:
                 row.updated_at = now
                 session.flush()
                 late = LeaseStateConflict(_record(row), "complete issue", _PENDING)
-            elif row.state != LeaseState.PENDING:
+            elif not lease_may_become(LeaseState(row.state), LeaseState.ACTIVE):
                 raise LeaseStateConflict(_record(row), "complete issue", _PENDING)
             else:
                 row.vault_lease = vault_lease
@@ -139,14 +144,11 @@ class LeaseRepository:
         def change(row: LeaseRow, now: datetime) -> bool:
             if row.state == LeaseState.FAILED:
                 return False
-            if row.state != LeaseState.PENDING:
-                raise LeaseStateConflict(_record(row), "mark failed", _PENDING)
-            row.state = LeaseState.FAILED
             row.last_error = error[:ERROR_CAP]
             row.sealed_credential = None
             return True
 
-        return self._change(lease_id, "mark failed", change)
+        return self._move(lease_id, LeaseState.FAILED, "mark failed", change)[0]
 
     # -- renew -----------------------------------------------------------------------------
 
@@ -193,17 +195,14 @@ class LeaseRepository:
 
         def change(row: LeaseRow, now: datetime) -> bool:
             when = revoke_after or now
-            if row.state in (LeaseState.REVOKED, LeaseState.FAILED):
-                return False
             earlier = row.revoke_after is not None and row.revoke_after <= when
             if row.state == LeaseState.REVOKING and earlier:
                 return False
-            row.state = LeaseState.REVOKING
             row.revoke_after = when
             row.sealed_credential = None  # no longer handed out
             return True
 
-        return self._change(lease_id, "mark revoking", change)
+        return self._move(lease_id, LeaseState.REVOKING, "mark revoking", change, quiet=_FINAL)[0]
 
     def record_revoke_failure(self, lease_id: str, error: str, retry_at: datetime) -> LeaseRecord:
         """Vault did not revoke it; try again at `retry_at`. Revocation never gives up."""
@@ -227,21 +226,14 @@ class LeaseRepository:
         """mark_revoked, and whether this call made the change: of two replicas that both
         revoked the lease at Vault (harmless there), only the one that gets True records
         and announces it."""
-        allowed = frozenset({LeaseState.REVOKING, LeaseState.ACTIVE})
-        changed = False
 
         def change(row: LeaseRow, now: datetime) -> bool:
-            nonlocal changed
             if row.state == LeaseState.REVOKED:
                 return False
-            if row.state not in allowed:
-                raise LeaseStateConflict(_record(row), "mark revoked", allowed)
-            row.state = LeaseState.REVOKED
             row.sealed_credential = None
-            changed = True
             return True
 
-        return self._change(lease_id, "mark revoked", change), changed
+        return self._move(lease_id, LeaseState.REVOKED, "mark revoked", change)
 
     def leases_to_revoke(self, now: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
         """Revoking leases whose time has come, longest waiting first."""
@@ -492,6 +484,7 @@ class LeaseRepository:
     def _change(
         self, lease_id: str, operation: str, change: Callable[[LeaseRow, datetime], bool]
     ) -> LeaseRecord:
+        """A change that keeps the lease's state (a renewal, a failed revocation)."""
         with store_errors(operation), self._sessions.begin() as session:
             row = _get(session, lease_id, lock=True)
             now = self._clock()
@@ -499,6 +492,37 @@ class LeaseRepository:
                 row.updated_at = now
                 session.flush()
             return _record(row)
+
+    def _move(
+        self,
+        lease_id: str,
+        target: LeaseState,
+        operation: str,
+        change: Callable[[LeaseRow, datetime], bool],
+        *,
+        quiet: frozenset[LeaseState] = frozenset(),
+    ) -> tuple[LeaseRecord, bool]:
+        """Move the lease to `target` as LEASE_TRANSITIONS allows, with `change` writing
+        the fields that go with it (False: nothing to do); and whether anything changed.
+
+        A lease in `target` already gets `change` alone (marking a revoking lease again
+        brings its time forward); one in a `quiet` state is returned unchanged; any other
+        move the table does not allow raises LeaseStateConflict with the lease as it is.
+        """
+        with store_errors(operation), self._sessions.begin() as session:
+            row = _get(session, lease_id, lock=True)
+            current = LeaseState(row.state)
+            if current in quiet:
+                return _record(row), False
+            if current != target and not lease_may_become(current, target):
+                raise LeaseStateConflict(_record(row), operation, lease_sources(target))
+            now = self._clock()
+            if not change(row, now):
+                return _record(row), False
+            row.state = target
+            row.updated_at = now
+            session.flush()
+            return _record(row), True
 
     def _list(self, operation: str, query: Select[LeaseRow]) -> list[LeaseRecord]:
         with store_errors(operation), self._sessions() as session:

@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 
 class LeaseState(StrEnum):
-    """pending → active → revoking → revoked; pending → failed.
+    """pending → active → revoking → revoked; pending → failed (LEASE_TRANSITIONS).
 
     - pending: written before Vault is asked, so a crash never leaves an untracked lease.
     - active: Vault issued it; the broker renews it.
@@ -33,6 +33,27 @@ class LeaseState(StrEnum):
 
 LIVE_STATES = frozenset({LeaseState.PENDING, LeaseState.ACTIVE})
 """The states an Issue for the same (pod UID, credential) must find instead of a new lease."""
+
+LEASE_TRANSITIONS: dict[LeaseState, frozenset[LeaseState]] = {
+    LeaseState.PENDING: frozenset({LeaseState.ACTIVE, LeaseState.FAILED, LeaseState.REVOKING}),
+    LeaseState.ACTIVE: frozenset({LeaseState.REVOKING, LeaseState.REVOKED}),
+    LeaseState.REVOKING: frozenset({LeaseState.REVOKED}),
+    LeaseState.REVOKED: frozenset(),
+    LeaseState.FAILED: frozenset(),
+}
+"""Which state each lease state may move to; the store refuses any other move with
+LeaseStateConflict. pending → revoking is a pod that went away while Vault was asked;
+active → revoked is reconcile closing a lease Vault no longer knows."""
+
+
+def lease_may_become(current: LeaseState, target: LeaseState) -> bool:
+    return target in LEASE_TRANSITIONS[current]
+
+
+def lease_sources(target: LeaseState) -> frozenset[LeaseState]:
+    """The states a lease may reach `target` from."""
+    return frozenset(s for s, targets in LEASE_TRANSITIONS.items() if target in targets)
+
 
 _RECORD = ConfigDict(frozen=True, from_attributes=True, extra="forbid")
 

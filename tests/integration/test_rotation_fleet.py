@@ -528,15 +528,18 @@ async def test_reconcile_records_no_second_revocation_of_a_lease_revoked_while_i
     root.sys.revoke_lease(old.vault_lease_id)  # the Revoker's call to Vault, done
     runtime = broker.server.runtime
     reconciler, revoker = runtime.flows.reconciler, runtime.flows.revoker
-    run = reconciler._run  # the store calls of reconcile, to interleave the Revoker
+    run = revoker._run  # reconcile settles through the Revoker: interleave its own pass
+    first = [True]
 
     async def revoker_first(fn: Any, *args: Any) -> Any:
         """The Revoker settles the row just before reconcile's own write to it."""
-        if getattr(fn, "__name__", "") in ("settle_revoked", "mark_revoked") and args == (old.id,):
+        name = getattr(fn, "__name__", "")
+        if first[0] and name in ("settle_revoked", "mark_revoked") and args == (old.id,):
+            first[0] = False
             await revoker.revoke(old, system_principal("broker.revoke"), "revoker")
         return await run(fn, *args)
 
-    monkeypatch.setattr(reconciler, "_run", revoker_first)
+    monkeypatch.setattr(revoker, "_run", revoker_first)
     report = await reconciler.run_once()
     assert report.closed == 0
     assert states(broker, [old.id]) == {old.id: LeaseState.REVOKED}

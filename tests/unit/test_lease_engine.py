@@ -1,0 +1,574 @@
+"""The lease engine on an in-memory SQLite store with a fake backend: issue, replay, end
+(Release's path), rotation, a grant's issue, and every undo path of the invariant
+(pending row → Vault → complete → undo on failure).
+
+The fake backend stands in for Vault only here; the bed's integration tests run the same
+flows against a real Vault (tests/integration/test_issue.py, test_access.py, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine
+from sqlalchemy.pool import StaticPool
+
+from broker.audit import AuditLog, Fingerprinter, JsonLinesSink
+from broker.backends import Backends
+from broker.errors import KeyferryError, StoreUnavailable, VaultUnavailable
+from broker.models import (
+    BackendKind,
+    Credential,
+    Ending,
+    IssueContext,
+    IssuedSecret,
+    Lifecycle,
+    RoleSpec,
+    VaultLease,
+    load_roles,
+)
+from broker.policy import Operator, PolicyEngine
+from broker.service.access import AccessFlow
+from broker.service.auditing import AuditTrail, system_principal
+from broker.service.catalog import RoleCatalog
+from broker.service.events import EventHub
+from broker.service.grants import check_grant_ask, new_grant
+from broker.service.lease_engine import IssueOrder, LeaseEngine, PendingWait
+from broker.service.revoking import Revoker
+from broker.service.rotating import RotationFlow
+from broker.service.sealing import CredentialSealer
+from broker.settings import AccessSettings
+from broker.store import (
+    LEASE_TRANSITIONS,
+    IssueInProgress,
+    LeaseRecord,
+    LeaseRequest,
+    LeaseState,
+    LeaseStateConflict,
+    PendingLease,
+    Store,
+    StoreRunner,
+    upgrade,
+)
+
+ROOT = Path(__file__).parents[2]
+ROLES = {role.kind: role for role in load_roles(ROOT / "docs" / "examples" / "roles.yaml")}
+POLICIES = ROOT / "docs" / "examples" / "policies.cedar"
+WHO = system_principal("unit-test")
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class FakeBackend:
+    """Issues numbered credentials; remembers what lives "at Vault"; fails on demand."""
+
+    kind: BackendKind
+    revocable: bool
+    alive: set[str] = field(default_factory=set)
+    revoked: list[str] = field(default_factory=list)
+    fail_issue: KeyferryError | None = None
+    fail_revoke: KeyferryError | None = None
+    fail_renew: KeyferryError | None = None
+    during_issue: Callable[[IssueContext], None] | None = None
+
+    def lifecycle(self, role: RoleSpec) -> Lifecycle:
+        ends = Ending.REVOKED if self.revocable else Ending.SUPERSEDED
+        return Lifecycle(renewable=self.revocable, revocable=self.revocable, ends=ends)
+
+    async def issue(self, role: RoleSpec, context: IssueContext) -> IssuedSecret:
+        if self.fail_issue is not None:
+            raise self.fail_issue
+        if self.during_issue is not None:
+            self.during_issue(context)
+        lease_id = f"keyferry/{self.kind}/creds/{uuid.uuid4().hex}" if self.revocable else ""
+        self.alive.add(lease_id)
+        lease = VaultLease(
+            role=role.name,
+            kind=self.kind,
+            mount=f"keyferry/{self.kind}",
+            lease_id=lease_id,
+            renewable=self.revocable,
+            ttl=timedelta(minutes=5),
+            issued_at=START,
+            expires_at=START + timedelta(minutes=5) if self.revocable else None,
+        )
+        credential = Credential(values={"password": SecretStr(uuid.uuid4().hex)})
+        return IssuedSecret(credential=credential, lease=lease)
+
+    async def renew(self, lease: VaultLease, increment: timedelta | None = None) -> VaultLease:
+        if self.fail_renew is not None:
+            raise self.fail_renew
+        return lease.renewed(increment or lease.ttl, START)
+
+    async def revoke(self, lease: VaultLease) -> None:
+        if self.fail_revoke is not None:
+            raise self.fail_revoke
+        self.alive.discard(lease.lease_id)
+        self.revoked.append(lease.lease_id)
+
+
+class FakeBackends:
+    def __init__(self) -> None:
+        self.database = FakeBackend("database", revocable=True)
+        self.kv = FakeBackend("kv", revocable=False)
+
+    def for_role(self, role: RoleSpec) -> FakeBackend:
+        return self.database if role.kind == "database" else self.kv
+
+    def for_lease(self, lease: VaultLease) -> FakeBackend:
+        return self.database if lease.kind == "database" else self.kv
+
+
+class FailingOnce:
+    """Stands in for one store step: raises `error` once, then calls the real step."""
+
+    def __init__(self, step: Callable[..., Any], error: KeyferryError) -> None:
+        self._step, self._error, self.calls = step, error, 0
+        self.__name__ = getattr(step, "__name__", "step")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1:
+            raise self._error
+        return self._step(*args, **kwargs)
+
+
+@dataclass
+class Bench:
+    store: Store
+    backends: FakeBackends
+    engine: LeaseEngine
+    revoker: Revoker
+    hub: EventHub
+    runner: StoreRunner
+    audit: AuditTrail
+    audit_path: Path
+    clock: Clock
+    sealer: CredentialSealer
+
+    def records(self, action: str | None = None) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []  # nothing audited yet
+        lines = self.audit_path.read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        return [r for r in records if action is None or r["action"] == action]
+
+    def state(self, lease_id: str) -> LeaseState:
+        return self.store.leases.get(lease_id).state
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock: Clock) -> Iterator[Store]:
+    """A migrated in-memory SQLite database: one connection, so one store thread."""
+    engine = create_engine(
+        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+    )
+    upgrade(engine)
+    store = Store(engine, clock)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
+    runner = StoreRunner(1)
+    path = tmp_path / "audit.jsonl"
+    sink = JsonLinesSink(path)
+    audit = AuditTrail(AuditLog(sink, chain="broker"), Fingerprinter(b"k" * 32))
+    backends = FakeBackends()
+    hub = EventHub()
+    sealer = CredentialSealer(b"s" * 32)
+    revoker = Revoker(
+        store=store,
+        runner=runner,
+        backends=cast("Backends", backends),
+        audit=audit,
+        hub=hub,
+        clock=clock,
+    )
+    engine = LeaseEngine(
+        store=store,
+        runner=runner,
+        backends=cast("Backends", backends),
+        sealer=sealer,
+        audit=audit,
+        revoker=revoker,
+        clock=clock,
+    )
+    yield Bench(store, backends, engine, revoker, hub, runner, audit, path, clock, sealer)
+    audit.close()
+    sink.close()
+    runner.close()
+
+
+def request(credential: str = "orders-db", role: RoleSpec = ROLES["database"]) -> LeaseRequest:
+    return LeaseRequest(
+        cluster="a",
+        namespace="orders",
+        service_account="api",
+        pod_name="api-0",
+        pod_uid="uid-0",
+        credential=credential,
+        role=role.name,
+    )
+
+
+async def begun(bench: Bench, role: RoleSpec = ROLES["database"]) -> LeaseRecord:
+    result = await bench.engine.begin(request(role=role))
+    assert isinstance(result, PendingLease)
+    return result.lease
+
+
+async def issued(bench: Bench, role: RoleSpec = ROLES["database"]) -> LeaseRecord:
+    pending = await begun(bench, role)
+    return (await bench.engine.issue(IssueOrder(pending, role, WHO, "r-issue"))).lease
+
+
+# -- issue, replay -------------------------------------------------------------------------
+
+
+async def test_issue_writes_the_row_first_then_completes_it(bench: Bench) -> None:
+    pending = await begun(bench)
+    assert pending.state is LeaseState.PENDING
+    tracked = await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r1"))
+    assert tracked.lease.state is LeaseState.ACTIVE
+    assert tracked.lease.vault_lease_id in bench.backends.database.alive
+    assert [r["lease_id"] for r in bench.records("lease.active")] == [pending.id]
+    assert bench.records("lease.active")[0]["fingerprints"]
+
+
+async def test_a_second_call_replays_the_sealed_credential_without_vault(bench: Bench) -> None:
+    first = await bench.engine.issue(IssueOrder(await begun(bench), ROLES["database"], WHO, "r1"))
+    again = await bench.engine.begin(request())
+    assert not isinstance(again, PendingLease)
+    replayed = await bench.engine.replay(again.lease, WHO, "r2")
+    assert replayed.replayed
+    assert replayed.credential.reveal() == first.credential.reveal()
+    assert len(bench.backends.database.alive) == 1
+    assert [r["request_id"] for r in bench.records("lease.replayed")] == ["r2"]
+
+
+async def test_replay_waits_for_a_pending_row_on_the_injected_clock(
+    bench: Bench, store: Store, clock: Clock
+) -> None:
+    pending = await begun(bench)
+    ticks: list[float] = []
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        ticks.append(seconds)
+
+    wait = PendingWait(poll=1.0, limit=3.0, monotonic=lambda: now[0], sleep=sleep)
+    engine = LeaseEngine(
+        store=store,
+        runner=bench.runner,
+        backends=cast("Backends", bench.backends),
+        sealer=bench.sealer,
+        audit=bench.audit,
+        revoker=bench.revoker,
+        clock=clock,
+        wait=wait,
+    )
+    with pytest.raises(IssueInProgress):
+        await engine.replay(pending, WHO, "r")
+    assert ticks == [1.0, 1.0, 1.0]  # three looks, then it gives up: no wall-clock wait
+
+
+# -- undo paths ----------------------------------------------------------------------------
+
+
+async def test_vault_refuses_the_row_fails_and_nothing_lives(bench: Bench) -> None:
+    bench.backends.database.fail_issue = VaultUnavailable("Vault is sealed")
+    pending = await begun(bench)
+    with pytest.raises(VaultUnavailable):
+        await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r"))
+    assert bench.state(pending.id) is LeaseState.FAILED
+    assert bench.backends.database.alive == set()
+    assert [r["reason"] for r in bench.records("lease.failed")] == ["VAULT_UNAVAILABLE"]
+
+
+async def test_a_store_failure_after_vault_revokes_then_fails_the_row(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = bench.store.leases
+    monkeypatch.setattr(
+        leases, "complete_issue", FailingOnce(leases.complete_issue, StoreUnavailable("gone"))
+    )
+    pending = await begun(bench)
+    with pytest.raises(StoreUnavailable):
+        await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r"))
+    assert bench.backends.database.alive == set()
+    assert len(bench.backends.database.revoked) == 1
+    assert bench.state(pending.id) is LeaseState.FAILED
+    assert [r["lease_id"] for r in bench.records("lease.failed")] == [pending.id]
+
+
+async def test_when_vault_does_not_revoke_either_the_row_stays_for_reconcile(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = bench.store.leases
+    monkeypatch.setattr(
+        leases, "complete_issue", FailingOnce(leases.complete_issue, StoreUnavailable("gone"))
+    )
+    bench.backends.database.fail_revoke = VaultUnavailable("Vault went away")
+    pending = await begun(bench)
+    with pytest.raises(StoreUnavailable):
+        await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r"))
+    # failed would say nothing lives at Vault; something does, so reconcile settles it
+    assert bench.state(pending.id) is LeaseState.PENDING
+    assert len(bench.backends.database.alive) == 1
+    assert bench.records("lease.failed") == []
+
+
+async def test_a_row_the_store_cannot_fail_either_is_left_pending_not_raised(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = bench.store.leases
+    monkeypatch.setattr(
+        leases, "complete_issue", FailingOnce(leases.complete_issue, StoreUnavailable("gone"))
+    )
+    monkeypatch.setattr(
+        leases, "mark_failed", FailingOnce(leases.mark_failed, StoreUnavailable("still gone"))
+    )
+    pending = await begun(bench)
+    with pytest.raises(StoreUnavailable) as raised:
+        await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r"))
+    assert "gone" in raised.value.message  # the first failure, not the guarded one
+    assert bench.backends.database.alive == set()
+    assert bench.state(pending.id) is LeaseState.PENDING
+
+
+async def test_a_kv_read_has_nothing_at_vault_to_undo(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leases = bench.store.leases
+    monkeypatch.setattr(
+        leases, "complete_issue", FailingOnce(leases.complete_issue, StoreUnavailable("gone"))
+    )
+    bench.backends.kv.fail_revoke = VaultUnavailable("must not be asked")
+    pending = await begun(bench, ROLES["kv"])
+    with pytest.raises(StoreUnavailable):
+        await bench.engine.issue(IssueOrder(pending, ROLES["kv"], WHO, "r"))
+    assert bench.backends.kv.revoked == []
+    assert bench.state(pending.id) is LeaseState.FAILED
+
+
+async def test_a_row_revoked_while_vault_answered_is_revoked_at_once(bench: Bench) -> None:
+    pending = await begun(bench)
+
+    def pod_goes_away(context: IssueContext) -> None:
+        bench.store.leases.mark_revoking(pending.id)
+
+    bench.backends.database.during_issue = pod_goes_away
+    with pytest.raises(LeaseStateConflict):
+        await bench.engine.issue(IssueOrder(pending, ROLES["database"], WHO, "r"))
+    row = bench.store.leases.get(pending.id)
+    assert row.state is LeaseState.REVOKING
+    assert row.vault_lease_id is not None  # recorded for the Revoker
+    assert bench.backends.database.alive == set()  # and revoked now, not handed out
+    assert await bench.revoker.revoke_due() == 1
+    assert bench.state(pending.id) is LeaseState.REVOKED
+
+
+# -- end -----------------------------------------------------------------------------------
+
+
+async def test_end_marks_audits_revokes_and_settles_once(bench: Bench) -> None:
+    lease = await issued(bench)
+    ended = await bench.engine.end(lease, WHO, "RELEASED", "r-end")
+    assert ended.state is LeaseState.REVOKED
+    assert bench.backends.database.alive == set()
+    again = await bench.engine.end(lease, WHO, "RELEASED", "r-again")
+    assert again.state is LeaseState.REVOKED
+    assert [(r["action"], r["reason"]) for r in bench.records() if r["lease_id"] == lease.id][
+        1:
+    ] == [("lease.revoking", "RELEASED"), ("lease.revoked", "REVOKED")]
+
+
+async def test_an_ack_brings_a_retiring_lease_revocation_forward(bench: Bench) -> None:
+    old = await issued(bench)
+    successor = await bench.engine.begin_next_generation(old.id)
+    assert isinstance(successor, PendingLease)
+    order = IssueOrder(
+        successor.lease, ROLES["database"], WHO, "r-rot", retire_after=START + timedelta(hours=1)
+    )
+    await bench.engine.issue(order)
+    assert bench.state(old.id) is LeaseState.REVOKING
+    assert await bench.revoker.revoke_due() == 0  # its grace is not over
+    done = await bench.engine.revoke_now(old, WHO, "r-ack")
+    assert done.state is LeaseState.REVOKED
+    assert [r["reason"] for r in bench.records("lease.revoked")] == ["ROTATED"]
+    assert (await bench.engine.revoke_now(old, WHO, "r-ack")).state is LeaseState.REVOKED
+
+
+async def test_end_when_vault_refuses_queues_the_lease_and_raises(bench: Bench) -> None:
+    lease = await issued(bench)
+    bench.backends.database.fail_revoke = VaultUnavailable("Vault is sealed")
+    with pytest.raises(VaultUnavailable):
+        await bench.engine.end(lease, WHO, "RELEASED", "r")
+    row = bench.store.leases.get(lease.id)
+    assert (row.state, row.revoke_attempts) == (LeaseState.REVOKING, 1)
+    assert [r["reason"] for r in bench.records("lease.revoke_failed")] == ["VAULT_UNAVAILABLE"]
+    bench.backends.database.fail_revoke = None
+    bench.clock.now += timedelta(hours=1)
+    assert await bench.revoker.revoke_due() == 1
+    assert len(bench.records("lease.revoked")) == 1
+
+
+async def test_end_of_a_pending_lease_leaves_it_to_the_revoker(bench: Bench) -> None:
+    pending = await begun(bench)
+    ended = await bench.engine.end(pending, WHO, "RELEASED", "r")
+    assert ended.state is LeaseState.REVOKING
+    assert bench.records("lease.revoked") == []
+
+
+async def test_reconcile_and_the_revoker_record_one_revocation(bench: Bench) -> None:
+    lease = await issued(bench)
+    await bench.engine.end(lease, WHO, "RELEASED", "r")
+    assert not await bench.engine.close_gone(lease.id, WHO, "reconcile")
+    assert len(bench.records("lease.revoked")) == 1
+
+
+# -- rotation and grants -------------------------------------------------------------------
+
+
+async def test_rotation_issues_the_next_generation_and_retires_the_old(
+    bench: Bench, store: Store, clock: Clock
+) -> None:
+    catalog = RoleCatalog(store.roles, bench.runner)
+    await catalog.apply([ROLES["database"]])
+    rotation = RotationFlow(
+        catalog=catalog,
+        policy=PolicyEngine.from_files([POLICIES]),
+        audit=bench.audit,
+        store=store,
+        runner=bench.runner,
+        engine=bench.engine,
+        hub=bench.hub,
+        grace=timedelta(minutes=1),
+        concurrency=2,
+        resume_after=timedelta(minutes=1),
+        clock=clock,
+    )
+    lease = await issued(bench)
+    rotated = await rotation.reissue(lease, timedelta(seconds=30), "r-rot")
+    assert rotated.lease.generation == 2
+    assert rotated.lease.state is LeaseState.ACTIVE
+    assert bench.state(lease.id) is LeaseState.REVOKING
+    assert rotated.revoke_after == START + timedelta(seconds=30)
+    assert [r["action"] for r in bench.records() if r["request_id"] == "r-rot"] == [
+        "lease.active",
+        "lease.revoking",
+    ]
+    bench.backends.database.fail_issue = VaultUnavailable("Vault is sealed")
+    with pytest.raises(VaultUnavailable):
+        await rotation.reissue(rotated.lease, timedelta(seconds=30), "r-fail")
+    assert bench.state(rotated.lease.id) is LeaseState.ACTIVE  # the old one stays
+    [failed] = bench.records("lease.failed")
+    assert bench.state(failed["lease_id"]) is LeaseState.FAILED
+
+
+async def test_a_grant_issues_a_tracked_lease_and_undoes_it_when_renewal_fails(
+    bench: Bench, store: Store, clock: Clock
+) -> None:
+    role = ROLES["database"]
+    catalog = RoleCatalog(store.roles, bench.runner)
+    await catalog.apply([role])
+    access = AccessFlow(
+        catalog=catalog,
+        policy=PolicyEngine.from_files([POLICIES]),
+        audit=bench.audit,
+        store=store,
+        runner=bench.runner,
+        backends=cast("Backends", bench.backends),
+        engine=bench.engine,
+        settings=AccessSettings(),
+        clock=clock,
+    )
+    alice = Operator(name="alice")
+
+    def approved() -> str:
+        ask = check_grant_ask(role.name, timedelta(minutes=30), "INC-1", timedelta(hours=8))
+        grant = store.grants.add(new_grant(ask, alice.name, clock(), timedelta(hours=1)))
+        return store.grants.approve(grant.id, "bob", clock()).id
+
+    failing = approved()
+    bench.backends.database.fail_renew = VaultUnavailable("Vault went away")
+    with pytest.raises(VaultUnavailable):
+        await access.issue(alice, failing, "r-fail")
+    assert bench.backends.database.alive == set()  # renewed down failed: revoked, not handed
+    [failed] = bench.records("lease.failed")
+    assert bench.state(failed["lease_id"]) is LeaseState.FAILED
+
+    bench.backends.database.fail_renew = None
+    grant_id = approved()
+    handed = await access.issue(alice, grant_id, "r-ok")
+    assert handed.lease.state is LeaseState.ACTIVE
+    assert handed.grant.lease_id == handed.lease.id
+    again = await access.issue(alice, grant_id, "r-again")
+    assert again.credential.reveal() == handed.credential.reveal()
+    ended = await access.revoke(alice, grant_id, "r-revoke")
+    assert ended.pending_lease_ids == []
+    assert bench.state(handed.lease.id) is LeaseState.REVOKED
+    assert [r["reason"] for r in bench.records("lease.revoking")] == ["GRANT_REVOKED"]
+
+
+# -- the state table -----------------------------------------------------------------------
+
+
+def test_every_state_has_its_moves_and_final_states_have_none() -> None:
+    assert set(LEASE_TRANSITIONS) == set(LeaseState)
+    assert LEASE_TRANSITIONS[LeaseState.REVOKED] == frozenset()
+    assert LEASE_TRANSITIONS[LeaseState.FAILED] == frozenset()
+
+
+async def test_the_store_refuses_a_move_the_table_does_not_allow(bench: Bench) -> None:
+    lease = await issued(bench)
+    with pytest.raises(LeaseStateConflict) as refused:
+        bench.store.leases.mark_failed(lease.id, "too late")
+    assert refused.value.allowed == frozenset({LeaseState.PENDING})
+    bench.store.leases.mark_revoking(lease.id)
+    bench.store.leases.mark_revoked(lease.id)
+    assert bench.store.leases.mark_revoking(lease.id).state is LeaseState.REVOKED  # quiet
+    pending = await begun(bench)
+    bench.store.leases.mark_failed(pending.id, "Vault refused")
+    with pytest.raises(LeaseStateConflict):
+        bench.store.leases.settle_revoked(pending.id)
+    with pytest.raises(LeaseStateConflict):
+        bench.store.leases.complete_issue(pending.id, "x", None)
+
+
+async def test_concurrent_issues_of_one_credential_ask_vault_once(bench: Bench) -> None:
+    async def one() -> bool:
+        result = await bench.engine.begin(request())
+        if isinstance(result, PendingLease):
+            await bench.engine.issue(IssueOrder(result.lease, ROLES["database"], WHO, "r"))
+            return True
+        return False
+
+    began = await asyncio.gather(*(one() for _ in range(4)))
+    assert sum(began) == 1
+    assert len(bench.backends.database.alive) == 1
