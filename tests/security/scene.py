@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import grpc
 import pytest
@@ -76,10 +76,16 @@ class Exposure:
 def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
     """Every log line of tests/security's brokers and webhooks (structlog as JSON at debug,
     and the standard logging of grpc, hvac and the kubernetes client) goes to one file as
-    well; the logging set-up is restored when tests/security ends."""
+    well; the logging set-up is restored when tests/security ends.
+
+    structlog renders its events and hands them to the standard logging, so one handler,
+    with one lock, writes the file. (It used to have its own PrintLogger on the same file
+    object: two locks guarding one stream, one of them not reentrant, written from the
+    broker's worker threads. A log call made while one lock was held (by a finalizer the
+    garbage collector ran inside a write) could wait for the other lock forever: the CI run
+    at 17ddd38 hung at the handler's lock.)"""
     log_file = tmp_path_factory.mktemp("exposure") / "broker.log"
-    stream: TextIO = log_file.open("a", encoding="utf-8")
-    handler = logging.StreamHandler(stream)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
     root_logger = logging.getLogger()
     old_level = root_logger.level
     root_logger.addHandler(handler)
@@ -91,7 +97,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     try:
@@ -100,7 +106,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
         structlog.reset_defaults()
         root_logger.removeHandler(handler)
         root_logger.setLevel(old_level)
-        stream.close()
+        handler.close()
 
 
 @pytest.fixture
