@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from broker.models import validation_problems
 from injector.contract import AGENT_SPEC_ENV, AgentSpec
 
 from .errors import SpecError
@@ -20,4 +19,6 @@ def load_spec(environ: Mapping[str, str]) -> AgentSpec:
     try:
         return AgentSpec.model_validate_json(raw)
     except ValidationError as exc:
-        raise SpecError(f"{AGENT_SPEC_ENV} is invalid: {validation_problems(exc)[0]}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(the document)"
+        raise SpecError(f"{AGENT_SPEC_ENV} is invalid at {where}: {first['msg']}") from exc

@@ -12,6 +12,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ from tests.integration.test_issue import (  # the scene's fixtures, shared with 
     transit,
 )
 from tests.integration.workloads import error_info
+
+DOCS_ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
 
 __all__ = ["approle", "leases", "orders_db", "root", "transit"]  # fixtures, re-exported
 
@@ -119,10 +122,26 @@ async def broker(
     transit: TransitSigner,
     exposure: Exposure,
 ) -> AsyncIterator[Broker]:
+    async with scene_broker(tmp_path, vault, approle, kube_clusters, exposure) as running:
+        yield running
+
+
+@asynccontextmanager
+async def scene_broker(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    exposure: Exposure,
+    **sections: Any,
+) -> AsyncIterator[Broker]:
+    """The scene's broker, its config's top-level `sections` replaced (`tokens={...}`);
+    its /metrics and audit log go to the exposure scan when it stops."""
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
     billing = tmp_path / "billing.cedar"
     billing.write_text(BILLING_POLICY)
     data["policies"].append(str(billing))
+    data.update(sections)
     exposure.handed_out(approle[1], data["sealing"]["key"], data["audit"]["hmac_key"])
     running = await start_broker(data, tmp_path)
     try:

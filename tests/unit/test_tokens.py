@@ -178,7 +178,7 @@ def _refreshing(clock: Clock, calls: list[int], policy: KeyRefreshPolicy) -> Tok
 
 
 def test_unknown_key_id_refreshes_the_jwks_once() -> None:
-    clock, calls = Clock(), []
+    clock, calls = Clock(), list[int]()
     verifier = _refreshing(clock, calls, KeyRefreshPolicy())
     clock.now += 30
     assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
@@ -187,7 +187,7 @@ def test_unknown_key_id_refreshes_the_jwks_once() -> None:
 
 
 def test_unknown_key_ids_fetch_at_most_once_per_min_interval() -> None:
-    clock, calls = Clock(), []
+    clock, calls = Clock(), list[int]()
     verifier = _refreshing(clock, calls, KeyRefreshPolicy(min_interval=dt.timedelta(seconds=30)))
     clock.now += 10  # the JWKS was fetched when the cluster joined, 10 s ago
     for n in range(50):
@@ -202,7 +202,7 @@ def test_unknown_key_ids_fetch_at_most_once_per_min_interval() -> None:
 
 
 def test_a_key_id_a_fetch_showed_unknown_fetches_nothing_for_a_while() -> None:
-    clock, calls = Clock(), []
+    clock, calls = Clock(), list[int]()
     policy = KeyRefreshPolicy(
         min_interval=dt.timedelta(seconds=1), unknown_memory=dt.timedelta(minutes=5)
     )
