@@ -123,16 +123,14 @@ class ClusterKeys:
             ) from exc
 
     def not_found(self, kid: str) -> None:
-        """Remember that the JWKS held now lacks this key id (no fetch for it for a while)."""
+        """Remember that a JWKS fetched since this key id was seen lacks it (no fetch for it
+        for a while). A key id refused only because a fetch was too recent is not
+        remembered: after `min_interval` it may fetch (a cluster that just rotated)."""
         with self._state:
             self._unknown[kid] = self.clock()
             self._unknown.move_to_end(kid)
             while len(self._unknown) > self.policy.max_unknown:
                 self._unknown.popitem(last=False)
-
-    def since_fetch(self) -> float:
-        """Seconds since the JWKS was last fetched."""
-        return self.clock() - self._fetched_at
 
     def key(self, kid: str) -> jwt.PyJWK | None:
         """The key with this id; on an unknown id, fetch the JWKS once more if the policy
@@ -144,8 +142,8 @@ class ClusterKeys:
                     self.fetching()
                     self.loaded(self.refresh())
             key = self.known(kid)
-        if key is None:
-            self.not_found(kid)
+            if key is None:
+                self.not_found(kid)
         return key
 
 

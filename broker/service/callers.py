@@ -204,8 +204,8 @@ class Callers:
         if key is None and keys.fetch_allowed(claimed.kid):
             await self._fetch(keys)
             key = keys.known(claimed.kid)
-        if key is None:
-            keys.not_found(claimed.kid)
+            if key is None:
+                keys.not_found(claimed.kid)
         return key
 
     async def _fetch(self, keys: ClusterKeys) -> None:

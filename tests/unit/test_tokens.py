@@ -253,3 +253,16 @@ def test_the_audience_error_says_exactly_one_keyferry_audience() -> None:
         _verifier().verify(_token(two))
     # Other audiences beside the one keyferry audience are no concern of keyferry's.
     assert _verifier().verify(_token(_claims(aud=["vault", "keyferry:a"]))).cluster == "a"
+
+
+def test_a_key_id_refused_only_for_a_recent_fetch_may_fetch_after_the_interval() -> None:
+    """A cluster that rotated its keys just after a fetch: its new key id is not held
+    against it once min_interval has passed."""
+    clock, calls = Clock(), list[int]()
+    verifier = _refreshing(clock, calls, KeyRefreshPolicy(min_interval=dt.timedelta(seconds=30)))
+    with pytest.raises(Unauthenticated):
+        verifier.verify(_token(_claims(), KEY_A2, kid="a-2"))
+    assert calls == []
+    clock.now += 30
+    assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
+    assert calls == [1]
