@@ -160,7 +160,7 @@ async def test_a_flood_of_junk_tokens_costs_bounded_fetches_and_audit_writes(
     )
     print(
         f"audit records for {flood['codes'].get('UNAUTHENTICATED', 0)} refused junk tokens: "
-        f"{len(refusals)} ({[r.get('count') for r in refusals]} as count)"
+        f"{len(refusals)} (counts {[r.get('count') for r in refusals][:12]})"
     )
 
     assert flood["calls"] > 0
