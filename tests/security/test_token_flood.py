@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -30,13 +29,13 @@ from tests.bed.vault import VaultServer
 from tests.integration.kube_helpers import BoundToken
 from tests.integration.test_issue import Broker, issue
 from tests.integration.workloads import mint
+from tests.reliability.scale import pick
 
 from .scene import Exposure, audit_records, scene_broker
 
 pytestmark = pytest.mark.bed
 
-FULL = os.environ.get("KEYFERRY_FAULT_SCALE") == "full"
-FLOOD_SECONDS = 60.0 if FULL else 8.0
+FLOOD_SECONDS = pick(8.0, 60.0)
 CONCURRENCY = 32
 MIN_INTERVAL = 2  # seconds: short, so the flood shows the bound with more than one fetch
 SUMMARY = 2  # seconds between refusal summaries
