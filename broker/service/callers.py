@@ -62,12 +62,10 @@ class Lane:
         self.cluster = cluster
         self.capacity = limits.threads + limits.queue
         self.busy = 0
-        self.refused = 0
         self.pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"verify-{cluster}")
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         if self.busy >= self.capacity:
-            self.refused += 1
             raise LimitExceeded(
                 f"cluster {self.cluster!r} has {self.busy} token checks running or waiting, "
                 f"its most (tokens.verify_threads + tokens.verify_queue); retry in a second",
