@@ -1,10 +1,11 @@
 """The broker's settings: one YAML file (`--config`) plus environment overrides.
 
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
-`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `access` (just-in-time
-grants), `clusters`, and the paths of the policy and roles files. An environment variable
-wins over the file: `KEYFERRY_VAULT__ADDR=https://vault:8200`,
-`KEYFERRY_STORE__URL=postgresql://...` (prefix `KEYFERRY_`, groups split by `__`).
+`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `tokens` (what checking a
+workload token may cost), `access` (just-in-time grants), `clusters`, and the paths of the
+policy and roles files. An environment variable wins over the file:
+`KEYFERRY_VAULT__ADDR=https://vault:8200`, `KEYFERRY_STORE__URL=postgresql://...` (prefix
+`KEYFERRY_`, groups split by `__`).
 Secrets are SecretStr and never printed.
 
 Every problem is reported at once, each naming the file and line (when it came from the
@@ -221,6 +222,48 @@ class LimitsSettings(_Group):
     )
 
 
+class TokensSettings(_Group):
+    """How workload tokens are checked, and what a flood of bad ones may cost: JWKS fetches
+    an unknown key id may cause, each cluster's verification lane, and how refusals reach
+    the audit trail (docs/security.md lists each bound and the test that keeps it)."""
+
+    max_lifetime: Duration = Field(
+        default=timedelta(hours=1),
+        description="the longest token lifetime (exp - iat) accepted; the webhook asks for "
+        "at most 1h (token_expiration_seconds)",
+    )
+    jwks_min_interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="the shortest time between two fetches of one cluster's JWKS caused by "
+        "tokens with unknown key ids",
+    )
+    unknown_key_memory: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how long a key id a fetch showed to be unknown fetches nothing more",
+    )
+    verify_threads: int = Field(
+        default=2, ge=1, description="threads checking token signatures, per cluster"
+    )
+    verify_queue: int = Field(
+        default=64,
+        ge=0,
+        description="token checks that may wait for a thread, per cluster; more are refused "
+        "with RESOURCE_EXHAUSTED",
+    )
+    refusal_summary: Duration = Field(
+        default=timedelta(seconds=60),
+        description="how often refusals after the first of their kind are written to the "
+        "audit trail, as one record per kind with their count",
+    )
+
+    @field_validator("jwks_min_interval", "refusal_summary")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s, like 30s")
+        return value
+
+
 class RotationSettings(_Group):
     """How long a rotated-away credential keeps working without the pod's Ack, and how
     often the broker revokes what is due (rotated leases, retries after Vault failures)."""
@@ -395,6 +438,7 @@ class BrokerSettings(BaseSettings):
     admin: AdminListener = AdminListener()
     metrics: MetricsSettings = MetricsSettings()
     limits: LimitsSettings = LimitsSettings()
+    tokens: TokensSettings = TokensSettings()
     rotation: RotationSettings = RotationSettings()
     renewal: RenewalSettings = RenewalSettings()
     scheduler: SchedulerSettings = SchedulerSettings()

@@ -10,8 +10,9 @@ without floats):
   \\t`, the rest as lowercase `\\u00xx`); everything else is written as itself;
 - numbers are integers only, in plain decimal; floats are refused;
 - times are strings `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC, always six fraction digits;
-- `selector` and `target` (added after the first records were written) are present only
-  when set, so the records written before they existed keep their canonical form and hash.
+- `selector`, `target`, `count` and `peer` (added after the first records were written)
+  are present only when set, so the records written before they existed keep their
+  canonical form and hash.
 
 A record's `hash` is the lowercase hex SHA-256 of the canonical JSON of every other field
 of the record, `seq` and `prev` included; `prev` is the previous record's hash, and 64
@@ -48,7 +49,7 @@ Action = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 Reason = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 FingerprintName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 FingerprintValue = Annotated[str, StringConstraints(pattern=r"^hmac-sha256:[0-9a-f]{64}$")]
-LATER_FIELDS = ("selector", "target")
+LATER_FIELDS = ("selector", "target", "count", "peer")
 SelectorField = Literal[
     "clusters", "namespaces", "service_accounts", "pods", "roles", "lease_ids", "all"
 ]
@@ -105,6 +106,10 @@ class AuditEvent(BaseModel):
     """What an operator's rotate or revoke selected (field -> values; `all` -> ())."""
     target: Name | None = None
     """What a change outside the lease table acted on: a Vault path or Vault lease id."""
+    count: int | None = Field(default=None, ge=1)
+    """How many refusals of one kind a summary record stands for (broker.service.refusals)."""
+    peer: Name | None = None
+    """Where a refused call came from: the gRPC peer's address without its port."""
 
     @model_serializer(mode="wrap")
     def _later_fields_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:

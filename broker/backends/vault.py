@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 
 from broker import errors
+from broker.models import describe_problems
 
 from .settings import VaultSettings
 from .vault_auth import AppRoleLogin, LoginMethod, StaticToken, TokenKeeper, utcnow
@@ -116,11 +117,15 @@ def _body(reply: object) -> dict[str, Any]:
 
 
 def parse_reply(model: type[M], body: object, what: str) -> M:
-    """Vault's answer as a typed model; a shape keyferry does not know is an internal error."""
+    """Vault's answer as a typed model; a shape keyferry does not know is an internal error.
+
+    The error names the fields that did not fit, never their values (a reply holds
+    secrets), and is raised without its cause, whose text quotes them."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         raise errors.KeyferryError(
-            f"Vault's answer to {what} is not what keyferry expects: {capped(str(exc))}",
+            f"Vault's answer to {what} is not what keyferry expects: "
+            f"{capped(describe_problems(exc))}",
             reason="VAULT_UNAVAILABLE",
-        ) from exc
+        ) from None

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker.errors import InvalidRequest
+from broker.models import validation_problems
 
 ENV = "KEYFERRY_CONTEXT"
 
@@ -75,10 +76,7 @@ def load_context(path: Path | None) -> tuple[CliContext, Path]:
     try:
         context = CliContext.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ContextInvalid(path, problems) from exc
+        raise ContextInvalid(path, "; ".join(validation_problems(exc))) from exc
     folder = path.parent
     return (
         context.model_copy(

@@ -1,5 +1,23 @@
 """Workload identity: which cluster a token belongs to, and which pod it proves."""
 
-from .tokens import DEFAULT_LEEWAY, ClusterKeys, TokenVerifier, audience_for
+from .tokens import (
+    DEFAULT_LEEWAY,
+    DEFAULT_MAX_LIFETIME,
+    Claimed,
+    ClusterKeys,
+    KeyRefreshPolicy,
+    TokenVerifier,
+    audience_for,
+    unknown_key,
+)
 
-__all__ = ["DEFAULT_LEEWAY", "ClusterKeys", "TokenVerifier", "audience_for"]
+__all__ = [
+    "DEFAULT_LEEWAY",
+    "DEFAULT_MAX_LIFETIME",
+    "Claimed",
+    "ClusterKeys",
+    "KeyRefreshPolicy",
+    "TokenVerifier",
+    "audience_for",
+    "unknown_key",
+]

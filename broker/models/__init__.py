@@ -11,6 +11,8 @@ from .credentials import (
     VaultLease,
 )
 from .durations import Duration, parse_duration
+from .problems import describe as describe_problems
+from .problems import problems as validation_problems
 from .roles import (
     AwsRole,
     DatabaseConnection,
@@ -40,8 +42,10 @@ __all__ = [
     "RoleSpec",
     "RotationSchedule",
     "VaultLease",
+    "describe_problems",
     "load_roles",
     "parse_duration",
     "parse_roles",
     "render_name",
+    "validation_problems",
 ]

@@ -1,4 +1,5 @@
-"""Wrap servicer methods so a KeyferryError ends the call with its mapped status."""
+"""Wrap servicer methods so a KeyferryError ends the call with its mapped status, and so
+the flows know the calling peer (broker.service.CALLER_PEER, for refusal records)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, TypeVar
 import grpc
 
 from broker.errors import KeyferryError
+from broker.service import CALLER_PEER
 
 from .status import to_status
 
@@ -24,6 +26,7 @@ def unary(
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Resp:
+        CALLER_PEER.set(context.peer())
         try:
             return await method(self, request, context)
         except KeyferryError as error:
@@ -40,6 +43,7 @@ def streaming(
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
+        CALLER_PEER.set(context.peer())
         try:
             async for item in method(self, request, context):
                 yield item

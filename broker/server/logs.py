@@ -2,6 +2,12 @@
 
 Events carry identifiers only (cluster, namespace, pod, role, credential name, lease id,
 request id, error reason); no code passes a credential value or a token to a logger.
+
+structlog renders each event and hands the line to the standard logging, whose one handler
+writes stderr: one lock guards the stream. (A structlog PrintLogger on the same stream has a
+lock of its own, not reentrant; with two locks on one stream, a log call made while one is
+held, as a finalizer the garbage collector runs inside a write does, can wait for the other
+forever: tests/security hung that way at 17ddd38.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,6 @@ def configure_logging(level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )

@@ -10,6 +10,7 @@ from .callers import bearer_token
 from .catalog import RoleCatalog, StoredRole
 from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
 from .events import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
+from .refusals import CALLER_PEER
 from .results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
 from .role_admin import RoleAdmin
 from .root_rotation import RootRotated, RootTarget
@@ -18,6 +19,7 @@ from .selection import LeaseProgress, LeaseSelector, Outcome, Planned, Selection
 from .watching import AckMessage, TokenExpired
 
 __all__ = [
+    "CALLER_PEER",
     "AccessFlow",
     "AckMessage",
     "BrokerRuntime",

@@ -6,6 +6,10 @@ write seals the whole queue in arrival order and writes it with one fsync
 (AuditLog.append_all). Each caller still waits until its own record is on disk. A record
 that cannot be written raises AuditUnavailable to every caller of its batch, and those
 requests are refused: nothing is issued or revoked that the trail does not show.
+
+Refusals before any policy ran (a bad token, a pod that is gone) are the exception to one
+record per event: the first of a kind is written at once, the rest are counted and
+summarised every `refusal_summary` (broker.service.refusals).
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
+
+import structlog
 
 from broker.audit import AuditChain, AuditEvent, Decision, Fingerprinter, Principal, PrincipalKind
 from broker.errors import KeyferryError
@@ -24,10 +31,13 @@ from broker.policy import Operator, Workload
 from broker.store import GrantRecord, LeaseRecord
 
 from .grants import grant_where
+from .refusals import CALLER_PEER, RefusalKind, RefusalTally, peer_host
 
+log = structlog.get_logger("keyferry.audit")
 _FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
 # Who a refused token claims to be is not known to be true: such callers are recorded as this.
 UNAUTHENTICATED = Principal(kind=PrincipalKind.WORKLOAD, name="unauthenticated")
+DEFAULT_REFUSAL_SUMMARY = timedelta(seconds=60)
 
 
 def principal_of(workload: Workload) -> Principal:
@@ -71,12 +81,20 @@ def where(workload: Workload) -> dict[str, Any]:
 
 
 class AuditTrail:
-    def __init__(self, log: AuditChain, fingerprinter: Fingerprinter) -> None:
+    def __init__(
+        self,
+        log: AuditChain,
+        fingerprinter: Fingerprinter,
+        refusal_summary: timedelta = DEFAULT_REFUSAL_SUMMARY,
+    ) -> None:
         self.log = log
         self._fingerprinter = fingerprinter
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="keyferry-audit")
         self._queue: list[tuple[AuditEvent, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._refusals = RefusalTally()
+        self._refusal_summary = refusal_summary
+        self._summarising: asyncio.Task[None] | None = None
 
     async def record(self, event: AuditEvent) -> None:
         """Write the record before returning; AuditUnavailable if it is not on disk."""
@@ -130,24 +148,45 @@ class AuditTrail:
         self, action: str, request_id: str
     ) -> Callable[[KeyferryError, Workload | None], Awaitable[None]]:
         """A callback recording a caller refused before any policy ran (a bad token, a pod
-        that is gone): a deny record with the error's reason, and the pod when the token
-        proved one."""
+        that is gone): a deny record with the error's reason, the caller's address, and the
+        pod when the token proved one. Only the first refusal of a kind is written at
+        once; the rest are counted into the next summary record."""
 
         async def refused(error: KeyferryError, workload: Workload | None) -> None:
             known = {k: v or None for k, v in where(workload).items()} if workload else {}
-            event = {"action": action, "decision": Decision.DENY, "reason": error.reason}
-            await self.record(
-                AuditEvent.model_validate(
-                    {
-                        "who": principal_of(workload) if workload else UNAUTHENTICATED,
-                        "request_id": request_id,
-                        **event,
-                        **known,
-                    }
-                )
+            kind = RefusalKind(
+                who=principal_of(workload) if workload else UNAUTHENTICATED,
+                action=action,
+                reason=error.reason,
+                peer=peer_host(CALLER_PEER.get()),
+                **known,
             )
+            if self._refusals.note(kind):
+                await self.record(_refusal_event(kind, request_id=request_id))
+            else:
+                self._summarise_later()
 
         return refused
+
+    def _summarise_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        task = self._summarising
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._summarising = loop.create_task(self._summarise())
+
+    async def _summarise(self) -> None:
+        await asyncio.sleep(self._refusal_summary.total_seconds())
+        events = [_refusal_event(kind, count=n) for kind, n in self._refusals.take()]
+        if events:
+            await asyncio.gather(*(self.record(event) for event in events))
+
+    async def flush_refusals(self) -> None:
+        """Write the counted refusals now (tests, and a broker that stops)."""
+        if self._summarising is not None:
+            self._summarising.cancel()
+        events = [_refusal_event(kind, count=n) for kind, n in self._refusals.take()]
+        if events:
+            await asyncio.gather(*(self.record(event) for event in events))
 
     async def not_yours(
         self, workload: Workload, action: str, lease: LeaseRecord, reason: str, request_id: str
@@ -330,4 +369,31 @@ class AuditTrail:
         return found
 
     def close(self) -> None:
+        """Write the counted refusals not yet summarised, then stop the writer thread."""
+        if self._summarising is not None:
+            self._summarising.cancel()
+        events = [_refusal_event(kind, count=n) for kind, n in self._refusals.take()]
+        if events:
+            try:
+                self._pool.submit(self.log.append_all, events).result()
+            except Exception:  # the broker is stopping; the log says what was lost
+                log.warning("refusal summaries not written at stop", kinds=len(events))
         self._pool.shutdown(wait=True)
+
+
+def _refusal_event(
+    kind: RefusalKind, *, request_id: str | None = None, count: int | None = None
+) -> AuditEvent:
+    return AuditEvent(
+        who=kind.who,
+        action=kind.action,
+        decision=Decision.DENY,
+        reason=kind.reason,
+        request_id=request_id,
+        peer=kind.peer,
+        count=count,
+        cluster=kind.cluster,
+        namespace=kind.namespace,
+        pod=kind.pod,
+        pod_uid=kind.pod_uid,
+    )

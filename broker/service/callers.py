@@ -1,8 +1,17 @@
 """Who is calling: a bearer token verified against its cluster's keys, and its pod still there.
 
-Token verification is CPU work plus, on an unknown key id, a JWKS fetch from the cluster;
-it runs on a worker thread, and the fetch is scheduled back on the event loop (the cluster
-client is async) while that thread waits for it with a deadline.
+A token is read in two steps (broker.identity): which cluster and key id it claims, on the
+event loop (a few microseconds), then its signature and claims, on a worker thread of that
+cluster's lane. The key is found between the two, on the loop: a key id the cluster's JWKS
+lacks fetches the JWKS anew only as the cluster's `KeyRefreshPolicy` allows, and one fetch
+at a time per cluster (every caller waiting for the same fetch shares it, and waiting
+costs no thread). So a token with a random key id costs no thread and at most one fetch
+per `min_interval` per cluster, whoever sends it.
+
+Each cluster has its own lane: `threads` worker threads and room for `queue` more calls
+waiting for one. A call that finds its cluster's lane full is refused at once with
+LimitExceeded (RESOURCE_EXHAUSTED) rather than queued without end; other clusters' lanes
+are not touched.
 """
 
 from __future__ import annotations
@@ -10,19 +19,66 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+import jwt
+import structlog
+
 from broker.clusters import ClusterClient
-from broker.errors import Unauthenticated
-from broker.identity import ClusterKeys, TokenVerifier
+from broker.errors import LimitExceeded, Unauthenticated
+from broker.identity import (
+    DEFAULT_MAX_LIFETIME,
+    Claimed,
+    ClusterKeys,
+    KeyRefreshPolicy,
+    TokenVerifier,
+    unknown_key,
+)
 from broker.policy import Workload
 
+log = structlog.get_logger("keyferry.callers")
 BEARER = "bearer "
-VERIFY_THREADS = 4
 # Told about every refused token before the error goes back (the audit trail's deny record);
 # the workload is None when the token itself proved no pod.
 Refused = Callable[[Unauthenticated, Workload | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class VerifyLimits:
+    """What checking tokens may cost: the verifier's bounds and each cluster's lane."""
+
+    max_lifetime: timedelta = DEFAULT_MAX_LIFETIME
+    refresh: KeyRefreshPolicy = field(default_factory=KeyRefreshPolicy)
+    threads: int = 2
+    queue: int = 64
+
+
+class Lane:
+    """One cluster's verification threads, and how many calls hold or wait for one."""
+
+    def __init__(self, cluster: str, limits: VerifyLimits) -> None:
+        self.cluster = cluster
+        self.capacity = limits.threads + limits.queue
+        self.busy = 0
+        self.pool = ThreadPoolExecutor(limits.threads, thread_name_prefix=f"verify-{cluster}")
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        if self.busy >= self.capacity:
+            raise LimitExceeded(
+                f"cluster {self.cluster!r} has {self.busy} token checks running or waiting, "
+                f"its most (tokens.verify_threads + tokens.verify_queue); retry in a second",
+                retry_after=1.0,
+            )
+        self.busy += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+        finally:
+            self.busy -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str:
@@ -41,35 +97,46 @@ class Callers:
         verifier: TokenVerifier,
         clients: dict[str, ClusterClient],
         keys: dict[str, ClusterKeys] | None = None,
+        limits: VerifyLimits | None = None,
     ) -> None:
         self._verifier = verifier
         self._clients = clients
         self._keys = keys if keys is not None else {}
-        self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="keyferry-verify")
+        self._limits = limits or VerifyLimits()
+        self._lanes: dict[str, Lane] = {}
+        self._fetches: dict[str, asyncio.Task[None]] = {}
+        self.jwks_fetches: dict[str, int] = {}
+        """JWKS fetches an unknown key id caused, by cluster (tests and figures)."""
 
     @classmethod
-    async def connect(cls, clients: Mapping[str, ClusterClient]) -> Callers:
+    async def connect(
+        cls, clients: Mapping[str, ClusterClient], limits: VerifyLimits | None = None
+    ) -> Callers:
         """Fetch every cluster's JWKS now; a cluster that does not answer stops the start."""
-        loop = asyncio.get_running_loop()
+        limits = limits or VerifyLimits()
         keys: dict[str, ClusterKeys] = {}
         for name, client in clients.items():
             keys[name] = ClusterKeys(
-                name, client.config.issuer, await client.jwks(), refresh=_refresher(client, loop)
+                name, client.config.issuer, await client.jwks(), policy=limits.refresh
             )
-        return cls(TokenVerifier(keys), dict(clients), keys)
+        verifier = TokenVerifier(keys, max_lifetime=limits.max_lifetime)
+        return cls(verifier, dict(clients), keys, limits)
 
     def join(self, client: ClusterClient, jwks: Mapping[str, Any]) -> None:
-        """Accept tokens of one more cluster from now on (its JWKS already fetched)."""
-        loop = asyncio.get_running_loop()
+        """Accept tokens of one more cluster from now on (its JWKS already fetched), or
+        hold a cluster's freshly fetched JWKS."""
         name = client.config.name
         self._keys[name] = ClusterKeys(
-            name, client.config.issuer, jwks, refresh=_refresher(client, loop)
+            name, client.config.issuer, jwks, policy=self._limits.refresh
         )
         self._clients[name] = client
 
     def leave(self, name: str) -> None:
         """Refuse the cluster's tokens from now on and close its client."""
         self._keys.pop(name, None)
+        lane = self._lanes.pop(name, None)
+        if lane is not None:
+            lane.close()
         client = self._clients.pop(name, None)
         if client is not None:
             client.close()
@@ -83,6 +150,12 @@ class Callers:
 
     def clients(self) -> list[ClusterClient]:
         return list(self._clients.values())
+
+    def lane(self, cluster: str) -> Lane:
+        lane = self._lanes.get(cluster)
+        if lane is None:
+            lane = self._lanes[cluster] = Lane(cluster, self._limits)
+        return lane
 
     async def authenticate(
         self, token: str, *, allow_terminating: bool = False, refused: Refused | None = None
@@ -98,12 +171,9 @@ class Callers:
     ) -> tuple[Workload, datetime]:
         """Like `authenticate`, and when the token expires (a Watch stream ends then).
         A refused token is reported to `refused` (the audit trail) before it is raised."""
-        loop = asyncio.get_running_loop()
         proved: Workload | None = None
         try:
-            workload, expires_at = await loop.run_in_executor(
-                self._pool, self._verifier.verify_until, token
-            )
+            workload, expires_at = await self.verify(token)
             proved = workload
             await self._clients[workload.cluster].ensure_pod_bound(
                 workload, allow_terminating=allow_terminating
@@ -114,15 +184,49 @@ class Callers:
             raise
         return workload, expires_at
 
+    async def verify(self, token: str) -> tuple[Workload, datetime]:
+        """The pod the token proves (its signature and claims; the pod is not asked)."""
+        claimed = self._verifier.claim(token)
+        key = await self._key(claimed)
+        if key is None:
+            raise unknown_key(claimed)
+        lane = self.lane(claimed.cluster.name)
+        result: tuple[Workload, datetime] = await lane.run(
+            lambda: self._verifier.check(token, claimed, key)
+        )
+        return result
+
+    async def _key(self, claimed: Claimed) -> jwt.PyJWK | None:
+        keys = claimed.cluster
+        key = keys.known(claimed.kid)
+        if key is None and keys.fetch_allowed(claimed.kid):
+            await self._fetch(keys)
+            key = keys.known(claimed.kid)
+            if key is None:
+                keys.not_found(claimed.kid)
+        return key
+
+    async def _fetch(self, keys: ClusterKeys) -> None:
+        """Fetch the cluster's JWKS, or wait for the fetch already on its way."""
+        task = self._fetches.get(keys.name)
+        if task is None or task.done():
+            keys.fetching()
+            task = asyncio.get_running_loop().create_task(self._fetch_now(keys))
+            # Read the outcome even when every waiter has gone (no "never retrieved" noise).
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._fetches[keys.name] = task
+        await asyncio.shield(task)
+
+    async def _fetch_now(self, keys: ClusterKeys) -> None:
+        client = self._clients.get(keys.name)
+        if client is None:
+            return
+        self.jwks_fetches[keys.name] = self.jwks_fetches.get(keys.name, 0) + 1
+        log.info("jwks fetched for an unknown key id", cluster=keys.name)
+        keys.loaded(await client.jwks())
+
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes.values():
+            lane.close()
         for client in self._clients.values():
             client.close()
-
-
-def _refresher(client: ClusterClient, loop: asyncio.AbstractEventLoop) -> Any:
-    def refresh() -> dict[str, Any]:
-        future = asyncio.run_coroutine_threadsafe(client.jwks(), loop)
-        return future.result(timeout=client.timeout + 1)
-
-    return refresh

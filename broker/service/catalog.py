@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from broker.errors import InvalidRequest
-from broker.models import RoleSpec
+from broker.models import RoleSpec, describe_problems
 from broker.store import RoleRecord, RoleRepository, StoreRunner
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
@@ -56,6 +56,8 @@ def _stored(record: RoleRecord) -> StoredRole:
         spec = _ROLE.validate_python(record.spec)
     except ValidationError as exc:
         raise InvalidRequest(
-            "role", f"stored role {record.name!r} no longer validates; apply it again: {exc}"
-        ) from exc
+            "role",
+            f"stored role {record.name!r} no longer validates; apply it again: "
+            f"{describe_problems(exc)}",
+        ) from None
     return StoredRole(spec=spec, updated_at=record.updated_at)

@@ -10,7 +10,8 @@ operator and the cluster.
 
 A registered cluster's credential is sealed in the store with the broker's sealing key.
 Its JWKS is pinned in the store; `refresh_keys` (a periodic job) fetches it anew, and a
-token with an unknown key id refreshes it too (broker.identity.ClusterKeys). Clusters from
+token with an unknown key id fetches it too, at most once per tokens.jwks_min_interval
+(broker.service.callers). Clusters from
 the config file stay as they are: listed, never deregistered here.
 """
 

@@ -26,15 +26,16 @@ from broker.audit import (
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
 from broker.clusters import ClusterClient
+from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
-from broker.settings import BrokerSettings
+from broker.settings import BrokerSettings, TokensSettings
 from broker.store import Store, StoreRunner
 from broker.store.clock import Clock, utcnow
 
 from .access import AccessFlow
 from .auditing import AuditTrail
-from .callers import Callers
+from .callers import Callers, VerifyLimits
 from .catalog import RoleCatalog
 from .cluster_admin import ClusterAdmin
 from .events import EventHub
@@ -131,7 +132,7 @@ class BrokerRuntime:
             applied = await catalog.apply(load_roles(settings.roles))
             log.info("roles file applied", path=str(settings.roles), roles=len(applied))
         clients = {c.name: ClusterClient(c) for c in settings.clusters}
-        callers = await _connect(clients)
+        callers = await _connect(clients, verify_limits(settings.tokens))
         _on_close(stack, callers.close)
         sink = JsonLinesSink(settings.audit.log)
         _on_close(stack, sink.close)
@@ -140,7 +141,11 @@ class BrokerRuntime:
             audit_log = StoreChainLog(store.audit_chain, chain=settings.audit.chain, copy=sink)
         else:
             audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
-        audit = AuditTrail(audit_log, Fingerprinter(settings.audit.hmac_key))
+        audit = AuditTrail(
+            audit_log,
+            Fingerprinter(settings.audit.hmac_key),
+            refusal_summary=settings.tokens.refusal_summary,
+        )
         _on_close(stack, audit.close)
         backends = Backends(vault)
         sealer = CredentialSealer(settings.sealing.key_bytes())
@@ -386,9 +391,20 @@ class BrokerRuntime:
         await self._stack.aclose()
 
 
-async def _connect(clients: dict[str, ClusterClient]) -> Callers:
+def verify_limits(tokens: TokensSettings) -> VerifyLimits:
+    return VerifyLimits(
+        max_lifetime=tokens.max_lifetime,
+        refresh=KeyRefreshPolicy(
+            min_interval=tokens.jwks_min_interval, unknown_memory=tokens.unknown_key_memory
+        ),
+        threads=tokens.verify_threads,
+        queue=tokens.verify_queue,
+    )
+
+
+async def _connect(clients: dict[str, ClusterClient], limits: VerifyLimits) -> Callers:
     try:
-        return await Callers.connect(clients)
+        return await Callers.connect(clients, limits)
     except BaseException:
         for client in clients.values():
             client.close()

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from broker.models import validation_problems
 from injector.contract import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
@@ -135,10 +136,7 @@ def load_config(path: Path) -> WebhookConfig:
     try:
         config = WebhookConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidConfig(f"{path}: {problems}") from exc
+        raise InvalidConfig(f"{path}: {'; '.join(validation_problems(exc))}") from exc
     # Relative file names are relative to the configuration file.
     if config.server is not None:
         server = config.server.model_copy(

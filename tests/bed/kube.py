@@ -9,6 +9,7 @@ the bed can boot several API servers at once.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,19 @@ class ClusterSpec:
     authorization_mode: str = "Node,RBAC"
 
 
+# The API server's audit log holds only the JWKS and discovery requests: an independent count
+# of what the broker asked for (tests/security/test_token_flood.py), at no cost elsewhere.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    nonResourceURLs: [/openid/v1/jwks, /.well-known/openid-configuration]
+  - level: None
+"""
+
+
 @dataclass
 class KubeCluster(Cluster):
     """A cluster run as local processes: kube-apiserver and kube-controller-manager."""
@@ -67,6 +81,20 @@ class KubeCluster(Cluster):
     apiserver: ManagedProcess
     controller_manager: ManagedProcess
     etcd_prefix: str
+
+    @property
+    def audit_log(self) -> Path:
+        return self.folder / "audit.log"
+
+    def jwks_requests(self) -> int:
+        """How many GET /openid/v1/jwks the API server has answered so far (its audit log)."""
+        if not self.audit_log.exists():
+            return 0
+        return sum(
+            1
+            for line in self.audit_log.read_text().splitlines()
+            if json.loads(line).get("requestURI") == "/openid/v1/jwks"
+        )
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait for /readyz, start the controller manager, wait for the `default` account."""
@@ -113,6 +141,8 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
     kubeconfig = folder / "kubeconfig"
     write_kubeconfig(kubeconfig, spec.name, server, server_ca.cert_path, admin)
     etcd_prefix = f"/keyferry-bed/{spec.name}"
+    audit_policy = folder / "audit-policy.yaml"
+    audit_policy.write_text(AUDIT_POLICY)
 
     apiserver = ManagedProcess(
         f"{name}-apiserver",
@@ -135,6 +165,9 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
             f"--authorization-mode={spec.authorization_mode}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--cert-dir={folder / 'cert-dir'}",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={folder / 'audit.log'}",
+            "--audit-log-mode=blocking",
             "--profiling=false",
             "--v=1",
         ],

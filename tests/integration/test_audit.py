@@ -8,6 +8,7 @@ import json
 import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import hvac
@@ -35,7 +36,8 @@ from broker.audit import (
     verify,
 )
 from broker.backends.transit import TransitSigner
-from broker.errors import AuditUnavailable, VaultUnavailable
+from broker.errors import AuditUnavailable, Unauthenticated, VaultUnavailable
+from broker.service import CALLER_PEER
 from broker.service.auditing import AuditTrail
 from broker.store import Store, StoreSettings
 from tests.bed.ports import free_port
@@ -509,3 +511,62 @@ async def test_a_failed_group_write_refuses_every_caller_of_its_batch(tmp_path: 
     finally:
         trail.close()
     assert [json.loads(line)["seq"] for line in read_log(path)] == [0, 1, 2]
+
+
+# -- refusals: the first of a kind at once, the rest counted into one summary ---------------------
+
+
+async def test_a_flood_of_refusals_is_one_record_at_once_and_one_summary_per_kind(
+    log_path: Path, transit: TransitSigner, checkpoints: StoreCheckpointSink
+) -> None:
+    sink = CountingSink(log_path)
+    trail = AuditTrail(AuditLog(sink, chain=CHAIN, clock=TickingClock()), FINGERPRINTS)
+    junk = Unauthenticated("token key id 'x' is not a key of cluster 'a'")
+    try:
+        CALLER_PEER.set("ipv4:10.1.2.3:40001")
+        for n in range(200):
+            await trail.refusal("issue", f"request-{n}")(junk, None)
+        assert len(read_log(log_path)) == 1  # only the first, with its request id
+        CALLER_PEER.set("ipv6:[fd00::7]:5000")
+        await trail.refusal("issue", "request-other")(junk, None)
+        await trail.refusal("issue", "request-other-2")(junk, None)
+        assert len(read_log(log_path)) == 2  # another peer is another kind
+        await trail.flush_refusals()
+        for n in range(5):  # the flood goes on: counted, and written by close()
+            await trail.refusal("issue", f"later-{n}")(junk, None)
+    finally:
+        trail.close()
+    written = [json.loads(line) for line in read_log(log_path)]
+    shape = [
+        (w["peer"], w.get("count"), w["request_id"], w["reason"], w["decision"]) for w in written
+    ]
+    assert shape == [
+        ("ipv4:10.1.2.3", None, "request-0", "TOKEN_INVALID", "deny"),
+        ("ipv6:[fd00::7]", None, "request-other", "TOKEN_INVALID", "deny"),
+        ("ipv4:10.1.2.3", 199, None, "TOKEN_INVALID", "deny"),
+        ("ipv6:[fd00::7]", 1, None, "TOKEN_INVALID", "deny"),
+        ("ipv6:[fd00::7]", 5, None, "TOKEN_INVALID", "deny"),
+    ]
+    assert all(w["who"] == {"kind": "workload", "name": "unauthenticated"} for w in written)
+    trail.log.checkpoint(transit, checkpoints)
+    report = verify(read_log(log_path), checkpoints.list(CHAIN), transit)
+    assert report.ok, report.damage
+
+
+async def test_counted_refusals_are_summarised_after_the_interval(log_path: Path) -> None:
+    trail = AuditTrail(
+        AuditLog(JsonLinesSink(log_path), chain=CHAIN, clock=TickingClock()),
+        FINGERPRINTS,
+        refusal_summary=timedelta(seconds=0.2),
+    )
+    gone = Unauthenticated("pod orders/app-1 in cluster 'a' no longer exists")
+    try:
+        for n in range(3):
+            await trail.refusal("renew", f"r{n}")(gone, None)
+        for _ in range(100):
+            if len(read_log(log_path)) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        trail.close()
+    assert [json.loads(line).get("count") for line in read_log(log_path)] == [None, 2]

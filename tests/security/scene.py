@@ -12,9 +12,10 @@ import json
 import logging
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import grpc
 import pytest
@@ -39,6 +40,8 @@ from tests.integration.test_issue import (  # the scene's fixtures, shared with 
     transit,
 )
 from tests.integration.workloads import error_info
+
+DOCS_ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
 
 __all__ = ["approle", "leases", "orders_db", "root", "transit"]  # fixtures, re-exported
 
@@ -76,10 +79,16 @@ class Exposure:
 def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
     """Every log line of tests/security's brokers and webhooks (structlog as JSON at debug,
     and the standard logging of grpc, hvac and the kubernetes client) goes to one file as
-    well; the logging set-up is restored when tests/security ends."""
+    well; the logging set-up is restored when tests/security ends.
+
+    structlog renders its events and hands them to the standard logging, so one handler,
+    with one lock, writes the file. (It used to have its own PrintLogger on the same file
+    object: two locks guarding one stream, one of them not reentrant, written from the
+    broker's worker threads. A log call made while one lock was held (by a finalizer the
+    garbage collector ran inside a write) could wait for the other lock forever: the CI run
+    at 17ddd38 hung at the handler's lock.)"""
     log_file = tmp_path_factory.mktemp("exposure") / "broker.log"
-    stream: TextIO = log_file.open("a", encoding="utf-8")
-    handler = logging.StreamHandler(stream)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
     root_logger = logging.getLogger()
     old_level = root_logger.level
     root_logger.addHandler(handler)
@@ -91,7 +100,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
     try:
@@ -100,7 +109,7 @@ def exposure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposure]:
         structlog.reset_defaults()
         root_logger.removeHandler(handler)
         root_logger.setLevel(old_level)
-        stream.close()
+        handler.close()
 
 
 @pytest.fixture
@@ -113,10 +122,26 @@ async def broker(
     transit: TransitSigner,
     exposure: Exposure,
 ) -> AsyncIterator[Broker]:
+    async with scene_broker(tmp_path, vault, approle, kube_clusters, exposure) as running:
+        yield running
+
+
+@asynccontextmanager
+async def scene_broker(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    exposure: Exposure,
+    **sections: Any,
+) -> AsyncIterator[Broker]:
+    """The scene's broker, its config's top-level `sections` replaced (`tokens={...}`);
+    its /metrics and audit log go to the exposure scan when it stops."""
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
     billing = tmp_path / "billing.cedar"
     billing.write_text(BILLING_POLICY)
     data["policies"].append(str(billing))
+    data.update(sections)
     exposure.handed_out(approle[1], data["sealing"]["key"], data["audit"]["hmac_key"])
     running = await start_broker(data, tmp_path)
     try:

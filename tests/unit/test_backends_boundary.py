@@ -9,13 +9,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 import broker.backends
 import broker.models
 from broker import errors
 from broker.backends import Backends, VaultClient, VaultSettings
-from broker.models import Credential, DatabaseRole, IssueContext, KvRole, VaultLease
+from broker.backends.vault import parse_reply
+from broker.errors import KeyferryError
+from broker.models import (
+    Credential,
+    DatabaseRole,
+    IssueContext,
+    KvRole,
+    VaultLease,
+    describe_problems,
+    validation_problems,
+)
 
 BROKER = Path(broker.__file__).parent
 BACKENDS = BROKER / "backends"
@@ -109,3 +119,35 @@ def test_credentials_never_show_their_values() -> None:
     assert "hunter2" not in str(credential)
     assert "hunter2" not in credential.model_dump_json()
     assert credential.reveal() == {"password": "hunter2"}
+
+
+def test_a_reply_of_the_wrong_shape_names_fields_never_values() -> None:
+    class Login(BaseModel):
+        username: str
+        password: str
+
+    secret = "s3cret-in-the-reply"
+    with pytest.raises(KeyferryError) as caught:
+        parse_reply(Login, {"password": secret, "username": ["not", secret]}, "db/creds/ro")
+    assert caught.value.message == (
+        "Vault's answer to db/creds/ro is not what keyferry expects: "
+        "username: Input should be a valid string"
+    )
+    assert caught.value.__cause__ is None  # a logged traceback would quote the input
+    assert caught.value.__suppress_context__
+
+
+def test_validation_problems_never_quote_the_input() -> None:
+    class Reply(BaseModel):
+        a: int
+        b: int
+
+    with pytest.raises(ValidationError) as caught:
+        Reply.model_validate({"a": "hunter2", "b": "hunter3"})
+    assert "hunter2" in str(caught.value)  # what pydantic itself does
+    assert validation_problems(caught.value) == [
+        "a: Input should be a valid integer, unable to parse string as an integer",
+        "b: Input should be a valid integer, unable to parse string as an integer",
+    ]
+    assert describe_problems(caught.value, limit=1).endswith("; and 1 more")
+    assert "hunter" not in describe_problems(caught.value)

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.errors import Unauthenticated
-from broker.identity import ClusterKeys, TokenVerifier
+from broker.identity import ClusterKeys, KeyRefreshPolicy, TokenVerifier
 
 SHARED_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -156,14 +156,113 @@ def test_garbage_is_rejected() -> None:
         _verifier().verify("not-a-token")
 
 
-def test_unknown_key_id_refreshes_the_jwks_once() -> None:
-    calls: list[int] = []
+class Clock:
+    """Monotonic seconds the test moves by hand."""
 
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _refreshing(clock: Clock, calls: list[int], policy: KeyRefreshPolicy) -> TokenVerifier:
     def refresh() -> dict[str, Any]:
         calls.append(1)
         return {"keys": [JWK_A, JWK_A2]}
 
-    verifier = _verifier(refresh_a=refresh)
+    keys = ClusterKeys(
+        "a", SHARED_ISSUER, {"keys": [JWK_A]}, refresh=refresh, policy=policy, clock=clock
+    )
+    return TokenVerifier({"a": keys})
+
+
+def test_unknown_key_id_refreshes_the_jwks_once() -> None:
+    clock, calls = Clock(), list[int]()
+    verifier = _refreshing(clock, calls, KeyRefreshPolicy())
+    clock.now += 30
     assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
+    assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
+    assert calls == [1]
+
+
+def test_unknown_key_ids_fetch_at_most_once_per_min_interval() -> None:
+    clock, calls = Clock(), list[int]()
+    verifier = _refreshing(clock, calls, KeyRefreshPolicy(min_interval=dt.timedelta(seconds=30)))
+    clock.now += 10  # the JWKS was fetched when the cluster joined, 10 s ago
+    for n in range(50):
+        with pytest.raises(Unauthenticated, match="not a key of cluster 'a'"):
+            verifier.verify(_token(_claims(), KEY_A2, kid=f"random-{n}"))
+    assert calls == []
+    clock.now += 20
+    for n in range(50):
+        with pytest.raises(Unauthenticated, match="not a key of cluster 'a'"):
+            verifier.verify(_token(_claims(), KEY_A2, kid=f"again-{n}"))
+    assert calls == [1]  # the first after the interval fetched; the 49 others did not
+
+
+def test_a_key_id_a_fetch_showed_unknown_fetches_nothing_for_a_while() -> None:
+    clock, calls = Clock(), list[int]()
+    policy = KeyRefreshPolicy(
+        min_interval=dt.timedelta(seconds=1), unknown_memory=dt.timedelta(minutes=5)
+    )
+    verifier = _refreshing(clock, calls, policy)
+    clock.now += 2
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(_token(_claims(), KEY_A2, kid="junk"))
+        clock.now += 2
+    assert calls == [1]
+    clock.now += 300
+    with pytest.raises(Unauthenticated):
+        verifier.verify(_token(_claims(), KEY_A2, kid="junk"))
+    assert calls == [1, 1]
+
+
+def test_the_unknown_key_memory_is_bounded() -> None:
+    keys = ClusterKeys(
+        "a", SHARED_ISSUER, {"keys": [JWK_A]}, policy=KeyRefreshPolicy(max_unknown=3)
+    )
+    for n in range(10):
+        keys.not_found(f"k{n}")
+    assert list(keys._unknown) == ["k7", "k8", "k9"]
+
+
+def test_a_token_living_longer_than_the_maximum_is_refused() -> None:
+    verifier = TokenVerifier(
+        {"a": ClusterKeys("a", SHARED_ISSUER, {"keys": [JWK_A]})},
+        max_lifetime=dt.timedelta(hours=1),
+    )
+    now = _now()
+    exactly = _claims(iat=now, exp=now + dt.timedelta(hours=1))
+    assert verifier.verify(_token(exactly)).pod == "app-1"
+    longer = _claims(iat=now, exp=now + dt.timedelta(hours=1, seconds=1))
+    with pytest.raises(Unauthenticated, match=r"lives 3601s \(exp - iat\).*tokens.max_lifetime"):
+        verifier.verify(_token(longer))
+
+
+def test_a_token_without_a_key_id_is_refused() -> None:
+    token = jwt.encode(_claims(), KEY_A, algorithm="RS256")
+    with pytest.raises(Unauthenticated, match="no key id"):
+        _verifier().verify(token)
+
+
+def test_the_audience_error_says_exactly_one_keyferry_audience() -> None:
+    two = _claims(aud=["keyferry:a", "keyferry:a"])
+    with pytest.raises(Unauthenticated, match="2 audiences starting with 'keyferry:'; exactly one"):
+        _verifier().verify(_token(two))
+    # Other audiences beside the one keyferry audience are no concern of keyferry's.
+    assert _verifier().verify(_token(_claims(aud=["vault", "keyferry:a"]))).cluster == "a"
+
+
+def test_a_key_id_refused_only_for_a_recent_fetch_may_fetch_after_the_interval() -> None:
+    """A cluster that rotated its keys just after a fetch: its new key id is not held
+    against it once min_interval has passed."""
+    clock, calls = Clock(), list[int]()
+    verifier = _refreshing(clock, calls, KeyRefreshPolicy(min_interval=dt.timedelta(seconds=30)))
+    with pytest.raises(Unauthenticated):
+        verifier.verify(_token(_claims(), KEY_A2, kid="a-2"))
+    assert calls == []
+    clock.now += 30
     assert verifier.verify(_token(_claims(), KEY_A2, kid="a-2")).pod == "app-1"
     assert calls == [1]
