@@ -16,6 +16,7 @@ from broker.store import LeaseRecord, LeaseState, Store, StoreRunner
 
 from .auditing import AuditTrail
 from .callers import Callers
+from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
 
 FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
@@ -32,8 +33,9 @@ class ReleaseFlow:
         store: Store,
         runner: StoreRunner,
         backends: Backends,
+        rates: LeaseCallRates,
     ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner)
+        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run

@@ -40,7 +40,7 @@ from .cluster_admin import ClusterAdmin
 from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
 from .leadership import leadership_for
-from .limits import IssueRates
+from .limits import IssueRates, LeaseCallRates, WatchStreamCaps
 from .loops import Periodic
 from .notify import EventRelay
 from .pod_leases import PodLeases
@@ -156,6 +156,7 @@ class BrokerRuntime:
             rates=IssueRates(settings.limits, clock),
             clock=clock,
         )
+        lease_calls = LeaseCallRates(settings.limits, clock)
         release = ReleaseFlow(
             callers=callers,
             policy=policy,
@@ -163,6 +164,7 @@ class BrokerRuntime:
             store=store,
             runner=runner,
             backends=backends,
+            rates=lease_calls,
         )
         hub = EventHub()
         timing = settings.scheduler
@@ -225,6 +227,9 @@ class BrokerRuntime:
                 sealer=sealer,
                 hub=hub,
                 revoker=revoker,
+                rates=lease_calls,
+                streams=WatchStreamCaps(settings.limits),
+                recheck=settings.limits.watch_recheck,
                 clock=clock,
             ),
             renew=RenewFlow(
@@ -234,6 +239,7 @@ class BrokerRuntime:
                 store=store,
                 runner=runner,
                 renewer=renewer,
+                rates=lease_calls,
             ),
             rotation=rotation,
             scheduled=ScheduledRotation(catalog, store, runner, rotation, clock),
