@@ -259,13 +259,6 @@ class LimitsSettings(_Group):
         "no other periodic work",
     )
 
-    @field_validator("watch_recheck")
-    @classmethod
-    def _recheck_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be positive, like 5m")
-        return value
-
 
 class RotationSettings(_Group):
     """How long a rotated-away credential keeps working without the pod's Ack, and how
