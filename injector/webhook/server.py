@@ -84,6 +84,8 @@ class Admission:
     patched: bool
     dry_run: bool
     seconds: float
+    body_bytes: int = 0
+    """The AdmissionReview's size as received (server.limits.max_body_bytes bounds it)."""
 
 
 Observer = Callable[[Admission], None]
@@ -364,6 +366,7 @@ class WebhookServer:
                 patched=response.patch is not None,
                 dry_run=admission_request.dry_run,
                 seconds=seconds,
+                body_bytes=len(body),
             ),
             response,
         )
@@ -379,6 +382,7 @@ class WebhookServer:
             patched=admission.patched,
             dry_run=admission.dry_run,
             ms=round(admission.seconds * 1000, 3),
+            bytes=admission.body_bytes,
             refusal=response.status.message if response.status else None,
         )
         if self._observe is not None:
