@@ -139,7 +139,8 @@ class WatchFlow:
                     yield event
             finally:
                 acking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # An Ack's error that ended the stream is already on its way out.
+                with contextlib.suppress(asyncio.CancelledError, KeyferryError):
                     await acking
                 log.info("watch closed", pod=workload.pod, pod_uid=workload.pod_uid)
 
