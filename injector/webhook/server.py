@@ -217,6 +217,7 @@ class WebhookServer:
         self.evicted_connections = 0
         """Unfinished requests closed to make room for a new connection (for tests)."""
         self._crowding_logged = (0.0, 0)
+        self._failed: Exception | None = None
 
     @property
     def open_connections(self) -> int:
@@ -233,6 +234,8 @@ class WebhookServer:
         )
         self._thread.start()
         ready.wait()
+        if self._failed is not None:
+            raise self._failed
         return self.port
 
     def stop(self) -> None:
@@ -250,7 +253,10 @@ class WebhookServer:
         loop = self._loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._serve(ready))
+        except Exception as exc:  # handed to start(), which raises it
+            self._failed = exc
         finally:
+            ready.set()
             loop.close()
 
     async def _serve(self, ready: threading.Event) -> None:
