@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.api.v1 import broker_pb2
 from broker.errors import InvalidRequest, LimitExceeded
 from broker.policy import Workload
 from broker.service.limits import LeaseCallRates, WatchStreamCaps
+from broker.service.names import MAX_LENGTH as MAX_NAME
 from broker.service.names import check_lease_id
-from broker.settings import LimitsSettings
+from broker.settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -87,3 +89,18 @@ def test_ack_renew_and_release_share_one_bucket_per_pod() -> None:
 def test_the_recheck_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="longer than zero"):
         LimitsSettings(watch_recheck=timedelta(0))
+
+
+def test_the_receive_limit_is_far_above_any_real_request() -> None:
+    """workload.max_message_bytes is fitted to the largest requests an agent can send: an
+    Issue with the longest names allowed, an Ack and a Release of a lease id."""
+    largest = [
+        broker_pb2.IssueRequest(credential_name="c" * MAX_NAME, role="r" * 253),
+        broker_pb2.WatchRequest(ack=broker_pb2.Ack(lease_id=str(uuid.uuid4()), generation=2**62)),
+        broker_pb2.ReleaseRequest(lease_id=str(uuid.uuid4())),
+        broker_pb2.RenewRequest(lease_id=str(uuid.uuid4())),
+    ]
+    sizes = [message.ByteSize() for message in largest]
+    print(f"largest workload requests: {sizes} bytes; limit {DEFAULT_MAX_MESSAGE_BYTES}")
+    assert max(sizes) < 1024
+    assert max(sizes) * 16 <= DEFAULT_MAX_MESSAGE_BYTES
