@@ -67,6 +67,7 @@ BACKLOG = 128
 LARGE_BODY_BYTES = 64 * 1024
 """A body above this (a real review is a few KiB to tens of KiB) waits for a large-body slot."""
 LARGE_BODY_SLOTS = 8
+ACCEPT_RETRY_SECONDS = 0.1
 REFUSAL_LOG_SECONDS = 60.0
 """Refused connections are logged at most once per this many seconds, with their count."""
 
@@ -171,6 +172,22 @@ async def _read_request(
         return _Request(method, path, await reader.readexactly(length))
 
 
+async def _readable(sock: socket.socket) -> None:
+    """Wait until the client has sent something (its TLS ClientHello), reading nothing."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
 def _encode(reply: _Reply) -> bytes:
     head = (
         f"HTTP/1.1 {reply.status.value} {reply.status.phrase}\r\n"
@@ -262,27 +279,53 @@ class WebhookServer:
     async def _serve(self, ready: threading.Event) -> None:
         self._stop = asyncio.Event()
         self._large_bodies = asyncio.Semaphore(LARGE_BODY_SLOTS)
-        server = await asyncio.start_server(self._connection, sock=self._socket, limit=LINE_BYTES)
+        self._socket.setblocking(False)
+        accepting = asyncio.create_task(self._accept())
         ready.set()
         try:
             await self._stop.wait()
         finally:
-            server.close()
+            accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await accepting
+            self._socket.close()
             if self._open:
                 # In-flight requests finish (each within its deadline), then anything left goes.
                 await asyncio.wait(self._open, timeout=self.limits.request_seconds)
             for task in list(self._open):
                 task.cancel()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = cast("asyncio.Task[None]", asyncio.current_task())  # a callback runs as a task
-        if self.open_connections >= self.limits.max_connections and not self._make_room():
-            writer.transport.abort()
-            return
-        self._open.add(task)
-        self._reading[task] = None
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _address = await loop.sock_accept(self._socket)
+            except OSError as exc:  # out of file descriptors: let some connections end
+                log.warning("webhook could not accept a connection", error=str(exc))
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            if len(self._open) >= self.limits.max_connections and not self._make_room():
+                sock.close()
+                continue
+            task = asyncio.create_task(self._connection(sock))
+            self._open.add(task)
+            self._reading[task] = None
+
+    async def _connection(self, sock: socket.socket) -> None:
+        task = cast("asyncio.Task[None]", asyncio.current_task())
+        transport: asyncio.BaseTransport | None = None
         try:
             async with asyncio.timeout(self.limits.request_seconds):
+                # Until the client speaks, a connection costs its socket and this task: TLS
+                # state (asyncio keeps a 256 KiB buffer per TLS connection) comes after.
+                await _readable(sock)
+                loop = asyncio.get_running_loop()
+                reader = asyncio.StreamReader(limit=LINE_BYTES)
+                protocol = asyncio.StreamReaderProtocol(reader)
+                transport, _ = await loop.connect_accepted_socket(
+                    lambda: protocol, sock, ssl=self._contexts()
+                )
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                 await self._exchange(reader, writer, task)
         except (TimeoutError, OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError):
             pass  # a slow, silent or broken client (or a port scan) is not ours to log
@@ -292,14 +335,15 @@ class WebhookServer:
         finally:
             self._open.discard(task)
             self._reading.pop(task, None)
-            writer.transport.abort()
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            sock.close()
 
     async def _exchange(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
     ) -> None:
-        """Handshake, read the request, answer it: all within the connection's deadline."""
+        """Read the request and answer it, within the connection's deadline."""
         large_bodies = cast(asyncio.Semaphore, self._large_bodies)  # made before serving
-        await writer.start_tls(self._contexts())
         try:
             request = await _read_request(reader, writer, self.limits.max_body_bytes, large_bodies)
         except _Refused as refused:
