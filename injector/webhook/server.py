@@ -9,9 +9,11 @@ pod creation in every namespace it serves:
   a coroutine, no thread, and must finish within one deadline from accept
   (`request_seconds`), so a slow client (slowloris) only holds its own connection;
 - at most `max_connections` are open at once. When one more arrives, the oldest connection
-  still sending its request is closed to make room (a real request is read in
-  milliseconds, so the oldest unfinished one is a slow client); only when every open
-  connection is being answered is the new one closed instead;
+  that has sent nothing yet is closed to make room, else the oldest still sending its
+  request (a real client speaks at once and is read in milliseconds, so these are silent
+  or slow clients); only when every open connection is being answered is the new one
+  closed instead. TLS starts once the client has sent its first bytes, so a silent
+  connection costs a socket and a task, not TLS state;
 - a body above `max_body_bytes` is refused (413) before it is read, and bodies above
   LARGE_BODY_BYTES are read LARGE_BODY_SLOTS at a time, so memory stays bounded however
   many clients send large bodies;
@@ -63,7 +65,7 @@ HEALTH_PATH = "/healthz"
 LINE_BYTES = 8 * 1024
 """Longest request line or header line read (the API server's are well under 1 KiB)."""
 MAX_HEADERS = 64
-BACKLOG = 128
+BACKLOG = 1024
 LARGE_BODY_BYTES = 64 * 1024
 """A body above this (a real review is a few KiB to tens of KiB) waits for a large-body slot."""
 LARGE_BODY_SLOTS = 8
@@ -174,6 +176,11 @@ async def _read_request(
 
 async def _readable(sock: socket.socket) -> None:
     """Wait until the client has sent something (its TLS ClientHello), reading nothing."""
+    try:
+        if sock.recv(1, socket.MSG_PEEK):
+            return  # already there: a real client speaks at once
+    except BlockingIOError:
+        pass
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -227,7 +234,10 @@ class WebhookServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._open: set[asyncio.Task[None]] = set()
-        self._reading: dict[asyncio.Task[None], None] = {}  # still sending; oldest first
+        # Connections whose request is not read yet, oldest first: those that have not
+        # sent a byte yet, and those that have. Eviction takes the oldest silent one first.
+        self._silent: dict[asyncio.Task[None], None] = {}
+        self._reading: dict[asyncio.Task[None], None] = {}
         self._large_bodies: asyncio.Semaphore | None = None
         self.refused_connections = 0
         """Connections closed at accept: every open one was being answered (for tests)."""
@@ -309,7 +319,10 @@ class WebhookServer:
                 continue
             task = asyncio.create_task(self._connection(sock))
             self._open.add(task)
-            self._reading[task] = None
+            self._silent[task] = None
+            # sock_accept does not yield while connections are queued: let the new one see
+            # whether its client has spoken before more arrive (and maybe evict it).
+            await asyncio.sleep(0)
 
     async def _connection(self, sock: socket.socket) -> None:
         task = cast("asyncio.Task[None]", asyncio.current_task())
@@ -319,6 +332,8 @@ class WebhookServer:
                 # Until the client speaks, a connection costs its socket and this task: TLS
                 # state (asyncio keeps a 256 KiB buffer per TLS connection) comes after.
                 await _readable(sock)
+                del self._silent[task]
+                self._reading[task] = None
                 loop = asyncio.get_running_loop()
                 reader = asyncio.StreamReader(limit=LINE_BYTES)
                 protocol = asyncio.StreamReaderProtocol(reader)
@@ -334,6 +349,7 @@ class WebhookServer:
                 raise  # stopping; an evicted connection just ends
         finally:
             self._open.discard(task)
+            self._silent.pop(task, None)
             self._reading.pop(task, None)
             if isinstance(transport, asyncio.WriteTransport):
                 transport.abort()
@@ -359,11 +375,13 @@ class WebhookServer:
         await writer.drain()
 
     def _make_room(self) -> bool:
-        """Close the oldest connection still sending its request; False when none is (every
-        open connection is being answered), and the new one is refused."""
-        oldest = next(iter(self._reading), None)
+        """Close the oldest connection that has sent nothing yet, else the oldest still
+        sending its request; False when there is none (every open connection is being
+        answered), and the new one is refused."""
+        waiting = self._silent if self._silent else self._reading
+        oldest = next(iter(waiting), None)
         if oldest is not None:
-            del self._reading[oldest]
+            del waiting[oldest]
             self._open.discard(oldest)  # its room is the new connection's from now on
             oldest.cancel()
             self.evicted_connections += 1
