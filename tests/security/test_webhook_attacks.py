@@ -158,7 +158,11 @@ def big_pod() -> dict[str, Any]:
     """A large realistic pod: 4 containers and 2 init containers, 60 environment variables
     and 12 mounts each, 20 volumes, and kubectl's last-applied annotation (a copy of it all)."""
 
-    def container(name: str) -> dict[str, Any]:
+    def container(name: str, probed: bool = True) -> dict[str, Any]:
+        probes = {
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}},
+        }
         return {
             "name": name,
             "image": f"registry.example/team/{name}:1.2.3@sha256:{'0' * 64}",
@@ -174,13 +178,12 @@ def big_pod() -> dict[str, Any]:
                 "requests": {"cpu": "100m", "memory": "128Mi"},
                 "limits": {"memory": "256Mi"},
             },
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
-            "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}},
+            **(probes if probed else {}),
         }
 
     body = pod_body(annotations=dict(INJECT))
     body["spec"]["containers"] = [container(f"app-{i}") for i in range(4)]
-    body["spec"]["initContainers"] = [container(f"init-{i}") for i in range(2)]
+    body["spec"]["initContainers"] = [container(f"init-{i}", probed=False) for i in range(2)]
     body["spec"]["volumes"] = [{"name": f"vol-{i:02d}", "emptyDir": {}} for i in range(20)]
     body["metadata"]["labels"] = {f"team.example/label-{i}": f"value-{i}" for i in range(20)}
     applied = json.dumps(body)
