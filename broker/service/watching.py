@@ -144,10 +144,6 @@ class WatchFlow:
                     await acking
                 log.info("watch closed", pod=workload.pod, pod_uid=workload.pod_uid)
 
-    def streams(self, pod_uid: str | None = None) -> int:
-        """Watch streams open on this replica: of one pod, or in all."""
-        return self._streams.count(pod_uid)
-
     async def _live(
         self, session: _Session, subscription: Subscription, acking: asyncio.Task[None]
     ) -> AsyncIterator[WatchEvent]:
