@@ -470,6 +470,11 @@ def test_webhook_yaml_and_registration_match_the_injectors_own(
     assert config.namespace == namespace
     assert config.broker.address == "keyferry-broker.keyferry-system.svc:8443"
     assert (config.agent.backoff_base_seconds, config.agent.backoff_cap_seconds) == (1.0, 30.0)
+    assert config.server is not None
+    limits = config.server.limits
+    assert (limits.max_connections, limits.request_seconds) == (
+        (256, 10.0) if variant == "default" else (512, 5.0)
+    )
     rendered = one(objects, "MutatingWebhookConfiguration")
     (hook,) = rendered["webhooks"]
     expected = registration(rendered["metadata"]["name"], "unused", "unused", config)
