@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -380,6 +381,9 @@ def test_past_the_connection_cap_the_oldest_unfinished_request_makes_room(
         assert status == 200
         assert bounded.evicted_connections >= 1
         assert closed_by_server(silent[0])
+        # No thread per connection: the event loop's and at most `workers` more.
+        threads = [t for t in threading.enumerate() if t.name.startswith("keyferry-webhook")]
+        assert len(threads) <= 1 + bounded.limits.workers
     finally:
         for sock in silent:
             sock.close()
