@@ -43,6 +43,7 @@ ENV_PREFIX = "KEYFERRY_"
 DEFAULT_DATA_DIR = Path("/var/lib/keyferry")
 DEFAULT_WORKLOAD_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024
 AES_256_KEY_BYTES = 32
 MIN_HMAC_KEY_BYTES = 32
 MIN_GRANT = timedelta(minutes=1)
@@ -137,6 +138,19 @@ class WorkloadListener(_Group):
         "self-signed identity in data_dir (development only)",
     )
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert")
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="largest request message accepted (an Issue, Renew, Release or Ack is "
+        "well under 1 KiB; gRPC's default is 4 MiB); larger ones end the call with "
+        "RESOURCE_EXHAUSTED before they are decoded",
+    )
+    reflection: bool = Field(
+        default=False,
+        description="serve gRPC server reflection on the workload port (agents do not use "
+        "it; it tells a caller every method); the admin port always serves it",
+    )
 
     @model_validator(mode="after")
     def _pair(self) -> WorkloadListener:
@@ -203,8 +217,9 @@ class MetricsSettings(_Group):
 
 
 class LimitsSettings(_Group):
-    """Caps on live leases, and token-bucket rate limits on Issue calls (replays count):
-    a bucket holds `burst` calls and refills at `rate` calls per second."""
+    """Caps on live leases and open Watch streams, and token-bucket rate limits on Issue
+    calls (replays count) and on Ack, Renew and Release: a bucket holds `burst` calls and
+    refills at `rate` calls per second. Every limit is per replica."""
 
     per_pod: int = Field(default=32, ge=1, description="live leases one pod may hold")
     per_cluster: int = Field(default=10_000, ge=1, description="live leases one cluster may hold")
@@ -219,6 +234,30 @@ class LimitsSettings(_Group):
     )
     cluster_issue_burst: int = Field(
         default=1000, ge=1, description="Issue calls one cluster may make at once"
+    )
+    pod_lease_call_rate: float = Field(
+        default=2.0,
+        gt=0,
+        description="Ack, Renew and Release calls per second one pod may make, sustained "
+        "(one bucket for the three)",
+    )
+    pod_lease_call_burst: int = Field(
+        default=64, ge=1, description="Ack, Renew and Release calls one pod may make at once"
+    )
+    pod_watch_streams: int = Field(
+        default=4,
+        ge=1,
+        description="Watch streams one pod may hold open on one replica (its agent holds one; "
+        "the rest cover reconnects)",
+    )
+    replica_watch_streams: int = Field(
+        default=20_000, ge=1, description="Watch streams one replica serves at once, all pods"
+    )
+    watch_recheck: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often an open Watch stream checks that its pod still exists with "
+        "its UID (it ends when the pod is gone) and re-reads the clock; an idle stream does "
+        "no other periodic work",
     )
 
 

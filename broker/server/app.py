@@ -3,7 +3,9 @@
 Two gRPC servers, because a Python gRPC server cannot require client certificates on one
 port and not another, and ops methods must never be reachable by pods:
 
-- workload: TLS, BrokerService (bearer token per call), health, reflection;
+- workload: TLS, BrokerService (bearer token per call), health, and reflection only when
+  `workload.reflection` is set; requests above `workload.max_message_bytes` are refused
+  before they are decoded, and clients that ping too often are disconnected;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
   subject names the operator), RolesService, RotationService, ClustersService,
   AccessService, health, reflection. Without
@@ -34,7 +36,7 @@ from broker.api.v1 import (
 )
 from broker.errors import InvalidRequest, KeyferryError
 from broker.service import BrokerRuntime
-from broker.settings import AdminListener, BrokerSettings
+from broker.settings import AdminListener, BrokerSettings, WorkloadListener
 from broker.store.clock import Clock, utcnow
 
 from .access_servicer import AccessServicer
@@ -51,7 +53,23 @@ ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
-SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
+# Connection limits on the workload port. A client may ping at most once a minute, and only
+# while it has a call open (an agent's Watch stream); past two strikes the connection is
+# closed (GOAWAY too_many_pings). The server pings a connection silent for 5 minutes and
+# drops it when no answer comes in 20 s, so dead peers free their streams; a connection
+# with no call open for 5 minutes is closed (an agent's channel reconnects when it needs
+# to). At most 100 calls share one connection (an agent opens one or two).
+CONNECTION_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 60_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.http2.max_pings_without_data", 0),  # the server's own pings: no cap
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_connection_idle_ms", 300_000),
+    ("grpc.max_concurrent_streams", 100),
+]
 DEFAULT_GRACE = 5.0
 
 
@@ -165,9 +183,12 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
             key=str(tls.key_path),
         )
 
-    workload = grpc.aio.server(options=SERVER_OPTIONS)
+    workload = grpc.aio.server(options=workload_options(settings.workload))
     broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(runtime, metrics), workload)
-    workload_health = (_health(workload, [BROKER_SERVICE]), [BROKER_SERVICE])
+    workload_health = (
+        _health(workload, [BROKER_SERVICE], reflect=settings.workload.reflection),
+        [BROKER_SERVICE],
+    )
     credentials = grpc.ssl_server_credentials([tls.pem_pair()])
     address = f"{settings.workload.host}:{settings.workload.port}"
     try:
@@ -226,9 +247,21 @@ def _admin_listener(
     return admin, port, (_health(admin, services), services)
 
 
-def _health(server: grpc.aio.Server, services: list[str]) -> health_aio.HealthServicer:
+def workload_options(listener: WorkloadListener) -> list[tuple[str, int]]:
+    """The workload server's gRPC options: connection limits and the receive limit."""
+    return [
+        *SERVER_OPTIONS,
+        *CONNECTION_OPTIONS,
+        ("grpc.max_receive_message_length", listener.max_message_bytes),
+    ]
+
+
+def _health(
+    server: grpc.aio.Server, services: list[str], *, reflect: bool = True
+) -> health_aio.HealthServicer:
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    names = [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-    reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    if reflect:
+        names = [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     return health

@@ -17,7 +17,7 @@ import grpc
 import structlog
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
-from broker.errors import KeyferryError
+from broker.errors import KeyferryError, LimitExceeded
 from broker.service import AckMessage, BrokerRuntime, bearer_token
 
 from . import convert, handlers
@@ -75,7 +75,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
                 yield convert.watch_response(event)
         except KeyferryError as error:
             self._metrics.watch_ends.labels(error.reason.lower()).inc()
-            log.info("watch ended", request_id=request_id, reason=error.reason)
+            _refusal_log(error)("watch ended", request_id=request_id, reason=error.reason)
             raise
         finally:
             self._metrics.watch_streams.dec()
@@ -99,6 +99,12 @@ async def _acks(requests: AsyncIterator[broker_pb2.WatchRequest]) -> AsyncIterat
             yield ack
 
 
+def _refusal_log(error: KeyferryError) -> Any:
+    """Where a refusal is logged: a rate limit or cap at debug (a flood of them would flood
+    the log; the metrics count them), anything else at info."""
+    return log.debug if isinstance(error, LimitExceeded) else log.info
+
+
 @contextmanager
 def _observed(method: str, request_id: str, metrics: BrokerMetrics) -> Iterator[dict[str, str]]:
     """Count, time and log one call; the body sets outcome["value"] on success."""
@@ -108,7 +114,7 @@ def _observed(method: str, request_id: str, metrics: BrokerMetrics) -> Iterator[
         yield outcome
     except KeyferryError as error:
         outcome["value"] = error.reason.lower()
-        log.info(
+        _refusal_log(error)(
             f"{method} refused", request_id=request_id, reason=error.reason, error=error.message
         )
         raise

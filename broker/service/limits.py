@@ -1,8 +1,12 @@
-"""Caps on live leases and rate limits on Issue, per pod and per cluster: a runaway agent
+"""Caps on live leases and open Watch streams, and rate limits on Issue (per pod and per
+cluster) and on a pod's calls about its own leases (Ack, Renew, Release): a runaway agent
 (or a cluster full of them) can neither drain Vault nor keep the broker busy."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -111,3 +115,69 @@ class IssueRates:
                 "(limits.cluster_issue_rate, limits.cluster_issue_burst)",
                 retry_after=wait,
             )
+
+
+class LeaseCallRates:
+    """Rate limit on a pod's Ack, Renew and Release calls: one bucket per pod for the three
+    (limits.pod_lease_call_rate/burst). An agent makes a few per rotation; a flood of them
+    costs store lookups, audit records and log lines."""
+
+    def __init__(self, settings: LimitsSettings, clock: Clock) -> None:
+        self._pods = TokenBuckets(
+            settings.pod_lease_call_rate, settings.pod_lease_call_burst, clock
+        )
+
+    def check(self, workload: Workload, method: str) -> None:
+        """LimitExceeded (with a retry delay) when the pod calls too often."""
+        wait = self._pods.take(workload.pod_uid)
+        if wait is not None:
+            raise LimitExceeded(
+                f"pod {workload.namespace}/{workload.pod} calls {method} (with Ack, Renew and "
+                f"Release) too often; retry in {wait:.1f}s (limits.pod_lease_call_rate, "
+                "limits.pod_lease_call_burst)",
+                retry_after=wait,
+            )
+
+
+class WatchStreamCaps:
+    """How many Watch streams each pod, and this replica in all, holds open; `hold` refuses
+    one past limits.pod_watch_streams or limits.replica_watch_streams. Counted here because
+    gRPC's max_concurrent_streams bounds one connection, not a pod or the process."""
+
+    RETRY_AFTER = 5.0  # seconds; another replica (or this one, once streams end) may take it
+
+    def __init__(self, settings: LimitsSettings) -> None:
+        self._per_pod = settings.pod_watch_streams
+        self._per_replica = settings.replica_watch_streams
+        self._open: Counter[str] = Counter()
+        self._total = 0
+
+    @contextmanager
+    def hold(self, workload: Workload) -> Iterator[None]:
+        """Count one open stream of the pod for the block; LimitExceeded past a cap."""
+        held = self._open[workload.pod_uid]
+        if held >= self._per_pod:
+            raise LimitExceeded(
+                f"pod {workload.namespace}/{workload.pod} already holds {held} Watch streams "
+                "on this replica, the per-pod limit (limits.pod_watch_streams); an agent "
+                "needs one: close the others"
+            )
+        if self._total >= self._per_replica:
+            raise LimitExceeded(
+                f"this replica serves {self._total} Watch streams, its limit "
+                f"(limits.replica_watch_streams); retry in {self.RETRY_AFTER:.0f}s",
+                retry_after=self.RETRY_AFTER,
+            )
+        self._open[workload.pod_uid] += 1
+        self._total += 1
+        try:
+            yield
+        finally:
+            self._total -= 1
+            self._open[workload.pod_uid] -= 1
+            if self._open[workload.pod_uid] <= 0:
+                del self._open[workload.pod_uid]
+
+    def count(self, pod_uid: str | None = None) -> int:
+        """Streams open on this replica: of one pod, or in all."""
+        return self._total if pod_uid is None else self._open[pod_uid]

@@ -1,6 +1,10 @@
-"""A credential's name becomes a file name inside the pod's volume: keep it one plain name."""
+"""Names a pod sends: a credential's name becomes a file name inside the pod's volume (keep
+it one plain name); a lease id is a UUID, checked before any lookup or log line, so junk
+costs neither a store query nor log volume."""
 
 from __future__ import annotations
+
+import uuid
 
 from broker.errors import InvalidRequest
 
@@ -24,3 +28,21 @@ def check_credential_name(name: str) -> str:
             FIELD, f"{name!r} has control characters, surrounding spaces or a leading '-'; {fix}"
         )
     return name
+
+
+LEASE_ID_LENGTH = 36  # 8-4-4-4-12 hex digits, as the store writes them
+
+
+def check_lease_id(value: str, field: str = "lease_id") -> str:
+    """The lease id in the store's form; InvalidRequest naming `field` otherwise. The value
+    itself is never echoed (it is whatever the caller sent)."""
+    fix = "send the id Issue returned in lease.id (a UUID)"
+    if not value:
+        raise InvalidRequest(field, f"is required; {fix}")
+    if len(value) != LEASE_ID_LENGTH:
+        raise InvalidRequest(field, f"is {len(value)} characters, not a lease id; {fix}")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidRequest(field, f"is not a lease id; {fix}") from None
+    return str(parsed)

@@ -1,5 +1,6 @@
 """The first step of every call a pod makes on one of its own leases (Release, Renew):
-authenticate, find the lease, ask Cedar, audit the decision.
+authenticate, take one call from the pod's rate limit, check the lease id is one, find the
+lease, ask Cedar, audit the decision.
 
 A lease of another pod is reported as not found, like one that does not exist, so a
 caller learns nothing about other pods' leases.
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.errors import InvalidRequest, PermissionDenied
+from broker.errors import PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
 
 from .auditing import AuditTrail
 from .callers import Callers
+from .limits import LeaseCallRates
+from .names import check_lease_id
 from .resources import lease_resource
 
 
@@ -33,6 +36,7 @@ class OwnLeaseGate:
     audit: AuditTrail
     store: Store
     runner: StoreRunner
+    rates: LeaseCallRates
 
     async def authorize(
         self,
@@ -49,8 +53,8 @@ class OwnLeaseGate:
             allow_terminating=allow_terminating,
             refused=self.audit.refusal(action.value, request_id),
         )
-        if not lease_id:
-            raise InvalidRequest("lease_id", "is required: the id Issue returned in lease.id")
+        self.rates.check(workload, action.value.capitalize())
+        lease_id = check_lease_id(lease_id)
         leases = self.store.leases
 
         def read() -> tuple[LeaseRecord, LeaseHandle]:  # one trip to the store's threads

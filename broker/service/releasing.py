@@ -14,6 +14,7 @@ from broker.store import LeaseRecord, LeaseState, Store, StoreRunner
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .lease_engine import LeaseEngine
+from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
 
 FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
@@ -30,8 +31,9 @@ class ReleaseFlow:
         store: Store,
         runner: StoreRunner,
         engine: LeaseEngine,
+        rates: LeaseCallRates,
     ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner)
+        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
         self._engine = engine
 
     async def release(self, token: str, lease_id: str, request_id: str) -> LeaseRecord:

@@ -41,6 +41,7 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, system_principal
 from .callers import Callers
 from .events import EventHub, LeaseExpiring, LeaseRenewed
+from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
 from .results import RenewedLease
 
@@ -195,8 +196,9 @@ class RenewFlow:
         store: Store,
         runner: StoreRunner,
         renewer: Renewer,
+        rates: LeaseCallRates,
     ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner)
+        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
         self._audit = audit
         self._renewer = renewer
 

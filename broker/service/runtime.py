@@ -42,7 +42,7 @@ from .events import EventHub
 from .issuing import IssueFlow, IssueLimits
 from .leadership import leadership_for
 from .lease_engine import LeaseEngine
-from .limits import IssueRates
+from .limits import IssueRates, LeaseCallRates, WatchStreamCaps
 from .loops import Periodic
 from .notify import EventRelay
 from .pod_leases import PodLeases
@@ -150,6 +150,7 @@ class BrokerRuntime:
         backends = Backends(vault)
         sealer = CredentialSealer(settings.sealing.key_bytes())
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
+        lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
         timing = settings.scheduler
         revoker = Revoker(
@@ -189,6 +190,7 @@ class BrokerRuntime:
             store=store,
             runner=runner,
             engine=engine,
+            rates=lease_calls,
         )
         rotation = RotationFlow(
             catalog=catalog,
@@ -241,6 +243,9 @@ class BrokerRuntime:
                 sealer=sealer,
                 hub=hub,
                 revoker=revoker,
+                rates=lease_calls,
+                streams=WatchStreamCaps(settings.limits),
+                recheck=settings.limits.watch_recheck,
                 clock=clock,
             ),
             renew=RenewFlow(
@@ -250,6 +255,7 @@ class BrokerRuntime:
                 store=store,
                 runner=runner,
                 renewer=renewer,
+                rates=lease_calls,
             ),
             rotation=rotation,
             scheduled=ScheduledRotation(catalog, store, runner, rotation, clock),

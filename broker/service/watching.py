@@ -4,24 +4,40 @@ The protocol is written for agent authors in docs/api.md (Broker.Watch). In shor
 subscribe to the hub first, then send the snapshot (one LeaseRotated per active lease), so
 no change falls between the two; then live events until the caller's token expires, when
 the stream ends with TokenExpired and the agent reconnects with a fresh token. Acks
-arrive on the same stream and are handled beside it; a bad Ack is logged, never fatal.
+arrive on the same stream and are handled beside it: an Ack of a lease that is gone is
+logged, but a malformed lease id or an Ack past the pod's rate limit ends the stream.
+
+An idle stream costs no periodic work: it waits for an event, its overflow, its Acks or
+one timer, at the token's end or the next re-check of its pod (limits.watch_recheck),
+whichever comes first. The re-check ends the stream when the pod no longer exists with
+its UID; it also re-reads the injected clock, which is how tests that move a controlled
+clock see the token's end. Each pod, and the replica in all, may hold only so many
+streams (limits.pod_watch_streams, limits.replica_watch_streams).
 
 Each lease an event carries a credential for is decided with Cedar `watch` (audited)
-before it is sent. Time comes from the injected clock, re-read at least every TICK, so
-tests move the token's end with a controlled clock instead of waiting for it.
+before it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
-from broker.errors import KeyferryError, PermissionDenied, Unauthenticated
+from broker.errors import (
+    InvalidRequest,
+    KeyferryError,
+    LimitExceeded,
+    PermissionDenied,
+    TemporaryError,
+    Unauthenticated,
+)
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreRunner
@@ -30,18 +46,25 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
+from .limits import LeaseCallRates, WatchStreamCaps
+from .names import check_lease_id
 from .resources import lease_resource
 from .revoking import Revoker
 from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.watch")
-TICK = 1.0  # seconds between checks of the clock, the overflow flag and the token's end
+FIRST_RECHECK = (0.5, 1.0)  # the first re-check comes after this share of the interval,
+# drawn per stream, so streams opened together (a replica's restart) spread their re-checks
 
 
 @dataclass(frozen=True)
 class AckMessage:
     lease_id: str
     generation: int
+
+
+class PodGone(Unauthenticated):
+    """The stream's pod was deleted (or replaced) while the stream was open."""
 
 
 class TokenExpired(Unauthenticated):
@@ -73,6 +96,9 @@ class WatchFlow:
         sealer: CredentialSealer,
         hub: EventHub,
         revoker: Revoker,
+        rates: LeaseCallRates,
+        streams: WatchStreamCaps,
+        recheck: timedelta,
         clock: Clock,
     ) -> None:
         self._callers = callers
@@ -83,6 +109,9 @@ class WatchFlow:
         self._sealer = sealer
         self._hub = hub
         self._revoker = revoker
+        self._rates = rates
+        self._streams = streams
+        self._recheck = recheck
         self._clock = clock
 
     async def watch(
@@ -94,7 +123,10 @@ class WatchFlow:
             token, refused=self._audit.refusal("watch", request_id)
         )
         session = _Session(workload, expires_at, request_id)
-        with self._hub.subscribe(workload.pod_uid) as subscription:
+        with (
+            self._streams.hold(workload),
+            self._hub.subscribe(workload.pod_uid) as subscription,
+        ):
             snapshot = await self._snapshot(session)
             acking = asyncio.create_task(self._consume(session, acks))
             log.info(
@@ -103,32 +135,79 @@ class WatchFlow:
             try:
                 for event in snapshot:
                     yield event
-                async for event in self._live(session, subscription):
+                async for event in self._live(session, subscription, acking):
                     yield event
             finally:
                 acking.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                # An Ack's error that ended the stream is already on its way out.
+                with contextlib.suppress(asyncio.CancelledError, KeyferryError):
                     await acking
                 log.info("watch closed", pod=workload.pod, pod_uid=workload.pod_uid)
 
     async def _live(
-        self, session: _Session, subscription: Subscription
+        self, session: _Session, subscription: Subscription, acking: asyncio.Task[None]
     ) -> AsyncIterator[WatchEvent]:
-        while True:
-            if subscription.overflowed.is_set():
-                raise StreamOverflowed(subscription.pod_uid)
-            remaining = (session.expires_at - self._clock()).total_seconds()
-            if remaining <= 0:
-                raise TokenExpired(session.expires_at)
-            try:
-                event = await asyncio.wait_for(subscription.queue.get(), min(remaining, TICK))
-            except TimeoutError:
-                continue
-            if isinstance(event, LeaseRotated) and not await self._may_watch(
-                session, event.lease, event.vault_lease
-            ):
-                continue
-            yield event
+        """Live events until the token's end, the pod's, an overflow or a fatal Ack."""
+        overflowed = asyncio.ensure_future(subscription.overflowed.wait())
+        getting: asyncio.Future[WatchEvent] | None = None
+        waiting: set[asyncio.Future[Any]] = {overflowed, acking}
+        share = random.uniform(*FIRST_RECHECK)  # noqa: S311 (spreading load, not a secret)
+        recheck_at = self._clock() + self._recheck * share
+        try:
+            while True:
+                now = self._clock()
+                if now >= session.expires_at:
+                    raise TokenExpired(session.expires_at)
+                if now >= recheck_at:
+                    await self._recheck_pod(session)
+                    recheck_at = now + self._recheck
+                if getting is None:
+                    getting = asyncio.ensure_future(subscription.queue.get())
+                    waiting.add(getting)
+                wake = min(session.expires_at, recheck_at)
+                await asyncio.wait(
+                    waiting,
+                    timeout=max((wake - now).total_seconds(), 0.0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if overflowed.done():
+                    raise StreamOverflowed(subscription.pod_uid)
+                if acking.done():
+                    acking.result()  # a fatal Ack ends the stream with its error
+                    waiting.discard(acking)  # the caller closed its side: events go on
+                if not getting.done():
+                    continue
+                waiting.discard(getting)
+                event, getting = getting.result(), None
+                if isinstance(event, LeaseRotated) and not await self._may_watch(
+                    session, event.lease, event.vault_lease
+                ):
+                    continue
+                yield event
+        finally:
+            overflowed.cancel()
+            if getting is not None:
+                getting.cancel()
+
+    async def _recheck_pod(self, session: _Session) -> None:
+        """PodGone when the stream's pod no longer exists with its UID. A terminating pod
+        keeps its stream (its agent may still need its credentials while it shuts down),
+        and a member API server that does not answer ends nothing: the next re-check asks
+        again."""
+        workload = session.workload
+        client = self._callers.client(workload.cluster)
+        if client is None:
+            raise PodGone(
+                f"cluster {workload.cluster!r} is no longer registered; its pods' streams end"
+            )
+        try:
+            await client.ensure_pod_bound(workload, allow_terminating=True)
+        except Unauthenticated as error:
+            raise PodGone(error.message) from error
+        except TemporaryError as error:
+            log.warning(
+                "watch could not re-check its pod", pod_uid=workload.pod_uid, error=error.message
+            )
 
     async def _snapshot(self, session: _Session) -> list[WatchEvent]:
         """One LeaseRotated per active lease of the pod that Cedar lets it watch."""
@@ -182,25 +261,31 @@ class WatchFlow:
         return decision.allowed
 
     async def _consume(self, session: _Session, acks: AsyncIterator[AckMessage]) -> None:
+        """Apply each Ack. A malformed lease id or one Ack too many (the pod's rate limit)
+        raises, which ends the stream; any other refusal is logged and the stream goes on."""
         async for ack in acks:
             try:
                 await self.ack(session, ack)
+            except (InvalidRequest, LimitExceeded):
+                raise
             except KeyferryError as error:
                 log.warning("ack not applied", lease_id=ack.lease_id, error=error.message)
 
     async def ack(self, session: _Session, ack: AckMessage) -> None:
         """The agent has the new generation in place: revoke the older ones now."""
         workload = session.workload
-        lease = await self._run(self._leases.get, ack.lease_id)
+        self._rates.check(workload, "Ack")
+        lease_id = check_lease_id(ack.lease_id, "ack.lease_id")
+        lease = await self._run(self._leases.get, lease_id)
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
         if not mine:
+            # The audit trail records it (with the lease's owner); the log needs no line.
             await self._audit.not_yours(workload, "ack", lease, "NOT_FOUND", session.request_id)
-            log.info("ack of another pod's lease refused", lease_id=ack.lease_id)
             return
         if lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
             log.info(
                 "ack ignored",
-                lease_id=ack.lease_id,
+                lease_id=lease_id,
                 generation=ack.generation,
                 pod_uid=workload.pod_uid,
             )

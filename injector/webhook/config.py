@@ -42,6 +42,10 @@ MAX_TOKEN_EXPIRATION_SECONDS = 3600
 DEFAULT_AGENT_UID = 65532
 DEFAULT_STARTUP_TIMEOUT_SECONDS = 120
 DEFAULT_PORT = 8443
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_WORKERS = 4
+DEFAULT_MAX_BODY_BYTES = 512 * 1024
+DEFAULT_REQUEST_SECONDS = 10.0
 
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY)]
 AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH, max_length=255)]
@@ -92,11 +96,25 @@ class BrokerEndpoint(_Strict):
     ca_pem: str | None = Field(default=None, max_length=65536)
 
 
+class ServerLimits(_Strict):
+    """What one client can cost the webhook (docs/security.md lists each bound)."""
+
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1, le=10_000)
+    """Connections open at once; one more is closed at accept, the others carry on."""
+    workers: int = Field(default=DEFAULT_WORKERS, ge=1, le=64)
+    """Threads that decode, mutate and encode complete requests (reading them costs none)."""
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=64 * 1024, le=3 * 1024 * 1024)
+    """Largest AdmissionReview read (413 above it); fitted to real reviews (docs/injector.md)."""
+    request_seconds: float = Field(default=DEFAULT_REQUEST_SECONDS, gt=0, le=60)
+    """Deadline from accept to the whole request read (TLS handshake, headers, body)."""
+
+
 class ServerConfig(_Strict):
     host: str = "0.0.0.0"  # noqa: S104 (the webhook pod is reached on its pod IP)
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     cert_file: Path
     key_file: Path
+    limits: ServerLimits = ServerLimits()
 
 
 class WebhookConfig(_Strict):

@@ -201,9 +201,15 @@ def start_broker_process(
 ) -> BrokerProcess:
     """`keyferry broker serve` with the scene's config (and `changes` to it), its own data,
     store and audit log."""
-    folder.mkdir(parents=True)
     data = copy.deepcopy(scene.data)
     data.update(changes or {})
+    return broker_process(data, folder)
+
+
+def broker_process(data: dict[str, Any], folder: Path, log_level: str = "warning") -> BrokerProcess:
+    """`keyferry broker serve` with config `data` (changed in place: its own data, store,
+    audit log and metrics port in `folder`), logging at `log_level` to folder/broker.log."""
+    folder.mkdir(parents=True)
     data["data_dir"] = str(folder / "data")
     data["store"]["url"] = f"sqlite:///{folder / 'store.db'}"
     data["audit"]["log"] = str(folder / "audit.jsonl")
@@ -213,7 +219,7 @@ def start_broker_process(
     log = folder / "broker.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(KEYFERRY), "broker", "serve", "--config", str(config), "--log-level", "warning"],
+            [str(KEYFERRY), "broker", "serve", "--config", str(config), "--log-level", log_level],
             stdout=out,
             stderr=out,
         )

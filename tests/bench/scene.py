@@ -145,6 +145,11 @@ def bench_config(
         pod_issue_burst=UNLIMITED,
         cluster_issue_rate=UNLIMITED,
         cluster_issue_burst=UNLIMITED,
+        pod_lease_call_rate=UNLIMITED,
+        pod_lease_call_burst=UNLIMITED,
+        # 10,000 streams over 1,000 pods: ten per pod (the default cap is 4); the replica's
+        # own cap (replica_watch_streams, 20,000) stays the default.
+        pod_watch_streams=UNLIMITED,
     )
     data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
     return data

@@ -470,17 +470,20 @@ def test_webhook_yaml_and_registration_match_the_injectors_own(
     assert config.namespace == namespace
     assert config.broker.address == "keyferry-broker.keyferry-system.svc:8443"
     assert (config.agent.backoff_base_seconds, config.agent.backoff_cap_seconds) == (1.0, 30.0)
+    assert config.server is not None
+    limits = config.server.limits
+    assert (limits.max_connections, limits.request_seconds) == (
+        (256, 10.0) if variant == "default" else (512, 5.0)
+    )
     rendered = one(objects, "MutatingWebhookConfiguration")
     (hook,) = rendered["webhooks"]
     expected = registration(rendered["metadata"]["name"], "unused", "unused", config)
     (want,) = expected["webhooks"]
-    extra_labels = {"default": {}, "ha": {"keyferry.io/injection": "enabled"}}[variant]
     for entry in (hook, want):
         entry.pop("clientConfig")
         entry.pop("objectSelector", None)
     want["timeoutSeconds"] = hook["timeoutSeconds"]
-    if extra_labels:
-        want["namespaceSelector"]["matchLabels"] = extra_labels
+    want["namespaceSelector"]["matchLabels"] = {"keyferry.io/injection": "enabled"}  # opt-in
     assert hook == want
     assert hook["timeoutSeconds"] == (5 if variant == "default" else 10)
 
@@ -548,7 +551,8 @@ def chart_webhook(kube_cluster: Cluster, tmp_path: Path) -> Iterator[ChartWebhoo
     """keyferry's webhook serving the chart's webhook.yaml on 127.0.0.1, and the chart
     rendered with webhook.url pointing at it; the opt-in label keeps other tests' pods out."""
     run = secrets.token_hex(3)
-    opt_in = {f"keyferry.test/chart-{run}": "on"}
+    # The chart's default opt-in label, and this run's own (helm merges the two selectors).
+    opt_in = {"keyferry.io/injection": "enabled", f"keyferry.test/chart-{run}": "on"}
     ca = new_ca(tmp_path, "ca", "keyferry chart test CA")
     serving = ca.issue(tmp_path, "serving", "keyferry-webhook", ip_addresses=(LOOPBACK,))
     bundle = base64.b64encode(ca.pem()).decode()

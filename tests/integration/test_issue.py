@@ -534,6 +534,24 @@ async def test_roles_are_applied_listed_and_deleted_over_the_admin_listener(
 
 
 async def test_health_reflection_and_metrics_are_served(
+    tmp_path: Path,
+    vault: VaultServer,
+    approle: tuple[str, str],
+    kube_clusters: dict[str, KubeCluster],
+    orders_db: None,
+    transit: TransitSigner,
+) -> None:
+    """Reflection with `workload.reflection` on (off by default: tests/security)."""
+    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
+    data["workload"]["reflection"] = True
+    broker = await start_broker(data, tmp_path)
+    try:
+        await _health_reflection_and_metrics(broker, kube_clusters)
+    finally:
+        await broker.server.stop(1)
+
+
+async def _health_reflection_and_metrics(
     broker: Broker, kube_clusters: dict[str, KubeCluster]
 ) -> None:
     await issue(broker, mint(kube_clusters["a"]))

@@ -100,6 +100,8 @@ async def broker(
     data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
     # Renewals run when the test says (renew_due), not on the loop's own schedule.
     data["renewal"] = {"interval": "1h", "window": "2m", "increment": "30m"}
+    # A stream re-reads the clock at its re-check: a shifted clock is seen within a second.
+    data["limits"]["watch_recheck"] = "1s"
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(data))
     settings = load_settings(path)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,12 @@ from typer.testing import CliRunner
 
 from broker.cli.main import app
 from injector.webhook.certs import server_context
-from injector.webhook.config import WebhookConfig, load_config
+from injector.webhook.config import (
+    DEFAULT_MAX_BODY_BYTES,
+    ServerLimits,
+    WebhookConfig,
+    load_config,
+)
 from injector.webhook.errors import InvalidConfig
 from injector.webhook.registration import registration
 from injector.webhook.server import Admission, WebhookServer
@@ -297,3 +304,86 @@ def test_cli_serves_until_sigterm(config_file: Path, pki: tuple[CA, KeyPair]) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- bounds: what one client can cost the webhook ----------------------------------------------
+
+
+@pytest.fixture
+def bounded(config_file: Path) -> Iterator[WebhookServer]:
+    """The server with small bounds: 4 connections, a 1 s deadline, the default body cap."""
+    config = load_config(config_file)
+    assert config.server is not None
+    context = server_context(config.server.cert_file, config.server.key_file)
+    limits = ServerLimits(max_connections=4, request_seconds=1.0)
+    running = WebhookServer(config, context, limits=limits)
+    running.start()
+    yield running
+    running.stop()
+
+
+def tls_socket(port: int, ca: CA) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed the connection (read gives EOF or a reset), waiting at most
+    the socket's own timeout."""
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, ssl.SSLError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_body_above_the_cap_is_refused_before_it_is_read(
+    bounded: WebhookServer, pki: tuple[CA, KeyPair]
+) -> None:
+    with tls_socket(bounded.port, pki[0]) as sock:
+        length = DEFAULT_MAX_BODY_BYTES + 1
+        sock.sendall(f"POST /mutate HTTP/1.1\r\nContent-Length: {length}\r\n\r\n".encode())
+        answer = sock.recv(4096)  # nothing of the body was sent
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_slow_client_is_cut_at_the_deadline_however_it_trickles(
+    bounded: WebhookServer, pki: tuple[CA, KeyPair]
+) -> None:
+    """A byte every 0.2 s would pass any per-read timeout; the whole-request deadline
+    (1 s here) closes the connection anyway."""
+    with tls_socket(bounded.port, pki[0]) as sock:
+        header = b"POST /mutate HTTP/1.1\r\nX-Slow: " + b"a" * 200
+        sent = 0
+        try:
+            for byte in header:
+                sock.sendall(bytes([byte]))
+                sent += 1
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass
+        assert sent < len(header)  # cut before the client finished trickling
+        assert closed_by_server(sock)
+
+
+def test_past_the_connection_cap_the_oldest_unfinished_request_makes_room(
+    bounded: WebhookServer, pki: tuple[CA, KeyPair]
+) -> None:
+    """Silent connections fill the cap (4); a real admission still gets through, and the
+    oldest silent connection is the one closed."""
+    silent = [socket.create_connection(("127.0.0.1", bounded.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)  # accepted, so counted
+        body = json.dumps(review({"keyferry.io/inject": "true"})).encode()
+        status, _ = call(bounded.port, pki[0], "POST", "/mutate", body)
+        assert status == 200
+        assert bounded.evicted_connections >= 1
+        assert closed_by_server(silent[0])
+        # No thread per connection: the event loop's and at most `workers` more.
+        threads = [t for t in threading.enumerate() if t.name.startswith("keyferry-webhook")]
+        assert len(threads) <= 1 + bounded.limits.workers
+    finally:
+        for sock in silent:
+            sock.close()

@@ -181,7 +181,7 @@ data: /var/lib/keyferry
   "mount_path" $w.mountPath
   "token_mount_path" $w.tokenMountPath
   "token_expiration_seconds" $w.tokenExpirationSeconds
-  "server" (dict "host" "0.0.0.0" "port" $w.port "cert_file" "/etc/keyferry/webhook-tls/tls.crt" "key_file" "/etc/keyferry/webhook-tls/tls.key")
+  "server" (dict "host" "0.0.0.0" "port" $w.port "cert_file" "/etc/keyferry/webhook-tls/tls.crt" "key_file" "/etc/keyferry/webhook-tls/tls.key" "limits" ($w.serverLimits | default dict))
 -}}
 {{- toYaml $config -}}
 {{- end -}}
