@@ -242,7 +242,7 @@ class BrokerRuntime:
                 runner=runner,
                 sealer=sealer,
                 hub=hub,
-                revoker=revoker,
+                engine=engine,
                 rates=lease_calls,
                 streams=WatchStreamCaps(settings.limits),
                 recheck=settings.limits.watch_recheck,

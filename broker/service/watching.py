@@ -46,10 +46,10 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
+from .lease_engine import LeaseEngine
 from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
 from .resources import lease_resource
-from .revoking import Revoker
 from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.watch")
@@ -95,7 +95,7 @@ class WatchFlow:
         runner: StoreRunner,
         sealer: CredentialSealer,
         hub: EventHub,
-        revoker: Revoker,
+        engine: LeaseEngine,
         rates: LeaseCallRates,
         streams: WatchStreamCaps,
         recheck: timedelta,
@@ -108,7 +108,7 @@ class WatchFlow:
         self._run = runner.run
         self._sealer = sealer
         self._hub = hub
-        self._revoker = revoker
+        self._engine = engine
         self._rates = rates
         self._streams = streams
         self._recheck = recheck
@@ -305,5 +305,4 @@ class WatchFlow:
             and old.generation < lease.generation
         ]
         for old in older:
-            due = await self._run(self._leases.mark_revoking, old.id, revoke_after=self._clock())
-            await self._revoker.revoke(due, principal_of(workload), session.request_id)
+            await self._engine.revoke_now(old, principal_of(workload), session.request_id)

@@ -32,12 +32,6 @@ ENGINE = frozenset(
         "service/revoking.py",  # the Revoker: revoke at Vault and settle, and its queue
     }
 )
-NOT_YET = {"service/watching.py": {"mark_revoking"}}
-"""The Ack's revocation of older generations brings a rotated lease's revocation forward.
-watching.py is changed by the stream-limits work of the same session, so it was left
-alone: once that is merged, its `mark_revoking` + `Revoker.revoke` become
-`LeaseEngine.revoke_now(old, principal_of(workload), session.request_id)` and this entry
-goes."""
 
 
 def _calls(path: Path) -> set[str]:
@@ -59,13 +53,7 @@ def test_only_the_lease_engine_calls_the_lifecycle_steps() -> None:
         name = path.relative_to(BROKER).as_posix()
         if name.startswith("api/") or name in ENGINE:
             continue
-        used = _calls(path) - NOT_YET.get(name, set())
+        used = _calls(path)
         if used:
             outside[name] = sorted(used)
     assert outside == {}, "call these through broker/service/lease_engine.py"
-
-
-def test_the_exceptions_still_exist() -> None:
-    """An exception that no longer calls the step is taken off the list."""
-    for name, steps in NOT_YET.items():
-        assert _calls(BROKER / name) >= steps
