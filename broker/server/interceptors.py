@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,12 @@ class Call:
     method: str
     request_id: str
     outcome: str = OK
+
+    def event(self, what: str) -> str:
+        """A log event about the call, named by its method in snake case: "issue refused",
+        "rotate_leases answered"."""
+        name = self.method.rpartition("/")[2]
+        return f"{re.sub(r'(?<!^)(?=[A-Z])', '_', name).lower()} {what}"
 
 
 _CALL: ContextVar[Call | None] = ContextVar("keyferry_call", default=None)
@@ -133,7 +140,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(error, KeyferryError):
             call.outcome = error.reason.lower()
             refused = log.debug if isinstance(error, LimitExceeded) else log.info
-            refused(f"{call.method} refused", reason=error.reason, error=error.message)
+            refused(
+                call.event("refused"), method=call.method, reason=error.reason, error=error.message
+            )
             self._end(call, started)
             await context.abort_with_status(to_status(error))
             return
@@ -143,12 +152,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             call.outcome = ABORTED
         else:
             call.outcome = INTERNAL
-            log.error(f"{call.method} failed", exc_info=error)
+            log.error(call.event("failed"), method=call.method, exc_info=error)
         self._end(call, started)
 
     def _end(self, call: Call, started: float) -> None:
         self._metrics.record(call.method, call.outcome, time.perf_counter() - started)
-        log.debug(f"{call.method} answered", outcome=call.outcome)
+        log.debug(call.event("answered"), method=call.method, outcome=call.outcome)
 
 
 def _is_async(behavior: Callable[..., Any] | None) -> bool:

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 import broker.api.v1
 from broker import errors
-from broker.server.interceptors import CallInterceptor, current_call, method_label
+from broker.server.interceptors import Call, CallInterceptor, current_call, method_label
 from broker.server.metrics import BrokerMetrics
 from broker.server.status import reason_of
 
@@ -157,6 +157,11 @@ async def test_each_call_gets_a_request_id_of_its_own_and_its_outcome(
 def test_the_method_label_is_the_service_and_method_without_the_package() -> None:
     assert method_label("/broker.api.v1.BrokerService/Issue") == "BrokerService/Issue"
     assert method_label("/grpc.health.v1.Health/Check") == "Health/Check"
+
+
+def test_log_events_name_the_method_in_snake_case() -> None:
+    assert Call("BrokerService/Issue", "r").event("refused") == "issue refused"
+    assert Call("RotationService/RotateLeases", "r").event("answered") == "rotate_leases answered"
 
 
 def test_current_call_outside_a_call_says_what_is_missing() -> None:
