@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.backends import Backends
 from broker.errors import (
     FailedPrecondition,
@@ -117,7 +117,11 @@ class AccessFlow:
             {"duration_seconds": grant.duration_seconds},
         )
         await self._audit.grant(
-            operator_principal(operator), "access.request", grant, request_id, decision=decision
+            operator_principal(operator),
+            AuditAction.ACCESS_REQUEST,
+            grant,
+            request_id,
+            decision=decision,
         )
         if not decision.allowed:
             raise PermissionDenied(
@@ -153,7 +157,7 @@ class AccessFlow:
         own = operator.name == grant.requester
         await self._audit.grant(
             operator_principal(operator),
-            f"access.{verb}",
+            AuditAction(f"access.{verb}"),
             grant,
             request_id,
             decision=decision,
@@ -180,13 +184,17 @@ class AccessFlow:
         grant = await self.current(grant_id)
         who = operator_principal(operator)
         if operator.name != grant.requester:
-            await self._audit.grant(who, "access.issue", grant, request_id, reason="NOT_REQUESTER")
+            await self._audit.grant(
+                who, AuditAction.ACCESS_ISSUE, grant, request_id, reason="NOT_REQUESTER"
+            )
             raise PermissionDenied(
                 f"grant {grant.id} is {grant.requester!r}'s; only its requester may use it"
             )
         if grant.state not in ISSUABLE:
             refused = f"GRANT_{grant.state.value.upper()}"
-            await self._audit.grant(who, "access.issue", grant, request_id, reason=refused)
+            await self._audit.grant(
+                who, AuditAction.ACCESS_ISSUE, grant, request_id, reason=refused
+            )
             raise GrantStateConflict(grant, "used to issue a credential")
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
@@ -213,7 +221,7 @@ class AccessFlow:
             # The grant ended while Vault answered: its lease goes with it, at once.
             await self._end_leases(ended.grant, who, request_id)
             raise
-        await self._audit.grant(who, "access.issue", grant, request_id)
+        await self._audit.grant(who, AuditAction.ACCESS_ISSUE, grant, request_id)
         log.info("access issued", grant_id=grant.id, lease_id=record.id, request_id=request_id)
         return _handed(grant, tracked)
 
@@ -239,7 +247,9 @@ class AccessFlow:
         who = operator_principal(operator)
         resource = grant_resource(grant, await self._backend_of(grant.role))
         decision = self._policy.decide(operator, Action.REVOKE_ACCESS, resource)
-        await self._audit.grant(who, "access.revoke", grant, request_id, decision=decision)
+        await self._audit.grant(
+            who, AuditAction.ACCESS_REVOKE, grant, request_id, decision=decision
+        )
         if not decision.allowed:
             raise PermissionDenied(
                 f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
@@ -285,7 +295,7 @@ class AccessFlow:
         except GrantStateConflict as conflict:
             return conflict.grant  # ended otherwise meanwhile (revoked, denied)
         if grant.state != ended.state:
-            await self._audit.grant(who, "access.expire", ended, request_id)
+            await self._audit.grant(who, AuditAction.ACCESS_EXPIRE, ended, request_id)
         await self._end_leases(ended, who, request_id)
         log.info("grant expired", grant_id=ended.id, request_id=request_id)
         return ended
@@ -334,7 +344,11 @@ class AccessFlow:
         resource = grant_resource(grant, await self._backend_of(grant.role))
         decision = self._policy.decide(operator, Action.VIEW_ACCESS, resource)
         await self._audit.grant(
-            operator_principal(operator), "access.read", grant, request_id, decision=decision
+            operator_principal(operator),
+            AuditAction.ACCESS_READ,
+            grant,
+            request_id,
+            decision=decision,
         )
         return decision.allowed
 

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
+from broker.audit import AuditAction
 from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, ClusterUnavailable
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError, PermissionDenied
 from broker.models import Credential
@@ -119,7 +120,7 @@ class ClusterAdmin:
             client, jwks, record = await self._add(connection)
         except KeyferryError as error:  # a refused cluster is on the audit trail too
             await self._audit.operator_refusal(
-                operator, "clusters.register", error, request_id, cluster=name
+                operator, AuditAction.CLUSTERS_REGISTER, error, request_id, cluster=name
             )
             raise
         self._callers.join(client, jwks)
@@ -167,7 +168,7 @@ class ClusterAdmin:
         for name in sorted({*self._configured, *self._callers.keys()}):
             decision = self._policy.decide(operator, ACTION, ClusterRef(name=name))
             await self._audit.operator_decision(
-                operator, "clusters.list", decision, request_id, cluster=name
+                operator, AuditAction.CLUSTERS_LIST, decision, request_id, cluster=name
             )
             if decision.allowed:
                 visible.append(await self._view(name))
@@ -282,7 +283,7 @@ class ClusterAdmin:
     async def _require(self, operator: Operator, name: str, verb: str, request_id: str) -> None:
         decision = self._policy.decide(operator, ACTION, ClusterRef(name=name))
         await self._audit.operator_decision(
-            operator, f"clusters.{verb}", decision, request_id, cluster=name
+            operator, AuditAction(f"clusters.{verb}"), decision, request_id, cluster=name
         )
         if not decision.allowed:
             raise PermissionDenied(

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied, Unauthenticated
 from broker.models import RoleSpec
 from broker.policy import Action, PolicyEngine, RoleResource, Workload
@@ -89,7 +89,7 @@ class IssueFlow:
         self, token: str, credential_name: str, role_name: str, request_id: str
     ) -> IssuedLease:
         workload = await self._callers.authenticate(
-            token, refused=self._audit.refusal("issue", request_id)
+            token, refused=self._audit.refusal(AuditAction.ISSUE, request_id)
         )
         self._rates.check(workload)
         check_credential_name(credential_name)
@@ -103,7 +103,12 @@ class IssueFlow:
             {"credential_name": credential_name},
         )
         await self._audit.decision(
-            workload, "issue", decision, request_id, role=role.name, credential=credential_name
+            workload,
+            AuditAction.ISSUE,
+            decision,
+            request_id,
+            role=role.name,
+            credential=credential_name,
         )
         if not decision.allowed:
             raise PermissionDenied(

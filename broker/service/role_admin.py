@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from broker.audit import AuditAction
 from broker.errors import PermissionDenied
 from broker.models import RoleSpec
 from broker.policy import Action, Operator, PolicyEngine, RoleResource
@@ -72,6 +73,6 @@ class RoleAdmin:
     ) -> PolicyDecision:
         decision = self._policy.decide(operator, ACTION, RoleResource(name=name, backend=backend))
         await self._audit.operator_decision(
-            operator, f"roles.{verb}", decision, request_id, role=name
+            operator, AuditAction(f"roles.{verb}"), decision, request_id, role=name
         )
         return decision

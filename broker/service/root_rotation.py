@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from broker.audit import AuditEvent, Decision
+from broker.audit import AuditAction, AuditEvent, Decision
 from broker.backends import VaultClient
 from broker.backends.database import rotate_root
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
@@ -71,7 +71,7 @@ class RootRotationFlow:
         await self._audit.record(
             AuditEvent(
                 who=who,
-                action="rotate_root",
+                action=AuditAction.ROTATE_ROOT,
                 decision=Decision.ALLOW if decision.allowed else Decision.DENY,
                 reason=None if decision.allowed else "POLICY_DENIED",
                 policy_ids=decision.policy_ids,
@@ -91,7 +91,7 @@ class RootRotationFlow:
             await self._audit.record(
                 AuditEvent(
                     who=who,
-                    action="connection.root_rotate_failed",
+                    action=AuditAction.CONNECTION_ROOT_ROTATE_FAILED,
                     reason=error.reason,
                     request_id=request_id,
                     target=path,
@@ -100,7 +100,10 @@ class RootRotationFlow:
             raise
         await self._audit.record(
             AuditEvent(
-                who=who, action="connection.root_rotated", request_id=request_id, target=path
+                who=who,
+                action=AuditAction.CONNECTION_ROOT_ROTATED,
+                request_id=request_id,
+                target=path,
             )
         )
         return RootRotated(path=path, rotated_at=self._clock())

@@ -27,7 +27,7 @@ from datetime import timedelta
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
@@ -286,7 +286,7 @@ class RotationFlow:
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
         decision = self._policy.decide(operator, Action.ROTATE, lease_resource(lease, vault_lease))
         await self._audit.decision_on_lease(
-            operator_principal(operator), "rotate", decision, lease, request_id
+            operator_principal(operator), AuditAction.ROTATE, decision, lease, request_id
         )
         if not decision.allowed:
             raise PermissionDenied(
@@ -325,7 +325,7 @@ class RotationFlow:
         record, vault_lease = tracked.lease, tracked.vault_lease
         previous = await self._run(self._leases.get, lease.id)
         await self._audit.lease_change(
-            who, "lease.revoking", previous, request_id, reason="ROTATED"
+            who, AuditAction.LEASE_REVOKING, previous, request_id, reason="ROTATED"
         )
         self._hub.publish(record.pod_uid, LeaseRotated(record, tracked.credential, vault_lease))
         log.info(

@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from broker.audit import AuditAction
 from broker.errors import (
     InvalidRequest,
     KeyferryError,
@@ -120,7 +121,7 @@ class WatchFlow:
         """The stream's events; raises TokenExpired at the token's end, StreamOverflowed
         when the caller fell behind, and the authentication errors of Issue at open."""
         workload, expires_at = await self._callers.authenticate_until(
-            token, refused=self._audit.refusal("watch", request_id)
+            token, refused=self._audit.refusal(AuditAction.WATCH, request_id)
         )
         session = _Session(workload, expires_at, request_id)
         with (
@@ -250,7 +251,7 @@ class WatchFlow:
         )
         await self._audit.decision(
             session.workload,
-            "watch",
+            AuditAction.WATCH,
             decision,
             session.request_id,
             role=lease.role,
@@ -280,7 +281,9 @@ class WatchFlow:
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
         if not mine:
             # The audit trail records it (with the lease's owner); the log needs no line.
-            await self._audit.not_yours(workload, "ack", lease, "NOT_FOUND", session.request_id)
+            await self._audit.not_yours(
+                workload, AuditAction.ACK, lease, "NOT_FOUND", session.request_id
+            )
             return
         if lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
             log.info(
@@ -290,7 +293,7 @@ class WatchFlow:
                 pod_uid=workload.pod_uid,
             )
             return
-        await self._audit.lease(workload, "lease.acked", lease, session.request_id)
+        await self._audit.lease(workload, AuditAction.LEASE_ACKED, lease, session.request_id)
         selector = Selector(
             cluster=lease.cluster,
             namespace=lease.namespace,
