@@ -51,6 +51,7 @@ from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal, system_principal
 from .catalog import RoleCatalog
+from .gate import PolicyGate
 from .grants import (
     ACCESS_OWNER,
     check_grant_ask,
@@ -82,7 +83,7 @@ class AccessFlow:
         clock: Clock,
     ) -> None:
         self._catalog = catalog
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._grants = store.grants
         self._leases = store.leases
@@ -110,25 +111,22 @@ class AccessFlow:
                 "outlive a grant; grant a role whose credentials can be revoked"
             )
         grant = new_grant(ask, operator.name, self._clock(), self._settings.approval_wait)
-        decision = self._policy.decide(
+        await self._gate.require(
             operator,
             Action.REQUEST_ACCESS,
             RoleResource(name=role.name, backend=role.kind),
-            {"duration_seconds": grant.duration_seconds},
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction.ACCESS_REQUEST,
+                grant,
+                request_id,
+                decision=decision,
+            ),
+            f"no policy permits operator {operator.name!r} to request role {role.name!r} "
+            f"for {grant.duration_seconds}s (Cedar action 'request_access' on the Role); "
+            "ask for a Cedar permit or a shorter duration",
+            context={"duration_seconds": grant.duration_seconds},
         )
-        await self._audit.grant(
-            operator_principal(operator),
-            AuditAction.ACCESS_REQUEST,
-            grant,
-            request_id,
-            decision=decision,
-        )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to request role {role.name!r} "
-                f"for {grant.duration_seconds}s (Cedar action 'request_access' on the Role); "
-                "ask for a Cedar permit or a shorter duration"
-            )
         stored = await self._run(self._grants.add, grant)
         log.info(
             "access requested",
@@ -153,15 +151,19 @@ class AccessFlow:
         """Cedar's approve_access, and never the requester; audited either way."""
         grant = await self.current(grant_id)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.APPROVE_ACCESS, resource)
         own = operator.name == grant.requester
-        await self._audit.grant(
-            operator_principal(operator),
-            AuditAction(f"access.{verb}"),
-            grant,
-            request_id,
-            decision=decision,
-            reason=SelfApproval.reason if own else None,
+        decision = await self._gate.decide(
+            operator,
+            Action.APPROVE_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction(f"access.{verb}"),
+                grant,
+                request_id,
+                decision=decision,
+                reason=SelfApproval.reason if own else None,
+            ),
         )
         if own:
             raise SelfApproval(
@@ -246,15 +248,16 @@ class AccessFlow:
         grant = await self.current(grant_id)
         who = operator_principal(operator)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.REVOKE_ACCESS, resource)
-        await self._audit.grant(
-            who, AuditAction.ACCESS_REVOKE, grant, request_id, decision=decision
+        await self._gate.require(
+            operator,
+            Action.REVOKE_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                who, AuditAction.ACCESS_REVOKE, grant, request_id, decision=decision
+            ),
+            f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
+            "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
-                "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit"
-            )
         ended = await self._run(
             self._grants.end, grant.id, GrantState.REVOKED, operator.name, self._clock()
         )
@@ -342,13 +345,17 @@ class AccessFlow:
 
     async def _may_view(self, operator: Operator, grant: GrantRecord, request_id: str) -> bool:
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.VIEW_ACCESS, resource)
-        await self._audit.grant(
-            operator_principal(operator),
-            AuditAction.ACCESS_READ,
-            grant,
-            request_id,
-            decision=decision,
+        decision = await self._gate.decide(
+            operator,
+            Action.VIEW_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction.ACCESS_READ,
+                grant,
+                request_id,
+                decision=decision,
+            ),
         )
         return decision.allowed
 

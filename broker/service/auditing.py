@@ -284,9 +284,10 @@ class AuditTrail:
         *,
         role: str | None = None,
         cluster: str | None = None,
+        target: str | None = None,
     ) -> None:
         """An operator's decision about something other than a lease (a role, a cluster,
-        the broker)."""
+        a Vault path, the broker)."""
         await self.record(
             AuditEvent(
                 who=operator_principal(operator),
@@ -297,6 +298,7 @@ class AuditTrail:
                 request_id=request_id,
                 role=role,
                 cluster=cluster,
+                target=target,
             )
         )
 

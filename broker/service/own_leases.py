@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.errors import PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
 
 from .auditing import AuditTrail, decided
 from .callers import Callers
+from .gate import PolicyGate
 from .limits import LeaseCallRates
 from .names import check_lease_id
 from .resources import lease_resource
@@ -67,19 +67,20 @@ class OwnLeaseGate:
             await self.audit.not_yours(workload, decided(action), lease, error.reason, request_id)
             raise error
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        decision = self.policy.decide(workload, action, lease_resource(lease, vault_lease))
-        await self.audit.decision(
+        await PolicyGate(self.policy).require(
             workload,
-            decided(action),
-            decision,
-            request_id,
-            role=lease.role,
-            credential=lease.credential,
-            lease_id=lease.id,
+            action,
+            lease_resource(lease, vault_lease),
+            lambda decision: self.audit.decision(
+                workload,
+                decided(action),
+                decision,
+                request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+            ),
+            f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+            f"{workload.cluster!r} to {action.value} lease {lease.id}",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
-                f"{workload.cluster!r} to {action.value} lease {lease.id}"
-            )
         return OwnLease(workload, lease, vault_lease)

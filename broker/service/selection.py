@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -23,6 +24,7 @@ from broker.policy import Action, Operator, PolicyEngine
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
 
 from .auditing import AuditTrail, decided, operator_principal
+from .gate import PolicyGate
 from .resources import lease_resource
 
 T = TypeVar("T")
@@ -125,7 +127,7 @@ class Selection:
     def __init__(
         self, *, policy: PolicyEngine, audit: AuditTrail, store: Store, runner: StoreRunner
     ) -> None:
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -182,11 +184,16 @@ class Selection:
         who = operator_principal(operator)
         async for selected in self.leases(selector, states):
             resource = lease_resource(selected.lease, selected.vault_lease)
-            decision = self._policy.decide(operator, action, resource)
-            if audited:
-                await self._audit.decision_on_lease(
-                    who, decided(action), decision, selected.lease, request_id
-                )
+            record = partial(
+                self._audit.decision_on_lease,
+                who,
+                decided(action),
+                lease=selected.lease,
+                request_id=request_id,
+            )
+            decision = await self._gate.decide(
+                operator, action, resource, record if audited else None
+            )
             if not decision.allowed:
                 denied.append(selected.lease.id)
                 continue

@@ -47,6 +47,7 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
+from .gate import PolicyGate
 from .lease_engine import LeaseEngine
 from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
@@ -103,7 +104,7 @@ class WatchFlow:
         clock: Clock,
     ) -> None:
         self._callers = callers
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -246,17 +247,19 @@ class WatchFlow:
     ) -> bool:
         if lease.id in session.allowed:
             return session.allowed[lease.id]
-        decision = self._policy.decide(
-            session.workload, Action.WATCH, lease_resource(lease, vault_lease)
-        )
-        await self._audit.decision(
+        decision = await self._gate.decide(
             session.workload,
-            AuditAction.WATCH,
-            decision,
-            session.request_id,
-            role=lease.role,
-            credential=lease.credential,
-            lease_id=lease.id,
+            Action.WATCH,
+            lease_resource(lease, vault_lease),
+            lambda decision: self._audit.decision(
+                session.workload,
+                AuditAction.WATCH,
+                decision,
+                session.request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+            ),
         )
         session.allowed[lease.id] = decision.allowed
         return decision.allowed
