@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,6 +36,7 @@ from broker.backends import VaultSettings
 from broker.clusters import ClusterConfig
 from broker.errors import InvalidRequest
 from broker.models import Duration
+from broker.models.yaml_source import YamlInvalid, YamlSource, read_yaml
 from broker.store import StoreSettings
 
 ENV_PREFIX = "KEYFERRY_"
@@ -535,19 +535,18 @@ def load_settings(path: Path | None) -> BrokerSettings:
     """Settings from a YAML file (optional) and KEYFERRY_* variables, or SettingsInvalid."""
     source = str(path) if path is not None else "the environment"
     data: dict[str, Any] = {}
-    node: yaml.Node | None = None
+    document = YamlSource(None, None)
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise SettingsInvalid(source, [f"cannot be read: {exc}"]) from exc
         try:
-            loaded = yaml.safe_load(text)
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}: " if mark is not None else ""
+            document = read_yaml(text)
+        except YamlInvalid as exc:
+            where = f"line {exc.line}: " if exc.line is not None else ""
             raise SettingsInvalid(source, [f"{where}not valid YAML: {exc}"]) from exc
+        loaded = document.data
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -559,14 +558,14 @@ def load_settings(path: Path | None) -> BrokerSettings:
         return BrokerSettings(**data)
     except ValidationError as exc:
         raise SettingsInvalid(
-            source, [_problem(error, source, node) for error in exc.errors()]
+            source, [_problem(error, source, document) for error in exc.errors()]
         ) from exc
 
 
-def _problem(error: ErrorDetails, source: str, node: yaml.Node | None) -> str:
+def _problem(error: ErrorDetails, source: str, document: YamlSource) -> str:
     loc = [str(part) for part in error["loc"]]
     field = ".".join(loc) or "(top level)"
-    line = _line_of(node, loc)
+    line = document.line_of(loc)
     where = f"{source}:{line}: " if line is not None else ""
     kind = error["type"]
     hint = _description(loc)
@@ -580,26 +579,6 @@ def _problem(error: ErrorDetails, source: str, node: yaml.Node | None) -> str:
     else:
         text = f"{error['msg']}: {hint}" if hint else str(error["msg"])
     return f"{where}{field}: {text}"
-
-
-def _line_of(node: yaml.Node | None, loc: list[str]) -> int | None:
-    """The 1-based line of the deepest key of `loc` found in the file, if any."""
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            match = [
-                (k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part
-            ]
-            if not match:
-                break
-            line = match[0][0].start_mark.line + 1
-            node = match[0][1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
 
 
 def _description(loc: list[str]) -> str:

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from .actions import AuditAction
 from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
 from .fingerprint import Fingerprinter
 from .log import AuditChain, AuditLog
@@ -37,6 +38,7 @@ from .verify import Damage, DamageKind, VerifyReport, verify
 
 __all__ = [
     "GENESIS",
+    "AuditAction",
     "AuditChain",
     "AuditEvent",
     "AuditLog",

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from broker.errors import InvalidRequest
 
 from .roles import ROLE_TYPES, RoleSpec
+from .yaml_source import YamlInvalid, YamlSource, read_yaml
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 _KINDS = ", ".join(ROLE_TYPES)
@@ -68,13 +68,13 @@ def load_roles(path: Path) -> list[RoleSpec]:
 def parse_roles(text: str, source: str) -> list[RoleSpec]:
     """The roles of YAML text; `source` names it in messages (a path, or `-` for stdin)."""
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = f"is not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        raise InvalidRoles([RoleProblem(source, None, None, WHOLE_FILE, problem, line)]) from exc
+        document = read_yaml(text)
+    except YamlInvalid as exc:
+        problem = f"is not valid YAML: {exc.problem}"
+        raise InvalidRoles(
+            [RoleProblem(source, None, None, WHOLE_FILE, problem, exc.line)]
+        ) from exc
+    data = document.data
     if not isinstance(data, list):
         raise InvalidRoles(
             [
@@ -88,13 +88,11 @@ def parse_roles(text: str, source: str) -> list[RoleSpec]:
                 )
             ]
         )
-    lines = _field_lines(node)
     roles: list[RoleSpec] = []
     problems: list[RoleProblem] = []
     first_entry: dict[str, int] = {}
     for index, entry in enumerate(data):
         position = index + 1
-        entry_lines = lines[index] if index < len(lines) else {}
         name = entry.get("name") if isinstance(entry, dict) else None
         label = name if isinstance(name, str) else None
         if label is not None and label in first_entry:
@@ -106,7 +104,7 @@ def parse_roles(text: str, source: str) -> list[RoleSpec]:
                     "name",
                     f"is already used by role #{first_entry[label]}; role names must be "
                     "unique in a file",
-                    entry_lines.get("name"),
+                    document.line_of([index, "name"]),
                 )
             )
         elif label is not None:
@@ -115,7 +113,7 @@ def parse_roles(text: str, source: str) -> list[RoleSpec]:
             roles.append(_ROLE.validate_python(entry))
         except ValidationError as exc:
             problems.extend(
-                _problem(source, position, label, entry, error, lines=entry_lines)
+                _problem(source, index, label, entry, error, document=document)
                 for error in exc.errors()
             )
     if problems:
@@ -123,30 +121,17 @@ def parse_roles(text: str, source: str) -> list[RoleSpec]:
     return roles
 
 
-def _field_lines(node: yaml.Node | None) -> list[dict[str, int]]:
-    """Per list entry: the 1-based line of each top-level key, and of the entry itself."""
-    if not isinstance(node, yaml.SequenceNode):
-        return []
-    result: list[dict[str, int]] = []
-    for item in node.value:
-        found = {WHOLE_ENTRY: item.start_mark.line + 1}
-        if isinstance(item, yaml.MappingNode):
-            for key, _value in item.value:
-                if isinstance(key, yaml.ScalarNode):
-                    found[str(key.value)] = key.start_mark.line + 1
-        result.append(found)
-    return result
-
-
 def _problem(
     source: str,
-    position: int,
+    index: int,
     role: str | None,
     entry: Any,
     error: ErrorDetails,
     *,
-    lines: dict[str, int],
+    document: YamlSource,
 ) -> RoleProblem:
+    """One validation error of the entry at `index`, at the line of its top-level field
+    (the entry's first line when the field is not written)."""
     loc = list(error["loc"])
     if loc and loc[0] in ROLE_TYPES:
         loc = loc[1:]  # the discriminator's tag, not a field
@@ -158,8 +143,8 @@ def _problem(
     problem = _sentence(error, model, top, kind_name)
     if error["type"] in {"union_tag_invalid", "union_tag_not_found"}:
         field = top = "kind"
-    line = lines.get(top, lines.get(WHOLE_ENTRY))
-    return RoleProblem(source, position, role, field, problem, line)
+    line = document.line_of([index, top])
+    return RoleProblem(source, index + 1, role, field, problem, line)
 
 
 def _sentence(error: ErrorDetails, model: type[Any] | None, field: str, kind: str) -> str:

@@ -42,6 +42,7 @@ from broker.store.clock import Clock, utcnow
 from .access_servicer import AccessServicer
 from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
+from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
@@ -183,7 +184,9 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
             key=str(tls.key_path),
         )
 
-    workload = grpc.aio.server(options=workload_options(settings.workload))
+    workload = grpc.aio.server(
+        options=workload_options(settings.workload), interceptors=[CallInterceptor(metrics)]
+    )
     broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(runtime, metrics), workload)
     workload_health = (
         _health(workload, [BROKER_SERVICE], reflect=settings.workload.reflection),
@@ -222,11 +225,9 @@ def _admin_listener(
     for the handshake itself, so nothing without one reaches a servicer."""
     if listener.tls_cert is None or listener.tls_key is None or listener.client_ca is None:
         raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
-    admin = grpc.aio.server(options=SERVER_OPTIONS)
+    admin = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics)])
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
-    rotation_pb2_grpc.add_RotationServiceServicer_to_server(
-        RotationServicer(runtime, metrics), admin
-    )
+    rotation_pb2_grpc.add_RotationServiceServicer_to_server(RotationServicer(runtime), admin)
     clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
         ClustersServicer(runtime.clusters), admin
     )

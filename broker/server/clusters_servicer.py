@@ -3,7 +3,6 @@ Cedar for the operator its client certificate names (broker.service.cluster_admi
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import grpc
@@ -12,7 +11,8 @@ from broker.api.v1 import clusters_pb2, clusters_pb2_grpc
 from broker.errors import InvalidRequest
 from broker.service import ClusterAdmin
 
-from . import convert, handlers
+from . import convert
+from .interceptors import current_call
 from .operators import operator_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -22,36 +22,36 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServiceServicer):
     def __init__(self, clusters: ClusterAdmin) -> None:
         self._clusters = clusters
 
-    @handlers.unary
     async def RegisterCluster(
         self, request: clusters_pb2.RegisterClusterRequest, context: Context
     ) -> clusters_pb2.RegisterClusterResponse:
         connection = convert.cluster_connection(request)
-        view = await self._clusters.register(operator_of(context), connection, _request_id())
+        view = await self._clusters.register(
+            operator_of(context), connection, current_call().request_id
+        )
         return clusters_pb2.RegisterClusterResponse(cluster=convert.cluster_message(view))
 
-    @handlers.unary
     async def GetCluster(
         self, request: clusters_pb2.GetClusterRequest, context: Context
     ) -> clusters_pb2.GetClusterResponse:
-        view = await self._clusters.get(operator_of(context), _name(request.name), _request_id())
+        view = await self._clusters.get(
+            operator_of(context), _name(request.name), current_call().request_id
+        )
         return clusters_pb2.GetClusterResponse(cluster=convert.cluster_message(view))
 
-    @handlers.unary
     async def ListClusters(
         self, request: clusters_pb2.ListClustersRequest, context: Context
     ) -> clusters_pb2.ListClustersResponse:
-        views = await self._clusters.list_all(operator_of(context), _request_id())
+        views = await self._clusters.list_all(operator_of(context), current_call().request_id)
         return clusters_pb2.ListClustersResponse(
             clusters=[convert.cluster_message(v) for v in views]
         )
 
-    @handlers.unary
     async def DeregisterCluster(
         self, request: clusters_pb2.DeregisterClusterRequest, context: Context
     ) -> clusters_pb2.DeregisterClusterResponse:
         done = await self._clusters.deregister(
-            operator_of(context), _name(request.name), request.force, _request_id()
+            operator_of(context), _name(request.name), request.force, current_call().request_id
         )
         return clusters_pb2.DeregisterClusterResponse(revoked=done.revoked, queued=done.queued)
 
@@ -60,7 +60,3 @@ def _name(name: str) -> str:
     if not name:
         raise InvalidRequest("name", "is required: the cluster's name")
     return name
-
-
-def _request_id() -> str:
-    return uuid.uuid4().hex

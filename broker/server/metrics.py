@@ -9,6 +9,11 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+ISSUE = "BrokerService/Issue"
+RELEASE = "BrokerService/Release"
+RENEW = "BrokerService/Renew"
+ROTATE = "RotationService/RotateLeases"
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -20,6 +25,20 @@ class BrokerMetrics:
         leader: Callable[[], float] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "keyferry_calls",
+            "gRPC calls by method and outcome: ok (or issued, replayed, rotated), the error "
+            "reason in lowercase, cancelled or internal",
+            ["method", "outcome"],
+            registry=self.registry,
+        )
+        self.call_seconds = Histogram(
+            "keyferry_call_duration_seconds",
+            "Time to answer a gRPC call (a stream's lifetime for streaming methods)",
+            ["method", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.issues = Counter(
             "keyferry_issue",
             "Issue calls by outcome: issued, replayed, or the error reason in lowercase",
@@ -77,14 +96,17 @@ class BrokerMetrics:
             self.leader.set_function(leader)
         self._http: tuple[WSGIServer, Thread] | None = None
 
-    def count(self, method: str, outcome: str, seconds: float) -> None:
-        """One answered call of `method` (issue, release, renew, rotate)."""
-        if method == "issue":
+    def record(self, method: str, outcome: str, seconds: float) -> None:
+        """One answered call of `method` ("BrokerService/Issue"), by the call interceptor;
+        the per-method families that predate `keyferry_calls` count their method too."""
+        self.calls.labels(method, outcome).inc()
+        self.call_seconds.labels(method, outcome).observe(seconds)
+        if method == ISSUE:
             self.issues.labels(outcome).inc()
             self.issue_seconds.labels(outcome).observe(seconds)
-        else:
-            counters = {"release": self.releases, "renew": self.renews, "rotate": self.rotations}
-            counters[method].labels(outcome).inc()
+        counter = {RELEASE: self.releases, RENEW: self.renews, ROTATE: self.rotations}.get(method)
+        if counter is not None:
+            counter.labels(outcome).inc()
 
     def serve(self, host: str, port: int) -> int:
         """Start /metrics; the bound port (port 0 picks one)."""

@@ -3,7 +3,6 @@ for the operator its client certificate names (broker.service.role_admin)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import grpc
@@ -12,7 +11,8 @@ from broker.api.v1 import roles_pb2, roles_pb2_grpc
 from broker.errors import InvalidRequest
 from broker.service import RoleAdmin
 
-from . import convert, handlers
+from . import convert
+from .interceptors import current_call
 from .operators import operator_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -22,41 +22,35 @@ class RolesServicer(roles_pb2_grpc.RolesServiceServicer):
     def __init__(self, roles: RoleAdmin) -> None:
         self._roles = roles
 
-    @handlers.unary
     async def ApplyRoles(
         self, request: roles_pb2.ApplyRolesRequest, context: Context
     ) -> roles_pb2.ApplyRolesResponse:
         if not request.roles:
             raise InvalidRequest("roles", "give at least one role")
         specs = convert.role_specs(list(request.roles))
-        saved = await self._roles.apply(operator_of(context), specs, _request_id())
+        saved = await self._roles.apply(operator_of(context), specs, current_call().request_id)
         return roles_pb2.ApplyRolesResponse(roles=[convert.role_message(r) for r in saved])
 
-    @handlers.unary
     async def GetRole(
         self, request: roles_pb2.GetRoleRequest, context: Context
     ) -> roles_pb2.GetRoleResponse:
         if not request.name:
             raise InvalidRequest("name", "is required: the role's name")
-        stored = await self._roles.get(operator_of(context), request.name, _request_id())
+        stored = await self._roles.get(
+            operator_of(context), request.name, current_call().request_id
+        )
         return roles_pb2.GetRoleResponse(role=convert.role_message(stored))
 
-    @handlers.unary
     async def ListRoles(
         self, request: roles_pb2.ListRolesRequest, context: Context
     ) -> roles_pb2.ListRolesResponse:
-        roles = await self._roles.list_all(operator_of(context), _request_id())
+        roles = await self._roles.list_all(operator_of(context), current_call().request_id)
         return roles_pb2.ListRolesResponse(roles=[convert.role_message(r) for r in roles])
 
-    @handlers.unary
     async def DeleteRole(
         self, request: roles_pb2.DeleteRoleRequest, context: Context
     ) -> roles_pb2.DeleteRoleResponse:
         if not request.name:
             raise InvalidRequest("name", "is required: the role's name")
-        await self._roles.delete(operator_of(context), request.name, _request_id())
+        await self._roles.delete(operator_of(context), request.name, current_call().request_id)
         return roles_pb2.DeleteRoleResponse()
-
-
-def _request_id() -> str:
-    return uuid.uuid4().hex

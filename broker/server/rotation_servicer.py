@@ -4,48 +4,38 @@ operator is the one its client certificate names."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
-from broker.errors import KeyferryError
 from broker.service import BrokerRuntime
 
-from . import convert, handlers
-from .metrics import BrokerMetrics
+from . import convert
+from .interceptors import current_call
 from .operators import operator_of
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
-    def __init__(self, runtime: BrokerRuntime, metrics: BrokerMetrics) -> None:
+    def __init__(self, runtime: BrokerRuntime) -> None:
         self._runtime = runtime
-        self._metrics = metrics
 
-    @handlers.unary
     async def RotateLeases(
         self, request: rotation_pb2.RotateLeasesRequest, context: Context
     ) -> rotation_pb2.RotateLeasesResponse:
-        outcome = "rotated"
-        try:
-            rotations = await self._runtime.flows.rotation.rotate(
-                operator_of(context),
-                list(request.lease_ids),
-                convert.rotation_grace(request),
-                uuid.uuid4().hex,
-            )
-        except KeyferryError as error:
-            outcome = error.reason.lower()
-            raise
-        finally:
-            self._metrics.count("rotate", outcome, 0.0)
+        call = current_call()
+        rotations = await self._runtime.flows.rotation.rotate(
+            operator_of(context),
+            list(request.lease_ids),
+            convert.rotation_grace(request),
+            call.request_id,
+        )
+        call.outcome = "rotated"
         return convert.rotate_response(rotations)
 
-    @handlers.streaming
     async def RotateSelected(
         self, request: rotation_pb2.RotateSelectedRequest, context: Context
     ) -> AsyncIterator[rotation_pb2.RotateSelectedResponse]:
@@ -56,12 +46,11 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
             grace=convert.selected_grace(request),
             concurrency=convert.concurrency(request.concurrency),
             dry_run=request.dry_run,
-            request_id=uuid.uuid4().hex,
+            request_id=current_call().request_id,
         )
         async for event in events:
             yield convert.rotate_selected_response(event)
 
-    @handlers.streaming
     async def RevokeSelected(
         self, request: rotation_pb2.RevokeSelectedRequest, context: Context
     ) -> AsyncIterator[rotation_pb2.RevokeSelectedResponse]:
@@ -71,16 +60,15 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
             convert.lease_selector(request.selector),
             concurrency=convert.concurrency(request.concurrency),
             dry_run=request.dry_run,
-            request_id=uuid.uuid4().hex,
+            request_id=current_call().request_id,
         )
         async for event in events:
             yield convert.revoke_selected_response(event)
 
-    @handlers.unary
     async def RotateRoot(
         self, request: rotation_pb2.RotateRootRequest, context: Context
     ) -> rotation_pb2.RotateRootResponse:
         rotated = await self._runtime.flows.root.rotate_root(
-            operator_of(context), convert.root_target(request), uuid.uuid4().hex
+            operator_of(context), convert.root_target(request), current_call().request_id
         )
         return convert.rotate_root_response(rotated)

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.backends import Backends
 from broker.errors import (
     FailedPrecondition,
@@ -51,6 +51,7 @@ from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal, system_principal
 from .catalog import RoleCatalog
+from .gate import PolicyGate
 from .grants import (
     ACCESS_OWNER,
     check_grant_ask,
@@ -82,7 +83,7 @@ class AccessFlow:
         clock: Clock,
     ) -> None:
         self._catalog = catalog
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._grants = store.grants
         self._leases = store.leases
@@ -110,21 +111,22 @@ class AccessFlow:
                 "outlive a grant; grant a role whose credentials can be revoked"
             )
         grant = new_grant(ask, operator.name, self._clock(), self._settings.approval_wait)
-        decision = self._policy.decide(
+        await self._gate.require(
             operator,
             Action.REQUEST_ACCESS,
             RoleResource(name=role.name, backend=role.kind),
-            {"duration_seconds": grant.duration_seconds},
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction.ACCESS_REQUEST,
+                grant,
+                request_id,
+                decision=decision,
+            ),
+            f"no policy permits operator {operator.name!r} to request role {role.name!r} "
+            f"for {grant.duration_seconds}s (Cedar action 'request_access' on the Role); "
+            "ask for a Cedar permit or a shorter duration",
+            context={"duration_seconds": grant.duration_seconds},
         )
-        await self._audit.grant(
-            operator_principal(operator), "access.request", grant, request_id, decision=decision
-        )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to request role {role.name!r} "
-                f"for {grant.duration_seconds}s (Cedar action 'request_access' on the Role); "
-                "ask for a Cedar permit or a shorter duration"
-            )
         stored = await self._run(self._grants.add, grant)
         log.info(
             "access requested",
@@ -149,15 +151,19 @@ class AccessFlow:
         """Cedar's approve_access, and never the requester; audited either way."""
         grant = await self.current(grant_id)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.APPROVE_ACCESS, resource)
         own = operator.name == grant.requester
-        await self._audit.grant(
-            operator_principal(operator),
-            f"access.{verb}",
-            grant,
-            request_id,
-            decision=decision,
-            reason=SelfApproval.reason if own else None,
+        decision = await self._gate.decide(
+            operator,
+            Action.APPROVE_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction(f"access.{verb}"),
+                grant,
+                request_id,
+                decision=decision,
+                reason=SelfApproval.reason if own else None,
+            ),
         )
         if own:
             raise SelfApproval(
@@ -180,13 +186,17 @@ class AccessFlow:
         grant = await self.current(grant_id)
         who = operator_principal(operator)
         if operator.name != grant.requester:
-            await self._audit.grant(who, "access.issue", grant, request_id, reason="NOT_REQUESTER")
+            await self._audit.grant(
+                who, AuditAction.ACCESS_ISSUE, grant, request_id, reason="NOT_REQUESTER"
+            )
             raise PermissionDenied(
                 f"grant {grant.id} is {grant.requester!r}'s; only its requester may use it"
             )
         if grant.state not in ISSUABLE:
             refused = f"GRANT_{grant.state.value.upper()}"
-            await self._audit.grant(who, "access.issue", grant, request_id, reason=refused)
+            await self._audit.grant(
+                who, AuditAction.ACCESS_ISSUE, grant, request_id, reason=refused
+            )
             raise GrantStateConflict(grant, "used to issue a credential")
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
@@ -213,7 +223,7 @@ class AccessFlow:
             # The grant ended while Vault answered: its lease goes with it, at once.
             await self._end_leases(ended.grant, who, request_id)
             raise
-        await self._audit.grant(who, "access.issue", grant, request_id)
+        await self._audit.grant(who, AuditAction.ACCESS_ISSUE, grant, request_id)
         log.info("access issued", grant_id=grant.id, lease_id=record.id, request_id=request_id)
         return _handed(grant, tracked)
 
@@ -238,13 +248,16 @@ class AccessFlow:
         grant = await self.current(grant_id)
         who = operator_principal(operator)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.REVOKE_ACCESS, resource)
-        await self._audit.grant(who, "access.revoke", grant, request_id, decision=decision)
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
-                "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit"
-            )
+        await self._gate.require(
+            operator,
+            Action.REVOKE_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                who, AuditAction.ACCESS_REVOKE, grant, request_id, decision=decision
+            ),
+            f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
+            "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit",
+        )
         ended = await self._run(
             self._grants.end, grant.id, GrantState.REVOKED, operator.name, self._clock()
         )
@@ -285,7 +298,7 @@ class AccessFlow:
         except GrantStateConflict as conflict:
             return conflict.grant  # ended otherwise meanwhile (revoked, denied)
         if grant.state != ended.state:
-            await self._audit.grant(who, "access.expire", ended, request_id)
+            await self._audit.grant(who, AuditAction.ACCESS_EXPIRE, ended, request_id)
         await self._end_leases(ended, who, request_id)
         log.info("grant expired", grant_id=ended.id, request_id=request_id)
         return ended
@@ -332,9 +345,17 @@ class AccessFlow:
 
     async def _may_view(self, operator: Operator, grant: GrantRecord, request_id: str) -> bool:
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        decision = self._policy.decide(operator, Action.VIEW_ACCESS, resource)
-        await self._audit.grant(
-            operator_principal(operator), "access.read", grant, request_id, decision=decision
+        decision = await self._gate.decide(
+            operator,
+            Action.VIEW_ACCESS,
+            resource,
+            lambda decision: self._audit.grant(
+                operator_principal(operator),
+                AuditAction.ACCESS_READ,
+                grant,
+                request_id,
+                decision=decision,
+            ),
         )
         return decision.allowed
 

@@ -23,11 +23,19 @@ from typing import Any
 
 import structlog
 
-from broker.audit import AuditChain, AuditEvent, Decision, Fingerprinter, Principal, PrincipalKind
+from broker.audit import (
+    AuditAction,
+    AuditChain,
+    AuditEvent,
+    Decision,
+    Fingerprinter,
+    Principal,
+    PrincipalKind,
+)
 from broker.errors import KeyferryError
 from broker.models import Credential
+from broker.policy import Action, Operator, Workload
 from broker.policy import Decision as PolicyDecision
-from broker.policy import Operator, Workload
 from broker.store import GrantRecord, LeaseRecord
 
 from .grants import grant_where
@@ -54,6 +62,11 @@ def operator_principal(operator: Operator) -> Principal:
 def system_principal(job: str) -> Principal:
     """The broker acting on its own (renewals, revocations that come due)."""
     return Principal(kind=PrincipalKind.SYSTEM, name=job)
+
+
+def decided(action: Action) -> AuditAction:
+    """The audit action of a Cedar decision: the Cedar action's own name."""
+    return AuditAction(action.value)
 
 
 def _decision(decision: PolicyDecision, reason: str | None) -> Decision:
@@ -126,7 +139,7 @@ class AuditTrail:
     async def decision(
         self,
         workload: Workload,
-        action: str,
+        action: AuditAction,
         decision: PolicyDecision,
         request_id: str,
         **fields: Any,
@@ -145,7 +158,7 @@ class AuditTrail:
         )
 
     def refusal(
-        self, action: str, request_id: str
+        self, action: AuditAction, request_id: str
     ) -> Callable[[KeyferryError, Workload | None], Awaitable[None]]:
         """A callback recording a caller refused before any policy ran (a bad token, a pod
         that is gone): a deny record with the error's reason, the caller's address, and the
@@ -189,7 +202,12 @@ class AuditTrail:
             await asyncio.gather(*(self.record(event) for event in events))
 
     async def not_yours(
-        self, workload: Workload, action: str, lease: LeaseRecord, reason: str, request_id: str
+        self,
+        workload: Workload,
+        action: AuditAction,
+        lease: LeaseRecord,
+        reason: str,
+        request_id: str,
     ) -> None:
         """A pod asked to act on another pod's lease: denied, recorded with both pods."""
         await self.record(
@@ -209,7 +227,7 @@ class AuditTrail:
     async def lease(
         self,
         workload: Workload,
-        action: str,
+        action: AuditAction,
         lease: LeaseRecord,
         request_id: str,
         *,
@@ -235,7 +253,7 @@ class AuditTrail:
     async def decision_on_lease(
         self,
         who: Principal,
-        action: str,
+        action: AuditAction,
         decision: PolicyDecision,
         lease: LeaseRecord,
         request_id: str,
@@ -260,15 +278,16 @@ class AuditTrail:
     async def operator_decision(
         self,
         operator: Operator,
-        action: str,
+        action: AuditAction,
         decision: PolicyDecision,
         request_id: str,
         *,
         role: str | None = None,
         cluster: str | None = None,
+        target: str | None = None,
     ) -> None:
         """An operator's decision about something other than a lease (a role, a cluster,
-        the broker)."""
+        a Vault path, the broker)."""
         await self.record(
             AuditEvent(
                 who=operator_principal(operator),
@@ -279,13 +298,14 @@ class AuditTrail:
                 request_id=request_id,
                 role=role,
                 cluster=cluster,
+                target=target,
             )
         )
 
     async def operator_refusal(
         self,
         operator: Operator,
-        action: str,
+        action: AuditAction,
         error: KeyferryError,
         request_id: str,
         *,
@@ -307,7 +327,7 @@ class AuditTrail:
     async def lease_change(
         self,
         who: Principal,
-        action: str,
+        action: AuditAction,
         lease: LeaseRecord,
         request_id: str,
         *,
@@ -333,7 +353,7 @@ class AuditTrail:
     async def grant(
         self,
         who: Principal,
-        action: str,
+        action: AuditAction,
         grant: GrantRecord,
         request_id: str,
         *,

@@ -20,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
 from pydantic import SecretStr
 
+from broker.audit import AuditAction
 from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, ClusterUnavailable
-from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError, PermissionDenied
+from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
 from broker.policy import Action, ClusterRef, Operator, PolicyEngine
 from broker.store import ClusterExists, ClusterRecord, Selector, Store, StoreRunner
@@ -34,6 +36,7 @@ from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal
 from .callers import Callers
+from .gate import PolicyGate
 from .lease_engine import LeaseEngine
 from .pod_leases import PodLeases
 from .registration import check_cluster, key_fingerprints
@@ -92,7 +95,7 @@ class ClusterAdmin:
         self._clusters = store.clusters
         self._leases = store.leases
         self._run = runner.run
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._sealer = sealer
         self._engine = engine
@@ -119,7 +122,7 @@ class ClusterAdmin:
             client, jwks, record = await self._add(connection)
         except KeyferryError as error:  # a refused cluster is on the audit trail too
             await self._audit.operator_refusal(
-                operator, "clusters.register", error, request_id, cluster=name
+                operator, AuditAction.CLUSTERS_REGISTER, error, request_id, cluster=name
             )
             raise
         self._callers.join(client, jwks)
@@ -165,9 +168,17 @@ class ClusterAdmin:
     async def list_all(self, operator: Operator, request_id: str) -> list[ClusterView]:
         visible = []
         for name in sorted({*self._configured, *self._callers.keys()}):
-            decision = self._policy.decide(operator, ACTION, ClusterRef(name=name))
-            await self._audit.operator_decision(
-                operator, "clusters.list", decision, request_id, cluster=name
+            decision = await self._gate.decide(
+                operator,
+                ACTION,
+                ClusterRef(name=name),
+                partial(
+                    self._audit.operator_decision,
+                    operator,
+                    AuditAction.CLUSTERS_LIST,
+                    request_id=request_id,
+                    cluster=name,
+                ),
             )
             if decision.allowed:
                 visible.append(await self._view(name))
@@ -280,15 +291,16 @@ class ClusterAdmin:
         )
 
     async def _require(self, operator: Operator, name: str, verb: str, request_id: str) -> None:
-        decision = self._policy.decide(operator, ACTION, ClusterRef(name=name))
-        await self._audit.operator_decision(
-            operator, f"clusters.{verb}", decision, request_id, cluster=name
+        await self._gate.require(
+            operator,
+            ACTION,
+            ClusterRef(name=name),
+            lambda decision: self._audit.operator_decision(
+                operator, AuditAction(f"clusters.{verb}"), decision, request_id, cluster=name
+            ),
+            f"no policy permits operator {operator.name!r} to {verb} cluster {name!r} "
+            f"(Cedar action {ACTION.value!r} on Cluster); ask for a Cedar permit",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to {verb} cluster {name!r} "
-                f"(Cedar action {ACTION.value!r} on Cluster); ask for a Cedar permit"
-            )
 
 
 def _sealing_id(name: str) -> str:

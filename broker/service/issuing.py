@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from broker.audit import Principal
-from broker.errors import InvalidRequest, KeyferryError, PermissionDenied, Unauthenticated
+from broker.audit import AuditAction, Principal
+from broker.errors import InvalidRequest, KeyferryError, Unauthenticated
 from broker.models import RoleSpec
 from broker.policy import Action, PolicyEngine, RoleResource, Workload
 from broker.store import (
@@ -39,6 +39,7 @@ from broker.store.clock import Clock, utcnow
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .catalog import RoleCatalog
+from .gate import PolicyGate
 from .lease_engine import IssueOrder, LeaseEngine, TrackedCredential
 from .limits import IssueRates, check_limits
 from .names import check_credential_name
@@ -71,7 +72,7 @@ class IssueFlow:
     ) -> None:
         self._callers = callers
         self._catalog = catalog
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -89,27 +90,29 @@ class IssueFlow:
         self, token: str, credential_name: str, role_name: str, request_id: str
     ) -> IssuedLease:
         workload = await self._callers.authenticate(
-            token, refused=self._audit.refusal("issue", request_id)
+            token, refused=self._audit.refusal(AuditAction.ISSUE, request_id)
         )
         self._rates.check(workload)
         check_credential_name(credential_name)
         if not role_name:
             raise InvalidRequest("role", "is required: the keyferry role to issue from")
         role = (await self._catalog.get(role_name)).spec
-        decision = self._policy.decide(
+        await self._gate.require(
             workload,
             Action.ISSUE,
             RoleResource(name=role.name, backend=role.kind),
-            {"credential_name": credential_name},
+            lambda decision: self._audit.decision(
+                workload,
+                AuditAction.ISSUE,
+                decision,
+                request_id,
+                role=role.name,
+                credential=credential_name,
+            ),
+            f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+            f"{workload.cluster!r} to issue role {role.name!r}; ask for a Cedar permit",
+            context={"credential_name": credential_name},
         )
-        await self._audit.decision(
-            workload, "issue", decision, request_id, role=role.name, credential=credential_name
-        )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
-                f"{workload.cluster!r} to issue role {role.name!r}; ask for a Cedar permit"
-            )
         request = LeaseRequest(
             cluster=workload.cluster,
             namespace=workload.namespace,

@@ -50,7 +50,7 @@ from datetime import datetime
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.backends import Backends
 from broker.errors import KeyferryError
 from broker.models import Credential, IssueContext, IssuedSecret, RoleSpec, VaultLease
@@ -195,7 +195,11 @@ class LeaseEngine:
             await self._undo(order, vault_lease, error)
             raise
         await self._audit.lease_change(
-            order.who, "lease.active", record, order.request_id, credential=issued.credential
+            order.who,
+            AuditAction.LEASE_ACTIVE,
+            record,
+            order.request_id,
+            credential=issued.credential,
         )
         return TrackedCredential(record, issued.credential, vault_lease, replayed=False)
 
@@ -210,7 +214,7 @@ class LeaseEngine:
             raise IssueInProgress(lease.pod_uid, lease.credential)
         credential = self._sealer.unseal(lease.id, handle.sealed_credential)
         vault_lease = VaultLease.model_validate(handle.vault_lease)
-        await self._audit.lease_change(who, "lease.replayed", lease, request_id)
+        await self._audit.lease_change(who, AuditAction.LEASE_REPLAYED, lease, request_id)
         return TrackedCredential(lease, credential, vault_lease, replayed=True)
 
     async def _wait_active(self, lease: LeaseRecord) -> LeaseRecord:
@@ -231,7 +235,7 @@ class LeaseEngine:
         try:
             failed = await self._run(self._leases.mark_failed, pending.id, error.message)
             await self._audit.lease_change(
-                who, "lease.failed", failed, request_id, reason=error.reason
+                who, AuditAction.LEASE_FAILED, failed, request_id, reason=error.reason
             )
         except KeyferryError as also:
             log.exception("could not mark a lease failed", lease_id=pending.id, error=also.message)
@@ -273,7 +277,9 @@ class LeaseEngine:
         marked = await self._run(self._leases.mark_revoking, lease.id, revoke_after=self._clock())
         if marked.state is not LeaseState.REVOKING:
             return marked
-        await self._audit.lease_change(who, "lease.revoking", marked, request_id, reason=reason)
+        await self._audit.lease_change(
+            who, AuditAction.LEASE_REVOKING, marked, request_id, reason=reason
+        )
         return await self._revoker.revoke(marked, who, request_id)
 
     async def revoke_now(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
@@ -297,7 +303,7 @@ class LeaseEngine:
             except LeaseStateConflict:
                 return False  # its issue completed meanwhile: nothing to settle
             await self._audit.lease_change(
-                who, "lease.failed", failed, request_id, reason="ABANDONED"
+                who, AuditAction.LEASE_FAILED, failed, request_id, reason="ABANDONED"
             )
             return True
         return await self._settle(lease.id, who, request_id, "ABANDONED")

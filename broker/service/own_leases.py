@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broker.errors import PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
 
-from .auditing import AuditTrail
+from .auditing import AuditTrail, decided
 from .callers import Callers
+from .gate import PolicyGate
 from .limits import LeaseCallRates
 from .names import check_lease_id
 from .resources import lease_resource
@@ -51,7 +51,7 @@ class OwnLeaseGate:
         workload = await self.callers.authenticate(
             token,
             allow_terminating=allow_terminating,
-            refused=self.audit.refusal(action.value, request_id),
+            refused=self.audit.refusal(decided(action), request_id),
         )
         self.rates.check(workload, action.value.capitalize())
         lease_id = check_lease_id(lease_id)
@@ -64,22 +64,23 @@ class OwnLeaseGate:
         if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
             # Another pod's lease: the caller hears "not found", the audit trail the truth.
             error = LeaseNotFound(lease_id)
-            await self.audit.not_yours(workload, action.value, lease, error.reason, request_id)
+            await self.audit.not_yours(workload, decided(action), lease, error.reason, request_id)
             raise error
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        decision = self.policy.decide(workload, action, lease_resource(lease, vault_lease))
-        await self.audit.decision(
+        await PolicyGate(self.policy).require(
             workload,
-            action.value,
-            decision,
-            request_id,
-            role=lease.role,
-            credential=lease.credential,
-            lease_id=lease.id,
+            action,
+            lease_resource(lease, vault_lease),
+            lambda decision: self.audit.decision(
+                workload,
+                decided(action),
+                decision,
+                request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+            ),
+            f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
+            f"{workload.cluster!r} to {action.value} lease {lease.id}",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits {workload.namespace}/{workload.service_account} in cluster "
-                f"{workload.cluster!r} to {action.value} lease {lease.id}"
-            )
         return OwnLease(workload, lease, vault_lease)

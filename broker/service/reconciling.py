@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from broker.audit import AuditEvent
+from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.leases import revoke_lease
 from broker.errors import KeyferryError
@@ -134,7 +134,7 @@ class Reconciler:
             await self._audit.record(
                 AuditEvent(
                     who=system_principal(SYSTEM_JOB),
-                    action="vault_lease.revoked",
+                    action=AuditAction.VAULT_LEASE_REVOKED,
                     reason="UNKNOWN_TO_STORE",
                     target=vault_id,
                     request_id=request_id,

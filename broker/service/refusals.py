@@ -19,7 +19,7 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 
 DEFAULT_MAX_KINDS = 1024
 OTHER_PEERS = "other"
@@ -42,7 +42,7 @@ def peer_host(peer: str | None) -> str | None:
 @dataclass(frozen=True)
 class RefusalKind:
     who: Principal
-    action: str
+    action: AuditAction
     reason: str
     peer: str | None
     cluster: str | None = None

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from broker.audit import AuditAction
 from broker.backends import Backends
 from broker.errors import InvalidRequest, KeyferryError, VaultUnavailable
 from broker.models import VaultLease
@@ -138,7 +139,7 @@ class Renewer:
         result = await self.renew(lease)
         record = result.lease
         await self._audit.lease_change(
-            system_principal(SYSTEM_JOB), "lease.renewed", record, uuid.uuid4().hex
+            system_principal(SYSTEM_JOB), AuditAction.LEASE_RENEWED, record, uuid.uuid4().hex
         )
         wanted = self._settings.increment or vault_lease.ttl
         if result.granted is not None and result.granted < wanted:
@@ -206,5 +207,5 @@ class RenewFlow:
         own = await self._gate.authorize(token, lease_id, Action.RENEW, request_id)
         workload, lease = own.workload, own.lease
         renewed = await self._renewer.renew(lease)
-        await self._audit.lease(workload, "lease.renewed", renewed.lease, request_id)
+        await self._audit.lease(workload, AuditAction.LEASE_RENEWED, renewed.lease, request_id)
         return renewed

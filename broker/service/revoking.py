@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import structlog
 
-from broker.audit import Principal
+from broker.audit import AuditAction, Principal
 from broker.backends import Backends
 from broker.errors import KeyferryError
 from broker.models import VaultLease
@@ -100,7 +100,7 @@ class Revoker:
             return revoked, False  # another replica (or call) revoked it first and said so
         why = await self._reason(revoked)
         await self._audit.lease_change(
-            who, "lease.revoked", revoked, request_id, reason=reason or why.upper()
+            who, AuditAction.LEASE_REVOKED, revoked, request_id, reason=reason or why.upper()
         )
         self._hub.publish(revoked.pod_uid, LeaseRevoked(revoked.id, why))
         log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
@@ -135,7 +135,7 @@ class Revoker:
         )
         try:
             await self._audit.lease_change(
-                who, "lease.revoke_failed", failed, request_id, reason=error.reason
+                who, AuditAction.LEASE_REVOKE_FAILED, failed, request_id, reason=error.reason
             )
         except KeyferryError as also:  # the row keeps the retry either way
             log.warning("revocation failure not audited", lease_id=lease.id, error=also.message)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.errors import PermissionDenied
+from broker.audit import AuditAction
 from broker.models import RoleSpec
 from broker.policy import Action, Operator, PolicyEngine, RoleResource
 from broker.policy import Decision as PolicyDecision
 
 from .auditing import AuditTrail
 from .catalog import RoleCatalog, StoredRole
+from .gate import PolicyGate, Record
 
 ACTION = Action.GRANT
 
@@ -28,7 +29,7 @@ ACTION = Action.GRANT
 class RoleAdmin:
     def __init__(self, catalog: RoleCatalog, policy: PolicyEngine, audit: AuditTrail) -> None:
         self._catalog = catalog
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
 
     async def apply(
@@ -60,18 +61,26 @@ class RoleAdmin:
     async def _require(
         self, operator: Operator, name: str, backend: str, verb: str, request_id: str
     ) -> None:
-        decision = await self._decide(operator, name, backend, verb, request_id)
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to {verb} role {name!r} "
-                f"(Cedar action {ACTION.value!r} on Role); ask for a Cedar permit"
-            )
+        await self._gate.require(
+            operator,
+            ACTION,
+            RoleResource(name=name, backend=backend),
+            self._record(operator, name, verb, request_id),
+            f"no policy permits operator {operator.name!r} to {verb} role {name!r} "
+            f"(Cedar action {ACTION.value!r} on Role); ask for a Cedar permit",
+        )
 
     async def _decide(
         self, operator: Operator, name: str, backend: str, verb: str, request_id: str
     ) -> PolicyDecision:
-        decision = self._policy.decide(operator, ACTION, RoleResource(name=name, backend=backend))
-        await self._audit.operator_decision(
-            operator, f"roles.{verb}", decision, request_id, role=name
+        return await self._gate.decide(
+            operator,
+            ACTION,
+            RoleResource(name=name, backend=backend),
+            self._record(operator, name, verb, request_id),
         )
-        return decision
+
+    def _record(self, operator: Operator, name: str, verb: str, request_id: str) -> Record:
+        return lambda decision: self._audit.operator_decision(
+            operator, AuditAction(f"roles.{verb}"), decision, request_id, role=name
+        )

@@ -14,15 +14,16 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
-from broker.audit import AuditEvent, Decision
+from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient
 from broker.backends.database import rotate_root
-from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
+from broker.errors import InvalidRequest, KeyferryError
 from broker.models.roles import MOUNT_PATTERN, VAULT_ROLE_PATTERN
 from broker.policy import Action, ConnectionResource, Operator, PolicyEngine
 from broker.store.clock import Clock
 
 from .auditing import AuditTrail, operator_principal
+from .gate import PolicyGate
 
 HINTS = {
     "mount": "a keyferry database mount relative to the prefix, like db-orders",
@@ -56,7 +57,7 @@ class RootRotationFlow:
     def __init__(
         self, *, policy: PolicyEngine, audit: AuditTrail, vault: VaultClient, clock: Clock
     ) -> None:
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._vault = vault
         self._clock = clock
@@ -65,33 +66,26 @@ class RootRotationFlow:
         self, operator: Operator, target: RootTarget, request_id: str
     ) -> RootRotated:
         resource = ConnectionResource(mount=target.mount, name=target.connection)
-        decision = self._policy.decide(operator, Action.ROTATE_ROOT, resource)
         path = f"{self._vault.mount(target.mount)}/rotate-root/{target.connection}"
         who = operator_principal(operator)
-        await self._audit.record(
-            AuditEvent(
-                who=who,
-                action="rotate_root",
-                decision=Decision.ALLOW if decision.allowed else Decision.DENY,
-                reason=None if decision.allowed else "POLICY_DENIED",
-                policy_ids=decision.policy_ids,
-                request_id=request_id,
-                target=path,
-            )
+        await self._gate.require(
+            operator,
+            Action.ROTATE_ROOT,
+            resource,
+            lambda decision: self._audit.operator_decision(
+                operator, AuditAction.ROTATE_ROOT, decision, request_id, target=path
+            ),
+            f"no policy permits operator {operator.name!r} to rotate the root credential "
+            f"of {target.mount}/{target.connection} (Cedar action 'rotate_root' on "
+            "Connection); ask for a Cedar permit",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to rotate the root credential "
-                f"of {target.mount}/{target.connection} (Cedar action 'rotate_root' on "
-                "Connection); ask for a Cedar permit"
-            )
         try:
             await rotate_root(self._vault, target.mount, target.connection)
         except KeyferryError as error:
             await self._audit.record(
                 AuditEvent(
                     who=who,
-                    action="connection.root_rotate_failed",
+                    action=AuditAction.CONNECTION_ROOT_ROTATE_FAILED,
                     reason=error.reason,
                     request_id=request_id,
                     target=path,
@@ -100,7 +94,10 @@ class RootRotationFlow:
             raise
         await self._audit.record(
             AuditEvent(
-                who=who, action="connection.root_rotated", request_id=request_id, target=path
+                who=who,
+                action=AuditAction.CONNECTION_ROOT_ROTATED,
+                request_id=request_id,
+                target=path,
             )
         )
         return RootRotated(path=path, rotated_at=self._clock())

@@ -27,8 +27,8 @@ from datetime import timedelta
 
 import structlog
 
-from broker.audit import Principal
-from broker.errors import InvalidRequest, KeyferryError, PermissionDenied
+from broker.audit import AuditAction, Principal
+from broker.errors import InvalidRequest, KeyferryError
 from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import (
@@ -45,6 +45,7 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, operator_principal, system_principal
 from .catalog import RoleCatalog
 from .events import EventHub, LeaseRotated
+from .gate import PolicyGate
 from .lease_engine import IssueOrder, LeaseEngine
 from .resources import lease_resource
 from .results import Rotation
@@ -94,7 +95,7 @@ class RotationFlow:
         self._concurrency = concurrency
         self._claimed: set[str] = set()  # leases a running call of this broker carries
         self._catalog = catalog
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -284,14 +285,15 @@ class RotationFlow:
     async def _decide(self, operator: Operator, lease: LeaseRecord, request_id: str) -> None:
         handle = await self._run(self._leases.handle, lease.id)
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        decision = self._policy.decide(operator, Action.ROTATE, lease_resource(lease, vault_lease))
-        await self._audit.decision_on_lease(
-            operator_principal(operator), "rotate", decision, lease, request_id
+        await self._gate.require(
+            operator,
+            Action.ROTATE,
+            lease_resource(lease, vault_lease),
+            lambda decision: self._audit.decision_on_lease(
+                operator_principal(operator), AuditAction.ROTATE, decision, lease, request_id
+            ),
+            f"no policy permits operator {operator.name!r} to rotate lease {lease.id}",
         )
-        if not decision.allowed:
-            raise PermissionDenied(
-                f"no policy permits operator {operator.name!r} to rotate lease {lease.id}"
-            )
 
     async def _rotate_one(
         self,
@@ -325,7 +327,7 @@ class RotationFlow:
         record, vault_lease = tracked.lease, tracked.vault_lease
         previous = await self._run(self._leases.get, lease.id)
         await self._audit.lease_change(
-            who, "lease.revoking", previous, request_id, reason="ROTATED"
+            who, AuditAction.LEASE_REVOKING, previous, request_id, reason="ROTATED"
         )
         self._hub.publish(record.pod_uid, LeaseRotated(record, tracked.credential, vault_lease))
         log.info(

@@ -12,17 +12,19 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from broker.audit import AuditEvent
+from broker.audit import AuditAction, AuditEvent
 from broker.errors import InvalidRequest, PermissionDenied
 from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
 
-from .auditing import AuditTrail, operator_principal
+from .auditing import AuditTrail, decided, operator_principal
+from .gate import PolicyGate
 from .resources import lease_resource
 
 T = TypeVar("T")
@@ -125,7 +127,7 @@ class Selection:
     def __init__(
         self, *, policy: PolicyEngine, audit: AuditTrail, store: Store, runner: StoreRunner
     ) -> None:
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -159,7 +161,7 @@ class Selection:
         """The start of a rotate or revoke by selector: one record naming the operator and
         the selector (`<action>.plan` for a dry run, `<action>.selected` otherwise), then
         every selected lease decided (each decision audited unless a dry run)."""
-        verb = f"{action.value}.plan" if dry_run else f"{action.value}.selected"
+        verb = AuditAction(f"{action.value}.plan" if dry_run else f"{action.value}.selected")
         await audit_selector(self._audit, operator, verb, selector, request_id)
         return await self.decide_all(
             operator, action, selector, states, request_id, audited=not dry_run
@@ -182,11 +184,16 @@ class Selection:
         who = operator_principal(operator)
         async for selected in self.leases(selector, states):
             resource = lease_resource(selected.lease, selected.vault_lease)
-            decision = self._policy.decide(operator, action, resource)
-            if audited:
-                await self._audit.decision_on_lease(
-                    who, action.value, decision, selected.lease, request_id
-                )
+            record = partial(
+                self._audit.decision_on_lease,
+                who,
+                decided(action),
+                lease=selected.lease,
+                request_id=request_id,
+            )
+            decision = await self._gate.decide(
+                operator, action, resource, record if audited else None
+            )
             if not decision.allowed:
                 denied.append(selected.lease.id)
                 continue
@@ -253,7 +260,11 @@ def planned_only(chosen: Sequence[Selected]) -> Iterator[SelectionEvent]:
 
 
 async def audit_selector(
-    audit: AuditTrail, operator: Operator, action: str, selector: LeaseSelector, request_id: str
+    audit: AuditTrail,
+    operator: Operator,
+    action: AuditAction,
+    selector: LeaseSelector,
+    request_id: str,
 ) -> None:
     """One record naming the operator and what it selected; the per-lease decisions and
     changes that follow carry the same request id."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 
+from broker.audit import AuditAction
 from broker.errors import (
     InvalidRequest,
     KeyferryError,
@@ -46,6 +47,7 @@ from broker.store.clock import Clock
 from .auditing import AuditTrail, principal_of
 from .callers import Callers
 from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
+from .gate import PolicyGate
 from .lease_engine import LeaseEngine
 from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
@@ -102,7 +104,7 @@ class WatchFlow:
         clock: Clock,
     ) -> None:
         self._callers = callers
-        self._policy = policy
+        self._gate = PolicyGate(policy)
         self._audit = audit
         self._leases = store.leases
         self._run = runner.run
@@ -120,7 +122,7 @@ class WatchFlow:
         """The stream's events; raises TokenExpired at the token's end, StreamOverflowed
         when the caller fell behind, and the authentication errors of Issue at open."""
         workload, expires_at = await self._callers.authenticate_until(
-            token, refused=self._audit.refusal("watch", request_id)
+            token, refused=self._audit.refusal(AuditAction.WATCH, request_id)
         )
         session = _Session(workload, expires_at, request_id)
         with (
@@ -245,17 +247,19 @@ class WatchFlow:
     ) -> bool:
         if lease.id in session.allowed:
             return session.allowed[lease.id]
-        decision = self._policy.decide(
-            session.workload, Action.WATCH, lease_resource(lease, vault_lease)
-        )
-        await self._audit.decision(
+        decision = await self._gate.decide(
             session.workload,
-            "watch",
-            decision,
-            session.request_id,
-            role=lease.role,
-            credential=lease.credential,
-            lease_id=lease.id,
+            Action.WATCH,
+            lease_resource(lease, vault_lease),
+            lambda decision: self._audit.decision(
+                session.workload,
+                AuditAction.WATCH,
+                decision,
+                session.request_id,
+                role=lease.role,
+                credential=lease.credential,
+                lease_id=lease.id,
+            ),
         )
         session.allowed[lease.id] = decision.allowed
         return decision.allowed
@@ -280,7 +284,9 @@ class WatchFlow:
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
         if not mine:
             # The audit trail records it (with the lease's owner); the log needs no line.
-            await self._audit.not_yours(workload, "ack", lease, "NOT_FOUND", session.request_id)
+            await self._audit.not_yours(
+                workload, AuditAction.ACK, lease, "NOT_FOUND", session.request_id
+            )
             return
         if lease.generation != ack.generation or lease.state != LeaseState.ACTIVE:
             log.info(
@@ -290,7 +296,7 @@ class WatchFlow:
                 pod_uid=workload.pod_uid,
             )
             return
-        await self._audit.lease(workload, "lease.acked", lease, session.request_id)
+        await self._audit.lease(workload, AuditAction.LEASE_ACKED, lease, session.request_id)
         selector = Selector(
             cluster=lease.cluster,
             namespace=lease.namespace,

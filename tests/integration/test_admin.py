@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import stat
+import urllib.request
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -217,6 +218,40 @@ async def test_rotate_leases_answers_in_the_order_named_and_refuses_a_repeated_i
     assert [r.previous_lease_id for r in reply.rotations] == named
     assert all(r.lease.generation == 2 for r in reply.rotations)
     assert len({r.lease.id for r in reply.rotations}) == len(named)
+
+
+async def test_admin_calls_are_counted_by_method_and_outcome_streams_included(
+    broker: Broker, kube_clusters: dict[str, KubeCluster]
+) -> None:
+    """The call interceptor counts the admin listener's methods too: RotateLeases with its
+    refusal and its success (also in the older keyferry_rotate_total), and the streaming
+    RotateSelected, which no counter saw before the interceptor."""
+    lease = (await issue(broker, mint(kube_clusters["a"]))).lease
+    async with broker.admin_channel(PLATFORM) as channel:
+        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            await stub.RotateLeases(rotation_pb2.RotateLeasesRequest(lease_ids=[lease.id]))
+    async with broker.admin_channel(SECURITY) as channel:
+        stub = rotation_pb2_grpc.RotationServiceStub(channel)
+        await stub.RotateLeases(rotation_pb2.RotateLeasesRequest(lease_ids=[lease.id]))
+        selected = rotation_pb2.RotateSelectedRequest(
+            selector=rotation_pb2.LeaseSelector(lease_ids=[lease.id]), dry_run=True
+        )
+        async for _ in stub.RotateSelected(selected):
+            pass
+    assert broker.server.metrics_port is not None
+    url = f"http://127.0.0.1:{broker.server.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    for line in (
+        'keyferry_calls_total{method="RotationService/RotateLeases",outcome="policy_denied"} 1.0',
+        'keyferry_calls_total{method="RotationService/RotateLeases",outcome="rotated"} 1.0',
+        'keyferry_calls_total{method="RotationService/RotateSelected",outcome="ok"} 1.0',
+        'keyferry_call_duration_seconds_count{method="RotationService/RotateLeases",'
+        'outcome="rotated"} 1.0',
+        'keyferry_rotate_total{outcome="rotated"} 1.0',
+        'keyferry_calls_total{method="BrokerService/Issue",outcome="issued"} 1.0',
+    ):
+        assert line in body, line
 
 
 # --- keyferry admin init -> keyferry roles ------------------------------------------------------

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from broker.audit import (
+    AuditAction,
     AuditEvent,
     AuditLog,
     Checkpoint,
@@ -525,15 +526,15 @@ async def test_a_flood_of_refusals_is_one_record_at_once_and_one_summary_per_kin
     try:
         CALLER_PEER.set("ipv4:10.1.2.3:40001")
         for n in range(200):
-            await trail.refusal("issue", f"request-{n}")(junk, None)
+            await trail.refusal(AuditAction.ISSUE, f"request-{n}")(junk, None)
         assert len(read_log(log_path)) == 1  # only the first, with its request id
         CALLER_PEER.set("ipv6:[fd00::7]:5000")
-        await trail.refusal("issue", "request-other")(junk, None)
-        await trail.refusal("issue", "request-other-2")(junk, None)
+        await trail.refusal(AuditAction.ISSUE, "request-other")(junk, None)
+        await trail.refusal(AuditAction.ISSUE, "request-other-2")(junk, None)
         assert len(read_log(log_path)) == 2  # another peer is another kind
         await trail.flush_refusals()
         for n in range(5):  # the flood goes on: counted, and written by close()
-            await trail.refusal("issue", f"later-{n}")(junk, None)
+            await trail.refusal(AuditAction.ISSUE, f"later-{n}")(junk, None)
     finally:
         trail.close()
     written = [json.loads(line) for line in read_log(log_path)]
@@ -562,7 +563,7 @@ async def test_counted_refusals_are_summarised_after_the_interval(log_path: Path
     gone = Unauthenticated("pod orders/app-1 in cluster 'a' no longer exists")
     try:
         for n in range(3):
-            await trail.refusal("renew", f"r{n}")(gone, None)
+            await trail.refusal(AuditAction.RENEW, f"r{n}")(gone, None)
         for _ in range(100):
             if len(read_log(log_path)) == 2:
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.audit import AuditAction
 from broker.service.auditing import UNAUTHENTICATED
 from broker.service.refusals import OTHER_PEERS, RefusalKind, RefusalTally, peer_host
 
@@ -25,7 +26,7 @@ def test_the_peer_is_its_address_without_the_port(peer: str | None, host: str | 
 
 
 def _kind(peer: str, reason: str = "TOKEN_INVALID") -> RefusalKind:
-    return RefusalKind(UNAUTHENTICATED, "issue", reason, peer)
+    return RefusalKind(UNAUTHENTICATED, AuditAction.ISSUE, reason, peer)
 
 
 def test_the_first_of_a_kind_is_written_and_the_rest_counted_until_taken() -> None:

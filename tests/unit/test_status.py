@@ -1,4 +1,5 @@
-"""Errors cross a real gRPC connection as codes with ErrorInfo reasons and retry hints."""
+"""Errors cross a real gRPC connection as codes with ErrorInfo reasons and retry hints (the
+call interceptor maps them)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from grpc_status import rpc_status
 
 from broker import errors
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
-from broker.server import handlers
+from broker.server.interceptors import CallInterceptor
+from broker.server.metrics import BrokerMetrics
 from broker.server.status import reason_of
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -26,13 +28,11 @@ RAISES: dict[str, errors.KeyferryError] = {
 
 
 class FailingBroker(broker_pb2_grpc.BrokerServiceServicer):
-    @handlers.unary
     async def Issue(
         self, request: broker_pb2.IssueRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> broker_pb2.IssueResponse:
         raise RAISES[request.role]
 
-    @handlers.streaming
     async def Watch(
         self, request_iterator: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[broker_pb2.WatchResponse]:
@@ -48,7 +48,7 @@ class FailingBroker(broker_pb2_grpc.BrokerServiceServicer):
 
 @pytest.fixture
 async def stub() -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[CallInterceptor(BrokerMetrics(lambda: 0.0))])
     broker_pb2_grpc.add_BrokerServiceServicer_to_server(FailingBroker(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
