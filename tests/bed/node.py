@@ -54,6 +54,18 @@ DRAIN_TIMEOUT = 60.0
 LOCK = Path("/run/keyferry-bed-node.lock")
 LOCK_WAIT = 600.0
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links, a fixed path
+# Kernel settings the kubelet (its "kernel tunables") and the CNI bridge plugin (forwarding
+# for a gateway) change machine-wide: saved before the node starts, put back when it stops.
+SYSCTLS = (
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/route_localnet",
+)
 
 # Only pods that tolerate this run here: the other tests' pods in cluster a (images that
 # exist nowhere) stay Pending and are deleted at once, as on a cluster without nodes.
@@ -91,6 +103,7 @@ class Node:
     kube_proxy: ManagedProcess
     scheduler: ManagedProcess
     proxy_config: Path
+    sysctls: dict[str, str]
     started_in: float = 0.0
     _lock: IO[str] | None = field(default=None, repr=False)
 
@@ -133,6 +146,7 @@ class Node:
             _remove_kube_chains()
             unmount_under(self.folder)
             _remove_log_links(self.pod_logs)
+            _write_sysctls(self.sysctls)
             if self._lock is not None:
                 self._lock.close()  # releases the machine-wide node lock
 
@@ -264,7 +278,16 @@ def _launch(ws: Workspace, cluster: KubeCluster, network: NodeNetwork) -> Node:
         env=_clean_env(),
     )
     node = Node(
-        name, cluster, network, folder, containerd, kubelet, kube_proxy, scheduler, proxy_config
+        name,
+        cluster,
+        network,
+        folder,
+        containerd,
+        kubelet,
+        kube_proxy,
+        scheduler,
+        proxy_config,
+        _read_sysctls(),
     )
     for process in (scheduler, kubelet, kube_proxy):
         process.start()
@@ -359,7 +382,12 @@ def proxy_configuration(name: str, network: NodeNetwork, kubeconfig: Path) -> di
         # NodePorts only on the bridge address, never on the machine's own interfaces.
         "nodePortAddresses": [network.pod_cidr],
         # 0: leave the machine's conntrack settings as they are.
-        "conntrack": {"maxPerCore": 0, "min": 0},
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
         "iptables": {"syncPeriod": "30s", "minSyncPeriod": "0s"},
     }
 
@@ -437,6 +465,22 @@ def _remove_log_links(pod_logs: Path) -> None:
             with contextlib.suppress(OSError):
                 if link.is_symlink() and os.readlink(link).startswith(str(pod_logs)):
                     link.unlink()
+
+
+def _read_sysctls() -> dict[str, str]:
+    values = {}
+    for name in SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[name] = Path("/proc/sys", name).read_text().strip()
+    return values
+
+
+def _write_sysctls(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        with contextlib.suppress(OSError):
+            path = Path("/proc/sys", name)
+            if path.read_text().strip() != value:
+                path.write_text(value + "\n")
 
 
 def _clean_env() -> dict[str, str]:

@@ -156,7 +156,7 @@ def deployment(name: str, address: str, port: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def running(node: Node, listener: Listener) -> Running:
+def running(node: Node, listener: Listener) -> Iterator[Running]:
     cluster = node.cluster
     started = time.monotonic()
     with cluster.api_client() as api:
@@ -178,7 +178,9 @@ def running(node: Node, listener: Listener) -> Running:
 
         pod = eventually(ready_pod, "the Deployment's pod Running and Ready", START_TIMEOUT)
     print(f"\nnode: Deployment to Ready pod in {time.monotonic() - started:.1f}s")
-    return Running(cluster, namespace, pod)
+    yield Running(cluster, namespace, pod)
+    with cluster.api_client() as api:
+        core(api).delete_namespace(namespace)
 
 
 def exec_(running: Running, *argv: str, container: str = "app") -> str:
@@ -194,7 +196,7 @@ def test_the_node_is_ready_with_its_own_identity(node: Node) -> None:
     assert found.status.node_info.container_runtime_version.startswith("containerd://")
     addresses = {a.type: a.address for a in found.status.addresses}
     assert addresses["InternalIP"] == node.address
-    assert found.spec.pod_cidr == node.network.pod_cidr
+    assert found.spec.taints[0].key == TOLERATION["key"]
 
 
 def test_the_deployment_pod_runs_on_the_node(node: Node, running: Running) -> None:
