@@ -38,7 +38,7 @@ from kubernetes import client as k8s
 from .cluster import write_kubeconfig
 from .containerd import Containerd, require_runtime, start_containerd, unmount_under
 from .errors import ServerUnavailable
-from .gobuild import KUBERNETES
+from .gobuild import K8S_VERSION, KUBERNETES
 from .kube import KubeCluster
 from .nodenet import NodeNetwork
 from .ociimage import ImageSpec, write_archive
@@ -130,16 +130,17 @@ class Node:
     def describe(self) -> str:
         return (
             f"node {self.name} of cluster {self.cluster.name} at {self.address} "
-            f"(kubelet {KUBERNETES_VERSION}, pod CIDR {self.network.pod_cidr}, "
+            f"(kubelet {K8S_VERSION}, pod CIDR {self.network.pod_cidr}, "
             f"started in {self.started_in:.1f}s)"
         )
 
     def stop(self) -> None:
+        self.scheduler.stop()  # no new pods while the node drains
         try:
             self._drain()
         finally:
-            self.scheduler.stop()
             self.kubelet.stop()
+            self._forget()
             self.kube_proxy.stop()
             _quiet([*self.proxy_command(), "--cleanup"])
             self.containerd.stop()
@@ -152,6 +153,12 @@ class Node:
 
     def proxy_command(self) -> list[str]:
         return [str(KUBERNETES.binary("kube-proxy")), f"--config={self.proxy_config}"]
+
+    def _forget(self) -> None:
+        """Remove the Node object, so the cluster does not list a node that is gone."""
+        if self.cluster.apiserver.running():
+            with self.cluster.api_client() as api, contextlib.suppress(Exception):
+                k8s.CoreV1Api(api).delete_node(self.name)
 
     def _drain(self) -> None:
         """Delete every pod on this node through the kubelet, and wait for their sandboxes
@@ -166,7 +173,7 @@ class Node:
                 if meta and meta.name and meta.namespace:
                     with contextlib.suppress(Exception):
                         core.delete_namespaced_pod(
-                            meta.name, meta.namespace, grace_period_seconds=0
+                            meta.name, meta.namespace, grace_period_seconds=1
                         )
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline:
@@ -174,9 +181,6 @@ class Node:
                 return
             time.sleep(0.5)
         say(f"node {self.name}: pods still running after {DRAIN_TIMEOUT:.0f}s; killing them")
-
-
-KUBERNETES_VERSION = "v1.34.4"
 
 
 def start_node(ws: Workspace, cluster: object) -> Node:
