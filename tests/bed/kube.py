@@ -54,6 +54,9 @@ CONTROLLERS = (
     # Services get endpoints (the node's kube-proxy routes them).
     "endpoints-controller",
     "endpointslice-controller",
+    # A Ready node loses the kubelet's not-ready taint; pods of a removed node are removed.
+    "node-lifecycle-controller",
+    "pod-garbage-collector-controller",
 )
 
 
