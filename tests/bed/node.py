@@ -1,4 +1,5 @@
-"""Cluster a's one real node: containerd, kubelet, kube-proxy (iptables) and kube-scheduler.
+"""Cluster a's one real node: containerd, kubelet, kube-proxy (iptables), kube-scheduler,
+and CoreDNS as a Deployment on it (dns.py).
 
 The node joins a cluster started on the bed's node network (kube.py, nodenet.py): the
 kubelet listens on the network's address, which is the node's InternalIP, so the API
@@ -35,6 +36,7 @@ from typing import IO, Any
 
 from kubernetes import client as k8s
 
+from . import dns
 from .cluster import write_kubeconfig
 from .containerd import Containerd, require_runtime, start_containerd, unmount_under
 from .errors import ServerUnavailable
@@ -78,7 +80,7 @@ PAUSE_IMAGE = "keyferry.invalid/pause:catatonit"
 BUSYBOX_IMAGE = "keyferry.invalid/busybox:bed"
 BUSYBOX_APPLETS = (
     *("sh", "sleep", "cat", "echo", "printf", "head", "ls", "grep", "id", "ps", "kill", "true"),
-    *("nc", "wget", "ssl_client"),
+    *("nc", "wget", "ssl_client", "nslookup"),
 )
 
 # Debian's catatonit in pause mode (-P): PID 1 of every pod sandbox; with
@@ -185,7 +187,8 @@ class Node:
 
 def start_node(ws: Workspace, cluster: object) -> Node:
     """Start the node of `cluster` (a process cluster on the node network) and wait until
-    it is Ready; the time it took is in `Node.started_in`."""
+    it is Ready and CoreDNS runs; the time that took (without waiting for another bed's
+    node) is in `Node.started_in`."""
     if not isinstance(cluster, KubeCluster) or cluster.network is None:
         raise ServerUnavailable(
             "node",
@@ -193,8 +196,11 @@ def start_node(ws: Workspace, cluster: object) -> Node:
             "run the tests as root with the default provider",
         )
     require_runtime()
-    started = time.monotonic()
+    asked = time.monotonic()
     lock = _take_lock()
+    started = time.monotonic()
+    if started - asked > 1:
+        say(f"node: waited {started - asked:.0f}s for another bed's node to stop")
     try:
         node = _launch(ws, cluster, cluster.network)
     except BaseException:
@@ -205,6 +211,8 @@ def start_node(ws: Workspace, cluster: object) -> Node:
         node.kubelet.wait_until(node.ready, "registering a Ready node", START_TIMEOUT)
         node.kube_proxy.wait_until(lambda: _proxy_synced(node), "syncing its rules")
         node.scheduler.wait_until(node.scheduler.running, "running")
+        dns.deploy(cluster, TOLERATION)
+        node.kubelet.wait_until(lambda: dns.available(cluster), "running CoreDNS")
     except BaseException:
         node.stop()
         raise
@@ -224,7 +232,11 @@ def _launch(ws: Workspace, cluster: KubeCluster, network: NodeNetwork) -> Node:
 
     containerd = start_containerd(ws, PAUSE_IMAGE, cni)
     try:
-        for spec, ref in ((PAUSE, PAUSE_IMAGE), (BUSYBOX, BUSYBOX_IMAGE)):
+        for spec, ref in (
+            (PAUSE, PAUSE_IMAGE),
+            (BUSYBOX, BUSYBOX_IMAGE),
+            (dns.coredns_image(), dns.COREDNS_IMAGE),
+        ):
             stem = ref.rsplit("/", 1)[1].replace(":", "-")
             containerd.load(write_archive(spec, ref, images / f"{stem}.tar"), ref)
     except BaseException:
@@ -364,7 +376,8 @@ def kubelet_configuration(
             "nodefs.available": "1%",
             "imagefs.available": "1%",
         },
-        "clusterDomain": "cluster.local",
+        "clusterDomain": dns.CLUSTER_DOMAIN,
+        "clusterDNS": [dns.DNS_SERVICE_IP],
         "serializeImagePulls": False,
         "registerNode": True,
         "shutdownGracePeriod": "0s",
