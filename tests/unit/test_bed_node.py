@@ -1,16 +1,22 @@
-"""The bed's own OCI archives (tests/bed/ociimage.py): what `ctr images import` reads."""
+"""The node's pure parts: the bed's own OCI archives (tests/bed/ociimage.py), what
+`ctr images import` reads, and the reasons a node cannot start."""
 
 import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from tests.bed import containerd
 from tests.bed.errors import ServerUnavailable
+from tests.bed.node import start_node
 from tests.bed.ociimage import REF_NAME, ImageSpec, write_archive
+from tests.bed.workspace import Workspace
 
 
 @pytest.fixture
@@ -67,3 +73,19 @@ def test_a_missing_binary_says_which(tmp_path: Path) -> None:
     spec = ImageSpec(files={"/catatonit": tmp_path / "absent"}, entrypoint=["/catatonit"])
     with pytest.raises(ServerUnavailable, match="absent is missing"):
         write_archive(spec, "keyferry.invalid/pause:x", tmp_path / "p.tar")
+
+
+# --- why a node cannot start (KEYFERRY_BED_REQUIRED=1 fails with this reason) -------------
+
+
+def test_a_missing_cni_plugin_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("containerd", "runc", "iptables")):
+        pytest.skip("the runtime check looks at the CNI plugins only as root with containerd")
+    monkeypatch.setattr(containerd, "CNI_BIN_DIR", tmp_path)
+    with pytest.raises(ServerUnavailable, match=f"the CNI plugin {tmp_path}/bridge is missing"):
+        containerd.require_runtime()
+
+
+def test_a_cluster_without_node_network_has_no_node(tmp_path: Path) -> None:
+    with pytest.raises(ServerUnavailable, match="cluster a runs without a node network"):
+        start_node(Workspace(tmp_path), cluster=None)
