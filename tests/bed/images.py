@@ -53,6 +53,10 @@ BASE_NAME = "localhost/keyferry/bookworm-python"
 APP = Rootfs("app", ("postgresql-client", "openssl", "awscli", "ca-certificates"))
 APP_REFERENCE = "docker.io/keyferry/e2e-app:bookworm"
 USER = "65532:65532"
+# The environment Debian's own images set; an image made from a bare root filesystem has none.
+ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
+BASE_CMD = ["python3"]
+APP_CMD = ["sleep", "infinity"]
 # pip settings that name a file or folder on this machine, mounted into the build as they are.
 _PIP_PATH_KEYS = ("cert", "client-cert", "find-links")
 
@@ -120,11 +124,12 @@ class ImageBuilder:
             for image in images:
                 if not image.archive.exists():
                     self._build_target(image, base)
+            self._prune("keyferry-", keep=folder)
         return images
 
     def app(self) -> Image:
         """The end-to-end tests' application image: psql, openssl, aws (Debian packages)."""
-        key = APP.key(self._apt())
+        key = self._import_key(APP, APP_CMD, USER)
         image = Image("app", APP_REFERENCE, self.root / f"app-{key}" / "app.tar")
         if image.archive.exists():
             return image
@@ -132,18 +137,24 @@ class ImageBuilder:
             if not image.archive.exists():
                 local = f"localhost/keyferry/e2e-app:{key}"
                 if not self._has_image(local):
-                    self._import_rootfs(APP, local, cmd=["sleep", "infinity"], user=USER)
+                    self._import_rootfs(APP, local, APP_CMD, USER)
                 self._export(local, image)
+            self._prune("app-", keep=image.archive.parent)
         return image
 
     # ---- the base ----
 
     def _base(self) -> str:
         """The base's tagged local name, imported into buildah's storage when missing."""
-        local = f"{BASE_NAME}:{BASE.key(self._apt())}"
+        local = f"{BASE_NAME}:{self._import_key(BASE, BASE_CMD, None)}"
         if not self._has_image(local):
-            self._import_rootfs(BASE, local, cmd=["python3"], user=None)
+            self._import_rootfs(BASE, local, BASE_CMD, None)
         return local
+
+    def _import_key(self, rootfs: Rootfs, cmd: list[str], user: str | None) -> str:
+        """The root filesystem's key and the configuration the image gets on import."""
+        inputs = repr((rootfs.key(self._apt()), ENV, cmd, user))
+        return hashlib.sha256(inputs.encode()).hexdigest()[:16]
 
     def _import_rootfs(self, rootfs: Rootfs, local: str, cmd: list[str], user: str | None) -> None:
         tarball = self.root / f"{rootfs.name}-{rootfs.key(self._apt())}.tar"
@@ -153,7 +164,7 @@ class ImageBuilder:
         container = self._buildah("from", "--pull=never", "scratch").strip()
         try:
             self._buildah("add", container, str(tarball), "/")
-            config = ["--env", "LANG=C.UTF-8", "--cmd", json.dumps(cmd)]
+            config = [*(f"--env={variable}" for variable in ENV), "--cmd", json.dumps(cmd)]
             if user:
                 config += ["--user", user]
             self._buildah("config", *config, container)
@@ -220,7 +231,7 @@ class ImageBuilder:
 
     def _keyferry_key(self) -> str:
         digest = hashlib.sha256()
-        digest.update(BASE.key(self._apt()).encode())
+        digest.update(self._import_key(BASE, BASE_CMD, None).encode())
         for path in _files((DOCKERFILE, DOCKERIGNORE, *(REPO / p for p in BUILD_INPUTS))):
             digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
         digest.update(repr(sorted(chart_references().items())).encode())
@@ -234,7 +245,15 @@ class ImageBuilder:
         partial.unlink(missing_ok=True)
         self._buildah("push", local, f"oci-archive:{partial}:{image.reference}")
         os.replace(partial, image.archive)
-        say(f"{image.name}: exported {image.reference} ({_mb(image.size)})")
+        unpacked = self._buildah("images", "--format", "{{.Size}}", local).strip()
+        say(f"{image.name}: exported {image.reference}: archive {_mb(image.size)}, {unpacked} unpacked")
+
+    def _prune(self, prefix: str, keep: Path) -> None:
+        """Drop archives of older inputs, and the build layers no tag uses any more."""
+        for folder in self.root.glob(f"{prefix}*"):
+            if folder != keep and folder.is_dir():
+                shutil.rmtree(folder)
+        self._buildah("rmi", "--prune", check=False)
 
     def _has_image(self, local: str) -> bool:
         return bool(self._buildah("images", "--quiet", local, check=False).strip())
