@@ -65,18 +65,16 @@ def apt_sources(etc: Path = APT_ETC, suite: str = SUITE) -> AptSources:
                 fields = _deb822_fields(stanza)
                 suites = fields.get("suites", "").split()
                 enabled = fields.get("enabled", "yes").lower() != "no"
-                if enabled and "deb" in fields.get("types", "").split() and suites:
-                    if any(_suite_matches(s, suite) for s in suites):
-                        stanzas.append(stanza.strip())
+                wanted = any(_suite_matches(s, suite) for s in suites)
+                if enabled and wanted and "deb" in fields.get("types", "").split():
+                    stanzas.append(stanza.strip())
     if not lines and not stanzas:
         raise ServerUnavailable(
             "debian-rootfs",
             f"no apt source for Debian {suite} in {etc}",
             f"configure apt with a Debian {suite} mirror",
         )
-    return AptSources(
-        "".join(f"{line}\n" for line in lines), "".join(f"{s}\n\n" for s in stanzas)
-    )
+    return AptSources("".join(f"{line}\n" for line in lines), "".join(f"{s}\n\n" for s in stanzas))
 
 
 def _one_line_suite(words: list[str]) -> str:
@@ -149,7 +147,8 @@ class Rootfs:
                 "check the apt sources and that this runs as root",
             )
         os.replace(dest.with_suffix(".partial.tar"), dest)
-        say(f"{self.name}: root filesystem {_mb(dest.stat().st_size)} in {time.monotonic() - started:.0f}s")
+        took = time.monotonic() - started
+        say(f"{self.name}: root filesystem {_mb(dest.stat().st_size)} in {took:.0f}s")
 
 
 def _mb(size: int) -> str:

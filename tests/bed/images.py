@@ -50,6 +50,8 @@ BASE = Rootfs(
     ("python3.11", "python3.11-venv", "libstdc++6", "ca-certificates", "netbase", "tzdata"),
 )
 BASE_NAME = "localhost/keyferry/bookworm-python"
+# The Dockerfile's base arguments: FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST}.
+BASE_IMAGE_ARG, BASE_DIGEST_ARG = "PYTHON_IMAGE", "PYTHON_DIGEST"
 APP = Rootfs("app", ("postgresql-client", "openssl", "awscli", "ca-certificates"))
 APP_REFERENCE = "docker.io/keyferry/e2e-app:bookworm"
 USER = "65532:65532"
@@ -191,9 +193,9 @@ class ImageBuilder:
             "--target",
             image.name,
             "--build-arg",
-            f"PYTHON_IMAGE={base.rsplit(':', 1)[0]}",
+            f"{BASE_IMAGE_ARG}={base.rsplit(':', 1)[0]}",
             "--build-arg",
-            f"PYTHON_DIGEST={digest}",
+            f"{BASE_DIGEST_ARG}={digest}",
             *self._pip_mounts(),
             "--tag",
             local,
@@ -246,7 +248,7 @@ class ImageBuilder:
         self._buildah("push", local, f"oci-archive:{partial}:{image.reference}")
         os.replace(partial, image.archive)
         unpacked = self._buildah("images", "--format", "{{.Size}}", local).strip()
-        say(f"{image.name}: exported {image.reference}: archive {_mb(image.size)}, {unpacked} unpacked")
+        say(f"{image.name}: exported {image.reference}: {_mb(image.size)}, {unpacked} unpacked")
 
     def _prune(self, prefix: str, keep: Path) -> None:
         """Drop archives of older inputs, and the build layers no tag uses any more."""
@@ -327,9 +329,7 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += [
-                p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-            ]
+            found += [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
         else:
             found.append(path)
     return sorted(found)

@@ -97,7 +97,9 @@ def images() -> dict[str, Image]:
 
 
 @pytest.fixture(scope="module")
-def runtime(images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+def runtime(
+    images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Runtime]:
     folder = tmp_path_factory.mktemp("containerd")
     started = need(lambda: _start_containerd(folder))
     try:
@@ -108,7 +110,9 @@ def runtime(images: dict[str, Image], tmp_path_factory: pytest.TempPathFactory) 
     finally:
         started.process.terminate()
         started.process.wait(timeout=30)
-        subprocess.run(["umount", "--recursive", "--lazy", str(folder)], check=False, capture_output=True)
+        subprocess.run(
+            ["umount", "--recursive", "--lazy", str(folder)], check=False, capture_output=True
+        )
 
 
 def test_archives_import_under_the_names_the_chart_renders(
@@ -131,9 +135,10 @@ def test_entrypoint_runs_as_the_numeric_non_root_user(
     reference = images[target].reference
     identity = runtime.run(reference, "id", "-u")
     assert identity.stdout.strip() == USER.split(":")[0], identity.stderr
-    shown = runtime.run(reference, *config["Entrypoint"], "--help")  # type: ignore[misc]
+    shown = runtime.run(reference, *config["Entrypoint"], "--help")
     assert shown.returncode == 0, shown.stderr
-    assert "broker" in shown.stdout and "agent" in shown.stdout
+    assert "broker" in shown.stdout
+    assert "agent" in shown.stdout
 
 
 @pytest.mark.parametrize(
