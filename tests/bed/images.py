@@ -104,6 +104,8 @@ class ImageBuilder:
         self.root = (cache or cache_root()) / "images"
         self.work = self.root / "work"
         self._sources: AptSources | None = None
+        self.seconds: dict[str, float] = {}  # build time of each image built by this builder
+        self._since = time.monotonic()
 
     # ---- what the tests and the node use ----
 
@@ -111,7 +113,9 @@ class ImageBuilder:
         """Every image the bed needs, built when not cached, with their sizes printed."""
         images = [*self.keyferry(), self.app()]
         for image in images:
-            say(f"image {image.reference}: {_mb(image.size)} ({image.archive})")
+            built = self.seconds.get(image.name)
+            how = f"built in {built:.0f}s" if built is not None else "cached"
+            say(f"image {image.reference}: {_mb(image.size)}, {how} ({image.archive})")
         return images
 
     def keyferry(self) -> list[Image]:
@@ -126,7 +130,7 @@ class ImageBuilder:
             for image in images:
                 if not image.archive.exists():
                     self._build_target(image, base)
-            self._prune("keyferry-", keep=folder)
+            self._prune("keyferry-", keep=folder, local=base)
         return images
 
     def app(self) -> Image:
@@ -135,13 +139,13 @@ class ImageBuilder:
         image = Image("app", APP_REFERENCE, self.root / f"app-{key}" / "app.tar")
         if image.archive.exists():
             return image
+        local = f"localhost/keyferry/e2e-app:{key}"
         with _locked(self.root / ".build.lock"):
             if not image.archive.exists():
-                local = f"localhost/keyferry/e2e-app:{key}"
                 if not self._has_image(local):
                     self._import_rootfs(APP, local, APP_CMD, USER)
                 self._export(local, image)
-            self._prune("app-", keep=image.archive.parent)
+            self._prune("app-", keep=image.archive.parent, local=local)
         return image
 
     # ---- the base ----
@@ -242,19 +246,29 @@ class ImageBuilder:
     # ---- buildah ----
 
     def _export(self, local: str, image: Image) -> None:
+        """Write ``local`` as ``image``'s archive; its build time runs from the previous export."""
         image.archive.parent.mkdir(parents=True, exist_ok=True)
         partial = image.archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
         self._buildah("push", local, f"oci-archive:{partial}:{image.reference}")
         os.replace(partial, image.archive)
+        now = time.monotonic()
+        self.seconds[image.name] = now - self._since
+        self._since = now
         unpacked = self._buildah("images", "--format", "{{.Size}}", local).strip()
         say(f"{image.name}: exported {image.reference}: {_mb(image.size)}, {unpacked} unpacked")
 
-    def _prune(self, prefix: str, keep: Path) -> None:
-        """Drop archives of older inputs, and the build layers no tag uses any more."""
+    def _prune(self, prefix: str, keep: Path, local: str) -> None:
+        """Drop archives of older inputs, older tags of ``local``'s repository, and the
+        build layers no tag uses any more."""
         for folder in self.root.glob(f"{prefix}*"):
             if folder != keep and folder.is_dir():
                 shutil.rmtree(folder)
+        repository = local.rsplit(":", 1)[0]
+        listed = self._buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository, check=False)
+        for name in listed.split():
+            if name != local:
+                self._buildah("rmi", name, check=False)
         self._buildah("rmi", "--prune", check=False)
 
     def _has_image(self, local: str) -> bool:
