@@ -265,7 +265,9 @@ class ImageBuilder:
             if folder != keep and folder.is_dir():
                 shutil.rmtree(folder)
         repository = local.rsplit(":", 1)[0]
-        listed = self._buildah("images", "--format", "{{.Name}}:{{.Tag}}", repository, check=False)
+        listed = self._buildah(
+            "images", "--format", "{{.Name}}:{{.Tag}}", f"--filter=reference={repository}"
+        )
         for name in listed.split():
             if name != local:
                 self._buildah("rmi", name, check=False)
