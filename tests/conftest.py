@@ -126,3 +126,17 @@ def kube_clusters(bed: Bed) -> dict[str, Cluster]:
 def kube_cluster(kube_clusters: dict[str, Cluster]) -> Cluster:
     """Cluster a, for tests that need just one."""
     return kube_clusters["a"]
+
+
+# --- cluster a's real node (issue 15) -----------------------------------------------------
+
+from tests.bed.node import Node  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def node(bed: Bed, kube_clusters: dict[str, Cluster]) -> Node:
+    """Cluster a's one real node (kubelet, containerd, kube-proxy, kube-scheduler), started
+    on first use. It needs root: elsewhere it skips, or fails naming why when required."""
+    started = need(bed.node)
+    print(f"\nkeyferry bed: node {started.name} Ready in {started.started_in:.1f}s", flush=True)
+    return started

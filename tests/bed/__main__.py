@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 
 SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto", "kubernetes")
+OPTIONAL = ("node",)  # cluster a's real node: root only, so only when asked for
 
 
 @app.command()
@@ -49,7 +50,11 @@ def build(
 def up(
     only: Annotated[
         list[str] | None,
-        typer.Option("--only", help=f"start only these (default: all of {', '.join(SERVERS)})"),
+        typer.Option(
+            "--only",
+            help=f"start only these (default: all of {', '.join(SERVERS)}; "
+            "`node` adds cluster a's real node, as root)",
+        ),
     ] = None,
     clusters: Annotated[
         int,
@@ -72,8 +77,9 @@ def up(
     """Start the bed's servers, health-check them and print their addresses."""
     chosen = only or list(SERVERS)
     for name in chosen:
-        if name not in SERVERS:
-            raise typer.BadParameter(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
+        if name not in (*SERVERS, *OPTIONAL):
+            choices = ", ".join((*SERVERS, *OPTIONAL))
+            raise typer.BadParameter(f"unknown server {name!r}; choose from {choices}")
     bed = Bed(keep_files=hold)
     try:
         for name in chosen:

@@ -1,7 +1,9 @@
 """The Bed: starts each server on first use, remembers it, and stops all of them at the end.
 
 Who starts a server is the bed's provider (provider.py): local processes by default, or
-containers with KEYFERRY_BED_PROVIDER=containers.
+containers with KEYFERRY_BED_PROVIDER=containers. With local processes as root, the bed
+first creates its node network (nodenet.py): cluster a's API server, PostgreSQL and
+MariaDB listen on its address too, and `node()` joins a real kubelet to cluster a.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from .etcd import EtcdServer, start_etcd
 from .kube import ClusterSpec
 from .mariadb import MariaDBServer
 from .moto import MotoServer
+from .node import NODE_CLUSTER, Node, start_node
+from .nodenet import NodeNetwork, can_create, create_network
 from .postgres import PostgresServer
 from .progress import step
 from .provider import Provider, select_provider
@@ -41,6 +45,7 @@ class Bed:
         self.workspace = workspace or Workspace.create()
         self.keep_files = keep_files
         self._servers: dict[str, Stoppable] = {}
+        self._network: NodeNetwork | None = None
 
     def _get(self, name: str, start: Callable[[Workspace], S]) -> S:
         server = self._servers.get(name)
@@ -58,11 +63,20 @@ class Bed:
         """A Vault on file storage that keeps its leases across restarts."""
         return self._get("vault-persistent", self.provider.start_vault_persistent)
 
+    def network(self) -> NodeNetwork | None:
+        """The bridge pods reach the host through, created on first use; None when this bed
+        cannot have a node (not root, or servers in containers)."""
+        if self._network is None and self.provider.name == "processes" and can_create():
+            self._network = self._get("node-network", lambda _: create_network())
+        return self._network
+
     def postgres(self) -> PostgresServer:
-        return self._get("postgres", self.provider.start_postgres)
+        network = self.network()
+        return self._get("postgres", lambda ws: self.provider.start_postgres(ws, network))
 
     def mariadb(self) -> MariaDBServer:
-        return self._get("mariadb", self.provider.start_mariadb)
+        network = self.network()
+        return self._get("mariadb", lambda ws: self.provider.start_mariadb(ws, network))
 
     def moto(self) -> MotoServer:
         return self._get("moto", self.provider.start_moto)
@@ -90,7 +104,10 @@ class Bed:
                 launched: list[Cluster] = []
                 try:
                     for spec in fresh:
-                        launched.append(self.provider.launch_cluster(self.workspace, spec, etcd))
+                        network = self.network() if spec.name == NODE_CLUSTER else None
+                        launched.append(
+                            self.provider.launch_cluster(self.workspace, spec, etcd, network)
+                        )
                     for cluster in launched:
                         cluster.wait_ready()
                 except BaseException:
@@ -108,6 +125,12 @@ class Bed:
                     f"not {spec.issuer}"
                 )
         return clusters
+
+    def node(self) -> Node:
+        """Cluster a's one real node (containerd, kubelet, kube-proxy, kube-scheduler),
+        started on first use; ServerUnavailable says why when this machine cannot run it."""
+        cluster = self.cluster(NODE_CLUSTER)
+        return self._get(f"node-{NODE_CLUSTER}", lambda ws: start_node(ws, cluster))
 
     @property
     def servers(self) -> dict[str, Stoppable]:

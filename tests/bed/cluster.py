@@ -26,7 +26,6 @@ from kubernetes.client import ApiException
 from .errors import BedError
 from .gobuild import HELM, KUBERNETES
 from .pki import KeyPair
-from .ports import LOOPBACK
 from .readiness import Runner
 
 ADMIN_USER = "keyferry-bed-admin"
@@ -45,9 +44,10 @@ class ToolFailed(BedError):
 
 @dataclass
 class Cluster(ABC):
-    """A running cluster as the bed hands it out; its API server listens on 127.0.0.1:port."""
+    """A running cluster as the bed hands it out; its API server listens on host:port."""
 
     name: str
+    host: str  # the address the API server listens on: 127.0.0.1, or the node's (node.py)
     port: int
     issuer: str
     api_audiences: tuple[str, ...]
@@ -59,7 +59,7 @@ class Cluster(ABC):
 
     @property
     def server(self) -> str:
-        return f"https://{LOOPBACK}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     def api_client(self) -> Any:
         """A fresh `kubernetes.client.ApiClient` for the admin user, from the kubeconfig."""

@@ -33,6 +33,7 @@ from .kube import ClusterSpec
 from .mariadb import MariaDBServer, create_mariadb_admin
 from .mariadb import server_args as mariadb_args
 from .moto import SERVER_ENV, MotoServer, bootstrap_moto_admin
+from .nodenet import NodeNetwork
 from .ports import LOOPBACK, free_port
 from .postgres import PostgresServer
 from .postgres import server_args as postgres_args
@@ -84,7 +85,7 @@ class ContainersProvider:
         initialise(server, name)
         return server
 
-    def start_postgres(self, ws: Workspace) -> PostgresServer:
+    def start_postgres(self, ws: Workspace, network: NodeNetwork | None) -> PostgresServer:
         port = free_port()
         password = secrets.token_urlsafe(18)
         runner = self._runner(
@@ -102,7 +103,7 @@ class ContainersProvider:
         runner.wait_until(server.healthy, "accepting connections")
         return server
 
-    def start_mariadb(self, ws: Workspace) -> MariaDBServer:
+    def start_mariadb(self, ws: Workspace, network: NodeNetwork | None) -> MariaDBServer:
         port = free_port()
         root_password = secrets.token_urlsafe(18)
         runner = self._runner(
@@ -151,7 +152,13 @@ class ContainersProvider:
         server.access_key_id, server.secret_access_key = bootstrap_moto_admin(server.endpoint)
         return server
 
-    def launch_cluster(self, ws: Workspace, spec: ClusterSpec, etcd: EtcdServer | None) -> Cluster:
+    def launch_cluster(
+        self,
+        ws: Workspace,
+        spec: ClusterSpec,
+        etcd: EtcdServer | None,
+        network: NodeNetwork | None = None,
+    ) -> Cluster:
         self._require_engine()
         return launch_k3s(ws, spec, self._runners.append)
 

@@ -178,6 +178,10 @@ KUBERNETES = GoBuild(
         "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
         "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        # The node of cluster a (node.py): built from the same wrapper, sharing its packages.
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
     },
     ldflags=_K8S_LDFLAGS,
 )

@@ -80,6 +80,7 @@ def launch_k3s(
     write_kubeconfig(kubeconfig, spec.name, server, ca_path, admin)
     return K3sCluster(
         name=spec.name,
+        host=LOOPBACK,
         port=port,
         issuer=issuer,
         api_audiences=audiences,

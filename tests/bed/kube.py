@@ -1,10 +1,13 @@
-"""Kubernetes clusters without nodes: kube-apiserver + kube-controller-manager on the bed's etcd.
+"""Kubernetes control planes: kube-apiserver + kube-controller-manager on the bed's etcd.
 
-No container runtime runs here, so a cluster is its control plane only: pods are stored
-but never scheduled or run. Each cluster has its own etcd prefix, CAs, admin client
-certificate and service-account signing key; clusters share nothing but the etcd process.
-A cluster is started in two halves (`launch_cluster`, then `KubeCluster.wait_ready`) so
-the bed can boot several API servers at once.
+A cluster is its control plane only: pods are stored but not run, unless a node joins it
+(node.py; cluster a, when the bed has a node network). A cluster given a `NodeNetwork`
+listens on the network's address instead of 127.0.0.1, so pods reach it through the
+`kubernetes` Service (its endpoints are that address) and the API server reaches the
+kubelet with a client certificate of its own. Each cluster has its own etcd prefix, CAs,
+admin client certificate and service-account signing key; clusters share nothing but the
+etcd process. A cluster is started in two halves (`launch_cluster`, then
+`KubeCluster.wait_ready`) so the bed can boot several API servers at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 from .cluster import ADMIN_USER, START_TIMEOUT, Cluster, ToolFailed, write_kubeconfig
 from .etcd import EtcdServer
 from .gobuild import KUBERNETES
-from .pki import new_ca, service_account_keys
+from .nodenet import NodeNetwork
+from .pki import CA, new_ca, service_account_keys
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 from .workspace import Workspace
@@ -47,6 +51,12 @@ CONTROLLERS = (
     "deployment-controller",
     "job-controller",
     "clusterrole-aggregation-controller",
+    # Services get endpoints (the node's kube-proxy routes them).
+    "endpoints-controller",
+    "endpointslice-controller",
+    # A Ready node loses the kubelet's not-ready taint; pods of a removed node are removed.
+    "node-lifecycle-controller",
+    "pod-garbage-collector-controller",
 )
 
 
@@ -67,6 +77,9 @@ class KubeCluster(Cluster):
     apiserver: ManagedProcess
     controller_manager: ManagedProcess
     etcd_prefix: str
+    server_ca: CA
+    client_ca: CA
+    network: NodeNetwork | None = None  # set when a node can join (node.py)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         """Wait for /readyz, start the controller manager, wait for the `default` account."""
@@ -79,15 +92,18 @@ class KubeCluster(Cluster):
         self.apiserver.stop()
 
 
-def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCluster:
+def launch_cluster(
+    ws: Workspace, etcd: EtcdServer, spec: ClusterSpec, network: NodeNetwork | None = None
+) -> KubeCluster:
     """Write a cluster's keys and kubeconfig and start its API server (not yet ready)."""
     apiserver_bin = KUBERNETES.binary("kube-apiserver")
     manager_bin = KUBERNETES.binary("kube-controller-manager")
     name = f"kube-{spec.name}"
     folder = ws.folder(name)
     pki = folder / "pki"
+    host = network.address if network else LOOPBACK
     port = free_port()
-    server = f"https://{LOOPBACK}:{port}"
+    server = f"https://{host}:{port}"
     issuer = spec.issuer or server
     audiences = (issuer, *spec.extra_audiences)
 
@@ -104,7 +120,7 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ip_addresses=(LOOPBACK, SERVICE_IP),
+        ip_addresses=(LOOPBACK, SERVICE_IP, *([host] if network else [])),
     )
     admin = client_ca.issue(
         pki, "admin", ADMIN_USER, organizations=("system:masters",), client=True
@@ -120,10 +136,9 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
             str(apiserver_bin),
             f"--etcd-servers={etcd.url}",
             f"--etcd-prefix={etcd_prefix}",
-            f"--bind-address={LOOPBACK}",
-            f"--advertise-address={LOOPBACK}",
-            # Several API servers share 127.0.0.1; none needs the `kubernetes` Endpoints.
-            "--endpoint-reconciler-type=none",
+            f"--bind-address={host}",
+            f"--advertise-address={host}",
+            *(_node_args(pki, server_ca, client_ca) if network else _no_node_args()),
             f"--secure-port={port}",
             f"--tls-cert-file={serving.cert}",
             f"--tls-private-key-file={serving.key}",
@@ -161,6 +176,7 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
     )
     cluster = KubeCluster(
         name=spec.name,
+        host=host,
         port=port,
         issuer=issuer,
         api_audiences=audiences,
@@ -171,9 +187,35 @@ def launch_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCl
         apiserver=apiserver,
         controller_manager=controller_manager,
         etcd_prefix=etcd_prefix,
+        server_ca=server_ca,
+        client_ca=client_ca,
+        network=network,
     )
     apiserver.start()
     return cluster
+
+
+def _no_node_args() -> list[str]:
+    # Several API servers share 127.0.0.1 and no pod runs: none needs `kubernetes` Endpoints.
+    return ["--endpoint-reconciler-type=none"]
+
+
+def _node_args(pki: Path, server_ca: CA, client_ca: CA) -> list[str]:
+    """How the API server reaches the kubelet (`kubectl logs/exec`): by the node's
+    InternalIP, with a client certificate, checking the kubelet's serving certificate."""
+    client = client_ca.issue(
+        pki,
+        "apiserver-kubelet-client",
+        "kube-apiserver-kubelet-client",
+        organizations=("system:masters",),
+        client=True,
+    )
+    return [
+        f"--kubelet-client-certificate={client.cert}",
+        f"--kubelet-client-key={client.key}",
+        f"--kubelet-certificate-authority={server_ca.cert_path}",
+        "--kubelet-preferred-address-types=InternalIP",
+    ]
 
 
 def start_cluster(ws: Workspace, etcd: EtcdServer, spec: ClusterSpec) -> KubeCluster:

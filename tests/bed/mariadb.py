@@ -11,6 +11,7 @@ from pathlib import Path
 import pymysql
 
 from .errors import ServerUnavailable
+from .nodenet import NodeNetwork
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess, run
 from .readiness import Runner
@@ -73,9 +74,12 @@ def _binary(name: str) -> str:
     return path
 
 
-def server_args(port: int) -> list[str]:
-    """`mariadbd` options shared by both providers: the port, loopback only, TUNING."""
-    return [f"--port={port}", f"--bind-address={LOOPBACK}", *TUNING]
+def server_args(port: int, also_on: str | None = None) -> list[str]:
+    """`mariadbd` options shared by both providers: the port, loopback (and `also_on`, the
+    node network's address: MariaDB 10.11 takes a list), TUNING. The bed's users are
+    '%' users, so the node's pods log in from their own addresses."""
+    addresses = ",".join([LOOPBACK, *([also_on] if also_on else [])])
+    return [f"--port={port}", f"--bind-address={addresses}", *TUNING]
 
 
 def create_mariadb_admin(root: pymysql.Connection, password: str) -> str:
@@ -88,7 +92,9 @@ def create_mariadb_admin(root: pymysql.Connection, password: str) -> str:
     return str(row[0]) if row else "unknown"
 
 
-def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
+def start_mariadb(
+    ws: Workspace, network: NodeNetwork | None = None, name: str = "mariadb"
+) -> MariaDBServer:
     mariadbd = _binary("mariadbd")
     install_db = _binary("mariadb-install-db")
     home = ws.folder(name)
@@ -113,7 +119,7 @@ def start_mariadb(ws: Workspace, name: str = "mariadb") -> MariaDBServer:
             mariadbd,
             "--no-defaults",
             f"--datadir={data}",
-            *server_args(port),
+            *server_args(port, network.address if network else None),
             f"--socket={sock}",
             f"--pid-file={home / 'mysqld.pid'}",
             *as_root,

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from .errors import ServerUnavailable
+from .nodenet import NodeNetwork
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess, run
 from .readiness import Runner
@@ -68,13 +69,17 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
-def server_args(port: int) -> list[str]:
-    """`postgres` arguments shared by both providers: the port, loopback only, SETTINGS."""
+def server_args(port: int, also_on: str | None = None) -> list[str]:
+    """`postgres` arguments shared by both providers: the port, loopback (and `also_on`,
+    the node network's address), SETTINGS."""
     settings = [arg for setting in SETTINGS for arg in ("-c", setting)]
-    return ["-p", str(port), "-c", f"listen_addresses={LOOPBACK}", *settings]
+    addresses = ",".join([LOOPBACK, *([also_on] if also_on else [])])
+    return ["-p", str(port), "-c", f"listen_addresses={addresses}", *settings]
 
 
-def start_postgres(ws: Workspace, name: str = "postgres") -> PostgresServer:
+def start_postgres(
+    ws: Workspace, network: NodeNetwork | None = None, name: str = "postgres"
+) -> PostgresServer:
     bindir = postgres_bin()
     user = SUPERUSER if os.geteuid() == 0 else None
     home = ws.folder(name, owner=user)
@@ -102,10 +107,14 @@ def start_postgres(ws: Workspace, name: str = "postgres") -> PostgresServer:
         cwd=home,
     )
     pwfile.unlink()
+    if network:  # the node's pods log in from their own addresses
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {network.pod_cidr} scram-sha-256\n")
     port = free_port()
+    also_on = network.address if network else None
     process = ManagedProcess(
         name,
-        [str(bindir / "postgres"), "-D", str(data), "-k", str(home), *server_args(port)],
+        [str(bindir / "postgres"), "-D", str(data), "-k", str(home), *server_args(port, also_on)],
         ws.log(name),
         user=user,
         cwd=home,

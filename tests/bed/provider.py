@@ -18,6 +18,7 @@ from .etcd import EtcdServer
 from .kube import ClusterSpec, launch_cluster
 from .mariadb import MariaDBServer, start_mariadb
 from .moto import MotoServer, start_moto
+from .nodenet import NodeNetwork
 from .postgres import PostgresServer, start_postgres
 from .vault import VaultServer, start_vault_dev, start_vault_persistent
 from .workspace import Workspace
@@ -37,14 +38,18 @@ class Provider(Protocol):
 
     def start_vault_persistent(self, ws: Workspace) -> VaultServer: ...
 
-    def start_postgres(self, ws: Workspace) -> PostgresServer: ...
+    def start_postgres(self, ws: Workspace, network: NodeNetwork | None) -> PostgresServer: ...
 
-    def start_mariadb(self, ws: Workspace) -> MariaDBServer: ...
+    def start_mariadb(self, ws: Workspace, network: NodeNetwork | None) -> MariaDBServer: ...
 
     def start_moto(self, ws: Workspace) -> MotoServer: ...
 
     def launch_cluster(
-        self, ws: Workspace, spec: ClusterSpec, etcd: EtcdServer | None
+        self,
+        ws: Workspace,
+        spec: ClusterSpec,
+        etcd: EtcdServer | None,
+        network: NodeNetwork | None = None,
     ) -> Cluster: ...
 
     def close(self) -> None:
@@ -63,19 +68,25 @@ class ProcessProvider:
     def start_vault_persistent(self, ws: Workspace) -> VaultServer:
         return start_vault_persistent(ws)
 
-    def start_postgres(self, ws: Workspace) -> PostgresServer:
-        return start_postgres(ws)
+    def start_postgres(self, ws: Workspace, network: NodeNetwork | None) -> PostgresServer:
+        return start_postgres(ws, network)
 
-    def start_mariadb(self, ws: Workspace) -> MariaDBServer:
-        return start_mariadb(ws)
+    def start_mariadb(self, ws: Workspace, network: NodeNetwork | None) -> MariaDBServer:
+        return start_mariadb(ws, network)
 
     def start_moto(self, ws: Workspace) -> MotoServer:
         return start_moto(ws)
 
-    def launch_cluster(self, ws: Workspace, spec: ClusterSpec, etcd: EtcdServer | None) -> Cluster:
+    def launch_cluster(
+        self,
+        ws: Workspace,
+        spec: ClusterSpec,
+        etcd: EtcdServer | None,
+        network: NodeNetwork | None = None,
+    ) -> Cluster:
         if etcd is None:
             raise BedError("the process provider's clusters keep their data in the bed's etcd")
-        return launch_cluster(ws, etcd, spec)
+        return launch_cluster(ws, etcd, spec, network)
 
     def close(self) -> None:
         """Nothing to release: each process is gone once its server is stopped."""

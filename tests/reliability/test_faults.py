@@ -242,8 +242,8 @@ class Relay:
     """A loopback TCP relay to an API server that can turn into a black hole: it then
     accepts connections and never answers, and drops the ones it was relaying."""
 
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target_host, self.target_port = target_host, target_port
         self.blackhole = False
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -271,7 +271,7 @@ class Relay:
             self._open.add(writer)
             return  # accepted, never answered
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
             writer.transport.abort()
             return
@@ -296,7 +296,7 @@ async def test_an_unreachable_member_cluster(
     postgres: PostgresServer,
 ) -> None:
     a = kube_clusters["a"]
-    relay = Relay(a.port)
+    relay = Relay(a.host, a.port)
     await relay.start()
     through_relay = json.loads(a.kubeconfig.read_text())
     through_relay["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
