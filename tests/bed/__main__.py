@@ -12,13 +12,15 @@ from . import gobuild
 from .bed import Bed
 from .cluster import Cluster
 from .errors import BedError
+from .images import ImageBuilder
 from .kube import SHARED_ISSUER, ClusterSpec
 from .progress import say
 
 app = typer.Typer(
     help="keyferry's test bed: real Vault, PostgreSQL, MariaDB, moto (and Kubernetes) servers "
     "on free loopback ports.\n\nExamples:\n\n  python -m tests.bed build          # build every Go "
-    "server into the cache\n\n  python -m tests.bed up --hold      # start all, print addresses, "
+    "server into the cache\n\n  python -m tests.bed images         # build the images (as root)"
+    "\n\n  python -m tests.bed up --hold      # start all, print addresses, "
     "wait for Ctrl-C",
     no_args_is_help=True,
     add_completion=False,
@@ -44,6 +46,17 @@ def build(
         target = gobuild.ALL[name]
         target.build()
         say(f"{name}: {target.out_dir()}")
+
+
+@app.command()
+def images() -> None:
+    """Build keyferry's images (broker, webhook, agent) and the end-to-end tests' app image
+    with mmdebstrap and buildah, as root, into OCI archives in the cache (skips what is cached)."""
+    try:
+        ImageBuilder().all()
+    except BedError as exc:
+        typer.echo(f"bed: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @app.command()

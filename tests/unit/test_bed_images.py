@@ -1,69 +1,66 @@
-"""The bed's own OCI archives (tests/bed/ociimage.py): what `ctr images import` reads."""
+"""The image builder's pure pieces: CRI names and the apt sources mmdebstrap is given."""
 
-import gzip
-import hashlib
-import io
-import json
-import tarfile
+from __future__ import annotations
+
 from pathlib import Path
 
 import pytest
 
-from tests.bed.errors import ServerUnavailable
-from tests.bed.ociimage import REF_NAME, ImageSpec, write_archive
+from tests.bed import ServerUnavailable
+from tests.bed.debian import apt_sources
+from tests.bed.images import chart_references, cri_reference
 
 
-@pytest.fixture
-def spec(tmp_path: Path) -> ImageSpec:
-    binary = tmp_path / "tool"
-    binary.write_bytes(b"\x7fELF not really")
-    return ImageSpec(
-        files={"/bin/tool": binary},
-        symlinks={"/bin/sh": "tool"},
-        directories=("/tmp",),  # noqa: S108 - a folder inside the image
-        entrypoint=["/bin/tool", "-P"],
-        user="1001",
+@pytest.mark.parametrize(
+    ("repository", "expected"),
+    [
+        ("keyferry/broker", "docker.io/keyferry/broker:0.1.0"),
+        ("busybox", "docker.io/library/busybox:0.1.0"),
+        ("registry.example/keyferry/agent", "registry.example/keyferry/agent:0.1.0"),
+        ("localhost/keyferry/app", "localhost/keyferry/app:0.1.0"),
+        ("host:5000/keyferry/agent", "host:5000/keyferry/agent:0.1.0"),
+    ],
+)
+def test_cri_reference_normalises_as_a_cri_runtime_does(repository: str, expected: str) -> None:
+    assert cri_reference(repository, "0.1.0") == expected
+
+
+def test_chart_references_are_what_the_chart_renders_by_default() -> None:
+    assert chart_references() == {
+        "broker": "docker.io/keyferry/broker:0.1.0",
+        "webhook": "docker.io/keyferry/webhook:0.1.0",
+        "agent": "docker.io/keyferry/agent:0.1.0",
+    }
+
+
+def test_apt_sources_keep_the_suites_entries_in_both_formats(tmp_path: Path) -> None:
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list").write_text(
+        "# a comment\n"
+        "deb [signed-by=/k.gpg] http://mirror.invalid/debian bookworm main\n"
+        "deb http://mirror.invalid/debian bullseye main\n"
+        "deb-src http://mirror.invalid/debian bookworm main\n"
     )
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://other.invalid/x\nSuites: nodistro\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.invalid/security\nSuites: bookworm-security\n"
+        "Components: main\nEnabled: no\n"
+    )
+    (tmp_path / "sources.list.d" / "vendor.list.disabled").write_text(
+        "deb http://vendor.invalid bookworm main\n"
+    )
+    sources = apt_sources(tmp_path)
+    assert sources.one_line == "deb [signed-by=/k.gpg] http://mirror.invalid/debian bookworm main\n"
+    assert "bookworm-updates" in sources.deb822
+    assert "nodistro" not in sources.deb822
+    assert "security" not in sources.deb822
+    written = sources.write(tmp_path / "out")
+    assert [p.name for p in written] == ["bed.list", "bed.sources"]
 
 
-def _members(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive) as tar:
-        return {
-            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
-            for m in tar.getmembers()
-            if m.isfile()
-        }
-
-
-def test_the_archive_is_an_oci_layout_naming_the_image(spec: ImageSpec, tmp_path: Path) -> None:
-    members = _members(write_archive(spec, "keyferry.invalid/tool:1", tmp_path / "a.tar"))
-    assert json.loads(members["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
-    (entry,) = json.loads(members["index.json"])["manifests"]
-    assert entry["annotations"][REF_NAME] == "keyferry.invalid/tool:1"
-    manifest_blob = members[f"blobs/sha256/{entry['digest'][7:]}"]
-    assert entry["digest"] == f"sha256:{hashlib.sha256(manifest_blob).hexdigest()}"
-    manifest = json.loads(manifest_blob)
-    config = json.loads(members[f"blobs/sha256/{manifest['config']['digest'][7:]}"])
-    assert config["config"]["Entrypoint"] == ["/bin/tool", "-P"]
-    assert config["config"]["User"] == "1001"
-    layer = members[f"blobs/sha256/{manifest['layers'][0]['digest'][7:]}"]
-    raw = gzip.decompress(layer)
-    assert config["rootfs"]["diff_ids"] == [f"sha256:{hashlib.sha256(raw).hexdigest()}"]
-    with tarfile.open(fileobj=io.BytesIO(raw)) as files:
-        tool = files.getmember("bin/tool")
-        assert tool.mode == 0o755
-        assert files.extractfile(tool).read() == b"\x7fELF not really"  # type: ignore[union-attr]
-        assert files.getmember("bin/sh").linkname == "tool"
-        assert files.getmember("tmp").mode == 0o1777
-
-
-def test_the_same_inputs_give_the_same_bytes(spec: ImageSpec, tmp_path: Path) -> None:
-    first = write_archive(spec, "keyferry.invalid/tool:1", tmp_path / "1.tar").read_bytes()
-    second = write_archive(spec, "keyferry.invalid/tool:1", tmp_path / "2.tar").read_bytes()
-    assert first == second
-
-
-def test_a_missing_binary_says_which(tmp_path: Path) -> None:
-    spec = ImageSpec(files={"/catatonit": tmp_path / "absent"}, entrypoint=["/catatonit"])
-    with pytest.raises(ServerUnavailable, match="absent is missing"):
-        write_archive(spec, "keyferry.invalid/pause:x", tmp_path / "p.tar")
+def test_no_source_for_the_suite_names_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "sources.list").write_text("deb http://mirror.invalid/debian bullseye main\n")
+    with pytest.raises(ServerUnavailable, match=str(tmp_path)):
+        apt_sources(tmp_path)

@@ -1,9 +1,12 @@
-"""charts/images/Dockerfile, checked structurally: CI has no container engine to build it.
+"""charts/images/Dockerfile, checked structurally, in seconds and with no container engine.
 
-What would rot silently without a build: an unpinned base, a final stage running as root or
-carrying pip or a compiler, an install that drifts from CI's (`pip install -c
-tests/constraints.txt`), a COPY of a file that moved, a command the CLI no longer has, or
-a chart default that no longer matches the image (repository names, the numeric UID).
+The bed builds the images with buildah on its Debian base and runs them
+(tests/integration/test_images.py, as root); this lint keeps what would rot without a
+build in front of every run: an unpinned base, a final stage running as root or carrying
+pip or a compiler, a step that works only on the official image (`python`, its paths), an
+install that drifts from CI's (`pip install -c tests/constraints.txt`), a COPY of a file
+that moved, a command the CLI no longer has, a chart default that no longer matches the
+image (repository names, the numeric UID), or base arguments the bed does not pass.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.bed.images import BASE_DIGEST_ARG, BASE_IMAGE_ARG, USER
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "charts" / "images" / "Dockerfile"
@@ -129,6 +134,7 @@ def test_final_stages_carry_no_build_tools(dockerfile: Dockerfile, target: str) 
             assert origin.group(1) in dockerfile.stages
     removed = " ".join(run for stage in chain for run in stage.all("RUN"))
     assert "pip uninstall -y pip setuptools" in removed, "pip stays in the final image"
+    assert "python3 -m venv" in " ".join(dockerfile.stages["build"].all("RUN"))
     copied = " ".join(src for stage in chain for src in stage.all("COPY"))
     assert "--from=build /opt/keyferry /opt/keyferry" in copied
 
@@ -185,3 +191,25 @@ def test_chart_defaults_match_the_images(dockerfile: Dockerfile) -> None:
     assert values["broker"]["runAsUser"] == uid
     assert values["webhook"]["runAsUser"] == uid
     assert values["webhook"]["agent"]["runAsUser"] == uid
+
+
+def test_the_bed_passes_the_dockerfiles_base_arguments(dockerfile: Dockerfile) -> None:
+    for stage in dockerfile.stages.values():
+        if stage.base not in dockerfile.stages:
+            assert stage.base == f"${{{BASE_IMAGE_ARG}}}@${{{BASE_DIGEST_ARG}}}"
+    assert dockerfile.stages["broker"].all("USER")[-1] == USER
+
+
+def test_steps_work_on_a_debian_base_as_on_the_official_one(dockerfile: Dockerfile) -> None:
+    """Debian's python3.11 has no `python` command, lives under /usr (not /usr/local), ships no
+    pip in the interpreter and marks it externally managed: a step may not assume otherwise."""
+    runs = [run for stage in dockerfile.stages.values() for run in stage.all("RUN")]
+    for run in runs:
+        assert not re.search(r"(^|[\s;&|])python\s", run), f"no `python` on Debian: {run}"
+        assert "/usr/local/lib/python" not in run, f"a path of the official image only: {run}"
+    (runtime,) = dockerfile.stages["runtime"].all("RUN")
+    uninstall = runtime.index("python3 -m pip uninstall")
+    assert "if python3 -m pip --version" in runtime[:uninstall], "pip is uninstalled unguarded"
+    assert "ensurepip" in runtime
+    assert "/usr/share/python-wheels" in runtime
+    assert runtime.rstrip().endswith("! python3 -m pip --version 2>/dev/null")
