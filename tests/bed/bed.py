@@ -79,7 +79,8 @@ class Bed:
         return self._get("mariadb", lambda ws: self.provider.start_mariadb(ws, network))
 
     def moto(self) -> MotoServer:
-        return self._get("moto", self.provider.start_moto)
+        network = self.network()
+        return self._get("moto", lambda ws: self.provider.start_moto(ws, network))
 
     def etcd(self) -> EtcdServer:
         """The one etcd that the process provider's clusters store their data in."""
