@@ -30,11 +30,12 @@ NAMESPACE = "orders"  # docs/examples/policies.cedar lets workloads here get dat
 SECRETS = "/keyferry/secrets"
 APP_UID, FS_GROUP = 1001, 3000
 # The real pod's proof, run in its app container (Debian's psql and aws CLI): its UID, the
-# database user and the catalog's table count through the DSN file, the caller's ARN.
+# database user and the catalog's table count through the DSN file, the caller's ARN
+# (Debian's aws CLI 2.9 predates AWS_ENDPOINT_URL: the endpoint goes on its command line).
 REAL_PROOF = """
 id -u
 psql "$(cat "$SECRETS/db")" -At -F ' ' -c 'select current_user, count(*) from pg_catalog.pg_tables'
-aws sts get-caller-identity --query Arn --output text
+aws --endpoint-url "$AWS_ENDPOINT_URL" sts get-caller-identity --query Arn --output text
 """
 # The app: a query through the DSN file, and STS GetCallerIdentity with the keys of the
 # aws-credentials file (boto3 reads it through AWS_SHARED_CREDENTIALS_FILE).

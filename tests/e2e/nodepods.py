@@ -141,12 +141,17 @@ class NodePod:
         return self.cluster.kubectl("logs", "-n", self.namespace, self.name, "-c", container)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Any:
-        """Until the app container is running and every container is ready."""
+        """Until the pod is Running and every container, sidecars included, is ready."""
 
         def ready() -> Any:
             pod = self.read()
-            statuses = pod.status.container_statuses or []
-            if pod.status.phase == "Running" and statuses and all(s.ready for s in statuses):
+            status = pod.status
+            always = {
+                c.name for c in pod.spec.init_containers or [] if c.restart_policy == "Always"
+            }
+            sidecars = [s for s in status.init_container_statuses or [] if s.name in always]
+            statuses = [*(status.container_statuses or []), *sidecars]
+            if status.phase == "Running" and statuses and all(s.ready for s in statuses):
                 return pod
             return None
 
