@@ -52,6 +52,8 @@ class GoBuild:
         digest = hashlib.sha256()
         for name in ("go.mod", "go.sum"):
             digest.update((self.module_dir / name).read_bytes())
+        for source in sorted(self.module_dir.glob("*.go")):  # a wrapper's own main package
+            digest.update(source.name.encode() + source.read_bytes())
         digest.update(_go_version().encode())
         digest.update(
             repr((sorted(self.targets.items()), self.ldflags, sorted(self.env.items()))).encode()
@@ -198,5 +200,8 @@ _HELM_LDFLAGS = (
 )
 HELM = GoBuild("helm", {"helm": "helm.sh/helm/v3/cmd/helm"}, ldflags=_HELM_LDFLAGS)
 BUF = GoBuild("buf", {"buf": "github.com/bufbuild/buf/cmd/buf"})
+COREDNS_VERSION = "v1.15.0"
+# The wrapper's own main.go imports only the plugins the node's Corefile uses (dns.py).
+COREDNS = GoBuild("coredns", {"coredns": "keyferry.test/bed/coredns"})
 
-ALL = {build.wrapper: build for build in (VAULT, ETCD, KUBERNETES, HELM, BUF)}
+ALL = {build.wrapper: build for build in (VAULT, ETCD, KUBERNETES, HELM, BUF, COREDNS)}

@@ -264,6 +264,9 @@ class ImageBuilder:
         for folder in self.root.glob(f"{prefix}*"):
             if folder != keep and folder.is_dir():
                 shutil.rmtree(folder)
+        # The storage is the bed's own and the lock is held: a working container left
+        # here is a failed build's, and it would keep its layers from being pruned.
+        self._buildah("rm", "--all", check=False)
         repository = local.rsplit(":", 1)[0]
         listed = self._buildah(
             "images", "--format", "{{.Name}}:{{.Tag}}", f"--filter=reference={repository}"

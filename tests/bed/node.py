@@ -1,4 +1,5 @@
-"""Cluster a's one real node: containerd, kubelet, kube-proxy (iptables) and kube-scheduler.
+"""Cluster a's one real node: containerd, kubelet, kube-proxy (iptables), kube-scheduler,
+and CoreDNS as a Deployment on it (dns.py).
 
 The node joins a cluster started on the bed's node network (kube.py, nodenet.py): the
 kubelet listens on the network's address, which is the node's InternalIP, so the API
@@ -11,11 +12,12 @@ NodeRestriction apply), kube-proxy `system:kube-proxy`, the scheduler
 One node runs on a machine at a time (a machine-wide lock): kube-proxy and the kubelet
 write the network namespace's iptables chains and cgroups under fixed names.
 
-Stopping removes what the node made, by its own names and pids: its pods (deleted through
-the kubelet, so their sandboxes and network namespaces go), kube-proxy's rules
-(`kube-proxy --cleanup`), the kubelet's KUBE-* chains (one drops non-loopback traffic to
-127.0.0.0/8), containerd's shims, mounts under the node's folder, and the
-/var/log/containers links to its pods' logs (their logs live in the node's folder).
+Stopping removes what the node made (nodeclean.py), by its own names and pids: its pods
+(deleted through the kubelet, so their sandboxes and network namespaces go), kube-proxy's
+rules (`kube-proxy --cleanup`), the kubelet's KUBE-* chains (one drops non-loopback traffic
+to 127.0.0.0/8), containerd's shims, mounts under the node's folder, the
+/var/log/containers links to its pods' logs (the logs live in the node's folder), and the
+kernel settings the kubelet and the bridge plugin change.
 """
 
 from __future__ import annotations
@@ -24,22 +26,21 @@ import contextlib
 import fcntl
 import json
 import os
-import shlex
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from kubernetes import client as k8s
 
+from . import dns
 from .cluster import write_kubeconfig
 from .containerd import Containerd, require_runtime, start_containerd, unmount_under
 from .errors import ServerUnavailable
 from .gobuild import K8S_VERSION, KUBERNETES
 from .kube import KubeCluster
+from .nodeclean import quiet, read_sysctls, remove_kube_chains, remove_log_links, write_sysctls
 from .nodenet import NodeNetwork
 from .ociimage import ImageSpec, write_archive
 from .pki import KeyPair
@@ -53,20 +54,6 @@ START_TIMEOUT = 180.0
 DRAIN_TIMEOUT = 60.0
 LOCK = Path("/run/keyferry-bed-node.lock")
 LOCK_WAIT = 600.0
-CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links, a fixed path
-# Kernel settings the kubelet (its "kernel tunables") and the CNI bridge plugin (forwarding
-# for a gateway) change machine-wide: saved before the node starts, put back when it stops.
-SYSCTLS = (
-    "vm/overcommit_memory",
-    "vm/panic_on_oom",
-    "kernel/panic",
-    "kernel/panic_on_oops",
-    "kernel/keys/root_maxkeys",
-    "kernel/keys/root_maxbytes",
-    "net/ipv4/ip_forward",
-    "net/ipv4/conf/all/route_localnet",
-)
-
 # Only pods that tolerate this run here: the other tests' pods in cluster a (images that
 # exist nowhere) stay Pending and are deleted at once, as on a cluster without nodes.
 TAINT = {"key": "keyferry.invalid/real-node", "value": "yes", "effect": "NoSchedule"}
@@ -78,7 +65,7 @@ PAUSE_IMAGE = "keyferry.invalid/pause:catatonit"
 BUSYBOX_IMAGE = "keyferry.invalid/busybox:bed"
 BUSYBOX_APPLETS = (
     *("sh", "sleep", "cat", "echo", "printf", "head", "ls", "grep", "id", "ps", "kill", "true"),
-    *("nc", "wget", "ssl_client"),
+    *("nc", "wget", "ssl_client", "nslookup"),
 )
 
 # Debian's catatonit in pause mode (-P): PID 1 of every pod sandbox; with
@@ -142,12 +129,12 @@ class Node:
             self.kubelet.stop()
             self._forget()
             self.kube_proxy.stop()
-            _quiet([*self.proxy_command(), "--cleanup"])
+            quiet([*self.proxy_command(), "--cleanup"])
             self.containerd.stop()
-            _remove_kube_chains()
+            remove_kube_chains()
             unmount_under(self.folder)
-            _remove_log_links(self.pod_logs)
-            _write_sysctls(self.sysctls)
+            remove_log_links(self.pod_logs)
+            write_sysctls(self.sysctls)
             if self._lock is not None:
                 self._lock.close()  # releases the machine-wide node lock
 
@@ -185,7 +172,8 @@ class Node:
 
 def start_node(ws: Workspace, cluster: object) -> Node:
     """Start the node of `cluster` (a process cluster on the node network) and wait until
-    it is Ready; the time it took is in `Node.started_in`."""
+    it is Ready and CoreDNS runs; the time that took (without waiting for another bed's
+    node) is in `Node.started_in`."""
     if not isinstance(cluster, KubeCluster) or cluster.network is None:
         raise ServerUnavailable(
             "node",
@@ -193,8 +181,11 @@ def start_node(ws: Workspace, cluster: object) -> Node:
             "run the tests as root with the default provider",
         )
     require_runtime()
-    started = time.monotonic()
+    asked = time.monotonic()
     lock = _take_lock()
+    started = time.monotonic()
+    if started - asked > 1:
+        say(f"node: waited {started - asked:.0f}s for another bed's node to stop")
     try:
         node = _launch(ws, cluster, cluster.network)
     except BaseException:
@@ -205,6 +196,8 @@ def start_node(ws: Workspace, cluster: object) -> Node:
         node.kubelet.wait_until(node.ready, "registering a Ready node", START_TIMEOUT)
         node.kube_proxy.wait_until(lambda: _proxy_synced(node), "syncing its rules")
         node.scheduler.wait_until(node.scheduler.running, "running")
+        dns.deploy(cluster, TOLERATION)
+        node.kubelet.wait_until(lambda: dns.available(cluster), "running CoreDNS")
     except BaseException:
         node.stop()
         raise
@@ -224,7 +217,11 @@ def _launch(ws: Workspace, cluster: KubeCluster, network: NodeNetwork) -> Node:
 
     containerd = start_containerd(ws, PAUSE_IMAGE, cni)
     try:
-        for spec, ref in ((PAUSE, PAUSE_IMAGE), (BUSYBOX, BUSYBOX_IMAGE)):
+        for spec, ref in (
+            (PAUSE, PAUSE_IMAGE),
+            (BUSYBOX, BUSYBOX_IMAGE),
+            (dns.coredns_image(), dns.COREDNS_IMAGE),
+        ):
             stem = ref.rsplit("/", 1)[1].replace(":", "-")
             containerd.load(write_archive(spec, ref, images / f"{stem}.tar"), ref)
     except BaseException:
@@ -291,7 +288,7 @@ def _launch(ws: Workspace, cluster: KubeCluster, network: NodeNetwork) -> Node:
         kube_proxy,
         scheduler,
         proxy_config,
-        _read_sysctls(),
+        read_sysctls(),
     )
     for process in (scheduler, kubelet, kube_proxy):
         process.start()
@@ -364,7 +361,8 @@ def kubelet_configuration(
             "nodefs.available": "1%",
             "imagefs.available": "1%",
         },
-        "clusterDomain": "cluster.local",
+        "clusterDomain": dns.CLUSTER_DOMAIN,
+        "clusterDNS": [dns.DNS_SERVICE_IP],
         "serializeImagePulls": False,
         "registerNode": True,
         "shutdownGracePeriod": "0s",
@@ -425,66 +423,6 @@ def _take_lock() -> IO[str]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         return handle
-
-
-def _remove_kube_chains() -> None:
-    """Remove the KUBE-* chains the kubelet and kube-proxy made, and the rules jumping to
-    them, in every table of iptables and ip6tables."""
-    for tool in ("iptables", "ip6tables"):
-        for table in ("filter", "nat", "mangle"):
-            for chain in _kube_chains(tool, table):
-                _quiet([tool, "-t", table, "-F", chain])
-            for rule in _rules_jumping_to_kube(tool, table):
-                _quiet([tool, "-t", table, "-D", *rule])
-            for chain in _kube_chains(tool, table):
-                _quiet([tool, "-t", table, "-X", chain])
-
-
-def _kube_chains(tool: str, table: str) -> list[str]:
-    listing = _output([tool, "-t", table, "-S"])
-    return [line.split()[1] for line in listing if line.startswith("-N KUBE-")]
-
-
-def _rules_jumping_to_kube(tool: str, table: str) -> Iterator[list[str]]:
-    for line in _output([tool, "-t", table, "-S"]):
-        words = line.split()
-        jumps_to = words[words.index("-j") + 1] if "-j" in words else ""
-        if words[:1] == ["-A"] and jumps_to.startswith("KUBE-"):
-            yield shlex.split(line)[1:]  # comments are quoted
-
-
-def _output(argv: list[str]) -> list[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
-    return result.stdout.splitlines() if result.returncode == 0 else []
-
-
-def _quiet(argv: list[str]) -> None:
-    subprocess.run(argv, capture_output=True, check=False, timeout=60)
-
-
-def _remove_log_links(pod_logs: Path) -> None:
-    """The kubelet links each container's log in /var/log/containers; remove ours."""
-    with contextlib.suppress(OSError):
-        for link in CONTAINER_LOGS.iterdir():
-            with contextlib.suppress(OSError):
-                if link.is_symlink() and os.readlink(link).startswith(str(pod_logs)):
-                    link.unlink()
-
-
-def _read_sysctls() -> dict[str, str]:
-    values = {}
-    for name in SYSCTLS:
-        with contextlib.suppress(OSError):
-            values[name] = Path("/proc/sys", name).read_text().strip()
-    return values
-
-
-def _write_sysctls(values: dict[str, str]) -> None:
-    for name, value in values.items():
-        with contextlib.suppress(OSError):
-            path = Path("/proc/sys", name)
-            if path.read_text().strip() != value:
-                path.write_text(value + "\n")
 
 
 def _clean_env() -> dict[str, str]:

@@ -75,7 +75,7 @@ def write_archive(spec: ImageSpec, ref: str, dest: Path) -> Path:
     """Write `spec` as an OCI image-layout tar whose one image is named `ref`."""
     layer_tar = _layer(spec)
     diff_id = f"sha256:{hashlib.sha256(layer_tar).hexdigest()}"
-    layer_digest, layer = _blob(gzip.compress(layer_tar, mtime=0))
+    layer_digest, layer = _blob(gzip.compress(layer_tar, compresslevel=1, mtime=0))
     config_json: dict[str, object] = {
         "architecture": "amd64",
         "os": "linux",

@@ -9,6 +9,7 @@ on, that no pip or compiler is left, and that the end-to-end tests' app has its 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -21,6 +22,8 @@ import pytest
 
 from tests.bed import ServerUnavailable
 from tests.bed.images import APP_REFERENCE, TARGETS, USER, Image, ImageBuilder, archive_config
+from tests.bed.moto import REGION, MotoServer
+from tests.bed.postgres import PostgresServer
 from tests.conftest import need
 
 pytestmark = pytest.mark.bed
@@ -57,9 +60,16 @@ class Runtime:
             check=False,
         )
 
-    def run(self, reference: str, *command: str) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` in a fresh container of ``reference``, as the image's user."""
-        return self.ctr("run", "--rm", reference, f"t-{uuid.uuid4().hex[:12]}", *command)
+    def run(
+        self, reference: str, *command: str, env: dict[str, str] | None = None, host: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` in a fresh container of ``reference``, as the image's user; with
+        ``host``, in the host's network namespace (to reach the bed's loopback servers)."""
+        options = [f"--env={name}={value}" for name, value in (env or {}).items()]
+        if host:
+            options.append("--net-host")
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        return self.ctr("run", "--rm", *options, reference, name, *command)
 
 
 def _start_containerd(folder: Path) -> Runtime:
@@ -189,3 +199,41 @@ def test_the_app_image_has_real_clients(runtime: Runtime, images: dict[str, Imag
         shown = runtime.run(reference, *command)
         assert shown.returncode == 0, shown.stderr
         assert expected in shown.stdout + shown.stderr
+
+
+def test_the_app_images_clients_work_against_the_beds_servers(
+    runtime: Runtime, images: dict[str, Image], postgres: PostgresServer, moto: MotoServer
+) -> None:
+    """Not only installed: psql logs in, aws makes a signed STS call, openssl verifies."""
+    reference = images["app"].reference
+    login = runtime.run(reference, "psql", postgres.dsn(), "-tAc", "select 41 + 1", host=True)
+    assert login.returncode == 0, login.stderr
+    assert login.stdout.strip() == "42"
+    caller = runtime.run(
+        reference,
+        "aws",
+        "sts",
+        "get-caller-identity",
+        "--endpoint-url",
+        moto.endpoint,
+        "--output",
+        "json",
+        env={
+            "AWS_ACCESS_KEY_ID": moto.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": moto.secret_access_key,
+            "AWS_DEFAULT_REGION": REGION,
+        },
+        host=True,
+    )
+    assert caller.returncode == 0, caller.stderr
+    assert json.loads(caller.stdout)["Account"]
+    verified = runtime.run(
+        reference,
+        "sh",
+        "-c",
+        "cd /tmp && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        "-subj /CN=e2e -keyout key.pem -out ca.pem -days 1 2>/dev/null "
+        "&& openssl verify -CAfile ca.pem ca.pem",
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip() == "ca.pem: OK"

@@ -5,7 +5,8 @@ a startupProbe, a projected token with audience `keyferry:a`, an in-memory empty
 with the app, `runAsUser: 1001`, a shared process namespace whose PID 1 is the bed's pause
 image (catatonit). The tests go through the API server as a user would (`kubectl logs`,
 `kubectl exec`), reach a host server (PostgreSQL) and the API server (the `kubernetes`
-Service) from the pod, and delete the pod through the kubelet.
+Service) from the pod, resolve Services through the cluster's CoreDNS, and delete the pod
+through the kubelet.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from tests.bed.dns import DNS_SERVICE_IP
 from tests.bed.gobuild import K8S_VERSION
 from tests.bed.kube import SERVICE_IP, KubeCluster
 from tests.bed.node import BUSYBOX_IMAGE, TOLERATION, Node
@@ -265,6 +267,12 @@ def test_the_kubernetes_service_reaches_the_api_server(node: Node, running: Runn
     assert [a.ip for a in endpoints.subsets[0].addresses] == [node.address]
     version = exec_(running, "wget", "-q", "-O", "-", f"https://{SERVICE_IP}/version")
     assert json.loads(version)["gitVersion"] == K8S_VERSION
+
+
+def test_cluster_dns_resolves_services(running: Running) -> None:
+    assert f"nameserver {DNS_SERVICE_IP}" in exec_(running, "cat", "/etc/resolv.conf")
+    answer = exec_(running, "nslookup", "kubernetes.default.svc.cluster.local")
+    assert f"Address: {SERVICE_IP}" in answer
 
 
 def test_deletion_goes_through_the_kubelet(running: Running, listener: Listener) -> None:
