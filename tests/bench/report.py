@@ -318,6 +318,15 @@ def _node_pods(n: dict[str, Any]) -> list[str]:
         f"{probe['cpu_seconds_per_pod_minute']:.1f} CPU",
         "seconds per pod per minute at the median probe cost.",
         "",
+        "What bounds these: `keyferry agent check` imports keyferry's whole CLI (typer, pydantic,",
+        "structlog) to test that files exist, so each probe costs more than half a CPU second and",
+        "up to its 1 s timeout in wall time on a loaded machine; at the readiness period, 20",
+        "injected pods would need more CPU than this 2-core machine has. The startup path pays",
+        "the same: the agent's own start, one issue, then a probe round (1 s period, a fresh",
+        "Python) before the kubelet starts the app. A probe that needs only the standard library",
+        "(`python3 -I -S`, reading the spec's JSON and testing the files) would cost tens of",
+        "milliseconds; it is not done yet (issue 15's follow-up).",
+        "",
     ]
 
 
