@@ -127,7 +127,10 @@ def test_the_api_server_calls_the_webhook_through_its_service(release: Release) 
                 "name": f"app-{RUN}",
                 "annotations": {"keyferry.io/inject": "true", "keyferry.io/role.db": "orders"},
             },
-            "spec": {"containers": [{"name": "app", "image": "keyferry.invalid/app:1"}]},
+            "spec": {
+                "securityContext": {"runAsUser": 1001},
+                "containers": [{"name": "app", "image": "keyferry.invalid/app:1"}],
+            },
         }
 
         def injected() -> dict[str, Any] | None:
