@@ -16,8 +16,8 @@ Stopping removes what the node made (nodeclean.py), by its own names and pids: i
 (deleted through the kubelet, so their sandboxes and network namespaces go), kube-proxy's
 rules (`kube-proxy --cleanup`), the kubelet's KUBE-* chains (one drops non-loopback traffic
 to 127.0.0.0/8), containerd's shims, mounts under the node's folder, the
-/var/log/containers links to its pods' logs (the logs live in the node's folder), and the
-kernel settings the kubelet and the bridge plugin change.
+/var/log/containers links to its pods' logs (the logs live in the node's folder), the
+`kubepods` cgroups, and the kernel settings the kubelet and the bridge plugin change.
 """
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ from .containerd import Containerd, require_runtime, start_containerd, unmount_u
 from .errors import ServerUnavailable
 from .gobuild import K8S_VERSION, KUBERNETES
 from .kube import KubeCluster
-from .nodeclean import quiet, read_sysctls, remove_kube_chains, remove_log_links, write_sysctls
+from .nodeclean import (
+    quiet,
+    read_sysctls,
+    remove_kube_chains,
+    remove_kubepods_cgroups,
+    remove_log_links,
+    write_sysctls,
+)
 from .nodenet import NodeNetwork
 from .ociimage import ImageSpec, write_archive
 from .pki import KeyPair
@@ -132,6 +139,7 @@ class Node:
             quiet([*self.proxy_command(), "--cleanup"])
             self.containerd.stop()
             remove_kube_chains()
+            remove_kubepods_cgroups()
             unmount_under(self.folder)
             remove_log_links(self.pod_logs)
             write_sysctls(self.sysctls)

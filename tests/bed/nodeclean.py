@@ -1,10 +1,10 @@
 """What the node changes outside its workspace, and how the bed undoes it when it stops.
 
 The kubelet and kube-proxy write `KUBE-*` chains into the machine's iptables (one drops
-non-loopback traffic to 127.0.0.0/8), the kubelet links each container's log under
-/var/log/containers, and the kubelet ("kernel tunables") and the CNI bridge plugin
-(forwarding, for a gateway) change kernel settings. One node runs per machine (node.py's
-lock), so the `KUBE-*` chains are this node's own.
+non-loopback traffic to 127.0.0.0/8); the kubelet links each container's log under
+/var/log/containers and makes `kubepods` cgroups; the kubelet ("kernel tunables") and the
+CNI bridge plugin (forwarding, for a gateway) change kernel settings. One node runs per
+machine (node.py's lock), so the `KUBE-*` chains and `kubepods` cgroups are this node's.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet's links, a fixed path
+CGROUPS = Path("/sys/fs/cgroup")
+KUBEPODS = "kubepods"  # the kubelet's cgroup (cgroupfs driver) in each hierarchy
 # Saved before the node starts, put back when it stops.
 SYSCTLS = (
     "vm/overcommit_memory",
@@ -88,3 +90,13 @@ def write_sysctls(values: dict[str, str]) -> None:
             path = Path("/proc/sys", name)
             if path.read_text().strip() != value:
                 path.write_text(value + "\n")
+
+
+def remove_kubepods_cgroups() -> None:
+    """Remove the kubelet's `kubepods` cgroups, deepest first, once their pods are gone
+    (a cgroup that still holds a process is left alone: rmdir refuses it)."""
+    for top in CGROUPS.glob(f"*/{KUBEPODS}"):
+        folders = [p for p in top.rglob("*") if p.is_dir()]
+        for folder in [*sorted(folders, key=lambda p: len(p.parts), reverse=True), top]:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
