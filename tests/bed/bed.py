@@ -133,6 +133,14 @@ class Bed:
         cluster = self.cluster(NODE_CLUSTER)
         return self._get(f"node-{NODE_CLUSTER}", lambda ws: start_node(ws, cluster))
 
+    def release_node(self) -> None:
+        """Stop cluster a's node if this bed runs it, freeing the machine's one node for
+        another bed (the demo's, run as its own process); `node()` starts it again."""
+        node = self._servers.pop(f"node-{NODE_CLUSTER}", None)
+        if node is not None:
+            with step(f"stopping node-{NODE_CLUSTER} (released for another bed)"):
+                node.stop()
+
     @property
     def servers(self) -> dict[str, Stoppable]:
         return dict(self._servers)
