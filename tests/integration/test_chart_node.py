@@ -144,9 +144,9 @@ def test_the_api_server_calls_the_webhook_through_its_service(release: Release) 
 
         agent = eventually(injected, "a pod injected by the chart's webhook pods")
         assert agent["image"].endswith("keyferry/agent:0.1.0")
-        logs = cluster.kubectl(
-            "logs", "-n", release.namespace, f"deployment/{release.name}-webhook", "--tail=200"
-        )
+        # Every webhook pod's log: the Service sent the admission to one of them.
+        selector = "app.kubernetes.io/component=webhook"
+        logs = cluster.kubectl("logs", "-n", release.namespace, "-l", selector, "--tail=200")
         assert f"app-{RUN}" in logs
     finally:
         with cluster.api_client() as api:
