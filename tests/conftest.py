@@ -133,10 +133,12 @@ def kube_cluster(kube_clusters: dict[str, Cluster]) -> Cluster:
 from tests.bed.node import Node  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def node(bed: Bed, kube_clusters: dict[str, Cluster]) -> Node:
     """Cluster a's one real node (kubelet, containerd, kube-proxy, kube-scheduler), started
-    on first use. It needs root: elsewhere it skips, or fails naming why when required."""
+    on first use and kept for the session, unless a test released it for another bed (the
+    demo's process: one node runs per machine): then the next module starts it again. It
+    needs root: elsewhere it skips, or fails naming why when required."""
     started = need(bed.node)
     print(f"\nkeyferry bed: node {started.name} Ready in {started.started_in:.1f}s", flush=True)
     return started

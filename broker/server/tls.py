@@ -2,7 +2,8 @@
 
 A generated identity is kept in the data directory (tls.crt, tls.key, mode 0600) and reused
 on the next start, so agents that pinned it keep working. Its names are localhost,
-127.0.0.1 and the host name; production deployments give their own certificate.
+127.0.0.1, the host name and the listener's own address when it listens on one (a bridge
+address pods reach the host by); production deployments give their own certificate.
 """
 
 from __future__ import annotations
@@ -43,20 +44,26 @@ def workload_identity(listener: WorkloadListener, data_dir: Path) -> TlsIdentity
     cert_path, key_path = folder / "tls.crt", folder / "tls.key"
     if not (cert_path.is_file() and key_path.is_file()):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key_pem, cert_pem = self_signed()
+        key_pem, cert_pem = self_signed(addresses=_listener_address(listener.host))
         _write_private(key_path, key_pem)
         _write_private(cert_path, cert_pem)
     return TlsIdentity(cert_path, key_path, generated=True)
 
 
-def self_signed(now: dt.datetime | None = None) -> tuple[bytes, bytes]:
-    """A P-256 key and a self-signed certificate for localhost, 127.0.0.1 and this host."""
+def self_signed(
+    now: dt.datetime | None = None, addresses: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
+    """A P-256 key and a self-signed certificate for localhost, 127.0.0.1, this host and
+    `addresses`."""
     now = now or dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyferry-broker (self-signed)")])
     hosts = sorted({"localhost", socket.gethostname()})
     sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    ips = sorted(
+        {ipaddress.ip_address("127.0.0.1"), *map(ipaddress.ip_address, addresses)}, key=str
+    )
+    sans += [x509.IPAddress(ip) for ip in ips]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -75,6 +82,15 @@ def self_signed(now: dt.datetime | None = None) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _listener_address(host: str) -> tuple[str, ...]:
+    """The listener's address when it is one address (not a wildcard, not a name)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ()
+    return () if address.is_unspecified else (str(address),)
 
 
 def _write_private(path: Path, data: bytes) -> None:

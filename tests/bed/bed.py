@@ -79,7 +79,8 @@ class Bed:
         return self._get("mariadb", lambda ws: self.provider.start_mariadb(ws, network))
 
     def moto(self) -> MotoServer:
-        return self._get("moto", self.provider.start_moto)
+        network = self.network()
+        return self._get("moto", lambda ws: self.provider.start_moto(ws, network))
 
     def etcd(self) -> EtcdServer:
         """The one etcd that the process provider's clusters store their data in."""
@@ -131,6 +132,14 @@ class Bed:
         started on first use; ServerUnavailable says why when this machine cannot run it."""
         cluster = self.cluster(NODE_CLUSTER)
         return self._get(f"node-{NODE_CLUSTER}", lambda ws: start_node(ws, cluster))
+
+    def release_node(self) -> None:
+        """Stop cluster a's node if this bed runs it, freeing the machine's one node for
+        another bed (the demo's, run as its own process); `node()` starts it again."""
+        node = self._servers.pop(f"node-{NODE_CLUSTER}", None)
+        if node is not None:
+            with step(f"stopping node-{NODE_CLUSTER} (released for another bed)"):
+                node.stop()
 
     @property
     def servers(self) -> dict[str, Stoppable]:

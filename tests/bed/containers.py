@@ -134,7 +134,7 @@ class ContainersProvider:
         runner.wait_until(server.healthy, "accepting TCP logins")
         return server
 
-    def start_moto(self, ws: Workspace) -> MotoServer:
+    def start_moto(self, ws: Workspace, network: NodeNetwork | None = None) -> MotoServer:
         port = free_port()
         # The image's entrypoint is `moto_server -H 0.0.0.0`; the later -H wins.
         runner = self._runner(

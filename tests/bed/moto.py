@@ -4,6 +4,10 @@ moto accepts any access key unless INITIAL_NO_AUTH_ACTION_COUNT is set; then it 
 keys and IAM policies after that many calls. The bed spends exactly those calls
 creating an administrator whose keys it hands to Vault, so from then on a made-up or
 revoked key really fails.
+
+With a node network (nodenet.py) moto listens on the bridge's address instead of 127.0.0.1
+(moto_server binds one address): the node's pods call STS there, and so does everything
+on the host, through `endpoint`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import boto3
 
 from .errors import ServerUnavailable
 from .gobuild import _locked, cache_root
+from .nodenet import NodeNetwork
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 from .progress import say
@@ -47,10 +52,11 @@ class MotoServer:
     access_key_id: str
     secret_access_key: str
     process: Runner  # a local process or a container (see readiness.py)
+    host: str = LOOPBACK
 
     @property
     def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def client(self, service: str, key_id: str | None = None, secret: str | None = None) -> object:
         return boto3.client(
@@ -105,12 +111,13 @@ def moto_venv() -> Path:
     return venv
 
 
-def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
+def start_moto(ws: Workspace, network: NodeNetwork | None = None, name: str = "moto") -> MotoServer:
     venv = moto_venv()
     port = free_port()
+    host = network.address if network else LOOPBACK
     process = ManagedProcess(
         name,
-        [str(venv / "bin" / "moto_server"), "-H", LOOPBACK, "-p", str(port)],
+        [str(venv / "bin" / "moto_server"), "-H", host, "-p", str(port)],
         ws.log(name),
         env={
             "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
@@ -118,7 +125,7 @@ def start_moto(ws: Workspace, name: str = "moto") -> MotoServer:
             **SERVER_ENV,
         },
     )
-    server = MotoServer(port, "", "", process)
+    server = MotoServer(port, "", "", process, host)
     process.start()
     process.wait_until(server.healthy, "answering HTTP")
     server.access_key_id, server.secret_access_key = bootstrap_moto_admin(server.endpoint)

@@ -42,7 +42,7 @@ class Provider(Protocol):
 
     def start_mariadb(self, ws: Workspace, network: NodeNetwork | None) -> MariaDBServer: ...
 
-    def start_moto(self, ws: Workspace) -> MotoServer: ...
+    def start_moto(self, ws: Workspace, network: NodeNetwork | None) -> MotoServer: ...
 
     def launch_cluster(
         self,
@@ -74,8 +74,8 @@ class ProcessProvider:
     def start_mariadb(self, ws: Workspace, network: NodeNetwork | None) -> MariaDBServer:
         return start_mariadb(ws, network)
 
-    def start_moto(self, ws: Workspace) -> MotoServer:
-        return start_moto(ws)
+    def start_moto(self, ws: Workspace, network: NodeNetwork | None) -> MotoServer:
+        return start_moto(ws, network)
 
     def launch_cluster(
         self,

@@ -5,6 +5,7 @@ python -m tests.bench            # the full run (about 20 minutes on 2 cores)
 python -m tests.bench --quick    # a few samples of each, to see that the code runs
 python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
 python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
+python -m tests.bench.nodepods   # real pods on the node, as root (docs/benchmarks/node-pods.json)
 python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
 python -m tests.bench --only store    # one section measured again, the rest kept
 """
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_all(QUICK if args.quick else FULL)
     soak_file = args.out.with_suffix("") / "soak.json"
     soak = json.loads(soak_file.read_text()) if soak_file.is_file() else None
-    page = render(figures, soak)
+    node_file = args.out.with_suffix("") / "node-pods.json"
+    node = json.loads(node_file.read_text()) if node_file.is_file() else None
+    page = render(figures, soak, node)
     if not args.no_write:
         plots = write(figures, page, args.out)
         print(

@@ -175,7 +175,9 @@ def _describe_row(label: str, s: dict[str, Any], unit: str) -> str:
     return f"| {label} | {s['n']} | {cells} |"
 
 
-def render(f: dict[str, Any], soak: dict[str, Any] | None = None) -> str:
+def render(
+    f: dict[str, Any], soak: dict[str, Any] | None = None, node: dict[str, Any] | None = None
+) -> str:
     m, v = f["machine"], f["versions"]
     quick = " — **quick smoke run, not figures**" if f["plan"]["quick"] else ""
     lines = [
@@ -272,8 +274,60 @@ def render(f: dict[str, Any], soak: dict[str, Any] | None = None) -> str:
     ]
     if soak is not None:
         lines += _soak(soak)
+    if node is not None:
+        lines += _node_pods(node)
     lines += [line.replace("{postgres}", _postgres_sentence(f)) for line in BOUNDS]
     return "\n".join(lines)
+
+
+def _node_pods(n: dict[str, Any]) -> list[str]:
+    plain, injected, probe = n["plain_ms"], n["injected_ms"], n["probe"]
+    memory = n["agent_working_set_mib"]
+    added = n["added_p50_ms"]
+    return [
+        "## Real pods on the node (issue 15)",
+        "",
+        f"`python -m tests.bench.nodepods` (run by `tests/run bench` as root; measured "
+        f"{n['measured_at']}; raw figures in `docs/benchmarks/node-pods.json`): cluster a's",
+        "real node (kubelet, containerd, the images built by the bed), pods created one at a",
+        f"time, plain and injected alternately ({n['pods_each']} of each, each deleted before",
+        "the next; a first plain pod not counted), the app container's start seen by polling",
+        f"the API server every {n['poll_seconds'] * 1000:.0f} ms. The injected pod's agent",
+        "issues one database credential from a broker on the host before its startupProbe",
+        "lets the app start.",
+        "",
+        "| | p50 | p95 | |",
+        "|---|---|---|---|",
+        f"| pod create → app container start, plain | {plain['p50']:.0f} ms | "
+        f"{plain['p95']:.0f} ms | |",
+        f"| pod create → app container start, injected | {injected['p50']:.0f} ms | "
+        f"{injected['p95']:.0f} ms | |",
+        f"| added by injection (goal ≤ 1 s at p50) | {added:.0f} ms | "
+        f"{n['added_p95_ms']:.0f} ms | {_met(added <= 1000)} |",
+        f"| agent memory, working set (usage minus inactive file) | {memory['p50']:.1f} MiB |"
+        f" {memory['p95']:.1f} MiB | |",
+        f"| one exec probe (`keyferry agent check`), wall | {probe['wall_ms']['p50']:.0f} ms | "
+        f"{probe['wall_ms']['p95']:.0f} ms | |",
+        f"| one exec probe, CPU | {probe['cpu_ms']['p50']:.0f} ms | "
+        f"{probe['cpu_ms']['p95']:.0f} ms | |",
+        f"| one exec probe, peak RSS | {probe['peak_rss_mib']['p50']:.0f} MiB | "
+        f"{probe['peak_rss_mib']['p95']:.0f} MiB | |",
+        "",
+        f"The startupProbe runs every {probe['startup_period_seconds']} s until the files exist,",
+        f"the readinessProbe every {probe['readiness_period_seconds']} s for the pod's life: "
+        f"{probe['cpu_seconds_per_pod_minute']:.1f} CPU",
+        "seconds per pod per minute at the median probe cost.",
+        "",
+        "What bounds these: `keyferry agent check` imports keyferry's whole CLI (typer, pydantic,",
+        "structlog) to test that files exist, so each probe costs more than half a CPU second and",
+        "up to its 1 s timeout in wall time on a loaded machine; at the readiness period, 20",
+        "injected pods would need more CPU than this 2-core machine has. The startup path pays",
+        "the same: the agent's own start, one issue, then a probe round (1 s period, a fresh",
+        "Python) before the kubelet starts the app. A probe that needs only the standard library",
+        "(`python3 -I -S`, reading the spec's JSON and testing the files) would cost tens of",
+        "milliseconds; it is not done yet (issue 15's follow-up).",
+        "",
+    ]
 
 
 def _soak(s: dict[str, Any]) -> list[str]:

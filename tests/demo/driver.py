@@ -2,9 +2,11 @@
 
 Vault (dev), PostgreSQL, moto, etcd and two Kubernetes clusters from the bed; the broker on
 its embedded defaults; the webhook registered in both clusters; one annotated pod per cluster
-(a database DSN and AWS keys) whose injected agent runs exactly as injected (the e2e kubelet
-harness, which needs root); then a rotation, a pod's termination and the audit trail's
-verification.
+(a database DSN and AWS keys). Cluster a has a real node (kubelet, containerd, the images
+the bed builds): its pod is scheduled and run by the kubelet, the agent from its image
+exactly as injected. Cluster b has no node (one per machine), so its pod's agent runs on
+the e2e kubelet harness; where the node cannot start, cluster a's pod does too, and the
+narration says why. Then a rotation, both pods' ends and the audit trail's verification.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,19 +23,24 @@ import psycopg
 from botocore.exceptions import ClientError
 
 from tests.bed.bed import Bed
+from tests.bed.errors import ServerUnavailable
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import MotoServer
+from tests.bed.node import Node
 from tests.bed.postgres import PostgresServer
 from tests.e2e.kubelet import PodRunner
+from tests.e2e.nodepods import NodeImages, load_images, prepare_namespace
 from tests.e2e.pods import live_leases, live_leases_all
 from tests.e2e.scene import BrokerThread, webhooks
-from tests.integration.kube_helpers import core, eventually
+from tests.integration.kube_helpers import eventually
 from tests.integration.member_clusters import RBAC, broker_kubeconfig
-from tests.integration.workloads import ensure_namespace
 
 from . import stage
 from .pods import (
     NAMESPACE,
+    DemoPod,
+    HarnessPod,
+    RealPod,
     aws_keys,
     caller_arn,
     credential,
@@ -43,6 +49,7 @@ from .pods import (
     show_aws_file,
     show_file,
     start_pod,
+    start_real_pod,
 )
 from .say import Narrator
 
@@ -55,8 +62,9 @@ def run(hold: bool = False, show_secrets: bool = False) -> int:
     say = Narrator(show_secrets)
     if os.geteuid() != 0:
         say.line(
-            "demo: FAILED: needs root (the kubelet harness binds each pod's volumes in a "
-            "mount namespace and runs its containers as the UIDs the pod spec names)"
+            "demo: FAILED: needs root (cluster a's real node runs containerd and a kubelet, "
+            "and the kubelet harness binds each pod's volumes in a mount namespace and runs "
+            "its containers as the UIDs the pod spec names)"
         )
         return 2
     started = time.monotonic()
@@ -76,7 +84,7 @@ def run(hold: bool = False, show_secrets: bool = False) -> int:
         say.line("demo: FAILED (everything it started is stopped)")
         return 1
     say.line(f"{SUCCESS}: in {time.monotonic() - started:.0f}s, two clusters served, a credential "
-             "rotated, a pod's leases revoked, the audit trail verified")  # fmt: skip
+             "rotated, the pods' leases revoked, the audit trail verified")  # fmt: skip
     return 0
 
 
@@ -87,10 +95,12 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     say.begin(1, "start Vault, PostgreSQL, moto, two Kubernetes clusters and the broker")
     servers = stage.start_servers(bed, say)
     vault, postgres, clusters = servers.vault, servers.postgres, servers.clusters
+    real = _start_node(bed, say)
     approle = stage.prepare_vault(vault.client(), servers, say)
-    broker, context = stage.start_broker(folder, vault, approle, clusters, say)
+    host = real[0].address if real else "127.0.0.1"
+    broker, context = stage.start_broker(folder, vault, approle, clusters, say, host)
     stack.callback(broker.stop)
-    say.line(f"broker: workload listener 127.0.0.1:{broker.broker.port} (generated TLS "
+    say.line(f"broker: workload listener {host}:{broker.broker.port} (generated TLS "
              f"identity), admin listener 127.0.0.1:{broker.broker.server.admin_port} "
              "(mutual TLS), store SQLite")  # fmt: skip
 
@@ -109,11 +119,12 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     run_id = secrets.token_hex(3)
     opt_in = (f"keyferry.io/demo-{run_id}", "on")
     for cluster in clusters.values():
-        with cluster.api_client() as api:
-            ensure_namespace(api, NAMESPACE)
-            core(api).patch_namespace(NAMESPACE, {"metadata": {"labels": dict([opt_in])}})
+        prepare_namespace(cluster, NAMESPACE, opt_in)
+    agent_image = real[1].agent if real else "keyferry/agent:harness"
     hooks = stack.enter_context(
-        webhooks(list(clusters.values()), folder / "webhook", broker.broker, run_id, opt_in)
+        webhooks(
+            list(clusters.values()), folder / "webhook", broker.broker, run_id, opt_in, agent_image
+        )
     )
     for hook in hooks.values():
         say.line(f"webhook for cluster {hook.cluster.name}: MutatingWebhookConfiguration "
@@ -121,27 +132,37 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     (folder / "pods").mkdir()
     runners: list[PodRunner] = []
     stack.callback(_stop_all, runners)
-    pods = {
-        name: start_pod(cluster, postgres, servers.moto, folder / "pods", runners, say)
-        for name, cluster in clusters.items()
-    }
+    pods: dict[str, DemoPod] = {}
+    for name, cluster in clusters.items():
+        if real and name == real[0].cluster.name:
+            node, images = real
+            say.line(f"cluster {name}: a real pod, scheduled on {node.name} and run by its kubelet")
+            pods[name] = start_real_pod(cluster, postgres, servers.moto, node, images, say)
+        else:
+            say.line(f"cluster {name}: no node here, so the kubelet harness runs the injected "
+                     "agent as a local process from the mutated pod")  # fmt: skip
+            pods[name] = start_pod(cluster, postgres, servers.moto, folder / "pods", runners, say)
 
     say.begin(4, "each pod's credential files, a query through the DSN, an STS call with the keys")
-    for runner, _agent in pods.values():
-        values = show_file(runner, say)
-        keys = show_aws_file(runner, say)
-        seen = prove(runner, say)
+    for pod in pods.values():
+        values = show_file(pod, say)
+        keys = show_aws_file(pod, say)
+        seen = prove(pod, say)
         if seen["user"] != values["user"]:
             raise RuntimeError(f"the app logged in as {seen['user']}, not {values['user']}")
         if seen["arn"] != caller_arn(servers.moto, keys):
             raise RuntimeError(f"the app called STS as {seen['arn']}, not with its file's keys")
-        leases = live_leases(broker, runner.cluster.name, runner.name)
+        leases = live_leases(broker, pod.cluster.name, pod.name)
         for lease in leases:
             say.detail(f"lease {lease.id}: role {lease.role}, generation {lease.generation}")
 
-    say.begin(5, "rotate one pod's lease, terminate the other pod, verify the audit trail")
-    _rotate(broker, context, pods["a"][0], postgres, say)
-    _terminate(broker, clusters["b"], *pods["b"], servers, say)
+    say.begin(5, "rotate one pod's lease, end both pods, verify the audit trail")
+    _rotate(broker, context, pods["a"], postgres, say)
+    for pod in pods.values():
+        if isinstance(pod, RealPod):
+            _delete_real(broker, pod, servers, say)
+        else:
+            _terminate(broker, pod, servers, say)
     say.line("signing an audit checkpoint now (the broker also signs one at every stop)")
     broker.call(broker.broker.server.runtime.checkpoint())
     stage.keyferry(say, "audit", "verify", "--config", str(folder / "broker.yaml"))
@@ -154,20 +175,36 @@ def _stop_all(runners: list[PodRunner]) -> None:
         runner.stop()
 
 
+def _start_node(bed: Bed, say: Narrator) -> tuple[Node, NodeImages] | None:
+    """Cluster a's real node with the agent and app images loaded; None, with the reason
+    said, where this machine cannot run it (its pod then runs on the kubelet harness)."""
+    try:
+        node = bed.node()
+        say.detail(f"real node: {node.describe()}")
+        images = load_images(node)
+    except ServerUnavailable as error:
+        say.line(f"cluster a: no real node on this machine ({error}); its pod runs on the "
+                 "kubelet harness instead")  # fmt: skip
+        return None
+    say.detail(f"images in the node's containerd (built here, never pulled): {images.agent}, "
+               f"{images.app}")  # fmt: skip
+    return node, images
+
+
 def _rotate(
-    broker: BrokerThread, context: Path, runner: PodRunner, postgres: PostgresServer, say: Narrator
+    broker: BrokerThread, context: Path, pod: DemoPod, postgres: PostgresServer, say: Narrator
 ) -> None:
     (lease,) = [
         lease
-        for lease in live_leases(broker, runner.cluster.name, runner.name)
+        for lease in live_leases(broker, pod.cluster.name, pod.name)
         if lease.role == "orders-db-ro"
     ]
-    before, old = credential(runner)
+    before, old = credential(pod)
     stage.keyferry(say, "rotate", "--lease", lease.id, "--context", str(context))
-    eventually(lambda: credential(runner)[0] != before, "the agent swapping the file")
-    new = show_file(runner, say, " after the rotation")
+    eventually(lambda: credential(pod)[0] != before, "the agent swapping the file")
+    new = show_file(pod, say, " after the rotation")
     say.line(f"rotation: database user {old['user']} -> {new['user']}")
-    prove(runner, say)
+    prove(pod, say)
 
     def old_login_refused() -> str | None:
         try:
@@ -180,17 +217,44 @@ def _rotate(
     say.line(f"old login refused: {old['user']}: {refusal}")
 
 
-def _terminate(
-    broker: BrokerThread,
-    cluster: KubeCluster,
-    runner: PodRunner,
-    agent: subprocess.Popen[bytes],
-    servers: stage.Servers,
-    say: Narrator,
+def _delete_real(broker: BrokerThread, pod: RealPod, servers: stage.Servers, say: Narrator) -> None:
+    _text, login = credential(pod)
+    keys = aws_keys(pod)
+    say.line(f"$ kubectl delete pod {pod.name} -n {NAMESPACE}   # cluster {pod.cluster.name}")
+    say.detail("the kubelet sends SIGTERM to the agent; the broker's pod watch sees the pod go")
+    took = pod.pod.delete()
+    say.detail(f"pod gone after {took:.1f}s")
+
+    def ended() -> list[Any] | None:
+        leases = live_leases_all(broker, pod.cluster.name, pod.name)
+        return (
+            leases if leases and all(lease.state.value == "revoked" for lease in leases) else None
+        )
+
+    for lease in eventually(ended, f"the leases of {pod.name} revoked", 30):
+        say.line(f"lease {lease.id} of {pod.name}: {lease.state.value}")
+    _refusals(servers, login, keys, say)
+
+
+def _refusals(
+    servers: stage.Servers, login: dict[str, str], keys: dict[str, str], say: Narrator
 ) -> None:
-    postgres = servers.postgres
-    _text, login = credential(runner)
-    keys = aws_keys(runner)
+    try:
+        servers.postgres.connect(login["user"], login["password"]).close()
+    except psycopg.OperationalError:
+        say.line(f"old login refused: {login['user']} no longer exists")
+    else:
+        raise RuntimeError(f"{login['user']} can still log in after its pod ended")
+    refusal = eventually(lambda: _sts_refusal(servers.moto, keys), "the IAM user deleted", 30)
+    say.line(f"old AWS keys refused: {keys['aws_access_key_id']}: {refusal}")
+
+
+def _terminate(
+    broker: BrokerThread, pod: HarnessPod, servers: stage.Servers, say: Narrator
+) -> None:
+    cluster, runner, agent = pod.cluster, pod.runner, pod.agent
+    _text, login = credential(pod)
+    keys = aws_keys(pod)
     say.line(f"terminating pod {runner.name} on cluster {cluster.name}: SIGTERM to its agent, "
              "then the Pod is deleted")  # fmt: skip
     agent.send_signal(signal.SIGTERM)
@@ -201,14 +265,7 @@ def _terminate(
         say.line(f"lease {lease.id} of {runner.name}: {lease.state.value}")
         if lease.state.value != "revoked":
             raise RuntimeError(f"lease {lease.id} is {lease.state.value}, not revoked")
-    try:
-        postgres.connect(login["user"], login["password"]).close()
-    except psycopg.OperationalError:
-        say.line(f"old login refused: {login['user']} no longer exists")
-    else:
-        raise RuntimeError(f"{login['user']} can still log in after its pod ended")
-    refusal = eventually(lambda: _sts_refusal(servers.moto, keys), "the IAM user deleted", 30)
-    say.line(f"old AWS keys refused: {keys['aws_access_key_id']}: {refusal}")
+    _refusals(servers, login, keys, say)
 
 
 def _sts_refusal(moto: MotoServer, keys: dict[str, str]) -> str | None:

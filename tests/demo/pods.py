@@ -1,19 +1,25 @@
 """The demo's pods: one annotated pod per cluster, created through the real API server
-(the keyferry webhook mutates it), its injected agent run by the e2e kubelet harness, and
-its app container proving the credential works."""
+(the keyferry webhook mutates it) and its app container proving the credential works. On
+cluster a the real node's kubelet runs the pod from the bed's images (RealPod); cluster b
+has no node, so there the e2e kubelet harness runs its injected agent (HarnessPod)."""
 
 from __future__ import annotations
 
 import configparser
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
+from tests.bed.node import Node
 from tests.bed.postgres import PostgresServer
 from tests.e2e.kubelet import PodRunner
+from tests.e2e.nodepods import NodeImages, NodePod, agent_status, injected
+from tests.e2e.nodepods import create as create_node_pod
+from tests.e2e.nodepods import pod_body as node_pod_body
 from tests.e2e.pods import AGENT, create, dsn_values, mutated, runner_for, until_ready
 from tests.integration.kube_helpers import core
 from tests.integration.workloads import ACCOUNT
@@ -23,6 +29,14 @@ from .say import Narrator
 NAMESPACE = "orders"  # docs/examples/policies.cedar lets workloads here get database roles
 SECRETS = "/keyferry/secrets"
 APP_UID, FS_GROUP = 1001, 3000
+# The real pod's proof, run in its app container (Debian's psql and aws CLI): its UID, the
+# database user and the catalog's table count through the DSN file, the caller's ARN
+# (Debian's aws CLI 2.9 predates AWS_ENDPOINT_URL: the endpoint goes on its command line).
+REAL_PROOF = """
+id -u
+psql "$(cat "$SECRETS/db")" -At -F ' ' -c 'select current_user, count(*) from pg_catalog.pg_tables'
+aws --endpoint-url "$AWS_ENDPOINT_URL" sts get-caller-identity --query Arn --output text
+"""
 # The app: a query through the DSN file, and STS GetCallerIdentity with the keys of the
 # aws-credentials file (boto3 reads it through AWS_SHARED_CREDENTIALS_FILE).
 PROOF = """
@@ -92,6 +106,59 @@ def delete_pod(cluster: KubeCluster, name: str) -> None:
             time.sleep(0.2)
 
 
+class HarnessPod:
+    """A pod whose containers the e2e kubelet harness runs as local processes (cluster b:
+    the bed's second cluster has no node)."""
+
+    where = "kubelet harness"
+
+    def __init__(self, runner: PodRunner, agent: subprocess.Popen[bytes]) -> None:
+        self.runner = runner
+        self.agent = agent
+        self.name = runner.name
+        self.cluster = runner.cluster
+
+    def secret(self, file: str) -> str:
+        return (self.runner.volumes["keyferry-secrets"] / file).read_text()
+
+    def mode(self, file: str) -> int:
+        return (self.runner.volumes["keyferry-secrets"] / file).stat().st_mode & 0o777
+
+    def run_app(self) -> dict[str, Any]:
+        """Run the pod's app container (as its own UID) with the DSN; what it saw."""
+        app = self.runner.start("app")
+        out, err = app.communicate(timeout=30)
+        if app.returncode != 0:
+            raise RuntimeError(f"the app of pod {self.name} failed: {err.decode()[-500:]}")
+        seen: dict[str, Any] = json.loads(out)
+        return seen
+
+
+class RealPod:
+    """A pod the real node's kubelet runs (cluster a); seen through `kubectl exec`."""
+
+    where = "real pod on node"
+
+    def __init__(self, pod: NodePod) -> None:
+        self.pod = pod
+        self.name = pod.name
+        self.cluster = pod.cluster
+
+    def secret(self, file: str) -> str:
+        return self.pod.secret(file)
+
+    def mode(self, file: str) -> int:
+        return int(self.pod.exec("stat", "-c", "%a", f"{SECRETS}/{file}").strip(), 8)
+
+    def run_app(self) -> dict[str, Any]:
+        """psql and the aws CLI in the running app container, with the files alone."""
+        out = self.pod.sh(REAL_PROOF).split()
+        return {"uid": int(out[0]), "user": out[1], "tables": int(out[2]), "arn": out[3]}
+
+
+DemoPod = HarnessPod | RealPod
+
+
 def start_pod(
     cluster: KubeCluster,
     postgres: PostgresServer,
@@ -99,69 +166,102 @@ def start_pod(
     folder: Path,
     runners: list[PodRunner],
     say: Narrator,
-) -> tuple[PodRunner, Any]:
+) -> HarnessPod:
     name = f"orders-app-{cluster.name}"
     stored = create_mutated(cluster, pod_body(name, postgres, moto))
     runner = runner_for(cluster, stored, folder, runners)
-    spec = runner.pod["spec"]
-    agent = runner.container(AGENT)
+    _show_injection(runner.pod, cluster, say)
+    process = runner.start(AGENT)
+    until_ready(runner, process)
+    say.detail(
+        f"agent running under the kubelet harness (pid {process.pid}); its startupProbe passes"
+    )
+    return HarnessPod(runner, process)
+
+
+def start_real_pod(
+    cluster: KubeCluster,
+    postgres: PostgresServer,
+    moto: MotoServer,
+    node: Node,
+    images: NodeImages,
+    say: Narrator,
+) -> RealPod:
+    """The annotated pod on the real node: the kubelet runs the agent image as injected
+    (a native sidecar with its startupProbe) before the app image (psql, aws)."""
+    name = f"orders-app-{cluster.name}"
+    env = {"PGHOST": node.address, "PGPORT": str(postgres.port), "PGDATABASE": "postgres"}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": f"{SECRETS}/aws", "AWS_CONFIG_FILE": "/dev/null"}
+    env |= {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_DEFAULT_REGION": REGION}
+    env["HOME"] = "/tmp"  # noqa: S108 - the aws CLI's cache, inside the container
+    roles = {"db": "orders-db-ro", "aws": "orders-aws"}
+    body = node_pod_body(name, images.app, roles, env=env)
+    started = time.monotonic()
+    pod = create_node_pod(cluster, NAMESPACE, body)
+    if not injected(pod):
+        raise RuntimeError(f"the webhook did not mutate pod {name} on cluster {cluster.name}")
+    _show_injection(pod.stored(), cluster, say)
+    ready = pod.wait_ready()
+    agent = agent_status(ready)
+    say.detail(
+        f"scheduled on {ready.spec.node_name}; the kubelet started the agent image "
+        f"{agent.image} (a native sidecar), its startupProbe passed, then the app image "
+        f"{images.app}: Running and Ready {time.monotonic() - started:.1f}s after creation"
+    )
+    return RealPod(pod)
+
+
+def _show_injection(pod: dict[str, Any], cluster: KubeCluster, say: Narrator) -> None:
+    spec = pod["spec"]
+    agent = next(c for c in spec.get("initContainers") or [] if c["name"] == AGENT)
+    name = pod["metadata"]["name"]
     say.line(f"pod {NAMESPACE}/{name} on cluster {cluster.name}: created, mutated by the webhook")
     say.detail(f"init containers: {[c['name'] for c in spec.get('initContainers') or []]}")
     say.detail(f"agent: {' '.join(agent.get('command') or [])} {' '.join(agent.get('args') or [])}")
     say.detail(f"volumes: {[v['name'] for v in spec.get('volumes') or []]}")
-    process = runner.start(AGENT)
-    until_ready(runner, process)
-    say.detail(f"agent running (pid {process.pid}); its startupProbe passes")
-    return runner, process
 
 
-def credential(runner: PodRunner) -> tuple[str, dict[str, str]]:
-    text = (runner.volumes["keyferry-secrets"] / "db").read_text()
+def credential(pod: DemoPod) -> tuple[str, dict[str, str]]:
+    text = pod.secret("db")
     return text, dsn_values(text)
 
 
-def aws_keys(runner: PodRunner) -> dict[str, str]:
+def aws_keys(pod: DemoPod) -> dict[str, str]:
     """The [default] profile of the pod's aws-credentials file."""
     parser = configparser.ConfigParser()
-    parser.read_string((runner.volumes["keyferry-secrets"] / "aws").read_text())
+    parser.read_string(pod.secret("aws"))
     return dict(parser["default"])
 
 
-def show_file(runner: PodRunner, say: Narrator, label: str = "") -> dict[str, str]:
+def show_file(pod: DemoPod, say: Narrator, label: str = "") -> dict[str, str]:
     """Show the pod's db file (password masked); its DSN values."""
-    text, values = credential(runner)
-    _show(runner, "db", text, label, say, values.get("password", ""))
+    text, values = credential(pod)
+    _show(pod, "db", text, label, say, values.get("password", ""))
     return values
 
 
-def show_aws_file(runner: PodRunner, say: Narrator) -> dict[str, str]:
+def show_aws_file(pod: DemoPod, say: Narrator) -> dict[str, str]:
     """Show the pod's aws file (secret key masked); its keys."""
-    keys = aws_keys(runner)
-    text = (runner.volumes["keyferry-secrets"] / "aws").read_text()
-    _show(runner, "aws", text, "", say, keys["aws_secret_access_key"])
+    keys = aws_keys(pod)
+    _show(pod, "aws", pod.secret("aws"), "", say, keys["aws_secret_access_key"])
     return keys
 
 
-def _show(runner: PodRunner, name: str, text: str, label: str, say: Narrator, secret: str) -> None:
-    mode = f"{(runner.volumes['keyferry-secrets'] / name).stat().st_mode & 0o777:04o}"
-    say.line(f"{SECRETS}/{name} in pod {runner.name}{label} (mode {mode}):")
+def _show(pod: DemoPod, name: str, text: str, label: str, say: Narrator, secret: str) -> None:
+    say.line(f"{SECRETS}/{name} in pod {pod.name}{label} (mode {pod.mode(name):04o}):")
     for line in say.secret_text(text.strip(), secret).splitlines():
         say.detail(line)
 
 
-def prove(runner: PodRunner, say: Narrator) -> dict[str, Any]:
-    """Run the pod's app container (as its own UID) with the DSN; what it saw."""
-    app = runner.start("app")
-    out, err = app.communicate(timeout=30)
-    if app.returncode != 0:
-        raise RuntimeError(f"the app of pod {runner.name} failed: {err.decode()[-500:]}")
-    seen: dict[str, Any] = json.loads(out)
+def prove(pod: DemoPod, say: Narrator) -> dict[str, Any]:
+    """Run the pod's app with the credential files; what it saw."""
+    seen = pod.run_app()
     say.line(
-        f"app container of {runner.name} (uid {seen['uid']}) queried PostgreSQL through the "
+        f"app container of {pod.name} (uid {seen['uid']}) queried PostgreSQL through the "
         f"DSN as {seen['user']}: {seen['tables']} catalog tables visible"
     )
     say.line(
-        f"app container of {runner.name} called STS GetCallerIdentity at moto with the keys "
+        f"app container of {pod.name} called STS GetCallerIdentity at moto with the keys "
         f"of {SECRETS}/aws: {seen['arn']}"
     )
     return seen

@@ -94,7 +94,10 @@ def start_broker(
     approle: tuple[str, str],
     clusters: dict[str, KubeCluster],
     say: Narrator,
+    workload_host: str = "127.0.0.1",
 ) -> tuple[BrokerThread, Path]:
+    """The broker, its workload listener on `workload_host` (the node's address when
+    cluster a has a real node: the agents in its pods reach the broker there)."""
     admin_port = free_port()
     context = folder / "context.yaml"
     ca_dir = folder / "admin"
@@ -109,6 +112,7 @@ def start_broker(
     data["sealing"]["key"] = base64.b64encode(os.urandom(32)).decode()
     data.pop("roles")  # applied below with `keyferry roles apply`, as an operator would
     data["clusters"] = []  # registered below with `keyferry clusters register`
+    data["workload"]["host"] = workload_host
     data["admin"] = {
         "host": "127.0.0.1",
         "port": admin_port,

@@ -77,14 +77,14 @@ def mount_internal_tls(root: hvac.Client) -> str:
     return ca
 
 
-def role_catalog(folder: Path, postgres: PostgresServer) -> Path:
+def role_catalog(folder: Path, postgres: PostgresServer, host: str = LOOPBACK) -> Path:
     """docs/examples/roles.yaml with the connection of orders-db-ro filled in for the bed's
-    PostgreSQL, so the DSN file alone (host, port, dbname, user, password) logs in."""
+    PostgreSQL at `host`, so the DSN file alone (host, port, dbname, user, password) logs in."""
     roles = yaml.safe_load(ROLES.read_text())
     for role in roles:
         if role["name"] == "orders-db-ro":
             role["connection"] = {
-                "host": "127.0.0.1",
+                "host": host,
                 "port": postgres.port,
                 "dbname": "postgres",
                 "sslmode": "disable",
@@ -104,11 +104,15 @@ def scene_broker(
     limits: dict[str, Any] | None = None,
     renewal: dict[str, Any] | None = None,
     ttl: str = "5m",
+    workload_host: str = LOOPBACK,
+    db_host: str = LOOPBACK,
 ) -> BrokerThread:
     """A broker in a thread on the bed: its AppRole, role orders-db-ro's PostgreSQL mount
     (with the connection in the catalog; Vault's default lease TTL `ttl`), the audit
     transit key, docs/examples' policies plus `policies`, and `limits` and `renewal` over
-    the test defaults. Other engines are the caller's."""
+    the test defaults. Other engines are the caller's. Its workload listener is on
+    `workload_host`, and the DSNs it issues name PostgreSQL at `db_host` (both the node's
+    address for real pods)."""
     root: hvac.Client = vault.client()
     approle = enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
     mount_postgres(root, postgres, MOUNT, "ro", default_ttl=ttl)
@@ -117,8 +121,9 @@ def scene_broker(
     TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
     data = config(folder, vault, approle, clusters, sqlite_url(folder))
     data["policies"] += [str(path) for path in policies]
-    data["roles"] = str(role_catalog(folder, postgres))
+    data["roles"] = str(role_catalog(folder, postgres, db_host))
     data["limits"] |= limits or {}
+    data["workload"]["host"] = workload_host
     if renewal is not None:
         data["renewal"] = renewal
     return BrokerThread(data, folder)
@@ -164,8 +169,15 @@ class Webhook:
 
 @contextmanager
 def webhooks(
-    clusters: list[KubeCluster], folder: Path, broker: Broker, run: str, opt_in: tuple[str, str]
+    clusters: list[KubeCluster],
+    folder: Path,
+    broker: Broker,
+    run: str,
+    opt_in: tuple[str, str],
+    agent_image: str = "keyferry/agent:e2e",
 ) -> Iterator[dict[str, Webhook]]:
+    """A webhook per cluster (a local server the API server calls by URL), each pointing
+    agents at the broker's workload listener as the broker listens (its host, its port)."""
     ca = new_ca(folder, "ca", "keyferry e2e webhook CA")
     serving = ca.issue(folder, "serving", "keyferry-webhook", ip_addresses=(LOOPBACK,))
     context = server_context(serving.cert, serving.key)
@@ -176,9 +188,10 @@ def webhooks(
             config = WebhookConfig(
                 cluster_name=cluster.name,
                 namespace=f"keyferry-{run}",
-                agent=AgentConfig(image="keyferry/agent:e2e"),
+                agent=AgentConfig(image=agent_image),
                 broker=BrokerEndpoint(
-                    address=f"{LOOPBACK}:{broker.port}", ca_pem=broker.ca.read_text()
+                    address=f"{broker.settings.workload.host}:{broker.port}",
+                    ca_pem=broker.ca.read_text(),
                 ),
             )
             seen: list[Admission] = []

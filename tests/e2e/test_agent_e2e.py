@@ -8,6 +8,14 @@ pods is a small Python program that logs in with the DSN file alone (the role ca
 database's host, port and name; the app has no PG* variable), reads the KV value, calls STS
 with the aws-credentials file and checks the PEM bundle with `cryptography`, as a UID other
 than the agent's (fsGroup case). Every test runs in both clusters.
+
+Why the harness here: cluster b has no node (one kube-proxy per machine; the clusters share
+a service range), so its pods can only run this way. Cluster a has a real node, and the
+cases it can run are in test_node_e2e.py (admission, sidecar order, psql, openssl, the aws
+CLI, rotation with SIGHUP, kubectl delete, init-only Jobs, API tokens); these cases run on
+cluster a's harness too, so both clusters are compared with one implementation, and some
+(an agent restarted five times, a pod without its token volume) drive the agent's process
+directly, which a kubelet does not let a test do.
 """
 
 from __future__ import annotations
