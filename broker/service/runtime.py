@@ -33,31 +33,31 @@ from broker.settings import BrokerSettings, TokensSettings
 from broker.store import Store, StoreRunner
 from broker.store.clock import Clock, utcnow
 
-from .access import AccessFlow
-from .auditing import AuditTrail
-from .callers import Callers, VerifyLimits
-from .catalog import RoleCatalog
-from .cluster_admin import ClusterAdmin
-from .events import EventHub
-from .issuing import IssueFlow, IssueLimits
-from .leadership import leadership_for
-from .lease_engine import LeaseEngine
-from .limits import IssueRates, LeaseCallRates, WatchStreamCaps
-from .loops import Periodic
-from .notify import EventRelay
-from .pod_leases import PodLeases
-from .reconciling import Reconciler
-from .releasing import ReleaseFlow
-from .renewing import Renewer, RenewFlow
-from .revocation import RevocationFlow
-from .revoking import Backoff, Revoker
-from .role_admin import RoleAdmin
-from .root_rotation import RootRotationFlow
-from .rotating import RotationFlow
-from .scheduled_rotation import ScheduledRotation
-from .scheduler import JobScheduler
-from .sealing import CredentialSealer
-from .watching import WatchFlow
+from .admin.access_grants import AccessFlow
+from .admin.clusters import ClusterAdmin
+from .admin.revoke_selected import RevocationFlow
+from .admin.roles import RoleAdmin
+from .admin.root_credential import RootRotationFlow
+from .admin.rotation import RotationFlow
+from .common.audit_trail import AuditTrail
+from .common.callers import Callers, VerifyLimits
+from .common.role_catalog import RoleCatalog
+from .common.sealing import CredentialSealer
+from .engine.lease_engine import LeaseEngine
+from .engine.revoker import Backoff, Revoker
+from .events.hub import EventHub
+from .events.relay import EventRelay
+from .jobs.ended_pods import PodLeases
+from .jobs.leadership import leadership_for
+from .jobs.reconcile import Reconciler
+from .jobs.renewal import Renewer
+from .jobs.rotation_schedule import ScheduledRotation
+from .jobs.scheduler import JobScheduler, Periodic
+from .workload.issue import IssueFlow, IssueLimits
+from .workload.limits import IssueRates, LeaseCallRates, WatchStreamCaps
+from .workload.release import ReleaseFlow
+from .workload.renew import RenewFlow
+from .workload.watch import WatchFlow
 
 log = structlog.get_logger("keyferry.runtime")
 
@@ -258,7 +258,7 @@ class BrokerRuntime:
                 rates=lease_calls,
             ),
             rotation=rotation,
-            scheduled=ScheduledRotation(catalog, store, runner, rotation, clock),
+            scheduled=ScheduledRotation(catalog, store, runner, rotation.rotate_scheduled, clock),
             revocation=RevocationFlow(
                 policy=policy,
                 audit=audit,

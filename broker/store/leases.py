@@ -3,7 +3,7 @@
 State changes are idempotent where a retry could repeat them (the scheduler's jobs, a
 replica that takes over): repeating a change that already happened returns the record;
 a move LEASE_TRANSITIONS (records.py) does not allow raises LeaseStateConflict with that
-record. Only the lease engine (broker/service/lease_engine.py, revoking.py) calls the
+record. Only the lease engine (broker/service/engine/: lease_engine.py, revoker.py) calls the
 lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_failure).
 """
 

@@ -31,7 +31,7 @@ from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.cli.exits import CONFIG, NOTHING_SELECTED
 from broker.cli.main import app as cli
 from broker.server import create_server
-from broker.service.auditing import system_principal
+from broker.service.common.audit_trail import system_principal
 from broker.settings import load_settings
 from broker.store import LeaseRequest, LeaseState, PendingLease
 from tests.bed.kube import KubeCluster

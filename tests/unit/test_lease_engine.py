@@ -37,15 +37,15 @@ from broker.models import (
     load_roles,
 )
 from broker.policy import Operator, PolicyEngine
-from broker.service.access import AccessFlow
-from broker.service.auditing import AuditTrail, system_principal
-from broker.service.catalog import RoleCatalog
-from broker.service.events import EventHub
-from broker.service.grants import check_grant_ask, new_grant
-from broker.service.lease_engine import IssueOrder, LeaseEngine, PendingWait
-from broker.service.revoking import Revoker
-from broker.service.rotating import RotationFlow
-from broker.service.sealing import CredentialSealer
+from broker.service.admin.access_grants import AccessFlow
+from broker.service.admin.rotation import RotationFlow
+from broker.service.common.audit_trail import AuditTrail, system_principal
+from broker.service.common.grant_terms import check_grant_ask, new_grant
+from broker.service.common.role_catalog import RoleCatalog
+from broker.service.common.sealing import CredentialSealer
+from broker.service.engine.lease_engine import IssueOrder, LeaseEngine, PendingWait
+from broker.service.engine.revoker import Revoker
+from broker.service.events.hub import EventHub
 from broker.settings import AccessSettings
 from broker.store import (
     LEASE_TRANSITIONS,

@@ -1,5 +1,5 @@
-"""Renewing Vault leases: the broker's own renewals for pods that hold a Watch stream, and
-Broker.Renew for callers outside pods.
+"""Renewing Vault leases: the broker's own renewals for pods that hold a Watch stream (the
+periodic pass), and one lease's renewal at Vault (also Broker.Renew's, workload/renew.py).
 
 For pods the broker owns renewal, and the open Watch stream is the heartbeat: a pass
 renews the renewable leases of watched pods once `renewal.fraction` (default 2/3) of their
@@ -28,7 +28,6 @@ from broker.audit import AuditAction
 from broker.backends import Backends
 from broker.errors import InvalidRequest, KeyferryError, VaultUnavailable
 from broker.models import VaultLease
-from broker.policy import Action, PolicyEngine
 from broker.settings import RenewalSettings
 from broker.store import (
     LeaseRecord,
@@ -39,12 +38,9 @@ from broker.store import (
 )
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, system_principal
-from .callers import Callers
-from .events import EventHub, LeaseExpiring, LeaseRenewed
-from .limits import LeaseCallRates
-from .own_leases import OwnLeaseGate
-from .results import RenewedLease
+from ..common.audit_trail import AuditTrail, system_principal
+from ..common.results import RenewedLease
+from ..events.hub import EventHub, LeaseExpiring, LeaseRenewed
 
 log = structlog.get_logger("keyferry.renew")
 SYSTEM_JOB = "broker.renew"
@@ -183,29 +179,3 @@ def _spread(lease: LeaseRecord) -> float:
     """A number in [0, 1) fixed for this lease and its current end."""
     key = f"{lease.id}/{lease.expires_at}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-
-
-class RenewFlow:
-    """Broker.Renew: a caller extends one of its own leases (callers outside pods)."""
-
-    def __init__(
-        self,
-        *,
-        callers: Callers,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
-        renewer: Renewer,
-        rates: LeaseCallRates,
-    ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
-        self._audit = audit
-        self._renewer = renewer
-
-    async def renew(self, token: str, lease_id: str, request_id: str) -> RenewedLease:
-        own = await self._gate.authorize(token, lease_id, Action.RENEW, request_id)
-        workload, lease = own.workload, own.lease
-        renewed = await self._renewer.renew(lease)
-        await self._audit.lease(workload, AuditAction.LEASE_RENEWED, renewed.lease, request_id)
-        return renewed

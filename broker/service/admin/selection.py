@@ -23,9 +23,9 @@ from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
 
-from .auditing import AuditTrail, decided, operator_principal
-from .gate import PolicyGate
-from .resources import lease_resource
+from ..common.audit_trail import AuditTrail, decided, operator_principal
+from ..common.gate import PolicyGate
+from ..common.lease_resource import lease_resource
 
 T = TypeVar("T")
 R = TypeVar("R")

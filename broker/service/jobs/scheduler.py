@@ -1,10 +1,20 @@
-"""The periodic jobs on APScheduler (3.x, AsyncIOScheduler on the broker's event loop).
+"""The broker's periodic jobs and their scheduler, on APScheduler (3.x, AsyncIOScheduler on
+the broker's event loop).
+
+A job (`Periodic`) is a coroutine run every `interval`. `leader_only` jobs (revocations,
+the pod sweep, JWKS refresh, audit checkpoints, reconcile, grant expiry) run on the one
+replica that leads (leadership.py); the others run on every replica because they serve
+what that replica holds (renewals of the pods whose Watch streams it serves, leadership
+itself).
 
 APScheduler 3 cannot share a job store between schedulers, so nothing about the work is
 kept in APScheduler: each replica schedules the same jobs in memory, the lease table is
-the work queue, and a `leader_only` job runs only while this replica leads (leadership.py).
-When a replica becomes leader its leader jobs run at once, so due work a dead leader left
-behind is picked up without waiting for the next interval.
+the work queue, and a `leader_only` job runs only while this replica leads. Every job
+reads its due work from the lease table and every action on a lease is idempotent, so a
+job that runs twice (two replicas in the moment a lead changes hands, a retry after a
+crash) wastes work, never repeats an effect. When a replica becomes leader its leader
+jobs run at once, so due work a dead leader left behind is picked up without waiting for
+the next interval.
 
 A job's failure is logged and the next run tries again: a job never dies of one bad pass.
 Runs of one job never overlap (max_instances=1); missed runs collapse into one (coalesce).
@@ -14,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -24,10 +35,19 @@ from apscheduler.triggers.interval import IntervalTrigger
 from broker.errors import KeyferryError
 
 from .leadership import Leadership
-from .loops import Periodic
 
 log = structlog.get_logger("keyferry.scheduler")
 LEADERSHIP_JOB = "leadership"
+Job = Callable[[], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Periodic:
+    name: str
+    interval: timedelta
+    job: Job
+    leader_only: bool = True
+    at_once: bool = True  # first run at start and on taking the lead; else after `interval`
 
 
 class JobScheduler:

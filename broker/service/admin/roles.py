@@ -19,9 +19,9 @@ from broker.models import RoleSpec
 from broker.policy import Action, Operator, PolicyEngine, RoleResource
 from broker.policy import Decision as PolicyDecision
 
-from .auditing import AuditTrail
-from .catalog import RoleCatalog, StoredRole
-from .gate import PolicyGate, Record
+from ..common.audit_trail import AuditTrail
+from ..common.gate import PolicyGate, Record
+from ..common.role_catalog import RoleCatalog, StoredRole
 
 ACTION = Action.GRANT
 

@@ -11,7 +11,7 @@ operator and the cluster.
 A registered cluster's credential is sealed in the store with the broker's sealing key.
 Its JWKS is pinned in the store; `refresh_keys` (a periodic job) fetches it anew, and a
 token with an unknown key id fetches it too, at most once per tokens.jwks_min_interval
-(broker.service.callers). Clusters from
+(broker.service.common.callers). Clusters from
 the config file stay as they are: listed, never deregistered here.
 """
 
@@ -34,13 +34,13 @@ from broker.policy import Action, ClusterRef, Operator, PolicyEngine
 from broker.store import ClusterExists, ClusterRecord, Selector, Store, StoreRunner
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, operator_principal
-from .callers import Callers
-from .gate import PolicyGate
-from .lease_engine import LeaseEngine
-from .pod_leases import PodLeases
-from .registration import check_cluster, key_fingerprints
-from .sealing import CredentialSealer
+from ..common.audit_trail import AuditTrail, operator_principal
+from ..common.callers import Callers
+from ..common.gate import PolicyGate
+from ..common.sealing import CredentialSealer
+from ..engine.lease_engine import LeaseEngine
+from ..jobs.ended_pods import PodLeases
+from .cluster_checks import check_cluster, key_fingerprints
 
 log = structlog.get_logger("keyferry.clusters")
 ACTION = Action.REGISTER

@@ -8,8 +8,8 @@ the decision (fail-closed: no record, no step), then the store moves the grant.
 Nobody approves or denies their own request: the broker refuses it whatever the policies
 say (SelfApproval), and the example policy set forbids it as well.
 
-The credential is a normal tracked lease owned by the grant (see grants.py), issued and
-ended by the lease engine (lease_engine.py) like a pod's: ending a grant ends its lease,
+The credential is a normal tracked lease owned by the grant (see common/grant_terms.py), issued and
+ended by the lease engine (engine/lease_engine.py) like a pod's: ending a grant ends its lease,
 the row revoking before Vault is asked, and a revocation Vault does not answer now is
 retried until it succeeds. Its Vault lease is
 renewed down (or up, within the role's max TTL) to end when the grant does; only roles
@@ -49,18 +49,18 @@ from broker.store import (
 )
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, operator_principal, system_principal
-from .catalog import RoleCatalog
-from .gate import PolicyGate
-from .grants import (
+from ..common.audit_trail import AuditTrail, operator_principal, system_principal
+from ..common.gate import PolicyGate
+from ..common.grant_terms import (
     ACCESS_OWNER,
     check_grant_ask,
     grant_lease_request,
     grant_resource,
     new_grant,
 )
-from .lease_engine import IssueOrder, LeaseEngine, TrackedCredential
-from .results import GrantCredential, GrantEnd
+from ..common.results import GrantCredential, GrantEnd
+from ..common.role_catalog import RoleCatalog
+from ..engine.lease_engine import IssueOrder, LeaseEngine, TrackedCredential
 
 log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"

@@ -44,15 +44,15 @@ from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreRunner
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, principal_of
-from .callers import Callers
-from .events import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
-from .gate import PolicyGate
-from .lease_engine import LeaseEngine
+from ..common.audit_trail import AuditTrail, principal_of
+from ..common.callers import Callers
+from ..common.gate import PolicyGate
+from ..common.lease_resource import lease_resource
+from ..common.sealing import CredentialSealer
+from ..engine.lease_engine import LeaseEngine
+from ..events.hub import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
 from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
-from .resources import lease_resource
-from .sealing import CredentialSealer
 
 log = structlog.get_logger("keyferry.watch")
 FIRST_RECHECK = (0.5, 1.0)  # the first re-check comes after this share of the interval,

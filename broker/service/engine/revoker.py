@@ -26,8 +26,8 @@ from broker.models import VaultLease
 from broker.store import LeaseRecord, Store, StoreRunner
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, system_principal
-from .events import EventHub, LeaseRevoked
+from ..common.audit_trail import AuditTrail, system_principal
+from ..events.hub import EventHub, LeaseRevoked
 
 log = structlog.get_logger("keyferry.revoke")
 RETRY_AFTER = timedelta(seconds=30)  # an issue still running: its Vault lease is not known

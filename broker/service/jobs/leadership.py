@@ -30,8 +30,7 @@ import psycopg
 import structlog
 
 from broker.store import StoreSettings
-
-from .sessions import Session, open_session, postgres_conninfo
+from broker.store.sessions import Session, open_session, postgres_conninfo
 
 log = structlog.get_logger("keyferry.leadership")
 LOCK_KEY = 0x6B66_6C65_6164_6572 & 0x7FFF_FFFF_FFFF_FFFF  # "kfleader", a signed bigint

@@ -4,10 +4,10 @@ token → pod still bound → rate limits → credential name → role → Cedar
 pending row (before Vault) → Vault → complete the row → audit → credential.
 
 Idempotent per (pod UID, credential name): when the store already holds a live lease for
-them, its sealed credential is returned and Vault is not asked (see sealing.py), unless that
+them, its sealed credential is returned and Vault is not asked (see common/sealing.py), unless that
 lease has run out unrenewed: then it is ended (audited reason EXPIRED) and Vault issues a
 new one. The pending row, Vault, completing and undoing are the lease engine's
-(lease_engine.py): if the store cannot record what Vault issued, the Vault lease is revoked
+(engine/lease_engine.py): if the store cannot record what Vault issued, the Vault lease is revoked
 before the error is returned, so no credential exists that the store does not know about.
 """
 
@@ -36,14 +36,14 @@ from broker.store import (
 )
 from broker.store.clock import Clock, utcnow
 
-from .auditing import AuditTrail, principal_of
-from .callers import Callers
-from .catalog import RoleCatalog
-from .gate import PolicyGate
-from .lease_engine import IssueOrder, LeaseEngine, TrackedCredential
+from ..common.audit_trail import AuditTrail, principal_of
+from ..common.callers import Callers
+from ..common.gate import PolicyGate
+from ..common.results import IssuedLease
+from ..common.role_catalog import RoleCatalog
+from ..engine.lease_engine import IssueOrder, LeaseEngine, TrackedCredential
 from .limits import IssueRates, check_limits
 from .names import check_credential_name
-from .results import IssuedLease
 
 log = structlog.get_logger("keyferry.issue")
 ENDED_RETRIES = 3  # an ended lease retired, then Issue begins again (a race may need a second)

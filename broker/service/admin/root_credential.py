@@ -22,8 +22,8 @@ from broker.models.roles import MOUNT_PATTERN, VAULT_ROLE_PATTERN
 from broker.policy import Action, ConnectionResource, Operator, PolicyEngine
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, operator_principal
-from .gate import PolicyGate
+from ..common.audit_trail import AuditTrail, operator_principal
+from ..common.gate import PolicyGate
 
 HINTS = {
     "mount": "a keyferry database mount relative to the prefix, like db-orders",

@@ -1,10 +1,10 @@
 """RevokeSelected: end every live lease a selector reaches, on an operator's demand.
 
 Each selected lease is decided (Cedar `revoke`, audited) before any is touched; then the
-lease engine ends each (lease_engine.py: the row revoking, no longer handed out, audited
+lease engine ends each (engine/lease_engine.py: the row revoking, no longer handed out, audited
 with reason REVOKE_SELECTED, then the Revoker asks Vault), `concurrency` at a time. A
 revocation Vault does not take now stays queued on its row and the Revoker's periodic
-pass retries it until it succeeds (revoking.py): it is reported as queued, never as
+pass retries it until it succeeds (engine/revoker.py): it is reported as queued, never as
 given up.
 """
 
@@ -19,8 +19,8 @@ from broker.errors import KeyferryError
 from broker.policy import Action, Operator, PolicyEngine
 from broker.store import LIVE_STATES, LeaseState, Store, StoreRunner
 
-from .auditing import AuditTrail, operator_principal
-from .lease_engine import LeaseEngine
+from ..common.audit_trail import AuditTrail, operator_principal
+from ..engine.lease_engine import LeaseEngine
 from .selection import (
     LeaseProgress,
     LeaseSelector,

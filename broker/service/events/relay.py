@@ -1,7 +1,7 @@
 """Watch events across replicas: PostgreSQL NOTIFY out, LISTEN in, each replica's own hub.
 
 A rotation made on one replica must reach the pod's Watch streams wherever they are. The
-replica that made a change publishes the event to its hub (events.py), which delivers it
+replica that made a change publishes the event to its hub (hub.py), which delivers it
 to its own streams and hands it here: a NOTIFY on `keyferry_events` carrying only what
 names the change (pod UID, kind, lease id, reason, expiry, and the sending replica's id),
 never a credential. NOTIFY is sent after the store committed the change, so a replica that
@@ -29,10 +29,10 @@ import structlog
 from broker.errors import KeyferryError
 from broker.models import VaultLease
 from broker.store import LeaseState, Store, StoreRunner, StoreSettings
+from broker.store.sessions import Session, open_session, postgres_conninfo
 
-from .events import EventHub, LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
-from .sealing import CredentialSealer
-from .sessions import Session, open_session, postgres_conninfo
+from ..common.sealing import CredentialSealer
+from .hub import EventHub, LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
 
 log = structlog.get_logger("keyferry.notify")
 CHANNEL = "keyferry_events"

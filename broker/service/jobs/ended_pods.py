@@ -22,9 +22,9 @@ from broker.clusters import ClusterClient, ClusterUnavailable, EndedPod, PodWatc
 from broker.errors import KeyferryError
 from broker.store import LeaseRecord, Selector, Store, StoreRunner
 
-from .auditing import system_principal
-from .callers import Callers
-from .lease_engine import LeaseEngine
+from ..common.audit_trail import system_principal
+from ..common.callers import Callers
+from ..engine.lease_engine import LeaseEngine
 
 log = structlog.get_logger("keyferry.pod_leases")
 SWEEP_INTERVAL = timedelta(seconds=60)

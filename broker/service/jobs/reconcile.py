@@ -18,7 +18,7 @@ settles them, run once at broker start and then periodically:
 The store is read before Vault is listed for step 2 (a lease issued after the snapshot
 cannot look gone) and after it for step 3 (a lease recorded meanwhile is known). Every
 change is audited as the broker's own `broker.reconcile`; rows are closed through the lease
-engine (lease_engine.py), so a lease the Revoker settles meanwhile is recorded once.
+engine (engine/lease_engine.py), so a lease the Revoker settles meanwhile is recorded once.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from broker.errors import KeyferryError
 from broker.store import LeaseState, Store, StoreRunner
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, system_principal
-from .lease_engine import LeaseEngine
+from ..common.audit_trail import AuditTrail, system_principal
+from ..engine.lease_engine import LeaseEngine
 
 log = structlog.get_logger("keyferry.reconcile")
 SYSTEM_JOB = "broker.reconcile"

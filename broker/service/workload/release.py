@@ -2,7 +2,7 @@
 
 The pod may be terminating (an agent releases at shutdown), so a terminating pod's token
 is accepted here. Another pod's lease is not found (own_leases.py). The lease is ended by
-the lease engine (lease_engine.py): a revocation Vault does not take now stays queued on
+the lease engine (engine/lease_engine.py): a revocation Vault does not take now stays queued on
 its row, retried by the Revoker until it succeeds, and the error is returned.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from broker.policy import Action, PolicyEngine
 from broker.store import LeaseRecord, LeaseState, Store, StoreRunner
 
-from .auditing import AuditTrail, principal_of
-from .callers import Callers
-from .lease_engine import LeaseEngine
+from ..common.audit_trail import AuditTrail, principal_of
+from ..common.callers import Callers
+from ..engine.lease_engine import LeaseEngine
 from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
 

@@ -3,7 +3,7 @@
 Each replica has its own hub for the Watch streams it serves. Every change that concerns
 a pod (a rotation, a revocation, a renewal, a lease that cannot be renewed further) is
 published to it by the flow that made the change, after the store has recorded it. With
-several replicas the hub also hands each event to a fan-out (notify.py: PostgreSQL NOTIFY,
+several replicas the hub also hands each event to a fan-out (relay.py: PostgreSQL NOTIFY,
 no secret in the payload), and the other replicas deliver it to their own streams of that
 pod. The snapshot a stream receives on (re)connect covers anything missed in between.
 

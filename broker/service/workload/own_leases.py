@@ -14,12 +14,12 @@ from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
 
-from .auditing import AuditTrail, decided
-from .callers import Callers
-from .gate import PolicyGate
+from ..common.audit_trail import AuditTrail, decided
+from ..common.callers import Callers
+from ..common.gate import PolicyGate
+from ..common.lease_resource import lease_resource
 from .limits import LeaseCallRates
 from .names import check_lease_id
-from .resources import lease_resource
 
 
 @dataclass(frozen=True)

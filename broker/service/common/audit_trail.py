@@ -9,7 +9,7 @@ requests are refused: nothing is issued or revoked that the trail does not show.
 
 Refusals before any policy ran (a bad token, a pod that is gone) are the exception to one
 record per event: the first of a kind is written at once, the rest are counted and
-summarised every `refusal_summary` (broker.service.refusals).
+summarised every `refusal_summary` (broker.service.common.refusals).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from broker.policy import Action, Operator, Workload
 from broker.policy import Decision as PolicyDecision
 from broker.store import GrantRecord, LeaseRecord
 
-from .grants import grant_where
+from .grant_terms import grant_where
 from .refusals import CALLER_PEER, RefusalKind, RefusalTally, peer_host
 
 log = structlog.get_logger("keyferry.audit")

@@ -67,9 +67,9 @@ from broker.store import (
 )
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail
-from .revoking import Revoker
-from .sealing import CredentialSealer
+from ..common.audit_trail import AuditTrail
+from ..common.sealing import CredentialSealer
+from .revoker import Revoker
 
 log = structlog.get_logger("keyferry.leases")
 PENDING_POLL = 0.05

@@ -2,26 +2,28 @@
 
 A leader job: each pass reads the roles that carry a schedule, pages through each one's
 active leases and hands the due ones (their generation began long enough ago, or a cron
-time has passed since) to RotationFlow.rotate_scheduled. Due-ness is computed from the
-lease's own `created_at`, so a pass that is missed (a leader died, the broker was down)
-is caught up by the next one, and a lease rotated once is not due again until its new
-generation ages.
+time has passed since) to `RotationFlow.rotate_scheduled` (handed in by runtime.py, so
+this job does not import the operators' flows). Due-ness is computed from the lease's own
+`created_at`, so a pass that is missed (a leader died, the broker was down) is caught up
+by the next one, and a lease rotated once is not due again until its new generation ages.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
 from broker.store.clock import Clock
 
-from .catalog import RoleCatalog
-from .rotating import RotationFlow
+from ..common.role_catalog import RoleCatalog
 
 log = structlog.get_logger("keyferry.schedule")
 PAGE = 500
+RotateDue = Callable[[list[LeaseRecord], str], Awaitable[int]]
+"""Rotates the due leases under one request id; how many were rotated."""
 
 
 class ScheduledRotation:
@@ -30,13 +32,13 @@ class ScheduledRotation:
         catalog: RoleCatalog,
         store: Store,
         runner: StoreRunner,
-        rotation: RotationFlow,
+        rotate: RotateDue,
         clock: Clock,
     ) -> None:
         self._catalog = catalog
         self._leases = store.leases
         self._run = runner.run
-        self._rotation = rotation
+        self._rotate = rotate
         self._clock = clock
 
     async def run_once(self) -> int:
@@ -53,7 +55,7 @@ class ScheduledRotation:
                 if schedule.due_after(lease.created_at) <= now
             ]
             if due:
-                count = await self._rotation.rotate_scheduled(due, uuid.uuid4().hex)
+                count = await self._rotate(due, uuid.uuid4().hex)
                 log.info("scheduled rotation", role=stored.spec.name, due=len(due), rotated=count)
                 rotated += count
         return rotated

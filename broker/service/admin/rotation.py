@@ -1,11 +1,11 @@
 """Rotation.RotateLeases, the primitive: a lease's next generation is issued, pushed to the
 pod's Watch streams, and the old generation is revoked on the Ack or after the grace period.
 
-The lease engine (lease_engine.py) does the bookkeeping: the next generation's pending row
+The lease engine (engine/lease_engine.py) does the bookkeeping: the next generation's pending row
 is written before Vault is asked, and completing it with `retire_after=now + grace`
 activates it and turns the old generation revoking in one transaction. The Revoker revokes
 the old lease when its time comes (the pod's Ack brings that time forward, see
-watching.py). If Vault fails the old lease stays active; if the store fails after Vault
+workload/watch.py). If Vault fails the old lease stays active; if the store fails after Vault
 issued, the new Vault lease is undone as in Issue.
 
 The operator is the one the admin listener's client certificate names; Cedar decides
@@ -42,13 +42,13 @@ from broker.store import (
 )
 from broker.store.clock import Clock
 
-from .auditing import AuditTrail, operator_principal, system_principal
-from .catalog import RoleCatalog
-from .events import EventHub, LeaseRotated
-from .gate import PolicyGate
-from .lease_engine import IssueOrder, LeaseEngine
-from .resources import lease_resource
-from .results import Rotation
+from ..common.audit_trail import AuditTrail, operator_principal, system_principal
+from ..common.gate import PolicyGate
+from ..common.lease_resource import lease_resource
+from ..common.results import Rotation
+from ..common.role_catalog import RoleCatalog
+from ..engine.lease_engine import IssueOrder, LeaseEngine
+from ..events.hub import EventHub, LeaseRotated
 from .selection import (
     LeaseProgress,
     LeaseSelector,

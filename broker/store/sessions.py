@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from broker.store import StoreSettings
+from .config import StoreSettings
 
 Session = psycopg.AsyncConnection[tuple[Any, ...]]
 
