@@ -34,10 +34,10 @@ from broker.api.v1 import (
     rotation_pb2,
     rotation_pb2_grpc,
 )
+from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError
 from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings, WorkloadListener
-from broker.store.clock import Clock, utcnow
 
 from .access_servicer import AccessServicer
 from .broker_servicer import BrokerServicer

@@ -25,13 +25,13 @@ from broker.audit import (
 )
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
+from broker.clock import Clock, utcnow
 from broker.clusters import ClusterClient
 from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings, TokensSettings
 from broker.store import Store, StoreRunner
-from broker.store.clock import Clock, utcnow
 
 from .admin.access_grants import AccessFlow
 from .admin.clusters import ClusterAdmin

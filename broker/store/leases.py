@@ -18,9 +18,9 @@ from sqlalchemy import CursorResult, Select, and_, case, func, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest
 
-from .clock import Clock, utcnow
 from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict
 from .failures import store_errors
 from .records import (

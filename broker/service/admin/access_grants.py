@@ -26,6 +26,7 @@ import structlog
 
 from broker.audit import AuditAction, Principal
 from broker.backends import Backends
+from broker.clock import Clock
 from broker.errors import (
     FailedPrecondition,
     InvalidRequest,
@@ -47,7 +48,6 @@ from broker.store import (
     Store,
     StoreRunner,
 )
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, operator_principal, system_principal
 from ..common.gate import PolicyGate

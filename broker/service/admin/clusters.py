@@ -27,12 +27,12 @@ import structlog
 from pydantic import SecretStr
 
 from broker.audit import AuditAction
+from broker.clock import Clock
 from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, ClusterUnavailable
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
 from broker.policy import Action, ClusterRef, Operator, PolicyEngine
 from broker.store import ClusterExists, ClusterRecord, Selector, Store, StoreRunner
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, operator_principal
 from ..common.callers import Callers

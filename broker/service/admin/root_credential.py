@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient
 from broker.backends.database import rotate_root
+from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError
 from broker.models.roles import MOUNT_PATTERN, VAULT_ROLE_PATTERN
 from broker.policy import Action, ConnectionResource, Operator, PolicyEngine
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, operator_principal
 from ..common.gate import PolicyGate

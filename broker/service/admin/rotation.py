@@ -28,6 +28,7 @@ from datetime import timedelta
 import structlog
 
 from broker.audit import AuditAction, Principal
+from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError
 from broker.models import VaultLease
 from broker.policy import Action, Operator, PolicyEngine
@@ -40,7 +41,6 @@ from broker.store import (
     Store,
     StoreRunner,
 )
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, operator_principal, system_principal
 from ..common.gate import PolicyGate

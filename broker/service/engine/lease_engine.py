@@ -52,6 +52,7 @@ import structlog
 
 from broker.audit import AuditAction, Principal
 from broker.backends import Backends
+from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.models import Credential, IssueContext, IssuedSecret, RoleSpec, VaultLease
 from broker.store import (
@@ -65,7 +66,6 @@ from broker.store import (
     Store,
     StoreRunner,
 )
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail
 from ..common.sealing import CredentialSealer

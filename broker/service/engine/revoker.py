@@ -21,10 +21,10 @@ import structlog
 
 from broker.audit import AuditAction, Principal
 from broker.backends import Backends
+from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.models import VaultLease
 from broker.store import LeaseRecord, Store, StoreRunner
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, system_principal
 from ..events.hub import EventHub, LeaseRevoked

@@ -32,9 +32,9 @@ import structlog
 from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.leases import revoke_lease
+from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.store import LeaseState, Store, StoreRunner
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, system_principal
 from ..engine.lease_engine import LeaseEngine

@@ -26,6 +26,7 @@ import structlog
 
 from broker.audit import AuditAction
 from broker.backends import Backends
+from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError, VaultUnavailable
 from broker.models import VaultLease
 from broker.settings import RenewalSettings
@@ -36,7 +37,6 @@ from broker.store import (
     Store,
     StoreRunner,
 )
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, system_principal
 from ..common.results import RenewedLease

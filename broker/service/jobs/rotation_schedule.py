@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from broker.clock import Clock
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
-from broker.store.clock import Clock
 
 from ..common.role_catalog import RoleCatalog
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import structlog
 
 from broker.audit import AuditAction, Principal
+from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError, Unauthenticated
 from broker.models import RoleSpec
 from broker.policy import Action, PolicyEngine, RoleResource, Workload
@@ -34,7 +35,6 @@ from broker.store import (
     Store,
     StoreRunner,
 )
-from broker.store.clock import Clock, utcnow
 
 from ..common.audit_trail import AuditTrail, principal_of
 from ..common.callers import Callers

@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
+from broker.clock import Clock
 from broker.errors import LimitExceeded
 from broker.policy import Workload
 from broker.settings import LimitsSettings
 from broker.store import LeaseRepository, StoreRunner
-from broker.store.clock import Clock
 
 
 async def check_limits(

@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from broker.audit import AuditAction
+from broker.clock import Clock
 from broker.errors import (
     InvalidRequest,
     KeyferryError,
@@ -42,7 +43,6 @@ from broker.errors import (
 from broker.models import VaultLease
 from broker.policy import Action, PolicyEngine, Workload
 from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreRunner
-from broker.store.clock import Clock
 
 from ..common.audit_trail import AuditTrail, principal_of
 from ..common.callers import Callers

@@ -1,4 +1,5 @@
-"""The store's notion of now, passed in so tests control time."""
+"""The broker's notion of now, passed in so tests control time: the store's timestamps, the
+audit chain's, token ends, renewal windows, grace periods and rate limits all read one."""
 
 from __future__ import annotations
 
