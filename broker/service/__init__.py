@@ -8,6 +8,7 @@ the layers down (import-linter holds the order, pyproject.toml):
 - runtime.py: everything opened from settings, in dependency order;
 - workload/ (the pods' calls) and admin/ (the operators' calls): the flows;
 - jobs/: what the broker does periodically, and the scheduler and leader that run it;
+- core.py: the services every flow shares (store, audit trail, clock, gate, engine);
 - engine/: the lease engine and its Revoker, the only code that moves a lease's state;
 - events/: the Watch streams' event hub and its relay between replicas;
 - common/: callers, the policy gate, the audit trail, the role catalog, sealing, results.

@@ -31,7 +31,7 @@ from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings, TokensSettings
-from broker.store import Store, StoreRunner
+from broker.store import AsyncStore, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
 from .admin.clusters import ClusterAdmin
@@ -41,8 +41,10 @@ from .admin.root_credential import RootRotationFlow
 from .admin.rotation import RotationFlow
 from .common.audit_trail import AuditTrail
 from .common.callers import Callers, VerifyLimits
+from .common.gate import PolicyGate
 from .common.role_catalog import RoleCatalog
 from .common.sealing import CredentialSealer
+from .core import Core
 from .engine.lease_engine import LeaseEngine
 from .engine.revoker import Backoff, Revoker
 from .events.hub import EventHub
@@ -102,6 +104,7 @@ class BrokerRuntime:
     clusters: ClusterAdmin
     pods: PodLeases
     access: AccessFlow
+    core: Core
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -153,9 +156,9 @@ class BrokerRuntime:
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
         timing = settings.scheduler
+        stores = AsyncStore(store, runner)
         revoker = Revoker(
-            store=store,
-            runner=runner,
+            store=stores,
             backends=backends,
             audit=audit,
             hub=hub,
@@ -163,14 +166,14 @@ class BrokerRuntime:
             backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
         )
         engine = LeaseEngine(
-            store=store,
-            runner=runner,
+            store=stores,
             backends=backends,
             sealer=sealer,
             audit=audit,
             revoker=revoker,
             clock=clock,
         )
+        core = Core(stores, audit, clock, PolicyGate(policy), engine)
         issue = IssueFlow(
             callers=callers,
             catalog=catalog,
@@ -319,6 +322,7 @@ class BrokerRuntime:
             clusters,
             pods,
             access,
+            core,
             stack,
         )
         runtime._add_leader_jobs()

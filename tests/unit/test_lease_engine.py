@@ -49,6 +49,7 @@ from broker.service.events.hub import EventHub
 from broker.settings import AccessSettings
 from broker.store import (
     LEASE_TRANSITIONS,
+    AsyncStore,
     IssueInProgress,
     LeaseRecord,
     LeaseRequest,
@@ -201,16 +202,14 @@ async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Ben
     hub = EventHub()
     sealer = CredentialSealer(b"s" * 32)
     revoker = Revoker(
-        store=store,
-        runner=runner,
+        store=AsyncStore(store, runner),
         backends=cast("Backends", backends),
         audit=audit,
         hub=hub,
         clock=clock,
     )
     engine = LeaseEngine(
-        store=store,
-        runner=runner,
+        store=AsyncStore(store, runner),
         backends=cast("Backends", backends),
         sealer=sealer,
         audit=audit,
@@ -283,8 +282,7 @@ async def test_replay_waits_for_a_pending_row_on_the_injected_clock(
 
     wait = PendingWait(poll=1.0, limit=3.0, monotonic=lambda: now[0], sleep=sleep)
     engine = LeaseEngine(
-        store=store,
-        runner=bench.runner,
+        store=AsyncStore(store, bench.runner),
         backends=cast("Backends", bench.backends),
         sealer=bench.sealer,
         audit=bench.audit,

@@ -28,6 +28,7 @@ LIFECYCLE_STEPS = frozenset(
 ENGINE = frozenset(
     {
         "store/leases.py",  # where the steps are written
+        "store/async_store.py",  # the same steps, awaitable: forwarded, not called
         "service/engine/lease_engine.py",  # tracked issue, replay, undo, end
         "service/engine/revoker.py",  # the Revoker: revoke at Vault and settle, and its queue
     }

@@ -56,6 +56,7 @@ from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.models import Credential, IssueContext, IssuedSecret, RoleSpec, VaultLease
 from broker.store import (
+    AsyncStore,
     ExistingLease,
     IssueInProgress,
     LeaseRecord,
@@ -63,8 +64,6 @@ from broker.store import (
     LeaseState,
     LeaseStateConflict,
     PendingLease,
-    Store,
-    StoreRunner,
 )
 
 from ..common.audit_trail import AuditTrail
@@ -118,8 +117,7 @@ class LeaseEngine:
     def __init__(
         self,
         *,
-        store: Store,
-        runner: StoreRunner,
+        store: AsyncStore,
         backends: Backends,
         sealer: CredentialSealer,
         audit: AuditTrail,
@@ -128,7 +126,6 @@ class LeaseEngine:
         wait: PendingWait | None = None,
     ) -> None:
         self._leases = store.leases
-        self._run = runner.run
         self._backends = backends
         self._sealer = sealer
         self._audit = audit
@@ -140,11 +137,11 @@ class LeaseEngine:
 
     async def begin(self, request: LeaseRequest) -> PendingLease | ExistingLease:
         """The pending row for a new credential, or the live lease that is already there."""
-        return await self._run(self._leases.begin_issue, request)
+        return await self._leases.begin_issue(request)
 
     async def begin_next_generation(self, lease_id: str) -> PendingLease | ExistingLease:
         """The pending row of an active lease's next generation, or the newer live one."""
-        return await self._run(self._leases.begin_rotation, lease_id)
+        return await self._leases.begin_rotation(lease_id)
 
     async def issue(self, order: IssueOrder) -> TrackedCredential:
         """Ask Vault for the pending row's credential and record it (see the module doc
@@ -171,8 +168,7 @@ class LeaseEngine:
     async def _record(self, order: IssueOrder, issued: IssuedSecret) -> TrackedCredential:
         pending, vault_lease = order.pending, issued.lease
         try:
-            record = await self._run(
-                self._leases.complete_issue,
+            record = await self._leases.complete_issue(
                 pending.id,
                 vault_lease.lease_id,
                 vault_lease.expires_at,
@@ -209,7 +205,7 @@ class LeaseEngine:
         """The live lease's credential again (a repeated call): Vault is not asked. A
         pending lease is waited for; one that does not become active is IssueInProgress."""
         lease = await self._wait_active(lease)
-        handle = await self._run(self._leases.handle, lease.id)
+        handle = await self._leases.handle(lease.id)
         if handle.sealed_credential is None or handle.vault_lease is None:
             raise IssueInProgress(lease.pod_uid, lease.credential)
         credential = self._sealer.unseal(lease.id, handle.sealed_credential)
@@ -222,7 +218,7 @@ class LeaseEngine:
         deadline = wait.monotonic() + wait.limit
         while lease.state == LeaseState.PENDING and wait.monotonic() < deadline:
             await wait.sleep(wait.poll)
-            lease = await self._run(self._leases.get, lease.id)
+            lease = await self._leases.get(lease.id)
         if lease.state != LeaseState.ACTIVE:
             raise IssueInProgress(lease.pod_uid, lease.credential)
         return lease
@@ -233,7 +229,7 @@ class LeaseEngine:
         """Vault issued nothing for the pending row: it is final (`lease.failed`). Guarded:
         a row the store cannot close now is left pending for reconcile (None)."""
         try:
-            failed = await self._run(self._leases.mark_failed, pending.id, error.message)
+            failed = await self._leases.mark_failed(pending.id, error.message)
             await self._audit.lease_change(
                 who, AuditAction.LEASE_FAILED, failed, request_id, reason=error.reason
             )
@@ -274,7 +270,7 @@ class LeaseEngine:
         returned as it is; one still being issued stays revoking for the Revoker (its
         Vault lease is recorded when the issue completes). A Vault that does not revoke
         now: the row keeps the error and a retry time, and the error is raised."""
-        marked = await self._run(self._leases.mark_revoking, lease.id, revoke_after=self._clock())
+        marked = await self._leases.mark_revoking(lease.id, revoke_after=self._clock())
         if marked.state is not LeaseState.REVOKING:
             return marked
         await self._audit.lease_change(
@@ -286,7 +282,7 @@ class LeaseEngine:
         """Bring a retiring lease's revocation forward (the pod Acked its successor): the row,
         revoking since the rotation (audited then, reason ROTATED), is revoked at Vault now
         and settled by the Revoker; Vault failures as in `end`."""
-        due = await self._run(self._leases.mark_revoking, lease.id, revoke_after=self._clock())
+        due = await self._leases.mark_revoking(lease.id, revoke_after=self._clock())
         if due.state is not LeaseState.REVOKING:
             return due
         return await self._revoker.revoke(due, who, request_id)
@@ -297,8 +293,8 @@ class LeaseEngine:
         issue completed meanwhile or someone else settled it."""
         if lease.state is LeaseState.PENDING:
             try:
-                failed = await self._run(
-                    self._leases.mark_failed, lease.id, "abandoned: no Vault lease recorded"
+                failed = await self._leases.mark_failed(
+                    lease.id, "abandoned: no Vault lease recorded"
                 )
             except LeaseStateConflict:
                 return False  # its issue completed meanwhile: nothing to settle

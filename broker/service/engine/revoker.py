@@ -24,7 +24,7 @@ from broker.backends import Backends
 from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.models import VaultLease
-from broker.store import LeaseRecord, Store, StoreRunner
+from broker.store import AsyncStore, LeaseRecord
 
 from ..common.audit_trail import AuditTrail, system_principal
 from ..events.hub import EventHub, LeaseRevoked
@@ -54,8 +54,7 @@ class Revoker:
     def __init__(
         self,
         *,
-        store: Store,
-        runner: StoreRunner,
+        store: AsyncStore,
         backends: Backends,
         audit: AuditTrail,
         hub: EventHub,
@@ -63,7 +62,6 @@ class Revoker:
         backoff: Backoff | None = None,
     ) -> None:
         self._leases = store.leases
-        self._run = runner.run
         self._backends = backends
         self._audit = audit
         self._hub = hub
@@ -73,12 +71,10 @@ class Revoker:
     async def revoke(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
         """Revoke one revoking lease at Vault now and mark it revoked; on a Vault failure the
         row keeps the error and a retry time, and the error is raised."""
-        handle = await self._run(self._leases.handle, lease.id)
+        handle = await self._leases.handle(lease.id)
         if handle.vault_lease is None:
             retry_at = self._clock() + RETRY_AFTER
-            return await self._run(
-                self._leases.record_revoke_failure, lease.id, NOT_ISSUED_YET, retry_at
-            )
+            return await self._leases.record_revoke_failure(lease.id, NOT_ISSUED_YET, retry_at)
         vault_lease = VaultLease.model_validate(handle.vault_lease)
         try:
             await self._backends.for_lease(vault_lease).revoke(vault_lease)
@@ -95,7 +91,7 @@ class Revoker:
         that call records it (`lease.revoked`, with `reason`, or ROTATED / REVOKED) and
         tells its pod, so two replicas (or the Revoker and reconcile) that both saw it go
         record it once. LeaseStateConflict for a lease that was never issued (failed)."""
-        revoked, settled = await self._run(self._leases.settle_revoked, lease_id)
+        revoked, settled = await self._leases.settle_revoked(lease_id)
         if not settled:
             return revoked, False  # another replica (or call) revoked it first and said so
         why = await self._reason(revoked)
@@ -108,7 +104,7 @@ class Revoker:
 
     async def revoke_due(self) -> int:
         """One pass over the revocations that are due; how many succeeded."""
-        due = await self._run(self._leases.leases_to_revoke, self._clock())
+        due = await self._leases.leases_to_revoke(self._clock())
         done = 0
         for lease in due:
             try:
@@ -123,9 +119,7 @@ class Revoker:
         self, lease: LeaseRecord, who: Principal, request_id: str, error: KeyferryError
     ) -> None:
         retry_at = self._clock() + self._backoff.after(lease.revoke_attempts + 1)
-        failed = await self._run(
-            self._leases.record_revoke_failure, lease.id, error.message, retry_at
-        )
+        failed = await self._leases.record_revoke_failure(lease.id, error.message, retry_at)
         log.warning(
             "revocation failed; will retry",
             lease_id=lease.id,
@@ -142,6 +136,6 @@ class Revoker:
 
     async def _reason(self, lease: LeaseRecord) -> str:
         """`rotated` when a newer generation of the credential is live, else `revoked`."""
-        live = await self._run(self._leases.find_live, lease.pod_uid, lease.credential)
+        live = await self._leases.find_live(lease.pod_uid, lease.credential)
         superseded = live is not None and live.generation > lease.generation
         return ROTATED if superseded else REVOKED
