@@ -175,16 +175,11 @@ class BrokerRuntime:
         )
         core = Core(stores, audit, clock, PolicyGate(policy), engine)
         issue = IssueFlow(
+            core,
             callers=callers,
             catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
             limits=limits,
             rates=IssueRates(settings.limits, clock),
-            clock=clock,
         )
         release = ReleaseFlow(
             callers=callers,

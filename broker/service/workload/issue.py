@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import structlog
 
 from broker.audit import AuditAction, Principal
-from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError, Unauthenticated
 from broker.models import RoleSpec
-from broker.policy import Action, PolicyEngine, RoleResource, Workload
+from broker.policy import Action, RoleResource, Workload
 from broker.store import (
     ExistingLease,
     IssueInProgress,
@@ -32,16 +31,14 @@ from broker.store import (
     LeaseState,
     LeaseStateConflict,
     PendingLease,
-    Store,
-    StoreRunner,
 )
 
-from ..common.audit_trail import AuditTrail, principal_of
+from ..common.audit_trail import principal_of
 from ..common.callers import Callers
-from ..common.gate import PolicyGate
 from ..common.results import IssuedLease
 from ..common.role_catalog import RoleCatalog
-from ..engine.lease_engine import IssueOrder, LeaseEngine, TrackedCredential
+from ..core import Core
+from ..engine.lease_engine import IssueOrder, TrackedCredential
 from .limits import IssueRates, check_limits
 from .names import check_credential_name
 
@@ -58,29 +55,22 @@ class IssueLimits:
 class IssueFlow:
     def __init__(
         self,
+        core: Core,
         *,
         callers: Callers,
         catalog: RoleCatalog,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
-        engine: LeaseEngine,
         limits: IssueLimits,
         rates: IssueRates,
-        clock: Clock = utcnow,
     ) -> None:
         self._callers = callers
         self._catalog = catalog
-        self._gate = PolicyGate(policy)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
-        self._runner = runner
-        self._engine = engine
+        self._gate = core.gate
+        self._audit = core.audit
+        self._leases = core.store.leases
+        self._engine = core.engine
         self._limits = limits
         self._rates = rates
-        self._clock = clock
+        self._clock = core.clock
         self._admitting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Per cluster: counting live leases and writing the pending row are one step, or a
         burst of new pods all count below the cap and all get a lease. One replica: with
@@ -157,14 +147,10 @@ class IssueFlow:
         self, workload: Workload, request: LeaseRequest
     ) -> PendingLease | ExistingLease:
         async with self._admitting[workload.cluster]:
-            live = await self._run(self._leases.find_live, workload.pod_uid, request.credential)
+            live = await self._leases.find_live(workload.pod_uid, request.credential)
             if live is None:
                 await check_limits(
-                    self._leases,
-                    self._runner,
-                    workload,
-                    self._limits.per_pod,
-                    self._limits.per_cluster,
+                    self._leases, workload, self._limits.per_pod, self._limits.per_cluster
                 )
             return await self._engine.begin(request)
 

@@ -14,21 +14,14 @@ from broker.clock import Clock
 from broker.errors import LimitExceeded
 from broker.policy import Workload
 from broker.settings import LimitsSettings
-from broker.store import LeaseRepository, StoreRunner
+from broker.store.async_store import AsyncLeases
 
 
 async def check_limits(
-    leases: LeaseRepository, runner: StoreRunner, workload: Workload, per_pod: int, per_cluster: int
+    leases: AsyncLeases, workload: Workload, per_pod: int, per_cluster: int
 ) -> None:
     """LimitExceeded when the pod or its cluster already holds as many live leases as allowed."""
-
-    def counts() -> tuple[int, int]:  # one trip to the store's threads for both counts
-        return (
-            leases.count_live(pod_uid=workload.pod_uid),
-            leases.count_live(cluster=workload.cluster),
-        )
-
-    held, in_cluster = await runner.run(counts)
+    held, in_cluster = await leases.live_counts(workload.pod_uid, workload.cluster)
     if held >= per_pod:
         raise LimitExceeded(
             f"pod {workload.namespace}/{workload.pod} holds {held} live leases, the per-pod "
