@@ -181,15 +181,7 @@ class BrokerRuntime:
             limits=limits,
             rates=IssueRates(settings.limits, clock),
         )
-        release = ReleaseFlow(
-            callers=callers,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
-            rates=lease_calls,
-        )
+        release = ReleaseFlow(core, callers=callers, rates=lease_calls)
         rotation = RotationFlow(
             catalog=catalog,
             policy=policy,
@@ -246,15 +238,7 @@ class BrokerRuntime:
                 recheck=settings.limits.watch_recheck,
                 clock=clock,
             ),
-            renew=RenewFlow(
-                callers=callers,
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
-                renewer=renewer,
-                rates=lease_calls,
-            ),
+            renew=RenewFlow(core, callers=callers, renewer=renewer, rates=lease_calls),
             rotation=rotation,
             scheduled=ScheduledRotation(catalog, store, runner, rotation.rotate_scheduled, clock),
             revocation=RevocationFlow(

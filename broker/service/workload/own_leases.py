@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from broker.models import VaultLease
-from broker.policy import Action, PolicyEngine, Workload
-from broker.store import LeaseHandle, LeaseNotFound, LeaseRecord, Store, StoreRunner
+from broker.policy import Action, Workload
+from broker.store import LeaseNotFound, LeaseRecord
 
-from ..common.audit_trail import AuditTrail, decided
+from ..common.audit_trail import decided
 from ..common.callers import Callers
-from ..common.gate import PolicyGate
 from ..common.lease_resource import lease_resource
+from ..core import Core
 from .limits import LeaseCallRates
 from .names import check_lease_id
 
@@ -31,11 +31,8 @@ class OwnLease:
 
 @dataclass(frozen=True)
 class OwnLeaseGate:
+    core: Core
     callers: Callers
-    policy: PolicyEngine
-    audit: AuditTrail
-    store: Store
-    runner: StoreRunner
     rates: LeaseCallRates
 
     async def authorize(
@@ -48,30 +45,26 @@ class OwnLeaseGate:
         allow_terminating: bool = False,
     ) -> OwnLease:
         """The caller and its lease, once Cedar allowed `action` on it (and the audit says so)."""
+        audit = self.core.audit
         workload = await self.callers.authenticate(
             token,
             allow_terminating=allow_terminating,
-            refused=self.audit.refusal(decided(action), request_id),
+            refused=audit.refusal(decided(action), request_id),
         )
         self.rates.check(workload, action.value.capitalize())
         lease_id = check_lease_id(lease_id)
-        leases = self.store.leases
-
-        def read() -> tuple[LeaseRecord, LeaseHandle]:  # one trip to the store's threads
-            return leases.get(lease_id), leases.handle(lease_id)
-
-        lease, handle = await self.runner.run(read)
+        lease, handle = await self.core.store.leases.get_with_handle(lease_id)
         if lease.pod_uid != workload.pod_uid or lease.cluster != workload.cluster:
             # Another pod's lease: the caller hears "not found", the audit trail the truth.
             error = LeaseNotFound(lease_id)
-            await self.audit.not_yours(workload, decided(action), lease, error.reason, request_id)
+            await audit.not_yours(workload, decided(action), lease, error.reason, request_id)
             raise error
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
-        await PolicyGate(self.policy).require(
+        await self.core.gate.require(
             workload,
             action,
             lease_resource(lease, vault_lease),
-            lambda decision: self.audit.decision(
+            lambda decision: audit.decision(
                 workload,
                 decided(action),
                 decision,

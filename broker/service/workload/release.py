@@ -8,12 +8,12 @@ its row, retried by the Revoker until it succeeds, and the error is returned.
 
 from __future__ import annotations
 
-from broker.policy import Action, PolicyEngine
-from broker.store import LeaseRecord, LeaseState, Store, StoreRunner
+from broker.policy import Action
+from broker.store import LeaseRecord, LeaseState
 
-from ..common.audit_trail import AuditTrail, principal_of
+from ..common.audit_trail import principal_of
 from ..common.callers import Callers
-from ..engine.lease_engine import LeaseEngine
+from ..core import Core
 from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
 
@@ -24,17 +24,13 @@ RELEASED = "RELEASED"
 class ReleaseFlow:
     def __init__(
         self,
+        core: Core,
         *,
         callers: Callers,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
-        engine: LeaseEngine,
         rates: LeaseCallRates,
     ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
-        self._engine = engine
+        self._gate = OwnLeaseGate(core, callers, rates)
+        self._engine = core.engine
 
     async def release(self, token: str, lease_id: str, request_id: str) -> LeaseRecord:
         own = await self._gate.authorize(

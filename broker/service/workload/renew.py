@@ -4,12 +4,11 @@ that holds a Watch stream has the broker renew for it, jobs/renewal.py)."""
 from __future__ import annotations
 
 from broker.audit import AuditAction
-from broker.policy import Action, PolicyEngine
-from broker.store import Store, StoreRunner
+from broker.policy import Action
 
-from ..common.audit_trail import AuditTrail
 from ..common.callers import Callers
 from ..common.results import RenewedLease
+from ..core import Core
 from ..jobs.renewal import Renewer
 from .limits import LeaseCallRates
 from .own_leases import OwnLeaseGate
@@ -20,17 +19,14 @@ class RenewFlow:
 
     def __init__(
         self,
+        core: Core,
         *,
         callers: Callers,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
         renewer: Renewer,
         rates: LeaseCallRates,
     ) -> None:
-        self._gate = OwnLeaseGate(callers, policy, audit, store, runner, rates)
-        self._audit = audit
+        self._gate = OwnLeaseGate(core, callers, rates)
+        self._audit = core.audit
         self._renewer = renewer
 
     async def renew(self, token: str, lease_id: str, request_id: str) -> RenewedLease:
