@@ -31,7 +31,6 @@ from typing import Any
 import structlog
 
 from broker.audit import AuditAction
-from broker.clock import Clock
 from broker.errors import (
     InvalidRequest,
     KeyferryError,
@@ -41,15 +40,14 @@ from broker.errors import (
     Unauthenticated,
 )
 from broker.models import VaultLease
-from broker.policy import Action, PolicyEngine, Workload
-from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreRunner
+from broker.policy import Action, Workload
+from broker.store import LeaseRecord, LeaseState, Selector
 
-from ..common.audit_trail import AuditTrail, principal_of
+from ..common.audit_trail import principal_of
 from ..common.callers import Callers
-from ..common.gate import PolicyGate
 from ..common.lease_resource import lease_resource
 from ..common.sealing import CredentialSealer
-from ..engine.lease_engine import LeaseEngine
+from ..core import Core
 from ..events.hub import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
 from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
@@ -89,32 +87,26 @@ class _Session:
 class WatchFlow:
     def __init__(
         self,
+        core: Core,
         *,
         callers: Callers,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
         sealer: CredentialSealer,
         hub: EventHub,
-        engine: LeaseEngine,
         rates: LeaseCallRates,
         streams: WatchStreamCaps,
         recheck: timedelta,
-        clock: Clock,
     ) -> None:
         self._callers = callers
-        self._gate = PolicyGate(policy)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
+        self._gate = core.gate
+        self._audit = core.audit
+        self._leases = core.store.leases
         self._sealer = sealer
         self._hub = hub
-        self._engine = engine
+        self._engine = core.engine
         self._rates = rates
         self._streams = streams
         self._recheck = recheck
-        self._clock = clock
+        self._clock = core.clock
 
     async def watch(
         self, token: str, acks: AsyncIterator[AckMessage], request_id: str
@@ -220,14 +212,14 @@ class WatchFlow:
             pod_name=workload.pod,
             states=frozenset({LeaseState.ACTIVE}),
         )
-        leases = await self._run(self._leases.list_by_selector, selector)
+        leases = await self._leases.list_by_selector(selector)
         mine = sorted(
             (lease for lease in leases if lease.pod_uid == workload.pod_uid),
             key=lambda lease: (lease.credential, lease.generation),
         )
         events: list[WatchEvent] = []
         for lease in mine:
-            handle = await self._run(self._leases.handle, lease.id)
+            handle = await self._leases.handle(lease.id)
             if handle.vault_lease is None or handle.sealed_credential is None:
                 continue
             vault_lease = VaultLease.model_validate(handle.vault_lease)
@@ -280,7 +272,7 @@ class WatchFlow:
         workload = session.workload
         self._rates.check(workload, "Ack")
         lease_id = check_lease_id(ack.lease_id, "ack.lease_id")
-        lease = await self._run(self._leases.get, lease_id)
+        lease = await self._leases.get(lease_id)
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
         if not mine:
             # The audit trail records it (with the lease's owner); the log needs no line.
@@ -305,7 +297,7 @@ class WatchFlow:
         )
         older = [
             old
-            for old in await self._run(self._leases.list_by_selector, selector)
+            for old in await self._leases.list_by_selector(selector)
             if old.pod_uid == lease.pod_uid
             and old.credential == lease.credential
             and old.generation < lease.generation
