@@ -183,17 +183,12 @@ class BrokerRuntime:
         )
         release = ReleaseFlow(core, callers=callers, rates=lease_calls)
         rotation = RotationFlow(
+            core,
             catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
             hub=hub,
             grace=settings.rotation.grace,
             concurrency=settings.rotation.concurrency,
             resume_after=settings.rotation.resume_after,
-            clock=clock,
         )
         renewer = Renewer(
             store=store,
@@ -236,14 +231,7 @@ class BrokerRuntime:
             renew=RenewFlow(core, callers=callers, renewer=renewer, rates=lease_calls),
             rotation=rotation,
             scheduled=ScheduledRotation(catalog, store, runner, rotation.rotate_scheduled, clock),
-            revocation=RevocationFlow(
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
-                engine=engine,
-                concurrency=settings.rotation.concurrency,
-            ),
+            revocation=RevocationFlow(core, concurrency=settings.rotation.concurrency),
             root=RootRotationFlow(policy=policy, audit=audit, vault=vault, clock=clock),
             reconciler=Reconciler(
                 vault=vault,

@@ -40,9 +40,11 @@ from broker.policy import Operator, PolicyEngine
 from broker.service.admin.access_grants import AccessFlow
 from broker.service.admin.rotation import RotationFlow
 from broker.service.common.audit_trail import AuditTrail, system_principal
+from broker.service.common.gate import PolicyGate
 from broker.service.common.grant_terms import check_grant_ask, new_grant
 from broker.service.common.role_catalog import RoleCatalog
 from broker.service.common.sealing import CredentialSealer
+from broker.service.core import Core
 from broker.service.engine.lease_engine import IssueOrder, LeaseEngine, PendingWait
 from broker.service.engine.revoker import Revoker
 from broker.service.events.hub import EventHub
@@ -163,6 +165,7 @@ class Bench:
     audit_path: Path
     clock: Clock
     sealer: CredentialSealer
+    core: Core
 
     def records(self, action: str | None = None) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
@@ -208,15 +211,18 @@ async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Ben
         hub=hub,
         clock=clock,
     )
+    stores = AsyncStore(store, runner)
     engine = LeaseEngine(
-        store=AsyncStore(store, runner),
+        store=stores,
         backends=cast("Backends", backends),
         sealer=sealer,
         audit=audit,
         revoker=revoker,
         clock=clock,
     )
-    yield Bench(store, backends, engine, revoker, hub, runner, audit, path, clock, sealer)
+    gate = PolicyGate(PolicyEngine.from_files([POLICIES]))
+    core = Core(stores, audit, clock, gate, engine)
+    yield Bench(store, backends, engine, revoker, hub, runner, audit, path, clock, sealer, core)
     audit.close()
     sink.close()
     runner.close()
@@ -459,17 +465,12 @@ async def test_rotation_issues_the_next_generation_and_retires_the_old(
     catalog = RoleCatalog(store.roles, bench.runner)
     await catalog.apply([ROLES["database"]])
     rotation = RotationFlow(
+        bench.core,
         catalog=catalog,
-        policy=PolicyEngine.from_files([POLICIES]),
-        audit=bench.audit,
-        store=store,
-        runner=bench.runner,
-        engine=bench.engine,
         hub=bench.hub,
         grace=timedelta(minutes=1),
         concurrency=2,
         resume_after=timedelta(minutes=1),
-        clock=clock,
     )
     lease = await issued(bench)
     rotated = await rotation.reissue(lease, timedelta(seconds=30), "r-rot")

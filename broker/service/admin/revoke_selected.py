@@ -16,11 +16,11 @@ import structlog
 
 from broker.audit import Principal
 from broker.errors import KeyferryError
-from broker.policy import Action, Operator, PolicyEngine
-from broker.store import LIVE_STATES, LeaseState, Store, StoreRunner
+from broker.policy import Action, Operator
+from broker.store import LIVE_STATES, LeaseState
 
-from ..common.audit_trail import AuditTrail, operator_principal
-from ..engine.lease_engine import LeaseEngine
+from ..common.audit_trail import operator_principal
+from ..core import Core
 from .selection import (
     LeaseProgress,
     LeaseSelector,
@@ -40,18 +40,9 @@ REVOKE_SELECTED = "REVOKE_SELECTED"
 
 
 class RevocationFlow:
-    def __init__(
-        self,
-        *,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
-        engine: LeaseEngine,
-        concurrency: int,
-    ) -> None:
-        self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
-        self._engine = engine
+    def __init__(self, core: Core, *, concurrency: int) -> None:
+        self._selection = Selection(core)
+        self._engine = core.engine
         self._concurrency = concurrency
 
     async def revoke_selected(

@@ -28,26 +28,23 @@ from datetime import timedelta
 import structlog
 
 from broker.audit import AuditAction, Principal
-from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError
 from broker.models import VaultLease
-from broker.policy import Action, Operator, PolicyEngine
+from broker.policy import Action, Operator
 from broker.store import (
     ExistingLease,
     LeaseQuery,
     LeaseRecord,
     LeaseState,
     LeaseStateConflict,
-    Store,
-    StoreRunner,
 )
 
-from ..common.audit_trail import AuditTrail, operator_principal, system_principal
-from ..common.gate import PolicyGate
+from ..common.audit_trail import operator_principal, system_principal
 from ..common.lease_resource import lease_resource
 from ..common.results import Rotation
 from ..common.role_catalog import RoleCatalog
-from ..engine.lease_engine import IssueOrder, LeaseEngine
+from ..core import Core
+from ..engine.lease_engine import IssueOrder
 from ..events.hub import EventHub, LeaseRotated
 from .selection import (
     LeaseProgress,
@@ -77,32 +74,26 @@ ACTIVE = frozenset({LeaseState.ACTIVE})
 class RotationFlow:
     def __init__(
         self,
+        core: Core,
         *,
         catalog: RoleCatalog,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
-        engine: LeaseEngine,
         hub: EventHub,
         grace: timedelta,
         concurrency: int,
         resume_after: timedelta,
-        clock: Clock,
     ) -> None:
         self._resume_after = resume_after
-        self._selection = Selection(policy=policy, audit=audit, store=store, runner=runner)
+        self._selection = Selection(core)
         self._concurrency = concurrency
         self._claimed: set[str] = set()  # leases a running call of this broker carries
         self._catalog = catalog
-        self._gate = PolicyGate(policy)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
-        self._engine = engine
+        self._gate = core.gate
+        self._audit = core.audit
+        self._leases = core.store.leases
+        self._engine = core.engine
         self._hub = hub
         self._grace = grace
-        self._clock = clock
+        self._clock = core.clock
 
     async def rotate(
         self,
@@ -126,7 +117,7 @@ class RotationFlow:
                 repeated = f"repeats lease_ids[{first[lease_id]}]: name each lease once"
                 raise InvalidRequest(f"lease_ids[{index}]", repeated)
             first[lease_id] = index
-            leases.append(await self._run(self._leases.get, lease_id))
+            leases.append(await self._leases.get(lease_id))
         for lease in leases:
             await self._decide(operator, lease, request_id)
         who = operator_principal(operator)
@@ -164,7 +155,7 @@ class RotationFlow:
         ids = [selected.lease.id for selected in chosen]
         seconds = int(grace.total_seconds())
         for chunk in _chunks(ids):
-            await self._run(self._leases.request_rotation, chunk, self._clock(), seconds)
+            await self._leases.request_rotation(chunk, self._clock(), seconds)
         who = operator_principal(operator)
         done = failed = 0
         rotated_away: list[str] = []
@@ -187,7 +178,7 @@ class RotationFlow:
         (a broker that died part-way, a client that went away), `rotation.concurrency` at
         a time, those asked with the same grace together; how many were rotated."""
         before = self._clock() - self._resume_after
-        requests = await self._run(self._leases.rotation_requests, before)
+        requests = await self._leases.rotation_requests(before)
         by_grace: dict[timedelta, list[Selected]] = {}
         for request in requests:
             if request.lease.id in self._claimed:
@@ -211,7 +202,7 @@ class RotationFlow:
         ids = [lease.id for lease in todo]
         seconds = int(self._grace.total_seconds())
         for chunk in _chunks(ids):
-            await self._run(self._leases.request_rotation, chunk, self._clock(), seconds)
+            await self._leases.request_rotation(chunk, self._clock(), seconds)
         chosen = [Selected(lease, None) for lease in todo]
         who = system_principal(SCHEDULE_JOB)
         done = 0
@@ -251,12 +242,12 @@ class RotationFlow:
             rotation = await self._rotate_one(who, f"selected[{index}]", lease, grace, request_id)
         except KeyferryError as error:
             log.warning("lease not rotated", lease_id=lease.id, error=error.message)
-            await self._run(self._leases.clear_rotation_request, lease.id)
+            await self._leases.clear_rotation_request(lease.id)
             return LeaseProgress(lease, Outcome.FAILED, error=error.message)
         if not (rotation.already_rotated and rotation.lease.state is LeaseState.PENDING):
             # A pending successor may be one a dead broker began: reconcile fails it, and
             # the request, kept, has the next pass rotate this lease after all.
-            await self._run(self._leases.clear_rotation_request, lease.id)
+            await self._leases.clear_rotation_request(lease.id)
         outcome = Outcome.ALREADY_ROTATED if rotation.already_rotated else Outcome.ROTATED
         return LeaseProgress(lease, outcome, successor=rotation.lease)
 
@@ -265,7 +256,7 @@ class RotationFlow:
         count = 0
         for chunk in _chunks(lease_ids):
             query = LeaseQuery(lease_ids=frozenset(chunk), states=revoking)
-            count += len(await self._run(self._leases.select_page, query, None, len(chunk)))
+            count += len(await self._leases.select_page(query, None, len(chunk)))
         return count
 
     async def reissue(self, lease: LeaseRecord, grace: timedelta, request_id: str) -> Rotation:
@@ -283,7 +274,7 @@ class RotationFlow:
         return grace
 
     async def _decide(self, operator: Operator, lease: LeaseRecord, request_id: str) -> None:
-        handle = await self._run(self._leases.handle, lease.id)
+        handle = await self._leases.handle(lease.id)
         vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
         await self._gate.require(
             operator,
@@ -325,7 +316,7 @@ class RotationFlow:
                 field, f"lease {lease.id}'s pod is going away; not rotated"
             ) from conflict
         record, vault_lease = tracked.lease, tracked.vault_lease
-        previous = await self._run(self._leases.get, lease.id)
+        previous = await self._leases.get(lease.id)
         await self._audit.lease_change(
             who, AuditAction.LEASE_REVOKING, previous, request_id, reason="ROTATED"
         )
@@ -349,12 +340,12 @@ class RotationFlow:
 
     async def _successor(self, lease: LeaseRecord) -> LeaseRecord | None:
         """The live newer generation, when this lease was rotated already."""
-        live = await self._run(self._leases.find_live, lease.pod_uid, lease.credential)
+        live = await self._leases.find_live(lease.pod_uid, lease.credential)
         return live if live is not None and live.generation > lease.generation else None
 
     async def _already(self, lease: LeaseRecord, successor: LeaseRecord) -> Rotation:
-        previous = await self._run(self._leases.get, lease.id)
-        handle = await self._run(self._leases.handle, successor.id)
+        previous = await self._leases.get(lease.id)
+        handle = await self._leases.handle(successor.id)
         renewable = bool(handle.vault_lease and handle.vault_lease.get("renewable"))
         return Rotation(
             previous_lease_id=lease.id,

@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from broker.audit import AuditAction, AuditEvent
 from broker.errors import InvalidRequest, PermissionDenied
 from broker.models import VaultLease
-from broker.policy import Action, Operator, PolicyEngine
-from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
+from broker.policy import Action, Operator
+from broker.store import LeaseQuery, LeaseRecord, LeaseState
 
 from ..common.audit_trail import AuditTrail, decided, operator_principal
-from ..common.gate import PolicyGate
 from ..common.lease_resource import lease_resource
+from ..core import Core
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -124,13 +124,10 @@ class Selected:
 class Selection:
     """Resolves a selector to leases, page by page, and decides Cedar on each."""
 
-    def __init__(
-        self, *, policy: PolicyEngine, audit: AuditTrail, store: Store, runner: StoreRunner
-    ) -> None:
-        self._gate = PolicyGate(policy)
-        self._audit = audit
-        self._leases = store.leases
-        self._run = runner.run
+    def __init__(self, core: Core) -> None:
+        self._gate = core.gate
+        self._audit = core.audit
+        self._leases = core.store.leases
 
     async def leases(
         self, selector: LeaseSelector, states: frozenset[LeaseState]
@@ -139,8 +136,8 @@ class Selection:
         query = selector.query(states)
         after: str | None = None
         while True:
-            page = await self._run(self._leases.select_page, query, after, PAGE)
-            handles = await self._run(self._leases.vault_handles, [lease.id for lease in page])
+            page = await self._leases.select_page(query, after, PAGE)
+            handles = await self._leases.vault_handles([lease.id for lease in page])
             for lease in page:
                 raw = handles.get(lease.id)
                 yield Selected(lease, VaultLease.model_validate(raw) if raw else None)
