@@ -128,9 +128,10 @@ class BrokerRuntime:
         _on_close(stack, store.close)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
+        stores = AsyncStore(store, runner)
         vault = VaultClient(settings.vault)
         _on_close(stack, vault.close)
-        catalog = RoleCatalog(store.roles, runner)
+        catalog = RoleCatalog(stores.roles)
         if settings.roles is not None:
             applied = await catalog.apply(load_roles(settings.roles))
             log.info("roles file applied", path=str(settings.roles), roles=len(applied))
@@ -156,7 +157,6 @@ class BrokerRuntime:
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
         timing = settings.scheduler
-        stores = AsyncStore(store, runner)
         revoker = Revoker(
             store=stores,
             backends=backends,
@@ -232,7 +232,7 @@ class BrokerRuntime:
             rotation=rotation,
             scheduled=ScheduledRotation(catalog, store, runner, rotation.rotate_scheduled, clock),
             revocation=RevocationFlow(core, concurrency=settings.rotation.concurrency),
-            root=RootRotationFlow(policy=policy, audit=audit, vault=vault, clock=clock),
+            root=RootRotationFlow(core, vault=vault),
             reconciler=Reconciler(
                 vault=vault,
                 store=store,
@@ -244,7 +244,7 @@ class BrokerRuntime:
             ),
             scheduler=scheduler,
         )
-        roles = RoleAdmin(catalog, policy, audit)
+        roles = RoleAdmin(core, catalog)
         pods = PodLeases(callers=callers, store=store, runner=runner, engine=engine)
         clusters = ClusterAdmin(
             configured=settings.clusters,

@@ -462,7 +462,7 @@ async def test_reconcile_and_the_revoker_record_one_revocation(bench: Bench) -> 
 async def test_rotation_issues_the_next_generation_and_retires_the_old(
     bench: Bench, store: Store, clock: Clock
 ) -> None:
-    catalog = RoleCatalog(store.roles, bench.runner)
+    catalog = RoleCatalog(bench.core.store.roles)
     await catalog.apply([ROLES["database"]])
     rotation = RotationFlow(
         bench.core,
@@ -494,7 +494,7 @@ async def test_a_grant_issues_a_tracked_lease_and_undoes_it_when_renewal_fails(
     bench: Bench, store: Store, clock: Clock
 ) -> None:
     role = ROLES["database"]
-    catalog = RoleCatalog(store.roles, bench.runner)
+    catalog = RoleCatalog(bench.core.store.roles)
     await catalog.apply([role])
     access = AccessFlow(
         catalog=catalog,

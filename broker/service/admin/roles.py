@@ -16,21 +16,21 @@ from collections.abc import Sequence
 
 from broker.audit import AuditAction
 from broker.models import RoleSpec
-from broker.policy import Action, Operator, PolicyEngine, RoleResource
+from broker.policy import Action, Operator, RoleResource
 from broker.policy import Decision as PolicyDecision
 
-from ..common.audit_trail import AuditTrail
-from ..common.gate import PolicyGate, Record
+from ..common.gate import Record
 from ..common.role_catalog import RoleCatalog, StoredRole
+from ..core import Core
 
 ACTION = Action.GRANT
 
 
 class RoleAdmin:
-    def __init__(self, catalog: RoleCatalog, policy: PolicyEngine, audit: AuditTrail) -> None:
+    def __init__(self, core: Core, catalog: RoleCatalog) -> None:
         self._catalog = catalog
-        self._gate = PolicyGate(policy)
-        self._audit = audit
+        self._gate = core.gate
+        self._audit = core.audit
 
     async def apply(
         self, operator: Operator, specs: Sequence[RoleSpec], request_id: str

@@ -17,13 +17,12 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient
 from broker.backends.database import rotate_root
-from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError
 from broker.models.roles import MOUNT_PATTERN, VAULT_ROLE_PATTERN
-from broker.policy import Action, ConnectionResource, Operator, PolicyEngine
+from broker.policy import Action, ConnectionResource, Operator
 
-from ..common.audit_trail import AuditTrail, operator_principal
-from ..common.gate import PolicyGate
+from ..common.audit_trail import operator_principal
+from ..core import Core
 
 HINTS = {
     "mount": "a keyferry database mount relative to the prefix, like db-orders",
@@ -54,13 +53,11 @@ class RootRotated(BaseModel):
 
 
 class RootRotationFlow:
-    def __init__(
-        self, *, policy: PolicyEngine, audit: AuditTrail, vault: VaultClient, clock: Clock
-    ) -> None:
-        self._gate = PolicyGate(policy)
-        self._audit = audit
+    def __init__(self, core: Core, *, vault: VaultClient) -> None:
+        self._gate = core.gate
+        self._audit = core.audit
         self._vault = vault
-        self._clock = clock
+        self._clock = core.clock
 
     async def rotate_root(
         self, operator: Operator, target: RootTarget, request_id: str

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from broker.errors import InvalidRequest
 from broker.models import RoleSpec, describe_problems
-from broker.store import RoleRecord, RoleRepository, StoreRunner
+from broker.store import RoleRecord
+from broker.store.async_store import AsyncRoles
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 
@@ -22,16 +23,15 @@ class StoredRole(BaseModel):
 
 
 class RoleCatalog:
-    def __init__(self, roles: RoleRepository, runner: StoreRunner) -> None:
+    def __init__(self, roles: AsyncRoles) -> None:
         self._roles = roles
-        self._runner = runner
 
     async def get(self, name: str) -> StoredRole:
         """The role; RoleNotFound (NOT_FOUND, ROLE_UNKNOWN) when there is none."""
-        return _stored(await self._runner.run(self._roles.get, name))
+        return _stored(await self._roles.get(name))
 
     async def list_all(self) -> list[StoredRole]:
-        return [_stored(record) for record in await self._runner.run(self._roles.list)]
+        return [_stored(record) for record in await self._roles.list()]
 
     async def apply(self, specs: Sequence[RoleSpec]) -> list[StoredRole]:
         """Create or replace each role (already validated by its model)."""
@@ -41,14 +41,12 @@ class RoleCatalog:
             raise InvalidRequest("roles", f"role names must be unique; repeated: {repeated}")
         saved = []
         for spec in specs:
-            record = await self._runner.run(
-                self._roles.put, spec.name, spec.model_dump(mode="json")
-            )
+            record = await self._roles.put(spec.name, spec.model_dump(mode="json"))
             saved.append(_stored(record))
         return saved
 
     async def delete(self, name: str) -> None:
-        await self._runner.run(self._roles.delete, name)
+        await self._roles.delete(name)
 
 
 def _stored(record: RoleRecord) -> StoredRole:
