@@ -259,17 +259,7 @@ class BrokerRuntime:
             clock=clock,
         )
         await clusters.load()
-        access = AccessFlow(
-            catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            backends=backends,
-            engine=engine,
-            settings=settings.access,
-            clock=clock,
-        )
+        access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
         runtime = cls(
             settings,
             store,

@@ -497,15 +497,10 @@ async def test_a_grant_issues_a_tracked_lease_and_undoes_it_when_renewal_fails(
     catalog = RoleCatalog(bench.core.store.roles)
     await catalog.apply([role])
     access = AccessFlow(
+        bench.core,
         catalog=catalog,
-        policy=PolicyEngine.from_files([POLICIES]),
-        audit=bench.audit,
-        store=store,
-        runner=bench.runner,
         backends=cast("Backends", bench.backends),
-        engine=bench.engine,
         settings=AccessSettings(),
-        clock=clock,
     )
     alice = Operator(name="alice")
 

@@ -26,7 +26,6 @@ import structlog
 
 from broker.audit import AuditAction, Principal
 from broker.backends import Backends
-from broker.clock import Clock
 from broker.errors import (
     FailedPrecondition,
     InvalidRequest,
@@ -35,7 +34,7 @@ from broker.errors import (
     SelfApproval,
 )
 from broker.models import IssuedSecret, RoleSpec
-from broker.policy import Action, Operator, PolicyEngine, RoleResource
+from broker.policy import Action, Operator, RoleResource
 from broker.settings import AccessSettings
 from broker.store import (
     ExistingLease,
@@ -45,12 +44,9 @@ from broker.store import (
     LeaseStateConflict,
     RoleNotFound,
     Selector,
-    Store,
-    StoreRunner,
 )
 
-from ..common.audit_trail import AuditTrail, operator_principal, system_principal
-from ..common.gate import PolicyGate
+from ..common.audit_trail import operator_principal, system_principal
 from ..common.grant_terms import (
     ACCESS_OWNER,
     check_grant_ask,
@@ -60,7 +56,8 @@ from ..common.grant_terms import (
 )
 from ..common.results import GrantCredential, GrantEnd
 from ..common.role_catalog import RoleCatalog
-from ..engine.lease_engine import IssueOrder, LeaseEngine, TrackedCredential
+from ..core import Core
+from ..engine.lease_engine import IssueOrder, TrackedCredential
 
 log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"
@@ -71,27 +68,21 @@ ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
 class AccessFlow:
     def __init__(
         self,
+        core: Core,
         *,
         catalog: RoleCatalog,
-        policy: PolicyEngine,
-        audit: AuditTrail,
-        store: Store,
-        runner: StoreRunner,
         backends: Backends,
-        engine: LeaseEngine,
         settings: AccessSettings,
-        clock: Clock,
     ) -> None:
         self._catalog = catalog
-        self._gate = PolicyGate(policy)
-        self._audit = audit
-        self._grants = store.grants
-        self._leases = store.leases
-        self._run = runner.run
+        self._gate = core.gate
+        self._audit = core.audit
+        self._grants = core.store.grants
+        self._leases = core.store.leases
         self._backends = backends
-        self._engine = engine
+        self._engine = core.engine
         self._settings = settings
-        self._clock = clock
+        self._clock = core.clock
 
     # -- request, decide -------------------------------------------------------------------
 
@@ -127,7 +118,7 @@ class AccessFlow:
             "ask for a Cedar permit or a shorter duration",
             context={"duration_seconds": grant.duration_seconds},
         )
-        stored = await self._run(self._grants.add, grant)
+        stored = await self._grants.add(grant)
         log.info(
             "access requested",
             grant_id=stored.id,
@@ -139,11 +130,11 @@ class AccessFlow:
 
     async def approve(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "approve", request_id)
-        return await self._run(self._grants.approve, grant.id, operator.name, self._clock())
+        return await self._grants.approve(grant.id, operator.name, self._clock())
 
     async def deny(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "deny", request_id)
-        return await self._run(self._grants.deny, grant.id, operator.name, self._clock())
+        return await self._grants.deny(grant.id, operator.name, self._clock())
 
     async def _decide(
         self, operator: Operator, grant_id: str, verb: str, request_id: str
@@ -218,7 +209,7 @@ class AccessFlow:
             ) from conflict
         record = tracked.lease
         try:
-            grant = await self._run(self._grants.record_lease, grant.id, record.id, self._clock())
+            grant = await self._grants.record_lease(grant.id, record.id, self._clock())
         except GrantStateConflict as ended:
             # The grant ended while Vault answered: its lease goes with it, at once.
             await self._end_leases(ended.grant, who, request_id)
@@ -258,9 +249,7 @@ class AccessFlow:
             f"no policy permits operator {operator.name!r} to revoke grant {grant.id} "
             "(Cedar action 'revoke_access' on the Grant); ask for a Cedar permit",
         )
-        ended = await self._run(
-            self._grants.end, grant.id, GrantState.REVOKED, operator.name, self._clock()
-        )
+        ended = await self._grants.end(grant.id, GrantState.REVOKED, operator.name, self._clock())
         pending = await self._end_leases(ended, who, request_id)
         return GrantEnd(grant=ended, pending_lease_ids=pending)
 
@@ -268,14 +257,14 @@ class AccessFlow:
         """The grant as it is now: one past its end is expired first (and its lease revoked)."""
         if not grant_id:
             raise InvalidRequest("grant_id", "is required: the id RequestGrant returned")
-        grant = await self._run(self._grants.get, grant_id)
+        grant = await self._grants.get(grant_id)
         if grant.state.final or grant.expires_at > self._clock():
             return grant
         return await self._expire(grant)
 
     async def expire_due(self) -> int:
         """One pass of the expiry job: expire every open grant past its end; how many."""
-        due = await self._run(self._grants.due, self._clock())
+        due = await self._grants.due(self._clock())
         done = 0
         for grant in due:
             try:
@@ -292,9 +281,7 @@ class AccessFlow:
         who = system_principal(EXPIRY_JOB)
         request_id = uuid.uuid4().hex
         try:
-            ended = await self._run(
-                self._grants.end, grant.id, GrantState.EXPIRED, EXPIRY_JOB, self._clock()
-            )
+            ended = await self._grants.end(grant.id, GrantState.EXPIRED, EXPIRY_JOB, self._clock())
         except GrantStateConflict as conflict:
             return conflict.grant  # ended otherwise meanwhile (revoked, denied)
         if grant.state != ended.state:
@@ -307,7 +294,7 @@ class AccessFlow:
         """Revoke the grant's live leases; the ids of those Vault did not revoke now (queued,
         retried by the Revoker until they are)."""
         selector = Selector(cluster=ACCESS_OWNER, pod_name=grant.id)
-        leases = await self._run(self._leases.list_by_selector, selector)
+        leases = await self._leases.list_by_selector(selector)
         queued = []
         reason = f"GRANT_{grant.state.value.upper()}"
         for lease in leases:
@@ -340,7 +327,7 @@ class AccessFlow:
         """The grants the operator may see (one audited decision each), newest first."""
         await self.expire_due()
         chosen = frozenset(states) or None
-        grants = await self._run(self._grants.find, requester=requester, states=chosen)
+        grants = await self._grants.find(requester=requester, states=chosen)
         return [g for g in grants if await self._may_view(operator, g, request_id)]
 
     async def _may_view(self, operator: Operator, grant: GrantRecord, request_id: str) -> bool:
