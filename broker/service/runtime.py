@@ -245,18 +245,9 @@ class BrokerRuntime:
             scheduler=scheduler,
         )
         roles = RoleAdmin(core, catalog)
-        pods = PodLeases(callers=callers, store=store, runner=runner, engine=engine)
+        pods = PodLeases(core, callers=callers)
         clusters = ClusterAdmin(
-            configured=settings.clusters,
-            callers=callers,
-            store=store,
-            runner=runner,
-            policy=policy,
-            audit=audit,
-            sealer=sealer,
-            engine=engine,
-            pods=pods,
-            clock=clock,
+            core, configured=settings.clusters, callers=callers, sealer=sealer, pods=pods
         )
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)

@@ -27,18 +27,16 @@ import structlog
 from pydantic import SecretStr
 
 from broker.audit import AuditAction
-from broker.clock import Clock
 from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, ClusterUnavailable
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
-from broker.policy import Action, ClusterRef, Operator, PolicyEngine
-from broker.store import ClusterExists, ClusterRecord, Selector, Store, StoreRunner
+from broker.policy import Action, ClusterRef, Operator
+from broker.store import ClusterExists, ClusterRecord, Selector
 
-from ..common.audit_trail import AuditTrail, operator_principal
+from ..common.audit_trail import operator_principal
 from ..common.callers import Callers
-from ..common.gate import PolicyGate
 from ..common.sealing import CredentialSealer
-from ..engine.lease_engine import LeaseEngine
+from ..core import Core
 from ..jobs.ended_pods import PodLeases
 from .cluster_checks import check_cluster, key_fingerprints
 
@@ -78,34 +76,27 @@ class Deregistered:
 class ClusterAdmin:
     def __init__(
         self,
+        core: Core,
         *,
         configured: Sequence[ClusterConfig],
         callers: Callers,
-        store: Store,
-        runner: StoreRunner,
-        policy: PolicyEngine,
-        audit: AuditTrail,
         sealer: CredentialSealer,
-        engine: LeaseEngine,
         pods: PodLeases,
-        clock: Clock,
     ) -> None:
         self._configured = {c.name: c for c in configured}
         self._callers = callers
-        self._clusters = store.clusters
-        self._leases = store.leases
-        self._run = runner.run
-        self._gate = PolicyGate(policy)
-        self._audit = audit
+        self._clusters = core.store.clusters
+        self._leases = core.store.leases
+        self._gate = core.gate
+        self._audit = core.audit
         self._sealer = sealer
-        self._engine = engine
+        self._engine = core.engine
         self._pods = pods
-        self._clock = clock
 
     async def load(self) -> int:
         """Join every registered cluster with its pinned JWKS (a cluster that is down at
         start does not stop the broker; its pinned keys still verify tokens)."""
-        records = await self._run(self._clusters.list)
+        records = await self._clusters.list()
         for record in records:
             if record.name in self._configured:
                 log.warning("registered cluster shadowed by the config file", cluster=record.name)
@@ -145,15 +136,13 @@ class ClusterAdmin:
             if connection.cert_pem is not None and connection.key_pem is not None:
                 secret = {"cert_pem": SecretStr(connection.cert_pem), "key_pem": connection.key_pem}
             sealed = self._sealer.seal(_sealing_id(name), Credential(values=_present(secret)))
-            record = await self._run(
-                lambda: self._clusters.add(
-                    name=name,
-                    server=connection.server,
-                    ca_pem=connection.ca_pem,
-                    issuer=connection.issuer,
-                    sealed_credential=sealed,
-                    jwks=jwks,
-                )
+            record = await self._clusters.add(
+                name=name,
+                server=connection.server,
+                ca_pem=connection.ca_pem,
+                issuer=connection.issuer,
+                sealed_credential=sealed,
+                jwks=jwks,
             )
         except BaseException:
             client.close()
@@ -194,7 +183,7 @@ class ClusterAdmin:
             raise InvalidRequest(
                 "name", f"cluster {name!r} comes from the broker's config file; remove it there"
             )
-        await self._run(self._clusters.get, name)  # ClusterNotFound
+        await self._clusters.get(name)  # ClusterNotFound
         revoked, queued = await self._revoke_all(operator, name, request_id)
         if queued and not force:
             raise LeasesNotRevoked(
@@ -202,7 +191,7 @@ class ClusterAdmin:
                 "queued for retry; the cluster stays registered. Retry later, or pass "
                 "--force to deregister it anyway"
             )
-        await self._run(self._clusters.delete, name)
+        await self._clusters.delete(name)
         await self._pods.unwatch(name)
         self._callers.leave(name)
         log.info("cluster deregistered", cluster=name, revoked=revoked, queued=queued)
@@ -211,7 +200,7 @@ class ClusterAdmin:
     async def refresh_keys(self) -> int:
         """Fetch every registered cluster's JWKS anew and pin it; how many answered."""
         done = 0
-        for record in await self._run(self._clusters.list):
+        for record in await self._clusters.list():
             client = self._callers.client(record.name)
             if client is None or record.name in self._configured:
                 continue
@@ -221,13 +210,13 @@ class ClusterAdmin:
                 log.warning("JWKS refresh failed", cluster=record.name, error=error.message)
                 continue
             self._callers.join(client, jwks)
-            await self._run(self._clusters.record_jwks, record.name, jwks)
+            await self._clusters.record_jwks(record.name, jwks)
             done += 1
         return done
 
     async def _revoke_all(self, operator: Operator, name: str, request_id: str) -> tuple[int, int]:
         who = operator_principal(operator)
-        leases = await self._run(self._leases.list_by_selector, Selector(cluster=name))
+        leases = await self._leases.list_by_selector(Selector(cluster=name))
         revoked = queued = 0
         for lease in leases:
             try:
@@ -251,7 +240,7 @@ class ClusterAdmin:
     async def _view(self, name: str) -> ClusterView:
         config = self._configured.get(name)
         if config is None:
-            return await self._view_record(await self._run(self._clusters.get, name))
+            return await self._view_record(await self._clusters.get(name))
         keys = self._callers.keys().get(name)
         return ClusterView(
             name=name,
@@ -262,7 +251,7 @@ class ClusterAdmin:
             jwks_fetched_at=None,
             last_contact=None,
             registered_at=None,
-            active_leases=await self._run(lambda: self._leases.count_live(cluster=name)),
+            active_leases=await self._leases.count_live(cluster=name),
         )
 
     async def _view_record(self, record: ClusterRecord) -> ClusterView:
@@ -275,7 +264,7 @@ class ClusterAdmin:
             jwks_fetched_at=record.jwks_fetched_at,
             last_contact=record.last_contact,
             registered_at=record.registered_at,
-            active_leases=await self._run(lambda: self._leases.count_live(cluster=record.name)),
+            active_leases=await self._leases.count_live(cluster=record.name),
         )
 
     def _connection(self, record: ClusterRecord) -> ClusterConnection:

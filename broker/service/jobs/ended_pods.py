@@ -20,11 +20,11 @@ import structlog
 
 from broker.clusters import ClusterClient, ClusterUnavailable, EndedPod, PodWatch
 from broker.errors import KeyferryError
-from broker.store import LeaseRecord, Selector, Store, StoreRunner
+from broker.store import LeaseRecord, Selector
 
 from ..common.audit_trail import system_principal
 from ..common.callers import Callers
-from ..engine.lease_engine import LeaseEngine
+from ..core import Core
 
 log = structlog.get_logger("keyferry.pod_leases")
 SWEEP_INTERVAL = timedelta(seconds=60)
@@ -33,13 +33,10 @@ POD_ENDED = "POD_ENDED"
 
 
 class PodLeases:
-    def __init__(
-        self, *, callers: Callers, store: Store, runner: StoreRunner, engine: LeaseEngine
-    ) -> None:
+    def __init__(self, core: Core, *, callers: Callers) -> None:
         self._callers = callers
-        self._leases = store.leases
-        self._run = runner.run
-        self._engine = engine
+        self._leases = core.store.leases
+        self._engine = core.engine
         self._watches: dict[str, PodWatch] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -68,7 +65,7 @@ class PodLeases:
     async def end_pod(self, pod: EndedPod, job: str = WATCH_JOB) -> int:
         """Revoke every live lease of the pod (name and UID); how many were revoked now."""
         selector = Selector(cluster=pod.cluster, namespace=pod.namespace, pod_name=pod.name)
-        leases = await self._run(self._leases.list_by_selector, selector)
+        leases = await self._leases.list_by_selector(selector)
         return await self._end([lease for lease in leases if lease.pod_uid == pod.uid], job)
 
     async def sweep(self) -> int:
@@ -76,7 +73,7 @@ class PodLeases:
         done = 0
         for client in self._callers.clients():
             name = client.config.name
-            leases = await self._run(self._leases.list_by_selector, Selector(cluster=name))
+            leases = await self._leases.list_by_selector(Selector(cluster=name))
             by_pod: dict[tuple[str, str], list[LeaseRecord]] = defaultdict(list)
             for lease in leases:
                 by_pod[(lease.namespace, lease.pod_name)].append(lease)
