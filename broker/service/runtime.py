@@ -191,18 +191,13 @@ class BrokerRuntime:
             resume_after=settings.rotation.resume_after,
         )
         renewer = Renewer(
-            store=store,
-            runner=runner,
+            core,
             backends=backends,
-            audit=audit,
             hub=hub,
             settings=settings.renewal,
             reissue=rotation.reissue,
-            clock=clock,
         )
-        relay = EventRelay.for_store(
-            settings.store, hub=hub, store=store, runner=runner, sealer=sealer
-        )
+        relay = EventRelay.for_store(settings.store, hub=hub, store=stores, sealer=sealer)
         scheduler = JobScheduler(
             [
                 Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
@@ -230,18 +225,10 @@ class BrokerRuntime:
             ),
             renew=RenewFlow(core, callers=callers, renewer=renewer, rates=lease_calls),
             rotation=rotation,
-            scheduled=ScheduledRotation(catalog, store, runner, rotation.rotate_scheduled, clock),
+            scheduled=ScheduledRotation(core, catalog=catalog, rotate=rotation.rotate_scheduled),
             revocation=RevocationFlow(core, concurrency=settings.rotation.concurrency),
             root=RootRotationFlow(core, vault=vault),
-            reconciler=Reconciler(
-                vault=vault,
-                store=store,
-                runner=runner,
-                engine=engine,
-                audit=audit,
-                clock=clock,
-                orphan_age=settings.rotation.orphan_age,
-            ),
+            reconciler=Reconciler(core, vault=vault, orphan_age=settings.rotation.orphan_age),
             scheduler=scheduler,
         )
         roles = RoleAdmin(core, catalog)

@@ -28,7 +28,7 @@ import structlog
 
 from broker.errors import KeyferryError
 from broker.models import VaultLease
-from broker.store import LeaseState, Store, StoreRunner, StoreSettings
+from broker.store import AsyncStore, LeaseState, StoreSettings
 from broker.store.sessions import Session, open_session, postgres_conninfo
 
 from ..common.sealing import CredentialSealer
@@ -47,8 +47,7 @@ class EventRelay:
         conninfo: str,
         *,
         hub: EventHub,
-        store: Store,
-        runner: StoreRunner,
+        store: AsyncStore,
         sealer: CredentialSealer,
         timeout: float,
     ) -> None:
@@ -56,7 +55,6 @@ class EventRelay:
         self._conninfo = conninfo
         self._hub = hub
         self._leases = store.leases
-        self._run = runner.run
         self._sealer = sealer
         self._timeout = timeout
         self._sender: Session | None = None
@@ -170,8 +168,8 @@ class EventRelay:
             return LeaseExpiring(lease_id, datetime.fromisoformat(note["expires_at"]))
         if kind == "renewed":
             return LeaseRenewed(lease_id, datetime.fromisoformat(note["expires_at"]))
-        lease = await self._run(self._leases.get, lease_id)
-        handle = await self._run(self._leases.handle, lease_id)
+        lease = await self._leases.get(lease_id)
+        handle = await self._leases.handle(lease_id)
         if lease.state != LeaseState.ACTIVE or handle.vault_lease is None:
             return None  # already replaced or ended: the next event says so
         if handle.sealed_credential is None:

@@ -32,12 +32,11 @@ import structlog
 from broker.audit import AuditAction, AuditEvent
 from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.leases import revoke_lease
-from broker.clock import Clock
 from broker.errors import KeyferryError
-from broker.store import LeaseState, Store, StoreRunner
+from broker.store import LeaseState
 
-from ..common.audit_trail import AuditTrail, system_principal
-from ..engine.lease_engine import LeaseEngine
+from ..common.audit_trail import system_principal
+from ..core import Core
 
 log = structlog.get_logger("keyferry.reconcile")
 SYSTEM_JOB = "broker.reconcile"
@@ -59,21 +58,16 @@ class ReconcileReport:
 class Reconciler:
     def __init__(
         self,
+        core: Core,
         *,
         vault: VaultClient,
-        store: Store,
-        runner: StoreRunner,
-        engine: LeaseEngine,
-        audit: AuditTrail,
-        clock: Clock,
         orphan_age: timedelta,
     ) -> None:
         self._vault = vault
-        self._leases = store.leases
-        self._run = runner.run
-        self._engine = engine
-        self._audit = audit
-        self._clock = clock
+        self._leases = core.store.leases
+        self._engine = core.engine
+        self._audit = core.audit
+        self._clock = core.clock
         self._orphan_age = orphan_age
         self._unknown_since: dict[str, datetime] = {}
 
@@ -81,13 +75,13 @@ class Reconciler:
         request_id = uuid.uuid4().hex
         settled = await self._settle_unissued(request_id)
         prefix = self._vault.settings.mount_prefix
-        held = await self._run(self._leases.vault_lease_ids, HELD, prefix)
+        held = await self._leases.vault_lease_ids(HELD, prefix)
         in_vault = set(await list_keyferry_leases(self._vault))
         closed = 0
         for vault_id, lease_id in held.items():
             if vault_id not in in_vault:
                 closed += await self._close(lease_id, request_id)
-        known = await self._run(self._leases.vault_lease_ids, KNOWN, prefix)
+        known = await self._leases.vault_lease_ids(KNOWN, prefix)
         revoked, deferred = await self._revoke_unknown(in_vault - known.keys(), request_id)
         report = ReconcileReport(settled, closed, revoked, deferred)
         log.info("reconciled", **report.__dict__)
@@ -96,9 +90,7 @@ class Reconciler:
     async def _settle_unissued(self, request_id: str) -> int:
         who = system_principal(SYSTEM_JOB)
         settled = 0
-        while rows := await self._run(
-            self._leases.unissued_before, self._clock() - self._orphan_age
-        ):
+        while rows := await self._leases.unissued_before(self._clock() - self._orphan_age):
             for lease in rows:
                 settled += await self._engine.close_unissued(lease, who, request_id)
         return settled

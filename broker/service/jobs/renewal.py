@@ -26,7 +26,6 @@ import structlog
 
 from broker.audit import AuditAction
 from broker.backends import Backends
-from broker.clock import Clock
 from broker.errors import InvalidRequest, KeyferryError, VaultUnavailable
 from broker.models import VaultLease
 from broker.settings import RenewalSettings
@@ -34,12 +33,11 @@ from broker.store import (
     LeaseRecord,
     LeaseState,
     LeaseStateConflict,
-    Store,
-    StoreRunner,
 )
 
-from ..common.audit_trail import AuditTrail, system_principal
+from ..common.audit_trail import system_principal
 from ..common.results import RenewedLease
+from ..core import Core
 from ..events.hub import EventHub, LeaseExpiring, LeaseRenewed
 
 log = structlog.get_logger("keyferry.renew")
@@ -55,29 +53,25 @@ class Renewer:
 
     def __init__(
         self,
+        core: Core,
         *,
-        store: Store,
-        runner: StoreRunner,
         backends: Backends,
-        audit: AuditTrail,
         hub: EventHub,
         settings: RenewalSettings,
         reissue: Reissue,
-        clock: Clock,
     ) -> None:
-        self._leases = store.leases
-        self._run = runner.run
+        self._leases = core.store.leases
         self._backends = backends
-        self._audit = audit
+        self._audit = core.audit
         self._hub = hub
         self._settings = settings
-        self._clock = clock
+        self._clock = core.clock
         self._warned: set[str] = set()
         self._reissue = reissue
         """How a lease that cannot be renewed further is replaced (RotationFlow.reissue)."""
 
     async def vault_lease(self, lease: LeaseRecord) -> VaultLease:
-        handle = await self._run(self._leases.handle, lease.id)
+        handle = await self._leases.handle(lease.id)
         if handle.vault_lease is None:
             raise InvalidRequest("lease_id", f"lease {lease.id} is still being issued; retry")
         return VaultLease.model_validate(handle.vault_lease)
@@ -95,7 +89,7 @@ class Renewer:
         renewed = await backend.renew(vault_lease, self._settings.increment)
         expires_at = renewed.expires_at or self._clock()
         try:
-            record = await self._run(self._leases.record_renewal, lease.id, expires_at)
+            record = await self._leases.record_renewal(lease.id, expires_at)
         except LeaseStateConflict as conflict:
             raise InvalidRequest(
                 "lease_id", f"lease {lease.id} changed while it was renewed: {conflict.message}"
@@ -108,8 +102,8 @@ class Renewer:
         if not watched:
             return 0
         now = self._clock()
-        candidates = await self._run(
-            self._leases.leases_to_renew, now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
+        candidates = await self._leases.leases_to_renew(
+            now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
         )
         due = [c for c in candidates if renewal_due(c, now, self._settings)]
         renewed = 0

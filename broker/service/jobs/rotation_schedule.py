@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from broker.clock import Clock
-from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store, StoreRunner
+from broker.store import LeaseQuery, LeaseRecord, LeaseState
 
 from ..common.role_catalog import RoleCatalog
+from ..core import Core
 
 log = structlog.get_logger("keyferry.schedule")
 PAGE = 500
@@ -29,17 +29,15 @@ RotateDue = Callable[[list[LeaseRecord], str], Awaitable[int]]
 class ScheduledRotation:
     def __init__(
         self,
+        core: Core,
+        *,
         catalog: RoleCatalog,
-        store: Store,
-        runner: StoreRunner,
         rotate: RotateDue,
-        clock: Clock,
     ) -> None:
         self._catalog = catalog
-        self._leases = store.leases
-        self._run = runner.run
+        self._leases = core.store.leases
         self._rotate = rotate
-        self._clock = clock
+        self._clock = core.clock
 
     async def run_once(self) -> int:
         """Rotate every lease its role's schedule made due; how many were rotated."""
@@ -65,7 +63,7 @@ class ScheduledRotation:
         found: list[LeaseRecord] = []
         after: str | None = None
         while True:
-            page = await self._run(self._leases.select_page, query, after, PAGE)
+            page = await self._leases.select_page(query, after, PAGE)
             found.extend(page)
             if len(page) < PAGE:
                 return found
