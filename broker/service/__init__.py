@@ -16,8 +16,10 @@ the layers down (import-linter holds the order, pyproject.toml):
 
 from .admin.access_grants import AccessFlow
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
+from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
-from .admin.root_credential import RootRotated, RootTarget
+from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
+from .admin.rotation import RotationFlow
 from .admin.selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
 from .common.callers import bearer_token
 from .common.refusals import CALLER_PEER
@@ -25,7 +27,10 @@ from .common.results import GrantCredential, GrantEnd, IssuedLease, RenewedLease
 from .common.role_catalog import RoleCatalog, StoredRole
 from .events.hub import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
 from .runtime import BrokerRuntime
-from .workload.watch import AckMessage, TokenExpired
+from .workload.issue import IssueFlow
+from .workload.release import ReleaseFlow
+from .workload.renew import RenewFlow
+from .workload.watch import AckMessage, TokenExpired, WatchFlow
 
 __all__ = [
     "CALLER_PEER",
@@ -37,6 +42,7 @@ __all__ = [
     "Deregistered",
     "GrantCredential",
     "GrantEnd",
+    "IssueFlow",
     "IssuedLease",
     "LeaseExpiring",
     "LeaseProgress",
@@ -47,16 +53,22 @@ __all__ = [
     "LeasesNotRevoked",
     "Outcome",
     "Planned",
+    "ReleaseFlow",
+    "RenewFlow",
     "RenewedLease",
+    "RevocationFlow",
     "RoleAdmin",
     "RoleCatalog",
     "RootRotated",
+    "RootRotationFlow",
     "RootTarget",
     "Rotation",
+    "RotationFlow",
     "SelectionEvent",
     "StoredRole",
     "Summary",
     "TokenExpired",
     "WatchEvent",
+    "WatchFlow",
     "bearer_token",
 ]
