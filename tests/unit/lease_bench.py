@@ -1,5 +1,6 @@
 """An in-memory lease store, a fake backend and the shared services around them, for unit
-tests of the lease engine and the flows (pending row → Vault → complete → undo).
+tests of the lease engine and the flows (pending row → Vault → complete → undo): the
+fixtures `clock`, `store` and `bench` (exposed to every unit test by conftest.py).
 
 The fake backend stands in for Vault only in unit tests; the bed's integration tests run
 the same flows against a real Vault (tests/integration/test_issue.py, test_access.py, ...).
@@ -16,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
@@ -166,6 +168,23 @@ class Bench:
 
     def state(self, lease_id: str) -> LeaseState:
         return self.store.leases.get(lease_id).state
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(clock: Clock) -> Iterator[Store]:
+    with memory_store(clock) as store:
+        yield store
+
+
+@pytest.fixture
+async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
+    async with open_bench(store, clock, tmp_path) as bench:
+        yield bench
 
 
 @contextmanager

@@ -6,9 +6,8 @@ a fake (a pod that proves itself by name); Cedar, the audit trail and the store 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -34,8 +33,13 @@ from broker.service.workload.issue import IssueFlow, IssueLimits
 from broker.service.workload.limits import IssueRates, LeaseCallRates
 from broker.service.workload.release import ReleaseFlow
 from broker.settings import AccessSettings, LimitsSettings
-from broker.store import LeaseNotFound, LeaseState, Store
-from tests.unit.lease_bench import ROLES, START, Bench, Clock, FailingOnce, memory_store, open_bench
+from broker.store import LeaseNotFound, LeaseState
+from tests.unit.lease_bench import (
+    ROLES,
+    START,
+    Bench,
+    FailingOnce,
+)
 
 ROLE = ROLES["database"]  # orders-db-ro: the example policies let namespace orders issue it
 API = Workload(cluster="a", namespace="orders", service_account="api", pod="api-0", pod_uid="u0")
@@ -65,22 +69,9 @@ class FakeCallers:
         return pod
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(clock: Clock) -> Iterator[Store]:
-    with memory_store(clock) as store:
-        yield store
-
-
-@pytest.fixture
-async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
-    async with open_bench(store, clock, tmp_path) as bench:
-        await RoleCatalog(bench.core.store.roles).apply([ROLE, ROLES["kv"]])
-        yield bench
+@pytest.fixture(autouse=True)
+async def roles(bench: Bench) -> None:
+    await RoleCatalog(bench.core.store.roles).apply([ROLE, ROLES["kv"]])
 
 
 def issue_flow(bench: Bench) -> IssueFlow:
@@ -154,13 +145,19 @@ async def test_issue_when_the_store_fails_after_vault_revokes_first(
     assert retried.lease.id != failed["lease_id"]
 
 
-async def test_issue_of_a_pod_going_away_meanwhile_hands_nothing_out(bench: Bench) -> None:
-    def pod_goes_away(context: IssueContext) -> None:
-        live = bench.store.leases.find_live(context.pod_uid, "orders-db")
+def owner_goes_away(bench: Bench, credential: str) -> Callable[[IssueContext], None]:
+    """While Vault answers: the row turns revoking (its pod or grant ended)."""
+
+    def goes_away(context: IssueContext) -> None:
+        live = bench.store.leases.find_live(context.pod_uid, credential)
         assert live is not None
         bench.store.leases.mark_revoking(live.id)
 
-    bench.backends.database.during_issue = pod_goes_away
+    return goes_away
+
+
+async def test_issue_of_a_pod_going_away_meanwhile_hands_nothing_out(bench: Bench) -> None:
+    bench.backends.database.during_issue = owner_goes_away(bench, "orders-db")
     with pytest.raises(Unauthenticated):
         await issue_flow(bench).issue("api-0", "orders-db", ROLE.name, "r")
     assert bench.backends.database.alive == set()  # revoked at once, not handed out
@@ -297,13 +294,7 @@ async def test_only_the_requester_gets_a_grants_credential(bench: Bench) -> None
 
 async def test_a_grant_ended_while_vault_answered_hands_nothing_out(bench: Bench) -> None:
     grant_id = approved_grant(bench)
-
-    def grant_ends(context: IssueContext) -> None:
-        live = bench.store.leases.find_live(context.pod_uid, "access")
-        assert live is not None
-        bench.store.leases.mark_revoking(live.id)
-
-    bench.backends.database.during_issue = grant_ends
+    bench.backends.database.during_issue = owner_goes_away(bench, "access")
     with pytest.raises(FailedPrecondition):
         await access_flow(bench).issue(DEVELOPER, grant_id, "r")
     assert bench.backends.database.alive == set()  # revoked at once

@@ -6,9 +6,7 @@ invariant (pending row → Vault → complete → undo on failure).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
@@ -43,28 +41,8 @@ from tests.unit.lease_bench import (
     FailingOnce,
     begun,
     issued,
-    memory_store,
-    open_bench,
     request,
 )
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(clock: Clock) -> Iterator[Store]:
-    with memory_store(clock) as store:
-        yield store
-
-
-@pytest.fixture
-async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
-    async with open_bench(store, clock, tmp_path) as bench:
-        yield bench
-
 
 # -- issue, replay -------------------------------------------------------------------------
 
