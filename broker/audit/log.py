@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from broker.clock import Clock, utcnow
 from broker.errors import AuditUnavailable
 
 from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
 from .records import GENESIS, AuditEvent, AuditRecord, parse_line, seal
-
-Clock = Callable[[], datetime]
 
 
 class RecordSink(Protocol):
@@ -38,17 +36,13 @@ class AuditChain(Protocol):
     def checkpoint(self, signer: Signer, sink: CheckpointSink) -> SignedCheckpoint: ...
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class AuditLog:
     """One chain. Appends are serialised by a lock and block on fsync: call from a thread.
 
     A log reopened on an existing file continues its chain from the file's last record.
     """
 
-    def __init__(self, sink: RecordSink, *, chain: str = "broker", clock: Clock = _utcnow) -> None:
+    def __init__(self, sink: RecordSink, *, chain: str = "broker", clock: Clock = utcnow) -> None:
         self.chain = chain
         self._sink = sink
         self._clock = clock

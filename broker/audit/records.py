@@ -107,7 +107,8 @@ class AuditEvent(BaseModel):
     target: Name | None = None
     """What a change outside the lease table acted on: a Vault path or Vault lease id."""
     count: int | None = Field(default=None, ge=1)
-    """How many refusals of one kind a summary record stands for (broker.service.refusals)."""
+    """How many refusals of one kind a summary record stands for
+    (broker.service.common.refusals)."""
     peer: Name | None = None
     """Where a refused call came from: the gRPC peer's address without its port."""
 

@@ -15,20 +15,14 @@ Checkpoints work as with the file: the head read from the store, signed by Vault
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 
+from broker.clock import Clock, utcnow
 from broker.errors import AuditUnavailable, StoreUnavailable
 from broker.store import AuditChainRepository
 
 from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
 from .log import RecordSink
 from .records import GENESIS, AuditEvent, AuditRecord, seal
-
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class StoreChainLog:
@@ -40,7 +34,7 @@ class StoreChainLog:
         *,
         chain: str = "broker",
         copy: RecordSink | None = None,
-        clock: Clock = _utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self.chain = chain
         self._repository = repository

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar
 
 import hvac
@@ -21,10 +20,11 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 
 from broker import errors
+from broker.clock import Clock, utcnow
 from broker.models import describe_problems
 
 from .settings import VaultSettings
-from .vault_auth import AppRoleLogin, LoginMethod, StaticToken, TokenKeeper, utcnow
+from .vault_auth import AppRoleLogin, LoginMethod, StaticToken, TokenKeeper
 from .vault_errors import capped, translate
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ class VaultClient:
         settings: VaultSettings,
         *,
         login: LoginMethod | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.clock = clock

@@ -12,19 +12,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import hvac.exceptions
+
+from broker.clock import Clock, utcnow
 
 from .settings import AppRoleSettings
 
 RENEW_AT = 2 / 3  # of the token's TTL
 USEFUL_RENEWAL = 1 / 3  # a renewal shorter than this share of the login TTL means max TTL is near
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class TokenKeeper:
         self,
         method: LoginMethod,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Clock = utcnow,
         renew: Callable[[Any, timedelta, datetime], TokenGrant] = renew_self,
     ) -> None:
         self._method = method

@@ -34,10 +34,10 @@ from broker.api.v1 import (
     rotation_pb2,
     rotation_pb2_grpc,
 )
+from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError
 from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings, WorkloadListener
-from broker.store.clock import Clock, utcnow
 
 from .access_servicer import AccessServicer
 from .broker_servicer import BrokerServicer
@@ -187,7 +187,15 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
     workload = grpc.aio.server(
         options=workload_options(settings.workload), interceptors=[CallInterceptor(metrics)]
     )
-    broker_pb2_grpc.add_BrokerServiceServicer_to_server(BrokerServicer(runtime, metrics), workload)
+    flows = runtime.flows
+    servicer = BrokerServicer(
+        issue=runtime.issue,
+        release=runtime.release,
+        watch=flows.watch,
+        renew=flows.renew,
+        metrics=metrics,
+    )
+    broker_pb2_grpc.add_BrokerServiceServicer_to_server(servicer, workload)
     workload_health = (
         _health(workload, [BROKER_SERVICE], reflect=settings.workload.reflection),
         [BROKER_SERVICE],
@@ -227,7 +235,11 @@ def _admin_listener(
         raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
     admin = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics)])
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
-    rotation_pb2_grpc.add_RotationServiceServicer_to_server(RotationServicer(runtime), admin)
+    flows = runtime.flows
+    rotation = RotationServicer(
+        rotation=flows.rotation, revocation=flows.revocation, root=flows.root
+    )
+    rotation_pb2_grpc.add_RotationServiceServicer_to_server(rotation, admin)
     clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
         ClustersServicer(runtime.clusters), admin
     )

@@ -14,7 +14,14 @@ import grpc
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from broker.errors import KeyferryError
-from broker.service import AckMessage, BrokerRuntime, bearer_token
+from broker.service import (
+    AckMessage,
+    IssueFlow,
+    ReleaseFlow,
+    RenewFlow,
+    WatchFlow,
+    bearer_token,
+)
 
 from . import convert
 from .interceptors import current_call
@@ -28,15 +35,26 @@ def _metadata(context: Context) -> dict[str, str]:
 
 
 class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
-    def __init__(self, runtime: BrokerRuntime, metrics: BrokerMetrics) -> None:
-        self._runtime = runtime
+    def __init__(
+        self,
+        *,
+        issue: IssueFlow,
+        release: ReleaseFlow,
+        watch: WatchFlow,
+        renew: RenewFlow,
+        metrics: BrokerMetrics,
+    ) -> None:
+        self._issue = issue
+        self._release = release
+        self._watch = watch
+        self._renew = renew
         self._metrics = metrics
 
     async def Issue(
         self, request: broker_pb2.IssueRequest, context: Context
     ) -> broker_pb2.IssueResponse:
         call = current_call()
-        issued = await self._runtime.issue.issue(
+        issued = await self._issue.issue(
             bearer_token(_metadata(context)),
             request.credential_name,
             request.role,
@@ -48,7 +66,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def Release(
         self, request: broker_pb2.ReleaseRequest, context: Context
     ) -> broker_pb2.ReleaseResponse:
-        await self._runtime.release.release(
+        await self._release.release(
             bearer_token(_metadata(context)), request.lease_id, current_call().request_id
         )
         return broker_pb2.ReleaseResponse()
@@ -60,7 +78,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         token = bearer_token(_metadata(context))
         self._metrics.watch_streams.inc()
         try:
-            events = self._runtime.flows.watch.watch(token, _acks(request_iterator), request_id)
+            events = self._watch.watch(token, _acks(request_iterator), request_id)
             async for event in events:
                 yield convert.watch_response(event)
         except KeyferryError as error:
@@ -72,7 +90,7 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
     async def Renew(
         self, request: broker_pb2.RenewRequest, context: Context
     ) -> broker_pb2.RenewResponse:
-        renewed = await self._runtime.flows.renew.renew(
+        renewed = await self._renew.renew(
             bearer_token(_metadata(context)), request.lease_id, current_call().request_id
         )
         return convert.renew_response(renewed)

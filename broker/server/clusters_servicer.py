@@ -1,5 +1,5 @@
 """ClustersService on the admin listener: the cluster registry for ops, each call decided by
-Cedar for the operator its client certificate names (broker.service.cluster_admin)."""
+Cedar for the operator its client certificate names (broker.service.admin.clusters)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """RolesService on the admin listener: the role catalog for ops, each call decided by Cedar
-for the operator its client certificate names (broker.service.role_admin)."""
+for the operator its client certificate names (broker.service.admin.roles)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
-from broker.service import BrokerRuntime
+from broker.service import RevocationFlow, RootRotationFlow, RotationFlow
 
 from . import convert
 from .interceptors import current_call
@@ -20,14 +20,18 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
-    def __init__(self, runtime: BrokerRuntime) -> None:
-        self._runtime = runtime
+    def __init__(
+        self, *, rotation: RotationFlow, revocation: RevocationFlow, root: RootRotationFlow
+    ) -> None:
+        self._rotation = rotation
+        self._revocation = revocation
+        self._root = root
 
     async def RotateLeases(
         self, request: rotation_pb2.RotateLeasesRequest, context: Context
     ) -> rotation_pb2.RotateLeasesResponse:
         call = current_call()
-        rotations = await self._runtime.flows.rotation.rotate(
+        rotations = await self._rotation.rotate(
             operator_of(context),
             list(request.lease_ids),
             convert.rotation_grace(request),
@@ -40,7 +44,7 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
         self, request: rotation_pb2.RotateSelectedRequest, context: Context
     ) -> AsyncIterator[rotation_pb2.RotateSelectedResponse]:
         operator = operator_of(context)
-        events = self._runtime.flows.rotation.rotate_selected(
+        events = self._rotation.rotate_selected(
             operator,
             convert.lease_selector(request.selector),
             grace=convert.selected_grace(request),
@@ -55,7 +59,7 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
         self, request: rotation_pb2.RevokeSelectedRequest, context: Context
     ) -> AsyncIterator[rotation_pb2.RevokeSelectedResponse]:
         operator = operator_of(context)
-        events = self._runtime.flows.revocation.revoke_selected(
+        events = self._revocation.revoke_selected(
             operator,
             convert.lease_selector(request.selector),
             concurrency=convert.concurrency(request.concurrency),
@@ -68,7 +72,7 @@ class RotationServicer(rotation_pb2_grpc.RotationServiceServicer):
     async def RotateRoot(
         self, request: rotation_pb2.RotateRootRequest, context: Context
     ) -> rotation_pb2.RotateRootResponse:
-        rotated = await self._runtime.flows.root.rotate_root(
+        rotated = await self._root.rotate_root(
             operator_of(context), convert.root_target(request), current_call().request_id
         )
         return convert.rotate_root_response(rotated)

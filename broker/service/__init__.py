@@ -2,21 +2,35 @@
 operators' decisions on it), apart from any transport.
 
 The server turns gRPC calls into these calls and their results and errors back into
-messages and statuses; nothing here knows about gRPC.
+messages and statuses; nothing here knows about gRPC. The sub-packages, from the top of
+the layers down (import-linter holds the order, pyproject.toml):
+
+- runtime.py: everything opened from settings, in dependency order;
+- workload/ (the pods' calls) and admin/ (the operators' calls): the flows;
+- jobs/: what the broker does periodically, and the scheduler and leader that run it;
+- core.py: the services every flow shares (store, audit trail, clock, gate, engine);
+- engine/: the lease engine and its Revoker, the only code that moves a lease's state;
+- events/: the Watch streams' event hub and its relay between replicas;
+- common/: callers, the policy gate, the audit trail, the role catalog, sealing, results.
 """
 
-from .access import AccessFlow
-from .callers import bearer_token
-from .catalog import RoleCatalog, StoredRole
-from .cluster_admin import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
-from .events import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
-from .refusals import CALLER_PEER
-from .results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
-from .role_admin import RoleAdmin
-from .root_rotation import RootRotated, RootTarget
+from .admin.access_grants import AccessFlow
+from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
+from .admin.revoke_selected import RevocationFlow
+from .admin.roles import RoleAdmin
+from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
+from .admin.rotation import RotationFlow
+from .admin.selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
+from .common.callers import bearer_token
+from .common.refusals import CALLER_PEER
+from .common.results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
+from .common.role_catalog import RoleCatalog, StoredRole
+from .events.hub import LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
 from .runtime import BrokerRuntime
-from .selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
-from .watching import AckMessage, TokenExpired
+from .workload.issue import IssueFlow
+from .workload.release import ReleaseFlow
+from .workload.renew import RenewFlow
+from .workload.watch import AckMessage, TokenExpired, WatchFlow
 
 __all__ = [
     "CALLER_PEER",
@@ -28,6 +42,7 @@ __all__ = [
     "Deregistered",
     "GrantCredential",
     "GrantEnd",
+    "IssueFlow",
     "IssuedLease",
     "LeaseExpiring",
     "LeaseProgress",
@@ -38,16 +53,22 @@ __all__ = [
     "LeasesNotRevoked",
     "Outcome",
     "Planned",
+    "ReleaseFlow",
+    "RenewFlow",
     "RenewedLease",
+    "RevocationFlow",
     "RoleAdmin",
     "RoleCatalog",
     "RootRotated",
+    "RootRotationFlow",
     "RootTarget",
     "Rotation",
+    "RotationFlow",
     "SelectionEvent",
     "StoredRole",
     "Summary",
     "TokenExpired",
     "WatchEvent",
+    "WatchFlow",
     "bearer_token",
 ]

@@ -25,39 +25,41 @@ from broker.audit import (
 )
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
+from broker.clock import Clock, utcnow
 from broker.clusters import ClusterClient
 from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings, TokensSettings
-from broker.store import Store, StoreRunner
-from broker.store.clock import Clock, utcnow
+from broker.store import AsyncStore, Store, StoreRunner
 
-from .access import AccessFlow
-from .auditing import AuditTrail
-from .callers import Callers, VerifyLimits
-from .catalog import RoleCatalog
-from .cluster_admin import ClusterAdmin
-from .events import EventHub
-from .issuing import IssueFlow, IssueLimits
-from .leadership import leadership_for
-from .lease_engine import LeaseEngine
-from .limits import IssueRates, LeaseCallRates, WatchStreamCaps
-from .loops import Periodic
-from .notify import EventRelay
-from .pod_leases import PodLeases
-from .reconciling import Reconciler
-from .releasing import ReleaseFlow
-from .renewing import Renewer, RenewFlow
-from .revocation import RevocationFlow
-from .revoking import Backoff, Revoker
-from .role_admin import RoleAdmin
-from .root_rotation import RootRotationFlow
-from .rotating import RotationFlow
-from .scheduled_rotation import ScheduledRotation
-from .scheduler import JobScheduler
-from .sealing import CredentialSealer
-from .watching import WatchFlow
+from .admin.access_grants import AccessFlow
+from .admin.clusters import ClusterAdmin
+from .admin.revoke_selected import RevocationFlow
+from .admin.roles import RoleAdmin
+from .admin.root_credential import RootRotationFlow
+from .admin.rotation import RotationFlow
+from .common.audit_trail import AuditTrail
+from .common.callers import Callers, VerifyLimits
+from .common.gate import PolicyGate
+from .common.role_catalog import RoleCatalog
+from .common.sealing import CredentialSealer
+from .core import Core
+from .engine.lease_engine import LeaseEngine
+from .engine.revoker import Backoff, Revoker
+from .events.hub import EventHub
+from .events.relay import EventRelay
+from .jobs.ended_pods import PodLeases
+from .jobs.leadership import leadership_for
+from .jobs.reconcile import Reconciler
+from .jobs.renewal import Renewer
+from .jobs.rotation_schedule import ScheduledRotation
+from .jobs.scheduler import JobScheduler, Periodic
+from .workload.issue import IssueFlow, IssueLimits
+from .workload.limits import IssueRates, LeaseCallRates, WatchStreamCaps
+from .workload.release import ReleaseFlow
+from .workload.renew import RenewFlow
+from .workload.watch import WatchFlow
 
 log = structlog.get_logger("keyferry.runtime")
 
@@ -102,6 +104,7 @@ class BrokerRuntime:
     clusters: ClusterAdmin
     pods: PodLeases
     access: AccessFlow
+    core: Core
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -125,9 +128,10 @@ class BrokerRuntime:
         _on_close(stack, store.close)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
+        stores = AsyncStore(store, runner)
         vault = VaultClient(settings.vault)
         _on_close(stack, vault.close)
-        catalog = RoleCatalog(store.roles, runner)
+        catalog = RoleCatalog(stores.roles)
         if settings.roles is not None:
             applied = await catalog.apply(load_roles(settings.roles))
             log.info("roles file applied", path=str(settings.roles), roles=len(applied))
@@ -154,8 +158,7 @@ class BrokerRuntime:
         hub = EventHub()
         timing = settings.scheduler
         revoker = Revoker(
-            store=store,
-            runner=runner,
+            store=stores,
             backends=backends,
             audit=audit,
             hub=hub,
@@ -163,61 +166,38 @@ class BrokerRuntime:
             backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
         )
         engine = LeaseEngine(
-            store=store,
-            runner=runner,
+            store=stores,
             backends=backends,
             sealer=sealer,
             audit=audit,
             revoker=revoker,
             clock=clock,
         )
+        core = Core(stores, audit, clock, PolicyGate(policy), engine)
         issue = IssueFlow(
+            core,
             callers=callers,
             catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
             limits=limits,
             rates=IssueRates(settings.limits, clock),
-            clock=clock,
         )
-        release = ReleaseFlow(
-            callers=callers,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
-            rates=lease_calls,
-        )
+        release = ReleaseFlow(core, callers=callers, rates=lease_calls)
         rotation = RotationFlow(
+            core,
             catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            engine=engine,
             hub=hub,
             grace=settings.rotation.grace,
             concurrency=settings.rotation.concurrency,
             resume_after=settings.rotation.resume_after,
-            clock=clock,
         )
         renewer = Renewer(
-            store=store,
-            runner=runner,
+            core,
             backends=backends,
-            audit=audit,
             hub=hub,
             settings=settings.renewal,
             reissue=rotation.reissue,
-            clock=clock,
         )
-        relay = EventRelay.for_store(
-            settings.store, hub=hub, store=store, runner=runner, sealer=sealer
-        )
+        relay = EventRelay.for_store(settings.store, hub=hub, store=stores, sealer=sealer)
         scheduler = JobScheduler(
             [
                 Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
@@ -235,76 +215,29 @@ class BrokerRuntime:
             revoker=revoker,
             renewer=renewer,
             watch=WatchFlow(
+                core,
                 callers=callers,
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
                 sealer=sealer,
                 hub=hub,
-                engine=engine,
                 rates=lease_calls,
                 streams=WatchStreamCaps(settings.limits),
                 recheck=settings.limits.watch_recheck,
-                clock=clock,
             ),
-            renew=RenewFlow(
-                callers=callers,
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
-                renewer=renewer,
-                rates=lease_calls,
-            ),
+            renew=RenewFlow(core, callers=callers, renewer=renewer, rates=lease_calls),
             rotation=rotation,
-            scheduled=ScheduledRotation(catalog, store, runner, rotation, clock),
-            revocation=RevocationFlow(
-                policy=policy,
-                audit=audit,
-                store=store,
-                runner=runner,
-                engine=engine,
-                concurrency=settings.rotation.concurrency,
-            ),
-            root=RootRotationFlow(policy=policy, audit=audit, vault=vault, clock=clock),
-            reconciler=Reconciler(
-                vault=vault,
-                store=store,
-                runner=runner,
-                engine=engine,
-                audit=audit,
-                clock=clock,
-                orphan_age=settings.rotation.orphan_age,
-            ),
+            scheduled=ScheduledRotation(core, catalog=catalog, rotate=rotation.rotate_scheduled),
+            revocation=RevocationFlow(core, concurrency=settings.rotation.concurrency),
+            root=RootRotationFlow(core, vault=vault),
+            reconciler=Reconciler(core, vault=vault, orphan_age=settings.rotation.orphan_age),
             scheduler=scheduler,
         )
-        roles = RoleAdmin(catalog, policy, audit)
-        pods = PodLeases(callers=callers, store=store, runner=runner, engine=engine)
+        roles = RoleAdmin(core, catalog)
+        pods = PodLeases(core, callers=callers)
         clusters = ClusterAdmin(
-            configured=settings.clusters,
-            callers=callers,
-            store=store,
-            runner=runner,
-            policy=policy,
-            audit=audit,
-            sealer=sealer,
-            engine=engine,
-            pods=pods,
-            clock=clock,
+            core, configured=settings.clusters, callers=callers, sealer=sealer, pods=pods
         )
         await clusters.load()
-        access = AccessFlow(
-            catalog=catalog,
-            policy=policy,
-            audit=audit,
-            store=store,
-            runner=runner,
-            backends=backends,
-            engine=engine,
-            settings=settings.access,
-            clock=clock,
-        )
+        access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
         runtime = cls(
             settings,
             store,
@@ -319,6 +252,7 @@ class BrokerRuntime:
             clusters,
             pods,
             access,
+            core,
             stack,
         )
         runtime._add_leader_jobs()

@@ -14,6 +14,7 @@ Sync SQLAlchemy on a dedicated thread pool, not SQLAlchemy's asyncio extension:
 
 from __future__ import annotations
 
+from .async_store import AsyncStore
 from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
 from .clusters import ClusterRepository
@@ -58,6 +59,7 @@ from .store import Store
 __all__ = [
     "LEASE_TRANSITIONS",
     "LIVE_STATES",
+    "AsyncStore",
     "AuditChainRepository",
     "CheckpointRecord",
     "CheckpointRepository",

@@ -8,7 +8,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .clock import Clock, utcnow
+from broker.clock import Clock, utcnow
+
 from .failures import store_errors
 from .records import CheckpointRecord
 from .schema import CheckpointRow

@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .clock import Clock, utcnow
+from broker.clock import Clock, utcnow
+
 from .errors import ClusterExists, ClusterNotFound
 from .failures import store_errors
 from .records import ClusterRecord

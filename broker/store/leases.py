@@ -3,7 +3,7 @@
 State changes are idempotent where a retry could repeat them (the scheduler's jobs, a
 replica that takes over): repeating a change that already happened returns the record;
 a move LEASE_TRANSITIONS (records.py) does not allow raises LeaseStateConflict with that
-record. Only the lease engine (broker/service/lease_engine.py, revoking.py) calls the
+record. Only the lease engine (broker/service/engine/: lease_engine.py, revoker.py) calls the
 lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_failure).
 """
 
@@ -18,9 +18,9 @@ from sqlalchemy import CursorResult, Select, and_, case, func, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest
 
-from .clock import Clock, utcnow
 from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict
 from .failures import store_errors
 from .records import (

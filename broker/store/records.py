@@ -145,7 +145,7 @@ class LeaseQuery(BaseModel):
     """Leases by any mix of fields, each a set of accepted values (empty: any value).
 
     Fields are combined with AND, the values of one field with OR. The service validates
-    what a caller asked for (service/selection.py) before it becomes a query.
+    what a caller asked for (service/admin/selection.py) before it becomes a query.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

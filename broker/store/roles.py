@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .clock import Clock, utcnow
+from broker.clock import Clock, utcnow
+
 from .errors import RoleNotFound
 from .failures import store_errors
 from .records import RoleRecord

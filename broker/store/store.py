@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.clock import Clock, utcnow
+
 from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
-from .clock import Clock, utcnow
 from .clusters import ClusterRepository
 from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine

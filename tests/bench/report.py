@@ -592,7 +592,7 @@ BOUNDS = [
     "- **The audit trail** wrote and fsync'd each record alone on its one thread; records",
     "  that arrive while a write is on its way to disk are now group-committed (one write,",
     "  one fsync, in arrival order; each caller still waits for its own record, and a failed",
-    "  write refuses every request of its batch) (`broker/service/auditing.py`,",
+    "  write refuses every request of its batch) (`broker/service/common/audit_trail.py`,",
     "  `broker/audit/log.py`).",
     "- **The pod check** deserialised a whole Pod with the kubernetes client's models; it",
     "  reads the three fields it needs from the raw JSON (`broker/clusters/client.py`).",

@@ -35,7 +35,7 @@ from broker.errors import InvalidRequest, Unauthenticated
 from broker.identity import ClusterKeys, TokenVerifier
 from broker.identity.tokens import signing_keys
 from broker.server import convert
-from broker.service.names import check_credential_name
+from broker.service.workload.names import check_credential_name
 from injector.agent.errors import FormatError
 from injector.agent.formats import default_format, render
 from injector.contract import FileFormat

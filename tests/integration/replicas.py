@@ -37,7 +37,7 @@ from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.audit import StoreChainLog
 from broker.backends import VaultClient, VaultSettings
 from broker.server.tls import GENERATED_DIR
-from broker.service.leadership import LOCK_KEY
+from broker.service.jobs.leadership import LOCK_KEY
 from broker.settings import BrokerSettings, load_settings
 from broker.store import LeaseRecord, LeaseState, Selector, Store, StoreSettings
 from tests.bed.postgres import PostgresServer

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from broker.errors import FailedPrecondition
-from broker.service.grants import check_grant_ask, new_grant
+from broker.service.common.grant_terms import check_grant_ask, new_grant
 from broker.store import (
     GrantNotFound,
     GrantRecord,

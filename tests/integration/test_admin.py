@@ -28,11 +28,11 @@ from broker.api.v1 import roles_pb2, roles_pb2_grpc, rotation_pb2, rotation_pb2_
 from broker.audit import read_log
 from broker.backends.transit import TransitSigner
 from broker.cli.main import app as cli
+from broker.clock import utcnow
 from broker.identity.admin_pki import create_ca
 from broker.server import create_server
 from broker.server.status import reason_of
 from broker.settings import load_settings
-from broker.store.clock import utcnow
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import free_port
 from tests.bed.vault import VaultServer

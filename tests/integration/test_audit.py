@@ -39,7 +39,7 @@ from broker.audit import (
 from broker.backends.transit import TransitSigner
 from broker.errors import AuditUnavailable, Unauthenticated, VaultUnavailable
 from broker.service import CALLER_PEER
-from broker.service.auditing import AuditTrail
+from broker.service.common.audit_trail import AuditTrail
 from broker.store import Store, StoreSettings
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer

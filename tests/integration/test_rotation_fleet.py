@@ -31,7 +31,7 @@ from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.cli.exits import CONFIG, NOTHING_SELECTED
 from broker.cli.main import app as cli
 from broker.server import create_server
-from broker.service.auditing import system_principal
+from broker.service.common.audit_trail import system_principal
 from broker.settings import load_settings
 from broker.store import LeaseRequest, LeaseState, PendingLease
 from tests.bed.kube import KubeCluster
@@ -528,18 +528,18 @@ async def test_reconcile_records_no_second_revocation_of_a_lease_revoked_while_i
     root.sys.revoke_lease(old.vault_lease_id)  # the Revoker's call to Vault, done
     runtime = broker.server.runtime
     reconciler, revoker = runtime.flows.reconciler, runtime.flows.revoker
-    run = revoker._run  # reconcile settles through the Revoker: interleave its own pass
+    leases = revoker._leases  # reconcile settles through the Revoker: interleave its own pass
+    settle = leases.settle_revoked
     first = [True]
 
-    async def revoker_first(fn: Any, *args: Any) -> Any:
+    async def revoker_first(lease_id: str) -> Any:
         """The Revoker settles the row just before reconcile's own write to it."""
-        name = getattr(fn, "__name__", "")
-        if first[0] and name in ("settle_revoked", "mark_revoked") and args == (old.id,):
+        if first[0] and lease_id == old.id:
             first[0] = False
             await revoker.revoke(old, system_principal("broker.revoke"), "revoker")
-        return await run(fn, *args)
+        return await settle(lease_id)
 
-    monkeypatch.setattr(revoker, "_run", revoker_first)
+    monkeypatch.setattr(leases, "settle_revoked", revoker_first)
     report = await reconciler.run_once()
     assert report.closed == 0
     assert states(broker, [old.id]) == {old.id: LeaseState.REVOKED}

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from broker.backends.transit import TransitSigner
+from broker.clock import utcnow
 from broker.models.roles import RotationSchedule
 from broker.server import create_server
 from broker.settings import load_settings
 from broker.store import LeaseState
-from broker.store.clock import utcnow
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer

@@ -29,10 +29,10 @@ from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
 from broker.cli.exits import NOTHING_SELECTED
 from broker.cli.main import app as cli
+from broker.clock import utcnow
 from broker.server import create_server
 from broker.settings import load_settings
 from broker.store import LeaseState
-from broker.store.clock import utcnow
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer

@@ -53,8 +53,8 @@ from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.audit import StoreChainLog
 from broker.backends import VaultClient, list_keyferry_leases
 from broker.backends.transit import TransitSigner
+from broker.clock import utcnow
 from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store
-from broker.store.clock import utcnow
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer

@@ -30,7 +30,7 @@ import grpc
 import psycopg
 import pytest
 
-from broker.service.renewing import renewal_due
+from broker.service.jobs.renewal import renewal_due
 from broker.store import LeaseRecord, LeaseState, Selector
 from injector.agent.main import EXIT_OK, check
 from injector.contract import AGENT_SPEC_ENV

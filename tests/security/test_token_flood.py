@@ -40,7 +40,8 @@ CONCURRENCY = 32
 MIN_INTERVAL = 2  # seconds: short, so the flood shows the bound with more than one fetch
 SUMMARY = 2  # seconds between refusal summaries
 BASELINE_CALLS = 20
-FETCHED = "jwks fetched for an unknown key id"  # the broker's log line (broker.service.callers)
+# the broker's log line (broker.service.common.callers)
+FETCHED = "jwks fetched for an unknown key id"
 
 
 async def timed_issue(broker: Broker, token: BoundToken) -> float:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from broker.clusters.config import NAME, ClusterConfig
 from broker.errors import InvalidRequest
 from broker.policy import Action, GrantResource, Operator, PolicyEngine, RoleResource
-from broker.service.grants import (
+from broker.service.common.grant_terms import (
     ACCESS_OWNER,
     check_grant_ask,
     grant_lease_request,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from broker.audit import AuditAction, AuditEvent, Principal, PrincipalKind
 from broker.policy import Action
-from broker.service.auditing import decided
+from broker.service.common.audit_trail import decided
 
 SECURITY = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
 ROW = re.compile(r"^\| `([a-z0-9_.]+)` \| (.+) \|$")

@@ -11,9 +11,9 @@ import pytest
 from broker.api.v1 import broker_pb2
 from broker.errors import InvalidRequest, LimitExceeded
 from broker.policy import Workload
-from broker.service.limits import LeaseCallRates, WatchStreamCaps
-from broker.service.names import MAX_LENGTH as MAX_NAME
-from broker.service.names import check_lease_id
+from broker.service.workload.limits import LeaseCallRates, WatchStreamCaps
+from broker.service.workload.names import MAX_LENGTH as MAX_NAME
+from broker.service.workload.names import check_lease_id
 from broker.settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

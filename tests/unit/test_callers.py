@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from broker.clusters import ClusterClient
 from broker.errors import LimitExceeded, Unauthenticated
 from broker.identity import KeyRefreshPolicy
-from broker.service.callers import Callers, VerifyLimits
+from broker.service.common.callers import Callers, VerifyLimits
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 

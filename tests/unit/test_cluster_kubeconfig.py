@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli.kubeconfig import KubeconfigInvalid, read_context
-from broker.service.registration import key_fingerprints
+from broker.service.admin.cluster_checks import key_fingerprints
 
 
 def kubeconfig(path: Path, user: dict[str, str]) -> Path:

@@ -11,7 +11,7 @@ import pytest
 from broker.errors import PermissionDenied
 from broker.policy import Action, PolicyEngine, RoleResource, Workload
 from broker.policy import Decision as PolicyDecision
-from broker.service.gate import PolicyGate
+from broker.service.common.gate import PolicyGate
 
 BROKER = Path(__file__).parents[2] / "broker"
 APP = Workload(cluster="a", namespace="orders", service_account="app", pod="app-1", pod_uid="u1")
@@ -71,10 +71,11 @@ def test_only_the_gate_asks_the_policy_engine() -> None:
     outside = [
         path.relative_to(BROKER).as_posix()
         for path in sorted(BROKER.rglob("*.py"))
-        if path.relative_to(BROKER).as_posix() != "service/gate.py" and _asks_the_policy(path)
+        if path.relative_to(BROKER).as_posix() != "service/common/gate.py"
+        and _asks_the_policy(path)
     ]
-    assert outside == [], "ask through broker/service/gate.py (PolicyGate)"
+    assert outside == [], "ask through broker/service/common/gate.py (PolicyGate)"
 
 
 def test_the_scan_sees_a_direct_call() -> None:
-    assert _asks_the_policy(BROKER / "service" / "gate.py")
+    assert _asks_the_policy(BROKER / "service" / "common" / "gate.py")

@@ -1,250 +1,48 @@
-"""The lease engine on an in-memory SQLite store with a fake backend: issue, replay, end
-(Release's path), rotation, a grant's issue, and every undo path of the invariant
-(pending row → Vault → complete → undo on failure).
-
-The fake backend stands in for Vault only here; the bed's integration tests run the same
-flows against a real Vault (tests/integration/test_issue.py, test_access.py, ...).
+"""The lease engine on an in-memory SQLite store with a fake backend (lease_bench.py):
+issue, replay, end (Release's path), rotation, a grant's issue, and every undo path of the
+invariant (pending row → Vault → complete → undo on failure).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, cast
+from datetime import timedelta
+from typing import cast
 
 import pytest
-from pydantic import SecretStr
-from sqlalchemy import create_engine
-from sqlalchemy.pool import StaticPool
 
-from broker.audit import AuditLog, Fingerprinter, JsonLinesSink
 from broker.backends import Backends
-from broker.errors import KeyferryError, StoreUnavailable, VaultUnavailable
+from broker.errors import StoreUnavailable, VaultUnavailable
 from broker.models import (
-    BackendKind,
-    Credential,
-    Ending,
     IssueContext,
-    IssuedSecret,
-    Lifecycle,
-    RoleSpec,
-    VaultLease,
-    load_roles,
 )
-from broker.policy import Operator, PolicyEngine
-from broker.service.access import AccessFlow
-from broker.service.auditing import AuditTrail, system_principal
-from broker.service.catalog import RoleCatalog
-from broker.service.events import EventHub
-from broker.service.grants import check_grant_ask, new_grant
-from broker.service.lease_engine import IssueOrder, LeaseEngine, PendingWait
-from broker.service.revoking import Revoker
-from broker.service.rotating import RotationFlow
-from broker.service.sealing import CredentialSealer
+from broker.policy import Operator
+from broker.service.admin.access_grants import AccessFlow
+from broker.service.admin.rotation import RotationFlow
+from broker.service.common.grant_terms import check_grant_ask, new_grant
+from broker.service.common.role_catalog import RoleCatalog
+from broker.service.engine.lease_engine import IssueOrder, LeaseEngine, PendingWait
 from broker.settings import AccessSettings
 from broker.store import (
     LEASE_TRANSITIONS,
+    AsyncStore,
     IssueInProgress,
-    LeaseRecord,
-    LeaseRequest,
     LeaseState,
     LeaseStateConflict,
     PendingLease,
     Store,
-    StoreRunner,
-    upgrade,
 )
-
-ROOT = Path(__file__).parents[2]
-ROLES = {role.kind: role for role in load_roles(ROOT / "docs" / "examples" / "roles.yaml")}
-POLICIES = ROOT / "docs" / "examples" / "policies.cedar"
-WHO = system_principal("unit-test")
-START = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class FakeBackend:
-    """Issues numbered credentials; remembers what lives "at Vault"; fails on demand."""
-
-    kind: BackendKind
-    revocable: bool
-    alive: set[str] = field(default_factory=set)
-    revoked: list[str] = field(default_factory=list)
-    fail_issue: KeyferryError | None = None
-    fail_revoke: KeyferryError | None = None
-    fail_renew: KeyferryError | None = None
-    during_issue: Callable[[IssueContext], None] | None = None
-
-    def lifecycle(self, role: RoleSpec) -> Lifecycle:
-        ends = Ending.REVOKED if self.revocable else Ending.SUPERSEDED
-        return Lifecycle(renewable=self.revocable, revocable=self.revocable, ends=ends)
-
-    async def issue(self, role: RoleSpec, context: IssueContext) -> IssuedSecret:
-        if self.fail_issue is not None:
-            raise self.fail_issue
-        if self.during_issue is not None:
-            self.during_issue(context)
-        lease_id = f"keyferry/{self.kind}/creds/{uuid.uuid4().hex}" if self.revocable else ""
-        self.alive.add(lease_id)
-        lease = VaultLease(
-            role=role.name,
-            kind=self.kind,
-            mount=f"keyferry/{self.kind}",
-            lease_id=lease_id,
-            renewable=self.revocable,
-            ttl=timedelta(minutes=5),
-            issued_at=START,
-            expires_at=START + timedelta(minutes=5) if self.revocable else None,
-        )
-        credential = Credential(values={"password": SecretStr(uuid.uuid4().hex)})
-        return IssuedSecret(credential=credential, lease=lease)
-
-    async def renew(self, lease: VaultLease, increment: timedelta | None = None) -> VaultLease:
-        if self.fail_renew is not None:
-            raise self.fail_renew
-        return lease.renewed(increment or lease.ttl, START)
-
-    async def revoke(self, lease: VaultLease) -> None:
-        if self.fail_revoke is not None:
-            raise self.fail_revoke
-        self.alive.discard(lease.lease_id)
-        self.revoked.append(lease.lease_id)
-
-
-class FakeBackends:
-    def __init__(self) -> None:
-        self.database = FakeBackend("database", revocable=True)
-        self.kv = FakeBackend("kv", revocable=False)
-
-    def for_role(self, role: RoleSpec) -> FakeBackend:
-        return self.database if role.kind == "database" else self.kv
-
-    def for_lease(self, lease: VaultLease) -> FakeBackend:
-        return self.database if lease.kind == "database" else self.kv
-
-
-class FailingOnce:
-    """Stands in for one store step: raises `error` once, then calls the real step."""
-
-    def __init__(self, step: Callable[..., Any], error: KeyferryError) -> None:
-        self._step, self._error, self.calls = step, error, 0
-        self.__name__ = getattr(step, "__name__", "step")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.calls == 1:
-            raise self._error
-        return self._step(*args, **kwargs)
-
-
-@dataclass
-class Bench:
-    store: Store
-    backends: FakeBackends
-    engine: LeaseEngine
-    revoker: Revoker
-    hub: EventHub
-    runner: StoreRunner
-    audit: AuditTrail
-    audit_path: Path
-    clock: Clock
-    sealer: CredentialSealer
-
-    def records(self, action: str | None = None) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []  # nothing audited yet
-        lines = self.audit_path.read_text().splitlines()
-        records = [json.loads(line) for line in lines]
-        return [r for r in records if action is None or r["action"] == action]
-
-    def state(self, lease_id: str) -> LeaseState:
-        return self.store.leases.get(lease_id).state
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(clock: Clock) -> Iterator[Store]:
-    """A migrated in-memory SQLite database: one connection, so one store thread."""
-    engine = create_engine(
-        "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-    )
-    upgrade(engine)
-    store = Store(engine, clock)
-    yield store
-    store.close()
-
-
-@pytest.fixture
-async def bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
-    runner = StoreRunner(1)
-    path = tmp_path / "audit.jsonl"
-    sink = JsonLinesSink(path)
-    audit = AuditTrail(AuditLog(sink, chain="broker"), Fingerprinter(b"k" * 32))
-    backends = FakeBackends()
-    hub = EventHub()
-    sealer = CredentialSealer(b"s" * 32)
-    revoker = Revoker(
-        store=store,
-        runner=runner,
-        backends=cast("Backends", backends),
-        audit=audit,
-        hub=hub,
-        clock=clock,
-    )
-    engine = LeaseEngine(
-        store=store,
-        runner=runner,
-        backends=cast("Backends", backends),
-        sealer=sealer,
-        audit=audit,
-        revoker=revoker,
-        clock=clock,
-    )
-    yield Bench(store, backends, engine, revoker, hub, runner, audit, path, clock, sealer)
-    audit.close()
-    sink.close()
-    runner.close()
-
-
-def request(credential: str = "orders-db", role: RoleSpec = ROLES["database"]) -> LeaseRequest:
-    return LeaseRequest(
-        cluster="a",
-        namespace="orders",
-        service_account="api",
-        pod_name="api-0",
-        pod_uid="uid-0",
-        credential=credential,
-        role=role.name,
-    )
-
-
-async def begun(bench: Bench, role: RoleSpec = ROLES["database"]) -> LeaseRecord:
-    result = await bench.engine.begin(request(role=role))
-    assert isinstance(result, PendingLease)
-    return result.lease
-
-
-async def issued(bench: Bench, role: RoleSpec = ROLES["database"]) -> LeaseRecord:
-    pending = await begun(bench, role)
-    return (await bench.engine.issue(IssueOrder(pending, role, WHO, "r-issue"))).lease
-
+from tests.unit.lease_bench import (
+    ROLES,
+    START,
+    WHO,
+    Bench,
+    Clock,
+    FailingOnce,
+    begun,
+    issued,
+    request,
+)
 
 # -- issue, replay -------------------------------------------------------------------------
 
@@ -283,8 +81,7 @@ async def test_replay_waits_for_a_pending_row_on_the_injected_clock(
 
     wait = PendingWait(poll=1.0, limit=3.0, monotonic=lambda: now[0], sleep=sleep)
     engine = LeaseEngine(
-        store=store,
-        runner=bench.runner,
+        store=AsyncStore(store, bench.runner),
         backends=cast("Backends", bench.backends),
         sealer=bench.sealer,
         audit=bench.audit,
@@ -458,20 +255,15 @@ async def test_reconcile_and_the_revoker_record_one_revocation(bench: Bench) -> 
 async def test_rotation_issues_the_next_generation_and_retires_the_old(
     bench: Bench, store: Store, clock: Clock
 ) -> None:
-    catalog = RoleCatalog(store.roles, bench.runner)
+    catalog = RoleCatalog(bench.core.store.roles)
     await catalog.apply([ROLES["database"]])
     rotation = RotationFlow(
+        bench.core,
         catalog=catalog,
-        policy=PolicyEngine.from_files([POLICIES]),
-        audit=bench.audit,
-        store=store,
-        runner=bench.runner,
-        engine=bench.engine,
         hub=bench.hub,
         grace=timedelta(minutes=1),
         concurrency=2,
         resume_after=timedelta(minutes=1),
-        clock=clock,
     )
     lease = await issued(bench)
     rotated = await rotation.reissue(lease, timedelta(seconds=30), "r-rot")
@@ -495,18 +287,13 @@ async def test_a_grant_issues_a_tracked_lease_and_undoes_it_when_renewal_fails(
     bench: Bench, store: Store, clock: Clock
 ) -> None:
     role = ROLES["database"]
-    catalog = RoleCatalog(store.roles, bench.runner)
+    catalog = RoleCatalog(bench.core.store.roles)
     await catalog.apply([role])
     access = AccessFlow(
+        bench.core,
         catalog=catalog,
-        policy=PolicyEngine.from_files([POLICIES]),
-        audit=bench.audit,
-        store=store,
-        runner=bench.runner,
         backends=cast("Backends", bench.backends),
-        engine=bench.engine,
         settings=AccessSettings(),
-        clock=clock,
     )
     alice = Operator(name="alice")
 

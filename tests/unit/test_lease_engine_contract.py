@@ -28,8 +28,9 @@ LIFECYCLE_STEPS = frozenset(
 ENGINE = frozenset(
     {
         "store/leases.py",  # where the steps are written
-        "service/lease_engine.py",  # tracked issue, replay, undo, end
-        "service/revoking.py",  # the Revoker: revoke at Vault and settle, and its queue
+        "store/async_store.py",  # the same steps, awaitable: forwarded, not called
+        "service/engine/lease_engine.py",  # tracked issue, replay, undo, end
+        "service/engine/revoker.py",  # the Revoker: revoke at Vault and settle, and its queue
     }
 )
 
@@ -56,4 +57,4 @@ def test_only_the_lease_engine_calls_the_lifecycle_steps() -> None:
         used = _calls(path)
         if used:
             outside[name] = sorted(used)
-    assert outside == {}, "call these through broker/service/lease_engine.py"
+    assert outside == {}, "call these through broker/service/engine/lease_engine.py"

@@ -1,4 +1,4 @@
-"""The refusal tally (broker.service.refusals): which refusals are written at once, how the
+"""The refusal tally (broker.service.common.refusals): which refusals are written at once, how the
 rest are counted, and that a flood from many addresses cannot grow it without bound."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from broker.audit import AuditAction
-from broker.service.auditing import UNAUTHENTICATED
-from broker.service.refusals import OTHER_PEERS, RefusalKind, RefusalTally, peer_host
+from broker.service.common.audit_trail import UNAUTHENTICATED
+from broker.service.common.refusals import OTHER_PEERS, RefusalKind, RefusalTally, peer_host
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broker.service.events import EventHub, LeaseExpiring, LeaseRevoked
-from broker.service.loops import Periodic
-from broker.service.notify import describe_event
-from broker.service.renewing import renewal_due
-from broker.service.revoking import Backoff
-from broker.service.scheduler import JobScheduler
+from broker.service.engine.revoker import Backoff
+from broker.service.events.hub import EventHub, LeaseExpiring, LeaseRevoked
+from broker.service.events.relay import describe_event
+from broker.service.jobs.renewal import renewal_due
+from broker.service.jobs.scheduler import JobScheduler, Periodic
 from broker.settings import RenewalSettings
 from broker.store import LeaseRecord
 

@@ -11,7 +11,7 @@ import pytest
 from broker.audit import AuditEvent, Principal, PrincipalKind
 from broker.audit.records import SelectorField, parse_line, seal
 from broker.errors import InvalidRequest
-from broker.service.selection import LeaseProgress, LeaseSelector, Outcome, run_batched
+from broker.service.admin.selection import LeaseProgress, LeaseSelector, Outcome, run_batched
 from broker.store import LeaseRecord, LeaseState
 
 WHO = Principal(kind=PrincipalKind.OPERATOR, name="sam")

@@ -11,8 +11,8 @@ from pydantic import SecretStr
 from broker.errors import InvalidRequest
 from broker.models import Credential, load_roles
 from broker.server import convert
-from broker.service.names import check_credential_name
-from broker.service.sealing import CredentialSealer, SealBroken
+from broker.service.common.sealing import CredentialSealer, SealBroken
+from broker.service.workload.names import check_credential_name
 
 ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
 

@@ -10,7 +10,7 @@ from broker.api.v1 import broker_pb2
 from broker.models import Credential, VaultLease
 from broker.server import convert
 from broker.service import AckMessage, LeaseExpiring, LeaseRevoked, LeaseRotated
-from broker.service.events import QUEUE_SIZE, EventHub
+from broker.service.events.hub import QUEUE_SIZE, EventHub
 from broker.store import LeaseRecord, LeaseState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,0 +1,361 @@
+"""Rotation.RotateLeases, the primitive: a lease's next generation is issued, pushed to the
+pod's Watch streams, and the old generation is revoked on the Ack or after the grace period.
+
+The lease engine (engine/lease_engine.py) does the bookkeeping: the next generation's pending row
+is written before Vault is asked, and completing it with `retire_after=now + grace`
+activates it and turns the old generation revoking in one transaction. The Revoker revokes
+the old lease when its time comes (the pod's Ack brings that time forward, see
+workload/watch.py). If Vault fails the old lease stays active; if the store fails after Vault
+issued, the new Vault lease is undone as in Issue.
+
+The operator is the one the admin listener's client certificate names; Cedar decides
+`rotate` for it on each lease and the audit trail names it.
+
+RotateSelected rotates a fleet: the selector is resolved and every lease decided first
+(selection.py), then the rotation is written on each selected row (`request_rotation`)
+before any is rotated, and `concurrency` workers rotate them, so a fleet rotation asks
+Vault for at most that many credentials at once. A broker that dies part-way finds the
+rest in the table: the rotation queue's periodic pass (`resume`) rotates every requested
+lease the call did not reach, with the grace asked for, as the broker itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+
+import structlog
+
+from broker.audit import AuditAction, Principal
+from broker.errors import InvalidRequest, KeyferryError
+from broker.models import VaultLease
+from broker.policy import Action, Operator
+from broker.store import (
+    ExistingLease,
+    LeaseQuery,
+    LeaseRecord,
+    LeaseState,
+    LeaseStateConflict,
+)
+
+from ..common.audit_trail import operator_principal, system_principal
+from ..common.lease_resource import lease_resource
+from ..common.results import Rotation
+from ..common.role_catalog import RoleCatalog
+from ..core import Core
+from ..engine.lease_engine import IssueOrder
+from ..events.hub import EventHub, LeaseRotated
+from .selection import (
+    LeaseProgress,
+    LeaseSelector,
+    Outcome,
+    Planned,
+    Selected,
+    Selection,
+    SelectionEvent,
+    Summary,
+    check_concurrency,
+    planned_only,
+    run_batched,
+)
+
+log = structlog.get_logger("keyferry.rotate")
+MAX_LEASES = 100
+MIN_GRACE = timedelta(seconds=1)
+MAX_GRACE = timedelta(hours=24)
+CHUNK = 500
+SYSTEM_JOB = "broker.rotate"
+REISSUE_JOB = "broker.reissue"
+SCHEDULE_JOB = "broker.schedule"
+ACTIVE = frozenset({LeaseState.ACTIVE})
+
+
+class RotationFlow:
+    def __init__(
+        self,
+        core: Core,
+        *,
+        catalog: RoleCatalog,
+        hub: EventHub,
+        grace: timedelta,
+        concurrency: int,
+        resume_after: timedelta,
+    ) -> None:
+        self._resume_after = resume_after
+        self._selection = Selection(core)
+        self._concurrency = concurrency
+        self._claimed: set[str] = set()  # leases a running call of this broker carries
+        self._catalog = catalog
+        self._gate = core.gate
+        self._audit = core.audit
+        self._leases = core.store.leases
+        self._engine = core.engine
+        self._hub = hub
+        self._grace = grace
+        self._clock = core.clock
+
+    async def rotate(
+        self,
+        operator: Operator,
+        lease_ids: list[str],
+        grace: timedelta | None,
+        request_id: str,
+    ) -> list[Rotation]:
+        """Rotate every lease named, `rotation.concurrency` at a time, answering in the
+        order named; all are found and decided before any is rotated. The first failure
+        is raised once the rotations under way have finished; none starts after it."""
+        grace = self._check_grace(grace)
+        if not lease_ids or len(lease_ids) > MAX_LEASES:
+            raise InvalidRequest("lease_ids", f"give between 1 and {MAX_LEASES} lease ids")
+        leases = []
+        first: dict[str, int] = {}
+        for index, lease_id in enumerate(lease_ids):
+            if not lease_id:
+                raise InvalidRequest(f"lease_ids[{index}]", "is empty: give a lease id")
+            if lease_id in first:
+                repeated = f"repeats lease_ids[{first[lease_id]}]: name each lease once"
+                raise InvalidRequest(f"lease_ids[{index}]", repeated)
+            first[lease_id] = index
+            leases.append(await self._leases.get(lease_id))
+        for lease in leases:
+            await self._decide(operator, lease, request_id)
+        who = operator_principal(operator)
+
+        async def step(item: tuple[int, LeaseRecord]) -> tuple[int, Rotation]:
+            index, lease = item
+            field = f"lease_ids[{index}]"
+            return index, await self._rotate_one(who, field, lease, grace, request_id)
+
+        rotated = [r async for r in run_batched(list(enumerate(leases)), self._concurrency, step)]
+        return [rotation for _, rotation in sorted(rotated, key=lambda pair: pair[0])]
+
+    async def rotate_selected(
+        self,
+        operator: Operator,
+        selector: LeaseSelector,
+        *,
+        grace: timedelta | None,
+        concurrency: int | None,
+        dry_run: bool,
+        request_id: str,
+    ) -> AsyncIterator[SelectionEvent]:
+        """Rotate every active lease the selector reaches, `concurrency` at a time; one
+        LeaseProgress per lease as it finishes, then the Summary. All are decided first."""
+        grace = self._check_grace(grace)
+        workers = check_concurrency(concurrency, self._concurrency)
+        chosen = await self._selection.plan(
+            operator, Action.ROTATE, selector, ACTIVE, request_id, dry_run=dry_run
+        )
+        yield Planned(len(chosen))
+        if dry_run:
+            for event in planned_only(chosen):
+                yield event
+            return
+        ids = [selected.lease.id for selected in chosen]
+        seconds = int(grace.total_seconds())
+        for chunk in _chunks(ids):
+            await self._leases.request_rotation(chunk, self._clock(), seconds)
+        who = operator_principal(operator)
+        done = failed = 0
+        rotated_away: list[str] = []
+        self._claimed.update(ids)
+        try:
+            async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
+                if progress.outcome is Outcome.FAILED:
+                    failed += 1
+                else:
+                    done += 1
+                    rotated_away.append(progress.lease.id)
+                yield progress
+        finally:
+            self._claimed.difference_update(ids)
+        pending = await self._count_revoking(rotated_away)
+        yield Summary(len(chosen), done, failed, pending, dry_run=False)
+
+    async def resume(self) -> int:
+        """The rotation queue's pass: rotate the requested leases no running call holds
+        (a broker that died part-way, a client that went away), `rotation.concurrency` at
+        a time, those asked with the same grace together; how many were rotated."""
+        before = self._clock() - self._resume_after
+        requests = await self._leases.rotation_requests(before)
+        by_grace: dict[timedelta, list[Selected]] = {}
+        for request in requests:
+            if request.lease.id in self._claimed:
+                continue
+            seconds = request.grace_seconds
+            grace = self._grace if seconds is None else timedelta(seconds=seconds)
+            by_grace.setdefault(grace, []).append(Selected(request.lease, None))
+        who = system_principal(SYSTEM_JOB)
+        done = 0
+        for grace, chosen in by_grace.items():
+            workers, request_id = self._concurrency, uuid.uuid4().hex
+            async for progress in self._rotate_many(who, chosen, grace, workers, request_id):
+                done += progress.outcome is not Outcome.FAILED
+        return done
+
+    async def rotate_scheduled(self, leases: list[LeaseRecord], request_id: str) -> int:
+        """The broker's own rotation of leases their role's schedule made due: requested
+        first (so a broker that dies part-way leaves them to `resume`), then rotated
+        `concurrency` at a time with the default grace; how many were rotated."""
+        todo = [lease for lease in leases if lease.id not in self._claimed]
+        ids = [lease.id for lease in todo]
+        seconds = int(self._grace.total_seconds())
+        for chunk in _chunks(ids):
+            await self._leases.request_rotation(chunk, self._clock(), seconds)
+        chosen = [Selected(lease, None) for lease in todo]
+        who = system_principal(SCHEDULE_JOB)
+        done = 0
+        self._claimed.update(ids)
+        try:
+            async for progress in self._rotate_many(
+                who, chosen, self._grace, self._concurrency, request_id
+            ):
+                done += progress.outcome is Outcome.ROTATED
+        finally:
+            self._claimed.difference_update(ids)
+        return done
+
+    async def _rotate_many(
+        self,
+        who: Principal,
+        chosen: list[Selected],
+        grace: timedelta,
+        workers: int,
+        request_id: str,
+    ) -> AsyncIterator[LeaseProgress]:
+        """Rotate `chosen` with `workers` tasks; progress in the order leases finish. If the
+        caller goes away, the rest stays requested for `resume`."""
+
+        async def step(item: tuple[int, Selected]) -> LeaseProgress:
+            index, selected = item
+            return await self._rotate_requested(who, index, selected, grace, request_id)
+
+        async for progress in run_batched(list(enumerate(chosen)), workers, step):
+            yield progress
+
+    async def _rotate_requested(
+        self, who: Principal, index: int, selected: Selected, grace: timedelta, request_id: str
+    ) -> LeaseProgress:
+        lease = selected.lease
+        try:
+            rotation = await self._rotate_one(who, f"selected[{index}]", lease, grace, request_id)
+        except KeyferryError as error:
+            log.warning("lease not rotated", lease_id=lease.id, error=error.message)
+            await self._leases.clear_rotation_request(lease.id)
+            return LeaseProgress(lease, Outcome.FAILED, error=error.message)
+        if not (rotation.already_rotated and rotation.lease.state is LeaseState.PENDING):
+            # A pending successor may be one a dead broker began: reconcile fails it, and
+            # the request, kept, has the next pass rotate this lease after all.
+            await self._leases.clear_rotation_request(lease.id)
+        outcome = Outcome.ALREADY_ROTATED if rotation.already_rotated else Outcome.ROTATED
+        return LeaseProgress(lease, outcome, successor=rotation.lease)
+
+    async def _count_revoking(self, lease_ids: list[str]) -> int:
+        revoking = frozenset({LeaseState.REVOKING})
+        count = 0
+        for chunk in _chunks(lease_ids):
+            query = LeaseQuery(lease_ids=frozenset(chunk), states=revoking)
+            count += len(await self._leases.select_page(query, None, len(chunk)))
+        return count
+
+    async def reissue(self, lease: LeaseRecord, grace: timedelta, request_id: str) -> Rotation:
+        """The broker's own rotation of a lease it cannot renew any further (not renewable,
+        or capped at the role's max TTL): the next generation before this one ends."""
+        who = system_principal(REISSUE_JOB)
+        grace = min(max(grace, MIN_GRACE), MAX_GRACE)
+        return await self._rotate_one(who, "lease_id", lease, grace, request_id)
+
+    def _check_grace(self, grace: timedelta | None) -> timedelta:
+        if grace is None:
+            return self._grace
+        if not MIN_GRACE <= grace <= MAX_GRACE:
+            raise InvalidRequest("grace", "must be between 1 second and 24 hours")
+        return grace
+
+    async def _decide(self, operator: Operator, lease: LeaseRecord, request_id: str) -> None:
+        handle = await self._leases.handle(lease.id)
+        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
+        await self._gate.require(
+            operator,
+            Action.ROTATE,
+            lease_resource(lease, vault_lease),
+            lambda decision: self._audit.decision_on_lease(
+                operator_principal(operator), AuditAction.ROTATE, decision, lease, request_id
+            ),
+            f"no policy permits operator {operator.name!r} to rotate lease {lease.id}",
+        )
+
+    async def _rotate_one(
+        self,
+        who: Principal,
+        field: str,
+        lease: LeaseRecord,
+        grace: timedelta,
+        request_id: str,
+    ) -> Rotation:
+        successor = await self._successor(lease)
+        if successor is not None:
+            return await self._already(lease, successor)
+        if lease.state != LeaseState.ACTIVE:
+            raise InvalidRequest(
+                field, f"lease {lease.id} is {lease.state}; only an active lease can be rotated"
+            )
+        role = (await self._catalog.get(lease.role)).spec
+        begun = await self._engine.begin_next_generation(lease.id)
+        if isinstance(begun, ExistingLease):
+            return await self._already(lease, begun.lease)
+        revoke_after = self._clock() + grace
+        order = IssueOrder(begun.lease, role, who, request_id, retire_after=revoke_after)
+        try:
+            tracked = await self._engine.issue(order)
+        except LeaseStateConflict as conflict:
+            # The pod went away while Vault answered: the row is revoking with the new Vault
+            # lease recorded, so the Revoker ends it.
+            raise InvalidRequest(
+                field, f"lease {lease.id}'s pod is going away; not rotated"
+            ) from conflict
+        record, vault_lease = tracked.lease, tracked.vault_lease
+        previous = await self._leases.get(lease.id)
+        await self._audit.lease_change(
+            who, AuditAction.LEASE_REVOKING, previous, request_id, reason="ROTATED"
+        )
+        self._hub.publish(record.pod_uid, LeaseRotated(record, tracked.credential, vault_lease))
+        log.info(
+            "lease rotated",
+            previous_lease_id=lease.id,
+            lease_id=record.id,
+            generation=record.generation,
+            role=role.name,
+            revoke_after=revoke_after.isoformat(),
+            request_id=request_id,
+        )
+        return Rotation(
+            previous_lease_id=lease.id,
+            lease=record,
+            renewable=vault_lease.renewable,
+            revoke_after=revoke_after,
+            already_rotated=False,
+        )
+
+    async def _successor(self, lease: LeaseRecord) -> LeaseRecord | None:
+        """The live newer generation, when this lease was rotated already."""
+        live = await self._leases.find_live(lease.pod_uid, lease.credential)
+        return live if live is not None and live.generation > lease.generation else None
+
+    async def _already(self, lease: LeaseRecord, successor: LeaseRecord) -> Rotation:
+        previous = await self._leases.get(lease.id)
+        handle = await self._leases.handle(successor.id)
+        renewable = bool(handle.vault_lease and handle.vault_lease.get("renewable"))
+        return Rotation(
+            previous_lease_id=lease.id,
+            lease=successor,
+            renewable=renewable,
+            revoke_after=previous.revoke_after,
+            already_rotated=True,
+        )
+
+
+def _chunks(ids: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]

@@ -1,0 +1,141 @@
+"""Revoking leases the store has queued (state revoking): rotated-away generations after an
+Ack or their grace period, and retries of revocations Vault did not answer.
+
+The row is revoking before Vault is asked, and becomes revoked only after Vault answered,
+so a Vault lease is never left alive without a row saying so. A failure records the error
+and the next attempt time on the row, and an audit record (`lease.revoke_failed`);
+revocation never gives up. The wait doubles with each failed attempt from
+`scheduler.revoke_backoff` up to `scheduler.revoke_backoff_cap`, with up to a tenth
+taken off at random so a Vault outage does not end in one stampede of retries. The
+revoking rows are the queue: the leader's pass reads them, whoever queued them.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+
+from broker.audit import AuditAction, Principal
+from broker.backends import Backends
+from broker.clock import Clock
+from broker.errors import KeyferryError
+from broker.models import VaultLease
+from broker.store import AsyncStore, LeaseRecord
+
+from ..common.audit_trail import AuditTrail, system_principal
+from ..events.hub import EventHub, LeaseRevoked
+
+log = structlog.get_logger("keyferry.revoke")
+RETRY_AFTER = timedelta(seconds=30)  # an issue still running: its Vault lease is not known
+NOT_ISSUED_YET = "the Vault lease is not recorded yet (issue still running); retrying"
+ROTATED, REVOKED = "rotated", "revoked"
+SYSTEM_JOB = "broker.revoke"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits between revocation attempts: `first`, doubled per failure, at most `cap`."""
+
+    first: timedelta = timedelta(seconds=5)
+    cap: timedelta = timedelta(minutes=10)
+
+    def after(self, attempts: int) -> timedelta:
+        """The wait after the `attempts`-th failure (1 = the first), jitter included."""
+        wait: timedelta = min(self.cap, self.first * (2 ** min(max(attempts - 1, 0), 32)))
+        spread = 1 - random.random() / 10  # noqa: S311 - spread, not secrecy
+        return wait * spread
+
+
+class Revoker:
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        backends: Backends,
+        audit: AuditTrail,
+        hub: EventHub,
+        clock: Clock,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._leases = store.leases
+        self._backends = backends
+        self._audit = audit
+        self._hub = hub
+        self._clock = clock
+        self._backoff = backoff or Backoff()
+
+    async def revoke(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
+        """Revoke one revoking lease at Vault now and mark it revoked; on a Vault failure the
+        row keeps the error and a retry time, and the error is raised."""
+        handle = await self._leases.handle(lease.id)
+        if handle.vault_lease is None:
+            retry_at = self._clock() + RETRY_AFTER
+            return await self._leases.record_revoke_failure(lease.id, NOT_ISSUED_YET, retry_at)
+        vault_lease = VaultLease.model_validate(handle.vault_lease)
+        try:
+            await self._backends.for_lease(vault_lease).revoke(vault_lease)
+        except KeyferryError as error:
+            await self._record_failure(lease, who, request_id, error)
+            raise
+        revoked, _ = await self.settle(lease.id, who, request_id)
+        return revoked
+
+    async def settle(
+        self, lease_id: str, who: Principal, request_id: str, *, reason: str | None = None
+    ) -> tuple[LeaseRecord, bool]:
+        """Mark a lease revoked that Vault no longer holds, and whether this call did: only
+        that call records it (`lease.revoked`, with `reason`, or ROTATED / REVOKED) and
+        tells its pod, so two replicas (or the Revoker and reconcile) that both saw it go
+        record it once. LeaseStateConflict for a lease that was never issued (failed)."""
+        revoked, settled = await self._leases.settle_revoked(lease_id)
+        if not settled:
+            return revoked, False  # another replica (or call) revoked it first and said so
+        why = await self._reason(revoked)
+        await self._audit.lease_change(
+            who, AuditAction.LEASE_REVOKED, revoked, request_id, reason=reason or why.upper()
+        )
+        self._hub.publish(revoked.pod_uid, LeaseRevoked(revoked.id, why))
+        log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
+        return revoked, True
+
+    async def revoke_due(self) -> int:
+        """One pass over the revocations that are due; how many succeeded."""
+        due = await self._leases.leases_to_revoke(self._clock())
+        done = 0
+        for lease in due:
+            try:
+                await self.revoke(lease, system_principal(SYSTEM_JOB), uuid.uuid4().hex)
+            except KeyferryError as error:
+                log.warning("revocation not done", lease_id=lease.id, error=error.message)
+            else:
+                done += 1
+        return done
+
+    async def _record_failure(
+        self, lease: LeaseRecord, who: Principal, request_id: str, error: KeyferryError
+    ) -> None:
+        retry_at = self._clock() + self._backoff.after(lease.revoke_attempts + 1)
+        failed = await self._leases.record_revoke_failure(lease.id, error.message, retry_at)
+        log.warning(
+            "revocation failed; will retry",
+            lease_id=lease.id,
+            attempts=failed.revoke_attempts,
+            retry_at=retry_at.isoformat(),
+            error=error.message,
+        )
+        try:
+            await self._audit.lease_change(
+                who, AuditAction.LEASE_REVOKE_FAILED, failed, request_id, reason=error.reason
+            )
+        except KeyferryError as also:  # the row keeps the retry either way
+            log.warning("revocation failure not audited", lease_id=lease.id, error=also.message)
+
+    async def _reason(self, lease: LeaseRecord) -> str:
+        """`rotated` when a newer generation of the credential is live, else `revoked`."""
+        live = await self._leases.find_live(lease.pod_uid, lease.credential)
+        superseded = live is not None and live.generation > lease.generation
+        return ROTATED if superseded else REVOKED

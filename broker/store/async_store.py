@@ -1,0 +1,117 @@
+"""The store as async code uses it: every repository call awaitable, run on the store's
+threads (StoreRunner), so a flow writes `await store.leases.get(lease_id)` and never
+handles the runner itself.
+
+Each method forwards to the repository's method of the same name, looked up at call time
+(a test that replaces a repository's method sees the replacement used), with the same
+parameters and result, checked by mypy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
+
+from .clusters import ClusterRepository
+from .grants import GrantRepository
+from .leases import LeaseRepository
+from .records import LeaseHandle, LeaseRecord
+from .roles import RoleRepository
+from .runner import StoreRunner
+from .store import Store
+
+P = ParamSpec("P")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _forward(
+    method: Callable[Concatenate[R, P], T],
+) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]:
+    name = method.__name__
+
+    async def call(self: _Async[R], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return cast("T", await self._runner.run(getattr(self._repo, name), *args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = method.__doc__
+    return call
+
+
+class _Async(Generic[R]):
+    def __init__(self, repo: R, runner: StoreRunner) -> None:
+        self._repo = repo
+        self._runner = runner
+
+
+class AsyncLeases(_Async[LeaseRepository]):
+    begin_issue = _forward(LeaseRepository.begin_issue)
+    begin_rotation = _forward(LeaseRepository.begin_rotation)
+    complete_issue = _forward(LeaseRepository.complete_issue)
+    mark_failed = _forward(LeaseRepository.mark_failed)
+    record_renewal = _forward(LeaseRepository.record_renewal)
+    leases_to_renew = _forward(LeaseRepository.leases_to_renew)
+    mark_revoking = _forward(LeaseRepository.mark_revoking)
+    record_revoke_failure = _forward(LeaseRepository.record_revoke_failure)
+    settle_revoked = _forward(LeaseRepository.settle_revoked)
+    leases_to_revoke = _forward(LeaseRepository.leases_to_revoke)
+    get = _forward(LeaseRepository.get)
+    find_live = _forward(LeaseRepository.find_live)
+    handle = _forward(LeaseRepository.handle)
+    count_live = _forward(LeaseRepository.count_live)
+    list_by_selector = _forward(LeaseRepository.list_by_selector)
+    select_page = _forward(LeaseRepository.select_page)
+    vault_handles = _forward(LeaseRepository.vault_handles)
+    request_rotation = _forward(LeaseRepository.request_rotation)
+    rotation_requests = _forward(LeaseRepository.rotation_requests)
+    clear_rotation_request = _forward(LeaseRepository.clear_rotation_request)
+    vault_lease_ids = _forward(LeaseRepository.vault_lease_ids)
+    unissued_before = _forward(LeaseRepository.unissued_before)
+
+    async def get_with_handle(self, lease_id: str) -> tuple[LeaseRecord, LeaseHandle]:
+        """The row and its Vault handle, in one trip to the store's threads."""
+        repo = self._repo
+        return await self._runner.run(lambda: (repo.get(lease_id), repo.handle(lease_id)))
+
+    async def live_counts(self, pod_uid: str, cluster: str) -> tuple[int, int]:
+        """The live leases of a pod and of its cluster, in one trip."""
+        repo = self._repo
+        return await self._runner.run(
+            lambda: (repo.count_live(pod_uid=pod_uid), repo.count_live(cluster=cluster))
+        )
+
+
+class AsyncGrants(_Async[GrantRepository]):
+    add = _forward(GrantRepository.add)
+    get = _forward(GrantRepository.get)
+    find = _forward(GrantRepository.find)
+    due = _forward(GrantRepository.due)
+    approve = _forward(GrantRepository.approve)
+    deny = _forward(GrantRepository.deny)
+    record_lease = _forward(GrantRepository.record_lease)
+    end = _forward(GrantRepository.end)
+
+
+class AsyncClusters(_Async[ClusterRepository]):
+    add = _forward(ClusterRepository.add)
+    get = _forward(ClusterRepository.get)
+    list = _forward(ClusterRepository.list)
+    record_jwks = _forward(ClusterRepository.record_jwks)
+    delete = _forward(ClusterRepository.delete)
+
+
+class AsyncRoles(_Async[RoleRepository]):
+    put = _forward(RoleRepository.put)
+    get = _forward(RoleRepository.get)
+    list = _forward(RoleRepository.list)
+    delete = _forward(RoleRepository.delete)
+
+
+class AsyncStore:
+    """One store and its runner, as the flows are given them."""
+
+    def __init__(self, store: Store, runner: StoreRunner) -> None:
+        self.leases = AsyncLeases(store.leases, runner)
+        self.grants = AsyncGrants(store.grants, runner)
+        self.clusters = AsyncClusters(store.clusters, runner)
+        self.roles = AsyncRoles(store.roles, runner)
