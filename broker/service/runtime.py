@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -46,7 +47,7 @@ from .common.role_catalog import RoleCatalog
 from .common.sealing import CredentialSealer
 from .core import Core
 from .engine.lease_engine import LeaseEngine
-from .engine.revoker import Backoff, Revoker
+from .engine.revoker import CLAIM_MARGIN, Backoff, Revoker
 from .events.hub import EventHub
 from .events.relay import EventRelay
 from .jobs.ended_pods import PodLeases
@@ -164,6 +165,7 @@ class BrokerRuntime:
             hub=hub,
             clock=clock,
             backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
+            claim=timedelta(seconds=settings.vault.timeout) + CLAIM_MARGIN,
         )
         engine = LeaseEngine(
             store=stores,

@@ -8,6 +8,7 @@ the same flows against a real Vault (tests/integration/test_issue.py, test_acces
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -82,6 +83,7 @@ class FakeBackend:
     fail_revoke: KeyferryError | None = None
     fail_renew: KeyferryError | None = None
     during_issue: Callable[[IssueContext], None] | None = None
+    revoke_gate: asyncio.Event | None = None  # a revoke waits for it (a Vault call in flight)
 
     def lifecycle(self, role: RoleSpec) -> Lifecycle:
         ends = Ending.REVOKED if self.revocable else Ending.SUPERSEDED
@@ -113,6 +115,8 @@ class FakeBackend:
         return lease.renewed(increment or lease.ttl, START)
 
     async def revoke(self, lease: VaultLease) -> None:
+        if self.revoke_gate is not None:
+            await self.revoke_gate.wait()
         if self.fail_revoke is not None:
             raise self.fail_revoke
         self.alive.discard(lease.lease_id)

@@ -22,6 +22,7 @@ from broker.service.admin.rotation import RotationFlow
 from broker.service.common.grant_terms import check_grant_ask, new_grant
 from broker.service.common.role_catalog import RoleCatalog
 from broker.service.engine.lease_engine import IssueOrder, LeaseEngine, PendingWait
+from broker.service.engine.revoker import DEFAULT_CLAIM
 from broker.settings import AccessSettings
 from broker.store import (
     LEASE_TRANSITIONS,
@@ -219,6 +220,34 @@ async def test_an_ack_brings_a_retiring_lease_revocation_forward(bench: Bench) -
     assert done.state is LeaseState.REVOKED
     assert [r["reason"] for r in bench.records("lease.revoked")] == ["ROTATED"]
     assert (await bench.engine.revoke_now(old, WHO, "r-ack")).state is LeaseState.REVOKED
+
+
+async def test_the_periodic_pass_leaves_a_revocation_in_flight_to_its_call(bench: Bench) -> None:
+    lease = await issued(bench)
+    bench.backends.database.revoke_gate = gate = asyncio.Event()
+    call = asyncio.create_task(bench.engine.end(lease, WHO, "RELEASED", "r-call"))
+    await asyncio.sleep(0.05)  # the call is at Vault now
+    assert bench.state(lease.id) is LeaseState.REVOKING
+    # A pass that took the row would wait at Vault with the call: it must not even try.
+    assert await asyncio.wait_for(bench.revoker.revoke_due(), timeout=5) == 0
+    gate.set()
+    assert (await call).state is LeaseState.REVOKED
+    assert [r["request_id"] for r in bench.records("lease.revoked")] == ["r-call"]
+
+
+async def test_a_revocation_whose_call_died_is_the_periodic_passs_after_the_claim(
+    bench: Bench,
+) -> None:
+    lease = await issued(bench)
+    bench.backends.database.revoke_gate = asyncio.Event()
+    call = asyncio.create_task(bench.engine.end(lease, WHO, "RELEASED", "r-call"))
+    await asyncio.sleep(0.05)
+    call.cancel()  # the broker stopped mid-call
+    bench.backends.database.revoke_gate = None
+    assert await bench.revoker.revoke_due() == 0
+    bench.clock.now += DEFAULT_CLAIM
+    assert await bench.revoker.revoke_due() == 1
+    assert bench.state(lease.id) is LeaseState.REVOKED
 
 
 async def test_end_when_vault_refuses_queues_the_lease_and_raises(bench: Bench) -> None:

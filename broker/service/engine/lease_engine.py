@@ -270,7 +270,9 @@ class LeaseEngine:
         returned as it is; one still being issued stays revoking for the Revoker (its
         Vault lease is recorded when the issue completes). A Vault that does not revoke
         now: the row keeps the error and a retry time, and the error is raised."""
-        marked = await self._leases.mark_revoking(lease.id, revoke_after=self._clock())
+        marked = await self._leases.mark_revoking(
+            lease.id, revoke_after=self._revoker.claimed_until()
+        )
         if marked.state is not LeaseState.REVOKING:
             return marked
         await self._audit.lease_change(
@@ -282,7 +284,7 @@ class LeaseEngine:
         """Bring a retiring lease's revocation forward (the pod Acked its successor): the row,
         revoking since the rotation (audited then, reason ROTATED), is revoked at Vault now
         and settled by the Revoker; Vault failures as in `end`."""
-        due = await self._leases.mark_revoking(lease.id, revoke_after=self._clock())
+        due = await self._leases.mark_revoking(lease.id, revoke_after=self._revoker.claimed_until())
         if due.state is not LeaseState.REVOKING:
             return due
         return await self._revoker.revoke(due, who, request_id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -30,6 +30,8 @@ from ..common.audit_trail import AuditTrail, system_principal
 from ..events.hub import EventHub, LeaseRevoked
 
 log = structlog.get_logger("keyferry.revoke")
+CLAIM_MARGIN = timedelta(seconds=5)  # beyond the Vault call's own timeout
+DEFAULT_CLAIM = timedelta(seconds=10) + CLAIM_MARGIN  # with Vault's default call timeout
 RETRY_AFTER = timedelta(seconds=30)  # an issue still running: its Vault lease is not known
 NOT_ISSUED_YET = "the Vault lease is not recorded yet (issue still running); retrying"
 ROTATED, REVOKED = "rotated", "revoked"
@@ -60,6 +62,7 @@ class Revoker:
         hub: EventHub,
         clock: Clock,
         backoff: Backoff | None = None,
+        claim: timedelta = DEFAULT_CLAIM,
     ) -> None:
         self._leases = store.leases
         self._backends = backends
@@ -67,6 +70,13 @@ class Revoker:
         self._hub = hub
         self._clock = clock
         self._backoff = backoff or Backoff()
+        self._claim = claim
+
+    def claimed_until(self) -> datetime:
+        """When a revocation a call starts now becomes the periodic pass's to do: the call
+        owns the row until then, so the pass does not revoke it beside the call (and record
+        it under its own request id); a call that dies leaves it to the pass after this."""
+        return self._clock() + self._claim
 
     async def revoke(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
         """Revoke one revoking lease at Vault now and mark it revoked; on a Vault failure the
