@@ -7,14 +7,17 @@ writes docs/benchmarks/node-pods.json, which `python -m tests.bench` renders int
   server every POLL seconds (the figures' resolution).
 - The agent's memory from its container's cgroup: working set = usage minus inactive file
   (what the kubelet and the benchmark page's RSS figures count).
-- One exec probe (`keyferry agent check`, a fresh Python per probe) run in the agent
-  container: its wall time, CPU time and peak RSS, and what the probe periods make of them.
+- One exec probe (the webhook's `python3 -I -m injector.probe`, a fresh Python per probe) run
+  in the agent container: its wall time, CPU time and peak RSS, and what the probe periods
+  make of them.
+- The machine's 1-minute load average before and after the pods (other work shares the CPUs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -22,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from injector.contract import AGENT_COMMAND, CHECK_ARGS
+from injector.contract import PROBE_COMMAND
 from injector.webhook.patch import PROBE_PERIOD_SECONDS, READINESS_PERIOD_SECONDS
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
@@ -48,7 +51,7 @@ PROBE_SAMPLES = 5
 PROBE = f"""
 import resource, subprocess, time
 started = time.monotonic()
-code = subprocess.run({list(AGENT_COMMAND + CHECK_ARGS)!r}).returncode
+code = subprocess.run({list(PROBE_COMMAND)!r}).returncode
 wall = time.monotonic() - started
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
@@ -119,7 +122,10 @@ def measure(pods: int) -> dict[str, Any]:
         try:
             with webhooks([cluster], folder / "webhook", broker.broker, run, opt_in, images.agent):
                 time.sleep(2)  # the registration reaching the API server's informer
-                return _side_by_side(cluster, images.app, pods)
+                load_before = os.getloadavg()[0]
+                figures = _side_by_side(cluster, images.app, pods)
+                figures["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+                return figures
         finally:
             broker.stop()
     finally:

@@ -20,11 +20,12 @@ from injector.agent.errors import (
     SpecError,
     TokenError,
 )
-from injector.agent.main import agent_for, check
+from injector.agent.main import agent_for
 from injector.agent.procs import app_processes
 from injector.agent.spec import load_spec
 from injector.agent.token import read_token
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
+from injector.probe import check
 
 
 def spec(directory: Path) -> AgentSpec:
@@ -142,7 +143,7 @@ def _proc(root: Path, pid: int, ppid: int, mnt: str, comm: str = "sh") -> None:
 def test_app_processes_are_other_containers_first_processes(tmp_path: Path) -> None:
     _proc(tmp_path, 1, 0, "pause")  # the pod's pause process
     _proc(tmp_path, 10, 1, "agent", "keyferry")  # the agent itself
-    _proc(tmp_path, 11, 0, "agent", "keyferry agent check")  # its probe
+    _proc(tmp_path, 11, 0, "agent", "python3 -I -m injector.probe")  # its probe
     _proc(tmp_path, 20, 1, "app", "nginx: master (x) ) y")  # the app's main process
     _proc(tmp_path, 21, 20, "app", "nginx: worker")  # its child: left to it
     _proc(tmp_path, 30, 0, "app2", "redis")  # a second app container
