@@ -62,7 +62,7 @@ class ContainersProvider:
         self._engine_answered = False
         self._runners: list[ContainerRunner] = []
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer:
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer:
         port = free_port()
         runner = self._runner(ws, "vault-dev", lambda: _vault().with_command(dev_args(port)))
         server = VaultServer("dev", port, runner, root_token=DEV_ROOT_TOKEN, flavour=VAULT_FLAVOUR)

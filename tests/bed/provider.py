@@ -34,7 +34,7 @@ class Provider(Protocol):
     name: str
     uses_etcd: bool  # whether its clusters keep their data in the bed's etcd
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer: ...
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer: ...
 
     def start_vault_persistent(self, ws: Workspace) -> VaultServer: ...
 
@@ -62,8 +62,8 @@ class ProcessProvider:
     name = PROCESSES
     uses_etcd = True
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer:
-        return start_vault_dev(ws)
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer:
+        return start_vault_dev(ws, network)
 
     def start_vault_persistent(self, ws: Workspace) -> VaultServer:
         return start_vault_persistent(ws)
