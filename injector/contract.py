@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from broker.models.roles import ROLE_NAME_PATTERN
+from broker.names import ROLE_NAME_PATTERN
 from injector import probe
 
 # The spec's variable, version and credential names: the probe (stdlib only) reads them too.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -173,3 +175,18 @@ def test_unavailable_keeps_the_brokers_retry_info() -> None:
     with pytest.raises(BrokerLimited) as limited, _mapped("Issue", "db"):
         raise rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 1500)
     assert limited.value.retry_after == 1.5
+
+
+def test_the_agent_loads_none_of_the_brokers_own_code() -> None:
+    """`keyferry agent run` in every injected pod, on its startup path: the generated API
+    and the shared names only, never the role catalog, the scheduler, the store or Vault."""
+    script = (
+        "import sys; import broker.cli.entry, injector.agent.cli, injector.agent.client, "
+        "injector.agent.session; print(' '.join(m for m in sys.modules if m.startswith('broker')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "broker.api.v1.broker_pb2" in loaded
+    own = {m for m in loaded if not m.startswith("broker.api")}
+    assert own <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}
