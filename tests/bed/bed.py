@@ -106,9 +106,12 @@ class Bed:
                 launched: list[Cluster] = []
                 try:
                     for spec in fresh:
-                        network = self.network() if spec.name == NODE_CLUSTER else None
+                        bridge = self.network()
+                        network = bridge if spec.name == NODE_CLUSTER else None
+                        # The others name the bridge's address too: pods reach them by relay.
+                        named = bridge.address if bridge and network is None else None
                         launched.append(
-                            self.provider.launch_cluster(self.workspace, spec, etcd, network)
+                            self.provider.launch_cluster(self.workspace, spec, etcd, network, named)
                         )
                     for cluster in launched:
                         cluster.wait_ready()

@@ -158,6 +158,7 @@ class ContainersProvider:
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster:
         self._require_engine()
         return launch_k3s(ws, spec, self._runners.append)

@@ -50,6 +50,7 @@ class Provider(Protocol):
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster: ...
 
     def close(self) -> None:
@@ -83,10 +84,11 @@ class ProcessProvider:
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster:
         if etcd is None:
             raise BedError("the process provider's clusters keep their data in the bed's etcd")
-        return launch_cluster(ws, etcd, spec, network)
+        return launch_cluster(ws, etcd, spec, network, node_address)
 
     def close(self) -> None:
         """Nothing to release: each process is gone once its server is stopped."""
