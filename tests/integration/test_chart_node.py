@@ -15,8 +15,10 @@ the chart's broker ServiceAccount, bound by the chart's member RBAC) and its wor
 listener behind the chart's Service, whose name the release's webhook hands to agents. An
 injected pod on the node gets its database credential from that broker and logs in.
 
-Not here yet: cluster b registered with the in-cluster broker (b has no node and its API
-server listens on 127.0.0.1 only, which a pod cannot reach).
+Cluster b (no node) gets the chart's member variant (the broker's ServiceAccount and RBAC,
+no broker, no webhook) and is registered with the in-cluster broker too: its API server
+listens on 127.0.0.1 only, so the broker pod reaches it through a relay on the bridge
+address (tests/bed/relay.py), which its serving certificate names.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ import base64
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -39,9 +41,11 @@ from broker.api.v1 import clusters_pb2, clusters_pb2_grpc
 from broker.identity.admin_pki import OPERATORS, create_ca
 from injector.contract import AGENT_SPEC_ENV
 from tests.bed.images import ImageBuilder
+from tests.bed.kube import KubeCluster
 from tests.bed.node import TOLERATION, Node
 from tests.bed.pki import new_ca
 from tests.bed.postgres import PostgresServer
+from tests.bed.relay import Relay
 from tests.bed.vault import VaultServer
 from tests.conftest import need
 from tests.e2e.nodepods import SECRETS, create, pod_body
@@ -185,6 +189,7 @@ def test_the_api_server_calls_the_webhook_through_its_service(release: Release) 
 BROKER_SECRET, WORKLOAD_TLS, ADMIN_TLS = "keyferry-broker", "broker-workload-tls", "broker-admin"
 ADMIN_NAME = "keyferry-broker-admin"  # the admin certificate's name; the test dials the pod IP
 ADMIN_PORT = 8444
+T = TypeVar("T")
 
 
 @dataclass
@@ -332,7 +337,9 @@ def broker_release(
         root.sys.disable_secrets_engine(MOUNT)
 
 
-async def _register(release: BrokerRelease, request: Any) -> Any:
+async def _admin(release: BrokerRelease, call: Callable[[Any], Awaitable[T]]) -> T:
+    """`call` on the ClustersService of the broker pod's admin listener, as PLATFORM (the
+    test dials the pod's address; the certificate names ADMIN_NAME)."""
     pod_ip = release.broker_pod()["status"]["podIP"]
     operators = release.admin / OPERATORS
     credentials = grpc.ssl_channel_credentials(
@@ -342,34 +349,89 @@ async def _register(release: BrokerRelease, request: Any) -> Any:
     )
     options = [("grpc.ssl_target_name_override", ADMIN_NAME)]
     async with grpc.aio.secure_channel(f"{pod_ip}:{ADMIN_PORT}", credentials, options) as channel:
-        stub: Any = clusters_pb2_grpc.ClustersServiceStub(channel)
-        return await stub.RegisterCluster(request, timeout=30)
+        return await call(clusters_pb2_grpc.ClustersServiceStub(channel))
 
 
-@pytest.fixture(scope="module")
-def registered(broker_release: BrokerRelease) -> BrokerRelease:
-    """Cluster a registered with the in-cluster broker as a pod reaches it: the `kubernetes`
-    Service by name, a token of the chart's broker ServiceAccount."""
-    cluster = broker_release.node.cluster
-    token = cluster.kubectl(
-        "-n",
-        broker_release.namespace,
-        "create",
-        "token",
-        broker_release.service,
-        "--duration=1h",
-    ).strip()
+def _register(
+    request: clusters_pb2.RegisterClusterRequest,
+) -> Callable[[Any], Awaitable[Any]]:
+    async def call(stub: Any) -> Any:
+        return await stub.RegisterCluster(request, timeout=60)
+
+    return call
+
+
+def _registration(
+    cluster: KubeCluster, namespace: str, account: str, server: str
+) -> clusters_pb2.RegisterClusterRequest:
+    """Cluster `cluster` at `server` (as the broker pod reaches it) with a token of the
+    chart's broker ServiceAccount `account`."""
+    where = ("-n", namespace)
+    token = cluster.kubectl(*where, "create", "token", account, "--duration=1h").strip()
     kubeconfig = json.loads(cluster.kubeconfig.read_text())
     ca_pem = Path(kubeconfig["clusters"][0]["cluster"]["certificate-authority"]).read_text()
-    request = clusters_pb2.RegisterClusterRequest(
-        name="a",
-        server="https://kubernetes.default.svc",
+    return clusters_pb2.RegisterClusterRequest(
+        name=cluster.name,
+        server=server,
         ca_pem=ca_pem,
         credential=clusters_pb2.ClusterCredential(bearer_token=token),
         issuer=cluster.issuer,
     )
-    asyncio.run(_register(broker_release, request))
-    return broker_release
+
+
+@pytest.fixture(scope="module")
+def registered(
+    broker_release: BrokerRelease, kube_clusters: dict[str, KubeCluster]
+) -> Iterator[BrokerRelease]:
+    """Cluster a registered with the in-cluster broker as a pod reaches it (the `kubernetes`
+    Service by name); cluster b with the chart's member variant installed, reached through
+    a relay on the node's bridge address (b binds 127.0.0.1 only; its certificate names the
+    bridge address too)."""
+    release = broker_release
+    member = kube_clusters["b"]
+    namespace = f"keyferry-member-{RUN}"
+    values = [
+        f"--namespace={namespace}",
+        "--create-namespace",
+        "--set=broker.enabled=false",
+        "--set=webhook.enabled=false",
+        "--set=memberRBAC.enabled=true",
+        "--wait",
+    ]
+    member.helm("install", release.name, str(CHART), *values)
+    try:
+        with Relay(release.node.address, member.port) as relay:
+            requests = [
+                _registration(
+                    release.node.cluster,
+                    release.namespace,
+                    release.service,
+                    "https://kubernetes.default.svc",
+                ),
+                _registration(
+                    member, namespace, release.service, f"https://{relay.host}:{relay.port}"
+                ),
+            ]
+            for request in requests:
+                asyncio.run(_admin(release, _register(request)))
+            yield release
+    finally:
+        member.helm("uninstall", release.name, f"--namespace={namespace}", "--wait")
+        member.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def test_the_in_cluster_broker_registers_cluster_a_and_the_member_b(
+    registered: BrokerRelease,
+) -> None:
+    listed = asyncio.run(
+        _admin(registered, lambda stub: stub.ListClusters(clusters_pb2.ListClustersRequest()))
+    )
+    clusters = {c.name: c for c in listed.clusters}
+    assert sorted(clusters) == ["a", "b"]
+    assert clusters["a"].server == "https://kubernetes.default.svc"
+    for cluster in clusters.values():
+        assert cluster.key_ids  # its JWKS, fetched by the broker pod from that API server
+        assert cluster.HasField("last_contact")
 
 
 def test_the_broker_deployment_runs_as_a_real_pod_under_restricted(
