@@ -314,6 +314,7 @@ def _node_pods(n: dict[str, Any]) -> list[str]:
         f"{n['added_p95_ms']:.0f} ms | {_met(added <= 1000)} |",
         f"| agent memory, working set (usage minus inactive file) | {memory['p50']:.1f} MiB |"
         f" {memory['p95']:.1f} MiB | |",
+        *_phase_rows(n.get("injected_phases_ms")),
         f"| one exec probe (`python3 -I -m injector.probe`), wall | "
         f"{probe['wall_ms']['p50']:.0f} ms | {probe['wall_ms']['p95']:.0f} ms | |",
         f"| one exec probe, CPU | {probe['cpu_ms']['p50']:.0f} ms | "
@@ -329,6 +330,30 @@ def _node_pods(n: dict[str, Any]) -> list[str]:
         "",
         *NODE_PODS_BOUNDS,
         "",
+    ]
+
+
+PHASES = (
+    (
+        "to_agent_start",
+        "injected: create → the agent's `agent.start` log line (scheduling, "
+        "sandbox, the agent container, its imports)",
+    ),
+    ("issue_and_write", "injected: `agent.start` → `agent.ready` (Issue, the file written)"),
+    (
+        "files_to_app_start",
+        "injected: `agent.ready` → app container start (the startupProbe's "
+        "next round, the app container, the status)",
+    ),
+)
+
+
+def _phase_rows(phases: dict[str, Any] | None) -> list[str]:
+    if not phases:
+        return []
+    return [
+        f"| {label} | {phases[key]['p50']:.0f} ms | {phases[key]['p95']:.0f} ms | |"
+        for key, label in PHASES
     ]
 
 
