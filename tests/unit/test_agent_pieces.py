@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -28,6 +26,8 @@ from injector.agent.spec import load_spec
 from injector.agent.token import read_token
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
 from injector.probe import check
+
+from .fresh_imports import modules_loaded_by
 
 
 def spec(directory: Path) -> AgentSpec:
@@ -180,13 +180,10 @@ def test_unavailable_keeps_the_brokers_retry_info() -> None:
 def test_the_agent_loads_none_of_the_brokers_own_code() -> None:
     """`keyferry agent run` in every injected pod, on its startup path: the generated API
     and the shared names only, never the role catalog, the scheduler, the store or Vault."""
-    script = (
-        "import sys; import broker.cli.entry, injector.agent.cli, injector.agent.client, "
-        "injector.agent.session; print(' '.join(m for m in sys.modules if m.startswith('broker')))"
+    loaded = modules_loaded_by(
+        "broker.cli.entry", "injector.agent.cli", "injector.agent.client", "injector.agent.session"
     )
-    loaded = subprocess.run(
-        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    loaded = {m for m in loaded if m.split(".")[0] == "broker"}
     assert "broker.api.v1.broker_pb2" in loaded
     own = {m for m in loaded if not m.startswith("broker.api")}
     assert own <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}

@@ -16,6 +16,8 @@ from injector.agent.spec import load_spec
 from injector.contract import PROBE_COMMAND, AgentSpec, CredentialRequest, Mode
 from injector.probe import AGENT_SPEC_ENV, EXIT_MISSING, EXIT_OK, EXIT_SPEC, check
 
+from .fresh_imports import modules_loaded_by
+
 
 def spec(directory: Path, *names: str) -> AgentSpec:
     return AgentSpec(
@@ -102,21 +104,12 @@ def test_the_probe_command_runs_it(tmp_path: Path) -> None:
 
 
 def test_a_probe_loads_nothing_but_the_standard_library() -> None:
-    """What importing the probe adds to a fresh interpreter's modules (its site is left out:
-    a virtualenv's .pth files are not the probe's)."""
-    script = (
-        "import sys; before = set(sys.modules); import injector.probe; "
-        "print(' '.join(sorted(set(sys.modules) - before)))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-I", "-c", script], capture_output=True, text=True, check=True
-    ).stdout.split()
+    loaded = modules_loaded_by("injector.probe")
     assert "injector.probe" in loaded
     foreign = [
         name
         for name in loaded
         if name.split(".")[0] not in sys.stdlib_module_names
-        and name != "injector.probe"
-        and name != "injector"
+        and name not in ("injector", "injector.probe")
     ]
     assert foreign == []
