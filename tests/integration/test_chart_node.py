@@ -294,6 +294,7 @@ def broker_release(
     )
     roles = yaml.safe_load(role_catalog(folder, postgres, node.address).read_text())
     values = {
+        "fullnameOverride": name,  # objects kf-broker, kf-webhook: beside the other release
         "broker": {
             "replicas": 1,
             "config": {
@@ -396,6 +397,7 @@ def registered(
         "--set=broker.enabled=false",
         "--set=webhook.enabled=false",
         "--set=memberRBAC.enabled=true",
+        f"--set=fullnameOverride={release.name}",  # the ServiceAccount kf-broker, as on a
         "--wait",
     ]
     member.helm("install", release.name, str(CHART), *values)
