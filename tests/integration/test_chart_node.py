@@ -69,6 +69,7 @@ RESTRICTED = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 INJECTION = {"keyferry.io/injection": "enabled"}
+INJECTION_OFF = dict.fromkeys(INJECTION)  # a Helm value of null removes the default's key
 
 
 @dataclass
@@ -311,7 +312,9 @@ def broker_release(
             "clusterName": "a",
             "replicas": 1,
             "brokerCA": {"pem": tls_ca.pem().decode()},
-            "namespaceSelector": {"matchLabels": opt_in},
+            # Only this test's label: null drops the chart's default keyferry.io/injection,
+            # which the webhook-only release above selects by.
+            "namespaceSelector": {"matchLabels": {**INJECTION_OFF, **opt_in}},
             "tolerations": [TOLERATION],
         },
         # The broker's own access to cluster a (pods, TokenReviews, JWKS), as in a member.
@@ -462,6 +465,16 @@ def test_an_injected_pod_gets_its_credential_from_the_in_cluster_broker(
 ) -> None:
     cluster = registered.node.cluster
     body = pod_body(f"chart-app-{RUN}", registered.app_image, {"db": "orders-db-ro"})
+
+    def mutated() -> bool:
+        with cluster.api_client() as api:
+            raw = core(api).create_namespaced_pod(
+                registered.workloads, body, dry_run="All", _preload_content=False
+            )
+        containers = json.loads(raw.data)["spec"].get("initContainers") or []
+        return any(c["name"] == AGENT for c in containers)
+
+    eventually(mutated, "the release's webhook injecting pods of its opted-in namespace")
     pod = create(cluster, registered.workloads, body)
     try:
         pod.wait_ready()
