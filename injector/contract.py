@@ -8,25 +8,31 @@ already running: bump `AGENT_SPEC_VERSION` and keep the agent reading the old ve
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from broker.models.roles import ROLE_NAME_PATTERN
+from broker.names import ROLE_NAME_PATTERN
+from injector import probe
 
-AGENT_SPEC_VERSION: Final = 1
-AGENT_SPEC_ENV = "KEYFERRY_AGENT_SPEC"
+# The spec's variable, version and credential names: the probe (stdlib only) reads them too.
+AGENT_SPEC_ENV: Final = probe.AGENT_SPEC_ENV
 """The environment variable holding the `AgentSpec` as JSON."""
+AGENT_SPEC_VERSION: Final = probe.AGENT_SPEC_VERSION
+CREDENTIAL_NAME_MAX: Final = probe.CREDENTIAL_NAME_MAX
+CREDENTIAL_NAME_PATTERN: Final = probe.CREDENTIAL_NAME_PATTERN
+CREDENTIAL_NAME_RE: Final = probe.CREDENTIAL_NAME_RE
 
 AGENT_COMMAND = ("keyferry", "agent")
 RUN_ARGS = ("run",)
 """`keyferry agent run`: issue every credential, write every file, then (sidecar mode) hold
 the Watch stream until SIGTERM, or (init-only mode) exit 0."""
-CHECK_ARGS = ("check",)
-"""`keyferry agent check`: exit 0 when every credential file of the spec exists, 1 otherwise.
-The sidecar's startupProbe runs exactly this, so the app starts after its credentials."""
+PROBE_COMMAND = ("python3", "-I", "-m", "injector.probe")
+"""The sidecar's startup and readiness probes: exit 0 when every credential file of the spec
+exists, 1 otherwise (`injector/probe.py`, the standard library only; `keyferry agent check`
+runs the same check for people). `python3` is the agent image's virtualenv interpreter (first
+on its PATH); `-I` keeps the pod's environment and working directory out of its imports."""
 
 FILE_MODE = 0o440
 """Owner and group read; see docs/injector.md for who the owner and the group are."""
@@ -48,10 +54,6 @@ def check_backoff(base: float, cap: float) -> None:
             "the cap must be at least the base"
         )
 
-
-CREDENTIAL_NAME_MAX = 48
-CREDENTIAL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-CREDENTIAL_NAME_RE = re.compile(CREDENTIAL_NAME_PATTERN)
 
 CredentialName = Annotated[
     str, StringConstraints(pattern=CREDENTIAL_NAME_PATTERN, max_length=CREDENTIAL_NAME_MAX)

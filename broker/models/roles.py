@@ -25,9 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from broker.names import ROLE_NAME_PATTERN
+
 from .durations import Duration
 
-ROLE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 MOUNT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 VAULT_ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 KV_PATH_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"

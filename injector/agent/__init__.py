@@ -1,2 +1,2 @@
 """The in-pod agent: `keyferry agent run` fetches a pod's credentials and keeps its files fresh;
-`keyferry agent check` is the startupProbe. See docs/injector.md for the contract."""
+`keyferry agent check` runs the probes' check (`injector.probe`). See docs/injector.md."""

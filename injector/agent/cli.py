@@ -9,6 +9,8 @@ import sys
 import structlog
 import typer
 
+from injector import probe
+
 from . import main
 
 app = typer.Typer(
@@ -20,7 +22,7 @@ app = typer.Typer(
     epilog=(
         "Examples:\n\n"
         "  keyferry agent run     # issue, write and keep the pod's credential files\n\n"
-        "  keyferry agent check   # exit 0 once every file exists (the startupProbe)"
+        "  keyferry agent check   # exit 0 once every file exists (what the probes check)"
     ),
     no_args_is_help=True,
 )
@@ -57,12 +59,14 @@ def run() -> None:
 
 
 @app.command(
-    help="Exit 0 when every credential file exists, 1 otherwise (the startupProbe).",
+    help="Exit 0 when every credential file exists, 1 otherwise (what the probes check).",
     epilog=(
         "Examples:\n\n"
-        "  keyferry agent check   # the startupProbe's exec command\n\n"
+        "  kubectl exec POD -c keyferry-agent -- keyferry agent check; echo $?\n\n"
+        "The pod's startup and readiness probes run the same check as `python3 -I -m "
+        "injector.probe`, which loads only the standard library.\n\n"
         "Exit codes: 0 every file exists; 1 a file is missing; 2 the spec is invalid."
     ),
 )
 def check() -> None:
-    raise typer.Exit(main.check(os.environ))
+    raise typer.Exit(probe.check(os.environ))

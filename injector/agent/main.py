@@ -1,7 +1,5 @@
-"""The agent's two entry points, `run` and `check`, as functions returning an exit code.
-
-`check` imports only the spec's models: it runs as the startup and readiness probes, inside
-the agent container's memory limit next to the running agent.
+"""The agent's entry point, `run`, as a function returning an exit code (`keyferry agent check`
+is `injector.probe`, which imports nothing of this package).
 
 `run` installs its SIGTERM/SIGINT handlers on the event loop: the signal cancels the
 session task at its next await (a file write never awaits, so a write is never cut; and
@@ -34,17 +32,6 @@ log = structlog.get_logger("keyferry.agent")
 EXIT_OK, EXIT_FAILED, EXIT_SPEC = 0, 1, 2
 
 
-def check(environ: Mapping[str, str]) -> int:
-    """0 when every credential file of the spec exists, 1 otherwise (2: no valid spec)."""
-    try:
-        spec = load_spec(environ)
-    except AgentError:
-        return EXIT_SPEC
-    directory = Path(spec.directory)
-    missing = [c.name for c in spec.credentials if not (directory / c.name).is_file()]
-    return EXIT_FAILED if missing else EXIT_OK
-
-
 def run(environ: Mapping[str, str]) -> int:
     """Issue, write and (sidecar) hold the credentials until SIGTERM; the exit code."""
     try:
@@ -60,8 +47,7 @@ def agent_for(
 ) -> tuple[BrokerClient, AgentSession]:
     """The channel and the session `run` uses: the spec's broker, token and backoff (its cap
     also the channel's reconnect cap), drawing from `uniform`. Call inside the event loop."""
-    # Here, not at the top: `check` (the probes, run every few seconds inside the agent's
-    # memory limit) must not load gRPC and the protobuf stubs.
+    # Here, not at the top: `keyferry agent --help` and `check` need no gRPC and no stubs.
     from .client import BrokerClient  # noqa: PLC0415
     from .session import AgentSession  # noqa: PLC0415
 

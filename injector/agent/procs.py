@@ -5,10 +5,10 @@ in /proc. PID 1 is the pod's pause process. Each container has its own mount nam
 (`/proc/<pid>/ns/mnt`), so the agent tells containers apart by that link: the app's main
 processes are those in a mount namespace other than the agent's whose parent is not in the
 same namespace (each container's first process; its children are left to it, as with
-`docker kill`). The agent's own namespace is skipped, so its startupProbe's `keyferry agent
-check` is never signalled. Reading another process's `ns/mnt` needs the same UID, which the
-webhook guarantees when `on-rotate: signal:…` is accepted (the agent runs as the app's UID;
-without CAP_KILL it could not signal another UID anyway).
+`docker kill`). The agent's own namespace is skipped, so its probes (`python3 -I -m
+injector.probe`) are never signalled. Reading another process's `ns/mnt` needs the same UID,
+which the webhook guarantees when `on-rotate: signal:…` is accepted (the agent runs as the
+app's UID; without CAP_KILL it could not signal another UID anyway).
 """
 
 from __future__ import annotations

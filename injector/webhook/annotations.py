@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.models.roles import ROLE_NAME_PATTERN
+from broker.names import ROLE_NAME_PATTERN
 from injector.contract import (
     CREDENTIAL_NAME_MAX,
     CREDENTIAL_NAME_RE,

@@ -62,7 +62,7 @@ class ResourceList(_Strict):
 
 class Resources(_Strict):
     """The agent resources; the defaults follow the measurement in docs/injector.md (the
-    agent about 64 MiB resident, plus one `keyferry agent check` probe at 44 MiB)."""
+    agent about 64 MiB resident, plus one probe, `injector.probe`, at about 10 MiB)."""
 
     requests: ResourceList = ResourceList(cpu="10m", memory="64Mi")
     limits: ResourceList = ResourceList(memory="128Mi")

@@ -12,7 +12,7 @@ from typing import Any
 from injector.contract import (
     AGENT_COMMAND,
     AGENT_SPEC_ENV,
-    CHECK_ARGS,
+    PROBE_COMMAND,
     RUN_ARGS,
     AgentSpec,
     Mode,
@@ -102,7 +102,7 @@ def agent_container(spec: InjectionSpec, config: WebhookConfig, run_as: RunAs) -
         ],
     }
     if spec.mode is Mode.SIDECAR:
-        check = {"exec": {"command": [*AGENT_COMMAND, *CHECK_ARGS]}, "timeoutSeconds": 1}
+        check = {"exec": {"command": list(PROBE_COMMAND)}, "timeoutSeconds": 1}
         container["restartPolicy"] = "Always"
         container["startupProbe"] = {
             **check,

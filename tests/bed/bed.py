@@ -2,8 +2,8 @@
 
 Who starts a server is the bed's provider (provider.py): local processes by default, or
 containers with KEYFERRY_BED_PROVIDER=containers. With local processes as root, the bed
-first creates its node network (nodenet.py): cluster a's API server, PostgreSQL and
-MariaDB listen on its address too, and `node()` joins a real kubelet to cluster a.
+first creates its node network (nodenet.py): cluster a's API server, PostgreSQL,
+MariaDB and the dev Vault listen on its address too, and `node()` joins a real kubelet to cluster a.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Bed:
 
     def vault(self) -> VaultServer:
         """A dev-mode Vault (in memory): fast, for most tests."""
-        return self._get("vault-dev", self.provider.start_vault_dev)
+        network = self.network()
+        return self._get("vault-dev", lambda ws: self.provider.start_vault_dev(ws, network))
 
     def vault_persistent(self) -> VaultServer:
         """A Vault on file storage that keeps its leases across restarts."""
@@ -105,9 +106,12 @@ class Bed:
                 launched: list[Cluster] = []
                 try:
                     for spec in fresh:
-                        network = self.network() if spec.name == NODE_CLUSTER else None
+                        bridge = self.network()
+                        network = bridge if spec.name == NODE_CLUSTER else None
+                        # The others name the bridge's address too: pods reach them by relay.
+                        named = bridge.address if bridge and network is None else None
                         launched.append(
-                            self.provider.launch_cluster(self.workspace, spec, etcd, network)
+                            self.provider.launch_cluster(self.workspace, spec, etcd, network, named)
                         )
                     for cluster in launched:
                         cluster.wait_ready()

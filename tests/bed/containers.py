@@ -62,7 +62,7 @@ class ContainersProvider:
         self._engine_answered = False
         self._runners: list[ContainerRunner] = []
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer:
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer:
         port = free_port()
         runner = self._runner(ws, "vault-dev", lambda: _vault().with_command(dev_args(port)))
         server = VaultServer("dev", port, runner, root_token=DEV_ROOT_TOKEN, flavour=VAULT_FLAVOUR)
@@ -158,6 +158,7 @@ class ContainersProvider:
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster:
         self._require_engine()
         return launch_k3s(ws, spec, self._runners.append)

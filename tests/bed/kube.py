@@ -121,9 +121,17 @@ class KubeCluster(Cluster):
 
 
 def launch_cluster(
-    ws: Workspace, etcd: EtcdServer, spec: ClusterSpec, network: NodeNetwork | None = None
+    ws: Workspace,
+    etcd: EtcdServer,
+    spec: ClusterSpec,
+    network: NodeNetwork | None = None,
+    node_address: str | None = None,
 ) -> KubeCluster:
-    """Write a cluster's keys and kubeconfig and start its API server (not yet ready)."""
+    """Write a cluster's keys and kubeconfig and start its API server (not yet ready).
+
+    `node_address` (a cluster without the node, in a bed that has one): the node network's
+    address, named on the serving certificate too, so pods may reach this API server through
+    a relay there (relay.py) and verify it."""
     apiserver_bin = KUBERNETES.binary("kube-apiserver")
     manager_bin = KUBERNETES.binary("kube-controller-manager")
     name = f"kube-{spec.name}"
@@ -148,7 +156,12 @@ def launch_cluster(
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        ip_addresses=(LOOPBACK, SERVICE_IP, *([host] if network else [])),
+        ip_addresses=(
+            LOOPBACK,
+            SERVICE_IP,
+            *([host] if network else []),
+            *([node_address] if node_address else []),
+        ),
     )
     admin = client_ca.issue(
         pki, "admin", ADMIN_USER, organizations=("system:masters",), client=True

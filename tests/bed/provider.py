@@ -34,7 +34,7 @@ class Provider(Protocol):
     name: str
     uses_etcd: bool  # whether its clusters keep their data in the bed's etcd
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer: ...
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer: ...
 
     def start_vault_persistent(self, ws: Workspace) -> VaultServer: ...
 
@@ -50,6 +50,7 @@ class Provider(Protocol):
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster: ...
 
     def close(self) -> None:
@@ -62,8 +63,8 @@ class ProcessProvider:
     name = PROCESSES
     uses_etcd = True
 
-    def start_vault_dev(self, ws: Workspace) -> VaultServer:
-        return start_vault_dev(ws)
+    def start_vault_dev(self, ws: Workspace, network: NodeNetwork | None) -> VaultServer:
+        return start_vault_dev(ws, network)
 
     def start_vault_persistent(self, ws: Workspace) -> VaultServer:
         return start_vault_persistent(ws)
@@ -83,10 +84,11 @@ class ProcessProvider:
         spec: ClusterSpec,
         etcd: EtcdServer | None,
         network: NodeNetwork | None = None,
+        node_address: str | None = None,
     ) -> Cluster:
         if etcd is None:
             raise BedError("the process provider's clusters keep their data in the bed's etcd")
-        return launch_cluster(ws, etcd, spec, network)
+        return launch_cluster(ws, etcd, spec, network, node_address)
 
     def close(self) -> None:
         """Nothing to release: each process is gone once its server is stopped."""

@@ -18,6 +18,7 @@ import hvac
 
 from .errors import ServerFailed
 from .gobuild import VAULT
+from .nodenet import NodeNetwork
 from .ports import LOOPBACK, free_port
 from .process import ManagedProcess
 from .readiness import Runner
@@ -39,11 +40,20 @@ class VaultServer:
     unseal_key: str = ""
     config_path: Path | None = None
     flavour: str = FLAVOUR
+    also_on: str | None = None
+    """The node network's address, where pods reach this Vault too (same port); None: none."""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def addr(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def node_addr(self) -> str:
+        """The address the node's pods reach this Vault at (the dev Vault of a bed with a node)."""
+        if self.also_on is None:
+            raise ValueError("this Vault does not listen on a node network's address")
+        return f"http://{self.also_on}:{self.port}"
 
     def client(self, token: str | None = None) -> hvac.Client:
         return hvac.Client(url=self.addr, token=token or self.root_token, timeout=10)
@@ -103,12 +113,32 @@ def initialise(server: VaultServer, name: str) -> None:
         raise ServerFailed(name, "the root token from initialisation is not accepted")
 
 
-def start_vault_dev(ws: Workspace, name: str = "vault-dev") -> VaultServer:
+def node_listener(address: str, port: int) -> dict[str, object]:
+    """A configuration adding a plain-HTTP listener on `address` (the node network's, where
+    the node's pods reach the host); Vault merges it with dev mode's own listener."""
+    return {"listener": [{"tcp": {"address": f"{address}:{port}", "tls_disable": True}}]}
+
+
+def start_vault_dev(
+    ws: Workspace, network: NodeNetwork | None = None, name: str = "vault-dev"
+) -> VaultServer:
+    """A dev-mode Vault on 127.0.0.1, and on the node network's address when there is one."""
     binary = VAULT.binary("vault")
     home = ws.folder(name)
     port = free_port()
-    process = ManagedProcess(name, [str(binary), *dev_args(port)], ws.log(name), env=_env(home))
-    server = VaultServer("dev", port, process, root_token=DEV_ROOT_TOKEN)
+    argv = [str(binary), *dev_args(port)]
+    if network is not None:
+        extra = home / "node-listener.json"
+        extra.write_text(json.dumps(node_listener(network.address, port)))
+        argv.append(f"-config={extra}")
+    process = ManagedProcess(name, argv, ws.log(name), env=_env(home))
+    server = VaultServer(
+        "dev",
+        port,
+        process,
+        root_token=DEV_ROOT_TOKEN,
+        also_on=network.address if network else None,
+    )
     process.start()
     process.wait_until(server.healthy, "unsealed and healthy")
     return server

@@ -7,14 +7,18 @@ writes docs/benchmarks/node-pods.json, which `python -m tests.bench` renders int
   server every POLL seconds (the figures' resolution).
 - The agent's memory from its container's cgroup: working set = usage minus inactive file
   (what the kubelet and the benchmark page's RSS figures count).
-- One exec probe (`keyferry agent check`, a fresh Python per probe) run in the agent
-  container: its wall time, CPU time and peak RSS, and what the probe periods make of them.
+- One exec probe (the webhook's `python3 -I -m injector.probe`, a fresh Python per probe) run
+  in the agent container: its wall time, CPU time and peak RSS, and what the probe periods
+  make of them.
+- The injected pod's start in three parts, from the agent's log (agent_phases).
+- The machine's 1-minute load average before and after the pods (other work shares the CPUs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import time
@@ -22,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from injector.contract import AGENT_COMMAND, CHECK_ARGS
+from injector.contract import PROBE_COMMAND
 from injector.webhook.patch import PROBE_PERIOD_SECONDS, READINESS_PERIOD_SECONDS
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
@@ -48,7 +52,7 @@ PROBE_SAMPLES = 5
 PROBE = f"""
 import resource, subprocess, time
 started = time.monotonic()
-code = subprocess.run({list(AGENT_COMMAND + CHECK_ARGS)!r}).returncode
+code = subprocess.run({list(PROBE_COMMAND)!r}).returncode
 wall = time.monotonic() - started
 usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(code, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
@@ -65,14 +69,30 @@ def app_started(pod: NodePod) -> bool:
     return bool(app and app[0].state and app[0].state.running)
 
 
-def time_to_app_start(cluster: KubeCluster, body: dict[str, Any]) -> tuple[float, NodePod]:
-    started = time.monotonic()
+def time_to_app_start(cluster: KubeCluster, body: dict[str, Any]) -> tuple[float, float, NodePod]:
+    """Seconds from create to the app's start, the wall-clock time of the create, the pod."""
+    started, created_at = time.monotonic(), time.time()
     pod = create(cluster, NAMESPACE, body)
     while not app_started(pod):
         if time.monotonic() - started > 120:
             raise RuntimeError(f"pod {pod.name}: its app container never started")
         time.sleep(POLL)
-    return time.monotonic() - started, pod
+    return time.monotonic() - started, created_at, pod
+
+
+def agent_phases(pod: NodePod, created_at: float, seconds: float) -> tuple[float, float, float]:
+    """The injected pod's start in three parts, from the agent's own log (the node's clock
+    is this machine's): create → `agent.start` (scheduling, sandbox, the agent container and
+    its Python's imports), `agent.start` → `agent.ready` (Issue and the file writes), and
+    `agent.ready` → the app seen running (the startupProbe's next round, the app container's
+    start, the status reaching the API server)."""
+    events = {}
+    for line in pod.logs(AGENT).splitlines():
+        if line.startswith("{"):  # the agent's JSON lines; anything else is not its log
+            record = json.loads(line)
+            events[record["event"]] = datetime.fromisoformat(record["timestamp"]).timestamp()
+    start, ready = events["agent.start"], events["agent.ready"]
+    return start - created_at, ready - start, created_at + seconds - ready
 
 
 def working_set_mib(pod: NodePod) -> float:
@@ -119,7 +139,10 @@ def measure(pods: int) -> dict[str, Any]:
         try:
             with webhooks([cluster], folder / "webhook", broker.broker, run, opt_in, images.agent):
                 time.sleep(2)  # the registration reaching the API server's informer
-                return _side_by_side(cluster, images.app, pods)
+                load_before = os.getloadavg()[0]
+                figures = _side_by_side(cluster, images.app, pods)
+                figures["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+                return figures
         finally:
             broker.stop()
     finally:
@@ -131,16 +154,18 @@ def _side_by_side(cluster: KubeCluster, app: str, pods: int) -> dict[str, Any]:
     injected: list[float] = []
     memory: list[float] = []
     probes: list[tuple[float, float, float]] = []
+    phases: list[tuple[float, float, float]] = []
     for number in range(2 * pods + 1):
         inject = number % 2 == 1  # a plain pod first: it warms the image's first start
         body = pod_body(f"bench-{number}", app, {"db": "orders-db-ro"} if inject else {})
         if not inject:
             body["metadata"]["annotations"].pop("keyferry.io/inject")
-        seconds, pod = time_to_app_start(cluster, body)
+        seconds, created_at, pod = time_to_app_start(cluster, body)
         if number == 0:
             say(f"warm-up pod: app started after {seconds:.2f}s (not counted)")
         elif inject:
             injected.append(seconds)
+            phases.append(agent_phases(pod, created_at, seconds))
             pod.wait_ready()
             time.sleep(1)
             memory.append(working_set_mib(pod))
@@ -150,7 +175,12 @@ def _side_by_side(cluster: KubeCluster, app: str, pods: int) -> dict[str, Any]:
             plain.append(seconds)
         say(f"pod {number}: {'injected' if inject else 'plain'}, app started after {seconds:.2f}s")
         pod.delete()
-    return _figures(plain, injected, memory, probes)
+    figures = _figures(plain, injected, memory, probes)
+    figures["injected_phases_ms"] = {
+        name: describe([p[i] * 1000 for p in phases]).as_dict()
+        for i, name in enumerate(("to_agent_start", "issue_and_write", "files_to_app_start"))
+    }
+    return figures
 
 
 def _figures(

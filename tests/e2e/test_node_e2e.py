@@ -317,6 +317,36 @@ def test_a_job_in_init_only_mode_completes_and_its_leases_end(scene: NodeScene) 
     assert app["securityContext"]["runAsUser"] == APP_UID
 
 
+CRASHES = 3
+"""Kubelet restarts of the crashing app (its back-off: 10 s, 20 s, ...: about 40 s)."""
+
+
+def test_a_crash_looping_app_container_keeps_one_lease_per_credential(scene: NodeScene) -> None:
+    """The app exits non-zero as soon as it starts; the kubelet restarts it (CrashLoopBackOff)
+    while the native sidecar keeps running: no restart issues or releases anything."""
+    roles = {"db": "orders-db-ro", "s3": "s3-reader"}
+    body = pod_body(f"crashing-{RUN}", scene.images.app, roles)
+    body["spec"]["containers"][0]["command"] = ["sh", "-c", 'ls "$SECRETS"; exit 3']
+    pod = create(scene.cluster, NAMESPACE, body)
+    try:
+
+        def crashed_enough() -> Any:
+            statuses = pod.read().status.container_statuses or []
+            app = next((s for s in statuses if s.name == "app"), None)
+            return app if app is not None and app.restart_count >= CRASHES else None
+
+        app = eventually(crashed_enough, f"the app restarted {CRASHES} times by the kubelet", 180)
+        assert app.last_state.terminated.exit_code == 3
+        agent = agent_status(pod.read())
+        assert (agent.restart_count, agent.ready) == (0, True)
+        leases = live_leases_all(scene.broker, "a", pod.name)
+        assert sorted(lease.credential for lease in leases) == sorted(roles)
+        assert all(lease.state == LeaseState.ACTIVE for lease in leases)
+        assert sorted(pod.logs().split()) == sorted(roles)  # what the last run found
+    finally:
+        pod.delete()
+
+
 def _rotate(broker: BrokerThread, lease_id: str) -> Any:
     async def rotate() -> Any:
         async with broker.broker.admin_channel() as channel:

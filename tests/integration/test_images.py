@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from injector.contract import PROBE_COMMAND
+from injector.probe import AGENT_SPEC_ENV, EXIT_SPEC
 from tests.bed import ServerUnavailable
 from tests.bed.images import APP_REFERENCE, TARGETS, USER, Image, ImageBuilder, archive_config
 from tests.bed.moto import REGION, MotoServer
@@ -237,3 +239,30 @@ def test_the_app_images_clients_work_against_the_beds_servers(
     )
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.strip() == "ca.pem: OK"
+
+
+# Every module of keyferry's virtualenv the agent loads, whose bytecode file is not there.
+UNCOMPILED = """
+import os, sys
+import injector.agent.cli, injector.agent.client, injector.agent.session
+print(" ".join(
+    name for name, module in sorted(sys.modules.items())
+    if (getattr(module, "__file__", None) or "").startswith("/opt/keyferry/")
+    and module.__file__.endswith(".py")
+    and not os.path.exists(module.__cached__)
+))
+"""
+
+
+def test_the_agent_image_runs_the_probe_and_ships_its_bytecode(
+    runtime: Runtime, images: dict[str, Image]
+) -> None:
+    """The webhook's probe command runs in the agent image (no spec here: exit 2, its
+    reason); and the agent's imports are compiled in (a read-only root cannot cache them)."""
+    reference = images["agent"].reference
+    probe = runtime.run(reference, *PROBE_COMMAND)
+    assert probe.returncode == EXIT_SPEC, probe.stderr
+    assert f"keyferry probe: {AGENT_SPEC_ENV} is not set" in probe.stderr
+    uncompiled = runtime.run(reference, "python3", "-c", UNCOMPILED)
+    assert uncompiled.returncode == 0, uncompiled.stderr
+    assert uncompiled.stdout.split() == []

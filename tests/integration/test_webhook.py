@@ -176,7 +176,7 @@ def test_annotated_pod_is_mutated(webhooks: dict[str, Harness], name: str) -> No
     agent = agent_of(stored)
     assert agent is not None
     assert agent["restartPolicy"] == "Always"
-    assert agent["startupProbe"]["exec"]["command"] == ["keyferry", "agent", "check"]
+    assert agent["startupProbe"]["exec"]["command"] == ["python3", "-I", "-m", "injector.probe"]
     assert agent["command"] == ["keyferry", "agent"]
     assert agent["args"] == ["run"]
     assert agent["image"] == "keyferry/agent:test"

@@ -7,7 +7,7 @@ and channel (tests/e2e/agents.py), with Watch open, from a broker on the persist
 1/6 of a lease's lifetime, so renewals fall due while Vault is stopped for OUTAGE seconds
 (10 s; KEYFERRY_FAULT_SCALE=full: the issue's 60 s) and every lease outlives the outage.
 
-During the outage: every file stays byte-identical and `keyferry agent check` (the
+During the outage: every file stays byte-identical and the agent's probe (the
 readiness probe) passes; the failed renewals leave every lease active, with no revocation
 attempt; an agent restarted in the middle (a container restart) gets its pod's lease back
 from the store and rewrites the same bytes; a new pod's agent is refused with UNAVAILABLE
@@ -32,8 +32,8 @@ import pytest
 
 from broker.service.jobs.renewal import renewal_due
 from broker.store import LeaseRecord, LeaseState, Selector
-from injector.agent.main import EXIT_OK, check
 from injector.contract import AGENT_SPEC_ENV
+from injector.probe import EXIT_OK, check
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
@@ -85,7 +85,7 @@ def leases(broker: BrokerThread) -> dict[str, LeaseRecord]:
 
 
 def ready(agent: PodAgent) -> bool:
-    """`keyferry agent check`, the agent's startup and readiness probe."""
+    """The agent's startup and readiness probe (`injector.probe`)."""
     return check({AGENT_SPEC_ENV: agent.spec.model_dump_json()}) == EXIT_OK
 
 

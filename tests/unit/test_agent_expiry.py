@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from injector.agent.backoff import Backoff
 from injector.agent.client import Issued, Renewed, Rotated, WatchEvent
 from injector.agent.errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchDenied
-from injector.agent.main import EXIT_FAILED, EXIT_OK, check
 from injector.agent.session import WATCH_REFUSALS, AgentSession
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
+from injector.probe import EXIT_MISSING, EXIT_OK, check
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=60)
@@ -150,7 +150,7 @@ async def test_files_are_kept_until_their_end_then_removed_and_issued_again_when
 
         await time.advance(2)  # past the credential's end
         assert not (tmp_path / "db").exists()
-        assert ready(tmp_path) == EXIT_FAILED  # reported not ready
+        assert ready(tmp_path) == EXIT_MISSING  # reported not ready
         assert agent.expired == {"db"}
 
         broker.next_issue = lease(2, T0 + timedelta(minutes=10), "lease-new")

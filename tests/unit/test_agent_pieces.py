@@ -20,11 +20,14 @@ from injector.agent.errors import (
     SpecError,
     TokenError,
 )
-from injector.agent.main import agent_for, check
+from injector.agent.main import agent_for
 from injector.agent.procs import app_processes
 from injector.agent.spec import load_spec
 from injector.agent.token import read_token
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
+from injector.probe import check
+
+from .fresh_imports import modules_loaded_by
 
 
 def spec(directory: Path) -> AgentSpec:
@@ -142,7 +145,7 @@ def _proc(root: Path, pid: int, ppid: int, mnt: str, comm: str = "sh") -> None:
 def test_app_processes_are_other_containers_first_processes(tmp_path: Path) -> None:
     _proc(tmp_path, 1, 0, "pause")  # the pod's pause process
     _proc(tmp_path, 10, 1, "agent", "keyferry")  # the agent itself
-    _proc(tmp_path, 11, 0, "agent", "keyferry agent check")  # its probe
+    _proc(tmp_path, 11, 0, "agent", "python3 -I -m injector.probe")  # its probe
     _proc(tmp_path, 20, 1, "app", "nginx: master (x) ) y")  # the app's main process
     _proc(tmp_path, 21, 20, "app", "nginx: worker")  # its child: left to it
     _proc(tmp_path, 30, 0, "app2", "redis")  # a second app container
@@ -172,3 +175,15 @@ def test_unavailable_keeps_the_brokers_retry_info() -> None:
     with pytest.raises(BrokerLimited) as limited, _mapped("Issue", "db"):
         raise rich_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 1500)
     assert limited.value.retry_after == 1.5
+
+
+def test_the_agent_loads_none_of_the_brokers_own_code() -> None:
+    """`keyferry agent run` in every injected pod, on its startup path: the generated API
+    and the shared names only, never the role catalog, the scheduler, the store or Vault."""
+    loaded = modules_loaded_by(
+        "broker.cli.entry", "injector.agent.cli", "injector.agent.client", "injector.agent.session"
+    )
+    loaded = {m for m in loaded if m.split(".")[0] == "broker"}
+    assert "broker.api.v1.broker_pb2" in loaded
+    own = {m for m in loaded if not m.startswith("broker.api")}
+    assert own <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}

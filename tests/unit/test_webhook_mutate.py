@@ -88,13 +88,13 @@ def agent(
         ],
         "restartPolicy": "Always",
         "startupProbe": {
-            "exec": {"command": ["keyferry", "agent", "check"]},
+            "exec": {"command": ["python3", "-I", "-m", "injector.probe"]},
             "timeoutSeconds": 1,
             "periodSeconds": 1,
             "failureThreshold": 120,
         },
         "readinessProbe": {
-            "exec": {"command": ["keyferry", "agent", "check"]},
+            "exec": {"command": ["python3", "-I", "-m", "injector.probe"]},
             "timeoutSeconds": 1,
             "periodSeconds": 5,
             "failureThreshold": 1,
