@@ -76,7 +76,7 @@ def _spy(pid: int, raw: Path, *, gil: bool) -> subprocess.Popen[bytes] | None:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def summarise_raw(collapsed: str, what: str = "holding the GIL", top: int = 60) -> str:
+def summarise_raw(collapsed: str, what: str = "holding the GIL", top: int = 120) -> str:
     """py-spy's collapsed stacks ("f1;f2;f3 count") as own and inclusive time per function."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
