@@ -12,11 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Select, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from broker.errors import InvalidRequest
 
@@ -39,6 +39,9 @@ from .records import (
 )
 from .schema import LeaseRow
 
+if TYPE_CHECKING:
+    from .store import StoreSessions
+
 ERROR_CAP = 1000
 INSERT_ATTEMPTS = 5
 DEFAULT_BATCH = 100
@@ -50,7 +53,7 @@ _FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 
 
 class LeaseRepository:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
+    def __init__(self, sessions: StoreSessions, clock: Clock = utcnow) -> None:
         self._sessions = sessions
         self._clock = clock
 
@@ -251,21 +254,30 @@ class LeaseRepository:
 
     # -- read ------------------------------------------------------------------------------
 
+    # The hot reads of Issue, Renew and Release (get, find_live, handle, count_live) are
+    # Core statements built once, on a bare connection: an ORM session, its compilation and
+    # its identity map cost more than the query itself (issue 19's profile).
+
     def get(self, lease_id: str) -> LeaseRecord:
-        with store_errors("reading a lease"), self._sessions() as session:
-            return _record(_get(session, lease_id))
+        with store_errors("reading a lease"), self._sessions.reading() as connection:
+            row = connection.execute(_BY_ID, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        return LeaseRecord.model_validate(row)
 
     def find_live(self, pod_uid: str, credential: str) -> LeaseRecord | None:
         """The lease to hand out for a pod's credential: the newest active, else pending."""
-        with store_errors("finding a live lease"), self._sessions() as session:
-            row = _live(session, pod_uid, credential)
-            return None if row is None else _record(row)
+        with store_errors("finding a live lease"), self._sessions.reading() as connection:
+            row = connection.execute(_LIVE, {"pod_uid": pod_uid, "credential": credential}).first()
+        return None if row is None else LeaseRecord.model_validate(row)
 
     def handle(self, lease_id: str) -> LeaseHandle:
         """The lease's Vault handle and sealed credential (LeaseNotFound if there is no row)."""
-        with store_errors("reading a lease handle"), self._sessions() as session:
-            row = _get(session, lease_id)
-            return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
+        with store_errors("reading a lease handle"), self._sessions.reading() as connection:
+            row = connection.execute(_HANDLE, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
 
     def count_live(self, *, pod_uid: str | None = None, cluster: str | None = None) -> int:
         """Pending and active leases of one pod, one cluster, or all (for caps and gauges)."""
@@ -274,8 +286,8 @@ class LeaseRepository:
             query = query.where(LeaseRow.pod_uid == pod_uid)
         if cluster is not None:
             query = query.where(LeaseRow.cluster == cluster)
-        with store_errors("counting leases"), self._sessions() as session:
-            return int(session.execute(query).scalar_one())
+        with store_errors("counting leases"), self._sessions.reading() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def count_revoking(self) -> int:
         """Revocations not done yet (due now or waiting for a retry): a gauge."""
@@ -585,8 +597,21 @@ def _live_query(pod_uid: str, credential: str) -> Select[LeaseRow]:
     )
 
 
-def _live(session: Session, pod_uid: str, credential: str) -> LeaseRow | None:
-    return session.scalars(_live_query(pod_uid, credential).limit(1)).first()
+_RECORD_COLUMNS = [LeaseRow.__table__.c[name] for name in LeaseRecord.model_fields]
+_BY_ID = select(*_RECORD_COLUMNS).where(LeaseRow.id == bindparam("lease_id"))
+_HANDLE = select(LeaseRow.id, LeaseRow.vault_lease, LeaseRow.sealed_credential).where(
+    LeaseRow.id == bindparam("lease_id")
+)
+_LIVE = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        LeaseRow.pod_uid == bindparam("pod_uid"),
+        LeaseRow.credential == bindparam("credential"),
+        LeaseRow.state.in_(LIVE_STATES),
+    )
+    .order_by(case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1), LeaseRow.generation.desc())
+    .limit(1)
+)
 
 
 def _require_aware(value: datetime | None, field: str) -> None:

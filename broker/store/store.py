@@ -1,6 +1,7 @@
 """The store as the broker holds it: one engine, migrated at open, and its repositories.
 
-Every repository reads through a plain session (`sessions()`) and writes through
+Every repository reads through a plain session (`sessions()`), or through a bare
+connection (`sessions.reading()`) where a hot read needs no ORM, and writes through
 `sessions.begin()`. On SQLite the two differ (StoreSessions): reads run side by side on
 WAL snapshots, and writers of this process queue on one lock, woken the moment it is
 free, rather than in SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between tries
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .audit_chain import AuditChainRepository
@@ -88,6 +89,13 @@ class StoreSessions(sessionmaker[Session]):
     def __call__(self, **local_kw: Any) -> Session:
         local_kw.setdefault("bind", self._reads)
         return super().__call__(**local_kw)
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for Core reads, in one read-only transaction (a WAL snapshot on
+        SQLite): no Session, no ORM compilation, no identity map."""
+        with self._reads.connect() as connection, connection.begin():
+            yield connection
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
