@@ -10,7 +10,8 @@ lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -497,12 +498,10 @@ class LeaseRepository:
         self, lease_id: str, operation: str, change: Callable[[LeaseRow, datetime], bool]
     ) -> LeaseRecord:
         """A change that keeps the lease's state (a renewal, a failed revocation)."""
-        with store_errors(operation), self._sessions.begin() as session:
-            row = _get(session, lease_id, lock=True)
+        with self._editing(operation, lease_id) as row:
             now = self._clock()
             if change(row, now):
                 row.updated_at = now
-                session.flush()
             return _record(row)
 
     def _move(
@@ -521,8 +520,7 @@ class LeaseRepository:
         brings its time forward); one in a `quiet` state is returned unchanged; any other
         move the table does not allow raises LeaseStateConflict with the lease as it is.
         """
-        with store_errors(operation), self._sessions.begin() as session:
-            row = _get(session, lease_id, lock=True)
+        with self._editing(operation, lease_id) as row:
             current = LeaseState(row.state)
             if current in quiet:
                 return _record(row), False
@@ -533,8 +531,30 @@ class LeaseRepository:
                 return _record(row), False
             row.state = target
             row.updated_at = now
-            session.flush()
             return _record(row), True
+
+    @contextmanager
+    def _editing(self, operation: str, lease_id: str) -> Iterator[LeaseRow]:
+        """The lease's row, read under the write lock as a LeaseRow outside any session;
+        the columns the block changed are written back in one UPDATE when it ends without
+        an error (an error rolls back). Core statements: a lifecycle step of Issue or
+        Release without an ORM session, its identity map and its flush (issue 19)."""
+        with store_errors(operation), self._sessions.writing() as connection:
+            found = connection.execute(_LOCKED, {"lease_id": lease_id}).first()
+            if found is None:
+                raise LeaseNotFound(lease_id)
+            before = dict(found._mapping)
+            row = LeaseRow(**before)
+            yield row
+            changed = {
+                column: now
+                for column, was in before.items()
+                if (now := getattr(row, column)) != was
+            }
+            if changed:
+                connection.execute(
+                    update(LeaseRow).where(LeaseRow.id == lease_id).values(**changed)
+                )
 
     def _list(self, operation: str, query: Select[LeaseRow]) -> list[LeaseRecord]:
         with store_errors(operation), self._sessions() as session:
@@ -599,6 +619,7 @@ def _live_query(pod_uid: str, credential: str) -> Select[LeaseRow]:
 
 _RECORD_COLUMNS = [LeaseRow.__table__.c[name] for name in LeaseRecord.model_fields]
 _BY_ID = select(*_RECORD_COLUMNS).where(LeaseRow.id == bindparam("lease_id"))
+_LOCKED = select(LeaseRow.__table__).where(LeaseRow.id == bindparam("lease_id")).with_for_update()
 _HANDLE = select(LeaseRow.id, LeaseRow.vault_lease, LeaseRow.sealed_credential).where(
     LeaseRow.id == bindparam("lease_id")
 )

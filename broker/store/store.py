@@ -81,6 +81,7 @@ class StoreSessions(sessionmaker[Session]):
 
     def __init__(self, engine: Engine, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__(engine, expire_on_commit=False)
+        self._engine = engine
         self._timeout = timeout
         self._sqlite = engine.dialect.name == "sqlite"
         self._reads = engine.execution_options(**{READ_ONLY: True}) if self._sqlite else engine
@@ -95,6 +96,13 @@ class StoreSessions(sessionmaker[Session]):
         """A connection for Core reads, in one read-only transaction (a WAL snapshot on
         SQLite): no Session, no ORM compilation, no identity map."""
         with self._reads.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A connection for Core writes, in one transaction that may write (the same write
+        turn and BEGIN IMMEDIATE on SQLite as `begin()`)."""
+        with self._write_turn(), self._engine.connect() as connection, connection.begin():
             yield connection
 
     @contextmanager
