@@ -3,7 +3,7 @@ figures and its plots (docs/benchmarks/*.png).
 
 python -m tests.bench            # the full run (about 20 minutes on 2 cores)
 python -m tests.bench --quick    # a few samples of each, to see that the code runs
-python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
+python -m tests.bench.profile    # py-spy on the broker process under Issue→Release load
 python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
 python -m tests.bench.nodepods   # real pods on the node, as root (docs/benchmarks/node-pods.json)
 python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
