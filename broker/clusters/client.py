@@ -25,7 +25,8 @@ from broker.policy import Workload
 
 from .config import ClusterConfig
 from .connection import ClusterConnection, api_client
-from .pods import FINISHED, EndedPod, PodWatch
+from .live_pods import LivePods
+from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
@@ -64,6 +65,7 @@ class ClusterClient:
             DEFAULT_POOL, thread_name_prefix=f"k8s-{config.name}"
         )
         self._files: tempfile.TemporaryDirectory[str] | None = None
+        self.live_pods = LivePods(STALE_AFTER)  # fed by pod_watch(), read by ensure_pod_bound
         self._api: Any
         if isinstance(config, ClusterConnection):
             self._api, self._files = api_client(config)
@@ -146,8 +148,9 @@ class ClusterClient:
         await self._call("list pods", probe)
 
     def pod_watch(self, on_ended: Callable[[EndedPod], None]) -> PodWatch:
-        """A watch of this cluster's pods reporting each one that ended (not started yet)."""
-        return PodWatch(self.config.name, self._api, on_ended)
+        """A watch of this cluster's pods reporting each one that ended (not started yet);
+        while it runs it keeps `live_pods`, which answers ensure_pod_bound without a call."""
+        return PodWatch(self.config.name, self._api, on_ended, self.live_pods)
 
     async def live_pod_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pod if it exists and has not finished; None otherwise."""
@@ -174,7 +177,18 @@ class ClusterClient:
 
         A terminating or finished pod gets no new credentials; `allow_terminating` accepts it
         for calls that only give something back (Release at agent shutdown).
+
+        The pod watch's live pods answer first when they vouch for the pod (live_pods.py:
+        only a positive answer is taken from them, and only while the watch is whole and
+        fresh); otherwise the API server is asked.
         """
+        if self.live_pods.vouches(
+            workload.namespace,
+            workload.pod,
+            workload.pod_uid,
+            allow_ending=allow_terminating,
+        ):
+            return
 
         def read() -> dict[str, Any] | None:
             # Raw JSON: the client's model deserialisation of a whole Pod costs more than

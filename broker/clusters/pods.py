@@ -1,4 +1,5 @@
-"""Watching a member cluster's pods for the ones that ended, in a thread per cluster.
+"""Watching a member cluster's pods for the ones that ended, in a thread per cluster; the
+watch also keeps the cluster's live pods (live_pods.py) for the pod check of each call.
 
 The kubernetes client's watch is synchronous and blocks on the stream, so each cluster gets
 one daemon thread: list pods (remembering the list's resourceVersion), then watch from that
@@ -23,8 +24,14 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from .live_pods import LivePod, LivePods
+
 log = structlog.get_logger("keyferry.pods")
 WATCH_SECONDS = 30  # server-side timeout of one watch call; then it resumes
+# How long the live pods are trusted without word from the watch: a healthy watch is heard
+# from at least every WATCH_SECONDS (its call ends and the next begins), so only a watch
+# whose connection hangs without an error reaches this. The bound of docs/security.md.
+STALE_AFTER = WATCH_SECONDS + 5.0
 RETRY_SECONDS = 2.0
 GONE = 410
 FINISHED = frozenset({"Succeeded", "Failed"})
@@ -41,10 +48,17 @@ class EndedPod:
 class PodWatch:
     """One cluster's pod watch; `start` runs it on its own thread, `stop` ends it."""
 
-    def __init__(self, cluster: str, api: Any, on_ended: Callable[[EndedPod], None]) -> None:
+    def __init__(
+        self,
+        cluster: str,
+        api: Any,
+        on_ended: Callable[[EndedPod], None],
+        live: LivePods | None = None,
+    ) -> None:
         self._cluster = cluster
         self._api = api
         self._on_ended = on_ended
+        self._live = live if live is not None else LivePods(STALE_AFTER)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"keyferry-pods-{cluster}", daemon=True
@@ -57,6 +71,7 @@ class PodWatch:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._live.lost()
         current = self._current
         if current is not None:
             current.stop()
@@ -70,6 +85,7 @@ class PodWatch:
                     self._list()
                 self._watch()
             except ApiException as exc:
+                self._live.lost()
                 if exc.status == GONE:
                     log.info("pod watch expired; relisting", cluster=self._cluster)
                     self.resource_version = None
@@ -77,16 +93,19 @@ class PodWatch:
                 log.warning("pod watch failed", cluster=self._cluster, status=exc.status)
                 self._stop.wait(RETRY_SECONDS)
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                self._live.lost()
                 log.warning("pod watch failed", cluster=self._cluster, error=type(exc).__name__)
                 self._stop.wait(RETRY_SECONDS)
+        self._live.lost()
 
     def _list(self) -> None:
         pods: Any = k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
             _request_timeout=WATCH_SECONDS * 2
         )
         for pod in pods.items:
-            if pod.status is not None and pod.status.phase in FINISHED:
+            if _finished(pod):
                 self._report(pod)
+        self._live.replace((p.metadata.namespace, p.metadata.name, _live(p)) for p in pods.items)
         self.resource_version = pods.metadata.resource_version
 
     def _watch(self) -> None:
@@ -111,12 +130,17 @@ class PodWatch:
                     raise ApiException(status=code, reason="watch error")
                 if kind == "BOOKMARK":  # the client leaves a bookmark's object a dict
                     self.resource_version = event["raw_object"]["metadata"]["resourceVersion"]
+                    self._live.heard()
                     continue
                 self.resource_version = pod.metadata.resource_version
-                if kind == "DELETED" or (
-                    kind == "MODIFIED" and pod.status is not None and pod.status.phase in FINISHED
-                ):
+                meta = pod.metadata
+                if kind == "DELETED":
+                    self._live.remove(meta.namespace, meta.name, meta.uid)
+                else:
+                    self._live.put(meta.namespace, meta.name, _live(pod))
+                if kind == "DELETED" or (kind == "MODIFIED" and _finished(pod)):
                     self._report(pod)
+            self._live.heard()  # the call ended at its timeout: the watch resumes now
         finally:
             self._current = None
             watch.stop()  # type: ignore[no-untyped-call]
@@ -127,3 +151,12 @@ class PodWatch:
             self._on_ended(ended)
         except Exception:  # a callback's failure must not end the cluster's watch
             log.exception("handling an ended pod failed", cluster=self._cluster)
+
+
+def _finished(pod: Any) -> bool:
+    return pod.status is not None and pod.status.phase in FINISHED
+
+
+def _live(pod: Any) -> LivePod:
+    ending = pod.metadata.deletion_timestamp is not None or _finished(pod)
+    return LivePod(str(pod.metadata.uid), ending)

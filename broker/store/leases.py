@@ -10,13 +10,14 @@ lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Select, and_, case, func, or_, select, update
+from sqlalchemy import CursorResult, Select, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest
@@ -39,6 +40,9 @@ from .records import (
 )
 from .schema import LeaseRow
 
+if TYPE_CHECKING:
+    from .store import StoreSessions
+
 ERROR_CAP = 1000
 INSERT_ATTEMPTS = 5
 DEFAULT_BATCH = 100
@@ -50,7 +54,7 @@ _FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 
 
 class LeaseRepository:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
+    def __init__(self, sessions: StoreSessions, clock: Clock = utcnow) -> None:
         self._sessions = sessions
         self._clock = clock
 
@@ -251,21 +255,30 @@ class LeaseRepository:
 
     # -- read ------------------------------------------------------------------------------
 
+    # The hot reads of Issue, Renew and Release (get, find_live, handle, count_live) are
+    # Core statements built once, on a bare connection: an ORM session, its compilation and
+    # its identity map cost more than the query itself (issue 19's profile).
+
     def get(self, lease_id: str) -> LeaseRecord:
-        with store_errors("reading a lease"), self._sessions() as session:
-            return _record(_get(session, lease_id))
+        with store_errors("reading a lease"), self._sessions.reading() as connection:
+            row = connection.execute(_BY_ID, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        return LeaseRecord.model_validate(row)
 
     def find_live(self, pod_uid: str, credential: str) -> LeaseRecord | None:
         """The lease to hand out for a pod's credential: the newest active, else pending."""
-        with store_errors("finding a live lease"), self._sessions() as session:
-            row = _live(session, pod_uid, credential)
-            return None if row is None else _record(row)
+        with store_errors("finding a live lease"), self._sessions.reading() as connection:
+            row = connection.execute(_LIVE, {"pod_uid": pod_uid, "credential": credential}).first()
+        return None if row is None else LeaseRecord.model_validate(row)
 
     def handle(self, lease_id: str) -> LeaseHandle:
         """The lease's Vault handle and sealed credential (LeaseNotFound if there is no row)."""
-        with store_errors("reading a lease handle"), self._sessions() as session:
-            row = _get(session, lease_id)
-            return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
+        with store_errors("reading a lease handle"), self._sessions.reading() as connection:
+            row = connection.execute(_HANDLE, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
 
     def count_live(self, *, pod_uid: str | None = None, cluster: str | None = None) -> int:
         """Pending and active leases of one pod, one cluster, or all (for caps and gauges)."""
@@ -274,8 +287,8 @@ class LeaseRepository:
             query = query.where(LeaseRow.pod_uid == pod_uid)
         if cluster is not None:
             query = query.where(LeaseRow.cluster == cluster)
-        with store_errors("counting leases"), self._sessions() as session:
-            return int(session.execute(query).scalar_one())
+        with store_errors("counting leases"), self._sessions.reading() as connection:
+            return int(connection.execute(query).scalar_one())
 
     def count_revoking(self) -> int:
         """Revocations not done yet (due now or waiting for a retry): a gauge."""
@@ -485,12 +498,10 @@ class LeaseRepository:
         self, lease_id: str, operation: str, change: Callable[[LeaseRow, datetime], bool]
     ) -> LeaseRecord:
         """A change that keeps the lease's state (a renewal, a failed revocation)."""
-        with store_errors(operation), self._sessions.begin() as session:
-            row = _get(session, lease_id, lock=True)
+        with self._editing(operation, lease_id) as row:
             now = self._clock()
             if change(row, now):
                 row.updated_at = now
-                session.flush()
             return _record(row)
 
     def _move(
@@ -509,8 +520,7 @@ class LeaseRepository:
         brings its time forward); one in a `quiet` state is returned unchanged; any other
         move the table does not allow raises LeaseStateConflict with the lease as it is.
         """
-        with store_errors(operation), self._sessions.begin() as session:
-            row = _get(session, lease_id, lock=True)
+        with self._editing(operation, lease_id) as row:
             current = LeaseState(row.state)
             if current in quiet:
                 return _record(row), False
@@ -521,8 +531,30 @@ class LeaseRepository:
                 return _record(row), False
             row.state = target
             row.updated_at = now
-            session.flush()
             return _record(row), True
+
+    @contextmanager
+    def _editing(self, operation: str, lease_id: str) -> Iterator[LeaseRow]:
+        """The lease's row, read under the write lock as a LeaseRow outside any session;
+        the columns the block changed are written back in one UPDATE when it ends without
+        an error (an error rolls back). Core statements: a lifecycle step of Issue or
+        Release without an ORM session, its identity map and its flush (issue 19)."""
+        with store_errors(operation), self._sessions.writing() as connection:
+            found = connection.execute(_LOCKED, {"lease_id": lease_id}).first()
+            if found is None:
+                raise LeaseNotFound(lease_id)
+            before = dict(found._mapping)
+            row = LeaseRow(**before)
+            yield row
+            changed = {
+                column: now
+                for column, was in before.items()
+                if (now := getattr(row, column)) != was
+            }
+            if changed:
+                connection.execute(
+                    update(LeaseRow).where(LeaseRow.id == lease_id).values(**changed)
+                )
 
     def _list(self, operation: str, query: Select[LeaseRow]) -> list[LeaseRecord]:
         with store_errors(operation), self._sessions() as session:
@@ -585,8 +617,22 @@ def _live_query(pod_uid: str, credential: str) -> Select[LeaseRow]:
     )
 
 
-def _live(session: Session, pod_uid: str, credential: str) -> LeaseRow | None:
-    return session.scalars(_live_query(pod_uid, credential).limit(1)).first()
+_RECORD_COLUMNS = [LeaseRow.__table__.c[name] for name in LeaseRecord.model_fields]
+_BY_ID = select(*_RECORD_COLUMNS).where(LeaseRow.id == bindparam("lease_id"))
+_LOCKED = select(LeaseRow.__table__).where(LeaseRow.id == bindparam("lease_id")).with_for_update()
+_HANDLE = select(LeaseRow.id, LeaseRow.vault_lease, LeaseRow.sealed_credential).where(
+    LeaseRow.id == bindparam("lease_id")
+)
+_LIVE = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        LeaseRow.pod_uid == bindparam("pod_uid"),
+        LeaseRow.credential == bindparam("credential"),
+        LeaseRow.state.in_(LIVE_STATES),
+    )
+    .order_by(case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1), LeaseRow.generation.desc())
+    .limit(1)
+)
 
 
 def _require_aware(value: datetime | None, field: str) -> None:

@@ -1,6 +1,7 @@
 """The store as the broker holds it: one engine, migrated at open, and its repositories.
 
-Every repository reads through a plain session (`sessions()`) and writes through
+Every repository reads through a plain session (`sessions()`), or through a bare
+connection (`sessions.reading()`) where a hot read needs no ORM, and writes through
 `sessions.begin()`. On SQLite the two differ (StoreSessions): reads run side by side on
 WAL snapshots, and writers of this process queue on one lock, woken the moment it is
 free, rather than in SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between tries
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.clock import Clock, utcnow
@@ -81,6 +82,7 @@ class StoreSessions(sessionmaker[Session]):
 
     def __init__(self, engine: Engine, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__(engine, expire_on_commit=False)
+        self._engine = engine
         self._timeout = timeout
         self._sqlite = engine.dialect.name == "sqlite"
         self._reads = engine.execution_options(**{READ_ONLY: True}) if self._sqlite else engine
@@ -89,6 +91,20 @@ class StoreSessions(sessionmaker[Session]):
     def __call__(self, **local_kw: Any) -> Session:
         local_kw.setdefault("bind", self._reads)
         return super().__call__(**local_kw)
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for Core reads, in one read-only transaction (a WAL snapshot on
+        SQLite): no Session, no ORM compilation, no identity map."""
+        with self._reads.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A connection for Core writes, in one transaction that may write (the same write
+        turn and BEGIN IMMEDIATE on SQLite as `begin()`)."""
+        with self._write_turn(), self._engine.connect() as connection, connection.begin():
+            yield connection
 
     @contextmanager
     def begin(self) -> Iterator[Session]:

@@ -3,11 +3,12 @@ figures and its plots (docs/benchmarks/*.png).
 
 python -m tests.bench            # the full run (about 20 minutes on 2 cores)
 python -m tests.bench --quick    # a few samples of each, to see that the code runs
-python -m tests.bench.profile    # a profile of Issue→Release (pyinstrument + py-spy)
+python -m tests.bench.profile    # py-spy on the broker process under Issue→Release load
 python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
 python -m tests.bench.nodepods   # real pods on the node, as root (docs/benchmarks/node-pods.json)
 python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
 python -m tests.bench --only store    # one section measured again, the rest kept
+python -m tests.bench --only pairs --no-write   # the Issue pairs alone (a hot-path change)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .report import render, write
-from .scenarios import FULL, QUICK, run_all, run_section
+from .scenarios import FULL, QUICK, SECTIONS, run_all, run_section
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only, write nothing")
     parser.add_argument(
         "--only",
-        choices=["store"],
+        choices=SECTIONS,
         help="measure this section again and keep every other figure of the page's JSON "
         "(the page names the section and when it was measured)",
     )
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         figures = json.loads(args.out.with_suffix(".json").read_text())
     elif args.only:
         figures = json.loads(args.out.with_suffix(".json").read_text())
-        figures.update(run_section(args.only, QUICK if args.quick else FULL))
+        section = run_section(args.only, QUICK if args.quick else FULL)
+        remeasured = {**figures.get("remeasured", {}), **section.pop("remeasured")}
+        figures.update(section, remeasured=remeasured)
     else:
         figures = run_all(QUICK if args.quick else FULL)
     soak_file = args.out.with_suffix("") / "soak.json"

@@ -11,10 +11,8 @@ import asyncio
 import copy
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, suppress
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 
 from broker.api.v1 import broker_pb2, rotation_pb2_grpc
 from injector.contract import AGENT_SPEC_ENV
@@ -32,28 +29,15 @@ from tests.integration.kube_helpers import BoundToken
 from tests.integration.workloads import bearer, broker_stub
 
 from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say
+from .served import KEYFERRY, BrokerProcess, broker_process, cpu_seconds, rss_mib
 from .stats import describe, summarise
-from .workloads import retried
+from .workloads import ROTATE_BATCH, retried, rotate_batch
 
-KEYFERRY = Path(sys.executable).parent / "keyferry"
-TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_WINDOW = 5.0
 READY = 60.0
 STREAMS_PER_CHANNEL = 100
 OPEN_BURST = 100  # streams opened at once
 STREAMS_BUDGET = 240.0  # seconds; past it no further step starts (the page says so)
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def cpu_share(pids: Sequence[int], seconds: float) -> list[float]:
@@ -109,8 +93,6 @@ def start_agent(scene: Scene, token: BoundToken, folder: Path) -> AgentProcess:
 async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[str, Any]:
     """Start one agent per pod, wait for its file, measure idle; then write a new KV version,
     rotate every agent's lease and measure the agents while they swap and Ack."""
-    from .rotations import ROTATE_BATCH, rotate_batch  # noqa: PLC0415
-
     folder = scene.folder / "agents"
     agents = [start_agent(scene, t, folder / f"agent-{i}") for i, t in enumerate(tokens)]
     try:
@@ -177,25 +159,6 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
 # --- a broker process with idle streams ---------------------------------------------------------
 
 
-@dataclass
-class BrokerProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    admin_port: int | None
-    ca: Path
-    log: Path
-    config: Path
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it lingers; the exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
-
-
 def start_broker_process(
     scene: Scene, folder: Path, changes: dict[str, Any] | None = None
 ) -> BrokerProcess:
@@ -203,40 +166,8 @@ def start_broker_process(
     store and audit log."""
     data = copy.deepcopy(scene.data)
     data.update(changes or {})
+    data["store"] = {**data["store"], "url": f"sqlite:///{folder / 'store.db'}"}
     return broker_process(data, folder)
-
-
-def broker_process(data: dict[str, Any], folder: Path, log_level: str = "warning") -> BrokerProcess:
-    """`keyferry broker serve` with config `data` (changed in place: its own data, store,
-    audit log and metrics port in `folder`), logging at `log_level` to folder/broker.log."""
-    folder.mkdir(parents=True)
-    data["data_dir"] = str(folder / "data")
-    data["store"]["url"] = f"sqlite:///{folder / 'store.db'}"
-    data["audit"]["log"] = str(folder / "audit.jsonl")
-    data["metrics"] = {"host": "127.0.0.1", "port": 0}
-    config = folder / "broker.yaml"
-    config.write_text(yaml.safe_dump(data))
-    log = folder / "broker.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(KEYFERRY), "broker", "serve", "--config", str(config), "--log-level", log_level],
-            stdout=out,
-            stderr=out,
-        )
-    deadline = time.monotonic() + READY
-    while time.monotonic() < deadline:
-        text = log.read_bytes()
-        found = re.search(rb"workload listener on port (\d+)", text)
-        admin = re.search(rb"admin listener on port (\d+)", text)
-        if found and (admin or b"no admin listener" in text):
-            ca = folder / "data" / "workload-tls" / "tls.crt"
-            admin_port = int(admin.group(1)) if admin else None
-            return BrokerProcess(process, int(found.group(1)), admin_port, ca, log, config)
-        if process.poll() is not None:
-            break
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"broker did not start: {log.read_text()[-2000:]}")
 
 
 @dataclass

@@ -15,24 +15,20 @@ import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import hvac
-from google.protobuf import duration_pb2
 
-from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
+from broker.api.v1 import broker_pb2, rotation_pb2_grpc
 from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import Broker
 from tests.integration.test_watch_rotate import Agent
 from tests.integration.workloads import bearer, broker_stub
 
-from .workloads import Run, _swap, retried
+from .served import BrokerProcess
+from .workloads import ROTATE_BATCH, Run, _swap, retried, rotate_batch
 
 STREAMS_PER_CHANNEL = 25
-ROTATE_BATCH = 100  # RotateLeases takes at most 100 lease ids per call
-GRACE = timedelta(hours=1)
 FANOUT_READ = 600.0  # a thousand rotations on 2 shared cores can take minutes
 
 
@@ -55,7 +51,11 @@ class FanOut:
 
 
 async def open_watchers(
-    stack: AsyncExitStack, broker: Broker, tokens: Sequence[BoundToken], role: str, credential: str
+    stack: AsyncExitStack,
+    broker: BrokerProcess,
+    tokens: Sequence[BoundToken],
+    role: str,
+    credential: str,
 ) -> list[Watcher]:
     """Issue one lease per pod and hold one Watch stream per pod (snapshot read)."""
     stubs: list[Any] = []
@@ -81,17 +81,8 @@ async def open_watchers(
     return watchers
 
 
-async def rotate_batch(stub: Any, lease_ids: list[str]) -> list[rotation_pb2.LeaseRotation]:
-    grace = duration_pb2.Duration()
-    grace.FromTimedelta(GRACE)
-    reply = await stub.RotateLeases(
-        rotation_pb2.RotateLeasesRequest(lease_ids=lease_ids, grace=grace)
-    )
-    return list(reply.rotations)
-
-
 async def kv_fanout(
-    broker: Broker,
+    broker: BrokerProcess,
     root: hvac.Client,
     tokens: Sequence[BoundToken],
     *,
@@ -153,7 +144,7 @@ async def kv_fanout(
 
 
 async def fleet_rotation(
-    broker: Broker,
+    broker: BrokerProcess,
     tokens: Sequence[BoundToken],
     concurrency: int,
     rounds: int,

@@ -8,7 +8,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -28,20 +28,13 @@ from tests.integration.test_issue import MOUNT, ROLE
 from tests.integration.test_webhook import INJECT, harnesses, pod_body
 
 from .footprint import agents_footprint, broker_with_streams
+from .load import LoadPool, processes_for
 from .rotations import fleet_rotation, kv_fanout
 from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say, scene
+from .served import load_average
 from .stats import ratio, summarise
 from .store_scale import store_scale
-from .workloads import (
-    PushRun,
-    Run,
-    db_creds,
-    db_creds_and_revoke,
-    direct,
-    keyferry_issue_release,
-    kv_read,
-    rotation_push,
-)
+from .workloads import PushRun, Run, db_creds, direct, rotation_push
 
 
 @dataclass(frozen=True)
@@ -119,32 +112,48 @@ async def _run(plan: Plan) -> dict[str, Any]:
 
 async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
     """Every measurement, in order, into `figures` (the smoke test calls this too)."""
-    broker, vault = running.broker, running.vault
+    tokens = await measure_pairs(running, plan, figures)
+    await measure_rest(running, plan, figures, tokens)
+
+
+async def measure_pairs(running: Scene, plan: Plan, figures: dict[str, Any]) -> list[BoundToken]:
+    """The Issue→Release pairs (database, KV, database on a PostgreSQL store); the pods used."""
+    vault = running.vault
     pods = max(*plan.concurrency, plan.watchers)
     say(f"minting {pods} pods with bound tokens in cluster a")
     tokens = await running.pods(pods)
     token = running.root.token
     figures["issue"] = await _pairs(
+        running,
         plan,
         plan.issue_samples,
         "database credential",
-        lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
-        lambda c, n: direct(vault.addr, token, c, n, db_creds_and_revoke(MOUNT, "ro")),
+        lambda pool, c, n: pool.keyferry(tokens[:c], n, ROLE, "orders-db"),
+        lambda pool, c, n: pool.direct(vault.addr, token, c, n, "db_creds_and_revoke", MOUNT, "ro"),
     )
     figures["kv"] = await _pairs(
+        running,
         plan,
         plan.kv_samples,
         "KV v2 secret",
-        lambda c, n: keyferry_issue_release(broker, tokens[:c], n, KV_ROLE, "config"),
-        lambda c, n: direct(vault.addr, token, c, n, kv_read(KV_MOUNT, KV_PATH)),
+        lambda pool, c, n: pool.keyferry(tokens[:c], n, KV_ROLE, "config"),
+        lambda pool, c, n: pool.direct(vault.addr, token, c, n, "kv_read", KV_MOUNT, KV_PATH),
     )
     figures["issue_postgres_store"] = await _on_postgres_store(running, plan, tokens)
-    broker = running.broker
+    return tokens
+
+
+async def measure_rest(
+    running: Scene, plan: Plan, figures: dict[str, Any], tokens: list[BoundToken]
+) -> None:
+    """Every measurement after the pairs: rotation, footprint, webhook, store."""
     say(f"rotation push: {plan.watchers} watchers x {plan.rotation_rounds} rounds")
+    load = load_average()
     push = await rotation_push(
-        broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
+        running.broker, tokens[: plan.watchers], plan.rotation_rounds, ROLE, "orders-db-watched"
     )
     figures["rotation"] = _push_figures(push, plan.rotation_rounds)
+    figures.setdefault("load", {})["rotation"] = {"before": load, "after": load_average()}
     await _phase(figures, "fanout", _fanouts(running, plan))
     await _phase(figures, "fleet", _fleet(running, plan))
     say(f"footprint: {plan.agents} agent processes over clusters a, b, c")
@@ -167,11 +176,18 @@ async def measure(running: Scene, plan: Plan, figures: dict[str, Any]) -> None:
     )
 
 
+SECTIONS = ("store", "pairs")
+
+
 def run_section(name: str, plan: Plan) -> dict[str, Any]:
     """One section measured again on its own servers (`python -m tests.bench --only`): its
-    figures, and when they were taken (`remeasured`)."""
-    if name != "store":
-        raise ValueError(f"--only {name}: only 'store' can be measured on its own")
+    figures, and when they were taken (`remeasured`). `pairs` is sections 1 and 2 (the
+    Issue→Release pairs with the broker's CPU per call): what a change to the hot path is
+    measured with before and after."""
+    if name not in SECTIONS:
+        raise ValueError(f"--only {name}: only {', '.join(SECTIONS)} can be measured on their own")
+    if name == "pairs":
+        return asyncio.run(_pairs_only(plan))
     bed = Bed()
     try:
         with tempfile.TemporaryDirectory(prefix="keyferry-bench-") as folder:
@@ -185,14 +201,25 @@ def run_section(name: str, plan: Plan) -> dict[str, Any]:
     return {"store": store, "remeasured": {"store": when}}
 
 
+async def _pairs_only(plan: Plan) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    async with scene() as running:
+        await measure_pairs(running, plan, figures)
+    figures["remeasured"] = {"pairs": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    return figures
+
+
 async def _phase(figures: dict[str, Any], key: str, measurement: Awaitable[Any]) -> None:
     """One later measurement; if it fails, the run goes on and the page says which failed
-    and why (`{"error": ...}` in place of its figures)."""
+    and why (`{"error": ...}` in place of its figures). The machine's load average before
+    and after goes to figures["load"][key]."""
+    before = load_average()
     try:
         figures[key] = await measurement
     except Exception as exc:
         say(f"{key} failed: {exc!r}")
         figures[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    figures.setdefault("load", {})[key] = {"before": before, "after": load_average()}
 
 
 async def _fanouts(running: Scene, plan: Plan) -> list[dict[str, Any]]:
@@ -237,16 +264,18 @@ async def _on_postgres_store(
     store on the bed's PostgreSQL instead of SQLite (what several replicas use)."""
     sqlite_store = dict(running.data["store"])
     top = plan.concurrency[-1]
+    vault, token = running.vault, running.root.token
     with postgres_database(running.postgres) as url:
-        broker = await running.restart_broker(store={"url": url, "pool_size": 8})
+        await running.restart_broker(store={"url": url, "pool_size": 8})
         try:
             rows = await _pairs(
+                running,
                 replace(plan, concurrency=(top,)),
                 plan.issue_samples,
                 "database credential, PostgreSQL store",
-                lambda c, n: keyferry_issue_release(broker, tokens[:c], n, ROLE, "orders-db"),
-                lambda c, n: direct(
-                    running.vault.addr, running.root.token, c, n, db_creds_and_revoke(MOUNT, "ro")
+                lambda pool, c, n: pool.keyferry(tokens[:c], n, ROLE, "orders-db"),
+                lambda pool, c, n: pool.direct(
+                    vault.addr, token, c, n, "db_creds_and_revoke", MOUNT, "ro"
                 ),
             )
         finally:
@@ -306,23 +335,34 @@ def _revoke_all(root: hvac.Client, lease_ids: list[str]) -> None:
         root.sys.revoke_lease(lease_id)
 
 
+Side = Callable[[LoadPool, int, int], Awaitable[Run]]
+
+
 async def _pairs(
-    plan: Plan, samples: dict[int, int], what: str, ours: Any, theirs: Any
+    running: Scene, plan: Plan, samples: dict[int, int], what: str, ours: Side, theirs: Side
 ) -> list[dict[str, Any]]:
-    """At each concurrency: direct, keyferry, direct, keyferry (half the samples each)."""
+    """At each concurrency, from the same load processes: direct, keyferry, direct, keyferry
+    (half the samples each); the broker process's CPU time over each half, and the machine's
+    load average before and after."""
     rows = []
     for c in plan.concurrency:
         per_worker = max(1, samples[c] // c // 2)
-        say(f"{what}: concurrency {c}, {per_worker * c * 2} samples a side")
+        processes = processes_for(c)
+        say(f"{what}: concurrency {c}, {per_worker * c * 2} samples a side, {processes} load")
         keyferry, hvac_side = Run(), Run()
-        for _ in range(2):
-            hvac_side.add(await asyncio.to_thread(theirs, c, per_worker))
-            keyferry.add(await ours(c, per_worker))
+        before = load_average()
+        async with LoadPool(processes, running.broker) as pool:
+            for _ in range(2):
+                hvac_side.add(await theirs(pool, c, per_worker))
+                keyferry.add(await ours(pool, c, per_worker))
+        after = load_average()
         k, d = summarise(keyferry.total, keyferry.wall), summarise(hvac_side.total, hvac_side.wall)
         k1, d1 = summarise(keyferry.first, keyferry.wall), summarise(hvac_side.first)
+        idle_share = hvac_side.broker_cpu / hvac_side.wall if hvac_side.wall else 0.0
         rows.append(
             {
                 "concurrency": c,
+                "load_processes": processes,
                 "keyferry": k.as_dict(),
                 "direct": d.as_dict(),
                 "keyferry_first": k1.as_dict(),
@@ -331,6 +371,13 @@ async def _pairs(
                 "throughput_ratio": ratio(k.rate, d.rate),
                 "added_p50_first_ms": k1.p50 - d1.p50,
                 "keyferry_unavailable": keyferry.errors,
+                # ms of the broker process's CPU (user + system, all threads) per
+                # Issue→Release, and its share of a core while only the direct side ran
+                "broker_cpu_ms_per_call": 1000 * keyferry.broker_cpu / len(keyferry.total),
+                "broker_cpu_share_busy": keyferry.broker_cpu / keyferry.wall,
+                "broker_cpu_share_direct": idle_share,
+                "load_before": before,
+                "load_after": after,
             }
         )
     return rows

@@ -1,9 +1,11 @@
-"""The bench's scene: a fresh bed, a broker started as the integration tests start it, and
-pods with bound tokens. Shared by the benchmarks, the profile, the soak and their smoke tests."""
+"""The bench's scene: a fresh bed, the broker as deployed (`keyferry broker serve` in its
+own process, logging at its default level, info), and pods with bound tokens. Shared by the
+benchmarks, the profile, the soak and their smoke tests."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
@@ -23,15 +25,10 @@ from tests.conftest import KUBE_CLUSTERS
 from tests.integration.engines import mount_postgres
 from tests.integration.kube_helpers import BoundToken, core, pod
 from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (
-    MOUNT,
-    Broker,
-    config,
-    new_approle,
-    new_transit,
-    start_broker,
-)
+from tests.integration.test_issue import MOUNT, config, new_approle, new_transit
 from tests.integration.workloads import ACCOUNT, ensure_namespace
+
+from .served import BrokerProcess, broker_process
 
 KV_ROLE, KV_MOUNT, KV_PATH = "app-config", "keyferry/app-config", "orders/config"  # roles.yaml
 KV_POLICY = """@id("bench-kv-issue")
@@ -55,8 +52,9 @@ class Scene:
     root: hvac.Client
     folder: Path
     data: dict[str, Any]
-    broker: Broker
+    broker: BrokerProcess
     tokens: dict[str, list[BoundToken]] = field(default_factory=dict)
+    lives: int = 1
 
     async def pods(self, count: int, cluster: str = "a") -> list[BoundToken]:
         """`count` pods with bound tokens in `cluster` (minted once, then reused)."""
@@ -81,12 +79,22 @@ class Scene:
             spread += [tokens[i] for tokens in per_cluster if i < len(tokens)]
         return spread
 
-    async def restart_broker(self, **changes: Any) -> Broker:
-        """Stop the broker and start it again with `changes` to its config (same store)."""
-        await self.broker.server.stop(1)
+    async def restart_broker(self, **changes: Any) -> BrokerProcess:
+        """Stop the broker and start it again with `changes` to its config (same store
+        unless `changes` names another)."""
+        await asyncio.to_thread(self.broker.stop)
         self.data.update(changes)
-        self.broker = await start_broker(self.data, self.folder)
+        self.lives += 1
+        self.broker = await asyncio.to_thread(serve, self.data, self.folder, self.lives)
         return self.broker
+
+
+LOG_LEVEL = "info"  # `keyferry broker serve`'s default: the broker as deployed
+
+
+def serve(data: dict[str, Any], folder: Path, life: int = 1) -> BrokerProcess:
+    """`keyferry broker serve` on the scene's config, its data and log in folder/broker-<life>."""
+    return broker_process(copy.deepcopy(data), folder / f"broker-{life}", log_level=LOG_LEVEL)
 
 
 def mint_many(
@@ -158,7 +166,7 @@ def bench_config(
 @asynccontextmanager
 async def scene(bed: Bed | None = None) -> AsyncIterator[Scene]:
     """Vault with the database, KV and transit mounts, PostgreSQL, clusters a, b and c, and
-    a running broker on a SQLite store."""
+    a broker process on a SQLite store."""
     own = bed is None
     bed = bed or Bed()
     try:
@@ -172,12 +180,12 @@ async def scene(bed: Bed | None = None) -> AsyncIterator[Scene]:
         mount_kv(root)
         folder = Path(tempfile.mkdtemp(prefix="keyferry-bench-"))
         data = bench_config(folder, vault, approle, clusters, sqlite_url(folder))
-        broker = await start_broker(data, folder)
+        broker = await asyncio.to_thread(serve, data, folder)
         running = Scene(bed, vault, postgres, clusters, root, folder, data, broker)
         try:
             yield running
         finally:
-            await running.broker.server.stop(1)
+            await asyncio.to_thread(running.broker.stop)
             if not own:  # a shared bed: revoke what is left, as the tests' fixtures do
                 root.sys.disable_secrets_engine(MOUNT)
     finally:

@@ -42,8 +42,9 @@ from tests.integration.kube_helpers import BoundToken
 from tests.integration.test_issue import MOUNT, ROLE
 from tests.integration.workloads import bearer, broker_stub
 
-from .footprint import BrokerProcess, rss_mib, start_broker_process
+from .footprint import start_broker_process
 from .scene import KV_ROLE, Scene, say, scene
+from .served import BrokerProcess, rss_mib
 
 PODS = 6
 PACE = 0.25  # seconds each pod waits between its steps: about 24 calls a second in all

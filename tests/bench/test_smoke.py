@@ -31,6 +31,7 @@ SECTIONS = (
     "### Broker with idle Watch streams",
     "## 6. Scale of the store",
     "## 7. Growth",
+    "## Machine load by section",
 )
 
 
@@ -56,6 +57,9 @@ async def test_every_benchmark_produces_figures_and_the_page_and_plots(
     for key in ("issue", "kv"):
         assert [row["concurrency"] for row in figures[key]] == list(QUICK.concurrency)
         assert all(_summary(row["keyferry"]) and _summary(row["direct"]) for row in figures[key])
+        # the broker is its own process: its CPU was read around the keyferry halves
+        assert all(row["broker_cpu_ms_per_call"] > 0 for row in figures[key])
+        assert all(len(row["load_before"]) == 3 for row in figures[key])
     (on_postgres,) = figures["issue_postgres_store"]
     assert on_postgres["concurrency"] == QUICK.concurrency[-1]
     assert _summary(on_postgres["keyferry"])
@@ -79,6 +83,7 @@ async def test_every_benchmark_produces_figures_and_the_page_and_plots(
     assert _summary(figures["webhook"]["inside"])
     assert _summary(figures["rotation"]["reply_to_ack"])
 
+    assert {"rotation", "fanout", "fleet", "store"} <= set(figures["load"])
     judged = targets(figures)
     assert len(judged) >= 12
     page = render(figures)
@@ -113,6 +118,7 @@ def test_profile_summary_sums_own_and_inclusive_time() -> None:
 async def test_profile_of_issue_writes_both_views(bed: Bed, tmp_path: Path) -> None:
     written = await profile(KV_ROLE, 2, 8, tmp_path, bed=bed)
     assert written.read_text().splitlines()[0].startswith("8 calls")
+    assert "broker CPU" in written.read_text().splitlines()[0]
     gil = tmp_path / f"profile-{KV_ROLE}-gil.txt"
     assert gil.read_text().split()[0].isdigit()
 

@@ -1,7 +1,8 @@
 """The measured operations: keyferry through its workload listener, and the same credential
 made directly with hvac against the same Vault. Each returns per-sample seconds and the
 phase's wall time; samples are split into halves run direct, keyferry, direct, keyferry so
-that drift of the shared machine falls on both sides alike."""
+that drift of the shared machine falls on both sides alike. The Issue pairs run these in
+load processes (load.py), never in the process that started the broker."""
 
 from __future__ import annotations
 
@@ -20,30 +21,39 @@ from typing import Any, TypeVar
 
 import grpc
 import hvac
+from google.protobuf import duration_pb2
 
-from broker.api.v1 import broker_pb2
+from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import Broker
-from tests.integration.test_watch_rotate import Agent, rotate
+from tests.integration.test_watch_rotate import Agent
 from tests.integration.workloads import bearer, broker_stub
+
+from .served import BrokerProcess
 
 T = TypeVar("T")
 
 
 @dataclass
 class Run:
-    """One side of a pair: per-sample seconds (total, and the first step alone) and wall time."""
+    """One side of a pair: per-sample seconds (total, and the first step alone), wall time,
+    and the broker process's CPU seconds over that wall time (when it was watched).
+    `started`/`ended` are time.monotonic() stamps of the timed part (CLOCK_MONOTONIC: the
+    same clock in every process of the machine, so load processes' runs can be joined)."""
 
     total: list[float] = field(default_factory=list)
     first: list[float] = field(default_factory=list)
     wall: float = 0.0
     errors: int = 0  # calls refused UNAVAILABLE (an overloaded bed), not counted as samples
+    broker_cpu: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
 
     def add(self, other: Run) -> None:
         self.total += other.total
         self.first += other.first
         self.wall += other.wall
         self.errors += other.errors
+        self.broker_cpu += other.broker_cpu
 
 
 RETRIES = 5
@@ -68,14 +78,19 @@ async def retried(call: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) 
 
 
 async def keyferry_issue_release(
-    broker: Broker, tokens: list[BoundToken], per_worker: int, role: str, credential: str
+    port: int,
+    ca: Path,
+    tokens: list[BoundToken],
+    per_worker: int,
+    role: str,
+    credential: str,
+    gate: Callable[[], Awaitable[None]] | None = None,
 ) -> Run:
-    """One worker per pod (its own channel, as an agent has): Issue, then Release, repeated."""
+    """One worker per pod (its own channel, as an agent has): Issue, then Release, repeated.
+    `gate` is awaited after the warm-up round, just before the timed part."""
     run = Run()
     async with AsyncExitStack() as stack:
-        stubs = [
-            await stack.enter_async_context(broker_stub(broker.port, broker.ca)) for _ in tokens
-        ]
+        stubs = [await stack.enter_async_context(broker_stub(port, ca)) for _ in tokens]
         request = broker_pb2.IssueRequest(credential_name=credential, role=role)
 
         async def worker(stub: Any, token: BoundToken) -> None:
@@ -100,9 +115,12 @@ async def keyferry_issue_release(
 
         # One untimed round per worker: channel set-up, TLS, first-call paths.
         await asyncio.gather(*(_warm(s, t, request) for s, t in zip(stubs, tokens, strict=True)))
-        started = time.perf_counter()
+        if gate is not None:
+            await gate()
+        run.started = time.monotonic()
         await asyncio.gather(*(worker(s, t) for s, t in zip(stubs, tokens, strict=True)))
-        run.wall = time.perf_counter() - started
+        run.ended = time.monotonic()
+        run.wall = run.ended - run.started
     return run
 
 
@@ -116,10 +134,16 @@ async def _warm(stub: Any, token: BoundToken, request: broker_pb2.IssueRequest) 
 
 
 def direct(
-    vault_addr: str, token: str, workers: int, per_worker: int, step: Callable[[hvac.Client], Any]
+    vault_addr: str,
+    token: str,
+    workers: int,
+    per_worker: int,
+    step: Callable[[hvac.Client], Any],
+    gate: Callable[[], None] | None = None,
 ) -> Run:
     """`workers` threads, each with its own hvac client (one keep-alive session), each
-    running `step` per_worker times after one untimed warm-up call."""
+    running `step` per_worker times after one untimed warm-up call. `gate` is called once
+    every worker is warm, just before the timed part."""
     run = Run()
     lock = threading.Lock()
     clients = [hvac.Client(url=vault_addr, token=token) for _ in range(workers)]
@@ -142,11 +166,14 @@ def direct(
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(worker, c) for c in clients]
+        if gate is not None:
+            gate()  # the workers are warm and wait at the barrier
         barrier.wait()
-        started = time.perf_counter()
+        run.started = time.monotonic()
         for future in futures:
             future.result()
-        run.wall = time.perf_counter() - started
+        run.ended = time.monotonic()
+        run.wall = run.ended - run.started
     for client in clients:
         client.adapter.close()
     return run
@@ -187,6 +214,18 @@ def kv_read(mount: str, path: str) -> Callable[[hvac.Client], float]:
 
 # --- rotation push -------------------------------------------------------------------------
 
+ROTATE_BATCH = 100  # RotateLeases takes at most 100 lease ids per call
+GRACE = timedelta(hours=1)
+
+
+async def rotate_batch(stub: Any, lease_ids: list[str]) -> list[rotation_pb2.LeaseRotation]:
+    grace = duration_pb2.Duration()
+    grace.FromTimedelta(GRACE)
+    reply = await stub.RotateLeases(
+        rotation_pb2.RotateLeasesRequest(lease_ids=lease_ids, grace=grace)
+    )
+    return list(reply.rotations)
+
 
 @dataclass
 class PushRun:
@@ -200,7 +239,7 @@ class PushRun:
 
 
 async def rotation_push(
-    broker: Broker, tokens: list[BoundToken], rounds: int, role: str, credential: str
+    broker: BrokerProcess, tokens: list[BoundToken], rounds: int, role: str, credential: str
 ) -> PushRun:
     """One Watch stream per pod; each round rotates each pod's lease in turn and times its push."""
     result = PushRun(agents=len(tokens))
@@ -220,7 +259,9 @@ async def rotation_push(
             for index, (agent, lease) in enumerate(agents):
                 receipt = asyncio.ensure_future(_receive(agent))
                 sent = time.perf_counter()
-                rotation = await rotate(broker, lease.id, timedelta(hours=1))
+                async with broker.admin_channel() as channel:
+                    admin: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+                    (rotation,) = await rotate_batch(admin, [lease.id])
                 replied = time.perf_counter()
                 event, received = await receipt
                 new = event.rotated.lease

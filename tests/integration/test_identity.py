@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -78,6 +79,48 @@ async def test_a_bound_token_proves_its_pod_until_the_pod_is_deleted(
         eventually(lambda: _gone(api, bound.namespace, bound.pod), "pod deleted")
     with pytest.raises(Unauthenticated, match="no longer exists"):
         await clients["b"].ensure_pod_bound(workload)
+
+
+async def test_the_pod_watch_answers_the_pod_check_until_the_pod_is_deleted(
+    kube_clusters: dict[str, KubeCluster],
+    clients: dict[str, ClusterClient],
+    verifier: TokenVerifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster, client = kube_clusters["b"], clients["b"]
+    bound = mint_bound_token(cluster, "watched")
+    workload = verifier.verify(bound.token)
+    watch = client.pod_watch(lambda _: None)
+    watch.start()
+    try:
+        eventually(
+            lambda: client.live_pods.vouches(
+                bound.namespace, bound.pod, bound.pod_uid, allow_ending=False
+            ),
+            "the watch has the pod",
+        )
+        asked: list[str] = []
+        ask = client._call
+
+        async def counted(what: str, fn: Any) -> Any:
+            asked.append(what)
+            return await ask(what, fn)
+
+        monkeypatch.setattr(client, "_call", counted)
+        await client.ensure_pod_bound(workload)
+        assert asked == []  # answered by the watch's live pods, no API call
+
+        with cluster.api_client() as api:
+            core(api).delete_namespaced_pod(bound.pod, bound.namespace)
+            eventually(lambda: _gone(api, bound.namespace, bound.pod), "pod deleted")
+        with pytest.raises(Unauthenticated, match=r"no longer exists|terminating"):
+            await client.ensure_pod_bound(workload)
+        assert asked  # the watch no longer vouched: the API server was asked
+    finally:
+        watch.stop()
+    assert not client.live_pods.vouches(  # a stopped watch's pods are not trusted
+        "kube-system", "anything", "uid", allow_ending=True
+    )
 
 
 async def test_a_token_of_cluster_b_is_not_accepted_as_cluster_c_with_the_same_issuer(

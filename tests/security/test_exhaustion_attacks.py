@@ -32,7 +32,7 @@ from broker.api.v1 import broker_pb2
 from broker.backends.transit import TransitSigner
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
-from tests.bench.footprint import BrokerProcess, broker_process, rss_mib
+from tests.bench.served import BrokerProcess, broker_process, rss_mib
 from tests.integration.kube_helpers import core
 from tests.integration.stores import sqlite_url
 from tests.integration.test_issue import config

@@ -39,7 +39,7 @@ from injector.webhook.registration import registration
 from tests.bed.kube import KubeCluster
 from tests.bed.pki import CA, new_ca
 from tests.bed.ports import LOOPBACK, free_port
-from tests.bench.footprint import rss_mib
+from tests.bench.served import rss_mib
 from tests.integration.kube_helpers import admission, core, eventually, new_namespace
 from tests.integration.test_webhook import INJECT, agent_of, pod_body
 

@@ -4,12 +4,20 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from broker.clusters.live_pods import LivePod, LivePods
 from broker.clusters.pods import EndedPod, PodWatch
 
 
-def _pod(name: str, version: str, phase: str = "Running") -> Any:
-    meta = SimpleNamespace(namespace="ns", name=name, uid=f"uid-{name}", resource_version=version)
+def _pod(name: str, version: str, phase: str = "Running", deleting: bool = False) -> Any:
+    meta = SimpleNamespace(
+        namespace="ns",
+        name=name,
+        uid=f"uid-{name}",
+        resource_version=version,
+        deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None,
+    )
     return SimpleNamespace(metadata=meta, status=SimpleNamespace(phase=phase))
 
 
@@ -41,3 +49,75 @@ def test_a_bookmark_moves_the_version_and_reports_nothing(
     watch._watch()
     assert [p.name for p in ended] == ["web", "job"]
     assert watch.resource_version == "45"
+
+
+def test_the_watch_keeps_the_live_pods_and_a_failure_makes_them_untrusted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    live = LivePods(stale_after=60)
+    live.replace([("ns", "web", LivePod("uid-web", ending=False))])
+    ScriptedWatch.events = [
+        {"type": "ADDED", "object": _pod("api", "2"), "raw_object": {}},
+        {"type": "MODIFIED", "object": _pod("web", "3", deleting=True), "raw_object": {}},
+        {"type": "ADDED", "object": _pod("job", "4"), "raw_object": {}},
+        {"type": "DELETED", "object": _pod("job", "5"), "raw_object": {}},
+    ]
+    monkeypatch.setattr("broker.clusters.pods.k8s_watch.Watch", ScriptedWatch)
+    watch = PodWatch("a", api=None, on_ended=lambda _: None, live=live)
+    watch.resource_version = "1"
+    watch._watch()
+    assert live.vouches("ns", "api", "uid-api", allow_ending=False)
+    assert not live.vouches("ns", "web", "uid-web", allow_ending=False)  # terminating
+    assert live.vouches("ns", "web", "uid-web", allow_ending=True)
+    assert not live.vouches("ns", "job", "uid-job", allow_ending=True)  # deleted
+
+    monkeypatch.setattr("broker.clusters.pods.RETRY_SECONDS", 0.0)
+    calls = 0
+
+    def failing() -> None:  # the API server answers 500 to the watch, then the watch stops
+        nonlocal calls
+        calls += 1
+        assert live.vouches("ns", "api", "uid-api", allow_ending=True) == (calls == 1)
+        if calls > 1:
+            watch._stop.set()
+        raise ApiException(status=500, reason="boom")
+
+    monkeypatch.setattr(watch, "_watch", failing)
+    watch._run()
+    assert calls == 2
+    assert not live.vouches("ns", "api", "uid-api", allow_ending=True)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_live_pods_vouch_only_while_whole_and_fresh_and_only_for_the_same_uid() -> None:
+    clock = Clock()
+    live = LivePods(stale_after=35, clock=clock)
+    pod = LivePod("uid-1", ending=False)
+    live.put("ns", "web", pod)
+    assert not live.vouches("ns", "web", "uid-1", allow_ending=False)  # no full list yet
+    live.replace([("ns", "web", pod)])
+    assert live.vouches("ns", "web", "uid-1", allow_ending=False)
+    assert not live.vouches("ns", "web", "uid-2", allow_ending=False)  # a replaced pod's token
+    assert not live.vouches("ns", "other", "uid-1", allow_ending=False)  # not seen: ask
+
+    clock.now += 36  # nothing heard from the watch for longer than the bound
+    assert not live.vouches("ns", "web", "uid-1", allow_ending=False)
+    live.heard()
+    assert live.vouches("ns", "web", "uid-1", allow_ending=False)
+
+    live.remove("ns", "web", "uid-other")  # a deletion of another pod of that name
+    assert live.vouches("ns", "web", "uid-1", allow_ending=False)
+    live.remove("ns", "web", "uid-1")
+    assert not live.vouches("ns", "web", "uid-1", allow_ending=True)
+
+    live.put("ns", "web", pod)
+    live.lost()
+    assert not live.vouches("ns", "web", "uid-1", allow_ending=True)
+    assert len(live) == 0
