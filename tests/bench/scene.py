@@ -151,7 +151,8 @@ def bench_config(
         # own cap (replica_watch_streams, 20,000) stays the default.
         pod_watch_streams=UNLIMITED,
     )
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    data["revocation"] = {"interval": "1s"}
     return data
 
 

@@ -101,7 +101,10 @@ async def soak(running: Scene, minutes: float, pods: int = PODS) -> SoakResult:
         start_broker_process,
         running,
         running.folder / "soak-broker",
-        {"rotation": {"grace": "1s", "revoke_interval": "1s"}},
+        {
+            "rotation": {"grace": "1s", "resume_interval": "1s"},
+            "revocation": {"interval": "1s"},
+        },
     )
     try:
         tokens = await running.spread(pods)

@@ -79,7 +79,8 @@ async def start(
 ) -> Broker:
     data = config(folder, vault, approle, clusters or {}, sqlite_url(folder))
     data["policies"] = [str(policies)]
-    data["rotation"] = {"revoke_interval": "1s"}
+    data["revocation"] = {"interval": "1s"}
+    data["rotation"] = {"resume_interval": "1s"}
     data["access"] = {"max_duration": "4h", "approval_wait": "30m", "expiry_interval": "1s"}
     ca = AdminCa.load(folder / "admin-ca")
     for name, groups in GROUPS.items():

@@ -82,9 +82,10 @@ def shared(
 ) -> dict[str, Any]:
     """The settings both replicas share (the store, Vault, keys, admin CA, roles)."""
     data = config(tmp_path, vault, approle, kube_clusters, store_dsn)
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    data["revocation"] = {"interval": "1s", "backoff": "1s"}
     data["renewal"] = {"interval": "1h"}  # renewals are not what this test is about
-    data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
+    data["scheduler"] = {"leadership": "1s"}
     return data
 
 

@@ -119,13 +119,9 @@ async def broker(
     roles.append({"name": ROOT_ROLE, "kind": "database", "mount": "db-root", "vault_role": "ro"})
     (tmp_path / "roles.yaml").write_text(yaml.safe_dump(roles))
     data["roles"] = str(tmp_path / "roles.yaml")
-    data["rotation"] = {
-        "grace": "1h",
-        "revoke_interval": "1s",
-        "concurrency": 4,
-        "reconcile_interval": "1h",  # the tests run passes themselves
-        "orphan_age": "2m",
-    }
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s", "concurrency": 4}
+    data["revocation"] = {"interval": "1s"}
+    data["reconcile"] = {"interval": "1h", "orphan_age": "2m"}  # the tests run passes themselves
     data["renewal"] = {"interval": "1h", "window": "2m"}
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -487,7 +483,7 @@ async def test_reconcile_revokes_vault_orphans_closes_leases_vault_lost_and_fail
     }
     assert works(postgres, orphan_login)
 
-    clock.offset = broker.settings.rotation.orphan_age + broker.settings.rotation.orphan_age
+    clock.offset = broker.settings.reconcile.orphan_age + broker.settings.reconcile.orphan_age
     second = await reconciler.run_once()
     assert second.revoked >= 1
     assert second.settled == 1

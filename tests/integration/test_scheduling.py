@@ -53,7 +53,8 @@ async def broker(
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
     # The role's max TTL is 1h (tests/integration/engines.py): asking for 2h is always capped.
     data["renewal"] = {"interval": "1h", "window": "2m", "increment": "2h"}
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1h"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1h"}
+    data["revocation"] = {"interval": "1h"}
     path = tmp_path / "broker.yaml"
     path.write_text(yaml.safe_dump(data))
     settings = load_settings(path)

@@ -1,6 +1,6 @@
 """The broker's own Vault token outlives an idle broker. Vault revokes every lease a token
 created when that token expires, so each replica renews its token on a timer
-(`scheduler.vault_token`), not only when a call happens to need Vault.
+(`vault.token_check_interval`), not only when a call happens to need Vault.
 
 On the bed: an AppRole whose tokens live TOKEN_TTL seconds, a broker that issues one lease
 and then makes no call of its own for three of the token's lifetimes (no Watch, so no lease
@@ -52,7 +52,7 @@ async def test_an_idle_broker_keeps_its_token_and_so_its_leases(
         root, "keyferry-broker", POLICY.read_text(), "keyferry-idle", token_ttl=f"{TOKEN_TTL}s"
     )
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    data["scheduler"] = {"vault_token": "1s"}
+    data["vault"]["token_check_interval"] = "1s"
     broker = await start_broker(data, tmp_path)
     try:
         issued = await issue(broker, mint(kube_clusters["a"]))

@@ -97,7 +97,8 @@ async def broker(
     clock: ShiftedClock,
 ) -> AsyncIterator[Broker]:
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    data["revocation"] = {"interval": "1s"}
     # Renewals run when the test says (renew_due), not on the loop's own schedule.
     data["renewal"] = {"interval": "1h", "window": "2m", "increment": "30m"}
     # A stream re-reads the clock at its re-check: a shifted clock is seen within a second.

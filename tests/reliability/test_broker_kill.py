@@ -67,12 +67,12 @@ def broker(
     data["policies"].append(str(policy))
     data["rotation"] = {
         "grace": "2s",
-        "revoke_interval": "1s",
+        "resume_interval": "1s",
         "concurrency": 2,
         "resume_after": "2s",
-        "reconcile_interval": "2s",
-        "orphan_age": "2s",
     }
+    data["revocation"] = {"interval": "1s"}
+    data["reconcile"] = {"interval": "2s", "orphan_age": "2s"}
     data["limits"] = {"per_pod": 4, "per_cluster": 1000, "pod_issue_burst": 1000}
     process = BrokerProcess(data, tmp_path)
     process.start()

@@ -123,17 +123,17 @@ def shared(
     data = config(tmp_path, vault, approle, {n: kube_clusters[n] for n in "ab"}, store_dsn)
     data["rotation"] = {
         "grace": "5s",
-        "revoke_interval": "1s",
+        "resume_interval": "1s",
         "concurrency": 2,
         "resume_after": "2s",
-        "reconcile_interval": "2s",
-        "orphan_age": "3s",
     }
+    data["revocation"] = {"interval": "1s", "backoff": "1s"}
+    data["reconcile"] = {"interval": "2s", "orphan_age": "3s"}
     # Renewed early (after 20-30% of the TTL): a stream that cannot be opened again for
     # a while (after a kill, a busy API server answers Watch's pod lookups late, for 10 s
     # and more on a loaded bed) still finds its lease alive when it is back.
     data["renewal"] = {"interval": "1s", "fraction": 0.3, "window": "10s"}
-    data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
+    data["scheduler"] = {"leadership": "1s"}
     return data
 
 

@@ -107,7 +107,11 @@ async def test_a_flood_of_junk_tokens_costs_bounded_fetches_and_audit_writes(
     orders_db: None,
     exposure: Exposure,
 ) -> None:
-    tokens = {"jwks_min_interval": f"{MIN_INTERVAL}s", "refusal_summary": f"{SUMMARY}s"}
+    tokens = {
+        "jwks_min_interval": f"{MIN_INTERVAL}s",
+        "refusal_summary": f"{SUMMARY}s",
+        "jwks_refresh_interval": "1h",  # only the flood may cause a fetch meanwhile
+    }
     async with scene_broker(
         tmp_path,
         vault,
@@ -115,7 +119,6 @@ async def test_a_flood_of_junk_tokens_costs_bounded_fetches_and_audit_writes(
         kube_clusters,
         exposure,
         tokens=tokens,
-        scheduler={"jwks_refresh": "1h"},  # only the flood may cause a fetch meanwhile
     ) as broker:
         pods = {name: mint(kube_clusters[name], pod_prefix="legit") for name in ("a", "b")}
         for token in pods.values():
