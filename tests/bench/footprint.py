@@ -28,8 +28,8 @@ import yaml
 
 from broker.api.v1 import broker_pb2, rotation_pb2_grpc
 from injector.contract import AGENT_SPEC_ENV
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.workloads import bearer, broker_stub
 
 from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say
 from .stats import describe, summarise

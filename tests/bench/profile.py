@@ -23,7 +23,7 @@ from pathlib import Path
 from pyinstrument import Profiler
 
 from tests.bed import Bed
-from tests.integration.test_issue import ROLE
+from tests.scene.broker import ROLE
 
 from .scene import KV_ROLE, say, scene
 from .workloads import keyferry_issue_release

@@ -20,18 +20,11 @@ from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.conftest import KUBE_CLUSTERS
-from tests.integration.engines import mount_postgres
-from tests.integration.kube_helpers import BoundToken, core, pod
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (
-    MOUNT,
-    Broker,
-    config,
-    new_approle,
-    new_transit,
-    start_broker,
-)
-from tests.integration.workloads import ACCOUNT, ensure_namespace
+from tests.scene.broker import MOUNT, Broker, config, new_approle, new_transit, start_broker
+from tests.scene.engines import mount_postgres
+from tests.scene.kube_helpers import BoundToken, core, pod
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import ACCOUNT, ensure_namespace
 
 KV_ROLE, KV_MOUNT, KV_PATH = "app-config", "keyferry/app-config", "orders/config"  # roles.yaml
 KV_POLICY = """@id("bench-kv-issue")

@@ -22,10 +22,10 @@ import grpc
 import hvac
 
 from broker.api.v1 import broker_pb2
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import Broker
-from tests.integration.test_watch_rotate import Agent, rotate
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.broker import Broker
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.leases import Agent, rotate
+from tests.scene.workloads import bearer, broker_stub
 
 T = TypeVar("T")
 

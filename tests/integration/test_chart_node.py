@@ -26,8 +26,7 @@ import pytest
 from tests.bed.images import ImageBuilder
 from tests.bed.node import TOLERATION, Node
 from tests.conftest import need
-
-from .kube_helpers import core, eventually
+from tests.scene.kube_helpers import core, eventually
 
 pytestmark = pytest.mark.bed
 

@@ -19,22 +19,11 @@ import pytest
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
+from tests.scene.broker import POLICY, config, issue, log_in, start_broker
+from tests.scene.engines import enable_approle
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import mint
 
-from .engines import enable_approle
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    POLICY,
-    config,
-    issue,
-    log_in,
-    orders_db,
-    root,
-    start_broker,
-    transit,
-)
-from .workloads import mint
-
-__all__ = ["orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 TOKEN_TTL = 4  # seconds
 

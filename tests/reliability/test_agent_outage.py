@@ -33,10 +33,9 @@ from injector.contract import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.e2e.agents import Agents, Proxy, pod_agents
-from tests.e2e.scene import BrokerThread, scene_broker
-from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
+from tests.scene.agents import Agents, Proxy, pod_agents
+from tests.scene.broker_thread import BrokerThread, serving
 
 AGENTS = 12
 BASE, CAP = pick((0.025, 0.4), (BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS))
@@ -62,10 +61,8 @@ def broker(
     kube_clusters: dict[str, KubeCluster],
 ) -> Iterator[BrokerThread]:
     folder = tmp_path_factory.mktemp("outage-broker")
-    running = scene_broker(folder, vault, postgres, kube_clusters, ttl=LEASE_TTL)
-    yield running
-    running.stop()
-    vault.client().sys.disable_secrets_engine(MOUNT)
+    with serving(folder, vault, postgres, kube_clusters, ttl=LEASE_TTL) as running:
+        yield running
 
 
 async def until(probe: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:

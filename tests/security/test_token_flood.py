@@ -26,12 +26,12 @@ import pytest
 
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import Broker, issue
-from tests.integration.workloads import mint
 from tests.reliability.scale import pick
+from tests.scene.broker import Broker, issue
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.workloads import mint
 
-from .scene import Exposure, audit_records, scene_broker
+from .attack_scene import Exposure, audit_records, scene_broker
 
 pytestmark = pytest.mark.bed
 
