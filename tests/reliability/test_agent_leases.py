@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from tests.scene.agents import PodAgent, pod_agents
 from tests.scene.broker import MOUNT
 from tests.scene.broker_thread import BrokerThread, serving
 from tests.scene.pods import dsn_values, live_leases, live_leases_all, vault_leases
+from tests.scene.polling import until_true
 
 PODS = pick(10, 50)
 CREDENTIALS = ("db", "db2")
@@ -77,11 +79,7 @@ def broker(
         yield running
 
 
-async def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not probe():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.05)
+until = functools.partial(until_true, within=WAIT_SECONDS, every=0.05)
 
 
 async def die(agent: PodAgent, mid_issue: bool) -> None:

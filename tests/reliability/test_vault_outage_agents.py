@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from tests.scene.agents import Agents, PodAgent, pod_agents
 from tests.scene.broker import MOUNT, refused
 from tests.scene.broker_thread import BrokerThread, serving
 from tests.scene.pods import vault_leases
+from tests.scene.polling import until_true
 from tests.scene.workloads import error_info, mint, retry_delay
 
 pytestmark = pytest.mark.bed
@@ -103,11 +105,7 @@ def held_end(agent: PodAgent) -> datetime:
     return end
 
 
-async def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + UNTIL
-    while not probe():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.1)
+until = functools.partial(until_true, within=UNTIL, every=0.1)
 
 
 async def test_agents_keep_their_files_while_vault_is_stopped_and_renew_once_it_is_back(

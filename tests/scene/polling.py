@@ -28,3 +28,14 @@ async def until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"never happened: {what}")
         await asyncio.sleep(every)
+
+
+async def until_true(
+    probe: Callable[[], bool], what: str, *, within: float = UNTIL, every: float = 0.1
+) -> None:
+    """`until` for a plain probe (called on the event loop, so it must be quick)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not probe():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(every)
