@@ -6,7 +6,7 @@ Test modules import from here (and from tests.bed), never from one another. The 
 - broker.py: the in-process broker's config, `Broker`, `start_broker`, `issue`, `log_in`
 - leases.py: a Watch `Agent`, `rotate`, `state_of`, `works` (is a login accepted)
 - clocks.py: `ShiftedClock`, `ManualClock` (the broker's now, moved by the test)
-- polling.py: `until`, the bounded poll
+- polling.py: `until` (async probe) and `until_true` (plain probe), the bounded polls
 - admin_helpers.py, workloads.py: the admin listener (operators' mutual TLS) and the
   workload side (pod-bound tokens, the broker stub, error details)
 - engines.py, stores.py: Vault engines and AppRoles; SQLite and PostgreSQL stores
