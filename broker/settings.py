@@ -3,7 +3,10 @@
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
 `sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `tokens` (what checking a
 workload token may cost), `access` (just-in-time grants), `clusters`, and the paths of the
-policy and roles files. An environment variable wins over the file:
+policy and roles files. Each periodic job's interval lives with its subsystem (`renewal`,
+`rotation`, `revocation`, `reconcile`, `pods`, ...); `scheduler` only says how jobs run.
+Keys that moved there still load for one release, with a warning (broker.moved_settings).
+An environment variable wins over the file:
 `KEYFERRY_VAULT__ADDR=https://vault:8200`, `KEYFERRY_STORE__URL=postgresql://...` (prefix
 `KEYFERRY_`, groups split by `__`).
 Secrets are SecretStr and never printed.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +41,7 @@ from broker.clusters import ClusterConfig
 from broker.errors import InvalidRequest
 from broker.models import Duration
 from broker.models.yaml_source import YamlInvalid, YamlSource, read_yaml
+from broker.moved_settings import MovedConflict, move_old_keys
 from broker.store import StoreSettings
 
 ENV_PREFIX = "KEYFERRY_"
@@ -81,6 +86,10 @@ class AuditSettings(_Group):
     )
     transit_key: str | None = Field(
         default=None, description="the transit key's name, like audit-checkpoints"
+    )
+    checkpoint_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often the chain's head is signed (needs transit_mount and transit_key)",
     )
 
     @field_validator("hmac_key")
@@ -294,6 +303,10 @@ class TokensSettings(_Group):
         description="how often refusals after the first of their kind are written to the "
         "audit trail, as one record per kind with their count",
     )
+    jwks_refresh_interval: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how often registered clusters' JWKS are fetched anew",
+    )
 
     @field_validator("jwks_min_interval", "refusal_summary")
     @classmethod
@@ -304,16 +317,12 @@ class TokensSettings(_Group):
 
 
 class RotationSettings(_Group):
-    """How long a rotated-away credential keeps working without the pod's Ack, and how
-    often the broker revokes what is due (rotated leases, retries after Vault failures)."""
+    """Rotations: how long a rotated-away credential keeps working without the pod's Ack,
+    how rotations by selector run and resume, and how often scheduled rotations are due."""
 
     grace: Duration = Field(
         default=timedelta(minutes=5),
         description="old credential's lifetime after a rotation when no Ack comes",
-    )
-    revoke_interval: Duration = Field(
-        default=timedelta(seconds=5),
-        description="how often revocations that are due (or to be retried) run",
     )
     concurrency: int = Field(
         default=8,
@@ -328,7 +337,37 @@ class RotationSettings(_Group):
             "client went away) is resumed by the broker after this long"
         ),
     )
-    reconcile_interval: Duration = Field(
+    resume_interval: Duration = Field(
+        default=timedelta(seconds=5),
+        description="how often rotations by selector left unfinished are looked for",
+    )
+    schedule_interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how often roles with a rotation schedule are checked for due leases",
+    )
+
+
+class RevocationSettings(_Group):
+    """Revocations at Vault that are due (rotated-away leases, ended ones) and their retries."""
+
+    interval: Duration = Field(
+        default=timedelta(seconds=5),
+        description="how often revocations that are due (or to be retried) run",
+    )
+    backoff: Duration = Field(
+        default=timedelta(seconds=5),
+        description="first wait before a failed revocation is retried; doubles per attempt",
+    )
+    backoff_cap: Duration = Field(
+        default=timedelta(minutes=10),
+        description="longest wait between retries of a revocation (retries never stop)",
+    )
+
+
+class ReconcileSettings(_Group):
+    """Reconciling the lease store against Vault's keyferry leases."""
+
+    interval: Duration = Field(
         default=timedelta(minutes=10),
         description="how often the store is reconciled against Vault's keyferry leases",
     )
@@ -369,9 +408,19 @@ class RenewalSettings(_Group):
     )
 
 
+class PodsSettings(_Group):
+    """The leases of pods that are gone: the pod watches end them, a sweep catches the rest."""
+
+    sweep_interval: Duration = Field(
+        default=timedelta(seconds=60),
+        description="how often leases whose pod no longer runs are looked for",
+    )
+
+
 class SchedulerSettings(_Group):
-    """The periodic jobs (APScheduler). With several replicas on PostgreSQL one replica leads
-    them (advisory lock); renewals run on every replica for the Watch streams it holds."""
+    """How the periodic jobs run (APScheduler); each job's interval lives with its subsystem.
+    With several replicas on PostgreSQL one replica leads them (advisory lock); renewals and
+    the Vault token check run on every replica."""
 
     jitter: float = Field(
         default=0.1,
@@ -383,40 +432,6 @@ class SchedulerSettings(_Group):
         default=timedelta(seconds=2),
         description="how often a follower tries to take the lead and the leader checks its "
         "lock's connection (PostgreSQL only)",
-    )
-    revoke_backoff: Duration = Field(
-        default=timedelta(seconds=5),
-        description="first wait before a failed revocation is retried; doubles per attempt",
-    )
-    revoke_backoff_cap: Duration = Field(
-        default=timedelta(minutes=10),
-        description="longest wait between retries of a revocation (retries never stop)",
-    )
-    vault_token: Duration = Field(
-        default=timedelta(seconds=30),
-        description="how often each replica checks its own Vault token and renews it once "
-        "2/3 of its TTL has passed (leases die with the token that created them)",
-    )
-    jwks_refresh: Duration = Field(
-        default=timedelta(minutes=5),
-        description="how often registered clusters' JWKS are fetched anew",
-    )
-    pod_sweep: Duration = Field(
-        default=timedelta(seconds=60),
-        description="how often leases whose pod no longer runs are looked for",
-    )
-    audit_checkpoint: Duration = Field(
-        default=timedelta(minutes=5),
-        description="how often the audit chain's head is signed (needs audit.transit_*)",
-    )
-    scheduled_rotation: Duration = Field(
-        default=timedelta(seconds=30),
-        description="how often roles with a rotation schedule are checked for due leases",
-    )
-    store_statistics: Duration = Field(
-        default=timedelta(hours=1),
-        description="how often the SQLite store's query-planner statistics are refreshed "
-        "(PostgreSQL's autovacuum does its own)",
     )
 
 
@@ -479,7 +494,10 @@ class BrokerSettings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     tokens: TokensSettings = TokensSettings()
     rotation: RotationSettings = RotationSettings()
+    revocation: RevocationSettings = RevocationSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     renewal: RenewalSettings = RenewalSettings()
+    pods: PodsSettings = PodsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     access: AccessSettings = AccessSettings()
 
@@ -517,7 +535,34 @@ class BrokerSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values arrive as init arguments (load_settings); the environment wins.
-        return (env_settings, init_settings)
+        return (_EnvWithMovedKeys(settings_cls, env_settings), init_settings)
+
+
+class _EnvWithMovedKeys(PydanticBaseSettingsSource):
+    """The KEYFERRY_* variables, old keys moved to their new place (broker.moved_settings)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        moves = move_old_keys(data)
+        if moves.conflicts:
+            raise SettingsInvalid(
+                "the environment",
+                [f"{_variable(c.old)}, {_variable(c.new)}: {c.text()}" for c in moves.conflicts],
+            )
+        for moved in moves.moved:
+            warnings.warn(moved, stacklevel=2)
+        return data
+
+
+def _variable(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "__").upper()
 
 
 class SettingsInvalid(InvalidRequest):
@@ -554,12 +599,23 @@ def load_settings(path: Path | None) -> BrokerSettings:
                 source, ["must be a YAML mapping (vault:, audit:, policies:, ...)"]
             )
         data = loaded
+    moves = move_old_keys(data)
+    if moves.conflicts:
+        raise SettingsInvalid(source, [_conflict(c, source, document) for c in moves.conflicts])
+    for moved in moves.moved:
+        warnings.warn(moved, stacklevel=2)
     try:
         return BrokerSettings(**data)
     except ValidationError as exc:
         raise SettingsInvalid(
             source, [_problem(error, source, document) for error in exc.errors()]
         ) from exc
+
+
+def _conflict(conflict: MovedConflict, source: str, document: YamlSource) -> str:
+    lines = [document.line_of(key.split(".")) for key in (conflict.old, conflict.new)]
+    where = ", ".join(f"{source}:{line}" for line in lines if line is not None)
+    return f"{where + ': ' if where else ''}{conflict.text()}"
 
 
 def _problem(error: ErrorDetails, source: str, document: YamlSource) -> str:

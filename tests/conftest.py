@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one test bed per test session, each server started on first use.
+"""Session-wide fixtures: one test bed per test session, each server started on first use;
+and the scene's fixtures (tests/scene/fixtures.py) for every test package.
 
 With KEYFERRY_BED_REQUIRED=1 (set by tests/run and CI) a server that cannot be built or
 installed fails the test instead of skipping it, so CI never passes on skipped bed tests.
@@ -21,6 +22,9 @@ from tests.bed.moto import MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.bed.provider import PROVIDER_VAR, provider_name
 from tests.bed.vault import CONTAINER_FLAVOUR, FLAVOUR, VaultServer
+
+# The scene's fixtures (broker, broker_config, clock, approle, orders_db, ...), by name.
+pytest_plugins = ["tests.scene.fixtures"]
 
 T = TypeVar("T")
 REQUIRED = os.environ.get("KEYFERRY_BED_REQUIRED") == "1"

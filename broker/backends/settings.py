@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from broker.models import Duration
+
 DEFAULT_POOL_SIZE = 16
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MOUNT_PREFIX = "keyferry/"
+DEFAULT_TOKEN_CHECK = timedelta(seconds=30)
 
 
 class AppRoleSettings(BaseModel):
@@ -41,6 +45,11 @@ class VaultSettings(BaseModel):
     approle: AppRoleSettings | None = None
     token: SecretStr | None = Field(
         default=None, description="a fixed token instead of AppRole, for development only"
+    )
+    token_check_interval: Duration = Field(
+        default=DEFAULT_TOKEN_CHECK,
+        description="how often each replica checks its own Vault token and renews it once "
+        "2/3 of its TTL has passed (leases die with the token that created them)",
     )
 
     @field_validator("mount_prefix")

@@ -2,7 +2,7 @@
 renewal cannot help (the token hit its max TTL, or Vault forgot it after a restart).
 
 `TokenKeeper.ensure` runs on the Vault thread pool right before each call, and every
-`scheduler.vault_token` on each replica (`VaultClient.keep_token`): Vault revokes every lease
+`vault.token_check_interval` on each replica (`VaultClient.keep_token`): Vault revokes every lease
 a token created when that token expires, so a token renewed only when used would take all
 of an idle broker's leases with it. A lock keeps concurrent calls from logging in twice.
 """

@@ -1,9 +1,12 @@
-"""`keyferry demo`: the README's first command. A thin entry: the demo drives the test bed's
-real servers, so its driver lives in a source checkout (tests/demo) and is imported from
-the checkout this package is installed from."""
+"""`keyferry demo`: the README's first command, a pointer to a source checkout. The demo
+drives the test bed's real servers, so its driver lives in the checkout (tests/demo) and
+is never part of the installed package: from an editable install this command replaces
+itself with `python -m tests.demo` run in that checkout; anywhere else it says to clone the
+repository and run `tests/run demo`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +26,8 @@ EPILOG = (
     "the node cannot start, cluster a's pod uses the harness too and the demo says why. "
     "The bed builds its servers from Go modules on first use and caches them outside the "
     "repository.\n\n"
+    "It runs `python -m tests.demo` in the source checkout keyferry is installed from "
+    "(an editable install, as `tests/run setup` makes); an installed package has no demo.\n\n"
     "Exit codes: 0 success (the last line says so); 1 a step failed (the last line says "
     "which); 2 it cannot run here."
 )
@@ -38,17 +43,14 @@ def demo(
 ) -> None:
     """Run keyferry's main job on the test bed's real servers, narrated step by step."""
     checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / "tests" / "demo" / "driver.py").exists():
+    if not (checkout / "tests" / "demo" / "__main__.py").is_file():
         typer.echo(
             "keyferry demo runs from a source checkout (it needs the test bed under tests/): "
             "clone the keyferry repository and run `tests/run demo` there",
             err=True,
         )
         raise typer.Exit(CONFIG)
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    from tests.demo.driver import run  # noqa: PLC0415 - only a checkout has the bed
-
-    code = run(hold=hold, show_secrets=show_secrets)
-    if code:
-        raise typer.Exit(code)
+    flags = [*(["--hold"] if hold else []), *(["--show-secrets"] if show_secrets else [])]
+    os.chdir(checkout)  # `-m tests.demo` finds the checkout's tests package from here
+    argv = [sys.executable, "-m", "tests.demo", *flags]
+    os.execv(sys.executable, argv)  # noqa: S606 (this interpreter, fixed arguments, no shell)

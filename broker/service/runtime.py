@@ -157,14 +157,13 @@ class BrokerRuntime:
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
-        timing = settings.scheduler
         revoker = Revoker(
             store=stores,
             backends=backends,
             audit=audit,
             hub=hub,
             clock=clock,
-            backoff=Backoff(timing.revoke_backoff, timing.revoke_backoff_cap),
+            backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
             claim=timedelta(seconds=settings.vault.timeout) + CLAIM_MARGIN,
         )
         engine = LeaseEngine(
@@ -203,12 +202,17 @@ class BrokerRuntime:
         scheduler = JobScheduler(
             [
                 Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
-                Periodic("vault-token", timing.vault_token, vault.keep_token, leader_only=False),
-                Periodic("revoke", settings.rotation.revoke_interval, revoker.revoke_due),
+                Periodic(
+                    "vault-token",
+                    settings.vault.token_check_interval,
+                    vault.keep_token,
+                    leader_only=False,
+                ),
+                Periodic("revoke", settings.revocation.interval, revoker.revoke_due),
             ],
             leadership_for(settings.store),
-            jitter=timing.jitter,
-            leadership_interval=timing.leadership,
+            jitter=settings.scheduler.jitter,
+            leadership_interval=settings.scheduler.leadership,
         )
         flows = LeaseFlows(
             hub=hub,
@@ -230,7 +234,7 @@ class BrokerRuntime:
             scheduled=ScheduledRotation(core, catalog=catalog, rotate=rotation.rotate_scheduled),
             revocation=RevocationFlow(core, concurrency=settings.rotation.concurrency),
             root=RootRotationFlow(core, vault=vault),
-            reconciler=Reconciler(core, vault=vault, orphan_age=settings.rotation.orphan_age),
+            reconciler=Reconciler(core, vault=vault, orphan_age=settings.reconcile.orphan_age),
             scheduler=scheduler,
         )
         roles = RoleAdmin(core, catalog)
@@ -263,20 +267,27 @@ class BrokerRuntime:
     def _add_leader_jobs(self) -> None:
         """The periodic jobs only the leading replica runs. Reconcile's first pass runs at
         start (and when a replica takes the lead); then periodically."""
-        settings, timing, flows = self.settings, self.settings.scheduler, self.flows
+        settings, flows = self.settings, self.flows
         jobs = [
-            Periodic("jwks", timing.jwks_refresh, self.clusters.refresh_keys),
-            Periodic("pod-sweep", timing.pod_sweep, self.pods.sweep),
-            Periodic("reconcile", settings.rotation.reconcile_interval, flows.reconciler.run_once),
-            Periodic("rotation-queue", settings.rotation.revoke_interval, flows.rotation.resume),
+            Periodic("jwks", settings.tokens.jwks_refresh_interval, self.clusters.refresh_keys),
+            Periodic("pod-sweep", settings.pods.sweep_interval, self.pods.sweep),
+            Periodic("reconcile", settings.reconcile.interval, flows.reconciler.run_once),
+            Periodic("rotation-queue", settings.rotation.resume_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
-            Periodic("scheduled-rotation", timing.scheduled_rotation, flows.scheduled.run_once),
-            Periodic("store-statistics", timing.store_statistics, self._refresh_statistics),
+            Periodic(
+                "scheduled-rotation", settings.rotation.schedule_interval, flows.scheduled.run_once
+            ),
+            Periodic(
+                "store-statistics", settings.store.statistics_interval, self._refresh_statistics
+            ),
         ]
         if settings.audit.transit_mount is not None:
             jobs.append(
                 Periodic(
-                    "audit-checkpoint", timing.audit_checkpoint, self.checkpoint, at_once=False
+                    "audit-checkpoint",
+                    settings.audit.checkpoint_interval,
+                    self.checkpoint,
+                    at_once=False,
                 )
             )
         for job in jobs:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from broker.models import Duration
 
 DEFAULT_URL = "sqlite:///keyferry.db"
 DEFAULT_POOL_SIZE = 8
@@ -22,3 +26,8 @@ class StoreSettings(BaseModel):
     url: SecretStr = SecretStr(DEFAULT_URL)
     pool_size: int = Field(default=DEFAULT_POOL_SIZE, ge=1, le=200)
     timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0, le=300)
+    statistics_interval: Duration = Field(
+        default=timedelta(hours=1),
+        description="how often the SQLite store's query-planner statistics are refreshed "
+        "(PostgreSQL's autovacuum does its own)",
+    )

@@ -25,8 +25,8 @@ import grpc
 
 from broker.api.v1 import broker_pb2, rotation_pb2_grpc
 from injector.contract import AGENT_SPEC_ENV
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.workloads import bearer, broker_stub
 
 from .scene import KV_MOUNT, KV_PATH, KV_ROLE, Scene, say
 from .served import KEYFERRY, BrokerProcess, broker_process, cpu_seconds, rss_mib

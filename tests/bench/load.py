@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
-from tests.integration.kube_helpers import BoundToken
+from tests.scene.kube_helpers import BoundToken
 
 from .served import BrokerProcess
 from .workloads import Run, db_creds_and_revoke, direct, keyferry_issue_release, kv_read

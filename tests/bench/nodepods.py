@@ -30,7 +30,8 @@ from injector.contract import PROBE_COMMAND
 from injector.webhook.patch import PROBE_PERIOD_SECONDS, READINESS_PERIOD_SECONDS
 from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
-from tests.e2e.nodepods import (
+from tests.scene.broker_thread import scene_broker, webhooks
+from tests.scene.nodepods import (
     NodePod,
     agent_status,
     create,
@@ -38,8 +39,7 @@ from tests.e2e.nodepods import (
     pod_body,
     prepare_namespace,
 )
-from tests.e2e.pods import AGENT
-from tests.e2e.scene import scene_broker, webhooks
+from tests.scene.pods import AGENT
 
 from .stats import describe
 

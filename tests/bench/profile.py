@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from tests.bed import Bed
-from tests.integration.test_issue import ROLE
+from tests.scene.broker import ROLE
 
 from .load import LoadPool, processes_for
 from .scene import KV_ROLE, say, scene

@@ -21,9 +21,9 @@ from typing import Any
 import hvac
 
 from broker.api.v1 import broker_pb2, rotation_pb2_grpc
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_watch_rotate import Agent
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.leases import Agent
+from tests.scene.workloads import bearer, broker_stub
 
 from .served import BrokerProcess
 from .workloads import ROTATE_BATCH, Run, _swap, retried, rotate_batch

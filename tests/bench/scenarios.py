@@ -22,10 +22,10 @@ from tests.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import BoundToken, core, new_namespace
-from tests.integration.stores import postgres_database
-from tests.integration.test_issue import MOUNT, ROLE
-from tests.integration.test_webhook import INJECT, harnesses, pod_body
+from tests.scene.broker import MOUNT, ROLE
+from tests.scene.kube_helpers import BoundToken, core, new_namespace
+from tests.scene.stores import postgres_database
+from tests.scene.webhook_harness import INJECT, harnesses, pod_body
 
 from .footprint import agents_footprint, broker_with_streams
 from .load import LoadPool, processes_for

@@ -22,11 +22,11 @@ from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.conftest import KUBE_CLUSTERS
-from tests.integration.engines import mount_postgres
-from tests.integration.kube_helpers import BoundToken, core, pod
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import MOUNT, config, new_approle, new_transit
-from tests.integration.workloads import ACCOUNT, ensure_namespace
+from tests.scene.broker import MOUNT, config, new_approle, new_transit
+from tests.scene.engines import mount_postgres
+from tests.scene.kube_helpers import BoundToken, core, pod
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import ACCOUNT, ensure_namespace
 
 from .served import BrokerProcess, broker_process
 
@@ -159,7 +159,8 @@ def bench_config(
         # own cap (replica_watch_streams, 20,000) stays the default.
         pod_watch_streams=UNLIMITED,
     )
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    data["revocation"] = {"interval": "1s"}
     return data
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from broker.settings import BrokerSettings, load_settings
 from broker.store import Store
-from tests.integration.admin_helpers import SECURITY, admin_channel
+from tests.scene.admin_helpers import SECURITY, admin_channel
 
 KEYFERRY = Path(sys.executable).parent / "keyferry"
 TICKS = os.sysconf("SC_CLK_TCK")

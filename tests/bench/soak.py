@@ -37,10 +37,10 @@ from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
 from broker.settings import load_settings
 from broker.store import LIVE_STATES, LeaseState, Selector, Store
-from tests.integration.admin_helpers import admin_channel
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import MOUNT, ROLE
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.admin_helpers import admin_channel
+from tests.scene.broker import MOUNT, ROLE
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.workloads import bearer, broker_stub
 
 from .footprint import start_broker_process
 from .scene import KV_ROLE, Scene, say, scene
@@ -102,7 +102,10 @@ async def soak(running: Scene, minutes: float, pods: int = PODS) -> SoakResult:
         start_broker_process,
         running,
         running.folder / "soak-broker",
-        {"rotation": {"grace": "1s", "revoke_interval": "1s"}},
+        {
+            "rotation": {"grace": "1s", "resume_interval": "1s"},
+            "revocation": {"interval": "1s"},
+        },
     )
     try:
         tokens = await running.spread(pods)

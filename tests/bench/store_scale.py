@@ -24,7 +24,7 @@ from broker.store import LeaseState, Selector, Store
 from broker.store.config import StoreSettings
 from broker.store.schema import LeaseRow
 from tests.bed.postgres import PostgresServer
-from tests.integration.stores import postgres_database, sqlite_url
+from tests.scene.stores import postgres_database, sqlite_url
 
 from .stats import summarise
 

@@ -24,9 +24,9 @@ import hvac
 from google.protobuf import duration_pb2
 
 from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_watch_rotate import Agent
-from tests.integration.workloads import bearer, broker_stub
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.leases import Agent
+from tests.scene.workloads import bearer, broker_stub
 
 from .served import BrokerProcess
 

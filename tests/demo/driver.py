@@ -28,12 +28,12 @@ from tests.bed.kube import KubeCluster
 from tests.bed.moto import MotoServer
 from tests.bed.node import Node
 from tests.bed.postgres import PostgresServer
-from tests.e2e.kubelet import PodRunner
-from tests.e2e.nodepods import NodeImages, load_images, prepare_namespace
-from tests.e2e.pods import live_leases, live_leases_all
-from tests.e2e.scene import BrokerThread, webhooks
-from tests.integration.kube_helpers import eventually
-from tests.integration.member_clusters import RBAC, broker_kubeconfig
+from tests.scene.broker_thread import BrokerThread, webhooks
+from tests.scene.kube_helpers import eventually
+from tests.scene.kubelet import PodRunner
+from tests.scene.member_clusters import RBAC, broker_kubeconfig
+from tests.scene.nodepods import NodeImages, load_images, prepare_namespace
+from tests.scene.pods import live_leases, live_leases_all
 
 from . import stage
 from .pods import (

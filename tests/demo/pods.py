@@ -16,13 +16,13 @@ from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
 from tests.bed.node import Node
 from tests.bed.postgres import PostgresServer
-from tests.e2e.kubelet import PodRunner
-from tests.e2e.nodepods import NodeImages, NodePod, agent_status, injected
-from tests.e2e.nodepods import create as create_node_pod
-from tests.e2e.nodepods import pod_body as node_pod_body
-from tests.e2e.pods import AGENT, create, dsn_values, mutated, runner_for, until_ready
-from tests.integration.kube_helpers import core
-from tests.integration.workloads import ACCOUNT
+from tests.scene.kube_helpers import core
+from tests.scene.kubelet import PodRunner
+from tests.scene.nodepods import NodeImages, NodePod, agent_status, injected
+from tests.scene.nodepods import create as create_node_pod
+from tests.scene.nodepods import pod_body as node_pod_body
+from tests.scene.pods import AGENT, create, dsn_values, mutated, runner_for, until_ready
+from tests.scene.workloads import ACCOUNT
 
 from .say import Narrator
 

@@ -23,10 +23,10 @@ from tests.bed.moto import MotoServer
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.e2e.scene import BrokerThread
-from tests.integration.engines import enable, enable_approle, mount_aws, mount_postgres
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
+from tests.scene.broker import MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT, config
+from tests.scene.broker_thread import BrokerThread
+from tests.scene.engines import enable, enable_approle, mount_aws, mount_postgres
+from tests.scene.stores import sqlite_url
 
 from .say import Narrator
 

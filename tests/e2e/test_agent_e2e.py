@@ -44,12 +44,19 @@ from tests.bed.kube import KubeCluster
 from tests.bed.moto import REGION, MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import apps, core, eventually
-from tests.integration.test_issue import MOUNT
-from tests.integration.workloads import ensure_namespace
-
-from .kubelet import PodRunner, resident_kib
-from .pods import (
+from tests.scene.broker_thread import (
+    KV_VALUES,
+    BrokerThread,
+    Webhook,
+    mount_internal_tls,
+    mount_kv,
+    mount_s3_reader,
+    serving,
+    webhooks,
+)
+from tests.scene.kube_helpers import apps, core, eventually
+from tests.scene.kubelet import PodRunner, resident_kib
+from tests.scene.pods import (
     AGENT,
     create,
     dsn_values,
@@ -62,16 +69,7 @@ from .pods import (
     until_ready,
     vault_leases,
 )
-from .scene import (
-    KV_VALUES,
-    BrokerThread,
-    Webhook,
-    mount_internal_tls,
-    mount_kv,
-    mount_s3_reader,
-    scene_broker,
-    webhooks,
-)
+from tests.scene.workloads import ensure_namespace
 
 pytestmark = pytest.mark.bed
 NAMES = ("a", "b")
@@ -130,10 +128,8 @@ def broker(
     mount_s3_reader(root, moto)
     folder = tmp_path_factory.mktemp("e2e-broker")
     policies = (Path(__file__).with_name("policies.cedar"),)
-    running = scene_broker(folder, vault, postgres, kube_clusters, policies=policies)
-    yield running
-    running.stop()
-    root.sys.disable_secrets_engine(MOUNT)
+    with serving(folder, vault, postgres, kube_clusters, policies=policies) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

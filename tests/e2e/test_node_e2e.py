@@ -33,10 +33,18 @@ from tests.bed.node import TOLERATION, Node
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
 from tests.conftest import need
-from tests.integration.kube_helpers import core, eventually
-from tests.integration.test_issue import MOUNT
-
-from .nodepods import (
+from tests.scene.broker import MOUNT
+from tests.scene.broker_thread import (
+    BrokerThread,
+    Webhook,
+    mount_internal_tls,
+    mount_kv,
+    mount_s3_reader,
+    scene_broker,
+    webhooks,
+)
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.nodepods import (
     APP_UID,
     SECRETS,
     NodeImages,
@@ -49,16 +57,7 @@ from .nodepods import (
     pod_body,
     prepare_namespace,
 )
-from .pods import AGENT, dsn_values, live_leases, live_leases_all
-from .scene import (
-    BrokerThread,
-    Webhook,
-    mount_internal_tls,
-    mount_kv,
-    mount_s3_reader,
-    scene_broker,
-    webhooks,
-)
+from tests.scene.pods import AGENT, dsn_values, live_leases, live_leases_all
 
 pytestmark = pytest.mark.bed
 RUN = secrets.token_hex(3)

@@ -25,7 +25,6 @@ import grpc
 import hvac
 import psycopg
 import pytest
-import yaml
 from google.protobuf import duration_pb2
 from typer.testing import CliRunner
 
@@ -34,29 +33,16 @@ from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
 from broker.cli.main import app as cli
 from broker.identity.admin_pki import AdminCa
-from broker.server import create_server
-from broker.settings import load_settings
 from broker.store import GrantState, LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
+from tests.scene.broker import DOCS, ROLE, Broker, config, log_in, start_broker
+from tests.scene.clocks import ShiftedClock
+from tests.scene.polling import until
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import error_info
 
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    DOCS,
-    ROLE,
-    Broker,
-    approle,
-    config,
-    log_in,
-    orders_db,
-    root,
-    transit,
-)
-from .test_watch_rotate import ShiftedClock, until
-from .workloads import error_info
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 ALICE, BOB, CAROL = "alice", "bob", "carol"
 GROUPS = {ALICE: ["developers", "security"], BOB: ["security"], CAROL: ["developers"]}
@@ -79,17 +65,13 @@ async def start(
 ) -> Broker:
     data = config(folder, vault, approle, clusters or {}, sqlite_url(folder))
     data["policies"] = [str(policies)]
-    data["rotation"] = {"revoke_interval": "1s"}
+    data["revocation"] = {"interval": "1s"}
+    data["rotation"] = {"resume_interval": "1s"}
     data["access"] = {"max_duration": "4h", "approval_wait": "30m", "expiry_interval": "1s"}
     ca = AdminCa.load(folder / "admin-ca")
     for name, groups in GROUPS.items():
         ca.issue_operator(name, groups)
-    path = folder / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings, clock=clock)
-    await server.start()
-    return Broker(server, port, settings)
+    return await start_broker(data, folder, clock)
 
 
 @pytest.fixture
@@ -101,6 +83,7 @@ async def broker(
     transit: TransitSigner,
     clock: ShiftedClock,
 ) -> AsyncIterator[Broker]:
+    """Unlike the scene's broker: no member cluster, the access operators, fast jobs."""
     running = await start(tmp_path, vault, approle, clock)
     yield running
     await running.server.stop(1)

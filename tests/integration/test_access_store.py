@@ -20,8 +20,7 @@ from broker.store import (
     Store,
     StoreSettings,
 )
-
-from .stores import START, postgres_database, sqlite_url
+from tests.scene.stores import START, postgres_database, sqlite_url
 
 pytestmark = pytest.mark.bed
 WAIT = timedelta(hours=1)

@@ -12,8 +12,7 @@ import socket
 import ssl
 import stat
 import urllib.request
-from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,49 +27,19 @@ from broker.api.v1 import roles_pb2, roles_pb2_grpc, rotation_pb2, rotation_pb2_
 from broker.audit import read_log
 from broker.backends.transit import TransitSigner
 from broker.cli.main import app as cli
-from broker.clock import utcnow
 from broker.identity.admin_pki import create_ca
-from broker.server import create_server
 from broker.server.status import reason_of
-from broker.settings import load_settings
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import free_port
 from tests.bed.vault import VaultServer
+from tests.scene.admin_helpers import PLATFORM, SECURITY
+from tests.scene.broker import Broker, config, issue, start_broker
+from tests.scene.clocks import ManualClock
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import error_info, mint
 
-from .admin_helpers import PLATFORM, SECURITY
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    Broker,
-    approle,
-    config,
-    issue,
-    orders_db,
-    root,
-    start_broker,
-    transit,
-)
-from .workloads import error_info, mint
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 EXAMPLE_ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
-
-
-class ManualClock:
-    """The broker's now: real time until `freeze()`, then only what the test says."""
-
-    def __init__(self) -> None:
-        self.frozen: datetime | None = None
-
-    def __call__(self) -> datetime:
-        return self.frozen or utcnow()
-
-    def freeze(self) -> None:
-        self.frozen = utcnow()
-
-    def advance(self, seconds: float) -> None:
-        assert self.frozen is not None
-        self.frozen += timedelta(seconds=seconds)
 
 
 @pytest.fixture
@@ -79,24 +48,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-async def broker(
-    tmp_path: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    kube_clusters: dict[str, KubeCluster],
-    orders_db: None,
-    transit: TransitSigner,
-    clock: ManualClock,
-) -> AsyncIterator[Broker]:
-    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    data["limits"].update(pod_issue_burst=3, pod_issue_rate=0.5)
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings, clock=clock)
-    await server.start()
-    yield Broker(server, port, settings)
-    await server.stop(1)
+def broker_config(broker_config: dict[str, Any]) -> dict[str, Any]:
+    broker_config["limits"].update(pod_issue_burst=3, pod_issue_rate=0.5)
+    return broker_config
 
 
 def handshake(port: int, ca: Path, cert: tuple[Path, Path] | None) -> None:

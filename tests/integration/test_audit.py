@@ -44,9 +44,8 @@ from broker.store import Store, StoreSettings
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-
-from .engines import enable
-from .stores import TickingClock, postgres_database, sqlite_url
+from tests.scene.engines import enable
+from tests.scene.stores import TickingClock, postgres_database, sqlite_url
 
 MOUNT = "kf-audit-transit"
 KEY = "audit-checkpoints"

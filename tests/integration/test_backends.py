@@ -51,8 +51,7 @@ from tests.bed.moto import REGION, MotoServer
 from tests.bed.ports import LOOPBACK, free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-
-from .engines import (
+from tests.scene.engines import (
     PG_CREATE_OWNER,
     PG_REVOKE_OWNER,
     add_assumed_role,

@@ -38,8 +38,7 @@ from tests.bed.cluster import Cluster
 from tests.bed.kube import ToolFailed
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
-
-from .kube_helpers import core, eventually, new_namespace
+from tests.scene.kube_helpers import core, eventually, new_namespace
 
 pytestmark = pytest.mark.bed
 

@@ -48,15 +48,14 @@ from tests.bed.postgres import PostgresServer
 from tests.bed.relay import Relay
 from tests.bed.vault import VaultServer
 from tests.conftest import need
-from tests.e2e.nodepods import SECRETS, create, pod_body
-from tests.e2e.pods import AGENT, dsn_values
-from tests.e2e.scene import role_catalog
-
-from .admin_helpers import PLATFORM
-from .engines import enable, enable_approle, mount_postgres
-from .kube_helpers import core, eventually
-from .test_issue import HMAC_KEY, MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT
-from .workloads import ensure_namespace
+from tests.scene.admin_helpers import PLATFORM
+from tests.scene.broker import HMAC_KEY, MOUNT, POLICY, TRANSIT_KEY, TRANSIT_MOUNT
+from tests.scene.broker_thread import role_catalog
+from tests.scene.engines import enable, enable_approle, mount_postgres
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.nodepods import SECRETS, create, pod_body
+from tests.scene.pods import AGENT, dsn_values
+from tests.scene.workloads import ensure_namespace
 
 pytestmark = pytest.mark.bed
 

@@ -25,46 +25,16 @@ from broker.store import LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-
-from .admin_helpers import PLATFORM
-from .kube_helpers import core, eventually
-from .member_clusters import broker_kubeconfig
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    Broker,
-    approle,
-    config,
-    issue,
-    log_in,
-    orders_db,
-    refused,
-    root,
-    start_broker,
-    transit,
-)
-from .workloads import error_info, mint
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
+from tests.scene.admin_helpers import PLATFORM
+from tests.scene.broker import Broker, config, issue, log_in, refused, start_broker
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.member_clusters import broker_kubeconfig, register_request
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import error_info, mint
 
 pytestmark = pytest.mark.bed
 UNBOUND = "keyferry-unbound"  # a ServiceAccount the RBAC does not bind
 TEST_NAMESPACE = "kf-pods"
-
-
-def register_request(
-    cluster: KubeCluster, kubeconfig: Path, name: str | None = None, token: str | None = None
-) -> clusters_pb2.RegisterClusterRequest:
-    data = json.loads(kubeconfig.read_text())
-    server = data["clusters"][0]["cluster"]
-    return clusters_pb2.RegisterClusterRequest(
-        name=name or cluster.name,
-        server=server["server"],
-        ca_pem=Path(server["certificate-authority"]).read_text(),
-        credential=clusters_pb2.ClusterCredential(
-            bearer_token=token or data["users"][0]["user"]["token"]
-        ),
-        issuer=cluster.issuer,
-    )
 
 
 @pytest.fixture

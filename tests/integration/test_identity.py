@@ -15,8 +15,7 @@ from broker.errors import Unauthenticated
 from broker.identity import ClusterKeys, TokenVerifier
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import free_port
-
-from .kube_helpers import core, eventually, mint_bound_token
+from tests.scene.kube_helpers import core, eventually, mint_bound_token
 
 
 def _config(cluster: KubeCluster) -> ClusterConfig:

@@ -1,21 +1,17 @@
 """Broker.Issue and Release end to end on the bed: a broker started in-process with
 create_server, the bed's Vault (AppRole with docs/vault-policy.hcl), PostgreSQL behind a
 keyferry database mount, clusters a, b and c minting pod-bound tokens, the example policy
-set and role catalog from docs/examples as they are, and a SQLite (or PostgreSQL) store."""
+set and role catalog from docs/examples as they are, and a SQLite (or PostgreSQL) store:
+the scene's `broker` (tests/scene)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,210 +19,39 @@ import grpc
 import hvac
 import psycopg
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from broker.api.v1 import broker_pb2, roles_pb2, roles_pb2_grpc
 from broker.audit import StoreCheckpointSink, read_log, verify
-from broker.backends import VaultClient, VaultSettings, list_keyferry_leases
+from broker.backends import VaultClient
 from broker.backends.transit import TransitSigner
-from broker.cli.context import CliContext, save_context
 from broker.cli.main import app as cli
-from broker.server import BrokerServer, create_server
 from broker.server.app import BROKER_SERVICE
-from broker.settings import BrokerSettings, load_settings
-from broker.store import LeaseState, Selector, Store
+from broker.store import LeaseState, Selector
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-
-from .admin_helpers import PLATFORM, SECURITY, admin_channel, admin_section
-from .engines import enable, enable_approle, mount_postgres
-from .kube_helpers import core, eventually
-from .stores import postgres_database, sqlite_url
-from .workloads import bearer, broker_stub, error_info, mint
-
-DOCS = Path(__file__).parents[2] / "docs"
-POLICY = DOCS / "vault-policy.hcl"
-MOUNT = "keyferry/db-orders"  # the mount of role orders-db-ro in docs/examples/roles.yaml
-ROLE = "orders-db-ro"
-TRANSIT_MOUNT, TRANSIT_KEY = "keyferry/transit", "audit-checkpoints"
-HMAC_KEY = "test-audit-hmac-key-0123456789abcdef"
+from tests.scene.admin_helpers import PLATFORM
+from tests.scene.broker import (
+    MOUNT,
+    ROLE,
+    Broker,
+    config,
+    issue,
+    log_in,
+    orders_leases,
+    refused,
+    start_broker,
+)
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.stores import postgres_database, sqlite_url
+from tests.scene.workloads import bearer, broker_stub, error_info, mint
 
 pytestmark = pytest.mark.bed
-
-
-# --- the scene, once per module ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def root(vault: VaultServer) -> hvac.Client:
-    return vault.client()
-
-
-@pytest.fixture(scope="module")
-def approle(root: hvac.Client) -> tuple[str, str]:
-    return new_approle(root)
-
-
-@pytest.fixture(scope="module")
-def orders_db(root: hvac.Client, postgres: PostgresServer) -> Iterator[None]:
-    mount_postgres(root, postgres, MOUNT, "ro")
-    yield
-    root.sys.disable_secrets_engine(MOUNT)  # revokes what is left, closes Vault's connections
-
-
-@pytest.fixture(scope="module")
-def transit(root: hvac.Client) -> TransitSigner:
-    return new_transit(root)
-
-
-def new_approle(root: hvac.Client) -> tuple[str, str]:
-    """The broker's AppRole with docs/vault-policy.hcl (also used by tests/bench)."""
-    return enable_approle(root, "keyferry-broker", POLICY.read_text(), "keyferry-broker")
-
-
-def new_transit(root: hvac.Client) -> TransitSigner:
-    """The audit checkpoints' transit key (also used by tests/bench)."""
-    enable(root, "transit", TRANSIT_MOUNT)
-    root.secrets.transit.create_key(name=TRANSIT_KEY, key_type="ed25519", mount_point=TRANSIT_MOUNT)
-    return TransitSigner(root, TRANSIT_KEY, TRANSIT_MOUNT)
-
-
-def config(
-    folder: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    clusters: dict[str, KubeCluster],
-    store_url: str,
-) -> dict[str, Any]:
-    """The bed-style config, as docs/examples/broker.yaml has it, as plain YAML data."""
-    role_id, secret_id = approle
-    return {
-        "data_dir": str(folder / "data"),
-        "vault": {
-            "addr": vault.addr,
-            "approle": {"role_id": role_id, "secret_id": secret_id},
-        },
-        "store": {"url": store_url, "pool_size": 8},
-        "audit": {
-            "log": str(folder / "audit.jsonl"),
-            "hmac_key": HMAC_KEY,
-            "transit_mount": TRANSIT_MOUNT,
-            "transit_key": TRANSIT_KEY,
-        },
-        "sealing": {"key": base64.b64encode(os.urandom(32)).decode()},
-        "policies": [str(DOCS / "examples" / "policies.cedar")],
-        "roles": str(DOCS / "examples" / "roles.yaml"),
-        "clusters": [
-            {
-                "name": c.name,
-                "kubeconfig": str(c.kubeconfig),
-                "context": c.name,
-                "issuer": c.issuer,
-            }
-            for c in clusters.values()
-        ],
-        "workload": {"host": "127.0.0.1", "port": 0},
-        "metrics": {"host": "127.0.0.1", "port": 0},
-        "limits": {"per_pod": 4, "per_cluster": 1000, "pod_issue_burst": 1000},
-        "admin": admin_section(folder / "admin-ca"),
-    }
-
-
-@dataclass
-class Broker:
-    server: BrokerServer
-    port: int
-    settings: BrokerSettings
-
-    @property
-    def ca(self) -> Path:
-        return self.server.tls.cert_path
-
-    def store(self) -> Store:
-        return Store.open(self.settings.store)
-
-    def admin_channel(self, operator: str = SECURITY) -> AbstractAsyncContextManager[Any]:
-        """A mutual-TLS channel to the admin listener as `operator` (see admin_helpers)."""
-        return admin_channel(self.settings, self.server.admin_port, operator)
-
-    def context_file(self, folder: Path, operator: str = SECURITY) -> Path:
-        """A CLI context file for `operator` on this broker's admin listener."""
-        ca = self.settings.admin.client_ca
-        assert ca is not None
-        path = folder / f"{operator}-context.yaml"
-        save_context(
-            path,
-            CliContext(
-                address=f"127.0.0.1:{self.server.admin_port}",
-                ca=ca,
-                cert=ca.parent / "operators" / f"{operator}.crt",
-                key=ca.parent / "operators" / f"{operator}.key",
-            ),
-        )
-        return path
-
-
-async def start_broker(data: dict[str, Any], folder: Path) -> Broker:
-    path = folder / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings)
-    await server.start()
-    return Broker(server, port, settings)
-
-
-@pytest.fixture
-async def broker(
-    tmp_path: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    kube_clusters: dict[str, KubeCluster],
-    orders_db: None,
-    transit: TransitSigner,
-) -> AsyncIterator[Broker]:
-    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    running = await start_broker(data, tmp_path)
-    yield running
-    await running.server.stop(1)
-
-
-@pytest.fixture
-def leases(vault: VaultServer) -> Iterator[VaultClient]:
-    """Vault as an outside observer (root token): which keyferry leases exist."""
-    client = VaultClient(VaultSettings(addr=vault.addr, token=SecretStr(vault.root_token)))
-    yield client
-    client.close()
-
-
-async def orders_leases(client: VaultClient) -> set[str]:
-    return {lease for lease in await list_keyferry_leases(client) if lease.startswith(MOUNT)}
-
-
-async def issue(
-    broker: Broker, token: Any, credential: str = "orders-db", role: str = ROLE
-) -> broker_pb2.IssueResponse:
-    async with broker_stub(broker.port, broker.ca) as stub:
-        return await stub.Issue(
-            broker_pb2.IssueRequest(credential_name=credential, role=role), metadata=bearer(token)
-        )
-
-
-async def refused(broker: Broker, token: Any, credential: str = "orders-db") -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        await issue(broker, token, credential)
-    return caught.value
-
-
-def log_in(postgres: PostgresServer, values: Any) -> None:
-    with postgres.connect(values["username"], values["password"]) as conn:
-        assert conn.execute("select current_user").fetchone() == (values["username"],)
 
 
 # --- the flow ---------------------------------------------------------------------------------

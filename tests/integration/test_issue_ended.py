@@ -20,14 +20,17 @@ from broker.audit import read_log
 from broker.store import LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
+from tests.scene.broker import Broker, issue, log_in
+from tests.scene.clocks import ManualClock
+from tests.scene.workloads import mint
 
-from .test_admin import ManualClock, broker, clock
-from .test_issue import Broker, approle, issue, log_in, orders_db, root, transit
-from .workloads import mint
-
-__all__ = ["approle", "broker", "clock", "orders_db", "root", "transit"]  # fixtures, by name
 pytestmark = pytest.mark.bed
 UNTIL = 60.0  # bound of the poll for the revoker's pass; never asserted
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 async def test_an_ended_lease_is_retired_and_issued_anew_not_replayed(

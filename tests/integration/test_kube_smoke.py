@@ -19,8 +19,7 @@ from tests.bed import Bed
 from tests.bed.etcd import ETCD_VERSION
 from tests.bed.gobuild import HELM_VERSION, K8S_VERSION
 from tests.bed.kube import ADMIN_USER, CHARTS, SHARED_ISSUER, KubeCluster, ToolFailed
-
-from .kube_helpers import (
+from tests.scene.kube_helpers import (
     BoundToken,
     admission,
     apps,
@@ -32,7 +31,7 @@ from .kube_helpers import (
     review,
     verify,
 )
-from .webhook_probe import LABEL_KEY, LABEL_VALUE, WebhookProbe, start_webhook_probe
+from tests.scene.webhook_probe import LABEL_KEY, LABEL_VALUE, WebhookProbe, start_webhook_probe
 
 pytestmark = pytest.mark.bed
 NAMES = ("a", "b", "c")

@@ -15,8 +15,7 @@ from sqlalchemy import insert, text
 from broker.store import LeaseQuery, LeaseState, Selector, Store, StoreSettings
 from broker.store.leases import by_selector
 from broker.store.schema import LeaseRow
-
-from .stores import postgres_database, sqlite_url
+from tests.scene.stores import postgres_database, sqlite_url
 
 pytestmark = pytest.mark.bed
 FLEET = 100_000

@@ -29,8 +29,7 @@ from tests.bed.gobuild import K8S_VERSION
 from tests.bed.kube import SERVICE_IP, KubeCluster
 from tests.bed.node import BUSYBOX_IMAGE, TOLERATION, Node
 from tests.bed.postgres import PostgresServer
-
-from .kube_helpers import apps, core, eventually, new_namespace
+from tests.scene.kube_helpers import apps, core, eventually, new_namespace
 
 pytestmark = pytest.mark.bed
 AUDIENCE = "keyferry:a"

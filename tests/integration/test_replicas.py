@@ -35,9 +35,11 @@ from tests.bed.bed import Bed
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer, start_postgres
 from tests.bed.vault import VaultServer
-
-from .kube_helpers import BoundToken
-from .replicas import (
+from tests.scene.broker import config
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.leases import Agent, works
+from tests.scene.polling import until
+from tests.scene.replicas import (
     LeaderWatch,
     Replica,
     chain_verifies,
@@ -52,19 +54,9 @@ from .replicas import (
     watching,
     write_config,
 )
-from .test_issue import approle, config, orders_db, root, transit
-from .test_watch_rotate import Agent, until, works
-from .workloads import bearer, broker_stub, mint
+from tests.scene.workloads import bearer, broker_stub, mint
 
-__all__ = [  # fixtures, used by name
-    "approle",
-    "orders_db",
-    "root",
-    "store",
-    "store_dsn",
-    "transit",
-    "vault_leases",
-]
+__all__ = ["store", "store_dsn", "vault_leases"]  # fixtures of tests/scene/replicas.py
 pytestmark = pytest.mark.bed
 PODS = 6
 GRACE = 5  # seconds an unacknowledged rotated-away credential lives
@@ -82,9 +74,10 @@ def shared(
 ) -> dict[str, Any]:
     """The settings both replicas share (the store, Vault, keys, admin CA, roles)."""
     data = config(tmp_path, vault, approle, kube_clusters, store_dsn)
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+    data["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    data["revocation"] = {"interval": "1s", "backoff": "1s"}
     data["renewal"] = {"interval": "1h"}  # renewals are not what this test is about
-    data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
+    data["scheduler"] = {"leadership": "1s"}
     return data
 
 

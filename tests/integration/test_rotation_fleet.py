@@ -14,14 +14,13 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import hvac
-import psycopg
 import pytest
 import yaml
 from google.protobuf import duration_pb2
@@ -30,33 +29,18 @@ from typer.testing import CliRunner, Result
 from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.cli.exits import CONFIG, NOTHING_SELECTED
 from broker.cli.main import app as cli
-from broker.server import create_server
 from broker.service.common.audit_trail import system_principal
-from broker.settings import load_settings
 from broker.store import LeaseRequest, LeaseState, PendingLease
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import VaultServer
+from tests.scene.admin_helpers import PLATFORM, SECURITY
+from tests.scene.broker import DOCS, ROLE, Broker, issue, log_in
+from tests.scene.clocks import ShiftedClock
+from tests.scene.engines import mount_postgres
+from tests.scene.leases import Agent, rotate, works
+from tests.scene.polling import until
+from tests.scene.workloads import broker_stub, error_info, mint
 
-from .admin_helpers import PLATFORM, SECURITY
-from .engines import mount_postgres
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    DOCS,
-    ROLE,
-    Broker,
-    approle,
-    config,
-    issue,
-    log_in,
-    orders_db,
-    root,
-    transit,
-)
-from .test_watch_rotate import Agent, ShiftedClock, rotate, until
-from .workloads import broker_stub, error_info, mint
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 FLEET_POLICY = """
 @id("fleet-workloads-issue")
@@ -101,39 +85,22 @@ def root_db(root: hvac.Client, postgres: PostgresServer) -> Iterator[tuple[str, 
 
 
 @pytest.fixture
-async def broker(
-    tmp_path: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    kube_clusters: dict[str, KubeCluster],
-    orders_db: None,
-    root_db: tuple[str, str],
-    transit: Any,
-    clock: ShiftedClock,
-) -> AsyncIterator[Broker]:
-    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
+def broker_config(
+    tmp_path: Path, broker_config: dict[str, Any], root_db: tuple[str, str]
+) -> dict[str, Any]:
     policy = tmp_path / "fleet.cedar"
     policy.write_text(FLEET_POLICY)
-    data["policies"].append(str(policy))
+    broker_config["policies"].append(str(policy))
     roles = yaml.safe_load((DOCS / "examples" / "roles.yaml").read_text())
     roles.append({"name": ROOT_ROLE, "kind": "database", "mount": "db-root", "vault_role": "ro"})
     (tmp_path / "roles.yaml").write_text(yaml.safe_dump(roles))
-    data["roles"] = str(tmp_path / "roles.yaml")
-    data["rotation"] = {
-        "grace": "1h",
-        "revoke_interval": "1s",
-        "concurrency": 4,
-        "reconcile_interval": "1h",  # the tests run passes themselves
-        "orphan_age": "2m",
-    }
-    data["renewal"] = {"interval": "1h", "window": "2m"}
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings, clock=clock)
-    await server.start()
-    yield Broker(server, port, settings)
-    await server.stop(1)
+    broker_config["roles"] = str(tmp_path / "roles.yaml")
+    broker_config["rotation"] = {"grace": "1h", "resume_interval": "1s", "concurrency": 4}
+    broker_config["revocation"] = {"interval": "1s"}
+    # The tests run reconcile's passes themselves.
+    broker_config["reconcile"] = {"interval": "1h", "orphan_age": "2m"}
+    broker_config["renewal"] = {"interval": "1h", "window": "2m"}
+    return broker_config
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -168,14 +135,6 @@ def document(result: Result) -> dict[str, Any]:
     text = result.stdout
     parsed: dict[str, Any] = json.loads(text[text.index("{") :])
     return parsed
-
-
-def works(postgres: PostgresServer, values: dict[str, str]) -> bool:
-    try:
-        log_in(postgres, values)
-    except psycopg.OperationalError:
-        return False
-    return True
 
 
 def states(broker: Broker, lease_ids: list[str]) -> dict[str, LeaseState]:
@@ -487,7 +446,7 @@ async def test_reconcile_revokes_vault_orphans_closes_leases_vault_lost_and_fail
     }
     assert works(postgres, orphan_login)
 
-    clock.offset = broker.settings.rotation.orphan_age + broker.settings.rotation.orphan_age
+    clock.offset = broker.settings.reconcile.orphan_age + broker.settings.reconcile.orphan_age
     second = await reconciler.run_once()
     assert second.revoked >= 1
     assert second.settled == 1

@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, timedelta
-from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
-from broker.backends.transit import TransitSigner
 from broker.clock import utcnow
 from broker.models.roles import RotationSchedule
-from broker.server import create_server
-from broker.settings import load_settings
 from broker.store import LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import VaultServer
+from tests.scene.broker import ROLE, Broker, issue
+from tests.scene.clocks import ShiftedClock
+from tests.scene.leases import Agent, state_of, works
+from tests.scene.polling import until
+from tests.scene.workloads import broker_stub, mint
 
-from .stores import sqlite_url
-from .test_issue import ROLE, Broker, approle, config, issue, orders_db, root, transit
-from .test_watch_rotate import Agent, ShiftedClock, state_of, until, works
-from .workloads import broker_stub, mint
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 
 
@@ -41,26 +34,12 @@ def clock() -> ShiftedClock:
 
 
 @pytest.fixture
-async def broker(
-    tmp_path: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    kube_clusters: dict[str, KubeCluster],
-    orders_db: None,
-    transit: TransitSigner,
-    clock: ShiftedClock,
-) -> AsyncIterator[Broker]:
-    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    # The role's max TTL is 1h (tests/integration/engines.py): asking for 2h is always capped.
-    data["renewal"] = {"interval": "1h", "window": "2m", "increment": "2h"}
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1h"}
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings, clock=clock)
-    await server.start()
-    yield Broker(server, port, settings)
-    await server.stop(1)
+def broker_config(broker_config: dict[str, Any]) -> dict[str, Any]:
+    # The role's max TTL is 1h (tests/scene/engines.py): asking for 2h is always capped.
+    broker_config["renewal"] = {"interval": "1h", "window": "2m", "increment": "2h"}
+    broker_config["rotation"] = {"grace": "1h", "resume_interval": "1h"}
+    broker_config["revocation"] = {"interval": "1h"}
+    return broker_config
 
 
 async def test_a_lease_capped_at_its_max_ttl_is_reissued_and_pushed_before_it_ends(

@@ -37,8 +37,7 @@ from broker.store import (
 from broker.store.migrate import VERSION_TABLE
 from broker.store.schema import Base
 from tests.bed.ports import free_port
-
-from .stores import TickingClock, postgres_database, sqlite_url
+from tests.scene.stores import TickingClock, postgres_database, sqlite_url
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -17,8 +17,7 @@ from tests.bed.mariadb import MariaDBServer
 from tests.bed.moto import REGION, MotoServer
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-
-from .engines import enable, mount_aws, mount_mariadb, mount_postgres
+from tests.scene.engines import enable, mount_aws, mount_mariadb, mount_postgres
 
 
 def test_postgres_role_logs_in_until_revoked(vault: VaultServer, postgres: PostgresServer) -> None:

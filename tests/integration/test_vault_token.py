@@ -1,6 +1,6 @@
 """The broker's own Vault token outlives an idle broker. Vault revokes every lease a token
 created when that token expires, so each replica renews its token on a timer
-(`scheduler.vault_token`), not only when a call happens to need Vault.
+(`vault.token_check_interval`), not only when a call happens to need Vault.
 
 On the bed: an AppRole whose tokens live TOKEN_TTL seconds, a broker that issues one lease
 and then makes no call of its own for three of the token's lifetimes (no Watch, so no lease
@@ -19,22 +19,11 @@ import pytest
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
+from tests.scene.broker import POLICY, config, issue, log_in, start_broker
+from tests.scene.engines import enable_approle
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import mint
 
-from .engines import enable_approle
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    POLICY,
-    config,
-    issue,
-    log_in,
-    orders_db,
-    root,
-    start_broker,
-    transit,
-)
-from .workloads import mint
-
-__all__ = ["orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 TOKEN_TTL = 4  # seconds
 
@@ -52,7 +41,7 @@ async def test_an_idle_broker_keeps_its_token_and_so_its_leases(
         root, "keyferry-broker", POLICY.read_text(), "keyferry-idle", token_ttl=f"{TOKEN_TTL}s"
     )
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    data["scheduler"] = {"vault_token": "1s"}
+    data["vault"]["token_check_interval"] = "1s"
     broker = await start_broker(data, tmp_path)
     try:
         issued = await issue(broker, mint(kube_clusters["a"]))

@@ -1,6 +1,6 @@
 """Broker.Watch, Rotation.RotateLeases, the broker's renewals and Broker.Renew on the bed.
 
-The same scene as test_issue.py (in-process broker, Vault with AppRole, PostgreSQL behind a
+The scene's broker (tests/scene: in-process broker, Vault with AppRole, PostgreSQL behind a
 keyferry database mount, pod-bound tokens from bed clusters), plus a controlled clock: the
 broker reads "now" from `ShiftedClock`, so a test moves a token's end or a renewal window
 by shifting the clock, never by waiting. Waiting for Vault and PostgreSQL to act is a
@@ -11,74 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import hvac
-import psycopg
 import pytest
-import yaml
-from google.protobuf import duration_pb2
 from typer.testing import CliRunner
 
-from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
+from broker.api.v1 import broker_pb2
 from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
 from broker.cli.exits import NOTHING_SELECTED
 from broker.cli.main import app as cli
-from broker.clock import utcnow
-from broker.server import create_server
-from broker.settings import load_settings
 from broker.store import LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import VaultServer
+from tests.scene.admin_helpers import SECURITY
+from tests.scene.broker import ROLE, Broker, issue, log_in
+from tests.scene.clocks import ShiftedClock
+from tests.scene.leases import Agent, rotate, state_of, works
+from tests.scene.polling import until
+from tests.scene.workloads import bearer, broker_stub, error_info, mint
 
-from .admin_helpers import SECURITY
-from .stores import sqlite_url
-from .test_issue import (  # the scene's module fixtures, shared with the Issue tests
-    ROLE,
-    Broker,
-    approle,
-    config,
-    issue,
-    log_in,
-    orders_db,
-    root,
-    transit,
-)
-from .workloads import bearer, broker_stub, error_info, mint
-
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
-T = TypeVar("T")
-UNTIL = 30.0  # bound of every poll; generous, and never asserted
-READ = 30.0  # bound of waiting for one Watch event
-
-
-class ShiftedClock:
-    """The broker's now: the real time plus `offset`, which a test moves."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.offset
-
-
-async def until(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Poll an async probe until it returns something truthy, at most UNTIL seconds."""
-    deadline = asyncio.get_running_loop().time() + UNTIL
-    while True:
-        result = await probe()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -87,82 +44,14 @@ def clock() -> ShiftedClock:
 
 
 @pytest.fixture
-async def broker(
-    tmp_path: Path,
-    vault: VaultServer,
-    approle: tuple[str, str],
-    kube_clusters: dict[str, KubeCluster],
-    orders_db: None,
-    transit: TransitSigner,
-    clock: ShiftedClock,
-) -> AsyncIterator[Broker]:
-    data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
-    data["rotation"] = {"grace": "1h", "revoke_interval": "1s"}
+def broker_config(broker_config: dict[str, Any]) -> dict[str, Any]:
+    broker_config["rotation"] = {"grace": "1h", "resume_interval": "1s"}
+    broker_config["revocation"] = {"interval": "1s"}
     # Renewals run when the test says (renew_due), not on the loop's own schedule.
-    data["renewal"] = {"interval": "1h", "window": "2m", "increment": "30m"}
+    broker_config["renewal"] = {"interval": "1h", "window": "2m", "increment": "30m"}
     # A stream re-reads the clock at its re-check: a shifted clock is seen within a second.
-    data["limits"]["watch_recheck"] = "1s"
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(data))
-    settings = load_settings(path)
-    server, port = await create_server(settings, clock=clock)
-    await server.start()
-    running = Broker(server, port, settings)
-    yield running
-    await server.stop(1)
-
-
-class Agent:
-    """An agent-like Watch client: reads events, sends Acks."""
-
-    def __init__(self, stub: Any, token: Any) -> None:
-        self._acks: asyncio.Queue[broker_pb2.WatchRequest | None] = asyncio.Queue()
-        self.call = stub.Watch(self._requests(), metadata=bearer(token))
-
-    async def _requests(self) -> AsyncIterator[broker_pb2.WatchRequest]:
-        while (request := await self._acks.get()) is not None:
-            yield request
-
-    async def next(self) -> broker_pb2.WatchResponse:
-        event = await asyncio.wait_for(self.call.read(), READ)
-        assert isinstance(event, broker_pb2.WatchResponse), f"stream ended: {event!r}"
-        return event
-
-    async def ack(self, lease: broker_pb2.Lease) -> None:
-        ack = broker_pb2.Ack(lease_id=lease.id, generation=lease.generation)
-        await self._acks.put(broker_pb2.WatchRequest(ack=ack))
-
-    def close(self) -> None:
-        self._acks.put_nowait(None)
-        self.call.cancel()
-
-
-async def rotate(broker: Broker, lease_id: str, grace: timedelta) -> rotation_pb2.LeaseRotation:
-    duration = duration_pb2.Duration()
-    duration.FromTimedelta(grace)
-    request = rotation_pb2.RotateLeasesRequest(lease_ids=[lease_id], grace=duration)
-    async with broker.admin_channel() as channel:
-        stub: Any = rotation_pb2_grpc.RotationServiceStub(channel)
-        reply = await stub.RotateLeases(request)
-    assert len(reply.rotations) == 1
-    rotation: rotation_pb2.LeaseRotation = reply.rotations[0]
-    return rotation
-
-
-def works(postgres: PostgresServer, values: Any) -> bool:
-    try:
-        log_in(postgres, values)
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-def state_of(broker: Broker, lease_id: str) -> LeaseState:
-    store = broker.store()
-    try:
-        return store.leases.get(lease_id).state
-    finally:
-        store.close()
+    broker_config["limits"]["watch_recheck"] = "1s"
+    return broker_config
 
 
 async def revoked_and_dead(

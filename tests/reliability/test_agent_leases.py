@@ -1,6 +1,6 @@
 """Issue 10, "Lease explosion: 50 pods whose app and agent crash-loop for 10 minutes hold at
 most one lease per credential each; per-cluster caps hold under a burst of new pods", on the
-bed. Each agent is the agent's own session and channel, in one process (tests/e2e/agents.py).
+bed. Each agent is the agent's own session and channel, in one process (tests/scene/agents.py).
 
 Crash loop: every pod has two credentials; each pod's agent dies again and again on its own
 schedule (alternately right after its files are written and in the middle of Issue,
@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,11 +40,12 @@ from broker.store import LeaseRecord, LeaseState, Selector
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.e2e.agents import PodAgent, pod_agents
-from tests.e2e.pods import dsn_values, live_leases, live_leases_all, vault_leases
-from tests.e2e.scene import BrokerThread, scene_broker
-from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
+from tests.scene.agents import PodAgent, pod_agents
+from tests.scene.broker import MOUNT
+from tests.scene.broker_thread import BrokerThread, serving
+from tests.scene.pods import dsn_values, live_leases, live_leases_all, vault_leases
+from tests.scene.polling import until_true
 
 PODS = pick(10, 50)
 CREDENTIALS = ("db", "db2")
@@ -73,17 +75,11 @@ def broker(
 ) -> Iterator[BrokerThread]:
     folder = tmp_path_factory.mktemp("leases-broker")
     limits = {"per_cluster": CLUSTER_CAP}
-    running = scene_broker(folder, vault, postgres, kube_clusters, limits=limits, ttl=LEASE_TTL)
-    yield running
-    running.stop()
-    vault.client().sys.disable_secrets_engine(MOUNT)
+    with serving(folder, vault, postgres, kube_clusters, limits=limits, ttl=LEASE_TTL) as running:
+        yield running
 
 
-async def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not probe():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.05)
+until = functools.partial(until_true, within=WAIT_SECONDS, every=0.05)
 
 
 async def die(agent: PodAgent, mid_issue: bool) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,10 +34,10 @@ from injector.contract import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.e2e.agents import Agents, Proxy, pod_agents
-from tests.e2e.scene import BrokerThread, scene_broker
-from tests.integration.test_issue import MOUNT
 from tests.reliability.scale import pick
+from tests.scene.agents import Agents, Proxy, pod_agents
+from tests.scene.broker_thread import BrokerThread, serving
+from tests.scene.polling import until_true
 
 AGENTS = 12
 BASE, CAP = pick((0.025, 0.4), (BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS))
@@ -62,17 +63,11 @@ def broker(
     kube_clusters: dict[str, KubeCluster],
 ) -> Iterator[BrokerThread]:
     folder = tmp_path_factory.mktemp("outage-broker")
-    running = scene_broker(folder, vault, postgres, kube_clusters, ttl=LEASE_TTL)
-    yield running
-    running.stop()
-    vault.client().sys.disable_secrets_engine(MOUNT)
+    with serving(folder, vault, postgres, kube_clusters, ttl=LEASE_TTL) as running:
+        yield running
 
 
-async def until(probe: Callable[[], bool], what: str, seconds: float = WAIT_SECONDS) -> None:
-    deadline = time.monotonic() + seconds
-    while not probe():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.05)
+until = functools.partial(until_true, within=WAIT_SECONDS, every=0.05)
 
 
 async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come_back(
@@ -112,7 +107,7 @@ async def test_agents_back_off_with_jitter_while_the_broker_is_away_and_all_come
                 for a in agents
             ),
             f"every agent waiting {AT_CAP} times at the cap",
-            OUTAGE_SECONDS,
+            within=OUTAGE_SECONDS,
         )
         back_at = time.monotonic()
         during = [draw for draw in record.draws if draw.at < back_at]

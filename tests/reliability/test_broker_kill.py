@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -26,23 +25,15 @@ from broker.store import LIVE_STATES, LeaseQuery, LeaseRecord, LeaseState, Store
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.admin_helpers import admin_channel
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (  # the Issue tests' scene, shared
-    MOUNT,
-    ROLE,
-    approle,
-    config,
-    log_in,
-    orders_db,
-    root,
-    transit,
-)
-from tests.integration.workloads import bearer, broker_stub, mint
+from tests.scene.admin_helpers import admin_channel
+from tests.scene.broker import MOUNT, ROLE, config, log_in
+from tests.scene.leases import works
+from tests.scene.polling import until
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import bearer, broker_stub, mint
 
 from .broker_process import BrokerProcess
 
-__all__ = ["approle", "orders_db", "root", "transit"]  # fixtures, used by name
 pytestmark = pytest.mark.bed
 UNTIL = 120.0
 FLEET_POLICY = """
@@ -67,12 +58,12 @@ def broker(
     data["policies"].append(str(policy))
     data["rotation"] = {
         "grace": "2s",
-        "revoke_interval": "1s",
+        "resume_interval": "1s",
         "concurrency": 2,
         "resume_after": "2s",
-        "reconcile_interval": "2s",
-        "orphan_age": "2s",
     }
+    data["revocation"] = {"interval": "1s"}
+    data["reconcile"] = {"interval": "2s", "orphan_age": "2s"}
     data["limits"] = {"per_pod": 4, "per_cluster": 1000, "pod_issue_burst": 1000}
     process = BrokerProcess(data, tmp_path)
     process.start()
@@ -120,22 +111,6 @@ def held_vault_ids(broker: BrokerProcess) -> set[str]:
 
 async def vault_ids(vault_view: VaultClient) -> set[str]:
     return {lease for lease in await list_keyferry_leases(vault_view) if lease.startswith(MOUNT)}
-
-
-async def until(probe: Any, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + UNTIL
-    while not await probe():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.5)
-
-
-def works(postgres: PostgresServer, values: Any) -> bool:
-    try:
-        log_in(postgres, values)
-    except psycopg.OperationalError:
-        return False
-    return True
 
 
 async def mint_many(cluster: KubeCluster, namespace: str, count: int) -> list[Any]:
@@ -191,7 +166,12 @@ async def test_a_broker_killed_mid_rotation_resumes_after_restart_and_orphans_no
         in_vault = await vault_ids(vault_view)
         return old_done and each_pod_rotated and in_vault == held_vault_ids(broker)
 
-    await until(settled, "every selected lease rotated, old ones revoked, Vault == store")
+    await until(
+        settled,
+        "every selected lease rotated, old ones revoked, Vault == store",
+        within=UNTIL,
+        every=0.5,
+    )
     rows = leases(broker, namespace)
     assert not [r for r in rows if r.state in (LeaseState.PENDING, LeaseState.REVOKING)]
     for values in old.values():
@@ -232,7 +212,12 @@ async def test_kill_during_200_concurrent_issues_then_every_vault_lease_is_known
             return False
         return await vault_ids(vault_view) <= held_vault_ids(broker)
 
-    await until(agreed, "every Vault lease under the mount known to the store, or revoked")
+    await until(
+        agreed,
+        "every Vault lease under the mount known to the store, or revoked",
+        within=UNTIL,
+        every=0.5,
+    )
     rows = leases(broker, namespace)
     in_vault = await vault_ids(vault_view)
     held = held_vault_ids(broker)

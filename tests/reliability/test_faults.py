@@ -25,7 +25,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,8 @@ from broker.store import LeaseState, Selector
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.engines import mount_postgres
-from tests.integration.kube_helpers import core, eventually
-from tests.integration.stores import sqlite_url
-from tests.integration.test_admin import ManualClock
-from tests.integration.test_issue import (
+from tests.reliability.scale import pick
+from tests.scene.broker import (
     MOUNT,
     ROLE,
     Broker,
@@ -60,8 +57,11 @@ from tests.integration.test_issue import (
     refused,
     start_broker,
 )
-from tests.integration.workloads import bearer, broker_stub, error_info, mint, retry_delay
-from tests.reliability.scale import pick
+from tests.scene.clocks import ManualClock
+from tests.scene.engines import mount_postgres
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import bearer, broker_stub, error_info, mint, retry_delay
 
 pytestmark = pytest.mark.bed
 OUTAGE = pick(10.0, 60.0)  # seconds Vault stays down (full scale: the issue's 60 s)
@@ -194,19 +194,17 @@ def dev_scene(vault: VaultServer, postgres: PostgresServer) -> Iterator[tuple[st
 
 
 @pytest.fixture
-async def broker(
+def broker_config(
     tmp_path: Path,
     vault: VaultServer,
     dev_scene: tuple[str, str],
     kube_clusters: dict[str, KubeCluster],
-) -> AsyncIterator[Broker]:
+) -> dict[str, Any]:
+    """The scene's broker on this module's own Vault scene, its audit log in a folder of
+    its own (a test takes that folder away)."""
     data = config(tmp_path, vault, dev_scene, kube_clusters, sqlite_url(tmp_path))
     data["audit"]["log"] = str(tmp_path / "audit" / "audit.jsonl")
-    running = await start_broker(data, tmp_path)
-    try:
-        yield running
-    finally:
-        await running.server.stop(1)
+    return data
 
 
 async def test_an_unwritable_audit_sink_refuses_every_request(

@@ -58,9 +58,12 @@ from broker.store import LeaseQuery, LeaseRecord, LeaseState, Store
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.engines import mount_postgres
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.replicas import (
+from tests.scene.broker import MOUNT, config
+from tests.scene.engines import mount_postgres
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.leases import Agent, works
+from tests.scene.polling import until
+from tests.scene.replicas import (
     LeaderWatch,
     Replica,
     chain_verifies,
@@ -73,22 +76,13 @@ from tests.integration.replicas import (
     vault_leases,
     watching,
 )
-from tests.integration.test_issue import MOUNT, approle, config, root, transit
-from tests.integration.test_watch_rotate import Agent, works
-from tests.integration.workloads import broker_stub, mint
+from tests.scene.workloads import broker_stub, mint
 
 from .scale import pick
-from .test_broker_kill import until
 
-__all__ = [  # fixtures, used by name
-    "approle",
-    "root",
-    "store",
-    "store_dsn",
-    "transit",
-    "vault_leases",
-]
+__all__ = ["store", "store_dsn", "vault_leases"]  # fixtures of tests/scene/replicas.py
 pytestmark = pytest.mark.bed
+UNTIL, EVERY = 120.0, 0.5  # the polls' bound and period, as in test_broker_kill
 ROUNDS = pick(3, 20)
 PODS = pick(6, 10)
 TTL = 30  # seconds: the Vault role's default lease TTL, and what a renewal extends by
@@ -123,17 +117,17 @@ def shared(
     data = config(tmp_path, vault, approle, {n: kube_clusters[n] for n in "ab"}, store_dsn)
     data["rotation"] = {
         "grace": "5s",
-        "revoke_interval": "1s",
+        "resume_interval": "1s",
         "concurrency": 2,
         "resume_after": "2s",
-        "reconcile_interval": "2s",
-        "orphan_age": "3s",
     }
+    data["revocation"] = {"interval": "1s", "backoff": "1s"}
+    data["reconcile"] = {"interval": "2s", "orphan_age": "3s"}
     # Renewed early (after 20-30% of the TTL): a stream that cannot be opened again for
     # a while (after a kill, a busy API server answers Watch's pod lookups late, for 10 s
     # and more on a loaded bed) still finds its lease alive when it is back.
     data["renewal"] = {"interval": "1s", "fraction": 0.3, "window": "10s"}
-    data["scheduler"] = {"leadership": "1s", "revoke_backoff": "1s"}
+    data["scheduler"] = {"leadership": "1s"}
     return data
 
 
@@ -291,13 +285,23 @@ async def one_round(
         assert cut, f"round {number}: the rotation failed on the survivor: {failed!r}"
     record.rotation = "cut by the kill" if isinstance(failed, BaseException) else "done"
     if led:
-        await until(lambda: asyncio.to_thread(leader_of, replicas), "the survivor leads")
+        await until(
+            lambda: asyncio.to_thread(leader_of, replicas),
+            "the survivor leads",
+            within=UNTIL,
+            every=EVERY,
+        )
         record.failover = round(time.monotonic() - killed, 2)
     await asyncio.sleep(rng.uniform(0, 2))  # the survivor alone for a while
     began = time.monotonic()
     await victim.restart()
     record.restart = round(time.monotonic() - began, 2)
-    await until(lambda: asyncio.to_thread(leader_of, replicas), "one replica leads")
+    await until(
+        lambda: asyncio.to_thread(leader_of, replicas),
+        "one replica leads",
+        within=UNTIL,
+        every=EVERY,
+    )
     return record
 
 
@@ -319,7 +323,12 @@ async def test_replicas_killed_at_random_points_of_rotations_miss_nothing_and_re
     logins_before = await asyncio.to_thread(vault_logins, postgres)
     replicas = [await start_replica(tmp_path, name, shared) for name in ("one", "two")]
     try:
-        await until(lambda: asyncio.to_thread(leader_of, replicas), "one replica leads")
+        await until(
+            lambda: asyncio.to_thread(leader_of, replicas),
+            "one replica leads",
+            within=UNTIL,
+            every=EVERY,
+        )
         tokens = [
             mint(kube_clusters["ab"[n % 2]], pod_prefix="kills", seconds=TOKEN_SECONDS)
             for n in range(PODS)
@@ -344,7 +353,12 @@ async def test_replicas_killed_at_random_points_of_rotations_miss_nothing_and_re
                 return not left[0]
 
             try:
-                await until(settled, "one live lease per pod, held by its agent, nothing pending")
+                await until(
+                    settled,
+                    "one live lease per pod, held by its agent, nothing pending",
+                    within=UNTIL,
+                    every=EVERY,
+                )
             except AssertionError as never:
                 raise AssertionError(f"seed {SEED}: {never}; left: {left[0]}") from None
         report(rounds, agents)

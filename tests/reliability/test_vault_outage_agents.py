@@ -2,7 +2,7 @@
 files", on the bed — the agents' side of tests/reliability/test_faults.py's Vault outage.
 
 Four pods of cluster a hold a PostgreSQL credential each through the agent's own session
-and channel (tests/e2e/agents.py), with Watch open, from a broker on the persistent Vault
+and channel (tests/scene/agents.py), with Watch open, from a broker on the persistent Vault
 (its leases survive a restart). Vault's lease TTL is 3 x OUTAGE and the broker renews at
 1/6 of a lease's lifetime, so renewals fall due while Vault is stopped for OUTAGE seconds
 (10 s; KEYFERRY_FAULT_SCALE=full: the issue's 60 s) and every lease outlives the outage.
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,12 +38,13 @@ from injector.probe import EXIT_OK, check
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.e2e.agents import Agents, PodAgent, pod_agents
-from tests.e2e.pods import vault_leases
-from tests.e2e.scene import BrokerThread, scene_broker
-from tests.integration.test_issue import MOUNT, refused
-from tests.integration.workloads import error_info, mint, retry_delay
 from tests.reliability.scale import pick
+from tests.scene.agents import Agents, PodAgent, pod_agents
+from tests.scene.broker import MOUNT, refused
+from tests.scene.broker_thread import BrokerThread, serving
+from tests.scene.pods import vault_leases
+from tests.scene.polling import until_true
+from tests.scene.workloads import error_info, mint, retry_delay
 
 pytestmark = pytest.mark.bed
 OUTAGE = pick(10.0, 60.0)  # seconds Vault stays down
@@ -61,17 +63,15 @@ def broker(
     kube_clusters: dict[str, KubeCluster],
 ) -> Iterator[BrokerThread]:
     renewal = {"interval": "1s", "fraction": 1 / 6, "jitter": 0.0, "window": "1s"}
-    running = scene_broker(
+    with serving(
         tmp_path_factory.mktemp("vault-outage-broker"),
         vault_persistent,
         postgres,
         kube_clusters,
         renewal=renewal,
         ttl=f"{TTL}s",
-    )
-    yield running
-    running.stop()
-    vault_persistent.client().sys.disable_secrets_engine(MOUNT)
+    ) as running:
+        yield running
 
 
 def leases(broker: BrokerThread) -> dict[str, LeaseRecord]:
@@ -105,11 +105,7 @@ def held_end(agent: PodAgent) -> datetime:
     return end
 
 
-async def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + UNTIL
-    while not probe():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.1)
+until = functools.partial(until_true, within=UNTIL, every=0.1)
 
 
 async def test_agents_keep_their_files_while_vault_is_stopped_and_renew_once_it_is_back(

@@ -39,13 +39,12 @@ from tests.bed.kube import KubeCluster
 from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
 from tests.bed.postgres import PostgresServer
-from tests.integration.admin_helpers import PLATFORM
-from tests.integration.member_clusters import broker_kubeconfig
-from tests.integration.test_clusters import register_request
-from tests.integration.test_issue import Broker, issue, log_in, orders_leases, refused
-from tests.integration.workloads import mint
+from tests.scene.admin_helpers import PLATFORM
+from tests.scene.broker import Broker, issue, log_in, orders_leases, refused
+from tests.scene.member_clusters import broker_kubeconfig, register_request
+from tests.scene.workloads import mint
 
-from .scene import Exposure, assert_no_lease, audit_records, reason, store_rows
+from .attack_scene import Exposure, assert_no_lease, audit_records, reason, store_rows
 
 pytestmark = pytest.mark.bed
 ROGUE_ISSUER = "https://rogue.example.invalid"

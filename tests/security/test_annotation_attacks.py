@@ -16,10 +16,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from tests.bed.kube import KubeCluster
-from tests.integration.kube_helpers import core
-from tests.integration.test_webhook import INJECT, Harness, harnesses, pod_body
+from tests.scene.kube_helpers import core
+from tests.scene.webhook_harness import INJECT, Harness, harnesses, pod_body
 
-from .scene import Exposure
+from .attack_scene import Exposure
 
 pytestmark = pytest.mark.bed
 

@@ -33,10 +33,10 @@ from broker.backends.transit import TransitSigner
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
 from tests.bench.served import BrokerProcess, broker_process, rss_mib
-from tests.integration.kube_helpers import core
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import config
-from tests.integration.workloads import bearer, broker_stub, error_info, mint
+from tests.scene.broker import config
+from tests.scene.kube_helpers import core
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import bearer, broker_stub, error_info, mint
 
 pytestmark = pytest.mark.bed
 READ = 30.0  # bound of waiting for one Watch event or end; never asserted

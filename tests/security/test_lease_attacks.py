@@ -18,11 +18,11 @@ from broker.backends import VaultClient
 from broker.store import LeaseState
 from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
-from tests.integration.kube_helpers import eventually
-from tests.integration.test_issue import Broker, issue, log_in, orders_leases
-from tests.integration.workloads import bearer, broker_stub, mint
+from tests.scene.broker import Broker, issue, log_in, orders_leases
+from tests.scene.kube_helpers import eventually
+from tests.scene.workloads import bearer, broker_stub, mint
 
-from .scene import Exposure, assert_no_lease, audit_records, denials, reason, store_rows
+from .attack_scene import Exposure, assert_no_lease, audit_records, denials, reason, store_rows
 
 pytestmark = pytest.mark.bed
 

@@ -27,11 +27,11 @@ from kubernetes import client as k8s
 
 from broker.backends import VaultClient
 from tests.bed.kube import KubeCluster
-from tests.integration.kube_helpers import BoundToken, core, eventually, pod
-from tests.integration.test_issue import Broker, issue, orders_leases, refused
-from tests.integration.workloads import mint
+from tests.scene.broker import Broker, issue, orders_leases, refused
+from tests.scene.kube_helpers import BoundToken, core, eventually, pod
+from tests.scene.workloads import mint
 
-from .scene import Exposure, assert_no_lease, denials, reason
+from .attack_scene import Exposure, assert_no_lease, denials, reason
 
 pytestmark = pytest.mark.bed
 

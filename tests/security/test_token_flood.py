@@ -26,12 +26,12 @@ import pytest
 
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.test_issue import Broker, issue
-from tests.integration.workloads import mint
 from tests.reliability.scale import pick
+from tests.scene.broker import Broker, issue
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.workloads import mint
 
-from .scene import Exposure, audit_records, scene_broker
+from .attack_scene import Exposure, audit_records, scene_broker
 
 pytestmark = pytest.mark.bed
 
@@ -108,7 +108,11 @@ async def test_a_flood_of_junk_tokens_costs_bounded_fetches_and_audit_writes(
     orders_db: None,
     exposure: Exposure,
 ) -> None:
-    tokens = {"jwks_min_interval": f"{MIN_INTERVAL}s", "refusal_summary": f"{SUMMARY}s"}
+    tokens = {
+        "jwks_min_interval": f"{MIN_INTERVAL}s",
+        "refusal_summary": f"{SUMMARY}s",
+        "jwks_refresh_interval": "1h",  # only the flood may cause a fetch meanwhile
+    }
     async with scene_broker(
         tmp_path,
         vault,
@@ -116,7 +120,6 @@ async def test_a_flood_of_junk_tokens_costs_bounded_fetches_and_audit_writes(
         kube_clusters,
         exposure,
         tokens=tokens,
-        scheduler={"jwks_refresh": "1h"},  # only the flood may cause a fetch meanwhile
     ) as broker:
         pods = {name: mint(kube_clusters[name], pod_prefix="legit") for name in ("a", "b")}
         for token in pods.values():

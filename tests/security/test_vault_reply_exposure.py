@@ -21,10 +21,10 @@ import pytest
 
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
-from tests.integration.test_issue import issue
-from tests.integration.workloads import mint
+from tests.scene.broker import issue
+from tests.scene.workloads import mint
 
-from .scene import DOCS_ROLES, Exposure, all_store_rows, scene_broker
+from .attack_scene import DOCS_ROLES, Exposure, all_store_rows, scene_broker
 
 pytestmark = pytest.mark.bed
 

@@ -40,8 +40,8 @@ from tests.bed.kube import KubeCluster
 from tests.bed.pki import CA, new_ca
 from tests.bed.ports import LOOPBACK, free_port
 from tests.bench.served import rss_mib
-from tests.integration.kube_helpers import admission, core, eventually, new_namespace
-from tests.integration.test_webhook import INJECT, agent_of, pod_body
+from tests.scene.kube_helpers import admission, core, eventually, new_namespace
+from tests.scene.webhook_harness import INJECT, agent_of, pod_body
 
 pytestmark = pytest.mark.bed
 KEYFERRY = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "keyferry"

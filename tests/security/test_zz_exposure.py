@@ -13,10 +13,10 @@ import pytest
 
 from broker.api.v1 import broker_pb2
 from tests.bed.kube import KubeCluster
-from tests.integration.test_issue import Broker, issue, refused
-from tests.integration.workloads import bearer, broker_stub, mint
+from tests.scene.broker import Broker, issue, refused
+from tests.scene.workloads import bearer, broker_stub, mint
 
-from .scene import Exposure, audit_records, metrics_text
+from .attack_scene import Exposure, audit_records, metrics_text
 
 pytestmark = pytest.mark.bed
 

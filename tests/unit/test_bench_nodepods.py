@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from tests.bench.nodepods import agent_phases
-from tests.e2e.nodepods import NodePod
+from tests.scene.nodepods import NodePod
 
 
 class _Logged:

@@ -1,5 +1,11 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
 from typer.testing import CliRunner
 
+from broker.cli import demo as demo_command
 from broker.cli.main import app
 
 
@@ -38,3 +44,35 @@ def test_the_agent_path_does_not_import_the_broker() -> None:
     )
     assert "keyferry agent" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+class _Execed(Exception):
+    """os.execv was called (the test stops there instead of replacing the process)."""
+
+
+def test_demo_in_a_checkout_runs_the_checkouts_driver_and_imports_no_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, list[str], Path]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        calls.append((path, argv, Path.cwd()))
+        raise _Execed
+
+    monkeypatch.setattr(os, "execv", execv)
+    monkeypatch.chdir(Path.cwd())  # the command moves into the checkout; undone after
+    result = CliRunner().invoke(app, ["demo", "--hold"])
+    assert isinstance(result.exception, _Execed)
+    checkout = Path(demo_command.__file__).resolve().parents[2]
+    assert calls == [(sys.executable, [sys.executable, "-m", "tests.demo", "--hold"], checkout)]
+    assert "tests.demo.driver" not in sys.modules  # started in the checkout, not imported
+
+
+def test_demo_outside_a_checkout_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    installed = tmp_path / "site-packages" / "broker" / "cli" / "demo.py"
+    monkeypatch.setattr(demo_command, "__file__", str(installed))
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 2
+    assert "clone the keyferry repository and run `tests/run demo` there" in result.output

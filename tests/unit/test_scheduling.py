@@ -17,14 +17,14 @@ from broker.service.jobs.scheduler import JobScheduler, Periodic
 from broker.settings import RenewalSettings
 from broker.store import LeaseRecord
 
-from .test_watch_pieces import _lease, _rotated
+from .samples import lease_record, rotated_event
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
 def lease_for(start: datetime, lifetime: timedelta, lease_id: str = "lease-1") -> LeaseRecord:
-    return _lease().model_copy(
+    return lease_record().model_copy(
         update={"id": lease_id, "updated_at": start, "expires_at": start + lifetime}
     )
 
@@ -60,7 +60,7 @@ def test_the_window_renews_a_short_lease_at_the_latest() -> None:
 
 
 def test_a_lease_without_an_end_is_never_due() -> None:
-    lease = _lease().model_copy(update={"expires_at": None})
+    lease = lease_record().model_copy(update={"expires_at": None})
     assert not renewal_due(lease, NOW + 100 * HOUR, RenewalSettings())
 
 
@@ -176,7 +176,7 @@ def test_the_hub_hands_published_events_to_the_fan_out_and_delivers_the_others_l
 
 
 def test_what_leaves_a_replica_names_the_change_and_carries_no_secret() -> None:
-    rotated = _rotated()
+    rotated = rotated_event()
     payload = json.dumps(describe_event(rotated))
     for value in rotated.credential.values.values():
         assert value.get_secret_value() not in json.loads(payload).values()

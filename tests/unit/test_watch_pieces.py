@@ -2,55 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
-from pydantic import SecretStr
+from datetime import UTC
 
 from broker.api.v1 import broker_pb2
-from broker.models import Credential, VaultLease
 from broker.server import convert
-from broker.service import AckMessage, LeaseExpiring, LeaseRevoked, LeaseRotated
+from broker.service import AckMessage, LeaseExpiring, LeaseRevoked
 from broker.service.events.hub import QUEUE_SIZE, EventHub
-from broker.store import LeaseRecord, LeaseState
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _lease(generation: int = 2) -> LeaseRecord:
-    return LeaseRecord(
-        id=f"lease-{generation}",
-        vault_lease_id="keyferry/db/creds/ro/abc",
-        state=LeaseState.ACTIVE,
-        cluster="a",
-        namespace="orders",
-        service_account="workload",
-        pod_name="app-1",
-        pod_uid="uid-1",
-        credential="orders-db",
-        role="orders-db-ro",
-        generation=generation,
-        expires_at=NOW + timedelta(minutes=5),
-        revoke_after=None,
-        created_at=NOW,
-        updated_at=NOW,
-        last_error=None,
-        revoke_attempts=0,
-    )
-
-
-def _rotated() -> LeaseRotated:
-    vault_lease = VaultLease(
-        role="orders-db-ro",
-        kind="database",
-        mount="keyferry/db",
-        lease_id="keyferry/db/creds/ro/abc",
-        renewable=True,
-        ttl=timedelta(minutes=5),
-        issued_at=NOW,
-        expires_at=NOW + timedelta(minutes=5),
-    )
-    credential = Credential(values={"username": SecretStr("u"), "password": SecretStr("p")})
-    return LeaseRotated(_lease(), credential, vault_lease)
+from .samples import NOW, rotated_event
 
 
 def test_the_hub_routes_by_pod_uid_and_forgets_closed_streams() -> None:
@@ -76,7 +35,7 @@ def test_a_stream_that_falls_behind_is_flagged_not_grown() -> None:
 
 
 def test_events_on_the_wire() -> None:
-    rotated = convert.watch_response(_rotated()).rotated
+    rotated = convert.watch_response(rotated_event()).rotated
     assert (rotated.lease.id, rotated.lease.generation, rotated.lease.renewable) == (
         "lease-2",
         2,

@@ -22,7 +22,7 @@ from injector.webhook.certs import ReloadingContext
 from tests.bed.pki import CA, KeyPair, new_ca
 from tests.bed.ports import free_port
 
-from .test_webhook_server import CONFIG_YAML
+from .samples import WEBHOOK_CONFIG_YAML
 
 LOOPBACK = "127.0.0.1"
 PYTHON_CLI = (sys.executable, "-c", "from broker.cli.main import main; main()")
@@ -76,7 +76,7 @@ def webhook(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int
     (tmp_path / "broker-ca.pem").write_bytes(first_ca.pem())
     port = free_port()
     config = tmp_path / "webhook.yaml"
-    config.write_text(CONFIG_YAML.format(port=port))
+    config.write_text(WEBHOOK_CONFIG_YAML.format(port=port))
     process = subprocess.Popen(
         [*PYTHON_CLI, "webhook", "serve", "--config", str(config)],
         stdout=subprocess.PIPE,

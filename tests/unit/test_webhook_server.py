@@ -32,20 +32,7 @@ from injector.webhook.server import Admission, WebhookServer
 from tests.bed.pki import CA, KeyPair, new_ca
 from tests.bed.ports import free_port
 
-CONFIG_YAML = """\
-cluster_name: east
-namespace: keyferry-system
-agent:
-  image: keyferry/agent:test
-broker:
-  address: broker.keyferry.svc:8443
-  ca_file: broker-ca.pem
-server:
-  host: 127.0.0.1
-  port: {port}
-  cert_file: tls.crt
-  key_file: tls.key
-"""
+from .samples import WEBHOOK_CONFIG_YAML
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +49,7 @@ def config_file(tmp_path: Path, pki: tuple[CA, KeyPair]) -> Path:
     (tmp_path / "tls.key").write_bytes(serving.key.read_bytes())
     (tmp_path / "broker-ca.pem").write_bytes(ca.pem())
     path = tmp_path / "webhook.yaml"
-    path.write_text(CONFIG_YAML.format(port=free_port()))
+    path.write_text(WEBHOOK_CONFIG_YAML.format(port=free_port()))
     return path
 
 

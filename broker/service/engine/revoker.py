@@ -5,7 +5,7 @@ The row is revoking before Vault is asked, and becomes revoked only after Vault 
 so a Vault lease is never left alive without a row saying so. A failure records the error
 and the next attempt time on the row, and an audit record (`lease.revoke_failed`);
 revocation never gives up. The wait doubles with each failed attempt from
-`scheduler.revoke_backoff` up to `scheduler.revoke_backoff_cap`, with up to a tenth
+`revocation.backoff` up to `revocation.backoff_cap`, with up to a tenth
 taken off at random so a Vault outage does not end in one stampede of retries. The
 revoking rows are the queue: the leader's pass reads them, whoever queued them.
 """

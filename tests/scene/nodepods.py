@@ -18,8 +18,8 @@ from kubernetes import client as k8s
 from tests.bed.images import ImageBuilder
 from tests.bed.kube import KubeCluster
 from tests.bed.node import TOLERATION, Node
-from tests.integration.kube_helpers import core, eventually
-from tests.integration.workloads import ACCOUNT, ensure_namespace
+from tests.scene.kube_helpers import core, eventually
+from tests.scene.workloads import ACCOUNT, ensure_namespace
 
 from .pods import AGENT
 

@@ -1,8 +1,9 @@
-"""The attack scene: the Issue tests' broker on the bed (Vault with AppRole, PostgreSQL behind
-a keyferry database mount, clusters a, b and c), plus what every attack test checks after
-the refusal — the audit trail's deny record and no lease in the store or in Vault — and
-an `Exposure` that gathers every secret the broker handed out and every text it produced
-(logs, /metrics, error messages, audit records), for tests/security/test_zz_exposure.py.
+"""The attack scene: the scene's broker (tests/scene) on the bed (Vault with AppRole,
+PostgreSQL behind a keyferry database mount, clusters a, b and c), plus what every attack
+test checks after the refusal — the audit trail's deny record and no lease in the store or
+in Vault — and an `Exposure` that gathers every secret the broker handed out and every text
+it produced (logs, /metrics, error messages, audit records), for
+tests/security/test_zz_exposure.py.
 """
 
 from __future__ import annotations
@@ -26,24 +27,13 @@ from broker.backends.transit import TransitSigner
 from broker.store import LeaseState, Selector
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
-from tests.integration.kube_helpers import BoundToken
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (  # the scene's fixtures, shared with the Issue tests
-    Broker,
-    approle,
-    config,
-    leases,
-    orders_db,
-    orders_leases,
-    root,
-    start_broker,
-    transit,
-)
-from tests.integration.workloads import error_info
+from tests.scene.broker import Broker, config, orders_leases, start_broker
+from tests.scene.kube_helpers import BoundToken
+from tests.scene.stores import sqlite_url
+from tests.scene.workloads import error_info
 
 DOCS_ROLES = Path(__file__).parents[2] / "docs" / "examples" / "roles.yaml"
 
-__all__ = ["approle", "leases", "orders_db", "root", "transit"]  # fixtures, re-exported
 
 # Pods of namespace "billing" may issue database roles only as service account "biller":
 # a pod of that namespace running as any other account is the "wrong account" attack.

@@ -1,6 +1,7 @@
-"""The e2e scene: Vault engines for every role of docs/examples/roles.yaml that the tests
-use, a broker running on its own event loop in a thread (so tests may block on processes
-while it serves), and a keyferry webhook per cluster pointing agents at that broker."""
+"""The agents' scene (e2e, reliability, the demo, the benchmarks): Vault engines for every
+role of docs/examples/roles.yaml that the tests use, a broker running on its own event loop
+in a thread (so tests may block on processes while it serves), and a keyferry webhook per
+cluster pointing agents at that broker."""
 
 from __future__ import annotations
 
@@ -28,17 +29,7 @@ from tests.bed.pki import new_ca
 from tests.bed.ports import LOOPBACK
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
-from tests.integration.engines import (
-    add_assumed_role,
-    enable,
-    enable_approle,
-    mount_aws,
-    mount_pki,
-    mount_postgres,
-)
-from tests.integration.kube_helpers import admission
-from tests.integration.stores import sqlite_url
-from tests.integration.test_issue import (
+from tests.scene.broker import (
     MOUNT,
     POLICY,
     TRANSIT_KEY,
@@ -47,6 +38,16 @@ from tests.integration.test_issue import (
     config,
     start_broker,
 )
+from tests.scene.engines import (
+    add_assumed_role,
+    enable,
+    enable_approle,
+    mount_aws,
+    mount_pki,
+    mount_postgres,
+)
+from tests.scene.kube_helpers import admission
+from tests.scene.stores import sqlite_url
 
 KV_MOUNT, KV_PATH = "keyferry/app-config", "orders/config"  # role app-config
 AWS_MOUNT, AWS_ROLE = "keyferry/aws", "reader"  # role s3-reader
@@ -127,6 +128,24 @@ def scene_broker(
     if renewal is not None:
         data["renewal"] = renewal
     return BrokerThread(data, folder)
+
+
+@contextmanager
+def serving(
+    folder: Path,
+    vault: VaultServer,
+    postgres: PostgresServer,
+    clusters: dict[str, KubeCluster],
+    **options: Any,
+) -> Iterator[BrokerThread]:
+    """`scene_broker(...)` (same arguments) while the block runs; then the broker stops and
+    role orders-db-ro's mount is disabled, which revokes what is left of its leases."""
+    running = scene_broker(folder, vault, postgres, clusters, **options)
+    try:
+        yield running
+    finally:
+        running.stop()
+        vault.client().sys.disable_secrets_engine(MOUNT)
 
 
 class BrokerThread:

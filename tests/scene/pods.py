@@ -10,10 +10,10 @@ from typing import Any
 
 from broker.store import LeaseState, Selector
 from tests.bed.kube import KubeCluster
-from tests.integration.kube_helpers import core, eventually
+from tests.scene.kube_helpers import core, eventually
 
+from .broker_thread import BrokerThread
 from .kubelet import PodRunner
-from .scene import BrokerThread
 
 AGENT = "keyferry-agent"
 

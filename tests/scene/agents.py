@@ -30,9 +30,9 @@ from injector.contract import (
 )
 from tests.bed.kube import KubeCluster
 from tests.bed.ports import LOOPBACK, free_port
-from tests.integration.workloads import mint
+from tests.scene.workloads import mint
 
-from .scene import BrokerThread
+from .broker_thread import BrokerThread
 
 RELAY_CHUNK = 65536
 
