@@ -251,6 +251,16 @@ def app_uses_everything(
     return login
 
 
+def described(pid: int) -> str:
+    """What a signalled process was (its command line and parent), to tell a stray one apart."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+    except OSError:
+        return f"{pid}: gone"
+    return f"{pid}: {argv!r}, parent {parent}"
+
+
 def store_leases(broker: BrokerThread, cluster: str) -> set[str]:
     store = broker.broker.store()
     try:
@@ -613,4 +623,4 @@ def test_a_rotation_swaps_the_file_signals_the_app_and_the_old_login_stops_worki
     logs = log_lines(agent)
     (swap,) = [line for line in logs if line["event"] == "credential.rotated"]
     assert swap["generation"] == 2
-    assert swap["signalled"] == [app.pid]
+    assert swap["signalled"] == [app.pid], [described(pid) for pid in swap["signalled"]]

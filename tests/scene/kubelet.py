@@ -188,9 +188,18 @@ class PodRunner:
         return process
 
     def probe(self, name: str) -> int:
-        """Run the container's startupProbe exec command once; its exit code."""
-        command = self.container(name)["startupProbe"]["exec"]["command"]
-        return self.start(name, list(command)).wait(timeout=30)
+        """Run the container's startupProbe exec command once; its exit code. A probe that
+        outlives its timeout is killed and fails, as the kubelet's would: left running, it
+        would be one more process of the pod's UID in a mount namespace of its own, which an
+        agent looking for the app's main processes takes for one."""
+        probe = self.container(name)["startupProbe"]
+        process = self.start(name, list(probe["exec"]["command"]))
+        try:
+            return process.wait(timeout=max(int(probe.get("timeoutSeconds", 1)), 30))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return -1
 
     def stop(self) -> None:
         self._stop.set()
