@@ -152,12 +152,18 @@ def mount_pki(client: hvac.Client, mount: str, role: str, domain: str) -> str:
     """A PKI mount with its own root CA and a role for names under `domain`; the CA's PEM."""
     enable(client, "pki", mount)
     client.sys.tune_mount_configuration(mount, max_lease_ttl="87600h")
-    root = client.write_data(
-        f"{mount}/root/generate/internal", data={"common_name": f"{domain} CA", "ttl": "8760h"}
-    )
     client.write_data(
         f"{mount}/roles/{role}",
         data={"allowed_domains": domain, "allow_subdomains": True, "max_ttl": "1h"},
+    )
+    # Another module of the session may have set this mount up on the shared Vault: a second
+    # root would be a second issuer, not the default one that signs, so keep the first.
+    try:
+        return str(client.read(f"{mount}/issuer/default")["data"]["certificate"])
+    except hvac.exceptions.VaultError:
+        pass  # no issuer yet
+    root = client.write_data(
+        f"{mount}/root/generate/internal", data={"common_name": f"{domain} CA", "ttl": "8760h"}
     )
     return str(root["data"]["certificate"])
 
