@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from injector.agent.backoff import Backoff
-from injector.agent.client import Issued, Revoked, Rotated, WatchEvent
+from injector.agent.client import Ack, Issued, Revoked, Rotated, WatchEvent
 from injector.agent.errors import BrokerUnavailable, WatchUnsupported
 from injector.agent.session import AgentSession
 from injector.contract import AgentSpec, CredentialRequest, Mode, Signal
@@ -31,7 +31,7 @@ class ScriptedBroker:
     def __init__(self, events: list[WatchEvent]) -> None:
         self.failures = 2
         self.events = events
-        self.acks: list[tuple[str, int]] = []
+        self.acks: list[Ack] = []
         self.released: list[str] = []
         self.watches = 0
 
@@ -44,7 +44,7 @@ class ScriptedBroker:
     async def release(self, lease_id: str) -> None:
         self.released.append(lease_id)
 
-    async def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]:
+    async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
         self.watches += 1
         if self.watches > 1:
             raise WatchUnsupported("no", "UNIMPLEMENTED")
@@ -92,7 +92,7 @@ async def test_the_session_follows_the_watch_protocol(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.01)
     holding.cancel()
-    assert broker.acks == [("lease-1", 1), ("lease-2", 2), ("lease-2", 2)]
+    assert broker.acks == [Ack("lease-1", 1), Ack("lease-2", 2), Ack("lease-2", 2)]
     assert signals == [1]  # SIGHUP, once: for the new generation only
     assert not (tmp_path / "db").exists()
     assert broker.watches >= 2  # reconnected after the stream, then Watch unsupported
