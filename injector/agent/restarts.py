@@ -147,8 +147,21 @@ class Restarter:
         return in_flight or self.schedule.waiting(lease_id, generation)
 
     def revoked(self, lease_id: str) -> bool:
-        """The broker revoked a superseded lease: if its restart is still waiting for the app
-        to come back, that was the rotation's grace, and the agent says so."""
+        """The broker revoked a superseded lease before its restart was Acked: that was the
+        rotation's grace, and the agent says so (the app still running on the old credential
+        when the restart is queued for the spacing, or not back yet when it is under way)."""
+        queued = [r for r in self.schedule.pending if r.previous_lease_id == lease_id]
+        for rotation in queued:
+            log.error(
+                "restart.queued_past_grace",
+                credential=rotation.credential,
+                previous_lease_id=lease_id,
+                lease_id=rotation.lease_id,
+                generation=rotation.generation,
+                restart_in=round(max((self.schedule.due_at() or 0.0) - self.clock(), 0.0), 3),
+                detail="the old credential was revoked at the rotation's grace while the restart "
+                "waits for the minimum spacing; rotate with a longer grace",
+            )
         waiting = [r for r in self.in_flight if r.previous_lease_id == lease_id]
         for rotation in waiting:
             log.error(
@@ -161,7 +174,7 @@ class Restarter:
                 detail="the old credential was revoked at the rotation's grace before the app "
                 "came back with the new one",
             )
-        return bool(waiting)
+        return bool(waiting or queued)
 
     async def run(self) -> None:
         """Restart whenever the schedule says, until cancelled."""

@@ -197,6 +197,11 @@ async def test_a_second_rotation_is_queued_for_the_spacing() -> None:
     ended = restarts.schedule.ended_at
     assert ended is not None
     restarts.rotated(rotation("db", 3))  # a minute later, say: far inside the spacing
+    with capture_logs() as logs:
+        assert restarts.revoked("db-2")  # its grace ended before the spacing did
+    (late,) = [e for e in logs if e["event"] == "restart.queued_past_grace"]
+    assert late["lease_id"] == "db-3"
+    assert 0 < late["restart_in"] <= SPACING
     await until(lambda: len(pod.signals) == 2)
     second_term = clock.now
     await until(lambda: len(acks) == 2)
