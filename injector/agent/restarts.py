@@ -151,29 +151,34 @@ class Restarter:
         rotation's grace, and the agent says so (the app still running on the old credential
         when the restart is queued for the spacing, or not back yet when it is under way)."""
         queued = [r for r in self.schedule.pending if r.previous_lease_id == lease_id]
-        for rotation in queued:
-            log.error(
-                "restart.queued_past_grace",
-                credential=rotation.credential,
-                previous_lease_id=lease_id,
-                lease_id=rotation.lease_id,
-                generation=rotation.generation,
-                restart_in=round(max((self.schedule.due_at() or 0.0) - self.clock(), 0.0), 3),
-                detail="the old credential was revoked at the rotation's grace while the restart "
-                "waits for the minimum spacing; rotate with a longer grace",
-            )
         waiting = [r for r in self.in_flight if r.previous_lease_id == lease_id]
-        for rotation in waiting:
-            log.error(
+        reports = [
+            (
+                "restart.queued_past_grace",
+                queued,
+                "the old credential was revoked at the rotation's grace while the restart "
+                "waits for the minimum spacing; rotate with a longer grace",
+            ),
+            (
                 "restart.not_back",
-                credential=rotation.credential,
-                previous_lease_id=lease_id,
-                lease_id=rotation.lease_id,
-                generation=rotation.generation,
-                containers=list(self.spec.containers),
-                detail="the old credential was revoked at the rotation's grace before the app "
-                "came back with the new one",
-            )
+                waiting,
+                "the old credential was revoked at the rotation's grace before the app came "
+                "back with the new one",
+            ),
+        ]
+        restart_in = round(max((self.schedule.due_at() or 0.0) - self.clock(), 0.0), 3)
+        for event, rotations, detail in reports:
+            for rotation in rotations:
+                log.error(
+                    event,
+                    credential=rotation.credential,
+                    previous_lease_id=lease_id,
+                    lease_id=rotation.lease_id,
+                    generation=rotation.generation,
+                    containers=list(self.spec.containers),
+                    restart_in=restart_in if rotations is queued else None,
+                    detail=detail,
+                )
         return bool(waiting or queued)
 
     async def run(self) -> None:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from injector.agent.backoff import Backoff
@@ -21,6 +20,8 @@ from injector.agent.procs import MainProcess, container_mains
 from injector.agent.restarts import Restarter, RestartSchedule, Rotation
 from injector.agent.session import AgentSession
 from injector.contract import AgentSpec, CredentialRequest, Mode, RestartSpec
+
+from .test_agent_session import issued
 
 SPACING, COALESCE, GRACE = 660.0, 2.0, 5
 
@@ -262,16 +263,6 @@ def test_the_main_process_is_the_oldest_marked_one_with_a_parent_outside(tmp_pat
 # --- the session with a restarter -----------------------------------------------------------
 
 
-def issued(generation: int, password: str) -> Issued:
-    return Issued(
-        lease_id=f"db-{generation}",
-        credential_name="db",
-        generation=generation,
-        expires_at=None,
-        values={"username": SecretStr("u"), "password": SecretStr(password)},
-    )
-
-
 class StreamBroker:
     """Sends its events, then holds the stream open and collects the Acks."""
 
@@ -280,7 +271,7 @@ class StreamBroker:
         self.acks: list[Ack] = []
 
     async def issue(self, credential_name: str, role: str) -> Issued:
-        return issued(1, "one")
+        return issued(1, "one", lease="db-1")
 
     async def release(self, lease_id: str) -> None:
         return None
@@ -296,9 +287,10 @@ class StreamBroker:
 async def test_the_session_writes_first_and_acks_only_after_the_restart(
     tmp_path: Path, repeat: bool
 ) -> None:
-    events: list[WatchEvent] = [Rotated(issued=issued(1, "one")), Rotated(issued=issued(2, "two"))]
+    one, two = issued(1, "one", lease="db-1"), issued(2, "two", lease="db-2")
+    events: list[WatchEvent] = [Rotated(issued=one), Rotated(issued=two)]
     if repeat:  # the generation repeated (a reconnect's snapshot) while its restart waits
-        events.append(Rotated(issued=issued(2, "two")))
+        events.append(Rotated(issued=two))
     events.append(Revoked(lease_id="db-1", reason="rotated"))
     broker = StreamBroker(events)
     clock = Clock()
