@@ -106,6 +106,16 @@ def container_mains(names: Iterable[str], proc: Path = PROC) -> dict[str, MainPr
     return found
 
 
+def started_at(main: MainProcess, proc: Path = PROC) -> float:
+    """When `main` started, in seconds since the epoch (boot time plus its start ticks)."""
+    boot = next(
+        int(line.split()[1])
+        for line in (proc / "stat").read_text().splitlines()
+        if line.startswith("btime ")
+    )
+    return boot + main.started / os.sysconf("SC_CLK_TCK")
+
+
 def _marker(proc: Path, pid: int, wanted: dict[bytes, str]) -> str | None:
     try:
         environ = (proc / str(pid) / "environ").read_bytes()

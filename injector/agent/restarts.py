@@ -30,12 +30,14 @@ import structlog
 from injector.contract import RestartSpec
 
 from .client import Ack
-from .procs import MainProcess, container_mains
+from .procs import MainProcess, container_mains, started_at
 
 log = structlog.get_logger("keyferry.agent")
 
 POLL_SECONDS = 0.25
 """How often /proc is read while a container ends and while it comes back."""
+CLOCK_MARGIN = 1.0
+"""Seconds a process's start (boot time plus ticks) may differ from a file's mtime."""
 SLOW_AFTER_SECONDS = 60.0
 """A container not back this long after it ended is reported once (`restart.slow`)."""
 
@@ -99,6 +101,7 @@ class Processes(Protocol):
 
     def mains(self, names: Iterable[str]) -> dict[str, MainProcess]: ...
     def kill(self, pid: int, signum: int) -> None: ...
+    def started_at(self, main: MainProcess) -> float: ...
 
 
 class ProcTable:
@@ -109,6 +112,9 @@ class ProcTable:
 
     def kill(self, pid: int, signum: int) -> None:
         os.kill(pid, signum)
+
+    def started_at(self, main: MainProcess) -> float:
+        return started_at(main)
 
 
 @dataclass
@@ -138,6 +144,13 @@ class Restarter:
             in_seconds=round(max((due or 0.0) - self.clock(), 0.0), 3),
         )
         self._wake.set()
+
+    def started_before(self, written_at: float) -> bool:
+        """Some named container runs a main process older than a file written at
+        `written_at` (seconds since the epoch): it started with an earlier credential. How a
+        restarted agent finds a restart its predecessor queued but did not do."""
+        mains = self.processes.mains(self.spec.containers).values()
+        return any(self.processes.started_at(m) + CLOCK_MARGIN < written_at for m in mains)
 
     def awaiting(self, lease_id: str, generation: int) -> bool:
         """This generation is Acked by a restart, not when the snapshot repeats it."""

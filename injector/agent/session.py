@@ -115,9 +115,22 @@ class AgentSession:
     async def start(self) -> None:
         """Issue and write every credential; retries while the broker is away."""
         remove_stale_temps(self.directory)
+        written = _written_at(self.directory, self.spec.credentials)
         for request in self.spec.credentials:
             self._keep(request, await self._retrying(request))
         log.info("agent.ready", credentials=len(self.held), directory=str(self.directory))
+        self._resume_restarts(written)
+
+    def _resume_restarts(self, written: dict[str, float]) -> None:
+        """A file a predecessor of this agent wrote after the app started (a rotation it
+        queued a restart for, and died): restart for it now, as for a rotation."""
+        if self.restarter is None:
+            return
+        for name, when in written.items():
+            held = self.held.get(name)
+            if held is not None and self.restarter.started_before(when):
+                issued = held.issued
+                self.restarter.rotated(Rotation(name, issued.lease_id, issued.generation, ""))
 
     def _keep(self, request: CredentialRequest, issued: Issued) -> None:
         chosen = request.format or default_format(issued.reveal())
@@ -362,6 +375,17 @@ class AgentSession:
                 log.info("lease.released", **fields)
             else:
                 log.error("lease.release_failed", error=failure, **fields)
+
+
+def _written_at(directory: Path, credentials: tuple[CredentialRequest, ...]) -> dict[str, float]:
+    """The mtime of each credential file already there (a predecessor wrote it)."""
+    found = {}
+    for request in credentials:
+        try:
+            found[request.name] = (directory / request.name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _at_least_hint(delay: float, error: Exception | None) -> float:

@@ -7,6 +7,7 @@ the Ack from the restarter, a snapshot repeat of a waiting generation not Acked.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 
 from injector.agent.backoff import Backoff
 from injector.agent.client import Ack, Issued, Revoked, Rotated, WatchEvent
-from injector.agent.procs import MainProcess, container_mains
+from injector.agent.procs import MainProcess, container_mains, started_at
 from injector.agent.restarts import Restarter, RestartSchedule, Rotation
 from injector.agent.session import AgentSession
 from injector.contract import AgentSpec, CredentialRequest, Mode, RestartSpec
@@ -121,6 +122,9 @@ class FakePod:
         if self.down:
             self.polls_while_down += 1
         return {name: main for name, main in self.running.items() if name in set(names)}
+
+    def started_at(self, main: MainProcess) -> float:
+        return float(main.started)  # seconds since the epoch, here
 
     def kill(self, pid: int, signum: int) -> None:
         name = next(n for n, m in self.running.items() if m.pid == pid)
@@ -258,6 +262,10 @@ def test_the_main_process_is_the_oldest_marked_one_with_a_parent_outside(tmp_pat
         "worker": MainProcess(9, "mnt:[2]", 60),
     }
     assert container_mains(["absent"], tmp_path) == {}
+    (tmp_path / "stat").write_text("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n")
+    assert started_at(MainProcess(7, "mnt:[1]", 250), tmp_path) == 1700000000 + 250 / os.sysconf(
+        "SC_CLK_TCK"
+    )
 
 
 # --- the session with a restarter -----------------------------------------------------------
@@ -266,12 +274,13 @@ def test_the_main_process_is_the_oldest_marked_one_with_a_parent_outside(tmp_pat
 class StreamBroker:
     """Sends its events, then holds the stream open and collects the Acks."""
 
-    def __init__(self, events: list[WatchEvent]) -> None:
+    def __init__(self, events: list[WatchEvent], current: Issued | None = None) -> None:
         self.events = events
+        self.current = current or issued(1, "one", lease="db-1")
         self.acks: list[Ack] = []
 
     async def issue(self, credential_name: str, role: str) -> Issued:
-        return issued(1, "one", lease="db-1")
+        return self.current
 
     async def release(self, lease_id: str) -> None:
         return None
@@ -283,18 +292,9 @@ class StreamBroker:
             self.acks.append(await acks.get())
 
 
-@pytest.mark.parametrize("repeat", [False, True])
-async def test_the_session_writes_first_and_acks_only_after_the_restart(
-    tmp_path: Path, repeat: bool
-) -> None:
-    one, two = issued(1, "one", lease="db-1"), issued(2, "two", lease="db-2")
-    events: list[WatchEvent] = [Rotated(issued=one), Rotated(issued=two)]
-    if repeat:  # the generation repeated (a reconnect's snapshot) while its restart waits
-        events.append(Rotated(issued=two))
-    events.append(Revoked(lease_id="db-1", reason="rotated"))
-    broker = StreamBroker(events)
-    clock = Clock()
-    pod = FakePod(clock, ["app"], restart_after=30.0)
+def restarting_session(
+    tmp_path: Path, broker: StreamBroker, pod: FakePod, clock: Clock
+) -> AgentSession:
     spec = AgentSpec(
         mode=Mode.SIDECAR,
         cluster="a",
@@ -309,6 +309,22 @@ async def test_the_session_writes_first_and_acks_only_after_the_restart(
     session.restarter.processes = pod
     session.restarter.clock = clock
     session.restarter.sleep = clock.sleep
+    return session
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+async def test_the_session_writes_first_and_acks_only_after_the_restart(
+    tmp_path: Path, repeat: bool
+) -> None:
+    one, two = issued(1, "one", lease="db-1"), issued(2, "two", lease="db-2")
+    events: list[WatchEvent] = [Rotated(issued=one), Rotated(issued=two)]
+    if repeat:  # the generation repeated (a reconnect's snapshot) while its restart waits
+        events.append(Rotated(issued=two))
+    events.append(Revoked(lease_id="db-1", reason="rotated"))
+    broker = StreamBroker(events)
+    clock = Clock()
+    pod = FakePod(clock, ["app"], restart_after=30.0)
+    session = restarting_session(tmp_path, broker, pod, clock)
     await session.start()
     holding = asyncio.ensure_future(session.hold())
     await until(lambda: (tmp_path / "db").read_text() == "user='u' password='two'\n")
@@ -318,3 +334,30 @@ async def test_the_session_writes_first_and_acks_only_after_the_restart(
     holding.cancel()
     assert pod.signals == [("app", signal.SIGTERM)]
     assert broker.acks == [Ack("db-1", 1), Ack("db-2", 2, ("app",))]
+
+
+@pytest.mark.parametrize(("written", "restarted"), [(500.0, False), (2000.0, True)])
+async def test_a_restarted_agent_restarts_an_app_older_than_its_files(
+    tmp_path: Path, written: float, restarted: bool
+) -> None:
+    """The predecessor wrote generation 2 (at `written`) and died before restarting the app,
+    whose main process started at 11 (FakePod: its pid). Written before the app started: no
+    restart, the snapshot is Acked; after: restarted, then Acked."""
+    (tmp_path / "db").write_text("user='u' password='two'\n")
+    os.utime(tmp_path / "db", (written, written))
+    clock = Clock()
+    pod = FakePod(clock, ["app"])
+    two = issued(2, "two", lease="db-2")
+    broker = StreamBroker([Rotated(issued=two)], current=two)
+    pod.running["app"] = MainProcess(11, "mnt:[1]", 1000)  # started at 1000 s
+    session = restarting_session(tmp_path, broker, pod, clock)
+    await session.start()
+    holding = asyncio.ensure_future(session.hold())
+    await until(lambda: len(broker.acks) == 1)
+    holding.cancel()
+    if restarted:
+        assert pod.signals == [("app", signal.SIGTERM)]
+        assert broker.acks == [Ack("db-2", 2, ("app",))]
+    else:
+        assert pod.signals == []
+        assert broker.acks == [Ack("db-2", 2)]
