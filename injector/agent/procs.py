@@ -21,6 +21,7 @@ API token and survives restarts: every instance of the container gets it again.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,9 @@ class MainProcess:
 
     pid: int
     namespace: str
-    """The instance's mount namespace: a restarted container gets a new one."""
+    """The instance's mount namespace. Not an identity over time: the kernel gives a new
+    namespace the inode number of one just freed, so a restarted container's is often the
+    same; an instance is told by its main process's start (`started`)."""
     started: int
     """Start time in clock ticks after boot (/proc/<pid>/stat field 22)."""
 
@@ -114,6 +117,11 @@ def started_at(main: MainProcess, proc: Path = PROC) -> float:
         if line.startswith("btime ")
     )
     return boot + main.started / os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> int:
+    """Now, in the clock ticks after boot that /proc/<pid>/stat's start time counts."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
 def _marker(proc: Path, pid: int, wanted: dict[bytes, str]) -> str | None:

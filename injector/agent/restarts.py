@@ -8,8 +8,8 @@ never meets two restarts close enough for its CrashLoopBackOff (docs/injector.md
 rotation in between waits for it (queued), its file already written.
 
 A restart ends each named container's main process (SIGTERM, SIGKILL after
-`grace_seconds`), then waits until every one of them has a new main process in a new mount
-namespace (the kubelet started the container again, reading the new files), and only then
+`grace_seconds`), then waits until every one of them has a main process that started after
+that (the kubelet started the container again, reading the new files), and only then
 Acks the rotations, with the containers restarted: the broker revokes the old credentials on
 that Ack. An app that never comes back is never Acked: the broker revokes the old credential
 at the rotation's grace, and the agent reports it when that revocation reaches it.
@@ -30,7 +30,7 @@ import structlog
 from injector.contract import RestartSpec
 
 from .client import Ack
-from .procs import MainProcess, container_mains, started_at
+from .procs import MainProcess, boot_ticks, container_mains, started_at
 
 log = structlog.get_logger("keyferry.agent")
 
@@ -102,6 +102,7 @@ class Processes(Protocol):
     def mains(self, names: Iterable[str]) -> dict[str, MainProcess]: ...
     def kill(self, pid: int, signum: int) -> None: ...
     def started_at(self, main: MainProcess) -> float: ...
+    def now(self) -> int: ...
 
 
 class ProcTable:
@@ -115,6 +116,9 @@ class ProcTable:
 
     def started_at(self, main: MainProcess) -> float:
         return started_at(main)
+
+    def now(self) -> int:
+        return boot_ticks()
 
 
 @dataclass
@@ -210,6 +214,9 @@ class Restarter:
             self.in_flight = batch
             try:
                 await self.restart(batch)
+            except OSError:  # /proc unreadable: said, and the rotations stay un-Acked
+                log.exception("restart.failed", containers=list(self.spec.containers))
+                continue
             finally:
                 self.in_flight = ()
             for rotation in batch:
@@ -227,9 +234,10 @@ class Restarter:
             rotations=[f"{r.lease_id}/{r.generation}" for r in batch],
         )
         await self._end(before)
+        ended = self.processes.now()
         self.schedule.ended(self.clock())
         self.restarts += 1
-        back = await self._back(names, before)
+        back = await self._back(names, ended)
         log.info(
             "restart.done",
             containers=list(names),
@@ -265,26 +273,22 @@ class Restarter:
             except OSError as exc:  # ended meanwhile
                 log.info("restart.signal_failed", container=name, pid=main.pid, error=str(exc))
 
-    async def _back(
-        self, names: tuple[str, ...], before: dict[str, MainProcess]
-    ) -> dict[str, MainProcess]:
-        """Until every container has a main process of a new instance (mount namespace)."""
-        ended = self.clock()
+    async def _back(self, names: tuple[str, ...], ended: int) -> dict[str, MainProcess]:
+        """Until every container has a main process that started after the old ones ended
+        (`ended`, in boot ticks): a new instance. A process exec'd into a dying instance
+        started before, so it is never taken for the new main process."""
+        since = self.clock()
         slow_reported = False
         while True:
             now = self.processes.mains(names)
-            back = {
-                name: main
-                for name, main in now.items()
-                if name not in before or main.namespace != before[name].namespace
-            }
+            back = {name: main for name, main in now.items() if main.started > ended}
             if len(back) == len(names):
                 return back
-            if not slow_reported and self.clock() - ended > SLOW_AFTER_SECONDS:
+            if not slow_reported and self.clock() - since > SLOW_AFTER_SECONDS:
                 slow_reported = True
                 log.warning(
                     "restart.slow",
                     waiting_for=sorted(set(names) - back.keys()),
-                    seconds=round(self.clock() - ended, 3),
+                    seconds=round(self.clock() - since, 3),
                 )
             await self.sleep(POLL_SECONDS)

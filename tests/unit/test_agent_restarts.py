@@ -25,6 +25,7 @@ from injector.contract import AgentSpec, CredentialRequest, Mode, RestartSpec
 from .test_agent_session import issued
 
 SPACING, COALESCE, GRACE = 660.0, 2.0, 5
+TICKS = 100
 
 
 def rotation(credential: str, generation: int) -> Rotation:
@@ -111,8 +112,13 @@ class FakePod:
         self.polls_while_down = 0
 
     def _new(self) -> MainProcess:
+        """A new main process; its mount namespace's number is the same each time, as the
+        kernel reuses a freed one's: only the start tells instances apart."""
         self.next_pid += 1
-        return MainProcess(self.next_pid, f"mnt:[{4026530000 + self.next_pid}]", self.next_pid)
+        return MainProcess(self.next_pid, "mnt:[4026532249]", self.now())
+
+    def now(self) -> int:
+        return int(self.clock() * TICKS)
 
     def mains(self, names: Iterable[str]) -> dict[str, MainProcess]:
         for name, since in list(self.down.items()):
@@ -124,7 +130,7 @@ class FakePod:
         return {name: main for name, main in self.running.items() if name in set(names)}
 
     def started_at(self, main: MainProcess) -> float:
-        return float(main.started)  # seconds since the epoch, here
+        return main.started / TICKS  # the fake boot was at the epoch
 
     def kill(self, pid: int, signum: int) -> None:
         name = next(n for n, m in self.running.items() if m.pid == pid)
@@ -341,7 +347,7 @@ async def test_a_restarted_agent_restarts_an_app_older_than_its_files(
     tmp_path: Path, written: float, restarted: bool
 ) -> None:
     """The predecessor wrote generation 2 (at `written`) and died before restarting the app,
-    whose main process started at 11 (FakePod: its pid). Written before the app started: no
+    whose main process started at 1000 s. Written before the app started: no
     restart, the snapshot is Acked; after: restarted, then Acked."""
     (tmp_path / "db").write_text("user='u' password='two'\n")
     os.utime(tmp_path / "db", (written, written))
@@ -349,7 +355,7 @@ async def test_a_restarted_agent_restarts_an_app_older_than_its_files(
     pod = FakePod(clock, ["app"])
     two = issued(2, "two", lease="db-2")
     broker = StreamBroker([Rotated(issued=two)], current=two)
-    pod.running["app"] = MainProcess(11, "mnt:[1]", 1000)  # started at 1000 s
+    pod.running["app"] = MainProcess(11, "mnt:[1]", 1000 * TICKS)  # started at 1000 s
     session = restarting_session(tmp_path, broker, pod, clock)
     await session.start()
     holding = asyncio.ensure_future(session.hold())
