@@ -20,9 +20,10 @@ from injector.agent.client import Ack, Issued, Revoked, Rotated, WatchEvent
 from injector.agent.procs import MainProcess, container_mains, started_at
 from injector.agent.restarts import Restarter, RestartSchedule, Rotation
 from injector.agent.session import AgentSession
-from injector.contract import AgentSpec, CredentialRequest, Mode, RestartSpec
+from injector.contract import RestartSpec
 
 from .test_agent_session import issued
+from .test_agent_session import spec as signal_spec
 
 SPACING, COALESCE, GRACE = 660.0, 2.0, 5
 TICKS = 100
@@ -301,15 +302,8 @@ class StreamBroker:
 def restarting_session(
     tmp_path: Path, broker: StreamBroker, pod: FakePod, clock: Clock
 ) -> AgentSession:
-    spec = AgentSpec(
-        mode=Mode.SIDECAR,
-        cluster="a",
-        broker_address="127.0.0.1:1",
-        directory=str(tmp_path),
-        token_path=str(tmp_path / "token"),
-        credentials=(CredentialRequest(name="db", role="orders-db-ro"),),
-        restart=RestartSpec(containers=("app",), grace_seconds=GRACE),
-    )
+    restart = RestartSpec(containers=("app",), grace_seconds=GRACE)
+    spec = signal_spec(tmp_path).model_copy(update={"on_rotate": None, "restart": restart})
     session = AgentSession(spec, broker, backoff=Backoff(base=0.001, cap=0.002))
     assert session.restarter is not None
     session.restarter.processes = pod
