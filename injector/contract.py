@@ -55,6 +55,20 @@ def check_backoff(base: float, cap: float) -> None:
         )
 
 
+RESTART_MARKER_ENV = "KEYFERRY_CONTAINER"
+"""`on-rotate: restart`: the webhook sets this variable to the container's own name in every
+container the agent may restart. The agent, which has no Kubernetes API token, finds a
+container's processes by this entry in `/proc/<pid>/environ` (docs/injector.md)."""
+RESTART_GRACE_SECONDS: Final = 30
+"""SIGTERM, then SIGKILL after this many seconds (`keyferry.io/restart-grace-seconds`)."""
+RESTART_GRACE_MAX: Final = 300
+RESTART_COALESCE_SECONDS: Final = 2.0
+"""Rotations within this long of the first one are put in use by one restart."""
+RESTART_MIN_SPACING_SECONDS: Final = 660.0
+"""Two restarts of a pod's containers are at least this far apart. The kubelet delays a
+container's restart (CrashLoopBackOff, 10 s doubling to 300 s) unless its previous restart is
+more than twice the 300 s cap ago; 600 s plus a minute's margin never meets that back-off."""
+
 CredentialName = Annotated[
     str, StringConstraints(pattern=CREDENTIAL_NAME_PATTERN, max_length=CREDENTIAL_NAME_MAX)
 ]
@@ -89,6 +103,23 @@ class Signal(StrEnum):
     SIGWINCH = "SIGWINCH"
 
 
+CONTAINER_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+"""A Kubernetes container name (an RFC 1123 label)."""
+ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME_PATTERN)]
+
+
+class RestartSpec(BaseModel):
+    """`on-rotate: restart`: which app containers the agent restarts after a rotation, and
+    how (SIGTERM, SIGKILL after `grace_seconds`; rotations coalesced, restarts spaced)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    containers: tuple[ContainerName, ...] = Field(min_length=1)
+    grace_seconds: int = Field(default=RESTART_GRACE_SECONDS, ge=1, le=RESTART_GRACE_MAX)
+    coalesce_seconds: float = Field(default=RESTART_COALESCE_SECONDS, gt=0, le=60)
+    min_spacing_seconds: float = Field(default=RESTART_MIN_SPACING_SECONDS, ge=0, le=3600)
+
+
 class CredentialRequest(BaseModel):
     """One credential: the file `name` in the volume, issued for the keyferry role `role`."""
 
@@ -117,6 +148,9 @@ class AgentSpec(BaseModel):
     credentials: tuple[CredentialRequest, ...] = Field(min_length=1)
     on_rotate: Signal | None = None
     """None: no signal; the app re-reads its files itself."""
+    restart: RestartSpec | None = None
+    """Set for `on-rotate: restart` (then `on_rotate` is None). Absent from the JSON when None,
+    so an agent older than this field still reads the spec of a pod that does not use it."""
     backoff_base_seconds: BackoffSeconds = BACKOFF_BASE_SECONDS
     backoff_cap_seconds: BackoffSeconds = BACKOFF_CAP_SECONDS
     """The retry backoff (the webhook's `agent.backoff_*_seconds`); absent in a spec written
@@ -125,4 +159,10 @@ class AgentSpec(BaseModel):
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> AgentSpec:
         check_backoff(self.backoff_base_seconds, self.backoff_cap_seconds)
+        if self.restart is not None and self.on_rotate is not None:
+            raise ValueError("on_rotate and restart are two rotation actions: set one")
         return self
+
+    def to_json(self) -> str:
+        """The JSON the webhook writes into `KEYFERRY_AGENT_SPEC`."""
+        return self.model_dump_json(exclude={"restart"} if self.restart is None else None)

@@ -41,6 +41,10 @@ class AuditAction(StrEnum):
     )
     LEASE_RENEWED = "lease.renewed", "a lease's Vault lease was extended"
     LEASE_ACKED = "lease.acked", "a workload confirmed it wrote a rotated lease's credential"
+    POD_RESTARTED = (
+        "pod.restarted",
+        "a workload's agent restarted an app container (target) to put a rotated lease in use",
+    )
     LEASE_REVOKING = "lease.revoking", "a lease ends: queued for revocation at Vault, with why"
     LEASE_REVOKED = "lease.revoked", "Vault revoked a lease's credential"
     LEASE_REVOKE_FAILED = "lease.revoke_failed", "Vault refused a revocation; it is retried"

@@ -105,7 +105,8 @@ class AuditEvent(BaseModel):
     selector: dict[SelectorField, tuple[Name, ...]] | None = None
     """What an operator's rotate or revoke selected (field -> values; `all` -> ())."""
     target: Name | None = None
-    """What a change outside the lease table acted on: a Vault path or Vault lease id."""
+    """What a change acted on besides its lease: a Vault path, a Vault lease id, or the app
+    container a restart ended (`pod.restarted`)."""
     count: int | None = Field(default=None, ge=1)
     """How many refusals of one kind a summary record stands for
     (broker.service.common.refusals)."""

@@ -7,7 +7,7 @@ expired, stream overflowed, refused at open) ends the stream with its mapped sta
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -78,7 +78,8 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         token = bearer_token(_metadata(context))
         self._metrics.watch_streams.inc()
         try:
-            events = self._watch.watch(token, _acks(request_iterator), request_id)
+            acks = _acks(request_iterator, self._metrics.restart_acks.inc)
+            events = self._watch.watch(token, acks, request_id)
             async for event in events:
                 yield convert.watch_response(event)
         except KeyferryError as error:
@@ -96,8 +97,12 @@ class BrokerServicer(broker_pb2_grpc.BrokerServiceServicer):
         return convert.renew_response(renewed)
 
 
-async def _acks(requests: AsyncIterator[broker_pb2.WatchRequest]) -> AsyncIterator[AckMessage]:
+async def _acks(
+    requests: AsyncIterator[broker_pb2.WatchRequest], restarted: Callable[[], None]
+) -> AsyncIterator[AckMessage]:
     async for request in requests:
         ack = convert.ack(request)
         if ack is not None:
+            if ack.restarted:
+                restarted()
             yield ack

@@ -98,7 +98,11 @@ def ack(request: broker_pb2.WatchRequest) -> AckMessage | None:
     """The Ack a WatchRequest carries; None for a message this broker does not know."""
     if request.WhichOneof("message") != "ack":
         return None
-    return AckMessage(lease_id=request.ack.lease_id, generation=request.ack.generation)
+    return AckMessage(
+        lease_id=request.ack.lease_id,
+        generation=request.ack.generation,
+        restarted=tuple(request.ack.restarted_containers),
+    )
 
 
 def _credential(credential: Credential) -> broker_pb2.Credential:

@@ -73,6 +73,12 @@ class BrokerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.restart_acks = Counter(
+            "keyferry_restart_acks",
+            "Acks of rotations an agent put in use by restarting app containers "
+            "(on-rotate: restart; several rotations coalesced into one restart Ack each)",
+            registry=self.registry,
+        )
         self.active_leases = Gauge(
             "keyferry_active_leases",
             "Live (pending or active) leases in the lease store",

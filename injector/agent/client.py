@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from google.rpc import error_details_pb2
@@ -24,6 +24,16 @@ from .token import read_token
 
 if TYPE_CHECKING:
     from broker.api.v1.broker_pb2_grpc import BrokerServiceAsyncStub
+
+
+class Ack(NamedTuple):
+    """What the agent sends up the Watch stream: the generation in place, and the app
+    containers it restarted to put it in use (empty unless `on-rotate: restart`)."""
+
+    lease_id: str
+    generation: int
+    restarted: tuple[str, ...] = ()
+
 
 CALL_TIMEOUT = 20.0
 """Seconds for Issue and Release; the broker itself waits up to 15 s for a pending lease."""
@@ -122,8 +132,8 @@ class BrokerClient:
         with _mapped("Release", lease_id):
             await self._stub.Release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
 
-    async def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]:
-        """The Watch stream's events; every (lease id, generation) put on `acks` is sent up."""
+    async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
+        """The Watch stream's events; every Ack put on `acks` is sent up."""
         call: Any = self._stub.Watch(_ack_requests(acks), metadata=self._metadata())
         try:
             while True:
@@ -142,11 +152,14 @@ class BrokerClient:
 
 
 async def _ack_requests(
-    acks: asyncio.Queue[tuple[str, int]],
+    acks: asyncio.Queue[Ack],
 ) -> AsyncIterator[broker_pb2.WatchRequest]:
     while True:
-        lease_id, generation = await acks.get()
-        yield broker_pb2.WatchRequest(ack=broker_pb2.Ack(lease_id=lease_id, generation=generation))
+        ack = await acks.get()
+        message = broker_pb2.Ack(
+            lease_id=ack.lease_id, generation=ack.generation, restarted_containers=ack.restarted
+        )
+        yield broker_pb2.WatchRequest(ack=message)
 
 
 def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issued:

@@ -39,7 +39,7 @@ import structlog
 from injector.contract import AgentSpec, CredentialRequest, FileFormat, Mode
 
 from .backoff import Backoff
-from .client import Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
+from .client import Ack, Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
 from .errors import (
     BrokerError,
     BrokerRefused,
@@ -50,6 +50,7 @@ from .errors import (
 )
 from .formats import default_format, render
 from .procs import app_processes
+from .restarts import Restarter, Rotation
 from .writer import remove_stale_temps, write_atomic
 
 log = structlog.get_logger("keyferry.agent")
@@ -64,7 +65,7 @@ WATCH_REFUSALS = 3
 class Broker(Protocol):
     async def issue(self, credential_name: str, role: str) -> Issued: ...
     async def release(self, lease_id: str) -> None: ...
-    def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]: ...
+    def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]: ...
 
 
 def utc_now() -> datetime:
@@ -92,6 +93,20 @@ class AgentSession:
     expired: set[str] = field(default_factory=set)
     """Credentials whose file was removed at their end; issued again when the broker answers."""
     refusals: int = 0
+    restarter: Restarter | None = None
+    """`on-rotate: restart`: rotations are Acked by it, once the app is back."""
+    acks: asyncio.Queue[Ack] | None = None
+    """The open Watch stream's Acks; None between streams."""
+
+    def __post_init__(self) -> None:
+        if self.restarter is None and self.spec.restart is not None:
+            self.restarter = Restarter(self.spec.restart, self._send_ack)
+
+    def _send_ack(self, ack: Ack) -> None:
+        """An Ack from the restarter. With no stream open it is dropped: the next stream's
+        snapshot repeats the generation, and that repeat is Acked."""
+        if self.acks is not None:
+            self.acks.put_nowait(ack)
 
     @property
     def directory(self) -> Path:
@@ -100,9 +115,22 @@ class AgentSession:
     async def start(self) -> None:
         """Issue and write every credential; retries while the broker is away."""
         remove_stale_temps(self.directory)
+        written = _written_at(self.directory, self.spec.credentials)
         for request in self.spec.credentials:
             self._keep(request, await self._retrying(request))
         log.info("agent.ready", credentials=len(self.held), directory=str(self.directory))
+        self._resume_restarts(written)
+
+    def _resume_restarts(self, written: dict[str, float]) -> None:
+        """A file a predecessor of this agent wrote after the app started (a rotation it
+        queued a restart for, and died): restart for it now, as for a rotation."""
+        if self.restarter is None:
+            return
+        for name, when in written.items():
+            held = self.held.get(name)
+            if held is not None and self.restarter.started_before(when):
+                issued = held.issued
+                self.restarter.rotated(Rotation(name, issued.lease_id, issued.generation, ""))
 
     def _keep(self, request: CredentialRequest, issued: Issued) -> None:
         chosen = request.format or default_format(issued.reveal())
@@ -148,16 +176,20 @@ class AgentSession:
         if self.spec.mode is Mode.INIT_ONLY:
             return
         expiring = asyncio.ensure_future(self._expire_forever())
+        restarting = asyncio.ensure_future(self.restarter.run()) if self.restarter else None
         try:
             await self._watch_forever()
         finally:
             expiring.cancel()
+            if restarting is not None:
+                restarting.cancel()
 
     async def _watch_forever(self) -> None:
         while True:
             if self.expired:
                 await self._issue_expired()
-            acks: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+            acks: asyncio.Queue[Ack] = asyncio.Queue()
+            self.acks = acks
             events = 0
             failure: Exception | None = None
             try:
@@ -177,6 +209,8 @@ class AgentSession:
             except (BrokerError, TokenError) as exc:
                 log.warning("watch.failed", error=str(exc), code=getattr(exc, "code", ""))
                 failure = exc
+            finally:
+                self.acks = None
             delay = _at_least_hint(self.backoff.next_delay(), failure)
             log.info("watch.reconnect", retry_in=round(delay, 3))
             await self.sleep(delay)
@@ -251,7 +285,7 @@ class AgentSession:
             )
         return ended
 
-    def _on_event(self, event: WatchEvent, acks: asyncio.Queue[tuple[str, int]]) -> None:
+    def _on_event(self, event: WatchEvent, acks: asyncio.Queue[Ack]) -> None:
         if isinstance(event, Rotated):
             self._rotate(event.issued, acks)
         elif isinstance(event, Revoked):
@@ -267,7 +301,7 @@ class AgentSession:
             if held.issued.lease_id == lease_id and expires_at is not None:
                 held.expires_at = _aware(expires_at)
 
-    def _rotate(self, issued: Issued, acks: asyncio.Queue[tuple[str, int]]) -> None:
+    def _rotate(self, issued: Issued, acks: asyncio.Queue[Ack]) -> None:
         held = self.held.get(issued.credential_name)
         if held is None:
             request = self._request(issued.credential_name)
@@ -275,20 +309,38 @@ class AgentSession:
                 log.warning("rotated.unknown", credential=issued.credential_name)
                 return
             self._keep(request, issued)  # a new generation of an expired credential
-            acks.put_nowait((issued.lease_id, issued.generation))
+            acks.put_nowait(Ack(issued.lease_id, issued.generation))
             return
         if issued.generation <= held.issued.generation:  # the snapshot, or a repeat
             if issued.lease_id == held.issued.lease_id:
                 held.expires_at = _later(held.expires_at, issued.expires_at)
-            acks.put_nowait((issued.lease_id, issued.generation))
+            if not (self.restarter and self.restarter.awaiting(issued.lease_id, issued.generation)):
+                acks.put_nowait(Ack(issued.lease_id, issued.generation))
             return
         renewed = Held(held.request, held.format, issued, _aware(issued.expires_at))
         self._write(renewed)
         self.held[issued.credential_name] = renewed
+        if self.restarter is not None:  # the file first; the restart, then the Ack, later
+            self.restarter.rotated(
+                Rotation(
+                    issued.credential_name,
+                    issued.lease_id,
+                    issued.generation,
+                    previous_lease_id=held.issued.lease_id,
+                )
+            )
+            log.info(
+                "credential.rotated",
+                credential=issued.credential_name,
+                lease_id=issued.lease_id,
+                generation=issued.generation,
+                restart="queued",
+            )
+            return
         signalled: list[int] = []
         if self.spec.on_rotate is not None:
             signalled = self.signal_app(int(signal.Signals[self.spec.on_rotate.value]))
-        acks.put_nowait((issued.lease_id, issued.generation))
+        acks.put_nowait(Ack(issued.lease_id, issued.generation))
         log.info(
             "credential.rotated",
             credential=issued.credential_name,
@@ -310,6 +362,8 @@ class AgentSession:
                     "lease.revoked", credential=name, lease_id=event.lease_id, reason=event.reason
                 )
                 return
+        if self.restarter is not None and self.restarter.revoked(event.lease_id):
+            return  # reported as restart.not_back
         log.info("lease.superseded", lease_id=event.lease_id, reason=event.reason)
 
     async def release(self) -> None:
@@ -321,6 +375,17 @@ class AgentSession:
                 log.info("lease.released", **fields)
             else:
                 log.error("lease.release_failed", error=failure, **fields)
+
+
+def _written_at(directory: Path, credentials: tuple[CredentialRequest, ...]) -> dict[str, float]:
+    """The mtime of each credential file already there (a predecessor wrote it)."""
+    found = {}
+    for request in credentials:
+        try:
+            found[request.name] = (directory / request.name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _at_least_hint(delay: float, error: Exception | None) -> float:

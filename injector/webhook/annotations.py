@@ -18,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.names import ROLE_NAME_PATTERN
 from injector.contract import (
+    CONTAINER_NAME_PATTERN,
     CREDENTIAL_NAME_MAX,
     CREDENTIAL_NAME_RE,
+    RESTART_GRACE_MAX,
+    RESTART_GRACE_SECONDS,
     CredentialRequest,
     FileFormat,
     Mode,
@@ -42,22 +45,43 @@ FORMAT_PREFIX = "keyferry.io/format."
 `<name>` is rendered. Absent: the default of the role's backend."""
 
 ON_ROTATE = "keyferry.io/on-rotate"
-"""`none` (default) or `signal:<SIG>` (e.g. `signal:SIGHUP`): what the agent does to the app
-after it swapped a rotated file. Signalling needs `spec.shareProcessNamespace: true`."""
+"""`none` (default), `signal:<SIG>` (e.g. `signal:SIGHUP`) or `restart`: what the agent does
+to the app after it swapped a rotated file. Both need `spec.shareProcessNamespace: true`;
+`restart` also a pod the kubelet restarts (restartPolicy Always)."""
+
+RESTART_CONTAINERS = "keyferry.io/restart-containers"
+"""`on-rotate: restart` only: the app containers to restart, comma-separated (`app,worker`).
+Absent: every app container (`spec.containers`) the pod has when keyferry admits it."""
+
+RESTART_GRACE = "keyferry.io/restart-grace-seconds"
+"""`on-rotate: restart` only: seconds between SIGTERM and SIGKILL, 1-300 (default 30)."""
 
 MODE = "keyferry.io/mode"
 """`sidecar` (default: files are kept fresh and rotated) or `init-only` (written once)."""
 
-KEYS = (INJECT, ON_ROTATE, MODE)
+KEYS = (INJECT, ON_ROTATE, MODE, RESTART_CONTAINERS, RESTART_GRACE)
 PREFIXES = (ROLE_PREFIX, FORMAT_PREFIX)
 
 MAX_VALUE_LENGTH = 253
 MAX_CREDENTIALS = 16
 ON_ROTATE_NONE = "none"
 SIGNAL_PREFIX = "signal:"
+ON_ROTATE_RESTART = "restart"
 
 _ROLE_RE = re.compile(ROLE_NAME_PATTERN)
+_CONTAINER_RE = re.compile(CONTAINER_NAME_PATTERN)
 _EXAMPLE_ROLE = f"{ROLE_PREFIX}orders-db: orders-db-ro"
+
+
+class RestartRequest(BaseModel):
+    """`on-rotate: restart` as the annotations ask for it; the webhook checks the names
+    against the pod (annotations alone cannot)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    containers: tuple[str, ...] | None = None
+    """None: every app container of the pod."""
+    grace_seconds: int = RESTART_GRACE_SECONDS
 
 
 class InjectionSpec(BaseModel):
@@ -68,6 +92,8 @@ class InjectionSpec(BaseModel):
     mode: Mode = Mode.SIDECAR
     credentials: tuple[CredentialRequest, ...] = Field(min_length=1, max_length=MAX_CREDENTIALS)
     on_rotate: Signal | None = None
+    restart: RestartRequest | None = None
+    """Set for `on-rotate: restart`; then `on_rotate` is None."""
 
 
 def keyferry_keys(annotations: Mapping[str, str]) -> list[str]:
@@ -120,10 +146,14 @@ def parse_annotations(annotations: Mapping[str, str]) -> InjectionSpec | None:
         )
         for name, role in sorted(roles.items())
     )
+    action = _on_rotate(mine.get(ON_ROTATE))
+    if action != ON_ROTATE_RESTART:
+        _no_restart_keys(mine)
     return InjectionSpec(
         mode=_mode(mine.get(MODE)),
         credentials=credentials,
-        on_rotate=_on_rotate(mine.get(ON_ROTATE)),
+        on_rotate=action if isinstance(action, Signal) else None,
+        restart=_restart(mine) if action == ON_ROTATE_RESTART else None,
     )
 
 
@@ -199,9 +229,12 @@ def _mode(value: str | None) -> Mode:
         ) from None
 
 
-def _on_rotate(value: str | None) -> Signal | None:
+def _on_rotate(value: str | None) -> Signal | str | None:
+    """None, a Signal, or ON_ROTATE_RESTART."""
     if value is None or value == ON_ROTATE_NONE:
         return None
+    if value == ON_ROTATE_RESTART:
+        return ON_ROTATE_RESTART
     if value.startswith(SIGNAL_PREFIX):
         try:
             return Signal(value.removeprefix(SIGNAL_PREFIX))
@@ -211,5 +244,54 @@ def _on_rotate(value: str | None) -> Signal | None:
     raise InvalidAnnotation(
         ON_ROTATE,
         f"{value!r} is not a rotation action",
-        f"write {ON_ROTATE_NONE} or one of: {signals}",
+        f"write {ON_ROTATE_NONE}, {ON_ROTATE_RESTART} or one of: {signals}",
+    )
+
+
+def _restart(mine: Mapping[str, str]) -> RestartRequest:
+    return RestartRequest(
+        containers=_container_names(mine.get(RESTART_CONTAINERS)),
+        grace_seconds=_grace(mine.get(RESTART_GRACE)),
+    )
+
+
+def _no_restart_keys(mine: Mapping[str, str]) -> None:
+    """The restart annotations mean nothing without `on-rotate: restart`: refused, not
+    ignored, so a pod never believes it is restarted when it is not."""
+    for key in (RESTART_CONTAINERS, RESTART_GRACE):
+        if key in mine:
+            raise InvalidAnnotation(
+                key,
+                f"is only read with {ON_ROTATE}: {ON_ROTATE_RESTART}",
+                f"add {ON_ROTATE}: {ON_ROTATE_RESTART}, or remove this annotation",
+            )
+
+
+def _container_names(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",")]
+    for name in names:
+        if not _CONTAINER_RE.fullmatch(name):
+            raise InvalidAnnotation(
+                RESTART_CONTAINERS,
+                f"{name!r} is not a container name",
+                "write the names of the pod's app containers separated by commas, e.g. app,worker",
+            )
+    if len(set(names)) != len(names):
+        raise InvalidAnnotation(
+            RESTART_CONTAINERS, "a container is named twice", "name each container once"
+        )
+    return tuple(names)
+
+
+def _grace(value: str | None) -> int:
+    if value is None:
+        return RESTART_GRACE_SECONDS
+    if value.isdigit() and 1 <= int(value) <= RESTART_GRACE_MAX:
+        return int(value)
+    raise InvalidAnnotation(
+        RESTART_GRACE,
+        f"{value!r} is not a number of seconds from 1 to {RESTART_GRACE_MAX}",
+        f'write whole seconds between SIGTERM and SIGKILL, e.g. "{RESTART_GRACE_SECONDS}"',
     )

@@ -16,6 +16,7 @@ from .config import WebhookConfig
 from .errors import InvalidAnnotation, Refused, UnsupportedPod
 from .patch import build_patch
 from .pod import Pod, RunAs, choose_run_as
+from .restart import restart_spec
 from .review import AdmissionRequest, AdmissionResponse, Status, encode_patch
 
 REFUSED_CODE = 400
@@ -34,7 +35,8 @@ def mutate(request: AdmissionRequest, config: WebhookConfig) -> AdmissionRespons
         if spec is None:
             return allowed(request, warnings=_ignored(pod))
         run_as = _run_as(pod, spec, config)
-        operations = build_patch(pod, spec, config, run_as)
+        restart = restart_spec(pod, spec.restart) if spec.restart is not None else None
+        operations = build_patch(pod, spec, config, run_as, restart)
     except Refused as exc:
         return refused(request, exc.message)
     if not operations:
@@ -82,18 +84,24 @@ def _run_as(pod: Pod, spec: InjectionSpec, config: WebhookConfig) -> RunAs:
             "credential files readable by it",
             "set runAsUser (one non-root UID shared by the app containers) or fsGroup",
         )
-    if spec.on_rotate is None:
+    if spec.on_rotate is None and spec.restart is None:
         return run_as
+    # Restarting is signalling too (SIGTERM, SIGKILL): the same three conditions.
+    acting, verb = (
+        ("signalling the app", "signals")
+        if spec.restart is None
+        else ("restarting the app's containers", "restarts")
+    )
     if not pod.spec.share_process_namespace:
         raise InvalidAnnotation(
             ON_ROTATE,
-            "signalling the app needs the agent and the app in one process namespace",
+            f"{acting} needs the agent and the app in one process namespace",
             "set spec.shareProcessNamespace: true, or write none",
         )
     if spec.mode is Mode.INIT_ONLY:
         raise InvalidAnnotation(
             ON_ROTATE,
-            "an init-only agent never rotates, so it never signals",
+            f"an init-only agent never rotates, so it never {verb}",
             "remove it, or set keyferry.io/mode: sidecar",
         )
     if not run_as.readable_by_owner:

@@ -13,9 +13,11 @@ from injector.contract import (
     AGENT_COMMAND,
     AGENT_SPEC_ENV,
     PROBE_COMMAND,
+    RESTART_MARKER_ENV,
     RUN_ARGS,
     AgentSpec,
     Mode,
+    RestartSpec,
 )
 
 from .annotations import InjectionSpec
@@ -41,7 +43,9 @@ READINESS_PERIOD_SECONDS = 5
 revocation makes the pod not ready within this many seconds."""
 
 
-def agent_spec(spec: InjectionSpec, config: WebhookConfig) -> AgentSpec:
+def agent_spec(
+    spec: InjectionSpec, config: WebhookConfig, restart: RestartSpec | None = None
+) -> AgentSpec:
     return AgentSpec(
         mode=spec.mode,
         cluster=config.cluster_name,
@@ -51,24 +55,36 @@ def agent_spec(spec: InjectionSpec, config: WebhookConfig) -> AgentSpec:
         token_path=f"{config.token_mount_path}/{TOKEN_FILE}",
         credentials=spec.credentials,
         on_rotate=spec.on_rotate,
+        restart=restart,
         backoff_base_seconds=config.agent.backoff_base_seconds,
         backoff_cap_seconds=config.agent.backoff_cap_seconds,
     )
 
 
 def build_patch(
-    pod: Pod, spec: InjectionSpec, config: WebhookConfig, run_as: RunAs
+    pod: Pod,
+    spec: InjectionSpec,
+    config: WebhookConfig,
+    run_as: RunAs,
+    restart: RestartSpec | None = None,
 ) -> list[PatchOperation]:
     """The operations that make `pod` an injected pod; empty when it already is one."""
     injected = _already_injected(pod)
     operations = _mount_operations(pod, config)
     if not injected:
+        operations += _marker_operations(pod, restart)
         operations += _volume_operations(pod, config)
-        operations.append(_agent_operation(pod, agent_container(spec, config, run_as)))
+        container = agent_container(spec, config, run_as, restart)
+        operations.append(_agent_operation(pod, container))
     return operations
 
 
-def agent_container(spec: InjectionSpec, config: WebhookConfig, run_as: RunAs) -> dict[str, Any]:
+def agent_container(
+    spec: InjectionSpec,
+    config: WebhookConfig,
+    run_as: RunAs,
+    restart: RestartSpec | None = None,
+) -> dict[str, Any]:
     security: dict[str, Any] = {
         "runAsNonRoot": True,
         "runAsUser": run_as.user,
@@ -86,7 +102,7 @@ def agent_container(spec: InjectionSpec, config: WebhookConfig, run_as: RunAs) -
         "imagePullPolicy": config.agent.image_pull_policy,
         "command": list(AGENT_COMMAND),
         "args": list(RUN_ARGS),
-        "env": [{"name": AGENT_SPEC_ENV, "value": agent_spec(spec, config).model_dump_json()}],
+        "env": [{"name": AGENT_SPEC_ENV, "value": agent_spec(spec, config, restart).to_json()}],
         "resources": {
             "requests": resources.requests.model_dump(exclude_none=True),
             "limits": resources.limits.model_dump(exclude_none=True),
@@ -183,6 +199,26 @@ def _mount_operations(pod: Pod, config: WebhookConfig) -> list[PatchOperation]:
             operations.append(PatchOperation(path=f"{path}/volumeMounts", value=[mount]))
         else:
             operations.append(PatchOperation(path=f"{path}/volumeMounts/-", value=mount))
+    return operations
+
+
+def _marker_operations(pod: Pod, restart: RestartSpec | None) -> list[PatchOperation]:
+    """`KEYFERRY_CONTAINER=<name>` in each container the agent may restart: how it finds the
+    container's processes in /proc without an API token."""
+    if restart is None:
+        return []
+    operations = []
+    for index, container in enumerate(pod.spec.containers):
+        if container.name not in restart.containers:
+            continue
+        if any(e.name == RESTART_MARKER_ENV for e in container.env or []):
+            continue  # the pod's author copied it from an injected pod: same value, checked
+        marker = {"name": RESTART_MARKER_ENV, "value": container.name}
+        path = f"/spec/containers/{index}/env"
+        if container.env is None:
+            operations.append(PatchOperation(path=path, value=[marker]))
+        else:
+            operations.append(PatchOperation(path=f"{path}/-", value=marker))
     return operations
 
 

@@ -37,8 +37,14 @@ class VolumeMount(_Camel):
     mount_path: str
 
 
+class EnvVar(_Camel):
+    name: str
+    value: str | None = None
+
+
 class Container(_Camel):
     name: str
+    env: list[EnvVar] | None = None
     security_context: SecurityContext | None = None
     volume_mounts: list[VolumeMount] | None = None
 
@@ -53,6 +59,8 @@ class PodSpec(_Camel):
     volumes: list[Volume] | None = None
     security_context: PodSecurityContext | None = None
     share_process_namespace: bool | None = None
+    restart_policy: str | None = None
+    """None: the API server's default, Always."""
 
 
 class ObjectMeta(_Camel):

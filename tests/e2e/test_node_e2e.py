@@ -15,137 +15,36 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from kubernetes import client as k8s
 
 from broker.api.v1 import rotation_pb2, rotation_pb2_grpc
 from broker.store import LeaseState
-from tests.bed.kube import KubeCluster
-from tests.bed.moto import REGION, MotoServer
-from tests.bed.node import TOLERATION, Node
+from tests.bed.node import TOLERATION
 from tests.bed.postgres import PostgresServer
-from tests.bed.vault import VaultServer
-from tests.conftest import need
-from tests.scene.broker import MOUNT
 from tests.scene.broker_thread import (
     BrokerThread,
-    Webhook,
-    mount_internal_tls,
-    mount_kv,
-    mount_s3_reader,
-    scene_broker,
-    webhooks,
 )
 from tests.scene.kube_helpers import core, eventually
+from tests.scene.node_scene import NAMESPACE, RUN, NodeScene, refused
 from tests.scene.nodepods import (
     APP_UID,
     SECRETS,
-    NodeImages,
     NodePod,
     agent_status,
     app_container,
     create,
     injected,
-    load_images,
     pod_body,
-    prepare_namespace,
 )
 from tests.scene.pods import AGENT, dsn_values, live_leases, live_leases_all
 
 pytestmark = pytest.mark.bed
-RUN = secrets.token_hex(3)
-OPT_IN = (f"keyferry.test/node-e2e-{RUN}", "on")
-NAMESPACE = "orders"  # docs/examples/policies.cedar and policies.cedar here permit it
 ROLES = {"db": "orders-db-ro", "s3": "s3-reader", "tls": "internal-tls"}
 API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-@dataclass
-class NodeScene:
-    node: Node
-    cluster: KubeCluster
-    images: NodeImages
-    broker: BrokerThread
-    webhook: Webhook
-    ca_pem: str
-    """The CA of role internal-tls's PKI mount."""
-    moto: MotoServer
-
-    def aws_env(self) -> dict[str, str]:
-        """The app's own AWS settings: the credentials come from the agent's file."""
-        return {
-            "AWS_SHARED_CREDENTIALS_FILE": f"{SECRETS}/s3",
-            "AWS_CONFIG_FILE": "/dev/null",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL": self.moto.endpoint,
-            "HOME": "/tmp",  # noqa: S108 - the aws CLI's cache, inside the container
-        }
-
-    def start(self, body: dict[str, Any]) -> NodePod:
-        pod = create(self.cluster, NAMESPACE, body)
-        pod.wait_ready()
-        return pod
-
-
-@pytest.fixture(scope="module")
-def images(node: Node) -> NodeImages:
-    return need(lambda: load_images(node))
-
-
-@pytest.fixture(scope="module")
-def scene(
-    tmp_path_factory: pytest.TempPathFactory,
-    vault: VaultServer,
-    postgres: PostgresServer,
-    moto: MotoServer,
-    kube_clusters: dict[str, KubeCluster],
-    node: Node,
-    images: NodeImages,
-) -> Iterator[NodeScene]:
-    root = vault.client()
-    mount_kv(root)
-    mount_s3_reader(root, moto)
-    ca_pem = mount_internal_tls(root)
-    folder = tmp_path_factory.mktemp("node-e2e")
-    policies = (Path(__file__).with_name("policies.cedar"),)
-    broker = scene_broker(
-        folder,
-        vault,
-        postgres,
-        kube_clusters,
-        policies=policies,
-        workload_host=node.address,
-        db_host=node.address,
-    )
-    cluster = node.cluster
-    prepare_namespace(cluster, NAMESPACE, OPT_IN)
-    try:
-        with webhooks([cluster], folder / "webhook", broker.broker, RUN, OPT_IN, images.agent) as (
-            hooks
-        ):
-            eventually(lambda: _mutates(cluster, images), "the webhook patching pods on a")
-            yield NodeScene(node, cluster, images, broker, hooks["a"], ca_pem, moto)
-    finally:
-        broker.stop()
-        root.sys.disable_secrets_engine(MOUNT)
-
-
-def _mutates(cluster: KubeCluster, images: NodeImages) -> bool:
-    """A server-side dry run comes back injected once the registration is in effect."""
-    body = pod_body("probe", images.app, {"db": "orders-db-ro"})
-    with cluster.api_client() as api:
-        raw = core(api).create_namespaced_pod(
-            NAMESPACE, body, dry_run="All", _preload_content=False
-        )
-    spec = json.loads(raw.data)["spec"]
-    return any(c["name"] == AGENT for c in spec.get("initContainers") or [])
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +119,7 @@ def test_the_agent_has_no_api_token_and_the_app_has_its_own(running: NodePod) ->
     assert "keyferry:a" not in claims["aud"]
 
 
-def test_a_rotation_changes_the_file_signals_the_app_and_the_old_login_is_refused(
+def test_a_rotation_changes_the_file_signals_the_app_and_the_old_login_isrefused(
     scene: NodeScene,
 ) -> None:
     body = pod_body(
@@ -242,12 +141,12 @@ def test_a_rotation_changes_the_file_signals_the_app_and_the_old_login_is_refuse
         eventually(lambda: "got SIGHUP" in pod.logs(), "the app's SIGHUP (shared PID namespace)")
         user = pod.sh(f'psql "$(cat {SECRETS}/db)" -Atc "select current_user"').strip()
         assert user == dsn_values(after)["user"]
-        eventually(lambda: _refused(before), "the old login refused after the Ack", 30)
+        eventually(lambda: refused(before), "the old login refused after the Ack", 30)
     finally:
         pod.delete()
 
 
-def test_kubectl_delete_pod_revokes_its_leases_and_the_logins_are_refused(
+def test_kubectl_delete_pod_revokes_its_leases_and_the_logins_arerefused(
     scene: NodeScene, running: NodePod
 ) -> None:
     dsn = running.secret("db")
@@ -261,7 +160,7 @@ def test_kubectl_delete_pod_revokes_its_leases_and_the_logins_are_refused(
         return leases if done else None
 
     eventually(all_revoked, "every lease of the deleted pod revoked", 30)
-    assert _refused(dsn)
+    assert refused(dsn)
 
 
 def test_a_job_in_init_only_mode_completes_and_its_leases_end(scene: NodeScene) -> None:
@@ -353,11 +252,3 @@ def _rotate(broker: BrokerThread, lease_id: str) -> Any:
             return await stub.RotateLeases(rotation_pb2.RotateLeasesRequest(lease_ids=[lease_id]))
 
     return asyncio.run(rotate())
-
-
-def _refused(dsn: str) -> bool:
-    try:
-        psycopg.connect(dsn, connect_timeout=5).close()
-    except psycopg.OperationalError:
-        return True
-    return False

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from pydantic import SecretStr
 
 from broker.models import Credential, VaultLease
 from broker.service import LeaseRotated
 from broker.store import LeaseRecord, LeaseState
+from injector.agent.client import Issued
+from injector.contract import AgentSpec, CredentialRequest, Mode, Signal
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -66,3 +69,27 @@ def rotated_event() -> LeaseRotated:
     )
     credential = Credential(values={"username": SecretStr("u"), "password": SecretStr("p")})
     return LeaseRotated(lease_record(), credential, vault_lease)
+
+
+def issued(generation: int, password: str, lease: str = "") -> Issued:
+    """What the broker answers for credential `db`, generation `generation`."""
+    return Issued(
+        lease_id=lease or f"lease-{generation}",
+        credential_name="db",
+        generation=generation,
+        expires_at=None,
+        values={"username": SecretStr("u"), "password": SecretStr(password)},
+    )
+
+
+def signal_spec(tmp_path: Path) -> AgentSpec:
+    """An agent spec for one database credential, signalling the app with SIGHUP."""
+    return AgentSpec(
+        mode=Mode.SIDECAR,
+        cluster="a",
+        broker_address="127.0.0.1:1",
+        directory=str(tmp_path),
+        token_path=str(tmp_path / "token"),
+        credentials=(CredentialRequest(name="db", role="orders-db-ro"),),
+        on_rotate=Signal.SIGHUP,
+    )

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from injector.agent.backoff import Backoff
-from injector.agent.client import Issued, Renewed, Rotated, WatchEvent
+from injector.agent.client import Ack, Issued, Renewed, Rotated, WatchEvent
 from injector.agent.errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchDenied
 from injector.agent.session import WATCH_REFUSALS, AgentSession
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
@@ -97,7 +97,7 @@ class Broker:
     async def release(self, lease_id: str) -> None:
         pass
 
-    async def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]:
+    async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
         self.watches += 1
         if self.watch_error is not None:
             raise self.watch_error

@@ -8,30 +8,20 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from injector.agent.backoff import Backoff
-from injector.agent.client import Issued, Revoked, Rotated, WatchEvent
+from injector.agent.client import Ack, Issued, Revoked, Rotated, WatchEvent
 from injector.agent.errors import BrokerUnavailable, WatchUnsupported
 from injector.agent.session import AgentSession
-from injector.contract import AgentSpec, CredentialRequest, Mode, Signal
 
-
-def issued(generation: int, password: str, lease: str = "") -> Issued:
-    return Issued(
-        lease_id=lease or f"lease-{generation}",
-        credential_name="db",
-        generation=generation,
-        expires_at=None,
-        values={"username": SecretStr("u"), "password": SecretStr(password)},
-    )
+from .samples import issued
+from .samples import signal_spec as spec
 
 
 class ScriptedBroker:
     def __init__(self, events: list[WatchEvent]) -> None:
         self.failures = 2
         self.events = events
-        self.acks: list[tuple[str, int]] = []
+        self.acks: list[Ack] = []
         self.released: list[str] = []
         self.watches = 0
 
@@ -44,7 +34,7 @@ class ScriptedBroker:
     async def release(self, lease_id: str) -> None:
         self.released.append(lease_id)
 
-    async def watch(self, acks: asyncio.Queue[tuple[str, int]]) -> AsyncIterator[WatchEvent]:
+    async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
         self.watches += 1
         if self.watches > 1:
             raise WatchUnsupported("no", "UNIMPLEMENTED")
@@ -52,18 +42,6 @@ class ScriptedBroker:
             yield event
             while not acks.empty():
                 self.acks.append(acks.get_nowait())
-
-
-def spec(tmp_path: Path) -> AgentSpec:
-    return AgentSpec(
-        mode=Mode.SIDECAR,
-        cluster="a",
-        broker_address="127.0.0.1:1",
-        directory=str(tmp_path),
-        token_path=str(tmp_path / "token"),
-        credentials=(CredentialRequest(name="db", role="orders-db-ro"),),
-        on_rotate=Signal.SIGHUP,
-    )
 
 
 async def test_the_session_follows_the_watch_protocol(tmp_path: Path) -> None:
@@ -92,7 +70,7 @@ async def test_the_session_follows_the_watch_protocol(tmp_path: Path) -> None:
             break
         await asyncio.sleep(0.01)
     holding.cancel()
-    assert broker.acks == [("lease-1", 1), ("lease-2", 2), ("lease-2", 2)]
+    assert broker.acks == [Ack("lease-1", 1), Ack("lease-2", 2), Ack("lease-2", 2)]
     assert signals == [1]  # SIGHUP, once: for the new generation only
     assert not (tmp_path / "db").exists()
     assert broker.watches >= 2  # reconnected after the stream, then Watch unsupported

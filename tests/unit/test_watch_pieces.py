@@ -52,3 +52,7 @@ def test_an_ack_is_read_and_an_empty_request_is_skipped() -> None:
     request = broker_pb2.WatchRequest(ack=broker_pb2.Ack(lease_id="lease-2", generation=2))
     assert convert.ack(request) == AckMessage("lease-2", 2)
     assert convert.ack(broker_pb2.WatchRequest()) is None
+    restarted = broker_pb2.Ack(lease_id="lease-3", generation=3, restarted_containers=["app"])
+    assert convert.ack(broker_pb2.WatchRequest(ack=restarted)) == AckMessage(
+        "lease-3", 3, restarted=("app",)
+    )

@@ -11,8 +11,11 @@ from injector.webhook.annotations import (
     MAX_CREDENTIALS,
     MODE,
     ON_ROTATE,
+    RESTART_CONTAINERS,
+    RESTART_GRACE,
     ROLE_PREFIX,
     InjectionSpec,
+    RestartRequest,
     parse_annotations,
 )
 from injector.webhook.errors import InvalidAnnotation
@@ -58,6 +61,21 @@ def test_defaults() -> None:
     )
 
 
+def test_restart() -> None:
+    spec = parse_annotations({**BASE, ON_ROTATE: "restart"})
+    assert spec is not None
+    assert spec.on_rotate is None
+    assert spec.restart == RestartRequest(containers=None, grace_seconds=30)
+    named = parse_annotations(
+        {**BASE, ON_ROTATE: "restart", RESTART_CONTAINERS: "app, worker", RESTART_GRACE: "5"}
+    )
+    assert named is not None
+    assert named.restart == RestartRequest(containers=("app", "worker"), grace_seconds=5)
+    signalled = parse_annotations({**BASE, ON_ROTATE: "signal:SIGHUP"})
+    assert signalled is not None
+    assert signalled.restart is None
+
+
 @pytest.mark.parametrize("fmt", [f.value for f in FileFormat])
 def test_every_format(fmt: str) -> None:
     spec = parse_annotations({**BASE, f"{FORMAT_PREFIX}db": fmt})
@@ -88,7 +106,21 @@ REFUSALS = [
     ({**BASE, f"{FORMAT_PREFIX}other": "env"}, f"{FORMAT_PREFIX}other", [f"{ROLE_PREFIX}other"]),
     ({**BASE, MODE: "daemon"}, MODE, ["sidecar, init-only"]),
     ({**BASE, ON_ROTATE: "signal:SIGKILL"}, ON_ROTATE, ["signal:SIGHUP"]),
-    ({**BASE, ON_ROTATE: "restart"}, ON_ROTATE, ["none or one of"]),
+    ({**BASE, ON_ROTATE: "reboot"}, ON_ROTATE, ["none, restart or one of"]),
+    ({**BASE, ON_ROTATE: "signal:restart"}, ON_ROTATE, ["none, restart or one of"]),
+    ({**BASE, RESTART_CONTAINERS: "app"}, RESTART_CONTAINERS, [f"{ON_ROTATE}: restart"]),
+    (
+        {**BASE, ON_ROTATE: "signal:SIGHUP", RESTART_GRACE: "10"},
+        RESTART_GRACE,
+        [f"only read with {ON_ROTATE}: restart", "or remove this annotation"],
+    ),
+    ({**BASE, ON_ROTATE: "restart", RESTART_CONTAINERS: "App"}, RESTART_CONTAINERS, ["app,worker"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_CONTAINERS: "app,"}, RESTART_CONTAINERS, ["''"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_CONTAINERS: "a,b,a"}, RESTART_CONTAINERS, ["twice"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_GRACE: "0"}, RESTART_GRACE, ["from 1 to 300"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_GRACE: "301"}, RESTART_GRACE, ["from 1 to 300"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_GRACE: "30s"}, RESTART_GRACE, ["whole seconds"]),
+    ({**BASE, ON_ROTATE: "restart", RESTART_GRACE: "-5"}, RESTART_GRACE, ["SIGKILL"]),
     ({**BASE, ON_ROTATE: "signal:hup"}, ON_ROTATE, ["signal:SIGHUP"]),
     (
         {INJECT: "true", **{f"{ROLE_PREFIX}c{i}": "r" for i in range(MAX_CREDENTIALS + 1)}},

@@ -230,6 +230,97 @@ PATCHES: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
         ],
     ),
     (
+        "restart: a marker in each named container, the RestartSpec in the agent's spec",
+        pod(
+            {
+                **INJECT,
+                "keyferry.io/on-rotate": "restart",
+                "keyferry.io/restart-containers": "app",
+                "keyferry.io/restart-grace-seconds": "12",
+            },
+            spec={
+                "shareProcessNamespace": True,
+                "securityContext": {"runAsUser": 1000},
+                "containers": [
+                    {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}]},
+                    {"name": "log", "image": "log:1"},
+                ],
+            },
+        ),
+        [
+            {"op": "add", "path": "/spec/containers/0/volumeMounts", "value": [MOUNT]},
+            {"op": "add", "path": "/spec/containers/1/volumeMounts", "value": [MOUNT]},
+            {
+                "op": "add",
+                "path": "/spec/containers/0/env/-",
+                "value": {"name": "KEYFERRY_CONTAINER", "value": "app"},
+            },
+            {"op": "add", "path": "/spec/volumes", "value": VOLUMES},
+            {
+                "op": "add",
+                "path": "/spec/initContainers",
+                "value": [
+                    agent(
+                        spec_json(
+                            restart={
+                                "containers": ["app"],
+                                "grace_seconds": 12,
+                                "coalesce_seconds": 2.0,
+                                "min_spacing_seconds": 660.0,
+                            }
+                        )
+                    )
+                ],
+            },
+        ],
+    ),
+    (
+        "restart by default: every app container",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart"},
+            spec={
+                "shareProcessNamespace": True,
+                "restartPolicy": "Always",
+                "securityContext": {"runAsUser": 1000},
+                "containers": [
+                    {"name": "app", "image": "app:1"},
+                    {"name": "worker", "image": "app:1"},
+                ],
+            },
+        ),
+        [
+            {"op": "add", "path": "/spec/containers/0/volumeMounts", "value": [MOUNT]},
+            {"op": "add", "path": "/spec/containers/1/volumeMounts", "value": [MOUNT]},
+            {
+                "op": "add",
+                "path": "/spec/containers/0/env",
+                "value": [{"name": "KEYFERRY_CONTAINER", "value": "app"}],
+            },
+            {
+                "op": "add",
+                "path": "/spec/containers/1/env",
+                "value": [{"name": "KEYFERRY_CONTAINER", "value": "worker"}],
+            },
+            {"op": "add", "path": "/spec/volumes", "value": VOLUMES},
+            {
+                "op": "add",
+                "path": "/spec/initContainers",
+                "value": [
+                    agent(
+                        spec_json(
+                            restart={
+                                "containers": ["app", "worker"],
+                                "grace_seconds": 30,
+                                "coalesce_seconds": 2.0,
+                                "min_spacing_seconds": 660.0,
+                            }
+                        )
+                    )
+                ],
+            },
+        ],
+    ),
+    (
         "container runAsUser overrides the pod's",
         pod(
             INJECT,
@@ -439,6 +530,105 @@ REFUSALS: list[tuple[str, dict[str, Any], list[str]]] = [
         ["annotation keyferry.io/on-rotate:", "runAsUser"],
     ),
     (
+        "restart without shareProcessNamespace",
+        pod({**INJECT, "keyferry.io/on-rotate": "restart"}),
+        [
+            "annotation keyferry.io/on-rotate:",
+            "restarting the app's containers",
+            "shareProcessNamespace: true",
+        ],
+    ),
+    (
+        "restart in init-only mode",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart", "keyferry.io/mode": "init-only"},
+            shareProcessNamespace=True,
+        ),
+        ["annotation keyferry.io/on-rotate:", "never restarts"],
+    ),
+    (
+        "restart with restartPolicy Never",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart"},
+            shareProcessNamespace=True,
+            restartPolicy="Never",
+        ),
+        [
+            "pod field spec.restartPolicy:",
+            "restartPolicy Never",
+            "set restartPolicy: Always; a Job should use keyferry.io/mode: init-only",
+        ],
+    ),
+    (
+        "restart with restartPolicy OnFailure",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart"},
+            shareProcessNamespace=True,
+            restartPolicy="OnFailure",
+        ),
+        ["pod field spec.restartPolicy:", "restartPolicy OnFailure", "init-only"],
+    ),
+    (
+        "restart across UIDs",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart"},
+            spec={
+                "shareProcessNamespace": True,
+                "securityContext": {"fsGroup": 4000},
+                "containers": [{"name": "app", "image": "app:1"}],
+            },
+        ),
+        ["annotation keyferry.io/on-rotate:", "runAsUser"],
+    ),
+    (
+        "restart a container the pod does not have",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart", "keyferry.io/restart-containers": "web"},
+            shareProcessNamespace=True,
+        ),
+        ["annotation keyferry.io/restart-containers:", "no container 'web'", "app containers"],
+    ),
+    (
+        "restart keyferry's agent",
+        pod(
+            {
+                **INJECT,
+                "keyferry.io/on-rotate": "restart",
+                "keyferry.io/restart-containers": "app,keyferry-agent",
+            },
+            shareProcessNamespace=True,
+        ),
+        ["annotation keyferry.io/restart-containers:", "'keyferry-agent'"],
+    ),
+    (
+        "restart another tool's native sidecar",
+        pod(
+            {
+                **INJECT,
+                "keyferry.io/on-rotate": "restart",
+                "keyferry.io/restart-containers": "mesh",
+            },
+            shareProcessNamespace=True,
+            initContainers=[{"name": "mesh", "image": "mesh:1", "restartPolicy": "Always"}],
+        ),
+        ["annotation keyferry.io/restart-containers:", "init container", "only app containers"],
+    ),
+    (
+        "restart marker spoofed",
+        pod(
+            {**INJECT, "keyferry.io/on-rotate": "restart"},
+            shareProcessNamespace=True,
+            containers=[
+                {
+                    "name": "app",
+                    "image": "app:1",
+                    "env": [{"name": "KEYFERRY_CONTAINER", "value": "other"}],
+                }
+            ],
+        ),
+        ["pod field spec.containers (app).env:", "KEYFERRY_CONTAINER", "rename"],
+    ),
+    (
         "app user unknown and no fsGroup",
         pod(INJECT, spec={"containers": [{"name": "app", "image": "app:1"}]}),
         ["pod field spec.securityContext:", "runAsUser", "fsGroup"],
@@ -502,6 +692,25 @@ def test_signal_spec_reaches_the_agent() -> None:
     spec = AgentSpec.model_validate_json(container["env"][0]["value"])
     assert spec.on_rotate is Signal.SIGHUP
     assert spec.credentials[0].format is None
+
+
+def test_restart_containers_added_later_are_never_marked() -> None:
+    """Another webhook's container added after keyferry's admission is not restarted."""
+    obj = pod({**INJECT, "keyferry.io/on-rotate": "restart"}, shareProcessNamespace=True)
+    mutated = apply(obj, mutate(request(obj), CONFIG).operations())
+    mutated["spec"]["containers"].append({"name": "mesh-proxy", "image": "proxy:1"})
+    again = mutate(request(mutated), CONFIG)
+    assert again.operations() == [
+        {"op": "add", "path": "/spec/containers/1/volumeMounts", "value": [MOUNT]}
+    ]
+    agent_env = mutated["spec"]["initContainers"][0]["env"][0]["value"]
+    assert AgentSpec.model_validate_json(agent_env).restart.containers == ("app",)  # type: ignore[union-attr]
+
+
+def test_a_spec_without_restart_omits_the_field() -> None:
+    """An agent image older than the restart field still reads the spec of other pods."""
+    container = mutate(request(pod(INJECT)), CONFIG).operations()[-1]["value"][0]
+    assert "restart" not in json.loads(container["env"][0]["value"])
 
 
 def test_unreadable_pod_is_refused() -> None:

@@ -176,17 +176,26 @@ class Ack(_message.Message):
 
     LEASE_ID_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    RESTARTED_CONTAINERS_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     generation: _builtins.int
+    @_builtins.property
+    def restarted_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The app containers the agent restarted to put this generation in use
+        (keyferry.io/on-rotate: restart); empty when it restarted none. The broker audits
+        one pod.restarted record per container.
+        """
+
     def __init__(
         self,
         *,
         lease_id: _builtins.str = ...,
         generation: _builtins.int = ...,
+        restarted_containers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "lease_id", b"lease_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "lease_id", b"lease_id", "restarted_containers", b"restarted_containers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -233,13 +233,16 @@ class AuditTrail:
         *,
         credential: Credential | None = None,
         reason: str | None = None,
+        target: str | None = None,
     ) -> None:
-        """A lease's state change; a new credential appears only as fingerprints."""
+        """A lease's state change; a new credential appears only as fingerprints. `target`:
+        what else it acted on (the app container a restart ended)."""
         await self.record(
             AuditEvent(
                 who=principal_of(workload),
                 action=action,
                 reason=reason,
+                target=target,
                 role=lease.role,
                 credential=lease.credential,
                 lease_id=lease.id,

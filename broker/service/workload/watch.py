@@ -53,6 +53,7 @@ from .limits import LeaseCallRates, WatchStreamCaps
 from .names import check_lease_id
 
 log = structlog.get_logger("keyferry.watch")
+RESTARTED_FOR = "ROTATION"  # pod.restarted's reason: the lease (the rotation) it put in use
 FIRST_RECHECK = (0.5, 1.0)  # the first re-check comes after this share of the interval,
 # drawn per stream, so streams opened together (a replica's restart) spread their re-checks
 
@@ -61,6 +62,8 @@ FIRST_RECHECK = (0.5, 1.0)  # the first re-check comes after this share of the i
 class AckMessage:
     lease_id: str
     generation: int
+    restarted: tuple[str, ...] = ()
+    """The app containers the agent restarted to put this generation in use."""
 
 
 class PodGone(Unauthenticated):
@@ -289,6 +292,15 @@ class WatchFlow:
             )
             return
         await self._audit.lease(workload, AuditAction.LEASE_ACKED, lease, session.request_id)
+        for container in ack.restarted:
+            await self._audit.lease(
+                workload,
+                AuditAction.POD_RESTARTED,
+                lease,
+                session.request_id,
+                reason=RESTARTED_FOR,
+                target=container,
+            )
         selector = Selector(
             cluster=lease.cluster,
             namespace=lease.namespace,
