@@ -149,7 +149,7 @@ def owner_goes_away(bench: Bench, credential: str) -> Callable[[IssueContext], N
     """While Vault answers: the row turns revoking (its pod or grant ended)."""
 
     def goes_away(context: IssueContext) -> None:
-        live = bench.store.leases.find_live(context.pod_uid, credential)
+        live = bench.store.leases.find_live(context.cluster, context.pod_uid, credential)
         assert live is not None
         bench.store.leases.mark_revoking(live.id)
 
@@ -238,7 +238,7 @@ def rotation_flow(bench: Bench) -> RotationFlow:
 
 async def test_an_operator_rotates_a_lease_and_the_pod_hears_of_it(bench: Bench) -> None:
     lease = (await issue_flow(bench).issue("api-0", "orders-db", ROLE.name, "r1")).lease
-    with bench.hub.subscribe(API.pod_uid) as stream:
+    with bench.hub.subscribe(API.pod_key) as stream:
         [rotated] = await rotation_flow(bench).rotate(SECURITY, [lease.id], None, "r2")
         event = stream.queue.get_nowait()
     assert (rotated.previous_lease_id, rotated.lease.generation) == (lease.id, 2)

@@ -3,7 +3,7 @@
 token → pod still bound → rate limits → credential name → role → Cedar → audit the decision → caps →
 pending row (before Vault) → Vault → complete the row → audit → credential.
 
-Idempotent per (pod UID, credential name): when the store already holds a live lease for
+Idempotent per (cluster, pod UID, credential name): when the store already holds a live lease for
 them, its sealed credential is returned and Vault is not asked (see common/sealing.py), unless that
 lease has run out unrenewed: then it is ended (audited reason EXPIRED) and Vault issues a
 new one. The pending row, Vault, completing and undoing are the lease engine's
@@ -147,7 +147,7 @@ class IssueFlow:
         self, workload: Workload, request: LeaseRequest
     ) -> PendingLease | ExistingLease:
         async with self._admitting[workload.cluster]:
-            live = await self._leases.find_live(workload.pod_uid, request.credential)
+            live = await self._leases.find_live(*workload.pod_key, request.credential)
             if live is None:
                 await check_limits(
                     self._leases, workload, self._limits.per_pod, self._limits.per_cluster
