@@ -175,7 +175,7 @@ class EventRelay:
             return None  # already replaced or ended: the next event says so
         if handle.sealed_credential is None:
             return None
-        credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+        credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
         return LeaseRotated(lease, credential, VaultLease.model_validate(handle.vault_lease))
 
 

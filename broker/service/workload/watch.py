@@ -228,7 +228,7 @@ class WatchFlow:
             vault_lease = VaultLease.model_validate(handle.vault_lease)
             if not await self._may_watch(session, lease, vault_lease):
                 continue
-            credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+            credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
             events.append(LeaseRotated(lease, credential, vault_lease))
         if mine and not events and session.allowed and not any(session.allowed.values()):
             raise PermissionDenied(
