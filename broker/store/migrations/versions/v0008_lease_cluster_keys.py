@@ -22,28 +22,23 @@ LIVE_WHERE = sa.text("state IN ('pending', 'active')")
 
 
 def upgrade() -> None:
-    op.drop_index("uq_leases_live_generation", "leases")
-    op.drop_index("ix_leases_pod_credential", "leases")
-    op.create_index(
-        "uq_leases_live_generation",
-        "leases",
-        ["cluster", "pod_uid", "credential", "generation"],
-        unique=True,
-        sqlite_where=LIVE_WHERE,
-        postgresql_where=LIVE_WHERE,
-    )
-    op.create_index("ix_leases_pod_credential", "leases", ["cluster", "pod_uid", "credential"])
+    _rekey(["cluster", "pod_uid", "credential"])
 
 
 def downgrade() -> None:
+    _rekey(["pod_uid", "credential"])
+
+
+def _rekey(pod: list[str]) -> None:
+    """Both lease indexes of a pod's credential, over the columns `pod` names it by."""
     op.drop_index("ix_leases_pod_credential", "leases")
     op.drop_index("uq_leases_live_generation", "leases")
     op.create_index(
         "uq_leases_live_generation",
         "leases",
-        ["pod_uid", "credential", "generation"],
+        [*pod, "generation"],
         unique=True,
         sqlite_where=LIVE_WHERE,
         postgresql_where=LIVE_WHERE,
     )
-    op.create_index("ix_leases_pod_credential", "leases", ["pod_uid", "credential"])
+    op.create_index("ix_leases_pod_credential", "leases", pod)
