@@ -66,6 +66,20 @@ class Unauthenticated(KeyferryError):
     reason = "TOKEN_INVALID"
 
 
+class PodOfAnotherCluster(Unauthenticated):
+    """A token names a pod UID that holds live leases in another cluster: its cluster's
+    API server minted a token for a pod it does not run."""
+
+    def __init__(self, cluster: str, pod_uid: str, holders: frozenset[str]) -> None:
+        super().__init__(
+            f"cluster {cluster!r} presented pod UID {pod_uid}, which holds live leases in "
+            f"cluster(s) {', '.join(sorted(holders))}; refused (a forged pod identity)"
+        )
+        self.cluster = cluster
+        self.pod_uid = pod_uid
+        self.holders = holders
+
+
 class PermissionDenied(KeyferryError):
     reason = "POLICY_DENIED"
 

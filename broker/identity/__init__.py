@@ -1,5 +1,6 @@
 """Workload identity: which cluster a token belongs to, and which pod it proves."""
 
+from .claims import InvalidClaim
 from .tokens import (
     DEFAULT_LEEWAY,
     DEFAULT_MAX_LIFETIME,
@@ -16,6 +17,7 @@ __all__ = [
     "DEFAULT_MAX_LIFETIME",
     "Claimed",
     "ClusterKeys",
+    "InvalidClaim",
     "KeyRefreshPolicy",
     "TokenVerifier",
     "audience_for",

@@ -30,6 +30,8 @@ import jwt
 from broker.errors import TemporaryError, Unauthenticated
 from broker.policy import Workload
 
+from .claims import workload_of
+
 AUDIENCE_PREFIX = "keyferry:"
 DEFAULT_LEEWAY = dt.timedelta(seconds=30)
 # The webhook asks for tokens of at most an hour (token_expiration_seconds).
@@ -218,7 +220,7 @@ class TokenVerifier:
             raise Unauthenticated(f"token rejected for cluster {cluster.name!r}: {exc}") from exc
         self._check_lifetime(claims)
         expires_at = dt.datetime.fromtimestamp(int(claims["exp"]), dt.UTC)
-        return _workload(cluster.name, claims), expires_at
+        return workload_of(cluster.name, claims), expires_at
 
     def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
         lifetime = int(claims["exp"]) - int(claims["iat"])
@@ -263,26 +265,4 @@ def unknown_key(claimed: Claimed) -> Unauthenticated:
     """The refusal of a token whose key id its cluster's JWKS does not hold."""
     return Unauthenticated(
         f"token key id {claimed.kid[:64]!r} is not a key of cluster {claimed.cluster.name!r}"
-    )
-
-
-def _workload(cluster: str, claims: Mapping[str, Any]) -> Workload:
-    k8s = claims.get("kubernetes.io")
-    if not isinstance(k8s, Mapping):
-        raise Unauthenticated(
-            "the token has no kubernetes.io claims; use a projected service-account token"
-        )
-    pod = k8s.get("pod")
-    if not isinstance(pod, Mapping) or not pod.get("name") or not pod.get("uid"):
-        raise Unauthenticated(
-            "the token is not bound to a pod; the agent must use the projected "
-            "token the webhook mounts"
-        )
-    account = k8s.get("serviceaccount") or {}
-    return Workload(
-        cluster=cluster,
-        namespace=str(k8s.get("namespace", "")),
-        service_account=str(account.get("name", "")),
-        pod=str(pod["name"]),
-        pod_uid=str(pod["uid"]),
     )

@@ -11,6 +11,7 @@ from .credentials import (
     VaultLease,
 )
 from .durations import Duration, parse_duration
+from .pods import PodKey
 from .problems import describe as describe_problems
 from .problems import problems as validation_problems
 from .roles import (
@@ -38,6 +39,7 @@ __all__ = [
     "KvRole",
     "Lifecycle",
     "PkiRole",
+    "PodKey",
     "RoleProblem",
     "RoleSpec",
     "RotationSchedule",

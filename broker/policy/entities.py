@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.models import PodKey
+
 
 class Action(StrEnum):
     ISSUE = "issue"
@@ -81,6 +83,10 @@ class Workload(_Entity):
     @property
     def ident(self) -> str:
         return f"{self.cluster}/{self.namespace}/{self.pod}/{self.pod_uid}"
+
+    @property
+    def pod_key(self) -> PodKey:
+        return PodKey(self.cluster, self.pod_uid)
 
     def entities(self) -> list[dict[str, Any]]:
         attrs = {

@@ -57,6 +57,7 @@ class AsyncLeases(_Async[LeaseRepository]):
     leases_to_revoke = _forward(LeaseRepository.leases_to_revoke)
     get = _forward(LeaseRepository.get)
     find_live = _forward(LeaseRepository.find_live)
+    clusters_holding = _forward(LeaseRepository.clusters_holding)
     handle = _forward(LeaseRepository.handle)
     count_live = _forward(LeaseRepository.count_live)
     list_by_selector = _forward(LeaseRepository.list_by_selector)
@@ -77,7 +78,10 @@ class AsyncLeases(_Async[LeaseRepository]):
         """The live leases of a pod and of its cluster, in one trip."""
         repo = self._repo
         return await self._runner.run(
-            lambda: (repo.count_live(pod_uid=pod_uid), repo.count_live(cluster=cluster))
+            lambda: (
+                repo.count_live(cluster=cluster, pod_uid=pod_uid),
+                repo.count_live(cluster=cluster),
+            )
         )
 
 

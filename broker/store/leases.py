@@ -15,12 +15,24 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Select, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest
+from broker.models import PodKey
 
 from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict
 from .failures import store_errors
@@ -63,8 +75,9 @@ class LeaseRepository:
     def begin_issue(self, request: LeaseRequest) -> PendingLease | ExistingLease:
         """Write the pending row for a new credential, before Vault is asked.
 
-        Idempotent per (pod UID, credential): when a live lease exists, or a concurrent call
-        wins the race, the result is that lease as ExistingLease and Vault must not be asked.
+        Idempotent per (cluster, pod UID, credential): when a live lease exists, or a
+        concurrent call wins the race, the result is that lease as ExistingLease and Vault
+        must not be asked.
         """
 
         def build(session: Session) -> LeaseRow | LeaseRecord | None:
@@ -172,16 +185,16 @@ class LeaseRepository:
         before: datetime,
         limit: int = DEFAULT_BATCH,
         *,
-        pod_uids: Collection[str] | None = None,
+        pods: Collection[PodKey] | None = None,
     ) -> list[LeaseRecord]:
         """Active leases whose Vault lease ends before `before`, soonest first; only those
-        of `pod_uids` when given (the broker renews only pods that hold a Watch stream)."""
+        of `pods` when given (the broker renews only pods that hold a Watch stream)."""
         _require_aware(before, "before")
         query = select(LeaseRow).where(
             LeaseRow.state == LeaseState.ACTIVE, LeaseRow.expires_at < before
         )
-        if pod_uids is not None:
-            query = query.where(LeaseRow.pod_uid.in_(list(pod_uids)))
+        if pods is not None:
+            query = query.where(tuple_(LeaseRow.cluster, LeaseRow.pod_uid).in_(list(pods)))
         query = query.order_by(LeaseRow.expires_at, LeaseRow.id).limit(limit)
         return self._list("leases to renew", query)
 
@@ -266,11 +279,27 @@ class LeaseRepository:
             raise LeaseNotFound(lease_id)
         return LeaseRecord.model_validate(row)
 
-    def find_live(self, pod_uid: str, credential: str) -> LeaseRecord | None:
-        """The lease to hand out for a pod's credential: the newest active, else pending."""
+    def find_live(self, cluster: str, pod_uid: str, credential: str) -> LeaseRecord | None:
+        """The lease to hand out for a pod's credential: the newest active, else pending.
+
+        Keyed by the cluster too: a member cluster's API server can mint any pod UID.
+        """
+        key = {"cluster": cluster, "pod_uid": pod_uid, "credential": credential}
         with store_errors("finding a live lease"), self._sessions.reading() as connection:
-            row = connection.execute(_LIVE, {"pod_uid": pod_uid, "credential": credential}).first()
+            row = connection.execute(_LIVE, key).first()
         return None if row is None else LeaseRecord.model_validate(row)
+
+    def clusters_holding(self, pod_uid: str) -> frozenset[str]:
+        """The clusters whose pods of this UID hold live leases. Real pod UIDs are random
+        UUIDs: one UID live in two clusters means one of them minted a token for a pod
+        it does not run."""
+        query = (
+            select(LeaseRow.cluster)
+            .where(LeaseRow.pod_uid == pod_uid, LeaseRow.state.in_(LIVE_STATES))
+            .distinct()
+        )
+        with store_errors("finding a pod UID's clusters"), self._sessions.reading() as connection:
+            return frozenset(connection.execute(query).scalars())
 
     def handle(self, lease_id: str) -> LeaseHandle:
         """The lease's Vault handle and sealed credential (LeaseNotFound if there is no row)."""
@@ -281,7 +310,12 @@ class LeaseRepository:
         return LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
 
     def count_live(self, *, pod_uid: str | None = None, cluster: str | None = None) -> int:
-        """Pending and active leases of one pod, one cluster, or all (for caps and gauges)."""
+        """Pending and active leases of one pod, one cluster, or all (for caps and gauges).
+
+        A pod is named by its cluster and UID: `pod_uid` needs `cluster`.
+        """
+        if pod_uid is not None and cluster is None:
+            raise InvalidRequest("cluster", "a pod UID is counted within its cluster")
         query = select(func.count()).select_from(LeaseRow).where(LeaseRow.state.in_(LIVE_STATES))
         if pod_uid is not None:
             query = query.where(LeaseRow.pod_uid == pod_uid)
@@ -431,8 +465,16 @@ class LeaseRepository:
         and the unique index lets only one of them insert it. None: the live row seen by
         the first statement was gone by the second; try again.
         """
-        pod_uid, credential = identity["pod_uid"], identity["credential"]
-        same = (LeaseRow.pod_uid == pod_uid, LeaseRow.credential == credential)
+        cluster, pod_uid, credential = (
+            identity["cluster"],
+            identity["pod_uid"],
+            identity["credential"],
+        )
+        same = (
+            LeaseRow.cluster == cluster,
+            LeaseRow.pod_uid == pod_uid,
+            LeaseRow.credential == credential,
+        )
         is_live_above = and_(LeaseRow.state.in_(LIVE_STATES), LeaseRow.generation > above)
         top, live_above = session.execute(
             select(
@@ -443,7 +485,7 @@ class LeaseRepository:
         if not live_above:
             return self._new_row(identity, top + 1)
         live = session.scalars(
-            _live_query(pod_uid, credential).where(LeaseRow.generation > above).limit(1)
+            _live_query(cluster, pod_uid, credential).where(LeaseRow.generation > above).limit(1)
         ).first()
         return None if live is None else _record(live)
 
@@ -578,6 +620,7 @@ def _activate(
     session.execute(
         update(LeaseRow)
         .where(
+            LeaseRow.cluster == row.cluster,
             LeaseRow.pod_uid == row.pod_uid,
             LeaseRow.credential == row.credential,
             LeaseRow.state == LeaseState.ACTIVE,
@@ -604,11 +647,12 @@ def _get(session: Session, lease_id: str, *, lock: bool = False) -> LeaseRow:
     return row
 
 
-def _live_query(pod_uid: str, credential: str) -> Select[LeaseRow]:
+def _live_query(cluster: str, pod_uid: str, credential: str) -> Select[LeaseRow]:
     active_first = case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1)
     return (
         select(LeaseRow)
         .where(
+            LeaseRow.cluster == cluster,
             LeaseRow.pod_uid == pod_uid,
             LeaseRow.credential == credential,
             LeaseRow.state.in_(LIVE_STATES),
@@ -626,6 +670,7 @@ _HANDLE = select(LeaseRow.id, LeaseRow.vault_lease, LeaseRow.sealed_credential).
 _LIVE = (
     select(*_RECORD_COLUMNS)
     .where(
+        LeaseRow.cluster == bindparam("cluster"),
         LeaseRow.pod_uid == bindparam("pod_uid"),
         LeaseRow.credential == bindparam("credential"),
         LeaseRow.state.in_(LIVE_STATES),

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from broker.models import PodKey
+
 
 class LeaseState(StrEnum):
     """pending → active → revoking → revoked; pending → failed (LEASE_TRANSITIONS).
@@ -96,6 +98,10 @@ class LeaseRecord(BaseModel):
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+    @property
+    def pod_key(self) -> PodKey:
+        return PodKey(self.cluster, self.pod_uid)
 
 
 @dataclass(frozen=True)

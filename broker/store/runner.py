@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 
 class StoreRunner:
-    """`await runner.run(store.leases.find_live, uid, name)` from async code.
+    """`await runner.run(store.leases.find_live, cluster, uid, name)` from async code.
 
     Size it like the store's connection pool (StoreSettings.pool_size): more threads would
     only wait for a connection, fewer would queue calls a free connection could serve.

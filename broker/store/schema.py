@@ -69,6 +69,7 @@ class LeaseRow(Base):
         CheckConstraint(STATE_CHECK, name="ck_leases_state"),
         Index(
             "uq_leases_live_generation",
+            "cluster",
             "pod_uid",
             "credential",
             "generation",
@@ -76,7 +77,7 @@ class LeaseRow(Base):
             sqlite_where=text(LIVE_WHERE),
             postgresql_where=text(LIVE_WHERE),
         ),
-        Index("ix_leases_pod_credential", "pod_uid", "credential"),
+        Index("ix_leases_pod_credential", "cluster", "pod_uid", "credential"),
         Index("ix_leases_state_expires", "state", "expires_at"),
         Index("ix_leases_state_revoke_after", "state", "revoke_after"),
         Index("ix_leases_workload", "cluster", "namespace", "service_account"),

@@ -111,7 +111,9 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
 
         store = scene.broker.store()
         try:
-            leases = [store.leases.find_live(a.token.pod_uid, "config") for a in agents]
+            leases = [
+                store.leases.find_live(a.token.cluster, a.token.pod_uid, "config") for a in agents
+            ]
         finally:
             store.close()
         ids = [lease.id for lease in leases if lease is not None]

@@ -208,7 +208,7 @@ async def _release_current(
 ) -> None:
     store = Store.open(load_settings(broker.config).store)
     try:
-        live = store.leases.find_live(token.pod_uid, credential)
+        live = store.leases.find_live(token.cluster, token.pod_uid, credential)
     finally:
         store.close()
     if live is not None:

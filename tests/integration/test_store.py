@@ -238,21 +238,39 @@ def test_mark_failed_refuses_an_active_lease(store: Store, clock: TickingClock) 
 
 
 def test_find_live_prefers_the_active_lease(store: Store, clock: TickingClock) -> None:
-    assert store.leases.find_live("uid-1", "db") is None
+    assert store.leases.find_live("prod-a", "uid-1", "db") is None
     lease = pending(store, request_for())
-    assert store.leases.find_live("uid-1", "db") == lease
+    assert store.leases.find_live("prod-a", "uid-1", "db") == lease
 
     current = store.leases.complete_issue(lease.id, "v/1", clock.last + timedelta(hours=1))
-    assert store.leases.find_live("uid-1", "db") == current
+    assert store.leases.find_live("prod-a", "uid-1", "db") == current
     rotating = store.leases.begin_rotation(lease.id)
     assert isinstance(rotating, PendingLease)
-    assert store.leases.find_live("uid-1", "db") == current  # the new one is not issued yet
+    assert (
+        store.leases.find_live("prod-a", "uid-1", "db") == current
+    )  # the new one is not issued yet
 
     store.leases.mark_revoking(current.id)
-    assert store.leases.find_live("uid-1", "db") == rotating.lease
+    assert store.leases.find_live("prod-a", "uid-1", "db") == rotating.lease
     store.leases.mark_failed(rotating.lease.id, "Vault down")
-    assert store.leases.find_live("uid-1", "db") is None
-    assert store.leases.find_live("uid-2", "db") is None
+    assert store.leases.find_live("prod-a", "uid-1", "db") is None
+    assert store.leases.find_live("prod-a", "uid-2", "db") is None
+
+
+def test_a_pod_uid_is_keyed_within_its_cluster(store: Store, clock: TickingClock) -> None:
+    """Another cluster's API server can mint any UID: the same UID there is another pod."""
+    victim = store.leases.complete_issue(
+        pending(store, request_for()).id, "v/1", clock.last + timedelta(hours=1)
+    )
+    assert store.leases.find_live("rogue", "uid-1", "db") is None
+    other = store.leases.begin_issue(request_for(cluster="rogue"))
+    assert isinstance(other, PendingLease)
+    assert other.lease.id != victim.id
+    assert other.lease.generation == 1
+    store.leases.complete_issue(other.lease.id, "v/2", clock.last + timedelta(hours=1))
+    assert store.leases.get(victim.id).state == LeaseState.ACTIVE
+    assert store.leases.count_live(cluster="prod-a", pod_uid="uid-1") == 1
+    assert store.leases.find_live("prod-a", "uid-1", "db") == store.leases.get(victim.id)
 
 
 # -- rotation --------------------------------------------------------------------------------
@@ -330,7 +348,7 @@ def test_revocation_is_retried_until_it_succeeds(store: Store, clock: TickingClo
     lease = active(store, request_for(), clock.last + timedelta(hours=1))
     revoking = store.leases.mark_revoking(lease.id)
     assert revoking.state is LeaseState.REVOKING
-    assert store.leases.find_live(lease.pod_uid, lease.credential) is None
+    assert store.leases.find_live(lease.cluster, lease.pod_uid, lease.credential) is None
     assert [r.id for r in store.leases.leases_to_revoke(clock.last)] == [lease.id]
 
     retry_at = clock.last + timedelta(seconds=30)
@@ -468,7 +486,7 @@ def test_the_runner_keeps_store_calls_off_the_event_loop(store: Store) -> None:
     runner = StoreRunner(workers=2)
 
     async def main() -> tuple[LeaseRecord | None, str]:
-        found = await runner.run(store.leases.find_live, lease.pod_uid, lease.credential)
+        found = await runner.run(store.leases.find_live, *lease.pod_key, lease.credential)
         thread = await runner.run(lambda: threading.current_thread().name)
         return found, thread
 

@@ -4,18 +4,14 @@ Without a client certificate, or with one from another CA, the TLS handshake fai
 servicer runs, so nothing is decided and the audit trail gains nothing (asserted). An
 operator the policy does not permit is refused with POLICY_DENIED and audited, and the
 lease it aimed at is untouched. A cluster whose JWKS endpoint answers garbage (a rogue API
-server: a small local HTTPS server, the attacker of this test), or whose issuer and keys
+server: tests/scene/rogue_api.py), or whose issuer and keys
 are already registered under another name, is refused with its reason and audited, and
 joins nothing: its tokens stay unknown.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +30,17 @@ from broker.api.v1 import (
 from broker.backends import VaultClient
 from broker.identity.admin_pki import create_ca
 from broker.store import LeaseState
-from injector.webhook.server import server_context
 from tests.bed.kube import KubeCluster
-from tests.bed.pki import new_ca
-from tests.bed.ports import LOOPBACK
 from tests.bed.postgres import PostgresServer
 from tests.scene.admin_helpers import PLATFORM
 from tests.scene.broker import Broker, issue, log_in, orders_leases, refused
 from tests.scene.member_clusters import broker_kubeconfig, register_request
+from tests.scene.rogue_api import ROGUE_ISSUER, RogueApiServer
 from tests.scene.workloads import mint
 
 from .attack_scene import Exposure, assert_no_lease, audit_records, reason, store_rows
 
 pytestmark = pytest.mark.bed
-ROGUE_ISSUER = "https://rogue.example.invalid"
 
 
 async def list_roles(port: int, credentials: grpc.ChannelCredentials) -> None:
@@ -129,51 +122,6 @@ GARBAGE: dict[str, bytes] = {
     "no keys": b'{"keys": []}',
     "huge": b'{"keys": [' + b'{"kty": "oct"},' * 20000 + b'{"kty": "oct"}]}',
 }
-
-
-class RogueApiServer:
-    """An HTTPS server that claims to be a member cluster's API server: it accepts any
-    credential, announces its issuer, and answers its JWKS endpoint with `jwks`."""
-
-    def __init__(self, folder: Path, jwks: bytes) -> None:
-        ca = new_ca(folder, "rogue-ca", "rogue API server CA")
-        serving = ca.issue(folder, "rogue", "rogue-apiserver", ip_addresses=(LOOPBACK,))
-        self.ca_pem = ca.pem().decode()
-        documents = {
-            "/.well-known/openid-configuration": json.dumps(
-                {"issuer": ROGUE_ISSUER, "jwks_uri": f"{ROGUE_ISSUER}/openid/v1/jwks"}
-            ).encode(),
-            "/openid/v1/jwks": jwks,
-            "/api/v1/pods": b'{"kind": "PodList", "apiVersion": "v1", "items": []}',
-        }
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = documents.get(self.path.split("?")[0])
-                status = HTTPStatus.OK if body is not None else HTTPStatus.NOT_FOUND
-                body = body if body is not None else b"{}"
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        context = server_context(serving.cert, serving.key)
-        self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
-        self.server = f"https://{LOOPBACK}:{self._http.server_address[1]}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    def __enter__(self) -> RogueApiServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.shutdown()
-        self._http.server_close()
 
 
 @pytest.fixture

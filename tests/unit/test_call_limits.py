@@ -10,6 +10,7 @@ import pytest
 
 from broker.api.v1 import broker_pb2
 from broker.errors import InvalidRequest, LimitExceeded
+from broker.models import PodKey
 from broker.policy import Workload
 from broker.service.workload.limits import LeaseCallRates, WatchStreamCaps
 from broker.service.workload.names import MAX_LENGTH as MAX_NAME
@@ -19,8 +20,14 @@ from broker.settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def pod(name: str) -> Workload:
-    return Workload(cluster="a", namespace="orders", service_account="app", pod=name, pod_uid=name)
+def pod(name: str, cluster: str = "a") -> Workload:
+    return Workload(
+        cluster=cluster, namespace="orders", service_account="app", pod=name, pod_uid=name
+    )
+
+
+def key(name: str) -> PodKey:
+    return pod(name).pod_key
 
 
 def test_a_lease_id_is_a_uuid_in_the_stores_form() -> None:
@@ -51,14 +58,14 @@ def test_watch_streams_are_capped_per_pod_and_per_replica() -> None:
         assert "limits.pod_watch_streams" in per_pod.value.message
         assert per_pod.value.retry_after is None  # frees up only when a stream ends
         with caps.hold(pod("b")):
-            assert (caps.count(), caps.count("a"), caps.count("b")) == (3, 2, 1)
+            assert (caps.count(), caps.count(key("a")), caps.count(key("b"))) == (3, 2, 1)
             with pytest.raises(LimitExceeded) as per_replica, caps.hold(pod("c")):
                 pass
             assert "limits.replica_watch_streams" in per_replica.value.message
             assert per_replica.value.retry_after is not None
         with caps.hold(pod("c")):  # b's stream ended: room again
             assert caps.count() == 3
-    assert (caps.count(), caps.count("a")) == (0, 0)
+    assert (caps.count(), caps.count(key("a"))) == (0, 0)
 
 
 def test_a_refused_stream_is_not_counted() -> None:
@@ -67,7 +74,7 @@ def test_a_refused_stream_is_not_counted() -> None:
         for _ in range(5):
             with pytest.raises(LimitExceeded), caps.hold(pod("a")):
                 pass
-        assert caps.count("a") == 1
+        assert caps.count(key("a")) == 1
 
 
 def test_ack_renew_and_release_share_one_bucket_per_pod() -> None:

@@ -20,6 +20,8 @@ from broker.errors import LimitExceeded, Unauthenticated
 from broker.identity import KeyRefreshPolicy
 from broker.service.common.callers import Callers, VerifyLimits
 
+POD_UID = "6f1c0b53-2f0e-4b8e-9a52-3f3d2a1c9e07"
+
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 
@@ -61,7 +63,7 @@ def _token(cluster: str, kid: str) -> str:
         "kubernetes.io": {
             "namespace": "orders",
             "serviceaccount": {"name": "app"},
-            "pod": {"name": "app-1", "uid": "pod-uid"},
+            "pod": {"name": "app-1", "uid": POD_UID},
         },
     }
     return jwt.encode(claims, KEY, algorithm="RS256", headers={"kid": kid})

@@ -17,6 +17,7 @@ from broker.errors import (
     FailedPrecondition,
     LimitExceeded,
     PermissionDenied,
+    PodOfAnotherCluster,
     StoreUnavailable,
     Unauthenticated,
     VaultUnavailable,
@@ -74,10 +75,10 @@ async def roles(bench: Bench) -> None:
     await RoleCatalog(bench.core.store.roles).apply([ROLE, ROLES["kv"]])
 
 
-def issue_flow(bench: Bench) -> IssueFlow:
+def issue_flow(bench: Bench, *pods: Workload) -> IssueFlow:
     return IssueFlow(
         bench.core,
-        callers=cast("Callers", FakeCallers(API, OTHER, BILLING)),
+        callers=cast("Callers", FakeCallers(*(pods or (API, OTHER, BILLING)))),
         catalog=RoleCatalog(bench.core.store.roles),
         limits=IssueLimits(per_pod=2, per_cluster=100),
         rates=IssueRates(LimitsSettings(), bench.clock),
@@ -107,6 +108,27 @@ async def test_issue_audits_the_decision_then_the_lease_and_replays_it(bench: Be
     assert again.lease.id == first.lease.id
     assert again.credential.reveal() == first.credential.reveal()
     assert len(bench.backends.database.alive) == 1  # Vault asked once
+
+
+async def test_a_pod_uid_live_in_another_cluster_is_refused_and_audited(bench: Bench) -> None:
+    """A member cluster's API server can mint a token with any UID: one naming a pod of
+    cluster a (its UID, namespace, service account and name) gets no replay and no lease."""
+    victim = (await issue_flow(bench).issue("api-0", "orders-db", ROLE.name, "r1")).lease
+    rogue = API.model_copy(update={"cluster": "rogue"})
+    with pytest.raises(PodOfAnotherCluster) as refused:
+        await issue_flow(bench, rogue).issue("api-0", "orders-db", ROLE.name, "r2")
+    assert (refused.value.cluster, refused.value.holders) == ("rogue", frozenset({"a"}))
+    assert [(r["action"], r["decision"], r["reason"]) for r in bench.records()][-1] == (
+        "issue",
+        "deny",
+        "TOKEN_INVALID",
+    )
+    assert bench.records()[-1]["who"]["name"].startswith("rogue/")
+    assert bench.store.leases.count_live() == 1
+    assert len(bench.backends.database.alive) == 1  # Vault not asked for the rogue
+    assert bench.store.leases.find_live("rogue", API.pod_uid, "orders-db") is None
+    again = await issue_flow(bench).issue("api-0", "orders-db", ROLE.name, "r3")
+    assert (again.replayed, again.lease.id) == (True, victim.id)  # the real pod unaffected
 
 
 async def test_issue_refused_by_cedar_writes_no_row_and_asks_no_vault(bench: Bench) -> None:
@@ -149,7 +171,7 @@ def owner_goes_away(bench: Bench, credential: str) -> Callable[[IssueContext], N
     """While Vault answers: the row turns revoking (its pod or grant ended)."""
 
     def goes_away(context: IssueContext) -> None:
-        live = bench.store.leases.find_live(context.pod_uid, credential)
+        live = bench.store.leases.find_live(context.cluster, context.pod_uid, credential)
         assert live is not None
         bench.store.leases.mark_revoking(live.id)
 
@@ -238,7 +260,7 @@ def rotation_flow(bench: Bench) -> RotationFlow:
 
 async def test_an_operator_rotates_a_lease_and_the_pod_hears_of_it(bench: Bench) -> None:
     lease = (await issue_flow(bench).issue("api-0", "orders-db", ROLE.name, "r1")).lease
-    with bench.hub.subscribe(API.pod_uid) as stream:
+    with bench.hub.subscribe(API.pod_key) as stream:
         [rotated] = await rotation_flow(bench).rotate(SECURITY, [lease.id], None, "r2")
         event = stream.queue.get_nowait()
     assert (rotated.previous_lease_id, rotated.lease.generation) == (lease.id, 2)

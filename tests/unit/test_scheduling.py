@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from broker.models import PodKey
 from broker.service.engine.revoker import Backoff
 from broker.service.events.hub import EventHub, LeaseExpiring, LeaseRevoked
 from broker.service.events.relay import describe_event
@@ -163,13 +164,14 @@ async def test_a_failing_job_is_logged_and_runs_again() -> None:
 
 def test_the_hub_hands_published_events_to_the_fan_out_and_delivers_the_others_locally() -> None:
     hub = EventHub()
-    sent: list[tuple[str, object]] = []
-    hub.fan_out(lambda uid, event: sent.append((uid, event)))
-    with hub.subscribe("uid-1") as mine:
+    sent: list[tuple[PodKey, object]] = []
+    hub.fan_out(lambda pod, event: sent.append((pod, event)))
+    pod = PodKey("a", "uid-1")
+    with hub.subscribe(pod) as mine:
         revoked = LeaseRevoked("lease-1", "revoked")
-        assert hub.publish("uid-1", revoked) == 1
-        assert hub.deliver("uid-1", LeaseRevoked("lease-2", "rotated")) == 1
-        assert sent == [("uid-1", revoked)]  # delivered events are not sent on again
+        assert hub.publish(pod, revoked) == 1
+        assert hub.deliver(pod, LeaseRevoked("lease-2", "rotated")) == 1
+        assert sent == [(pod, revoked)]  # delivered events are not sent on again
         assert mine.queue.qsize() == 2
         assert hub.resync() == 1
         assert mine.overflowed.is_set()  # the agent reconnects and gets a snapshot

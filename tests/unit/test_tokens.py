@@ -12,7 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from broker.errors import Unauthenticated
-from broker.identity import ClusterKeys, KeyRefreshPolicy, TokenVerifier
+from broker.identity import ClusterKeys, InvalidClaim, KeyRefreshPolicy, TokenVerifier
+
+POD_UID = "6f1c0b53-2f0e-4b8e-9a52-3f3d2a1c9e07"
 
 SHARED_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -46,7 +48,7 @@ def _claims(cluster: str = "a", **changes: Any) -> dict[str, Any]:
         "kubernetes.io": {
             "namespace": "orders",
             "serviceaccount": {"name": "app", "uid": "sa-uid"},
-            "pod": {"name": "app-1", "uid": "pod-uid"},
+            "pod": {"name": "app-1", "uid": POD_UID},
         },
     }
     claims.update(changes)
@@ -79,7 +81,7 @@ def test_a_valid_token_proves_its_pod() -> None:
         "orders",
         "app",
     )
-    assert (workload.pod, workload.pod_uid) == ("app-1", "pod-uid")
+    assert (workload.pod, workload.pod_uid) == ("app-1", POD_UID)
 
 
 def test_same_issuer_other_cluster_key_is_rejected() -> None:
@@ -124,6 +126,57 @@ def test_cluster_b_token_is_accepted_only_as_cluster_b() -> None:
 def test_bad_claims_are_rejected(claims: Callable[[], dict[str, Any]], match: str) -> None:
     with pytest.raises(Unauthenticated, match=match):
         _verifier().verify(_token(claims()))
+
+
+def _pod(**changes: Any) -> dict[str, Any]:
+    k8s: dict[str, Any] = {
+        "namespace": "orders",
+        "serviceaccount": {"name": "app"},
+        "pod": {"name": "app-1", "uid": POD_UID},
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = k8s
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return _with_k8s(k8s)
+
+
+@pytest.mark.parametrize(
+    ("changes", "claim"),
+    [
+        ({"namespace": "Orders"}, "kubernetes.io.namespace"),
+        ({"namespace": "a" * 64}, "kubernetes.io.namespace"),
+        ({"namespace": "orders.prod"}, "kubernetes.io.namespace"),  # a label has no dots
+        ({"namespace": 7}, "kubernetes.io.namespace"),
+        ({"serviceaccount": {}}, "kubernetes.io.serviceaccount.name"),
+        ({"serviceaccount__name": "app/../x"}, "kubernetes.io.serviceaccount.name"),
+        ({"pod__name": "app-1\n"}, "kubernetes.io.pod.name"),
+        ({"pod__name": "x" * 254}, "kubernetes.io.pod.name"),
+        ({"pod__uid": "pod-uid"}, "kubernetes.io.pod.uid"),
+        ({"pod__uid": POD_UID.upper()}, "kubernetes.io.pod.uid"),  # one UID, one spelling
+        ({"pod__uid": "{" + POD_UID[:-2] + "}"}, "kubernetes.io.pod.uid"),
+        ({"pod__uid": POD_UID.replace("-", "") + "0000"}, "kubernetes.io.pod.uid"),
+    ],
+)
+def test_signed_claims_that_kubernetes_would_not_issue_are_refused_naming_the_claim(
+    changes: dict[str, Any], claim: str
+) -> None:
+    with pytest.raises(InvalidClaim) as refused:
+        _verifier().verify(_token(_pod(**changes)))
+    assert refused.value.claim == claim
+    assert refused.value.reason == "TOKEN_INVALID"
+
+
+def test_names_kubernetes_allows_are_accepted() -> None:
+    claims = _pod(serviceaccount__name="a.b-c", pod__name="web-7f9c.x", namespace="a" * 63)
+    workload = _verifier().verify(_token(claims))
+    assert (workload.namespace, workload.service_account, workload.pod) == (
+        "a" * 63,
+        "a.b-c",
+        "web-7f9c.x",
+    )
 
 
 def test_unsigned_token_is_rejected() -> None:

@@ -5,31 +5,37 @@ from __future__ import annotations
 from datetime import UTC
 
 from broker.api.v1 import broker_pb2
+from broker.models import PodKey
 from broker.server import convert
 from broker.service import AckMessage, LeaseExpiring, LeaseRevoked
 from broker.service.events.hub import QUEUE_SIZE, EventHub
 
 from .samples import NOW, rotated_event
 
+UID_1, UID_2 = PodKey("a", "uid-1"), PodKey("a", "uid-2")
 
-def test_the_hub_routes_by_pod_uid_and_forgets_closed_streams() -> None:
+
+def test_the_hub_routes_by_cluster_and_pod_uid_and_forgets_closed_streams() -> None:
     hub = EventHub()
-    with hub.subscribe("uid-1") as one, hub.subscribe("uid-1") as two, hub.subscribe("uid-2"):
-        assert hub.watched() == {"uid-1", "uid-2"}
-        assert hub.publish("uid-1", LeaseRevoked("lease-1", "rotated")) == 2
+    rogue = PodKey("rogue", "uid-1")  # another cluster's API server minted UID_1's UID
+    with hub.subscribe(UID_1) as one, hub.subscribe(UID_1) as two, hub.subscribe(UID_2):
+        with hub.subscribe(rogue) as forged:
+            assert hub.watched() == {UID_1, UID_2, rogue}
+            assert hub.publish(UID_1, LeaseRevoked("lease-1", "rotated")) == 2
+            assert forged.queue.empty()
         assert (
             one.queue.get_nowait() == two.queue.get_nowait() == LeaseRevoked("lease-1", "rotated")
         )
-        assert hub.publish("uid-3", LeaseRevoked("lease-9", "revoked")) == 0
+        assert hub.publish(PodKey("a", "uid-3"), LeaseRevoked("lease-9", "revoked")) == 0
     assert hub.watched() == frozenset()
     assert hub.stream_count() == 0
 
 
 def test_a_stream_that_falls_behind_is_flagged_not_grown() -> None:
     hub = EventHub()
-    with hub.subscribe("uid-1") as slow:
+    with hub.subscribe(UID_1) as slow:
         for _ in range(QUEUE_SIZE + 1):
-            hub.publish("uid-1", LeaseRevoked("lease-1", "revoked"))
+            hub.publish(UID_1, LeaseRevoked("lease-1", "revoked"))
         assert slow.queue.qsize() == QUEUE_SIZE
         assert slow.overflowed.is_set()
 

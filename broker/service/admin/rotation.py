@@ -320,7 +320,7 @@ class RotationFlow:
         await self._audit.lease_change(
             who, AuditAction.LEASE_REVOKING, previous, request_id, reason="ROTATED"
         )
-        self._hub.publish(record.pod_uid, LeaseRotated(record, tracked.credential, vault_lease))
+        self._hub.publish(record.pod_key, LeaseRotated(record, tracked.credential, vault_lease))
         log.info(
             "lease rotated",
             previous_lease_id=lease.id,
@@ -340,7 +340,7 @@ class RotationFlow:
 
     async def _successor(self, lease: LeaseRecord) -> LeaseRecord | None:
         """The live newer generation, when this lease was rotated already."""
-        live = await self._leases.find_live(lease.pod_uid, lease.credential)
+        live = await self._leases.find_live(lease.cluster, lease.pod_uid, lease.credential)
         return live if live is not None and live.generation > lease.generation else None
 
     async def _already(self, lease: LeaseRecord, successor: LeaseRecord) -> Rotation:

@@ -174,7 +174,7 @@ class LeaseEngine:
                 vault_lease.expires_at,
                 retire_after=order.retire_after,
                 vault_lease=vault_lease.model_dump(mode="json"),
-                sealed_credential=self._sealer.seal(pending.id, issued.credential),
+                sealed_credential=self._sealer.seal_lease(pending, issued.credential),
             )
         except LeaseStateConflict:
             # The row turned revoking while Vault answered: the Revoker has the Vault lease
@@ -208,7 +208,7 @@ class LeaseEngine:
         handle = await self._leases.handle(lease.id)
         if handle.sealed_credential is None or handle.vault_lease is None:
             raise IssueInProgress(lease.pod_uid, lease.credential)
-        credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+        credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
         vault_lease = VaultLease.model_validate(handle.vault_lease)
         await self._audit.lease_change(who, AuditAction.LEASE_REPLAYED, lease, request_id)
         return TrackedCredential(lease, credential, vault_lease, replayed=True)

@@ -108,7 +108,7 @@ class Revoker:
         await self._audit.lease_change(
             who, AuditAction.LEASE_REVOKED, revoked, request_id, reason=reason or why.upper()
         )
-        self._hub.publish(revoked.pod_uid, LeaseRevoked(revoked.id, why))
+        self._hub.publish(revoked.pod_key, LeaseRevoked(revoked.id, why))
         log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
         return revoked, True
 
@@ -146,6 +146,6 @@ class Revoker:
 
     async def _reason(self, lease: LeaseRecord) -> str:
         """`rotated` when a newer generation of the credential is live, else `revoked`."""
-        live = await self._leases.find_live(lease.pod_uid, lease.credential)
+        live = await self._leases.find_live(lease.cluster, lease.pod_uid, lease.credential)
         superseded = live is not None and live.generation > lease.generation
         return ROTATED if superseded else REVOKED

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from broker.errors import TemporaryError
-from broker.models import Credential, VaultLease
+from broker.models import Credential, PodKey, VaultLease
 from broker.store import LeaseRecord
 
 QUEUE_SIZE = 256
@@ -58,15 +58,15 @@ class LeaseRenewed:
 
 
 WatchEvent = LeaseRotated | LeaseRevoked | LeaseExpiring | LeaseRenewed
-FanOut = Callable[[str, WatchEvent], None]
+FanOut = Callable[[PodKey, WatchEvent], None]
 
 
 class StreamOverflowed(TemporaryError):
     """The agent did not read its events fast enough; it reconnects and gets a snapshot."""
 
-    def __init__(self, pod_uid: str) -> None:
+    def __init__(self, pod: PodKey) -> None:
         super().__init__(
-            f"the Watch stream of pod {pod_uid} fell {QUEUE_SIZE} events behind and was "
+            f"the Watch stream of pod {pod} fell {QUEUE_SIZE} events behind and was "
             "closed; reconnect to receive the current state",
             retry_after=1.0,
         )
@@ -75,8 +75,8 @@ class StreamOverflowed(TemporaryError):
 class Subscription:
     """One open stream's queue; `overflowed` is set when the hub had to drop an event."""
 
-    def __init__(self, pod_uid: str) -> None:
-        self.pod_uid = pod_uid
+    def __init__(self, pod: PodKey) -> None:
+        self.pod = pod
         self.queue: asyncio.Queue[WatchEvent] = asyncio.Queue(QUEUE_SIZE)
         self.overflowed = asyncio.Event()
 
@@ -88,10 +88,11 @@ class Subscription:
 
 
 class EventHub:
-    """Routes events to the open Watch streams of a pod, by pod UID (one event loop)."""
+    """Routes events to the open Watch streams of a pod, by cluster and pod UID (one event
+    loop)."""
 
     def __init__(self) -> None:
-        self._streams: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._streams: defaultdict[PodKey, set[Subscription]] = defaultdict(set)
         self._fanout: FanOut | None = None
 
     def fan_out(self, fanout: FanOut | None) -> None:
@@ -99,33 +100,33 @@ class EventHub:
         self._fanout = fanout
 
     @contextmanager
-    def subscribe(self, pod_uid: str) -> Iterator[Subscription]:
-        subscription = Subscription(pod_uid)
-        self._streams[pod_uid].add(subscription)
+    def subscribe(self, pod: PodKey) -> Iterator[Subscription]:
+        subscription = Subscription(pod)
+        self._streams[pod].add(subscription)
         try:
             yield subscription
         finally:
-            streams = self._streams[pod_uid]
+            streams = self._streams[pod]
             streams.discard(subscription)
             if not streams:
-                del self._streams[pod_uid]
+                del self._streams[pod]
 
-    def publish(self, pod_uid: str, event: WatchEvent) -> int:
+    def publish(self, pod: PodKey, event: WatchEvent) -> int:
         """Hand the event to every open stream of the pod here, and to the other replicas;
         how many streams here there were."""
         if self._fanout is not None:
-            self._fanout(pod_uid, event)
-        return self.deliver(pod_uid, event)
+            self._fanout(pod, event)
+        return self.deliver(pod, event)
 
-    def deliver(self, pod_uid: str, event: WatchEvent) -> int:
+    def deliver(self, pod: PodKey, event: WatchEvent) -> int:
         """Hand the event to this replica's open streams of the pod only."""
-        streams = self._streams.get(pod_uid, set())
+        streams = self._streams.get(pod, set())
         for subscription in streams:
             subscription.offer(event)
         return len(streams)
 
-    def watched(self) -> frozenset[str]:
-        """UIDs of the pods that hold at least one open stream: the heartbeat set."""
+    def watched(self) -> frozenset[PodKey]:
+        """The pods that hold at least one open stream: the heartbeat set."""
         return frozenset(self._streams)
 
     def resync(self) -> int:

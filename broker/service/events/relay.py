@@ -27,7 +27,7 @@ import psycopg
 import structlog
 
 from broker.errors import KeyferryError
-from broker.models import VaultLease
+from broker.models import PodKey, VaultLease
 from broker.store import AsyncStore, LeaseState, StoreSettings
 from broker.store.sessions import Session, open_session, postgres_conninfo
 
@@ -91,9 +91,10 @@ class EventRelay:
 
     # -- out -----------------------------------------------------------------------------
 
-    def _send_soon(self, pod_uid: str, event: WatchEvent) -> None:
+    def _send_soon(self, pod: PodKey, event: WatchEvent) -> None:
         """From the hub (on the loop, after the store commit): NOTIFY in order, off the call."""
-        payload = json.dumps({"origin": self.replica, "pod_uid": pod_uid, **describe_event(event)})
+        where = {"cluster": pod.cluster, "pod_uid": pod.pod_uid}
+        payload = json.dumps({"origin": self.replica, **where, **describe_event(event)})
         task = asyncio.create_task(self._send(payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -147,8 +148,8 @@ class EventRelay:
             note = json.loads(payload)
             if note.get("origin") == self.replica:
                 return
-            pod_uid = note["pod_uid"]
-            if pod_uid not in self._hub.watched():
+            pod = PodKey(note["cluster"], note["pod_uid"])
+            if pod not in self._hub.watched():
                 return
             event = await self._event(note)
         except (ValueError, KeyError, TypeError) as error:
@@ -158,7 +159,7 @@ class EventRelay:
             log.warning("event from another replica not delivered", error=error.message)
             return
         if event is not None:
-            self._hub.deliver(pod_uid, event)
+            self._hub.deliver(pod, event)
 
     async def _event(self, note: dict[str, Any]) -> WatchEvent | None:
         kind, lease_id = note["kind"], note["lease_id"]
@@ -174,7 +175,7 @@ class EventRelay:
             return None  # already replaced or ended: the next event says so
         if handle.sealed_credential is None:
             return None
-        credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+        credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
         return LeaseRotated(lease, credential, VaultLease.model_validate(handle.vault_lease))
 
 

@@ -102,9 +102,7 @@ class Renewer:
         if not watched:
             return 0
         now = self._clock()
-        candidates = await self._leases.leases_to_renew(
-            now + LOOK_AHEAD, CANDIDATES, pod_uids=watched
-        )
+        candidates = await self._leases.leases_to_renew(now + LOOK_AHEAD, CANDIDATES, pods=watched)
         due = [c for c in candidates if renewal_due(c, now, self._settings)]
         renewed = 0
         for index, lease in enumerate(due):
@@ -135,7 +133,7 @@ class Renewer:
         if result.granted is not None and result.granted < wanted:
             await self._replace(record)  # capped at the max TTL: the next renewal cannot help
         elif record.expires_at is not None:
-            self._hub.publish(record.pod_uid, LeaseRenewed(record.id, record.expires_at))
+            self._hub.publish(record.pod_key, LeaseRenewed(record.id, record.expires_at))
         return True
 
     async def _replace(self, lease: LeaseRecord) -> None:
@@ -154,7 +152,7 @@ class Renewer:
         if lease.id in self._warned or lease.expires_at is None:
             return
         self._warned.add(lease.id)
-        self._hub.publish(lease.pod_uid, LeaseExpiring(lease.id, lease.expires_at))
+        self._hub.publish(lease.pod_key, LeaseExpiring(lease.id, lease.expires_at))
 
 
 def renewal_due(lease: LeaseRecord, now: datetime, settings: RenewalSettings) -> bool:

@@ -3,24 +3,28 @@
 token → pod still bound → rate limits → credential name → role → Cedar → audit the decision → caps →
 pending row (before Vault) → Vault → complete the row → audit → credential.
 
-Idempotent per (pod UID, credential name): when the store already holds a live lease for
-them, its sealed credential is returned and Vault is not asked (see common/sealing.py), unless that
-lease has run out unrenewed: then it is ended (audited reason EXPIRED) and Vault issues a
-new one. The pending row, Vault, completing and undoing are the lease engine's
-(engine/lease_engine.py): if the store cannot record what Vault issued, the Vault lease is revoked
-before the error is returned, so no credential exists that the store does not know about.
+Idempotent per (cluster, pod UID, credential name): when the store already holds a live
+lease for them, its sealed credential is returned and Vault is not asked (see
+common/sealing.py), unless that lease has run out unrenewed: then it is ended (audited
+reason EXPIRED) and Vault issues a new one. A pod UID that holds live leases in another
+cluster is refused (an audited PodOfAnotherCluster): a member cluster's API server can mint
+a token for any UID. The pending row, Vault, completing and undoing are the lease engine's
+(engine/lease_engine.py): if the store cannot record what Vault issued, the Vault lease is
+revoked before the error is returned, so no credential exists that the store does not know
+about.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-from broker.audit import AuditAction, Principal
-from broker.errors import InvalidRequest, KeyferryError, Unauthenticated
+from broker.audit import AuditAction
+from broker.errors import InvalidRequest, KeyferryError, PodOfAnotherCluster, Unauthenticated
 from broker.models import RoleSpec
 from broker.policy import Action, RoleResource, Workload
 from broker.store import (
@@ -43,6 +47,7 @@ from .limits import IssueRates, check_limits
 from .names import check_credential_name
 
 log = structlog.get_logger("keyferry.issue")
+Refused = Callable[[KeyferryError, Workload | None], Awaitable[None]]
 ENDED_RETRIES = 3  # an ended lease retired, then Issue begins again (a race may need a second)
 
 
@@ -79,9 +84,9 @@ class IssueFlow:
     async def issue(
         self, token: str, credential_name: str, role_name: str, request_id: str
     ) -> IssuedLease:
-        workload = await self._callers.authenticate(
-            token, refused=self._audit.refusal(AuditAction.ISSUE, request_id)
-        )
+        refused = self._audit.refusal(AuditAction.ISSUE, request_id)
+        workload = await self._callers.authenticate(token, refused=refused)
+        await self._require_own_uid(workload, refused)
         self._rates.check(workload)
         check_credential_name(credential_name)
         if not role_name:
@@ -121,7 +126,7 @@ class IssueFlow:
         if isinstance(begun, ExistingLease):
             if self._ended(begun.lease):  # retired and re-found each time: a retry will do
                 raise IssueInProgress(begun.lease.pod_uid, begun.lease.credential)
-            return await self._replay(who, begun.lease, role, request_id)
+            return await self._replay(workload, begun.lease, role, request_id, refused)
         order = IssueOrder(begun.lease, role, who, request_id)
         try:
             tracked = await self._engine.issue(order)
@@ -143,11 +148,24 @@ class IssueFlow:
         )
         return _issued(tracked)
 
+    async def _require_own_uid(
+        self,
+        workload: Workload,
+        refused: Refused,
+    ) -> None:
+        holders = await self._leases.clusters_holding(workload.pod_uid)
+        if holders - {workload.cluster}:
+            error = PodOfAnotherCluster(workload.cluster, workload.pod_uid, holders)
+            await refused(error, workload)
+            raise error
+
     async def _begin(
         self, workload: Workload, request: LeaseRequest
     ) -> PendingLease | ExistingLease:
         async with self._admitting[workload.cluster]:
-            live = await self._leases.find_live(workload.pod_uid, request.credential)
+            live = await self._leases.find_live(
+                workload.cluster, workload.pod_uid, request.credential
+            )
             if live is None:
                 await check_limits(
                     self._leases, workload, self._limits.per_pod, self._limits.per_cluster
@@ -171,15 +189,26 @@ class IssueFlow:
         log.info("lease past its end retired; issuing anew", lease_id=lease.id)
 
     async def _replay(
-        self, who: Principal, lease: LeaseRecord, role: RoleSpec, request_id: str
+        self,
+        workload: Workload,
+        lease: LeaseRecord,
+        role: RoleSpec,
+        request_id: str,
+        refused: Refused,
     ) -> IssuedLease:
+        if (lease.cluster, lease.pod_uid) != (workload.cluster, workload.pod_uid):
+            error = PodOfAnotherCluster(
+                workload.cluster, workload.pod_uid, frozenset({lease.cluster})
+            )
+            await refused(error, workload)
+            raise error
         if lease.role != role.name:
             raise InvalidRequest(
                 "role",
                 f"this pod's credential {lease.credential!r} was issued from role "
                 f"{lease.role!r}; use another credential_name, or Release lease {lease.id} first",
             )
-        return _issued(await self._engine.replay(lease, who, request_id))
+        return _issued(await self._engine.replay(lease, principal_of(workload), request_id))
 
 
 def _issued(tracked: TrackedCredential) -> IssuedLease:

@@ -5,13 +5,14 @@ cluster) and on a pod's calls about its own leases (Ack, Renew, Release): a runa
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from broker.clock import Clock
 from broker.errors import LimitExceeded
+from broker.models import PodKey
 from broker.policy import Workload
 from broker.settings import LimitsSettings
 from broker.store.async_store import AsyncLeases
@@ -41,7 +42,7 @@ class _Bucket:
 
 
 class TokenBuckets:
-    """One token bucket per key (a pod UID, a cluster): `burst` calls at once, refilled at
+    """One token bucket per key (a pod's PodKey, a cluster): `burst` calls at once, refilled at
     `rate` per second, timed by the broker's clock (tests move it). In memory, per
     replica: a limit of N per second is N per second per replica."""
 
@@ -50,9 +51,9 @@ class TokenBuckets:
         self._burst = float(burst)
         self._clock = clock
         self._keep = keep
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[Hashable, _Bucket] = {}
 
-    def take(self, key: str) -> float | None:
+    def take(self, key: Hashable) -> float | None:
         """Take one call from `key`'s bucket: None when allowed, else the seconds until
         one call is available again (nothing is taken then)."""
         now = self._clock()
@@ -69,7 +70,7 @@ class TokenBuckets:
             return None
         return (1.0 - bucket.tokens) / self._rate
 
-    def give_back(self, key: str) -> None:
+    def give_back(self, key: Hashable) -> None:
         """Return a call taken by `take` (another limit refused the call after all)."""
         bucket = self._buckets.get(key)
         if bucket is not None:
@@ -93,7 +94,7 @@ class IssueRates:
 
     def check(self, workload: Workload) -> None:
         """LimitExceeded (with a retry delay) when the pod or its cluster calls too often."""
-        wait = self._pods.take(workload.pod_uid)
+        wait = self._pods.take(workload.pod_key)
         if wait is not None:
             raise LimitExceeded(
                 f"pod {workload.namespace}/{workload.pod} calls Issue too often; retry in "
@@ -102,7 +103,7 @@ class IssueRates:
             )
         wait = self._clusters.take(workload.cluster)
         if wait is not None:
-            self._pods.give_back(workload.pod_uid)
+            self._pods.give_back(workload.pod_key)
             raise LimitExceeded(
                 f"cluster {workload.cluster!r} calls Issue too often; retry in {wait:.1f}s "
                 "(limits.cluster_issue_rate, limits.cluster_issue_burst)",
@@ -122,7 +123,7 @@ class LeaseCallRates:
 
     def check(self, workload: Workload, method: str) -> None:
         """LimitExceeded (with a retry delay) when the pod calls too often."""
-        wait = self._pods.take(workload.pod_uid)
+        wait = self._pods.take(workload.pod_key)
         if wait is not None:
             raise LimitExceeded(
                 f"pod {workload.namespace}/{workload.pod} calls {method} (with Ack, Renew and "
@@ -142,13 +143,14 @@ class WatchStreamCaps:
     def __init__(self, settings: LimitsSettings) -> None:
         self._per_pod = settings.pod_watch_streams
         self._per_replica = settings.replica_watch_streams
-        self._open: Counter[str] = Counter()
+        self._open: Counter[PodKey] = Counter()
         self._total = 0
 
     @contextmanager
     def hold(self, workload: Workload) -> Iterator[None]:
         """Count one open stream of the pod for the block; LimitExceeded past a cap."""
-        held = self._open[workload.pod_uid]
+        pod = workload.pod_key
+        held = self._open[pod]
         if held >= self._per_pod:
             raise LimitExceeded(
                 f"pod {workload.namespace}/{workload.pod} already holds {held} Watch streams "
@@ -161,16 +163,16 @@ class WatchStreamCaps:
                 f"(limits.replica_watch_streams); retry in {self.RETRY_AFTER:.0f}s",
                 retry_after=self.RETRY_AFTER,
             )
-        self._open[workload.pod_uid] += 1
+        self._open[pod] += 1
         self._total += 1
         try:
             yield
         finally:
             self._total -= 1
-            self._open[workload.pod_uid] -= 1
-            if self._open[workload.pod_uid] <= 0:
-                del self._open[workload.pod_uid]
+            self._open[pod] -= 1
+            if self._open[pod] <= 0:
+                del self._open[pod]
 
-    def count(self, pod_uid: str | None = None) -> int:
+    def count(self, pod: PodKey | None = None) -> int:
         """Streams open on this replica: of one pod, or in all."""
-        return self._total if pod_uid is None else self._open[pod_uid]
+        return self._total if pod is None else self._open[pod]

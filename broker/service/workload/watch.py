@@ -122,7 +122,7 @@ class WatchFlow:
         session = _Session(workload, expires_at, request_id)
         with (
             self._streams.hold(workload),
-            self._hub.subscribe(workload.pod_uid) as subscription,
+            self._hub.subscribe(workload.pod_key) as subscription,
         ):
             snapshot = await self._snapshot(session)
             acking = asyncio.create_task(self._consume(session, acks))
@@ -168,7 +168,7 @@ class WatchFlow:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if overflowed.done():
-                    raise StreamOverflowed(subscription.pod_uid)
+                    raise StreamOverflowed(subscription.pod)
                 if acking.done():
                     acking.result()  # a fatal Ack ends the stream with its error
                     waiting.discard(acking)  # the caller closed its side: events go on
@@ -228,7 +228,7 @@ class WatchFlow:
             vault_lease = VaultLease.model_validate(handle.vault_lease)
             if not await self._may_watch(session, lease, vault_lease):
                 continue
-            credential = self._sealer.unseal(lease.id, handle.sealed_credential)
+            credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
             events.append(LeaseRotated(lease, credential, vault_lease))
         if mine and not events and session.allowed and not any(session.allowed.values()):
             raise PermissionDenied(
