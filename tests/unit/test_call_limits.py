@@ -14,7 +14,7 @@ from broker.models import PodKey
 from broker.policy import Workload
 from broker.service.workload.limits import LeaseCallRates, WatchStreamCaps
 from broker.service.workload.names import MAX_LENGTH as MAX_NAME
-from broker.service.workload.names import check_lease_id
+from broker.service.workload.names import MAX_RESTARTED, check_lease_id, check_restarted
 from broker.settings import DEFAULT_MAX_MESSAGE_BYTES, LimitsSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -47,6 +47,28 @@ def test_anything_else_is_refused_naming_the_field_without_echoing_it(value: str
     assert "lease.id" in refused.value.message  # says what to send instead
     if value:
         assert value not in refused.value.message
+
+
+def test_an_acks_restarted_containers_are_container_names_each_once() -> None:
+    assert check_restarted(("app", "worker", "app")) == ("app", "worker")
+    assert check_restarted(()) == ()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        tuple(f"c{i}" for i in range(MAX_RESTARTED + 1)),
+        ("App",),
+        ("a" * 64,),
+        ("app\nforged",),
+        ("",),
+    ],
+)
+def test_an_ack_naming_too_many_or_non_container_names_is_refused(names: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        check_restarted(names)
+    assert refused.value.field == "ack.restarted_containers"
+    assert not any(name and name in refused.value.message for name in names)
 
 
 def test_watch_streams_are_capped_per_pod_and_per_replica() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 
 from broker.errors import InvalidRequest
+from broker.identity.claims import DNS_LABEL, LABEL_MAX
 
 MAX_LENGTH = 128
 FIELD = "credential_name"
@@ -46,3 +47,24 @@ def check_lease_id(value: str, field: str = "lease_id") -> str:
     except ValueError:
         raise InvalidRequest(field, f"is not a lease id; {fix}") from None
     return str(parsed)
+
+
+MAX_RESTARTED = 128  # more than keyferry.io/restart-containers (253 characters) can name
+
+
+def check_restarted(
+    names: tuple[str, ...], field: str = "ack.restarted_containers"
+) -> tuple[str, ...]:
+    """The containers an Ack says the agent restarted, each once, in order: Kubernetes
+    container names (RFC 1123 labels), at most MAX_RESTARTED; InvalidRequest naming `field`
+    otherwise. Each becomes a durable audit record, so neither count nor content is the
+    caller's to choose; no value is echoed."""
+    fix = "send the names of the pod's app containers the agent restarted"
+    if len(names) > MAX_RESTARTED:
+        raise InvalidRequest(
+            field, f"names {len(names)} containers, at most {MAX_RESTARTED}; {fix}"
+        )
+    for name in names:
+        if len(name) > LABEL_MAX or not DNS_LABEL.fullmatch(name):
+            raise InvalidRequest(field, f"holds a value that is not a container name; {fix}")
+    return tuple(dict.fromkeys(names))

@@ -50,7 +50,7 @@ from ..common.sealing import CredentialSealer
 from ..core import Core
 from ..events.hub import EventHub, LeaseRotated, StreamOverflowed, Subscription, WatchEvent
 from .limits import LeaseCallRates, WatchStreamCaps
-from .names import check_lease_id
+from .names import check_lease_id, check_restarted
 
 log = structlog.get_logger("keyferry.watch")
 RESTARTED_FOR = "ROTATION"  # pod.restarted's reason: the lease (the rotation) it put in use
@@ -275,6 +275,7 @@ class WatchFlow:
         workload = session.workload
         self._rates.check(workload, "Ack")
         lease_id = check_lease_id(ack.lease_id, "ack.lease_id")
+        restarted = check_restarted(ack.restarted)
         lease = await self._leases.get(lease_id)
         mine = lease.pod_uid == workload.pod_uid and lease.cluster == workload.cluster
         if not mine:
@@ -292,7 +293,7 @@ class WatchFlow:
             )
             return
         await self._audit.lease(workload, AuditAction.LEASE_ACKED, lease, session.request_id)
-        for container in ack.restarted:
+        for container in restarted:
             await self._audit.lease(
                 workload,
                 AuditAction.POD_RESTARTED,
