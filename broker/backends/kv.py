@@ -25,7 +25,7 @@ from broker.models import (
 from .base import expect, not_renewable
 from .vault import VaultClient, parse_reply
 
-LIFECYCLE = Lifecycle(renewable=False, revocable=False, ends=Ending.SUPERSEDED)
+LIFECYCLE = Lifecycle(renewable=False, revocable=False, ends=Ending.SUPERSEDED, shared=True)
 
 
 class _Metadata(BaseModel):

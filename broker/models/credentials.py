@@ -39,6 +39,9 @@ class Lifecycle(BaseModel):
     renewable: bool
     revocable: bool
     ends: Ending
+    shared: bool = False
+    """One Vault read serves every lease of the role (a KV version, the same for every
+    pod): rotating many of its leases reads Vault once (the lease engine's batch form)."""
 
 
 class IssueContext(BaseModel):

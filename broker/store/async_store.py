@@ -15,7 +15,6 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .leases import LeaseRepository
-from .records import LeaseHandle, LeaseRecord
 from .roles import RoleRepository
 from .runner import StoreRunner
 from .store import Store
@@ -46,8 +45,11 @@ class _Async(Generic[R]):
 
 class AsyncLeases(_Async[LeaseRepository]):
     begin_issue = _forward(LeaseRepository.begin_issue)
+    admit_issue = _forward(LeaseRepository.admit_issue)
     begin_rotation = _forward(LeaseRepository.begin_rotation)
+    begin_rotations = _forward(LeaseRepository.begin_rotations)
     complete_issue = _forward(LeaseRepository.complete_issue)
+    complete_issues = _forward(LeaseRepository.complete_issues)
     mark_failed = _forward(LeaseRepository.mark_failed)
     record_renewal = _forward(LeaseRepository.record_renewal)
     leases_to_renew = _forward(LeaseRepository.leases_to_renew)
@@ -56,6 +58,8 @@ class AsyncLeases(_Async[LeaseRepository]):
     settle_revoked = _forward(LeaseRepository.settle_revoked)
     leases_to_revoke = _forward(LeaseRepository.leases_to_revoke)
     get = _forward(LeaseRepository.get)
+    get_with_handle = _forward(LeaseRepository.get_with_handle)
+    get_many = _forward(LeaseRepository.get_many)
     find_live = _forward(LeaseRepository.find_live)
     clusters_holding = _forward(LeaseRepository.clusters_holding)
     handle = _forward(LeaseRepository.handle)
@@ -66,13 +70,9 @@ class AsyncLeases(_Async[LeaseRepository]):
     request_rotation = _forward(LeaseRepository.request_rotation)
     rotation_requests = _forward(LeaseRepository.rotation_requests)
     clear_rotation_request = _forward(LeaseRepository.clear_rotation_request)
+    clear_rotation_requests = _forward(LeaseRepository.clear_rotation_requests)
     vault_lease_ids = _forward(LeaseRepository.vault_lease_ids)
     unissued_before = _forward(LeaseRepository.unissued_before)
-
-    async def get_with_handle(self, lease_id: str) -> tuple[LeaseRecord, LeaseHandle]:
-        """The row and its Vault handle, in one trip to the store's threads."""
-        repo = self._repo
-        return await self._runner.run(lambda: (repo.get(lease_id), repo.handle(lease_id)))
 
     async def live_counts(self, pod_uid: str, cluster: str) -> tuple[int, int]:
         """The live leases of a pod and of its cluster, in one trip."""

@@ -10,25 +10,28 @@ lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
+    Connection,
     CursorResult,
+    RowMapping,
     Select,
+    Table,
     and_,
     bindparam,
     case,
     func,
+    insert,
     or_,
     select,
     tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest
@@ -38,12 +41,15 @@ from .errors import IssueInProgress, LeaseNotFound, LeaseStateConflict
 from .failures import store_errors
 from .records import (
     LIVE_STATES,
+    CapReached,
+    Completion,
     ExistingLease,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
+    LiveCaps,
     PendingLease,
     RotationRequest,
     Selector,
@@ -79,9 +85,23 @@ class LeaseRepository:
         concurrent call wins the race, the result is that lease as ExistingLease and Vault
         must not be asked.
         """
+        admitted = self.admit_issue(request, None)
+        assert not isinstance(admitted, CapReached)  # noqa: S101 - no caps, none reached
+        return admitted
 
-        def build(session: Session) -> LeaseRow | LeaseRecord | None:
-            return self._next(session, request.model_dump(), above=0)
+    def admit_issue(
+        self, request: LeaseRequest, caps: LiveCaps | None
+    ) -> PendingLease | ExistingLease | CapReached:
+        """Issue's one trip to the store: the live lease of the pod's credential with its
+        handle (ExistingLease: replay it), else the pod's and its cluster's live leases
+        counted against `caps` (CapReached: refuse), else the pending row written — all in
+        one write transaction, so the count and the insert cannot be split by another
+        writer (on SQLite the write turn; on PostgreSQL the unique index decides a race
+        for the same credential, and the count is the transaction's own snapshot)."""
+        identity = request.model_dump()
+
+        def build(connection: Connection) -> _Built:
+            return self._next(connection, identity, above=0, caps=caps)
 
         return self._insert_pending("begin issue", request.pod_uid, request.credential, build)
 
@@ -92,17 +112,59 @@ class LeaseRepository:
         the new one moves it to revoking. If a newer live generation exists already, that
         one is returned as ExistingLease.
         """
-        with store_errors("reading a lease"), self._sessions() as session:
-            current = _record(_get(session, lease_id))
+        current = self.get(lease_id)
 
-        def build(session: Session) -> LeaseRow | LeaseRecord | None:
-            row = _get(session, lease_id)
-            if row.state != LeaseState.ACTIVE:
-                raise LeaseStateConflict(_record(row), "rotate", _ACTIVE)
-            identity = LeaseRequest.model_validate(row, from_attributes=True).model_dump()
-            return self._next(session, identity, above=row.generation)
+        def build(connection: Connection) -> _Built:
+            row = connection.execute(_BY_ID, {"lease_id": lease_id}).first()
+            if row is None:
+                raise LeaseNotFound(lease_id)
+            record = LeaseRecord.model_validate(row)
+            if record.state != LeaseState.ACTIVE:
+                raise LeaseStateConflict(record, "rotate", _ACTIVE)
+            identity = LeaseRequest.model_validate(record, from_attributes=True).model_dump()
+            return self._next(connection, identity, above=record.generation, caps=None)
 
-        return self._insert_pending("begin rotation", current.pod_uid, current.credential, build)
+        begun = self._insert_pending("begin rotation", current.pod_uid, current.credential, build)
+        assert not isinstance(begun, CapReached)  # noqa: S101 - no caps, none reached
+        return begun
+
+    def begin_rotations(
+        self, lease_ids: Sequence[str]
+    ) -> list[PendingLease | ExistingLease | LeaseStateConflict]:
+        """`begin_rotation` for many leases in one transaction (the batch form: a shared
+        KV version rotated for every lease of a role), in the order given; a lease that
+        is not active comes back as its LeaseStateConflict. If a concurrent writer takes
+        one of the generations (the unique index), each is begun on its own instead."""
+        with store_errors("begin rotations"):
+            try:
+                with self._sessions.writing() as connection:
+                    return [self._begin_one(connection, lease_id) for lease_id in lease_ids]
+            except (IntegrityError, _Raced):
+                pass
+        results: list[PendingLease | ExistingLease | LeaseStateConflict] = []
+        for lease_id in lease_ids:
+            try:
+                results.append(self.begin_rotation(lease_id))
+            except LeaseStateConflict as conflict:
+                results.append(conflict)
+        return results
+
+    def _begin_one(
+        self, connection: Connection, lease_id: str
+    ) -> PendingLease | ExistingLease | LeaseStateConflict:
+        row = connection.execute(_BY_ID, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        record = LeaseRecord.model_validate(row)
+        if record.state != LeaseState.ACTIVE:
+            return LeaseStateConflict(record, "rotate", _ACTIVE)
+        identity = LeaseRequest.model_validate(record, from_attributes=True).model_dump()
+        built = self._next(connection, identity, above=record.generation, caps=None)
+        if built is None or isinstance(built, CapReached):
+            raise _Raced  # the newer live row went between two reads: one by one instead
+        inserted = self._inserted(connection, built)
+        assert not isinstance(inserted, CapReached)  # noqa: S101 - no caps, none reached
+        return inserted
 
     def complete_issue(
         self,
@@ -125,35 +187,70 @@ class LeaseRepository:
         Vault lease id is still recorded, so the revoker revokes it, and
         LeaseStateConflict tells the caller not to hand the credential out.
         """
-        _require_aware(expires_at, "expires_at")
-        _require_aware(retire_after, "retire_after")
-        with store_errors("complete issue"), self._sessions.begin() as session:
-            row = _get(session, lease_id, lock=True)
-            if row.state == LeaseState.ACTIVE and row.vault_lease_id == vault_lease_id:
-                return _record(row)
-            now = self._clock()
-            if row.state == LeaseState.REVOKING and row.vault_lease_id is None:
-                row.vault_lease_id = vault_lease_id
-                row.vault_lease = vault_lease
-                row.expires_at = expires_at
-                row.updated_at = now
-                session.flush()
-                late = LeaseStateConflict(_record(row), "complete issue", _PENDING)
-            elif not lease_may_become(LeaseState(row.state), LeaseState.ACTIVE):
-                raise LeaseStateConflict(_record(row), "complete issue", _PENDING)
-            else:
-                row.vault_lease = vault_lease
-                row.sealed_credential = sealed_credential
-                _activate(
-                    session,
-                    row,
-                    vault_lease_id=vault_lease_id,
-                    expires_at=expires_at,
-                    retire_after=retire_after,
-                    now=now,
-                )
-                return _record(row)
-        raise late
+        done = Completion(
+            lease_id, vault_lease_id, expires_at, retire_after, vault_lease, sealed_credential
+        )
+        _check_completion(done)
+        with store_errors("complete issue"), self._sessions.writing() as connection:
+            result = self._complete(connection, done)
+        if isinstance(result, LeaseStateConflict):
+            raise result
+        return result
+
+    def complete_issues(
+        self, completions: Sequence[Completion]
+    ) -> list[LeaseRecord | LeaseStateConflict]:
+        """`complete_issue` for many pending rows in one transaction, in the order given;
+        a row that turned revoking meanwhile (its Vault lease id recorded all the same) or
+        that cannot become active comes back as its LeaseStateConflict."""
+        for done in completions:
+            _check_completion(done)
+        with store_errors("complete issues"), self._sessions.writing() as connection:
+            return [self._complete(connection, done) for done in completions]
+
+    def _complete(
+        self, connection: Connection, done: Completion
+    ) -> LeaseRecord | LeaseStateConflict:
+        found = connection.execute(_LOCKED, {"lease_id": done.lease_id}).first()
+        if found is None:
+            raise LeaseNotFound(done.lease_id)
+        row = found._mapping
+        state = LeaseState(row["state"])
+        if state == LeaseState.ACTIVE and row["vault_lease_id"] == done.vault_lease_id:
+            return _record_of(row)
+        now = self._clock()
+        if state == LeaseState.REVOKING and row["vault_lease_id"] is None:
+            changed: dict[str, Any] = {
+                "vault_lease_id": done.vault_lease_id,
+                "vault_lease": done.vault_lease,
+                "expires_at": done.expires_at,
+                "updated_at": now,
+            }
+            connection.execute(_UPDATE_BY_ID, {"lease_id": done.lease_id, **changed})
+            return LeaseStateConflict(_record_of({**row, **changed}), "complete issue", _PENDING)
+        if not lease_may_become(state, LeaseState.ACTIVE):
+            return LeaseStateConflict(_record_of(row), "complete issue", _PENDING)
+        changed = {
+            "state": LeaseState.ACTIVE,
+            "vault_lease_id": done.vault_lease_id,
+            "vault_lease": done.vault_lease,
+            "sealed_credential": done.sealed_credential,
+            "expires_at": done.expires_at,
+            "updated_at": now,
+        }
+        connection.execute(_UPDATE_BY_ID, {"lease_id": done.lease_id, **changed})
+        connection.execute(
+            _RETIRE_OLDER,
+            {
+                "b_cluster": row["cluster"],
+                "b_pod_uid": row["pod_uid"],
+                "b_credential": row["credential"],
+                "b_generation": row["generation"],
+                "b_revoke_after": done.retire_after or now,
+                "b_now": now,
+            },
+        )
+        return _record_of({**row, **changed})
 
     def mark_failed(self, lease_id: str, error: str) -> LeaseRecord:
         """Vault refused or never answered: the pending row is final, nothing to revoke."""
@@ -279,6 +376,22 @@ class LeaseRepository:
             raise LeaseNotFound(lease_id)
         return LeaseRecord.model_validate(row)
 
+    def get_with_handle(self, lease_id: str) -> tuple[LeaseRecord, LeaseHandle]:
+        """The row and its Vault handle, read by one statement."""
+        with store_errors("reading a lease"), self._sessions.reading() as connection:
+            row = connection.execute(_WITH_HANDLE, {"lease_id": lease_id}).first()
+        if row is None:
+            raise LeaseNotFound(lease_id)
+        return _record_of(row._mapping), LeaseHandle(row.id, row.vault_lease, row.sealed_credential)
+
+    def get_many(self, lease_ids: Sequence[str]) -> dict[str, LeaseRecord]:
+        """The rows named that exist, by id, read by one statement."""
+        statement = select(*_RECORD_COLUMNS).where(LeaseRow.id.in_(list(lease_ids)))
+        with store_errors("reading leases"), self._sessions.reading() as connection:
+            return {
+                row.id: LeaseRecord.model_validate(row) for row in connection.execute(statement)
+            }
+
     def find_live(self, cluster: str, pod_uid: str, credential: str) -> LeaseRecord | None:
         """The lease to hand out for a pod's credential: the newest active, else pending.
 
@@ -293,13 +406,8 @@ class LeaseRepository:
         """The clusters whose pods of this UID hold live leases. Real pod UIDs are random
         UUIDs: one UID live in two clusters means one of them minted a token for a pod
         it does not run."""
-        query = (
-            select(LeaseRow.cluster)
-            .where(LeaseRow.pod_uid == pod_uid, LeaseRow.state.in_(LIVE_STATES))
-            .distinct()
-        )
         with store_errors("finding a pod UID's clusters"), self._sessions.reading() as connection:
-            return frozenset(connection.execute(query).scalars())
+            return frozenset(connection.execute(_HOLDERS, {"pod_uid": pod_uid}).scalars())
 
     def handle(self, lease_id: str) -> LeaseHandle:
         """The lease's Vault handle and sealed credential (LeaseNotFound if there is no row)."""
@@ -361,8 +469,8 @@ class LeaseRepository:
         statement = select(LeaseRow.id, LeaseRow.vault_lease).where(
             LeaseRow.id.in_(list(lease_ids))
         )
-        with store_errors("reading Vault handles"), self._sessions() as session:
-            return {lease_id: handle for lease_id, handle in session.execute(statement)}
+        with store_errors("reading Vault handles"), self._sessions.reading() as connection:
+            return {lease_id: handle for lease_id, handle in connection.execute(statement)}
 
     # -- rotations by selector -------------------------------------------------------------
 
@@ -415,6 +523,16 @@ class LeaseRepository:
         with store_errors("clearing a rotation request"), self._sessions.begin() as session:
             session.execute(statement)
 
+    def clear_rotation_requests(self, lease_ids: Collection[str]) -> None:
+        """`clear_rotation_request` for many leases in one statement."""
+        statement = (
+            update(LeaseRow)
+            .where(LeaseRow.id.in_(list(lease_ids)))
+            .values(rotate_requested_at=None, rotate_grace=None)
+        )
+        with store_errors("clearing rotation requests"), self._sessions.writing() as connection:
+            connection.execute(statement)
+
     # -- reconcile -------------------------------------------------------------------------
 
     def vault_lease_ids(self, states: Collection[LeaseState], prefix: str) -> dict[str, str]:
@@ -456,62 +574,71 @@ class LeaseRepository:
     # -- helpers ---------------------------------------------------------------------------
 
     def _next(
-        self, session: Session, identity: dict[str, str], above: int
-    ) -> LeaseRow | LeaseRecord | None:
-        """The live lease above generation `above` if there is one, else a new row to insert.
+        self,
+        connection: Connection,
+        identity: dict[str, str],
+        above: int,
+        caps: LiveCaps | None,
+    ) -> _Built:
+        """The live lease above generation `above` (with its handle) if there is one, else
+        CapReached when `caps` are reached, else the values of a new row to insert.
 
         Whether a live row exists and the highest generation come from one statement, so
         from one snapshot: two callers that find no live row pick the same generation,
         and the unique index lets only one of them insert it. None: the live row seen by
         the first statement was gone by the second; try again.
         """
-        cluster, pod_uid, credential = (
-            identity["cluster"],
-            identity["pod_uid"],
-            identity["credential"],
-        )
-        same = (
-            LeaseRow.cluster == cluster,
-            LeaseRow.pod_uid == pod_uid,
-            LeaseRow.credential == credential,
-        )
-        is_live_above = and_(LeaseRow.state.in_(LIVE_STATES), LeaseRow.generation > above)
-        top, live_above = session.execute(
-            select(
-                func.coalesce(func.max(LeaseRow.generation), 0),
-                func.count(case((is_live_above, 1))),
-            ).where(*same)
-        ).one()
-        if not live_above:
-            return self._new_row(identity, top + 1)
-        live = session.scalars(
-            _live_query(cluster, pod_uid, credential).where(LeaseRow.generation > above).limit(1)
-        ).first()
-        return None if live is None else _record(live)
+        key = {
+            "cluster": identity["cluster"],
+            "pod_uid": identity["pod_uid"],
+            "credential": identity["credential"],
+            "above": above,
+        }
+        top, live_above = connection.execute(_TOP, key).one()
+        if live_above:
+            live = connection.execute(_LIVE_ABOVE, key).first()
+            if live is None:
+                return None
+            handle = LeaseHandle(live.id, live.vault_lease, live.sealed_credential)
+            return ExistingLease(_record_of(live._mapping), handle)
+        if caps is not None:
+            held, in_cluster = connection.execute(_CAPS, key).one()
+            if held >= caps.per_pod or in_cluster >= caps.per_cluster:
+                return CapReached(int(held), int(in_cluster))
+        return self._new_row(identity, top + 1)
 
-    def _new_row(self, identity: dict[str, str], generation: int) -> LeaseRow:
+    def _new_row(self, identity: dict[str, str], generation: int) -> dict[str, Any]:
         now = self._clock()
-        return LeaseRow(
-            id=str(uuid.uuid4()),
-            vault_lease_id=None,
-            state=LeaseState.PENDING,
-            generation=generation,
-            expires_at=None,
-            revoke_after=None,
-            created_at=now,
-            updated_at=now,
-            last_error=None,
-            revoke_attempts=0,
+        return {
+            "id": str(uuid.uuid4()),
+            "vault_lease_id": None,
+            "state": LeaseState.PENDING,
+            "generation": generation,
+            "expires_at": None,
+            "revoke_after": None,
+            "created_at": now,
+            "updated_at": now,
+            "last_error": None,
+            "revoke_attempts": 0,
             **identity,
-        )
+        }
+
+    @staticmethod
+    def _inserted(
+        connection: Connection, built: dict[str, Any] | ExistingLease | CapReached
+    ) -> PendingLease | ExistingLease | CapReached:
+        if not isinstance(built, dict):
+            return built
+        connection.execute(_INSERT, built)
+        return PendingLease(_record_of(built))
 
     def _insert_pending(
         self,
         operation: str,
         pod_uid: str,
         credential: str,
-        build: Callable[[Session], LeaseRow | LeaseRecord | None],
-    ) -> PendingLease | ExistingLease:
+        build: Callable[[Connection], _Built],
+    ) -> PendingLease | ExistingLease | CapReached:
         """Run `build` and insert its row; on losing a race to the unique index, run again.
 
         A loser's insert fails on `uq_leases_live_generation` (PostgreSQL waits for the
@@ -520,16 +647,11 @@ class LeaseRepository:
         for _ in range(INSERT_ATTEMPTS):
             with store_errors(operation):
                 try:
-                    with self._sessions.begin() as session:
-                        built = build(session)
+                    with self._sessions.writing() as connection:
+                        built = build(connection)
                         if built is None:
                             continue
-                        if isinstance(built, LeaseRecord):
-                            result: PendingLease | ExistingLease = ExistingLease(built)
-                        else:
-                            session.add(built)
-                            session.flush()
-                            result = PendingLease(_record(built))
+                        result = self._inserted(connection, built)
                 except IntegrityError:
                     continue
                 else:
@@ -603,65 +725,85 @@ class LeaseRepository:
             return [_record(row) for row in session.scalars(query)]
 
 
-def _activate(
-    session: Session,
-    row: LeaseRow,
-    *,
-    vault_lease_id: str,
-    expires_at: datetime | None,
-    retire_after: datetime | None,
-    now: datetime,
-) -> None:
-    """Make a pending row active; older active generations start being revoked."""
-    row.state = LeaseState.ACTIVE
-    row.vault_lease_id = vault_lease_id
-    row.expires_at = expires_at
-    row.updated_at = now
-    session.execute(
-        update(LeaseRow)
-        .where(
-            LeaseRow.cluster == row.cluster,
-            LeaseRow.pod_uid == row.pod_uid,
-            LeaseRow.credential == row.credential,
-            LeaseRow.state == LeaseState.ACTIVE,
-            LeaseRow.generation < row.generation,
-        )
-        .values(
-            state=LeaseState.REVOKING,
-            revoke_after=retire_after or now,
-            updated_at=now,
-            sealed_credential=None,
-        )
-    )
-    session.flush()
-
-
 def _record(row: LeaseRow) -> LeaseRecord:
     return LeaseRecord.model_validate(row)
 
 
-def _get(session: Session, lease_id: str, *, lock: bool = False) -> LeaseRow:
-    row = session.get(LeaseRow, lease_id, with_for_update=lock)
-    if row is None:
-        raise LeaseNotFound(lease_id)
-    return row
+def _record_of(values: Mapping[str, Any] | RowMapping) -> LeaseRecord:
+    """A record from a row's columns (a Core row's mapping, or the values inserted)."""
+    return LeaseRecord.model_validate({name: values[name] for name in _RECORD_FIELDS})
 
 
-def _live_query(cluster: str, pod_uid: str, credential: str) -> Select[LeaseRow]:
-    active_first = case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1)
-    return (
-        select(LeaseRow)
-        .where(
-            LeaseRow.cluster == cluster,
-            LeaseRow.pod_uid == pod_uid,
-            LeaseRow.credential == credential,
-            LeaseRow.state.in_(LIVE_STATES),
-        )
-        .order_by(active_first, LeaseRow.generation.desc())
+def _check_completion(done: Completion) -> None:
+    _require_aware(done.expires_at, "expires_at")
+    _require_aware(done.retire_after, "retire_after")
+
+
+class _Raced(Exception):
+    """A batch met a concurrent writer: its leases are begun one by one instead."""
+
+
+_Built = dict[str, Any] | ExistingLease | CapReached | None
+"""What a pending row's build step found: new row values, a live lease, a reached cap, or
+None (a race between two reads: try again)."""
+
+
+_RECORD_FIELDS = tuple(LeaseRecord.model_fields)
+_RECORD_COLUMNS = [LeaseRow.__table__.c[name] for name in _RECORD_FIELDS]
+_LEASES = cast("Table", LeaseRow.__table__)
+_SAME_CREDENTIAL = (
+    LeaseRow.cluster == bindparam("cluster"),
+    LeaseRow.pod_uid == bindparam("pod_uid"),
+    LeaseRow.credential == bindparam("credential"),
+)
+_IS_LIVE_ABOVE = and_(LeaseRow.state.in_(LIVE_STATES), LeaseRow.generation > bindparam("above"))
+_TOP = select(
+    func.coalesce(func.max(LeaseRow.generation), 0), func.count(case((_IS_LIVE_ABOVE, 1)))
+).where(*_SAME_CREDENTIAL)
+_LIVE_ABOVE = (
+    select(*_RECORD_COLUMNS, LeaseRow.vault_lease, LeaseRow.sealed_credential)
+    .where(*_SAME_CREDENTIAL, _IS_LIVE_ABOVE)
+    .order_by(case((LeaseRow.state == LeaseState.ACTIVE, 0), else_=1), LeaseRow.generation.desc())
+    .limit(1)
+)
+_LIVE_OF_POD = and_(
+    LeaseRow.cluster == bindparam("cluster"),
+    LeaseRow.pod_uid == bindparam("pod_uid"),
+    LeaseRow.state.in_(LIVE_STATES),
+)
+_CAPS = select(
+    select(func.count()).select_from(_LEASES).where(_LIVE_OF_POD).scalar_subquery(),
+    select(func.count())
+    .select_from(_LEASES)
+    .where(LeaseRow.cluster == bindparam("cluster"), LeaseRow.state.in_(LIVE_STATES))
+    .scalar_subquery(),
+)
+_INSERT = insert(_LEASES)
+_UPDATE_BY_ID = update(_LEASES).where(LeaseRow.id == bindparam("lease_id"))
+_RETIRE_OLDER = (
+    update(_LEASES)
+    .where(
+        LeaseRow.cluster == bindparam("b_cluster"),
+        LeaseRow.pod_uid == bindparam("b_pod_uid"),
+        LeaseRow.credential == bindparam("b_credential"),
+        LeaseRow.state == LeaseState.ACTIVE,
+        LeaseRow.generation < bindparam("b_generation"),
     )
-
-
-_RECORD_COLUMNS = [LeaseRow.__table__.c[name] for name in LeaseRecord.model_fields]
+    .values(
+        state=LeaseState.REVOKING,
+        revoke_after=bindparam("b_revoke_after"),
+        updated_at=bindparam("b_now"),
+        sealed_credential=None,
+    )
+)
+_HOLDERS = (
+    select(LeaseRow.cluster)
+    .where(LeaseRow.pod_uid == bindparam("pod_uid"), LeaseRow.state.in_(LIVE_STATES))
+    .distinct()
+)
+_WITH_HANDLE = select(*_RECORD_COLUMNS, LeaseRow.vault_lease, LeaseRow.sealed_credential).where(
+    LeaseRow.id == bindparam("lease_id")
+)
 _BY_ID = select(*_RECORD_COLUMNS).where(LeaseRow.id == bindparam("lease_id"))
 _LOCKED = select(LeaseRow.__table__).where(LeaseRow.id == bindparam("lease_id")).with_for_update()
 _HANDLE = select(LeaseRow.id, LeaseRow.vault_lease, LeaseRow.sealed_credential).where(

@@ -128,10 +128,44 @@ class PendingLease:
 class ExistingLease:
     """A live lease already exists for the pod's credential: hand it out, ask Vault nothing.
 
-    Its state may still be pending while another call is asking Vault.
+    Its state may still be pending while another call is asking Vault. `handle` is its
+    Vault handle and sealed credential when the same transaction read them (Issue's
+    admission does: a replay then needs no second read).
     """
 
     lease: LeaseRecord
+    handle: LeaseHandle | None = None
+
+
+@dataclass(frozen=True)
+class LiveCaps:
+    """How many live leases one pod, and one cluster, may hold (limits.per_pod and
+    limits.per_cluster), counted in the transaction that writes a new pending row."""
+
+    per_pod: int
+    per_cluster: int
+
+
+@dataclass(frozen=True)
+class CapReached:
+    """No pending row was written: the pod (or its cluster) holds as many live leases as
+    its cap allows; the counts as the transaction saw them."""
+
+    held: int
+    in_cluster: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What Vault issued for one pending row, for `complete_issues` (the batch form of
+    `complete_issue`, same fields)."""
+
+    lease_id: str
+    vault_lease_id: str
+    expires_at: datetime | None
+    retire_after: datetime | None = None
+    vault_lease: dict[str, Any] | None = None
+    sealed_credential: bytes | None = field(default=None, repr=False)
 
 
 class Selector(BaseModel):

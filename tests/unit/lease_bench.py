@@ -84,12 +84,16 @@ class FakeBackend:
     fail_renew: KeyferryError | None = None
     during_issue: Callable[[IssueContext], None] | None = None
     revoke_gate: asyncio.Event | None = None  # a revoke waits for it (a Vault call in flight)
+    reads: int = 0  # issue calls that reached "Vault"
 
     def lifecycle(self, role: RoleSpec) -> Lifecycle:
         ends = Ending.REVOKED if self.revocable else Ending.SUPERSEDED
-        return Lifecycle(renewable=self.revocable, revocable=self.revocable, ends=ends)
+        return Lifecycle(
+            renewable=self.revocable, revocable=self.revocable, ends=ends, shared=self.kind == "kv"
+        )
 
     async def issue(self, role: RoleSpec, context: IssueContext) -> IssuedSecret:
+        self.reads += 1
         if self.fail_issue is not None:
             raise self.fail_issue
         if self.during_issue is not None:

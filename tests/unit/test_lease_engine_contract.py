@@ -16,8 +16,11 @@ BROKER = Path(__file__).parents[2] / "broker"
 LIFECYCLE_STEPS = frozenset(
     {
         "begin_issue",
+        "admit_issue",
         "begin_rotation",
+        "begin_rotations",
         "complete_issue",
+        "complete_issues",
         "mark_failed",
         "mark_revoking",
         "mark_revoked",

@@ -21,9 +21,11 @@ lease the call did not reach, with the grace asked for, as the broker itself.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
+from typing import Any, cast
 
 import structlog
 
@@ -33,10 +35,12 @@ from broker.models import VaultLease
 from broker.policy import Action, Operator
 from broker.store import (
     ExistingLease,
+    LeaseNotFound,
     LeaseQuery,
     LeaseRecord,
     LeaseState,
     LeaseStateConflict,
+    PendingLease,
 )
 
 from ..common.audit_trail import operator_principal, system_principal
@@ -108,7 +112,6 @@ class RotationFlow:
         grace = self._check_grace(grace)
         if not lease_ids or len(lease_ids) > MAX_LEASES:
             raise InvalidRequest("lease_ids", f"give between 1 and {MAX_LEASES} lease ids")
-        leases = []
         first: dict[str, int] = {}
         for index, lease_id in enumerate(lease_ids):
             if not lease_id:
@@ -117,18 +120,31 @@ class RotationFlow:
                 repeated = f"repeats lease_ids[{first[lease_id]}]: name each lease once"
                 raise InvalidRequest(f"lease_ids[{index}]", repeated)
             first[lease_id] = index
-            leases.append(await self._leases.get(lease_id))
-        for lease in leases:
-            await self._decide(operator, lease, request_id)
+        found = await self._leases.get_many(lease_ids)
+        missing = next((lease_id for lease_id in lease_ids if lease_id not in found), None)
+        if missing is not None:
+            raise LeaseNotFound(missing)
+        leases = [found[lease_id] for lease_id in lease_ids]
+        await self._decide_all(operator, leases, request_id)
         who = operator_principal(operator)
+        shared, alone = await self._partition(list(enumerate(leases)))
+        rotations: dict[int, Rotation] = {}
+        if shared:
+            batch = [(f"lease_ids[{index}]", lease) for index, lease in shared]
+            outcomes = await self._rotate_together(who, batch, grace, request_id)
+            for (index, _), outcome in zip(shared, outcomes, strict=True):
+                if isinstance(outcome, KeyferryError):
+                    raise outcome  # the first failure in the order named; none more start
+                rotations[index] = outcome
 
         async def step(item: tuple[int, LeaseRecord]) -> tuple[int, Rotation]:
             index, lease = item
             field = f"lease_ids[{index}]"
             return index, await self._rotate_one(who, field, lease, grace, request_id)
 
-        rotated = [r async for r in run_batched(list(enumerate(leases)), self._concurrency, step)]
-        return [rotation for _, rotation in sorted(rotated, key=lambda pair: pair[0])]
+        async for index, rotation in run_batched(alone, self._concurrency, step):
+            rotations[index] = rotation
+        return [rotations[index] for index in range(len(leases))]
 
     async def rotate_selected(
         self,
@@ -227,11 +243,22 @@ class RotationFlow:
         """Rotate `chosen` with `workers` tasks; progress in the order leases finish. If the
         caller goes away, the rest stays requested for `resume`."""
 
-        async def step(item: tuple[int, Selected]) -> LeaseProgress:
-            index, selected = item
-            return await self._rotate_requested(who, index, selected, grace, request_id)
+        numbered = list(enumerate(chosen))
+        shared, alone = await self._partition(
+            [(index, selected.lease) for index, selected in numbered]
+        )
+        for start in range(0, len(shared), CHUNK):
+            part = shared[start : start + CHUNK]
+            batch = [(f"selected[{index}]", lease) for index, lease in part]
+            outcomes = await self._rotate_together(who, batch, grace, request_id)
+            for progress in await self._settle_requests([lease for _, lease in part], outcomes):
+                yield progress
+        by_index = dict(numbered)
 
-        async for progress in run_batched(list(enumerate(chosen)), workers, step):
+        async def step(index: int) -> LeaseProgress:
+            return await self._rotate_requested(who, index, by_index[index], grace, request_id)
+
+        async for progress in run_batched([index for index, _ in alone], workers, step):
             yield progress
 
     async def _rotate_requested(
@@ -250,6 +277,151 @@ class RotationFlow:
             await self._leases.clear_rotation_request(lease.id)
         outcome = Outcome.ALREADY_ROTATED if rotation.already_rotated else Outcome.ROTATED
         return LeaseProgress(lease, outcome, successor=rotation.lease)
+
+    async def _settle_requests(
+        self, leases: list[LeaseRecord], outcomes: list[Rotation | KeyferryError]
+    ) -> list[LeaseProgress]:
+        """`_rotate_requested`'s bookkeeping for a batch: progress per lease, and the
+        rotation requests cleared in one statement (kept where a pending successor may be
+        a dead broker's, as there)."""
+        done: list[str] = []
+        progress: list[LeaseProgress] = []
+        for lease, outcome in zip(leases, outcomes, strict=True):
+            if isinstance(outcome, KeyferryError):
+                log.warning("lease not rotated", lease_id=lease.id, error=outcome.message)
+                done.append(lease.id)
+                progress.append(LeaseProgress(lease, Outcome.FAILED, error=outcome.message))
+                continue
+            if not (outcome.already_rotated and outcome.lease.state is LeaseState.PENDING):
+                done.append(lease.id)
+            kind = Outcome.ALREADY_ROTATED if outcome.already_rotated else Outcome.ROTATED
+            progress.append(LeaseProgress(lease, kind, successor=outcome.lease))
+        if done:
+            await self._leases.clear_rotation_requests(done)
+        return progress
+
+    async def _partition(
+        self, leases: list[tuple[int, LeaseRecord]]
+    ) -> tuple[list[tuple[int, LeaseRecord]], list[tuple[int, LeaseRecord]]]:
+        """The leases whose role one Vault read serves (rotated together) and the rest
+        (rotated one by one); a role that cannot be read leaves its leases to the rest,
+        where each reports the error."""
+        shares: dict[str, bool] = {}
+        for name in {lease.role for _, lease in leases}:
+            try:
+                shares[name] = self._engine.shares_issue((await self._catalog.get(name)).spec)
+            except KeyferryError:
+                shares[name] = False
+        shared = [(i, lease) for i, lease in leases if shares[lease.role]]
+        alone = [(i, lease) for i, lease in leases if not shares[lease.role]]
+        return shared, alone
+
+    async def _rotate_together(
+        self,
+        who: Principal,
+        batch: list[tuple[str, LeaseRecord]],
+        grace: timedelta,
+        request_id: str,
+    ) -> list[Rotation | KeyferryError]:
+        """Rotate leases of shared roles as one batch: their next generations begun in one
+        store transaction, one Vault read per role, every row completed in one
+        transaction (the lease engine's `issue_many`), then each pod told at once: the
+        pushes go out concurrently, one per Watch stream. Each lease's outcome in order,
+        as `_rotate_one` would have answered or raised it. Shielded: a caller that goes
+        away does not cut a batch between Vault and the store."""
+        return await asyncio.shield(self._together(who, batch, grace, request_id))
+
+    async def _together(
+        self,
+        who: Principal,
+        batch: list[tuple[str, LeaseRecord]],
+        grace: timedelta,
+        request_id: str,
+    ) -> list[Rotation | KeyferryError]:
+        outcomes: list[Rotation | KeyferryError | None] = [None] * len(batch)
+        roles = {}
+        for name in {lease.role for _, lease in batch}:
+            roles[name] = (await self._catalog.get(name)).spec
+        begun = await self._engine.begin_next_generations([lease.id for _, lease in batch])
+        revoke_after = self._clock() + grace
+        orders: list[tuple[int, IssueOrder]] = []
+        for index, ((field, lease), first) in enumerate(zip(batch, begun, strict=True)):
+            if isinstance(first, PendingLease):
+                order = IssueOrder(
+                    first.lease, roles[lease.role], who, request_id, retire_after=revoke_after
+                )
+                orders.append((index, order))
+            elif isinstance(first, ExistingLease):
+                outcomes[index] = await self._already(lease, first.lease)
+            else:  # not active: rotated already, or not rotatable
+                outcomes[index] = await self._not_active(field, lease)
+        tracked = await self._engine.issue_many([order for _, order in orders])
+        rotated = [(i, t) for (i, _), t in zip(orders, tracked, strict=True)]
+        previous = await self._leases.get_many(
+            [batch[i][1].id for i, t in rotated if not isinstance(t, KeyferryError)]
+        )
+        records = []
+        for index, result in rotated:
+            field, lease = batch[index]
+            if isinstance(result, LeaseStateConflict):
+                outcomes[index] = InvalidRequest(
+                    field, f"lease {lease.id}'s pod is going away; not rotated"
+                )
+                continue
+            if isinstance(result, KeyferryError):
+                outcomes[index] = result
+                continue
+            records.append(
+                self._audit.lease_change(
+                    who,
+                    AuditAction.LEASE_REVOKING,
+                    previous[lease.id],
+                    request_id,
+                    reason="ROTATED",
+                )
+            )
+            record, vault_lease = result.lease, result.vault_lease
+            self._hub.publish(record.pod_key, LeaseRotated(record, result.credential, vault_lease))
+            outcomes[index] = Rotation(
+                previous_lease_id=lease.id,
+                lease=record,
+                renewable=vault_lease.renewable,
+                revoke_after=revoke_after,
+                already_rotated=False,
+            )
+        await asyncio.gather(*records)
+        log.info(
+            "leases rotated together",
+            leases=len(batch),
+            rotated=len(records),
+            roles=sorted(roles),
+            revoke_after=revoke_after.isoformat(),
+            request_id=request_id,
+        )
+        return [cast("Rotation | KeyferryError", outcome) for outcome in outcomes]
+
+    async def _not_active(self, field: str, lease: LeaseRecord) -> Rotation | KeyferryError:
+        successor = await self._successor(lease)
+        if successor is not None:
+            return await self._already(lease, successor)
+        current = await self._leases.get(lease.id)
+        return InvalidRequest(
+            field, f"lease {lease.id} is {current.state}; only an active lease can be rotated"
+        )
+
+    async def _decide_all(
+        self, operator: Operator, leases: list[LeaseRecord], request_id: str
+    ) -> None:
+        """Cedar decides `rotate` on every lease, each decision recorded (one group commit
+        for the lot); the first denied, in the order named, is raised."""
+        handles = await self._leases.vault_handles([lease.id for lease in leases])
+        denied = await asyncio.gather(
+            *(self._decide(operator, lease, handles.get(lease.id), request_id) for lease in leases),
+            return_exceptions=True,
+        )
+        for error in denied:
+            if isinstance(error, BaseException):
+                raise error
 
     async def _count_revoking(self, lease_ids: list[str]) -> int:
         revoking = frozenset({LeaseState.REVOKING})
@@ -273,9 +445,14 @@ class RotationFlow:
             raise InvalidRequest("grace", "must be between 1 second and 24 hours")
         return grace
 
-    async def _decide(self, operator: Operator, lease: LeaseRecord, request_id: str) -> None:
-        handle = await self._leases.handle(lease.id)
-        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
+    async def _decide(
+        self,
+        operator: Operator,
+        lease: LeaseRecord,
+        handle: dict[str, Any] | None,
+        request_id: str,
+    ) -> None:
+        vault_lease = VaultLease.model_validate(handle) if handle else None
         await self._gate.require(
             operator,
             Action.ROTATE,

@@ -29,10 +29,11 @@ Per-backend lifecycle: a backend whose credentials Vault cannot revoke (a KV rea
 session) creates nothing at Vault to undo, so its undo only closes the row; one that
 creates a Vault lease (a database role) is revoked first (see `_undone_at_vault`).
 
-Batch form (not yet used): an IssueOrder names everything one credential needs, and
-`issue` runs ask-Vault and record as separate steps (`_ask_vault`, `_record`), so
-`issue_many(orders)` for many leases of one role can read a KV version once and complete
-all rows in one store transaction without another rewrite of the invariant.
+Batch form (`issue_many`, used by rotation for a shared KV secret): the same steps for
+many pending rows — orders of a role whose one Vault read every lease shares
+(`Lifecycle.shared`: a KV version) ask Vault once, every row is completed in one store
+transaction (`complete_issues`), and the `lease.active` records are one group commit;
+each order's failure is undone as `issue` would undo it.
 
 Ending a lease (`end`): the row is marked revoking (no longer handed out), audited
 `lease.revoking` with why, then the Revoker revokes it at Vault and settles the row (one
@@ -44,9 +45,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 import structlog
 
@@ -57,12 +59,16 @@ from broker.errors import KeyferryError
 from broker.models import Credential, IssueContext, IssuedSecret, RoleSpec, VaultLease
 from broker.store import (
     AsyncStore,
+    CapReached,
+    Completion,
     ExistingLease,
     IssueInProgress,
+    LeaseHandle,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
     LeaseStateConflict,
+    LiveCaps,
     PendingLease,
 )
 
@@ -139,15 +145,137 @@ class LeaseEngine:
         """The pending row for a new credential, or the live lease that is already there."""
         return await self._leases.begin_issue(request)
 
+    async def admit(
+        self, request: LeaseRequest, caps: LiveCaps
+    ) -> PendingLease | ExistingLease | CapReached:
+        """Issue's one trip to the store: the live lease to replay (with its handle), or
+        CapReached when the pod or its cluster holds as many live leases as `caps` allow,
+        or the pending row for a new credential — one transaction."""
+        return await self._leases.admit_issue(request, caps)
+
     async def begin_next_generation(self, lease_id: str) -> PendingLease | ExistingLease:
         """The pending row of an active lease's next generation, or the newer live one."""
         return await self._leases.begin_rotation(lease_id)
+
+    async def begin_next_generations(
+        self, lease_ids: Sequence[str]
+    ) -> list[PendingLease | ExistingLease | LeaseStateConflict]:
+        """`begin_next_generation` for many leases in one store transaction (the batch
+        form), in order; a lease that is not active comes back as its conflict."""
+        return await self._leases.begin_rotations(lease_ids)
 
     async def issue(self, order: IssueOrder) -> TrackedCredential:
         """Ask Vault for the pending row's credential and record it (see the module doc
         for what each failure leaves behind); audited `lease.active`."""
         issued = await self._ask_vault(order)
         return await self._record(order, issued)
+
+    def shares_issue(self, role: RoleSpec) -> bool:
+        """Whether one Vault read serves every lease of the role (a KV version): the batch
+        form (`issue_many`) then reads it once for all of them."""
+        return self._backends.for_role(role).lifecycle(role).shared
+
+    async def issue_many(
+        self, orders: Sequence[IssueOrder]
+    ) -> list[TrackedCredential | KeyferryError]:
+        """`issue` for many pending rows at once, each outcome in the order given: its
+        credential, or the error its own `issue` would have raised, with the same undo.
+
+        Orders of one role whose Vault read every lease shares (`shares_issue`: a KV
+        version) and without a shaping step ask Vault once for all of them; any other
+        asks on its own, concurrently (a caller bounds how many it passes). Every row is
+        completed in one store transaction, and the `lease.active` records reach the
+        audit trail as one group commit."""
+        asked: list[IssuedSecret | KeyferryError] = list(
+            await asyncio.gather(*(self._asked(group) for group in _by_read(orders, self)))
+        )
+        issued: dict[int, IssuedSecret | KeyferryError] = {}
+        for group, answers in zip(_by_read(orders, self), asked, strict=True):
+            for index in group.indexes:
+                issued[index] = answers
+        results: list[TrackedCredential | KeyferryError | None] = [None] * len(orders)
+        asked_ok = [(i, o) for i, o in enumerate(orders) if isinstance(issued[i], IssuedSecret)]
+        for index, answer in issued.items():
+            if isinstance(answer, KeyferryError):
+                results[index] = answer
+        recorded = await self._record_many(
+            [(order, cast("IssuedSecret", issued[index])) for index, order in asked_ok]
+        )
+        for (index, _), outcome in zip(asked_ok, recorded, strict=True):
+            results[index] = outcome
+        return [cast("TrackedCredential | KeyferryError", result) for result in results]
+
+    async def _asked(self, group: _Read) -> IssuedSecret | KeyferryError:
+        """One Vault read for a group of orders, or each order's own ask (a group of one);
+        a refused read fails every row of its group."""
+        first = group.orders[0]
+        if len(group.orders) == 1:
+            try:
+                return await self._ask_vault(first)
+            except KeyferryError as error:
+                return error
+        try:
+            return await self._backends.for_role(first.role).issue(
+                first.role, issue_context(first.pending)
+            )
+        except KeyferryError as error:
+            await asyncio.gather(
+                *(self.fail(o.pending, o.who, error, o.request_id) for o in group.orders)
+            )
+            return error
+
+    async def _record_many(
+        self, asked: list[tuple[IssueOrder, IssuedSecret]]
+    ) -> list[TrackedCredential | KeyferryError]:
+        if not asked:
+            return []
+        completions = [
+            Completion(
+                order.pending.id,
+                issued.lease.lease_id,
+                issued.lease.expires_at,
+                order.retire_after,
+                issued.lease.model_dump(mode="json"),
+                self._sealer.seal_lease(order.pending, issued.credential),
+            )
+            for order, issued in asked
+        ]
+        try:
+            outcomes = await self._leases.complete_issues(completions)
+        except KeyferryError as error:
+            log.exception(
+                "store failed after Vault issued; undoing the batch",
+                leases=len(asked),
+                error=error.message,
+                request_id=asked[0][0].request_id,
+            )
+            await asyncio.gather(*(self._undo(o, i.lease, error) for o, i in asked))
+            return [error] * len(asked)
+        results: list[TrackedCredential | KeyferryError] = []
+        for (_, issued), outcome in zip(asked, outcomes, strict=True):
+            if isinstance(outcome, LeaseStateConflict):
+                await self._revoke_quietly(issued.lease)  # as in `_record`
+                results.append(outcome)
+            else:
+                results.append(TrackedCredential(outcome, issued.credential, issued.lease, False))
+        done = [(order, r) for (order, _), r in zip(asked, results, strict=True)]
+        try:
+            await asyncio.gather(
+                *(
+                    self._audit.lease_change(
+                        order.who,
+                        AuditAction.LEASE_ACTIVE,
+                        tracked.lease,
+                        order.request_id,
+                        credential=tracked.credential,
+                    )
+                    for order, tracked in done
+                    if isinstance(tracked, TrackedCredential)
+                )
+            )
+        except KeyferryError as error:  # as in `_record`: recorded, not handed out
+            return [error if isinstance(r, TrackedCredential) else r for _, r in done]
+        return results
 
     async def _ask_vault(self, order: IssueOrder) -> IssuedSecret:
         try:
@@ -200,12 +328,18 @@ class LeaseEngine:
         return TrackedCredential(record, issued.credential, vault_lease, replayed=False)
 
     async def replay(
-        self, lease: LeaseRecord, who: Principal, request_id: str
+        self,
+        lease: LeaseRecord,
+        who: Principal,
+        request_id: str,
+        handle: LeaseHandle | None = None,
     ) -> TrackedCredential:
         """The live lease's credential again (a repeated call): Vault is not asked. A
-        pending lease is waited for; one that does not become active is IssueInProgress."""
-        lease = await self._wait_active(lease)
-        handle = await self._leases.handle(lease.id)
+        pending lease is waited for; one that does not become active is IssueInProgress.
+        `handle`: the lease's handle as read with it (admit), used while it was active."""
+        if lease.state is not LeaseState.ACTIVE or handle is None:
+            lease = await self._wait_active(lease)
+            handle = await self._leases.handle(lease.id)
         if handle.sealed_credential is None or handle.vault_lease is None:
             raise IssueInProgress(lease.pod_uid, lease.credential)
         credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
@@ -263,13 +397,21 @@ class LeaseEngine:
     # -- end -------------------------------------------------------------------------------
 
     async def end(
-        self, lease: LeaseRecord, who: Principal, reason: str, request_id: str
+        self,
+        lease: LeaseRecord,
+        who: Principal,
+        reason: str,
+        request_id: str,
+        *,
+        vault_lease: VaultLease | None = None,
     ) -> LeaseRecord:
         """End a lease now: revoking (`lease.revoking`, with why), revoked at Vault and
         settled by the Revoker (`lease.revoked`). A lease already revoked or failed is
         returned as it is; one still being issued stays revoking for the Revoker (its
         Vault lease is recorded when the issue completes). A Vault that does not revoke
-        now: the row keeps the error and a retry time, and the error is raised."""
+        now: the row keeps the error and a retry time, and the error is raised.
+        `vault_lease`: the lease's Vault handle when the caller read it already (it does
+        not change once recorded), so the Revoker need not read it again."""
         marked = await self._leases.mark_revoking(
             lease.id, revoke_after=self._revoker.claimed_until()
         )
@@ -278,7 +420,7 @@ class LeaseEngine:
         await self._audit.lease_change(
             who, AuditAction.LEASE_REVOKING, marked, request_id, reason=reason
         )
-        return await self._revoker.revoke(marked, who, request_id)
+        return await self._revoker.revoke(marked, who, request_id, vault_lease=vault_lease)
 
     async def revoke_now(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
         """Bring a retiring lease's revocation forward (the pod Acked its successor): the row,
@@ -318,6 +460,29 @@ class LeaseEngine:
         except LeaseStateConflict:
             return False  # not revocable from its state (its issue completed, or failed)
         return settled
+
+
+@dataclass(frozen=True)
+class _Read:
+    """Orders answered by one Vault read (or one order on its own) and their places."""
+
+    orders: tuple[IssueOrder, ...]
+    indexes: tuple[int, ...]
+
+
+def _by_read(orders: Sequence[IssueOrder], engine: LeaseEngine) -> list[_Read]:
+    """Orders of one shared role (no shaping step) together, every other order alone."""
+    shared: dict[str, list[int]] = {}
+    alone: list[_Read] = []
+    for index, order in enumerate(orders):
+        if order.shape is None and engine.shares_issue(order.role):
+            shared.setdefault(order.role.name, []).append(index)
+        else:
+            alone.append(_Read((order,), (index,)))
+    together = [
+        _Read(tuple(orders[i] for i in indexes), tuple(indexes)) for indexes in shared.values()
+    ]
+    return together + alone
 
 
 def issue_context(lease: LeaseRecord) -> IssueContext:

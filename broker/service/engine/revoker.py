@@ -78,14 +78,23 @@ class Revoker:
         it under its own request id); a call that dies leaves it to the pass after this."""
         return self._clock() + self._claim
 
-    async def revoke(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
+    async def revoke(
+        self,
+        lease: LeaseRecord,
+        who: Principal,
+        request_id: str,
+        *,
+        vault_lease: VaultLease | None = None,
+    ) -> LeaseRecord:
         """Revoke one revoking lease at Vault now and mark it revoked; on a Vault failure the
-        row keeps the error and a retry time, and the error is raised."""
-        handle = await self._leases.handle(lease.id)
-        if handle.vault_lease is None:
-            retry_at = self._clock() + RETRY_AFTER
-            return await self._leases.record_revoke_failure(lease.id, NOT_ISSUED_YET, retry_at)
-        vault_lease = VaultLease.model_validate(handle.vault_lease)
+        row keeps the error and a retry time, and the error is raised. `vault_lease`: its
+        Vault handle when the caller holds it already (else it is read from the row)."""
+        if vault_lease is None:
+            handle = await self._leases.handle(lease.id)
+            if handle.vault_lease is None:
+                retry_at = self._clock() + RETRY_AFTER
+                return await self._leases.record_revoke_failure(lease.id, NOT_ISSUED_YET, retry_at)
+            vault_lease = VaultLease.model_validate(handle.vault_lease)
         try:
             await self._backends.for_lease(vault_lease).revoke(vault_lease)
         except KeyferryError as error:

@@ -28,12 +28,14 @@ from broker.errors import InvalidRequest, KeyferryError, PodOfAnotherCluster, Un
 from broker.models import RoleSpec
 from broker.policy import Action, RoleResource, Workload
 from broker.store import (
+    CapReached,
     ExistingLease,
     IssueInProgress,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
     LeaseStateConflict,
+    LiveCaps,
     PendingLease,
 )
 
@@ -43,7 +45,7 @@ from ..common.results import IssuedLease
 from ..common.role_catalog import RoleCatalog
 from ..core import Core
 from ..engine.lease_engine import IssueOrder, TrackedCredential
-from .limits import IssueRates, check_limits
+from .limits import IssueRates, cap_refusal
 from .names import check_credential_name
 
 log = structlog.get_logger("keyferry.issue")
@@ -77,9 +79,10 @@ class IssueFlow:
         self._rates = rates
         self._clock = core.clock
         self._admitting: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        """Per cluster: counting live leases and writing the pending row are one step, or a
-        burst of new pods all count below the cap and all get a lease. One replica: with
-        several, the count and the insert need one database transaction under a lock."""
+        """Per cluster: one admission at a time. The count and the insert are one store
+        transaction (engine.admit); on PostgreSQL two transactions of one replica could
+        still both count below the cap, so this replica admits one at a time per cluster.
+        Several replicas: the cap may be passed by one lease per replica at most."""
 
     async def issue(
         self, token: str, credential_name: str, role_name: str, request_id: str
@@ -126,7 +129,7 @@ class IssueFlow:
         if isinstance(begun, ExistingLease):
             if self._ended(begun.lease):  # retired and re-found each time: a retry will do
                 raise IssueInProgress(begun.lease.pod_uid, begun.lease.credential)
-            return await self._replay(workload, begun.lease, role, request_id, refused)
+            return await self._replay(workload, begun, role, request_id, refused)
         order = IssueOrder(begun.lease, role, who, request_id)
         try:
             tracked = await self._engine.issue(order)
@@ -162,15 +165,12 @@ class IssueFlow:
     async def _begin(
         self, workload: Workload, request: LeaseRequest
     ) -> PendingLease | ExistingLease:
+        caps = LiveCaps(self._limits.per_pod, self._limits.per_cluster)
         async with self._admitting[workload.cluster]:
-            live = await self._leases.find_live(
-                workload.cluster, workload.pod_uid, request.credential
-            )
-            if live is None:
-                await check_limits(
-                    self._leases, workload, self._limits.per_pod, self._limits.per_cluster
-                )
-            return await self._engine.begin(request)
+            begun = await self._engine.admit(request, caps)
+        if isinstance(begun, CapReached):
+            raise cap_refusal(workload, begun, self._limits.per_pod)
+        return begun
 
     def _ended(self, lease: LeaseRecord) -> bool:
         """An active lease whose Vault lease has run out (nobody renewed it: its pod held
@@ -191,11 +191,12 @@ class IssueFlow:
     async def _replay(
         self,
         workload: Workload,
-        lease: LeaseRecord,
+        existing: ExistingLease,
         role: RoleSpec,
         request_id: str,
         refused: Refused,
     ) -> IssuedLease:
+        lease = existing.lease
         if (lease.cluster, lease.pod_uid) != (workload.cluster, workload.pod_uid):
             error = PodOfAnotherCluster(
                 workload.cluster, workload.pod_uid, frozenset({lease.cluster})
@@ -208,7 +209,9 @@ class IssueFlow:
                 f"this pod's credential {lease.credential!r} was issued from role "
                 f"{lease.role!r}; use another credential_name, or Release lease {lease.id} first",
             )
-        return _issued(await self._engine.replay(lease, principal_of(workload), request_id))
+        return _issued(
+            await self._engine.replay(lease, principal_of(workload), request_id, existing.handle)
+        )
 
 
 def _issued(tracked: TrackedCredential) -> IssuedLease:

@@ -15,24 +15,21 @@ from broker.errors import LimitExceeded
 from broker.models import PodKey
 from broker.policy import Workload
 from broker.settings import LimitsSettings
-from broker.store.async_store import AsyncLeases
+from broker.store import CapReached
 
 
-async def check_limits(
-    leases: AsyncLeases, workload: Workload, per_pod: int, per_cluster: int
-) -> None:
-    """LimitExceeded when the pod or its cluster already holds as many live leases as allowed."""
-    held, in_cluster = await leases.live_counts(workload.pod_uid, workload.cluster)
-    if held >= per_pod:
-        raise LimitExceeded(
-            f"pod {workload.namespace}/{workload.pod} holds {held} live leases, the per-pod "
-            f"limit; release one (Broker.Release) or raise limits.per_pod"
+def cap_refusal(workload: Workload, reached: CapReached, per_pod: int) -> LimitExceeded:
+    """The refusal of an Issue whose pod or cluster holds as many live leases as allowed
+    (counted in the transaction that would have written the pending row)."""
+    if reached.held >= per_pod:
+        return LimitExceeded(
+            f"pod {workload.namespace}/{workload.pod} holds {reached.held} live leases, the "
+            "per-pod limit; release one (Broker.Release) or raise limits.per_pod"
         )
-    if in_cluster >= per_cluster:
-        raise LimitExceeded(
-            f"cluster {workload.cluster!r} holds {in_cluster} live leases, the per-cluster "
-            "limit; raise limits.per_cluster or release leases"
-        )
+    return LimitExceeded(
+        f"cluster {workload.cluster!r} holds {reached.in_cluster} live leases, the "
+        "per-cluster limit; raise limits.per_cluster or release leases"
+    )
 
 
 @dataclass

@@ -38,4 +38,10 @@ class ReleaseFlow:
         )
         if own.lease.state in FINAL:
             return own.lease
-        return await self._engine.end(own.lease, principal_of(own.workload), RELEASED, request_id)
+        return await self._engine.end(
+            own.lease,
+            principal_of(own.workload),
+            RELEASED,
+            request_id,
+            vault_lease=own.vault_lease,
+        )
