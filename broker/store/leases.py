@@ -594,17 +594,18 @@ class LeaseRepository:
             "credential": identity["credential"],
             "above": above,
         }
-        top, live_above = connection.execute(_TOP, key).one()
+        if caps is None:
+            top, live_above = connection.execute(_TOP, key).one()
+        else:  # the counts in the same statement: one round trip to PostgreSQL
+            top, live_above, held, in_cluster = connection.execute(_TOP_CAPS, key).one()
         if live_above:
             live = connection.execute(_LIVE_ABOVE, key).first()
             if live is None:
                 return None
             handle = LeaseHandle(live.id, live.vault_lease, live.sealed_credential)
             return ExistingLease(_record_of(live._mapping), handle)
-        if caps is not None:
-            held, in_cluster = connection.execute(_CAPS, key).one()
-            if held >= caps.per_pod or in_cluster >= caps.per_cluster:
-                return CapReached(int(held), int(in_cluster))
+        if caps is not None and (held >= caps.per_pod or in_cluster >= caps.per_cluster):
+            return CapReached(int(held), int(in_cluster))
         return self._new_row(identity, top + 1)
 
     def _new_row(self, identity: dict[str, str], generation: int) -> dict[str, Any]:
@@ -771,11 +772,12 @@ _LIVE_OF_POD = and_(
     LeaseRow.pod_uid == bindparam("pod_uid"),
     LeaseRow.state.in_(LIVE_STATES),
 )
-_CAPS = select(
-    select(func.count()).select_from(_LEASES).where(_LIVE_OF_POD).scalar_subquery(),
+_TOP_CAPS = _TOP.add_columns(  # uncorrelated: counts over the whole table
+    select(func.count()).select_from(_LEASES).where(_LIVE_OF_POD).correlate(None).scalar_subquery(),
     select(func.count())
     .select_from(_LEASES)
     .where(LeaseRow.cluster == bindparam("cluster"), LeaseRow.state.in_(LIVE_STATES))
+    .correlate(None)
     .scalar_subquery(),
 )
 _INSERT = insert(_LEASES)

@@ -20,7 +20,7 @@ import hvac
 import pytest
 from typer.testing import CliRunner
 
-from broker.api.v1 import broker_pb2
+from broker.api.v1 import broker_pb2, rotation_pb2, rotation_pb2_grpc
 from broker.audit import StoreCheckpointSink, read_log, verify
 from broker.backends.transit import TransitSigner
 from broker.cli.exits import NOTHING_SELECTED
@@ -30,6 +30,7 @@ from tests.bed.kube import KubeCluster
 from tests.bed.postgres import PostgresServer
 from tests.scene.admin_helpers import SECURITY
 from tests.scene.broker import ROLE, Broker, issue, log_in
+from tests.scene.broker_thread import KV_MOUNT, KV_PATH, mount_kv
 from tests.scene.clocks import ShiftedClock
 from tests.scene.leases import Agent, rotate, state_of, works
 from tests.scene.polling import until
@@ -43,8 +44,20 @@ def clock() -> ShiftedClock:
     return ShiftedClock()
 
 
+KV_POLICY = """
+@id("orders-workloads-kv")
+permit (principal is Workload, action == Action::"issue", resource == Role::"app-config")
+when { principal.namespace == "orders" };
+"""
+KV_ROLE, KV_CREDENTIAL = "app-config", "config"
+FANOUT = 6  # pods watching one KV secret, spread over clusters a, b and c
+
+
 @pytest.fixture
-def broker_config(broker_config: dict[str, Any]) -> dict[str, Any]:
+def broker_config(broker_config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    kv_policy = tmp_path / "kv.cedar"
+    kv_policy.write_text(KV_POLICY)
+    broker_config["policies"].append(str(kv_policy))
     broker_config["rotation"] = {"grace": "1h", "resume_interval": "1s"}
     broker_config["revocation"] = {"interval": "1s"}
     # Renewals run when the test says (renew_due), not on the loop's own schedule.
@@ -122,6 +135,60 @@ async def test_rotate_pushes_generation_two_through_watch_and_the_ack_revokes_th
         store.close()
     assert report.ok, report.damage
     assert report.records == len(records)
+
+
+def vault_reads(audit_log: Path, path: str) -> int:
+    """Reads of `path` answered by Vault, from its file audit device's log."""
+    if not audit_log.exists():
+        return 0
+    entries = [json.loads(line) for line in audit_log.read_text().splitlines() if line]
+    return sum(
+        1
+        for entry in entries
+        if entry.get("type") == "response"
+        and entry["request"].get("path") == path
+        and entry["request"].get("operation") == "read"
+    )
+
+
+async def test_a_kv_secrets_new_version_reaches_every_watcher_with_one_vault_read(
+    broker: Broker,
+    kube_clusters: dict[str, KubeCluster],
+    root: hvac.Client,
+    tmp_path: Path,
+) -> None:
+    """The leases of one KV secret rotated by one RotateLeases call are one batch (issue
+    19, target 4): one Vault read of the new version for all of them, counted by Vault's own
+    audit device, then every pod's Watch stream gets that version."""
+    mount_kv(root)
+    names = sorted(kube_clusters)
+    tokens = [mint(kube_clusters[names[n % len(names)]], pod_prefix="kv") for n in range(FANOUT)]
+    leases = [(await issue(broker, t, KV_CREDENTIAL, KV_ROLE)).lease for t in tokens]
+    assert {lease.generation for lease in leases} == {1}
+    async with broker_stub(broker.port, broker.ca) as stub:
+        agents = [Agent(stub, token) for token in tokens]
+        for agent, lease in zip(agents, leases, strict=True):
+            assert (await agent.next()).rotated.lease.id == lease.id  # the snapshot
+        root.secrets.kv.v2.create_or_update_secret(
+            KV_PATH, secret={"color": "green", "greeting": "v2"}, mount_point=KV_MOUNT
+        )
+        audit_log = tmp_path / "vault-audit.log"
+        root.sys.enable_audit_device("file", path="fanout", options={"file_path": str(audit_log)})
+        try:
+            request = rotation_pb2.RotateLeasesRequest(lease_ids=[lease.id for lease in leases])
+            async with broker.admin_channel() as channel:
+                admin: Any = rotation_pb2_grpc.RotationServiceStub(channel)
+                reply = await admin.RotateLeases(request)
+            pushed = [(await agent.next()).rotated for agent in agents]
+        finally:
+            root.sys.disable_audit_device("fanout")
+            for agent in agents:
+                agent.close()
+    assert [r.previous_lease_id for r in reply.rotations] == [lease.id for lease in leases]
+    assert [p.lease.id for p in pushed] == [r.lease.id for r in reply.rotations]
+    assert {p.lease.generation for p in pushed} == {2}
+    assert {p.credential.values["color"] for p in pushed} == {"green"}
+    assert vault_reads(audit_log, f"{KV_MOUNT}/data/{KV_PATH}") == 1
 
 
 async def test_without_an_ack_the_cli_rotation_revokes_the_old_lease_after_the_grace(

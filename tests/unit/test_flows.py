@@ -75,12 +75,12 @@ async def roles(bench: Bench) -> None:
     await RoleCatalog(bench.core.store.roles).apply([ROLE, ROLES["kv"]])
 
 
-def issue_flow(bench: Bench, *pods: Workload) -> IssueFlow:
+def issue_flow(bench: Bench, *pods: Workload, limits: IssueLimits | None = None) -> IssueFlow:
     return IssueFlow(
         bench.core,
         callers=cast("Callers", FakeCallers(*(pods or (API, OTHER, BILLING)))),
         catalog=RoleCatalog(bench.core.store.roles),
-        limits=IssueLimits(per_pod=2, per_cluster=100),
+        limits=limits or IssueLimits(per_pod=2, per_cluster=100),
         rates=IssueRates(LimitsSettings(), bench.clock),
     )
 
@@ -192,6 +192,21 @@ async def test_issue_past_the_pods_cap_is_refused_before_vault(bench: Bench) -> 
     with pytest.raises(LimitExceeded, match="per-pod limit"):
         await issue.issue("api-0", "three", ROLE.name, "r3")
     assert len(bench.backends.database.alive) == 2
+
+
+async def test_issue_past_the_clusters_cap_is_refused_and_a_replay_still_served(
+    bench: Bench,
+) -> None:
+    """The caps are counted in the transaction that would write the pending row; a pod that
+    already holds its lease gets it again whatever the count."""
+    issue = issue_flow(bench, limits=IssueLimits(per_pod=2, per_cluster=1))
+    first = await issue.issue("api-0", "orders-db", ROLE.name, "r1")
+    with pytest.raises(LimitExceeded, match="per-cluster limit"):
+        await issue.issue("api-1", "orders-db", ROLE.name, "r2")
+    again = await issue.issue("api-0", "orders-db", ROLE.name, "r3")
+    assert (again.replayed, again.lease.id) == (True, first.lease.id)
+    assert len(bench.backends.database.alive) == 1
+    assert bench.store.leases.count_live() == 1
 
 
 async def test_issue_retires_a_lease_past_its_end_and_issues_anew(bench: Bench) -> None:
