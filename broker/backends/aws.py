@@ -45,6 +45,7 @@ class _Keys(BaseModel):
 
 class AwsBackend:
     kind: BackendKind = "aws"
+    revokes_at_vault: bool = True
 
     def __init__(self, vault: VaultClient) -> None:
         self._vault = vault

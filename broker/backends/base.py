@@ -24,6 +24,9 @@ class Backend(Protocol):
     """Issues one kind of credential and knows how that kind lives and ends."""
 
     kind: BackendKind
+    revokes_at_vault: bool
+    """False when ending a lease asks Vault nothing (a KV value): the lease engine then
+    ends its row in one store transaction."""
 
     def lifecycle(self, role: RoleSpec) -> Lifecycle:
         """Renewable? Revocable? How does it end? (For aws it depends on the role.)"""

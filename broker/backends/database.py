@@ -33,6 +33,7 @@ class _Login(BaseModel):
 
 class DatabaseBackend:
     kind: BackendKind = "database"
+    revokes_at_vault: bool = True
 
     def __init__(self, vault: VaultClient) -> None:
         self._vault = vault

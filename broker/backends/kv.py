@@ -45,6 +45,7 @@ class _Reply(BaseModel):
 
 class KvBackend:
     kind: BackendKind = "kv"
+    revokes_at_vault: bool = False
 
     def __init__(self, vault: VaultClient) -> None:
         self._vault = vault

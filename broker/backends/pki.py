@@ -41,6 +41,7 @@ class _Certificate(BaseModel):
 
 class PkiBackend:
     kind: BackendKind = "pki"
+    revokes_at_vault: bool = True
 
     def __init__(self, vault: VaultClient) -> None:
         self._vault = vault

@@ -54,6 +54,7 @@ class AsyncLeases(_Async[LeaseRepository]):
     record_renewal = _forward(LeaseRepository.record_renewal)
     leases_to_renew = _forward(LeaseRepository.leases_to_renew)
     mark_revoking = _forward(LeaseRepository.mark_revoking)
+    end_at_once = _forward(LeaseRepository.end_at_once)
     record_revoke_failure = _forward(LeaseRepository.record_revoke_failure)
     settle_revoked = _forward(LeaseRepository.settle_revoked)
     leases_to_revoke = _forward(LeaseRepository.leases_to_revoke)

@@ -43,6 +43,7 @@ from .records import (
     LIVE_STATES,
     CapReached,
     Completion,
+    EndedAtOnce,
     ExistingLease,
     LeaseHandle,
     LeaseQuery,
@@ -130,31 +131,32 @@ class LeaseRepository:
 
     def begin_rotations(
         self, lease_ids: Sequence[str]
-    ) -> list[PendingLease | ExistingLease | LeaseStateConflict]:
+    ) -> list[PendingLease | ExistingLease | LeaseStateConflict | LeaseNotFound]:
         """`begin_rotation` for many leases in one transaction (the batch form: a shared
         KV version rotated for every lease of a role), in the order given; a lease that
-        is not active comes back as its LeaseStateConflict. If a concurrent writer takes
-        one of the generations (the unique index), each is begun on its own instead."""
+        is not active comes back as its LeaseStateConflict, one that does not exist as
+        LeaseNotFound. If a concurrent writer takes one of the generations (the unique
+        index), each is begun on its own instead."""
         with store_errors("begin rotations"):
             try:
                 with self._sessions.writing() as connection:
                     return [self._begin_one(connection, lease_id) for lease_id in lease_ids]
             except (IntegrityError, _Raced):
                 pass
-        results: list[PendingLease | ExistingLease | LeaseStateConflict] = []
+        results: list[PendingLease | ExistingLease | LeaseStateConflict | LeaseNotFound] = []
         for lease_id in lease_ids:
             try:
                 results.append(self.begin_rotation(lease_id))
-            except LeaseStateConflict as conflict:
-                results.append(conflict)
+            except (LeaseStateConflict, LeaseNotFound) as refused:
+                results.append(refused)
         return results
 
     def _begin_one(
         self, connection: Connection, lease_id: str
-    ) -> PendingLease | ExistingLease | LeaseStateConflict:
+    ) -> PendingLease | ExistingLease | LeaseStateConflict | LeaseNotFound:
         row = connection.execute(_BY_ID, {"lease_id": lease_id}).first()
         if row is None:
-            raise LeaseNotFound(lease_id)
+            return LeaseNotFound(lease_id)
         record = LeaseRecord.model_validate(row)
         if record.state != LeaseState.ACTIVE:
             return LeaseStateConflict(record, "rotate", _ACTIVE)
@@ -317,6 +319,33 @@ class LeaseRepository:
             return True
 
         return self._move(lease_id, LeaseState.REVOKING, "mark revoking", change, quiet=_FINAL)[0]
+
+    def end_at_once(self, lease_id: str) -> EndedAtOnce | None:
+        """An active lease that nothing at Vault holds (a KV value) ended in one
+        transaction: revoking and revoked together, and whether a newer generation of its
+        credential is live (it was rotated away). None when the row is not active (any
+        other state goes the usual way: `mark_revoking`, then the Revoker)."""
+        with store_errors("end a lease"), self._sessions.writing() as connection:
+            found = connection.execute(_LOCKED, {"lease_id": lease_id}).first()
+            if found is None:
+                raise LeaseNotFound(lease_id)
+            row = found._mapping
+            if row["state"] != LeaseState.ACTIVE:
+                return None
+            now = self._clock()
+            revoking = {"state": LeaseState.REVOKING, "revoke_after": now, "updated_at": now}
+            changed = {**revoking, "state": LeaseState.REVOKED, "sealed_credential": None}
+            connection.execute(_UPDATE_BY_ID, {"lease_id": lease_id, **changed})
+            key = {
+                "cluster": row["cluster"],
+                "pod_uid": row["pod_uid"],
+                "credential": row["credential"],
+                "above": row["generation"],
+            }
+            _, newer = connection.execute(_TOP, key).one()
+        return EndedAtOnce(
+            _record_of({**row, **revoking}), _record_of({**row, **changed}), bool(newer)
+        )
 
     def record_revoke_failure(self, lease_id: str, error: str, retry_at: datetime) -> LeaseRecord:
         """Vault did not revoke it; try again at `retry_at`. Revocation never gives up."""

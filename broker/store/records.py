@@ -138,6 +138,16 @@ class ExistingLease:
 
 
 @dataclass(frozen=True)
+class EndedAtOnce:
+    """A lease ended in one transaction (`end_at_once`): as it was revoking, as it is
+    revoked, and whether a newer generation of its credential is live."""
+
+    revoking: LeaseRecord
+    revoked: LeaseRecord
+    superseded: bool
+
+
+@dataclass(frozen=True)
 class LiveCaps:
     """How many live leases one pod, and one cluster, may hold (limits.per_pod and
     limits.per_cluster), counted in the transaction that writes a new pending row."""

@@ -86,6 +86,10 @@ class FakeBackend:
     revoke_gate: asyncio.Event | None = None  # a revoke waits for it (a Vault call in flight)
     reads: int = 0  # issue calls that reached "Vault"
 
+    @property
+    def revokes_at_vault(self) -> bool:
+        return self.revocable
+
     def lifecycle(self, role: RoleSpec) -> Lifecycle:
         ends = Ending.REVOKED if self.revocable else Ending.SUPERSEDED
         return Lifecycle(

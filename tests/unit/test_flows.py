@@ -29,15 +29,17 @@ from broker.service.admin.rotation import RotationFlow
 from broker.service.common.callers import Callers, Refused
 from broker.service.common.grant_terms import check_grant_ask, new_grant
 from broker.service.common.role_catalog import RoleCatalog
+from broker.service.engine.lease_engine import IssueOrder
 from broker.service.events.hub import LeaseRotated
 from broker.service.workload.issue import IssueFlow, IssueLimits
 from broker.service.workload.limits import IssueRates, LeaseCallRates
 from broker.service.workload.release import ReleaseFlow
 from broker.settings import AccessSettings, LimitsSettings
-from broker.store import LeaseNotFound, LeaseState
+from broker.store import LeaseNotFound, LeaseRequest, LeaseState, PendingLease
 from tests.unit.lease_bench import (
     ROLES,
     START,
+    WHO,
     Bench,
     FailingOnce,
 )
@@ -228,6 +230,43 @@ async def test_release_revokes_at_vault_and_records_it_once(bench: Bench) -> Non
     released = await release_flow(bench).release("api-0", lease.id, "r2")
     assert released.state is LeaseState.REVOKED
     assert bench.backends.database.alive == set()
+    assert [(r["action"], r["reason"]) for r in bench.records() if r["request_id"] == "r2"] == [
+        ("release", None),
+        ("lease.revoking", "RELEASED"),
+        ("lease.revoked", "REVOKED"),
+    ]
+    again = await release_flow(bench).release("api-0", lease.id, "r3")
+    assert again.state is LeaseState.REVOKED
+    assert len(bench.records("lease.revoked")) == 1
+
+
+async def test_release_of_a_kv_lease_ends_it_in_one_store_write_with_both_records(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing at Vault holds a KV value: the row goes revoking and revoked in one
+    transaction, and the trail reads as for any other lease."""
+    kv = ROLES["kv"]
+    begun = await bench.engine.begin(
+        LeaseRequest(
+            cluster=API.cluster,
+            namespace=API.namespace,
+            service_account=API.service_account,
+            pod_name=API.pod,
+            pod_uid=API.pod_uid,
+            credential="config",
+            role=kv.name,
+        )
+    )
+    assert isinstance(begun, PendingLease)
+    lease = (await bench.engine.issue(IssueOrder(begun.lease, kv, WHO, "r1"))).lease
+
+    def not_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a KV lease's end is one write, not mark_revoking then settle")
+
+    monkeypatch.setattr(bench.store.leases, "mark_revoking", not_called)
+    monkeypatch.setattr(bench.store.leases, "settle_revoked", not_called)
+    released = await release_flow(bench).release("api-0", lease.id, "r2")
+    assert released.state is LeaseState.REVOKED
     assert [(r["action"], r["reason"]) for r in bench.records() if r["request_id"] == "r2"] == [
         ("release", None),
         ("lease.revoking", "RELEASED"),

@@ -23,6 +23,7 @@ LIFECYCLE_STEPS = frozenset(
         "complete_issues",
         "mark_failed",
         "mark_revoking",
+        "end_at_once",
         "mark_revoked",
         "settle_revoked",
         "record_revoke_failure",

@@ -339,10 +339,13 @@ class RotationFlow:
         request_id: str,
     ) -> list[Rotation | KeyferryError]:
         outcomes: list[Rotation | KeyferryError | None] = [None] * len(batch)
-        roles = {}
-        for name in {lease.role for _, lease in batch}:
-            roles[name] = (await self._catalog.get(name)).spec
-        begun = await self._engine.begin_next_generations([lease.id for _, lease in batch])
+        try:  # before Vault: a failure here changed nothing, and is every lease's answer
+            roles = {}
+            for name in {lease.role for _, lease in batch}:
+                roles[name] = (await self._catalog.get(name)).spec
+            begun = await self._engine.begin_next_generations([lease.id for _, lease in batch])
+        except KeyferryError as error:
+            return [error] * len(batch)
         revoke_after = self._clock() + grace
         orders: list[tuple[int, IssueOrder]] = []
         for index, ((field, lease), first) in enumerate(zip(batch, begun, strict=True)):
@@ -351,10 +354,10 @@ class RotationFlow:
                     first.lease, roles[lease.role], who, request_id, retire_after=revoke_after
                 )
                 orders.append((index, order))
-            elif isinstance(first, ExistingLease):
-                outcomes[index] = await self._already(lease, first.lease)
-            else:  # not active: rotated already, or not rotatable
-                outcomes[index] = await self._not_active(field, lease)
+            elif isinstance(first, LeaseNotFound):
+                outcomes[index] = first
+            else:  # rotated already, or not rotatable (not active)
+                outcomes[index] = await self._answered(field, lease, first)
         tracked = await self._engine.issue_many([order for _, order in orders])
         rotated = [(i, t) for (i, _), t in zip(orders, tracked, strict=True)]
         previous = await self._leases.get_many(
@@ -400,13 +403,22 @@ class RotationFlow:
         )
         return [cast("Rotation | KeyferryError", outcome) for outcome in outcomes]
 
-    async def _not_active(self, field: str, lease: LeaseRecord) -> Rotation | KeyferryError:
-        successor = await self._successor(lease)
-        if successor is not None:
-            return await self._already(lease, successor)
-        current = await self._leases.get(lease.id)
+    async def _answered(
+        self, field: str, lease: LeaseRecord, begun: ExistingLease | LeaseStateConflict
+    ) -> Rotation | KeyferryError:
+        """A lease of a batch that needs no rotation: its live successor, or why not (as
+        `_rotate_one` answers; a store that fails here is that lease's answer alone)."""
+        try:
+            if isinstance(begun, ExistingLease):
+                return await self._already(lease, begun.lease)
+            successor = await self._successor(lease)
+            if successor is not None:
+                return await self._already(lease, successor)
+        except KeyferryError as error:
+            return error
         return InvalidRequest(
-            field, f"lease {lease.id} is {current.state}; only an active lease can be rotated"
+            field,
+            f"lease {lease.id} is {begun.lease.state}; only an active lease can be rotated",
         )
 
     async def _decide_all(

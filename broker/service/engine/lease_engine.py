@@ -64,6 +64,7 @@ from broker.store import (
     ExistingLease,
     IssueInProgress,
     LeaseHandle,
+    LeaseNotFound,
     LeaseRecord,
     LeaseRequest,
     LeaseState,
@@ -159,9 +160,10 @@ class LeaseEngine:
 
     async def begin_next_generations(
         self, lease_ids: Sequence[str]
-    ) -> list[PendingLease | ExistingLease | LeaseStateConflict]:
+    ) -> list[PendingLease | ExistingLease | LeaseStateConflict | LeaseNotFound]:
         """`begin_next_generation` for many leases in one store transaction (the batch
-        form), in order; a lease that is not active comes back as its conflict."""
+        form), in order; a lease that is not active comes back as its conflict, one that
+        is gone as LeaseNotFound."""
         return await self._leases.begin_rotations(lease_ids)
 
     async def issue(self, order: IssueOrder) -> TrackedCredential:
@@ -411,7 +413,17 @@ class LeaseEngine:
         Vault lease is recorded when the issue completes). A Vault that does not revoke
         now: the row keeps the error and a retry time, and the error is raised.
         `vault_lease`: the lease's Vault handle when the caller read it already (it does
-        not change once recorded), so the Revoker need not read it again."""
+        not change once recorded), so the Revoker need not read it again; when nothing at
+        Vault holds it (a KV value), an active lease is ended in one store transaction
+        and both records are one audit write."""
+        if (
+            vault_lease is not None
+            and lease.state is LeaseState.ACTIVE
+            and not self._backends.for_lease(vault_lease).revokes_at_vault
+        ):
+            ended = await self._revoker.end_at_once(lease, who, reason, request_id)
+            if ended is not None:
+                return ended
         marked = await self._leases.mark_revoking(
             lease.id, revoke_after=self._revoker.claimed_until()
         )

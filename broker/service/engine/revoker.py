@@ -12,6 +12,7 @@ revoking rows are the queue: the leader's pass reads them, whoever queued them.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from dataclasses import dataclass
@@ -101,6 +102,30 @@ class Revoker:
             await self._record_failure(lease, who, request_id, error)
             raise
         revoked, _ = await self.settle(lease.id, who, request_id)
+        return revoked
+
+    async def end_at_once(
+        self, lease: LeaseRecord, who: Principal, reason: str, request_id: str
+    ) -> LeaseRecord | None:
+        """End an active lease that nothing at Vault holds (a KV value) in one store
+        transaction, then record `lease.revoking` (with `reason`) and `lease.revoked` in
+        one audit write and tell its pod, as `end` and `settle` would one after the other.
+        None when the row was not active: the caller ends it the usual way."""
+        ended = await self._leases.end_at_once(lease.id)
+        if ended is None:
+            return None
+        why = ROTATED if ended.superseded else REVOKED
+        await asyncio.gather(
+            self._audit.lease_change(
+                who, AuditAction.LEASE_REVOKING, ended.revoking, request_id, reason=reason
+            ),
+            self._audit.lease_change(
+                who, AuditAction.LEASE_REVOKED, ended.revoked, request_id, reason=why.upper()
+            ),
+        )
+        revoked = ended.revoked
+        self._hub.publish(revoked.pod_key, LeaseRevoked(revoked.id, why))
+        log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
         return revoked
 
     async def settle(
