@@ -238,3 +238,23 @@ async def test_scheduled_rotation_of_a_shared_secret_reads_vault_once(bench: Ben
     assert done == PODS
     assert bench.backends.kv.reads == reads + 1
     assert bench.store.leases.rotation_requests(bench.clock() + timedelta(days=1)) == []
+
+
+async def test_an_ack_settles_a_rotated_kv_lease_in_one_store_write(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod's Ack brings the old generation's end forward; nothing at Vault holds a KV
+    value, so the revoking row is settled at once (no mark_revoking first)."""
+    [lease] = await active_leases(bench, KV, 1)
+    await rotation_flow(bench).rotate(SECURITY, [lease.id], None, "r1")
+    old = bench.store.leases.get(lease.id)
+    assert old.state is LeaseState.REVOKING
+
+    def not_called(*args: object, **kwargs: object) -> None:
+        raise AssertionError("settled at once, not marked revoking again")
+
+    monkeypatch.setattr(bench.store.leases, "mark_revoking", not_called)
+    revoked = await bench.engine.revoke_now(old, WHO, "r2")
+    assert revoked.state is LeaseState.REVOKED
+    [record] = [r for r in bench.records("lease.revoked") if r["request_id"] == "r2"]
+    assert record["reason"] == "ROTATED"

@@ -437,11 +437,25 @@ class LeaseEngine:
     async def revoke_now(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:
         """Bring a retiring lease's revocation forward (the pod Acked its successor): the row,
         revoking since the rotation (audited then, reason ROTATED), is revoked at Vault now
-        and settled by the Revoker; Vault failures as in `end`."""
+        and settled by the Revoker; Vault failures as in `end`. One that nothing at Vault
+        holds (a KV value) is settled at once: one store transaction, not two."""
+        handle = await self._leases.handle(lease.id)
+        vault_lease = VaultLease.model_validate(handle.vault_lease) if handle.vault_lease else None
+        if (
+            vault_lease is not None
+            and lease.state is LeaseState.REVOKING
+            and not self._backends.for_lease(vault_lease).revokes_at_vault
+        ):
+            try:
+                revoked, _ = await self._revoker.settle(lease.id, who, request_id)
+            except LeaseStateConflict:
+                pass  # not revoking any more: the usual way says what it is
+            else:
+                return revoked
         due = await self._leases.mark_revoking(lease.id, revoke_after=self._revoker.claimed_until())
         if due.state is not LeaseState.REVOKING:
             return due
-        return await self._revoker.revoke(due, who, request_id)
+        return await self._revoker.revoke(due, who, request_id, vault_lease=vault_lease)
 
     async def close_unissued(self, lease: LeaseRecord, who: Principal, request_id: str) -> bool:
         """Reconcile's end of a row whose issue died with a broker (no Vault lease recorded):
