@@ -70,8 +70,18 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+# So that a security operator can ask for a grant and then try to approve it themselves.
+SELF_REQUEST = """
+@id("security-requests-access")
+permit (principal in Group::"security", action == Action::"request_access", resource is Role);
+"""
+
+
 @pytest.fixture
-def broker_config(broker_config: dict[str, Any]) -> dict[str, Any]:
+def broker_config(broker_config: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    policy = tmp_path / "self-request.cedar"
+    policy.write_text(SELF_REQUEST)
+    broker_config["policies"].append(str(policy))
     broker_config["rotation"] = {"grace": "2s"}
     broker_config["revocation"] = {"interval": "1s"}
     return broker_config
@@ -96,7 +106,10 @@ class Page:
         return [str(e.text) for e in self.driver.find_elements(By.CSS_SELECTOR, css)]
 
     def click(self, css: str) -> None:
+        """Click a button or link; every one in the console loads a new page."""
+        before = self.driver.find_element(By.TAG_NAME, "html")
         self.driver.find_element(By.CSS_SELECTOR, css).click()
+        WebDriverWait(self.driver, WAIT).until(expected_conditions.staleness_of(before))
         self._keep()
 
     def wait_for(self, css: str) -> None:
@@ -172,17 +185,22 @@ async def test_the_console_shows_the_fleet_rotates_by_selector_and_approves_a_gr
         await until(old_logins_refused, "the rotated-away logins refused", within=WAIT)
         log_in(postgres, issued[2].credential.values)  # cluster b's lease was not selected
 
-        grant = await request_grant(broker)
+        grant = await request_grant(broker, DEVELOPER)
+        own = await request_grant(broker, SECURITY)
 
         def approve() -> list[str]:
             page.open("/grants")
             assert page.text(f"#grant-{grant} .state") == "pending"
+            page.click(f"#grant-{own} button.approve")
+            page.wait_for(".flash")
+            refused_own = page.text(".flash")
             page.click(f"#grant-{grant} button.approve")
             page.wait_for(".flash")
             page.shot("grants")
-            return [page.text(".flash"), page.text(f"#grant-{grant} .state")]
+            return [refused_own, page.text(".flash"), page.text(f"#grant-{grant} .state")]
 
-        flash, state = await asyncio.to_thread(approve)
+        self_approval, flash, state = await asyncio.to_thread(approve)
+        assert self_approval.startswith("approve refused (SELF_APPROVAL)")
         assert flash == f"grant {grant} is approved"
         assert state == "approved"
         credential = await issue_for_grant(broker, grant)
@@ -219,14 +237,16 @@ async def test_the_console_shows_the_fleet_rotates_by_selector_and_approves_a_gr
     assert leaks == [], "a credential value reached the browser"
 
 
-async def request_grant(broker: Broker) -> str:
-    """A developer's request for orders-db-ro, over the admin listener as that developer."""
+async def request_grant(broker: Broker, operator: str) -> str:
+    """`operator`'s request for orders-db-ro, over the admin listener (a developer's
+    certificate is issued by the broker's admin CA first)."""
     ca_folder = broker.settings.admin.client_ca
     assert ca_folder is not None
-    AdminCa.load(ca_folder.parent).issue_operator(DEVELOPER, ["developers"])
+    if operator == DEVELOPER:
+        AdminCa.load(ca_folder.parent).issue_operator(DEVELOPER, ["developers"])
     duration = duration_pb2.Duration()
     duration.FromTimedelta(timedelta(minutes=30))
-    async with broker.admin_channel(DEVELOPER) as channel:
+    async with broker.admin_channel(operator) as channel:
         stub: Any = access_pb2_grpc.AccessServiceStub(channel)
         reply = await stub.RequestGrant(
             access_pb2.RequestGrantRequest(role="orders-db-ro", duration=duration, reason="INC-22")
