@@ -85,7 +85,15 @@ def _time(listed: leases_pb2.ListedLease, field: str) -> str | None:
     return str(getattr(listed, field).ToDatetime(tzinfo=UTC).isoformat())
 
 
-@app.command("list", epilog=f"{SELECTOR_HELP}\n\n{EXITS}")
+@app.command(
+    "list",
+    epilog=(
+        "Examples:\n\n  keyferry leases list --cluster prod-eu --namespace orders\n\n"
+        "  keyferry leases list --all --state revoking -o json\n\n"
+        "Leases come by lease id, --limit per page; when there are more, the next page's "
+        f"token is printed on stderr (--page-token).\n\n{SELECTOR_HELP}\n\n{EXITS}"
+    ),
+)
 def list_(
     *,
     cluster: Clusters = None,
