@@ -28,8 +28,8 @@ EPILOG = (
     "The console calls the broker's admin listener as the context's operator: it can do "
     "exactly what that certificate and Cedar allow, and each action is audited as that "
     "operator. No credential value is ever shown.\n\n"
-    "Exit codes: 0 stopped with Ctrl-C; 2 the context is invalid or the console extra is "
-    "not installed (pip install 'keyferry[console]')."
+    "Exit codes: 0 stopped with Ctrl-C; 2 the context is invalid, the port is taken, or the "
+    "console extra is not installed (pip install 'keyferry[console]')."
 )
 
 
@@ -66,4 +66,10 @@ def console(
         if open_browser:
             webbrowser.open(url)
 
-    serve(Target(loaded.address, credentials, loaded.server_name), operator, port, announce)
+    try:
+        serve(Target(loaded.address, credentials, loaded.server_name), operator, port, announce)
+    except OSError as exc:
+        typer.echo(
+            f"cannot listen on 127.0.0.1:{port}: {exc.strerror}; pick another --port", err=True
+        )
+        raise typer.Exit(CONFIG) from None
