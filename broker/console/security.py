@@ -9,7 +9,8 @@ local process and every web page the browser opens could reach it:
 - every POST carries the session's CSRF token in a form field, and an Origin header, when
   the browser sends one, must be the console's own (403 otherwise); a form body is at most
   16 KiB;
-- every answer says no-store, no framing, no referrer, and a Content-Security-Policy
+- every answer says no-store, no framing, a referrer only to the console itself (with
+  no-referrer a browser sends `Origin: null` on a form), and a Content-Security-Policy
   that allows the console's own stylesheet and nothing else (no script at all).
 """
 
@@ -39,7 +40,7 @@ HEADERS = {
     "cache-control": "no-store",
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",
     "content-security-policy": (
         "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from google.protobuf import duration_pb2
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
@@ -70,10 +71,14 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-# So that a security operator can ask for a grant and then try to approve it themselves.
+# So that a security operator can ask for a grant (and then try to approve it themselves),
+# and sees the clusters on the overview (reading the registry is Cedar's `register`).
 SELF_REQUEST = """
 @id("security-requests-access")
 permit (principal in Group::"security", action == Action::"request_access", resource is Role);
+
+@id("security-reads-clusters")
+permit (principal in Group::"security", action == Action::"register", resource is Cluster);
 """
 
 
@@ -113,9 +118,14 @@ class Page:
         self._keep()
 
     def wait_for(self, css: str) -> None:
-        WebDriverWait(self.driver, WAIT).until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
-        )
+        try:
+            WebDriverWait(self.driver, WAIT).until(
+                expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+            )
+        except TimeoutException:
+            self.shot("failed")
+            body = self.driver.find_element(By.TAG_NAME, "body").text
+            raise AssertionError(f"no {css} on {self.driver.current_url}: {body}") from None
         self._keep()
 
     def shot(self, name: str) -> None:

@@ -1,7 +1,7 @@
 """The console's guard over plain HTTP (httpx) against a real `keyferry console` process:
 its first line is the URL; a request without the token or session, with a spent token, for
 a foreign Host (DNS rebinding), or a POST without the CSRF token or from a foreign origin
-is refused, and every answer carries the no-store, no-frame, no-referrer and CSP headers.
+is refused, and every answer carries the no-store, no-frame, same-origin referrer and CSP headers.
 No broker is needed: each refusal comes before any call to one (the context names a port
 where nothing listens)."""
 
@@ -65,7 +65,7 @@ def test_the_guard_refuses_what_is_not_the_operators_own_browser(console: Consol
         for name, value in {
             "cache-control": "no-store",
             "x-frame-options": "DENY",
-            "referrer-policy": "no-referrer",
+            "referrer-policy": "same-origin",
         }.items():
             assert page.headers[name] == value
         assert "default-src 'none'" in page.headers["content-security-policy"]

@@ -45,8 +45,14 @@ async def search(request: Request) -> Response:
         found = await admin(request).list_leases(selector, [state] if state else [], token)
     except FieldInvalid as invalid:
         return render(request, "leases.html", 400, refused=str(invalid), **context)
-    except Refused as refusal:
-        return render(request, "leases.html", refused=refusal.message, **context)
+    except Refused as refusal:  # listing refused; rotating or revoking may still be allowed
+        return render(
+            request,
+            "leases.html",
+            refused=refusal.message,
+            described=describe(selector),
+            **context,
+        )
     rows = [
         {
             "id": listed.lease.id,

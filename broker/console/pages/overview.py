@@ -42,7 +42,7 @@ async def overview(request: Request) -> Response:
                 "last_contact": when(c.last_contact, c.HasField("last_contact")),
                 "contact_age": age(c.last_contact, now),
                 "jwks_age": age(c.jwks_fetched_at, now),
-                "keys": len(c.key_ids),
+                "key_count": len(c.key_ids),
                 "active_leases": c.active_leases,
             }
             for c in found
