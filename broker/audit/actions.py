@@ -90,3 +90,9 @@ class AuditAction(StrEnum):
     ACCESS_REVOKE = "access.revoke", "an operator revoked a grant"
     ACCESS_EXPIRE = "access.expire", "a grant's time ran out; its leases end"
     ACCESS_READ = "access.read", "one grant an operator's GetGrant or ListGrants decided on"
+
+    # What the broker refused to trust (issue 18).
+    STORE_ROW_REFUSED = (
+        "store.row_refused",
+        "a role or cluster row failed its integrity check (edited outside keyferry): refused",
+    )

@@ -3,11 +3,13 @@ process in tests), served on their own HTTP port."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 ISSUE = "BrokerService/Issue"
 RELEASE = "BrokerService/Release"
@@ -102,6 +104,13 @@ class BrokerMetrics:
             self.leader.set_function(leader)
         self._http: tuple[WSGIServer, Thread] | None = None
 
+    def count_from(
+        self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]
+    ) -> None:
+        """A counter family kept by someone else (`counts()` read at each scrape), one
+        series per key under `label`."""
+        self.registry.register(_Counted(name, documentation, label, counts))
+
     def record(self, method: str, outcome: str, seconds: float) -> None:
         """One answered call of `method` ("BrokerService/Issue"), by the call interceptor;
         the per-method families that predate `keyferry_calls` count their method too."""
@@ -126,3 +135,20 @@ class BrokerMetrics:
             server.server_close()
             thread.join(timeout=5)
             self._http = None
+
+
+class _Counted(Collector):
+    def __init__(
+        self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for key, value in sorted(self._counts().items()):
+            family.add_metric([key], value)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=[self._label])

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
+from .integrity import RowSigner, RowTampered
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -87,6 +88,8 @@ __all__ = [
     "RoleRecord",
     "RoleRepository",
     "RotationRequest",
+    "RowSigner",
+    "RowTampered",
     "Selector",
     "Store",
     "StoreRunner",

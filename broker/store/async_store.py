@@ -100,6 +100,8 @@ class AsyncClusters(_Async[ClusterRepository]):
     add = _forward(ClusterRepository.add)
     get = _forward(ClusterRepository.get)
     list = _forward(ClusterRepository.list)
+    list_intact = _forward(ClusterRepository.list_intact)
+    exists = _forward(ClusterRepository.exists)
     record_jwks = _forward(ClusterRepository.record_jwks)
     delete = _forward(ClusterRepository.delete)
 

@@ -119,6 +119,7 @@ class RoleRow(Base):
     name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mac: Mapped[str | None] = mapped_column(String(64))  # integrity.py
 
 
 class CheckpointRow(Base):
@@ -150,6 +151,7 @@ class ClusterRow(Base):
     jwks_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_contact: Mapped[datetime | None] = mapped_column(UTCDateTime())
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mac: Mapped[str | None] = mapped_column(String(64))  # integrity.py
 
 
 class AuditHeadRow(Base):

@@ -31,7 +31,7 @@ from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, Clu
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
 from broker.policy import Action, ClusterRef, Operator
-from broker.store import ClusterExists, ClusterRecord, Selector
+from broker.store import ClusterExists, ClusterNotFound, ClusterRecord, RowTampered, Selector
 
 from ..common.audit_trail import operator_principal
 from ..common.callers import Callers
@@ -95,8 +95,12 @@ class ClusterAdmin:
 
     async def load(self) -> int:
         """Join every registered cluster with its pinned JWKS (a cluster that is down at
-        start does not stop the broker; its pinned keys still verify tokens)."""
-        records = await self._clusters.list()
+        start does not stop the broker; its pinned keys still verify tokens). A row that
+        fails its integrity check is not joined, and audited: the broker starts, and an
+        operator deregisters it and registers it again."""
+        records, refused = await self._clusters.list_intact()
+        for error in refused:  # not joined: its tokens are refused until it is registered again
+            await self._audit.row_refused(error)
         for record in records:
             if record.name in self._configured:
                 log.warning("registered cluster shadowed by the config file", cluster=record.name)
@@ -183,7 +187,8 @@ class ClusterAdmin:
             raise InvalidRequest(
                 "name", f"cluster {name!r} comes from the broker's config file; remove it there"
             )
-        await self._clusters.get(name)  # ClusterNotFound
+        if not await self._clusters.exists(name):  # intact or not: a tampered row goes too
+            raise ClusterNotFound(name)
         revoked, queued = await self._revoke_all(operator, name, request_id)
         if queued and not force:
             raise LeasesNotRevoked(
@@ -200,7 +205,10 @@ class ClusterAdmin:
     async def refresh_keys(self) -> int:
         """Fetch every registered cluster's JWKS anew and pin it; how many answered."""
         done = 0
-        for record in await self._clusters.list():
+        records, refused = await self._clusters.list_intact()
+        for error in refused:
+            await self._audit.row_refused(error)
+        for record in records:
             client = self._callers.client(record.name)
             if client is None or record.name in self._configured:
                 continue
@@ -209,8 +217,12 @@ class ClusterAdmin:
             except ClusterUnavailable as error:
                 log.warning("JWKS refresh failed", cluster=record.name, error=error.message)
                 continue
+            try:
+                await self._clusters.record_jwks(record.name, jwks)
+            except RowTampered as error:  # edited since it was listed: not joined anew
+                await self._audit.row_refused(error)
+                continue
             self._callers.join(client, jwks)
-            await self._clusters.record_jwks(record.name, jwks)
             done += 1
         return done
 
@@ -240,7 +252,12 @@ class ClusterAdmin:
     async def _view(self, name: str) -> ClusterView:
         config = self._configured.get(name)
         if config is None:
-            return await self._view_record(await self._clusters.get(name))
+            try:
+                record = await self._clusters.get(name)
+            except RowTampered as error:
+                await self._audit.row_refused(error)
+                raise
+            return await self._view_record(record)
         keys = self._callers.keys().get(name)
         return ClusterView(
             name=name,
