@@ -108,6 +108,10 @@ class ClusterAdmin:
             self._callers.join(ClusterClient(self._connection(record)), record.jwks)
         return len(records)
 
+    def is_joined(self, name: str) -> bool:
+        """Whether the broker verifies tokens of this cluster now."""
+        return self._callers.client(name) is not None
+
     async def register(
         self, operator: Operator, connection: ClusterConnection, request_id: str
     ) -> ClusterView:
