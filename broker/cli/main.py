@@ -12,7 +12,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, demo, revoke, roles, rotate, serve
+from . import access, admin, audit, clusters, demo, policy, revoke, roles, rotate, serve
 
 app = typer.Typer(
     name="keyferry",
@@ -33,6 +33,7 @@ app = typer.Typer(
         "  keyferry rotate-root --mount db-orders --connection orders   # Vault's root, new\n\n"
         "  keyferry access request orders-db-ro --duration 30m --reason INC-1   # JIT access\n\n"
         "  keyferry audit verify --config broker.yaml   # catch edits, drops, truncation\n\n"
+        "  keyferry policy check policies.cedar         # permits open to any cluster\n\n"
         "  keyferry demo            # the main job on the test bed's servers, narrated\n\n"
         "  keyferry demo --hold     # ... and keep it running until Ctrl-C"
     ),
@@ -47,6 +48,7 @@ app.add_typer(clusters.app)
 app.add_typer(audit.app)
 app.add_typer(access.app)
 app.add_typer(admin.app)
+app.add_typer(policy.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)
 app.command(epilog=revoke.EPILOG)(revoke.revoke)

@@ -126,17 +126,9 @@ class BrokerRuntime:
     async def _open(
         cls, settings: BrokerSettings, stack: AsyncExitStack, clock: Clock
     ) -> BrokerRuntime:
-        policy = PolicyEngine.from_files(settings.policies)
+        policy = _load_policy(settings)
         sealing_key = settings.sealing.key_bytes()
-        rows = RowSigner(derive_key(sealing_key, "rows"))
-        store = await asyncio.to_thread(partial(Store.open, settings.store, clock, rows=rows))
-        _on_close(stack, store.close)
-        if store.adopted_rows:
-            log.warning(
-                "role and cluster rows written before row MACs were given their first MAC "
-                "(trusted as they were: docs/security.md, 'Rows the broker trusts')",
-                rows=store.adopted_rows,
-            )
+        store = await _open_store(settings, stack, clock, sealing_key)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
         stores = AsyncStore(store, runner)
@@ -358,6 +350,31 @@ class BrokerRuntime:
     async def close(self) -> None:
         await self.stop_jobs()
         await self._stack.aclose()
+
+
+def _load_policy(settings: BrokerSettings) -> PolicyEngine:
+    """The policy set; each permit open to workloads of any cluster is logged as a warning
+    (`keyferry policy check` lists the same)."""
+    policy = PolicyEngine.from_files(settings.policies)
+    for permit in policy.open_permits():
+        log.warning("policy does not constrain the cluster", detail=permit.describe())
+    return policy
+
+
+async def _open_store(
+    settings: BrokerSettings, stack: AsyncExitStack, clock: Clock, sealing_key: bytes
+) -> Store:
+    """The store, migrated, with role and cluster rows MAC'd and checked."""
+    rows = RowSigner(derive_key(sealing_key, "rows"))
+    store = await asyncio.to_thread(partial(Store.open, settings.store, clock, rows=rows))
+    _on_close(stack, store.close)
+    if store.adopted_rows:
+        log.warning(
+            "role and cluster rows written before row MACs were given their first MAC "
+            "(trusted as they were: docs/security.md, 'Rows and messages the broker trusts')",
+            rows=store.adopted_rows,
+        )
+    return store
 
 
 def verify_limits(tokens: TokensSettings) -> VerifyLimits:
