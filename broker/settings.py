@@ -2,7 +2,8 @@
 
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
 `sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `tokens` (what checking a
-workload token may cost), `access` (just-in-time grants), `clusters`, and the paths of the
+workload token may cost), `access` (just-in-time grants), `clusters` and
+`cluster_registration` (who must agree to change the registry), and the paths of the
 policy and roles files. Each periodic job's interval lives with its subsystem (`renewal`,
 `rotation`, `revocation`, `reconcile`, `pods`, ...); `scheduler` only says how jobs run.
 Keys that moved there still load for one release, with a warning (broker.moved_settings).
@@ -460,6 +461,18 @@ class AccessSettings(_Group):
         return value
 
 
+class ClusterRegistrationSettings(_Group):
+    """Who must agree before the cluster registry changes (ClustersService)."""
+
+    approval: Literal["required", "single"] = Field(
+        default="required",
+        description="required: registering or deregistering a cluster is a request that "
+        "another operator approves (`keyferry access approve`), since a registered cluster's "
+        "API server speaks for its pods; single: one operator's call does it at once "
+        "(test beds and demos; the broker warns at start)",
+    )
+
+
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -500,6 +513,7 @@ class BrokerSettings(BaseSettings):
     pods: PodsSettings = PodsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     access: AccessSettings = AccessSettings()
+    cluster_registration: ClusterRegistrationSettings = ClusterRegistrationSettings()
 
     @field_validator("policies")
     @classmethod

@@ -178,13 +178,7 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
     relay = runtime.flows.relay
     if relay is not None:
         refusals = relay.refusals
-        metrics.count_from(
-            "keyferry_event_notifications_refused",
-            "Cross-replica event notifications dropped, by reason: unauthenticated (no or a "
-            "wrong MAC: not sent by a replica), not_owner, stale or unreadable",
-            "reason",
-            lambda: {k.value: n for k, n in refusals.counts.items()},
-        )
+        metrics.count_event_refusals(lambda: {k.value: n for k, n in refusals.counts.items()})
     tls = workload_identity(settings.workload, settings.data_dir)
     if tls.generated:
         log.warning(

@@ -102,14 +102,25 @@ class BrokerMetrics:
             self.pending_revocations.set_function(pending_revocations)
         if leader is not None:
             self.leader.set_function(leader)
+        self._event_refusals: Callable[[], Mapping[str, int]] = dict
+        self.registry.register(
+            _Counted(
+                "keyferry_event_notifications_refused",
+                "Cross-replica event notifications dropped, by reason: unauthenticated (no or "
+                "a wrong MAC: not sent by a replica), not_owner, stale or unreadable",
+                "reason",
+                self._read_event_refusals,
+            )
+        )
         self._http: tuple[WSGIServer, Thread] | None = None
 
-    def count_from(
-        self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]
-    ) -> None:
-        """A counter family kept by someone else (`counts()` read at each scrape), one
-        series per key under `label`."""
-        self.registry.register(_Counted(name, documentation, label, counts))
+    def _read_event_refusals(self) -> Mapping[str, int]:
+        return self._event_refusals()
+
+    def count_event_refusals(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Where keyferry_event_notifications_refused comes from: the event relay's
+        refusals by reason (no relay, no series)."""
+        self._event_refusals = counts
 
     def record(self, method: str, outcome: str, seconds: float) -> None:
         """One answered call of `method` ("BrokerService/Issue"), by the call interceptor;

@@ -248,10 +248,22 @@ class BrokerRuntime:
         roles = RoleAdmin(core, catalog)
         pods = PodLeases(core, callers=callers)
         clusters = ClusterAdmin(
-            core, configured=settings.clusters, callers=callers, sealer=sealer, pods=pods
+            core,
+            configured=settings.clusters,
+            callers=callers,
+            sealer=sealer,
+            pods=pods,
+            second_operator=settings.cluster_registration.approval == "required",
+            approval_wait=settings.access.approval_wait,
         )
+        if settings.cluster_registration.approval == "single":
+            log.warning(
+                "cluster_registration.approval is single: one operator registers and "
+                "deregisters clusters alone (meant for test beds and demos)"
+            )
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
+        access.on_approve(clusters)
         runtime = cls(
             settings,
             store,

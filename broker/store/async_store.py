@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .leases import LeaseRepository
@@ -106,6 +107,11 @@ class AsyncClusters(_Async[ClusterRepository]):
     delete = _forward(ClusterRepository.delete)
 
 
+class AsyncClusterRequests(_Async[ClusterRequestRepository]):
+    add = _forward(ClusterRequestRepository.add)
+    get = _forward(ClusterRequestRepository.get)
+
+
 class AsyncRoles(_Async[RoleRepository]):
     put = _forward(RoleRepository.put)
     get = _forward(RoleRepository.get)
@@ -120,4 +126,5 @@ class AsyncStore:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
+        self.cluster_requests = AsyncClusterRequests(store.cluster_requests, runner)
         self.roles = AsyncRoles(store.roles, runner)

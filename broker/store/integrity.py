@@ -82,6 +82,16 @@ class RowSigner:
         sealed = base64.b64encode(sealed_credential).decode()
         return self._mac(["clusters", name, server, ca_pem, issuer, sealed, jwks])
 
+    def cluster_request(self, row: Any) -> str:
+        """A pending registry change (ClusterRequestRow's fields)."""
+        sealed = base64.b64encode(row.sealed_credential or b"").decode()
+        content = [row.grant_id, row.kind, row.name, row.server, row.ca_pem, row.issuer]
+        return self._mac(["cluster_requests", *content, sealed, bool(row.force)])
+
+    def check_cluster_request(self, row: Any) -> None:
+        fix = "deny the request (`keyferry access deny ID`) and ask again"
+        self._check("cluster_requests", row.grant_id, self.cluster_request(row), row.mac, fix)
+
     def check_role(self, name: str, spec: dict[str, Any], mac: str | None) -> None:
         self._check("roles", name, self.role(name, spec), mac, ROLE_FIX)
 

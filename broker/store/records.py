@@ -198,6 +198,22 @@ class ClusterRecord(BaseModel):
     registered_at: AwareDatetime
 
 
+class ClusterRequestRecord(BaseModel):
+    """A registry change waiting for approval (its grant's id); the credential stays sealed."""
+
+    model_config = _RECORD
+
+    grant_id: str
+    kind: str  # register | deregister
+    name: str
+    server: str
+    ca_pem: str
+    issuer: str
+    sealed_credential: bytes | None = Field(repr=False)
+    force: bool
+    created_at: AwareDatetime
+
+
 class CheckpointRecord(BaseModel):
     model_config = _RECORD
 

@@ -22,6 +22,7 @@ from broker.clock import Clock, utcnow
 
 from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine
@@ -51,6 +52,7 @@ class Store:
         self.checkpoints = CheckpointRepository(sessions, clock)
         self.audit_chain = AuditChainRepository(sessions)
         self.clusters = ClusterRepository(sessions, clock, rows)
+        self.cluster_requests = ClusterRequestRepository(sessions, rows)
         self.grants = GrantRepository(sessions)
 
     @classmethod

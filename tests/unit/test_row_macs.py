@@ -8,17 +8,20 @@ database login would. The bed test is tests/security/test_store_edits.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import StaticPool
 
-from broker.store import RoleNotFound, RowSigner, RowTampered, Store
+from broker.service.common.grant_terms import cluster_change_grant, cluster_change_of
+from broker.store import ClusterRequestRecord, RoleNotFound, RowSigner, RowTampered, Store
 from broker.store.integrity import adopt_unsigned_rows
 from broker.store.migrate import _config, upgrade
 
 SIGNER = RowSigner(b"r" * 32)
+START, HOUR = datetime(2030, 1, 1, tzinfo=UTC), timedelta(hours=1)
 SPEC = {"backend": "database", "mount": "db", "role": "ro", "ttl": 300}
 JWKS = {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}
 
@@ -142,3 +145,35 @@ def test_a_store_without_the_key_neither_writes_nor_checks_macs() -> None:
     with pytest.raises(RowTampered):
         Store(engine, rows=SIGNER).roles.get("r")
     plain.close()
+
+
+def test_a_pending_cluster_request_edited_before_its_approval_is_refused(store: Store) -> None:
+    grant = cluster_change_grant(
+        "register", "east", "register cluster east", requester="pat", now=START, wait=HOUR
+    )
+    assert cluster_change_of(grant) == ("register", "east")
+    store.cluster_requests.add(
+        ClusterRequestRecord(
+            grant_id=grant.id,
+            kind="register",
+            name="east",
+            server="https://east.example:6443",
+            ca_pem="CA",
+            issuer="https://east.example",
+            sealed_credential=b"\x02sealed",
+            force=False,
+            created_at=START,
+        )
+    )
+    assert store.cluster_requests.get(grant.id).server == "https://east.example:6443"
+    edit(store, "UPDATE cluster_requests SET server = 'https://attacker:6443'")
+    with pytest.raises(RowTampered, match="keyferry access deny"):
+        store.cluster_requests.get(grant.id)
+
+
+def test_only_cluster_change_grants_are_taken_for_one() -> None:
+    for role in ("orders-db-ro", "cluster:", "cluster:rename:x", "cluster:register:"):
+        grant = cluster_change_grant("register", "x", "r", requester="p", now=START, wait=HOUR)
+        assert cluster_change_of(grant.model_copy(update={"role": role})) is None
+    with pytest.raises(ValueError, match="register"):
+        cluster_change_grant("rename", "x", "r", requester="p", now=START, wait=HOUR)

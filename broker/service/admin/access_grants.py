@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -49,7 +50,10 @@ from broker.store import (
 from ..common.audit_trail import operator_principal, system_principal
 from ..common.grant_terms import (
     ACCESS_OWNER,
+    CLUSTER_BACKEND,
+    CLUSTER_CHANGE_PREFIX,
     check_grant_ask,
+    cluster_change_of,
     grant_lease_request,
     grant_resource,
     new_grant,
@@ -63,6 +67,16 @@ log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"
 UNKNOWN_BACKEND = "unknown"
 ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
+
+
+class GrantApproved(Protocol):
+    """What an approval carries out besides the grant itself: a change of the cluster
+    registry (clusters.py). Called after the grant is approved in the store; its error
+    reaches the approver (the approval stands: the requester asks again)."""
+
+    async def grant_approved(
+        self, grant: GrantRecord, approver: Operator, request_id: str
+    ) -> None: ...
 
 
 class AccessFlow:
@@ -83,6 +97,11 @@ class AccessFlow:
         self._engine = core.engine
         self._settings = settings
         self._clock = core.clock
+        self._approved: list[GrantApproved] = []
+
+    def on_approve(self, approved: GrantApproved) -> None:
+        """Call `approved` whenever a grant is approved."""
+        self._approved.append(approved)
 
     # -- request, decide -------------------------------------------------------------------
 
@@ -130,7 +149,10 @@ class AccessFlow:
 
     async def approve(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "approve", request_id)
-        return await self._grants.approve(grant.id, operator.name, self._clock())
+        approved = await self._grants.approve(grant.id, operator.name, self._clock())
+        for carry_out in self._approved:
+            await carry_out.grant_approved(approved, operator, request_id)
+        return approved
 
     async def deny(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "deny", request_id)
@@ -189,6 +211,11 @@ class AccessFlow:
                 who, AuditAction.ACCESS_ISSUE, grant, request_id, reason=refused
             )
             raise GrantStateConflict(grant, "used to issue a credential")
+        if cluster_change_of(grant) is not None:
+            raise FailedPrecondition(
+                f"grant {grant.id} approves a change of the cluster registry ({grant.role}); "
+                "its approval carried it out, there is no credential to issue"
+            )
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
         if isinstance(begun, ExistingLease):
@@ -347,7 +374,10 @@ class AccessFlow:
         return decision.allowed
 
     async def _backend_of(self, role_name: str) -> str:
-        """The role's backend for Cedar; `unknown` once the role was deleted."""
+        """The role's backend for Cedar; `unknown` once the role was deleted; `cluster` for
+        a change of the cluster registry."""
+        if role_name.startswith(CLUSTER_CHANGE_PREFIX):
+            return CLUSTER_BACKEND
         try:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:

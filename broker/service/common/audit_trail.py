@@ -329,6 +329,23 @@ class AuditTrail:
             )
         )
 
+    async def cluster_change(
+        self, approver: Operator, action: AuditAction, name: str, grant_id: str, request_id: str
+    ) -> None:
+        """A registry change carried out on a second operator's approval (`target` is the
+        approving grant; its `access.request` and `access.approve` records say who asked
+        and who approved)."""
+        await self.record(
+            AuditEvent(
+                who=operator_principal(approver),
+                action=action,
+                decision=Decision.ALLOW,
+                request_id=request_id,
+                cluster=name,
+                target=f"grant/{grant_id}",
+            )
+        )
+
     async def lease_change(
         self,
         who: Principal,
