@@ -102,7 +102,8 @@ def register(
     reply = _call(keyferry_context, lambda stub: stub.RegisterCluster(request, timeout=TIMEOUT))
     if output is not Output.TABLE:
         row = _row(reply.cluster, dt.datetime.now(dt.UTC))
-        emit_one({**row, "pending_grant_id": reply.pending_grant_id or None}, output)
+        pending = {"pending_grant_id": reply.pending_grant_id} if reply.pending_grant_id else {}
+        emit_one({**row, **pending}, output)
         return
     keys = ", ".join(reply.cluster.key_ids)
     if reply.pending_grant_id:
@@ -199,9 +200,9 @@ def deregister(
     request = clusters_pb2.DeregisterClusterRequest(name=name, force=force)
     reply = _call(context, lambda stub: stub.DeregisterCluster(request, timeout=TIMEOUT))
     if output is not Output.TABLE:
-        pending = reply.pending_grant_id or None
         done = {"name": name, "revoked": reply.revoked, "queued": reply.queued}
-        emit_one({**done, "pending_grant_id": pending}, output)
+        pending = {"pending_grant_id": reply.pending_grant_id} if reply.pending_grant_id else {}
+        emit_one({**done, **pending}, output)
         return
     if reply.pending_grant_id:
         typer.echo(

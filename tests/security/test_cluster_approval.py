@@ -113,7 +113,7 @@ async def test_registering_and_deregistering_a_cluster_needs_a_second_operator(
         assert approved.grant.decided_by == SECURITY
         assert joined(NAME)
         got = await clusters_call(
-            broker, SECURITY, "GetCluster", clusters_pb2.GetClusterRequest(name=NAME)
+            broker, PLATFORM, "GetCluster", clusters_pb2.GetClusterRequest(name=NAME)
         )
         assert got.cluster.source == clusters_pb2.CLUSTER_SOURCE_REGISTERED
 

@@ -87,7 +87,8 @@ async def test_an_authentic_note_is_delivered_as_the_store_has_it(bench: Bench) 
         claimed = (lease.created_at + timedelta(days=999)).isoformat()
         await relay._receive(signed(note(lease, "renewed", expires_at=claimed)))
         renewed = stream.queue.get_nowait()
-        assert renewed == LeaseRenewed(lease.id, lease.expires_at)  # the store's end, not 999 days
+        assert lease.expires_at is not None
+        assert renewed == LeaseRenewed(lease.id, lease.expires_at)  # the store's, not 999 days
         ended = await bench.engine.end(lease, WHO, "REVOKED", "r-end")
         assert bench.state(ended.id) is LeaseState.REVOKED
         await relay._receive(signed(note(lease, "revoked", reason="revoked")))

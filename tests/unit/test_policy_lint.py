@@ -49,7 +49,7 @@ def test_a_workload_permit_that_never_reads_the_cluster_is_reported(
 @pytest.mark.parametrize(
     "policy",
     [
-        'permit (principal is Workload, action, resource) '
+        "permit (principal is Workload, action, resource) "
         'when { principal.cluster == Cluster::"a" };',
         'permit (principal in Group::"security", action, resource);',
         'permit (principal, action == Action::"rotate", resource);',
