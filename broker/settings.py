@@ -196,6 +196,12 @@ class AdminListener(_Group):
         description="PEM CA that operators' client certificates must chain to (ca.crt of "
         "keyferry admin init)",
     )
+    revoked_operators: Path | None = Field(
+        default=None,
+        description="a file of revoked operator certificate serials, one hexadecimal serial "
+        "a line (`keyferry admin revoke-operator` appends them); read again when it changes, "
+        "every admin call refused while it cannot be read",
+    )
 
     @model_validator(mode="after")
     def _all_or_none(self) -> AdminListener:
@@ -209,6 +215,11 @@ class AdminListener(_Group):
         for name, path in paths.items():
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist or is not a file")
+        if self.revoked_operators is not None and not self.revoked_operators.is_file():
+            raise ValueError(
+                f"revoked_operators {self.revoked_operators} does not exist; create it empty "
+                "(`touch`) or remove the setting"
+            )
         return self
 
     @property

@@ -36,6 +36,8 @@ from broker.api.v1 import (
 )
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError
+from broker.identity.admin_pki import CA_KEY
+from broker.identity.operators import RevokedSerials
 from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings, WorkloadListener
 
@@ -44,6 +46,7 @@ from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
+from .operators import OperatorGate
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -237,7 +240,18 @@ def _admin_listener(
     for the handshake itself, so nothing without one reaches a servicer."""
     if listener.tls_cert is None or listener.tls_key is None or listener.client_ca is None:
         raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
-    admin = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics)])
+    if (listener.client_ca.parent / CA_KEY).exists():
+        log.warning(
+            "the admin CA's private key is in the folder of admin.client_ca: keep it off "
+            "the broker's hosts (docs/install.md, 'Operators')",
+            folder=str(listener.client_ca.parent),
+        )
+    gate = None
+    if listener.revoked_operators is not None:
+        gate = OperatorGate(RevokedSerials(listener.revoked_operators))
+    admin = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics, admit=gate)]
+    )
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
     flows = runtime.flows
     rotation = RotationServicer(

@@ -285,3 +285,6 @@ class GrantRecord(BaseModel):
     ended_at: AwareDatetime | None
     lease_id: str | None
     updated_at: AwareDatetime
+    requester_identity: str | None = None
+    """Who asked, as approvals compare it (Operator.person): not the certificate's name
+    alone, so one person holding two names cannot approve their own request."""

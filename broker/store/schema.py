@@ -200,6 +200,7 @@ class GrantRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    requester_identity: Mapped[str | None] = mapped_column(String(NAME))
 
 
 class ClusterRequestRow(Base):

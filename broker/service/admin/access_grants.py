@@ -120,7 +120,8 @@ class AccessFlow:
                 f"role {role.name!r} issues credentials Vault cannot revoke, so they could "
                 "outlive a grant; grant a role whose credentials can be revoked"
             )
-        grant = new_grant(ask, operator.name, self._clock(), self._settings.approval_wait)
+        wait = self._settings.approval_wait
+        grant = new_grant(ask, operator.name, self._clock(), wait, operator.person)
         await self._gate.require(
             operator,
             Action.REQUEST_ACCESS,
@@ -164,7 +165,7 @@ class AccessFlow:
         """Cedar's approve_access, and never the requester; audited either way."""
         grant = await self.current(grant_id)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        own = operator.name == grant.requester
+        own = is_requester(operator, grant)
         decision = await self._gate.decide(
             operator,
             Action.APPROVE_ACCESS,
@@ -382,6 +383,14 @@ class AccessFlow:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:
             return UNKNOWN_BACKEND
+
+
+def is_requester(operator: Operator, grant: GrantRecord) -> bool:
+    """Whether `operator` is the person who asked: the same certificate name, or the same
+    stable identity under another name (a grant from before identities: its name only)."""
+    if operator.name == grant.requester:
+        return True
+    return grant.requester_identity is not None and operator.person == grant.requester_identity
 
 
 def _handed(grant: GrantRecord, tracked: TrackedCredential) -> GrantCredential:

@@ -183,6 +183,7 @@ class ClusterAdmin:
             name,
             reason,
             requester=operator.name,
+            requester_identity=operator.person,
             now=self._clock(),
             wait=self._approval_wait,
         )
@@ -354,6 +355,7 @@ class ClusterAdmin:
             name,
             reason,
             requester=operator.name,
+            requester_identity=operator.person,
             now=self._clock(),
             wait=self._approval_wait,
         )

@@ -97,8 +97,15 @@ def grant_resource(grant: GrantRecord, backend: str) -> GrantResource:
     )
 
 
-def new_grant(ask: GrantAsk, requester: str, now: datetime, wait: timedelta) -> GrantRecord:
-    """A pending grant that lapses unless decided within `wait`."""
+def new_grant(
+    ask: GrantAsk,
+    requester: str,
+    now: datetime,
+    wait: timedelta,
+    requester_identity: str | None = None,
+) -> GrantRecord:
+    """A pending grant that lapses unless decided within `wait`; `requester_identity` is
+    the requester as approvals compare it (Operator.person)."""
     return GrantRecord(
         id=str(uuid.uuid4()),
         state=GrantState.PENDING,
@@ -114,6 +121,7 @@ def new_grant(ask: GrantAsk, requester: str, now: datetime, wait: timedelta) -> 
         ended_at=None,
         lease_id=None,
         updated_at=now,
+        requester_identity=requester_identity,
     )
 
 
@@ -130,7 +138,14 @@ CLUSTER_CHANGES = ("register", "deregister")
 
 
 def cluster_change_grant(
-    kind: str, name: str, reason: str, *, requester: str, now: datetime, wait: timedelta
+    kind: str,
+    name: str,
+    reason: str,
+    *,
+    requester: str,
+    now: datetime,
+    wait: timedelta,
+    requester_identity: str | None = None,
 ) -> GrantRecord:
     """A pending grant that approves `kind` (register, deregister) of cluster `name`."""
     if kind not in CLUSTER_CHANGES:
@@ -140,7 +155,7 @@ def cluster_change_grant(
         duration=MIN_DURATION,
         reason=reason[:MAX_REASON],
     )
-    return new_grant(ask, requester, now, wait)
+    return new_grant(ask, requester, now, wait, requester_identity)
 
 
 def cluster_change_of(grant: GrantRecord) -> tuple[str, str] | None:
