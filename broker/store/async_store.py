@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .leases import LeaseRepository
@@ -101,8 +102,15 @@ class AsyncClusters(_Async[ClusterRepository]):
     add = _forward(ClusterRepository.add)
     get = _forward(ClusterRepository.get)
     list = _forward(ClusterRepository.list)
+    list_intact = _forward(ClusterRepository.list_intact)
+    exists = _forward(ClusterRepository.exists)
     record_jwks = _forward(ClusterRepository.record_jwks)
     delete = _forward(ClusterRepository.delete)
+
+
+class AsyncClusterRequests(_Async[ClusterRequestRepository]):
+    add = _forward(ClusterRequestRepository.add)
+    get = _forward(ClusterRequestRepository.get)
 
 
 class AsyncRoles(_Async[RoleRepository]):
@@ -119,4 +127,5 @@ class AsyncStore:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
+        self.cluster_requests = AsyncClusterRequests(store.cluster_requests, runner)
         self.roles = AsyncRoles(store.roles, runner)
