@@ -12,7 +12,20 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, console, demo, leases, policy, revoke, roles, rotate, serve
+from . import (
+    access,
+    admin,
+    audit,
+    clusters,
+    console,
+    demo,
+    leases,
+    policy,
+    revoke,
+    roles,
+    rotate,
+    serve,
+)
 
 app = typer.Typer(
     name="keyferry",

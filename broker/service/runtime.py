@@ -257,30 +257,9 @@ class BrokerRuntime:
         )
         roles = RoleAdmin(core, catalog)
         pods = PodLeases(core, callers=callers)
-        clusters = ClusterAdmin(
-            core,
-            configured=settings.clusters,
-            callers=callers,
-            sealer=sealer,
-            pods=pods,
-            second_operator=settings.cluster_registration.approval == "required",
-            approval_wait=settings.access.approval_wait,
-        )
-        if settings.cluster_registration.approval == "single":
-            log.warning(
-                "cluster_registration.approval is single: one operator registers and "
-                "deregisters clusters alone (meant for test beds and demos)"
-            )
+        clusters = _cluster_admin(core, settings, callers=callers, sealer=sealer, pods=pods)
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
-        reading = AuditReading(
-            core,
-            source=records,
-            checkpoints=StoreCheckpointSink(store.checkpoints),
-            chain=settings.audit.chain,
-            vault=vault,
-            transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
-        )
         access.on_approve(clusters)
         runtime = cls(
             settings,
@@ -297,7 +276,14 @@ class BrokerRuntime:
             pods,
             access,
             core,
-            reading,
+            AuditReading(
+                core,
+                source=records,
+                checkpoints=StoreCheckpointSink(store.checkpoints),
+                chain=settings.audit.chain,
+                vault=vault,
+                transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
+            ),
             LeaseListing(core),
             stack,
         )
@@ -431,3 +417,27 @@ async def _connect(clients: dict[str, ClusterClient], limits: VerifyLimits) -> C
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:
     stack.callback(close)
+
+
+def _cluster_admin(
+    core: Core,
+    settings: BrokerSettings,
+    *,
+    callers: Callers,
+    sealer: CredentialSealer,
+    pods: PodLeases,
+) -> ClusterAdmin:
+    if settings.cluster_registration.approval == "single":
+        log.warning(
+            "cluster_registration.approval is single: one operator registers and "
+            "deregisters clusters alone (meant for test beds and demos)"
+        )
+    return ClusterAdmin(
+        core,
+        configured=settings.clusters,
+        callers=callers,
+        sealer=sealer,
+        pods=pods,
+        second_operator=settings.cluster_registration.approval == "required",
+        approval_wait=settings.access.approval_wait,
+    )
