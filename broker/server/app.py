@@ -8,7 +8,7 @@ port and not another, and ops methods must never be reachable by pods:
   before they are decoded, and clients that ping too often are disconnected;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
   subject names the operator), RolesService, RotationService, ClustersService,
-  AccessService, health, reflection. Without
+  AccessService, AuditService, LeasesService, health, reflection. Without
   `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
@@ -25,10 +25,14 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.v1 import (
     access_pb2,
     access_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     clusters_pb2,
     clusters_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -36,6 +40,8 @@ from broker.api.v1 import (
 )
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError
+from broker.identity.admin_pki import CA_KEY
+from broker.identity.operators import RevokedSerials
 from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings, WorkloadListener
 
@@ -44,6 +50,8 @@ from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
+from .operators import OperatorGate
+from .records_servicer import AuditServicer, LeasesServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -54,6 +62,8 @@ ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+LEASES_SERVICE = leases_pb2.DESCRIPTOR.services_by_name["LeasesService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
 # Connection limits on the workload port. A client may ping at most once a minute, and only
 # while it has a call open (an agent's Watch stream); past two strikes the connection is
@@ -175,6 +185,10 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
             return float("nan")
 
     metrics = BrokerMetrics(live_leases, pending_revocations, lambda: float(runtime.is_leader))
+    relay = runtime.flows.relay
+    if relay is not None:
+        refusals = relay.refusals
+        metrics.count_event_refusals(lambda: {k.value: n for k, n in refusals.counts.items()})
     tls = workload_identity(settings.workload, settings.data_dir)
     if tls.generated:
         log.warning(
@@ -233,7 +247,18 @@ def _admin_listener(
     for the handshake itself, so nothing without one reaches a servicer."""
     if listener.tls_cert is None or listener.tls_key is None or listener.client_ca is None:
         raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
-    admin = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics)])
+    if (listener.client_ca.parent / CA_KEY).exists():
+        log.warning(
+            "the admin CA's private key is in the folder of admin.client_ca: keep it off "
+            "the broker's hosts (docs/install.md, 'Operators')",
+            folder=str(listener.client_ca.parent),
+        )
+    gate = None
+    if listener.revoked_operators is not None:
+        gate = OperatorGate(RevokedSerials(listener.revoked_operators))
+    admin = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics, admit=gate)]
+    )
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
     flows = runtime.flows
     rotation = RotationServicer(
@@ -244,7 +269,16 @@ def _admin_listener(
         ClustersServicer(runtime.clusters), admin
     )
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(runtime.access), admin)
-    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE]
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(runtime.reading), admin)
+    leases_pb2_grpc.add_LeasesServiceServicer_to_server(LeasesServicer(runtime.listing), admin)
+    services = [
+        ROLES_SERVICE,
+        ROTATION_SERVICE,
+        CLUSTERS_SERVICE,
+        ACCESS_SERVICE,
+        AUDIT_SERVICE,
+        LEASES_SERVICE,
+    ]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

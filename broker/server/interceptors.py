@@ -73,9 +73,16 @@ def method_label(full_method: str) -> str:
     return f"{service.rsplit('.', 1)[-1]}/{method}"
 
 
+Admit = Callable[[Context], None]
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: BrokerMetrics) -> None:
+    """`admit`, when given, runs first in every call and may refuse it by raising a
+    KeyferryError (the admin listener's operator deny-list)."""
+
+    def __init__(self, metrics: BrokerMetrics, admit: Admit | None = None) -> None:
         self._metrics = metrics
+        self._admit = admit
 
     async def intercept_service(
         self,
@@ -102,6 +109,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 call, started = self._begin(method, context)
                 try:
+                    self._admitted(context)
                     async for item in behavior(request, context):
                         yield item
                 except BaseException as error:
@@ -114,6 +122,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def unary(request: Any, context: Context) -> Any:
             call, started = self._begin(method, context)
             try:
+                self._admitted(context)
                 response = await behavior(request, context)
             except BaseException as error:
                 await self._failed(call, started, error, context)
@@ -122,6 +131,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             return response
 
         return unary
+
+    def _admitted(self, context: Context) -> None:
+        if self._admit is not None:
+            self._admit(context)
 
     @staticmethod
     def _begin(method: str, context: Context) -> tuple[Call, float]:

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
+from .integrity import RowSigner, RowTampered
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -40,6 +41,7 @@ from .records import (
     CapReached,
     CheckpointRecord,
     ClusterRecord,
+    ClusterRequestRecord,
     Completion,
     EndedAtOnce,
     ExistingLease,
@@ -72,6 +74,7 @@ __all__ = [
     "ClusterNotFound",
     "ClusterRecord",
     "ClusterRepository",
+    "ClusterRequestRecord",
     "Completion",
     "EndedAtOnce",
     "ExistingLease",
@@ -95,6 +98,8 @@ __all__ = [
     "RoleRecord",
     "RoleRepository",
     "RotationRequest",
+    "RowSigner",
+    "RowTampered",
     "Selector",
     "Store",
     "StoreRunner",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .leases import LeaseRepository
@@ -67,6 +68,7 @@ class AsyncLeases(_Async[LeaseRepository]):
     count_live = _forward(LeaseRepository.count_live)
     list_by_selector = _forward(LeaseRepository.list_by_selector)
     select_page = _forward(LeaseRepository.select_page)
+    count_grouped = _forward(LeaseRepository.count_grouped)
     vault_handles = _forward(LeaseRepository.vault_handles)
     request_rotation = _forward(LeaseRepository.request_rotation)
     rotation_requests = _forward(LeaseRepository.rotation_requests)
@@ -101,8 +103,15 @@ class AsyncClusters(_Async[ClusterRepository]):
     add = _forward(ClusterRepository.add)
     get = _forward(ClusterRepository.get)
     list = _forward(ClusterRepository.list)
+    list_intact = _forward(ClusterRepository.list_intact)
+    exists = _forward(ClusterRepository.exists)
     record_jwks = _forward(ClusterRepository.record_jwks)
     delete = _forward(ClusterRepository.delete)
+
+
+class AsyncClusterRequests(_Async[ClusterRequestRepository]):
+    add = _forward(ClusterRequestRepository.add)
+    get = _forward(ClusterRequestRepository.get)
 
 
 class AsyncRoles(_Async[RoleRepository]):
@@ -119,4 +128,5 @@ class AsyncStore:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
+        self.cluster_requests = AsyncClusterRequests(store.cluster_requests, runner)
         self.roles = AsyncRoles(store.roles, runner)
