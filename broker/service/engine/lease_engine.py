@@ -188,11 +188,10 @@ class LeaseEngine:
         asks on its own, concurrently (a caller bounds how many it passes). Every row is
         completed in one store transaction, and the `lease.active` records reach the
         audit trail as one group commit."""
-        asked: list[IssuedSecret | KeyferryError] = list(
-            await asyncio.gather(*(self._asked(group) for group in _by_read(orders, self)))
-        )
+        groups = _by_read(orders, self)
+        asked = await asyncio.gather(*(self._asked(group) for group in groups))
         issued: dict[int, IssuedSecret | KeyferryError] = {}
-        for group, answers in zip(_by_read(orders, self), asked, strict=True):
+        for group, answers in zip(groups, asked, strict=True):
             for index in group.indexes:
                 issued[index] = answers
         results: list[TrackedCredential | KeyferryError | None] = [None] * len(orders)
