@@ -5,8 +5,9 @@ through `_mapped`, into the agent's error tree by status code and ErrorInfo reas
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -14,10 +15,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from pydantic import BaseModel, ConfigDict, SecretStr
 
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
-from injector.contract import BACKOFF_CAP_SECONDS
+from injector.terms import BACKOFF_CAP_SECONDS
 
 from .errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchUnsupported
 from .token import read_token
@@ -52,42 +52,42 @@ RETRYABLE = frozenset(
 )
 
 
-class Issued(BaseModel):
-    """A lease the agent holds and the credential's values (hidden from repr and logs)."""
-
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class Issued:
+    """A lease the agent holds and the credential's values (left out of repr, so out of any
+    log line or traceback that shows the object)."""
 
     lease_id: str
     credential_name: str
     generation: int
     expires_at: datetime | None
-    values: dict[str, SecretStr]
+    values: Mapping[str, str] = field(repr=False)
 
     def reveal(self) -> dict[str, str]:
-        return {key: value.get_secret_value() for key, value in self.values.items()}
+        return dict(self.values)
 
 
-class Rotated(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class Rotated:
     issued: Issued
 
 
-class Revoked(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class Revoked:
     lease_id: str
     reason: str
 
 
-class Expiring(BaseModel):
-    model_config = ConfigDict(frozen=True)
+@dataclass(frozen=True)
+class Expiring:
     lease_id: str
     expires_at: datetime | None
 
 
-class Renewed(BaseModel):
+@dataclass(frozen=True)
+class Renewed:
     """The broker extended the lease: it now ends at `expires_at`."""
 
-    model_config = ConfigDict(frozen=True)
     lease_id: str
     expires_at: datetime
 
@@ -168,7 +168,7 @@ def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issue
         credential_name=lease.credential_name,
         generation=lease.generation,
         expires_at=lease.expires_at.ToDatetime() if lease.HasField("expires_at") else None,
-        values={key: SecretStr(value) for key, value in credential.values.items()},
+        values=dict(credential.values),
     )
 
 

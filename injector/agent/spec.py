@@ -1,14 +1,102 @@
-"""The agent spec, read once from `KEYFERRY_AGENT_SPEC` and validated."""
+"""The agent spec, read once from `KEYFERRY_AGENT_SPEC` and validated, without pydantic.
+
+The webhook writes the spec with the pydantic models of `injector.contract`; the agent reads
+it back here, into frozen dataclasses of the same fields, by the same rules (the models'
+patterns, bounds and defaults, extra fields refused), so that the agent's process loads no
+pydantic (about 12 MiB of its resident memory: docs/benchmarks.md, issue 19).
+tests/unit/test_agent_spec.py feeds both the same documents and holds them to the same
+verdicts and the same field names. An error names the variable, the field's path
+(`credentials.0.name`) and what is wrong with it.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
 
-from pydantic import ValidationError
-
-from injector.contract import AGENT_SPEC_ENV, AgentSpec
+from broker.names import ROLE_NAME_PATTERN
+from injector.terms import (
+    AGENT_SPEC_ENV,
+    AGENT_SPEC_VERSION,
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CONTAINER_NAME_PATTERN,
+    CREDENTIAL_NAME_MAX,
+    CREDENTIAL_NAME_RE,
+    FILE_MODE,
+    FILE_MODE_MAX,
+    RESTART_COALESCE_MAX,
+    RESTART_COALESCE_SECONDS,
+    RESTART_GRACE_MAX,
+    RESTART_GRACE_SECONDS,
+    RESTART_MIN_SPACING_MAX,
+    RESTART_MIN_SPACING_SECONDS,
+    SPEC_MAX_BYTES,
+    FileFormat,
+    Mode,
+    Signal,
+    check_backoff,
+)
 
 from .errors import SpecError
+
+_ROLE_RE = re.compile(ROLE_NAME_PATTERN)
+_CONTAINER_RE = re.compile(CONTAINER_NAME_PATTERN)
+_E = TypeVar("_E", bound=StrEnum)
+
+
+@dataclass(frozen=True)
+class RestartSpec:
+    """`on-rotate: restart`: which app containers the agent restarts after a rotation, and
+    how (SIGTERM, SIGKILL after `grace_seconds`; rotations coalesced, restarts spaced)."""
+
+    containers: tuple[str, ...]
+    grace_seconds: int = RESTART_GRACE_SECONDS
+    coalesce_seconds: float = RESTART_COALESCE_SECONDS
+    min_spacing_seconds: float = RESTART_MIN_SPACING_SECONDS
+
+
+@dataclass(frozen=True)
+class CredentialRequest:
+    """One credential: the file `name` in the volume, issued for the keyferry role `role`."""
+
+    name: str
+    role: str
+    format: FileFormat | None = None
+    """None: the default of the role's backend, chosen once the agent knows the backend."""
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Everything the agent needs, as the webhook put it into `KEYFERRY_AGENT_SPEC`."""
+
+    mode: Mode
+    cluster: str
+    broker_address: str
+    directory: str
+    token_path: str
+    credentials: tuple[CredentialRequest, ...]
+    version: int = AGENT_SPEC_VERSION
+    broker_ca_pem: str | None = None
+    """The CA that signed the broker's workload listener; None: the system trust store."""
+    file_mode: int = FILE_MODE
+    on_rotate: Signal | None = None
+    restart: RestartSpec | None = None
+    backoff_base_seconds: float = BACKOFF_BASE_SECONDS
+    backoff_cap_seconds: float = BACKOFF_CAP_SECONDS
+
+
+class _Invalid(Exception):
+    """One field is wrong: its path and the reason, made into a SpecError by `parse_spec`."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
 
 
 def load_spec(environ: Mapping[str, str]) -> AgentSpec:
@@ -16,9 +104,231 @@ def load_spec(environ: Mapping[str, str]) -> AgentSpec:
     raw = environ.get(AGENT_SPEC_ENV)
     if not raw:
         raise SpecError(f"{AGENT_SPEC_ENV} is not set; the keyferry webhook sets it in the pod")
+    return parse_spec(raw)
+
+
+def parse_spec(raw: str) -> AgentSpec:
+    """The spec in `raw` (the variable's JSON); SpecError naming the first bad field."""
+    if len(raw) > SPEC_MAX_BYTES:
+        raise SpecError(
+            f"{AGENT_SPEC_ENV} is invalid at (the document): longer than {SPEC_MAX_BYTES} "
+            "characters; the webhook writes a few kilobytes"
+        )
     try:
-        return AgentSpec.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(the document)"
-        raise SpecError(f"{AGENT_SPEC_ENV} is invalid at {where}: {first['msg']}") from exc
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise SpecError(f"{AGENT_SPEC_ENV} is invalid at (the document): not JSON: {exc}") from exc
+    try:
+        return _spec(document)
+    except _Invalid as exc:
+        raise SpecError(f"{AGENT_SPEC_ENV} is invalid at {exc.where}: {exc.reason}") from None
+
+
+_SPEC_FIELDS = frozenset(
+    {
+        "version",
+        "mode",
+        "cluster",
+        "broker_address",
+        "broker_ca_pem",
+        "directory",
+        "token_path",
+        "file_mode",
+        "credentials",
+        "on_rotate",
+        "restart",
+        "backoff_base_seconds",
+        "backoff_cap_seconds",
+    }
+)
+
+
+_SPEC_REQUIRED = ("mode", "cluster", "broker_address", "directory", "token_path", "credentials")
+
+
+def _spec(document: object) -> AgentSpec:
+    fields = _object(document, "(the document)", _SPEC_FIELDS, _SPEC_REQUIRED)
+    version = fields.get("version", AGENT_SPEC_VERSION)
+    if version != AGENT_SPEC_VERSION or isinstance(version, bool):
+        raise _Invalid("version", f"Input should be {AGENT_SPEC_VERSION}")
+    credentials = _list(fields.get("credentials"), "credentials")
+    restart = fields.get("restart")
+    spec = AgentSpec(
+        version=AGENT_SPEC_VERSION,
+        mode=_enum(Mode, fields.get("mode"), "mode"),
+        cluster=_text(fields.get("cluster"), "cluster"),
+        broker_address=_text(fields.get("broker_address"), "broker_address"),
+        broker_ca_pem=_optional_text(fields.get("broker_ca_pem"), "broker_ca_pem"),
+        directory=_absolute(fields.get("directory"), "directory"),
+        token_path=_absolute(fields.get("token_path"), "token_path"),
+        file_mode=_integer(fields.get("file_mode", FILE_MODE), "file_mode", 0, FILE_MODE_MAX),
+        credentials=tuple(
+            _credential(item, f"credentials.{index}") for index, item in enumerate(credentials)
+        ),
+        on_rotate=(
+            None
+            if fields.get("on_rotate") is None
+            else _enum(Signal, fields["on_rotate"], "on_rotate")
+        ),
+        restart=None if restart is None else _restart(restart, "restart"),
+        backoff_base_seconds=_number(
+            fields.get("backoff_base_seconds", BACKOFF_BASE_SECONDS),
+            "backoff_base_seconds",
+            above=0,
+            at_most=BACKOFF_MAX_SECONDS,
+        ),
+        backoff_cap_seconds=_number(
+            fields.get("backoff_cap_seconds", BACKOFF_CAP_SECONDS),
+            "backoff_cap_seconds",
+            above=0,
+            at_most=BACKOFF_MAX_SECONDS,
+        ),
+    )
+    try:
+        check_backoff(spec.backoff_base_seconds, spec.backoff_cap_seconds)
+    except ValueError as exc:
+        raise _Invalid("(the document)", str(exc)) from None
+    if spec.restart is not None and spec.on_rotate is not None:
+        raise _Invalid("(the document)", "on_rotate and restart are two rotation actions: set one")
+    return spec
+
+
+_CREDENTIAL_FIELDS = frozenset({"name", "role", "format"})
+
+
+def _credential(item: object, where: str) -> CredentialRequest:
+    fields = _object(item, where, _CREDENTIAL_FIELDS, ("name", "role"))
+    name = _text(fields["name"], f"{where}.name")
+    if len(name) > CREDENTIAL_NAME_MAX:
+        raise _Invalid(
+            f"{where}.name", f"String should have at most {CREDENTIAL_NAME_MAX} characters"
+        )
+    if not CREDENTIAL_NAME_RE.fullmatch(name):
+        raise _Invalid(
+            f"{where}.name", f"String should match pattern '{CREDENTIAL_NAME_RE.pattern}'"
+        )
+    role = _text(fields["role"], f"{where}.role")
+    if not _ROLE_RE.fullmatch(role):
+        raise _Invalid(f"{where}.role", f"String should match pattern '{ROLE_NAME_PATTERN}'")
+    chosen = fields.get("format")
+    return CredentialRequest(
+        name=name,
+        role=role,
+        format=None if chosen is None else _enum(FileFormat, chosen, f"{where}.format"),
+    )
+
+
+_RESTART_FIELDS = frozenset(
+    {"containers", "grace_seconds", "coalesce_seconds", "min_spacing_seconds"}
+)
+
+
+def _restart(item: object, where: str) -> RestartSpec:
+    fields = _object(item, where, _RESTART_FIELDS, ("containers",))
+    names = _list(fields["containers"], f"{where}.containers")
+    containers = []
+    for index, name in enumerate(names):
+        at = f"{where}.containers.{index}"
+        if not _CONTAINER_RE.fullmatch(_text(name, at, empty=True)):
+            raise _Invalid(at, f"String should match pattern '{CONTAINER_NAME_PATTERN}'")
+        containers.append(name)
+    grace = fields.get("grace_seconds", RESTART_GRACE_SECONDS)
+    return RestartSpec(
+        containers=tuple(containers),
+        grace_seconds=_integer(grace, f"{where}.grace_seconds", 1, RESTART_GRACE_MAX),
+        coalesce_seconds=_number(
+            fields.get("coalesce_seconds", RESTART_COALESCE_SECONDS),
+            f"{where}.coalesce_seconds",
+            above=0,
+            at_most=RESTART_COALESCE_MAX,
+        ),
+        min_spacing_seconds=_number(
+            fields.get("min_spacing_seconds", RESTART_MIN_SPACING_SECONDS),
+            f"{where}.min_spacing_seconds",
+            at_least=0,
+            at_most=RESTART_MIN_SPACING_MAX,
+        ),
+    )
+
+
+# --- one JSON value each -------------------------------------------------------------------
+
+
+def _object(
+    value: object, where: str, known: frozenset[str], required: tuple[str, ...]
+) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _Invalid(where, "Input should be an object")
+    root = "" if where == "(the document)" else f"{where}."
+    for key in value:
+        if key not in known:
+            raise _Invalid(f"{root}{key}", "Extra inputs are not permitted")
+    for key in required:
+        if key not in value:
+            raise _Invalid(f"{root}{key}", "Field required")
+    return value
+
+
+def _text(value: object, where: str, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(where, "Input should be a valid string")
+    if not value and not empty:
+        raise _Invalid(where, "String should have at least 1 character")
+    return value
+
+
+def _optional_text(value: object, where: str) -> str | None:
+    return None if value is None else _text(value, where, empty=True)
+
+
+def _absolute(value: object, where: str) -> str:
+    text = _text(value, where, empty=True)
+    if not text.startswith("/"):
+        raise _Invalid(where, "String should match pattern '^/' (an absolute path)")
+    return text
+
+
+def _list(value: object, where: str) -> list[object]:
+    if value is None:
+        raise _Invalid(where, "Field required")
+    if not isinstance(value, list):
+        raise _Invalid(where, "Input should be a valid list")
+    if not value:
+        raise _Invalid(where, "List should have at least 1 item after validation, not 0")
+    return value
+
+
+def _enum(kind: type[_E], value: object, where: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(f"'{member.value}'" for member in kind)
+        raise _Invalid(where, f"Input should be one of {allowed}") from None
+
+
+def _integer(value: object, where: str, least: int, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise _Invalid(where, "Input should be a valid integer")
+    if not least <= value <= most:
+        raise _Invalid(where, f"Input should be between {least} and {most}")
+    return int(value)
+
+
+def _number(
+    value: object,
+    where: str,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(where, "Input should be a valid number")
+    number = float(value)
+    if above is not None and not number > above:
+        raise _Invalid(where, f"Input should be greater than {above:g}")
+    if at_least is not None and not number >= at_least:
+        raise _Invalid(where, f"Input should be greater than or equal to {at_least:g}")
+    if not number <= at_most:
+        raise _Invalid(where, f"Input should be less than or equal to {at_most:g}")
+    return number
