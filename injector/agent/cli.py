@@ -39,7 +39,7 @@ app = typer.Typer(
     ),
 )
 def run() -> None:
-    raise typer.Exit(launch.launch(["run"]))
+    raise typer.Exit(launch.run())
 
 
 @app.command(
@@ -53,4 +53,4 @@ def run() -> None:
     ),
 )
 def check() -> None:
-    raise typer.Exit(launch.launch(["check"]))
+    raise typer.Exit(launch.check())

@@ -18,11 +18,21 @@ def launch(args: Sequence[str]) -> int | None:
     """The exit code of `keyferry agent <args>`; None when `args` is not one of the two
     commands exactly (the caller shows the full command line's help or error)."""
     if list(args) == ["check"]:
-        from injector import probe  # noqa: PLC0415 - each command loads only its own
-
-        return probe.check(os.environ)
+        return check()
     if list(args) == ["run"]:
-        from . import main  # noqa: PLC0415
-
-        return main.run(os.environ)
+        return run()
     return None
+
+
+def run() -> int:
+    """`keyferry agent run`: the agent, until SIGTERM; its exit code."""
+    from . import main  # noqa: PLC0415 - each command loads only its own
+
+    return main.run(os.environ)
+
+
+def check() -> int:
+    """`keyferry agent check`: the probes' check (`injector.probe`); its exit code."""
+    from injector import probe  # noqa: PLC0415
+
+    return probe.check(os.environ)

@@ -16,8 +16,9 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-Entry = dict[str, object]
+Entry = dict[str, Any]
 
 _captured: list[list[Entry]] = []
 

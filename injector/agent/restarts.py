@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .client import Ack
 from .log import get_logger
+from .messages import Ack
 from .procs import MainProcess, boot_ticks, container_mains, started_at
 from .spec import RestartSpec
 

@@ -226,10 +226,11 @@ _RESTART_FIELDS = frozenset(
 def _restart(item: object, where: str) -> RestartSpec:
     fields = _object(item, where, _RESTART_FIELDS, ("containers",))
     names = _list(fields["containers"], f"{where}.containers")
-    containers = []
-    for index, name in enumerate(names):
+    containers: list[str] = []
+    for index, entry in enumerate(names):
         at = f"{where}.containers.{index}"
-        if not _CONTAINER_RE.fullmatch(_text(name, at, empty=True)):
+        name = _text(entry, at, empty=True)
+        if not _CONTAINER_RE.fullmatch(name):
             raise _Invalid(at, f"String should match pattern '{CONTAINER_NAME_PATTERN}'")
         containers.append(name)
     grace = fields.get("grace_seconds", RESTART_GRACE_SECONDS)
@@ -299,11 +300,11 @@ def _list(value: object, where: str) -> list[object]:
 
 
 def _enum(kind: type[_E], value: object, where: str) -> _E:
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(f"'{member.value}'" for member in kind)
-        raise _Invalid(where, f"Input should be one of {allowed}") from None
+    members = {member.value: member for member in kind}
+    if isinstance(value, str) and value in members:
+        return members[value]
+    allowed = ", ".join(f"'{name}'" for name in members)
+    raise _Invalid(where, f"Input should be one of {allowed}")
 
 
 def _integer(value: object, where: str, least: int, most: int) -> int:
