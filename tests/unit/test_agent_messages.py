@@ -4,13 +4,16 @@ code reads back, and what the generated code writes it reads, unknown fields ski
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.api.v1 import broker_pb2
 from injector.agent import messages
@@ -187,3 +190,28 @@ def test_refusal_details_are_read_from_the_status() -> None:
 def test_malformed_bytes_are_a_message_error(broken: bytes) -> None:
     with pytest.raises(MessageError):
         messages.issue_response(broken)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=256))
+def test_any_bytes_read_as_the_generated_code_reads_them_or_fail_typed(raw: bytes) -> None:
+    """Whatever the broker (or a man in the middle it would take to be) sends, the agent
+    gets a value or MessageError; and where protobuf reads the bytes too, the same value."""
+    for mine, generated in (
+        (messages.issue_response, broker_pb2.IssueResponse),
+        (messages.watch_response, broker_pb2.WatchResponse),
+    ):
+        try:
+            read = mine(raw)
+        except MessageError:
+            continue
+        try:
+            theirs = generated.FromString(raw)
+        except DecodeError:
+            continue  # protobuf is stricter in places (a map entry's UTF-8, say)
+        if isinstance(theirs, broker_pb2.IssueResponse):
+            assert read == messages.issue_response(theirs.SerializeToString())
+        else:
+            assert read == messages.watch_response(theirs.SerializeToString())
+    with contextlib.suppress(MessageError):
+        messages.status_details(raw)
