@@ -232,3 +232,31 @@ def test_keyferry_agent_check_loads_the_standard_library_only(tmp_path: Path) ->
         and name not in ("injector", "injector.probe", "injector.agent", "injector.agent.launch")
     ]
     assert foreign == []
+
+
+def test_keyferry_agent_run_loads_no_python_ssl_and_nothing_it_does_not_use() -> None:
+    """The agent's TLS is gRPC's own: Python's ssl (OpenSSL's libraries, about 4 MiB of
+    resident memory) stays out of `keyferry agent run`, and so do pydantic and the rest."""
+    environ = {"PATH": os.environ.get("PATH", "")}  # no spec: exit 2 after the imports
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", COMMAND + IMPORT_AGENT, "run"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    code, loaded = lines[0], lines[-1]
+    assert code == "2"
+    modules = set(loaded.split())
+    assert {"asyncio", "grpc.aio", "injector.agent.session"} <= modules
+    assert "_ssl" not in modules  # the extension that maps OpenSSL ("ssl" is there: None)
+    unused = {"pydantic", "structlog", "typer", "click", "rich", "google", "grpc_status"}
+    assert sorted(m for m in modules if m.split(".")[0] in unused) == []
+
+
+# `run` exits at the missing spec before it loads the session: load it, as `run` would next.
+IMPORT_AGENT = """
+import injector.agent.session, injector.agent.client
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
