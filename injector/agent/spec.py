@@ -124,52 +124,37 @@ def parse_spec(raw: str) -> AgentSpec:
         raise SpecError(f"{AGENT_SPEC_ENV} is invalid at {exc.where}: {exc.reason}") from None
 
 
-_SPEC_FIELDS = frozenset(
-    {
-        "version",
-        "mode",
-        "cluster",
-        "broker_address",
-        "broker_ca_pem",
-        "directory",
-        "token_path",
-        "file_mode",
-        "credentials",
-        "on_rotate",
-        "restart",
-        "backoff_base_seconds",
-        "backoff_cap_seconds",
-    }
-)
-
-
-_SPEC_REQUIRED = ("mode", "cluster", "broker_address", "directory", "token_path", "credentials")
-
-
 def _spec(document: object) -> AgentSpec:
-    fields = _object(document, "(the document)", _SPEC_FIELDS, _SPEC_REQUIRED)
+    # In the models' field order, extra fields after them: the error named is the one
+    # pydantic would name first.
+    fields = _Fields(document, "(the document)")
     version = fields.get("version", AGENT_SPEC_VERSION)
     if version != AGENT_SPEC_VERSION or isinstance(version, bool):
         raise _Invalid("version", f"Input should be {AGENT_SPEC_VERSION}")
-    credentials = _list(fields.get("credentials"), "credentials")
-    restart = fields.get("restart")
+    mode = _enum(Mode, fields.get("mode"), "mode")
+    cluster = _text(fields.get("cluster"), "cluster")
+    broker_address = _text(fields.get("broker_address"), "broker_address")
+    broker_ca_pem = _optional_text(fields.get("broker_ca_pem", None), "broker_ca_pem")
+    directory = _absolute(fields.get("directory"), "directory")
+    token_path = _absolute(fields.get("token_path"), "token_path")
+    file_mode = _integer(fields.get("file_mode", FILE_MODE), "file_mode", 0, FILE_MODE_MAX)
+    credentials = tuple(
+        _credential(item, f"credentials.{index}")
+        for index, item in enumerate(_list(fields.get("credentials"), "credentials"))
+    )
+    on_rotate = fields.get("on_rotate", None)
+    restart = fields.get("restart", None)
     spec = AgentSpec(
         version=AGENT_SPEC_VERSION,
-        mode=_enum(Mode, fields.get("mode"), "mode"),
-        cluster=_text(fields.get("cluster"), "cluster"),
-        broker_address=_text(fields.get("broker_address"), "broker_address"),
-        broker_ca_pem=_optional_text(fields.get("broker_ca_pem"), "broker_ca_pem"),
-        directory=_absolute(fields.get("directory"), "directory"),
-        token_path=_absolute(fields.get("token_path"), "token_path"),
-        file_mode=_integer(fields.get("file_mode", FILE_MODE), "file_mode", 0, FILE_MODE_MAX),
-        credentials=tuple(
-            _credential(item, f"credentials.{index}") for index, item in enumerate(credentials)
-        ),
-        on_rotate=(
-            None
-            if fields.get("on_rotate") is None
-            else _enum(Signal, fields["on_rotate"], "on_rotate")
-        ),
+        mode=mode,
+        cluster=cluster,
+        broker_address=broker_address,
+        broker_ca_pem=broker_ca_pem,
+        directory=directory,
+        token_path=token_path,
+        file_mode=file_mode,
+        credentials=credentials,
+        on_rotate=None if on_rotate is None else _enum(Signal, on_rotate, "on_rotate"),
         restart=None if restart is None else _restart(restart, "restart"),
         backoff_base_seconds=_number(
             fields.get("backoff_base_seconds", BACKOFF_BASE_SECONDS),
@@ -184,6 +169,7 @@ def _spec(document: object) -> AgentSpec:
             at_most=BACKOFF_MAX_SECONDS,
         ),
     )
+    fields.no_others()
     try:
         check_backoff(spec.backoff_base_seconds, spec.backoff_cap_seconds)
     except ValueError as exc:
@@ -193,12 +179,9 @@ def _spec(document: object) -> AgentSpec:
     return spec
 
 
-_CREDENTIAL_FIELDS = frozenset({"name", "role", "format"})
-
-
 def _credential(item: object, where: str) -> CredentialRequest:
-    fields = _object(item, where, _CREDENTIAL_FIELDS, ("name", "role"))
-    name = _text(fields["name"], f"{where}.name")
+    fields = _Fields(item, where)
+    name = _text(fields.get("name"), f"{where}.name")
     if len(name) > CREDENTIAL_NAME_MAX:
         raise _Invalid(
             f"{where}.name", f"String should have at most {CREDENTIAL_NAME_MAX} characters"
@@ -207,10 +190,11 @@ def _credential(item: object, where: str) -> CredentialRequest:
         raise _Invalid(
             f"{where}.name", f"String should match pattern '{CREDENTIAL_NAME_RE.pattern}'"
         )
-    role = _text(fields["role"], f"{where}.role")
+    role = _text(fields.get("role"), f"{where}.role")
     if not _ROLE_RE.fullmatch(role):
         raise _Invalid(f"{where}.role", f"String should match pattern '{ROLE_NAME_PATTERN}'")
-    chosen = fields.get("format")
+    chosen = fields.get("format", None)
+    fields.no_others()
     return CredentialRequest(
         name=name,
         role=role,
@@ -218,14 +202,9 @@ def _credential(item: object, where: str) -> CredentialRequest:
     )
 
 
-_RESTART_FIELDS = frozenset(
-    {"containers", "grace_seconds", "coalesce_seconds", "min_spacing_seconds"}
-)
-
-
 def _restart(item: object, where: str) -> RestartSpec:
-    fields = _object(item, where, _RESTART_FIELDS, ("containers",))
-    names = _list(fields["containers"], f"{where}.containers")
+    fields = _Fields(item, where)
+    names = _list(fields.get("containers"), f"{where}.containers")
     containers: list[str] = []
     for index, entry in enumerate(names):
         at = f"{where}.containers.{index}"
@@ -234,7 +213,7 @@ def _restart(item: object, where: str) -> RestartSpec:
             raise _Invalid(at, f"String should match pattern '{CONTAINER_NAME_PATTERN}'")
         containers.append(name)
     grace = fields.get("grace_seconds", RESTART_GRACE_SECONDS)
-    return RestartSpec(
+    restart = RestartSpec(
         containers=tuple(containers),
         grace_seconds=_integer(grace, f"{where}.grace_seconds", 1, RESTART_GRACE_MAX),
         coalesce_seconds=_number(
@@ -250,24 +229,39 @@ def _restart(item: object, where: str) -> RestartSpec:
             at_most=RESTART_MIN_SPACING_MAX,
         ),
     )
+    fields.no_others()
+    return restart
+
+
+_REQUIRED = object()
+
+
+class _Fields:
+    """A JSON object's fields, taken one by one; `no_others` refuses any not taken."""
+
+    def __init__(self, value: object, where: str) -> None:
+        if not isinstance(value, dict):
+            raise _Invalid(where, "Input should be an object")
+        self._value: dict[str, object] = value
+        self._root = "" if where == "(the document)" else f"{where}."
+        self._taken: set[str] = set()
+
+    def get(self, name: str, default: object = _REQUIRED) -> object:
+        """The field's value, `default` when absent; "Field required" without a default."""
+        self._taken.add(name)
+        if name in self._value:
+            return self._value[name]
+        if default is _REQUIRED:
+            raise _Invalid(f"{self._root}{name}", "Field required")
+        return default
+
+    def no_others(self) -> None:
+        for key in self._value:
+            if key not in self._taken:
+                raise _Invalid(f"{self._root}{key}", "Extra inputs are not permitted")
 
 
 # --- one JSON value each -------------------------------------------------------------------
-
-
-def _object(
-    value: object, where: str, known: frozenset[str], required: tuple[str, ...]
-) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise _Invalid(where, "Input should be an object")
-    root = "" if where == "(the document)" else f"{where}."
-    for key in value:
-        if key not in known:
-            raise _Invalid(f"{root}{key}", "Extra inputs are not permitted")
-    for key in required:
-        if key not in value:
-            raise _Invalid(f"{root}{key}", "Field required")
-    return value
 
 
 def _text(value: object, where: str, *, empty: bool = False) -> str:

@@ -86,6 +86,14 @@ REFUSED: list[tuple[Any, str]] = [
     (with_(restart=RESTART, on_rotate="SIGHUP"), ""),
     (with_(colour="blue"), "colour"),
     ([], ""),
+    # Several faults: the first in the models' field order, extra fields after the rest.
+    ({"mode": "x"}, "mode"),
+    ({"colour": "blue", "mode": "sidecar"}, "cluster"),
+    (with_(colour="blue", cluster=""), "cluster"),
+    (with_(token_path="t", directory="d"), "directory"),
+    (credential(mode="0600", name="DB"), "credentials.0.name"),
+    (with_(credentials=[{"name": "ok", "role": "r", "x": 1}, {"name": "DB"}]), "credentials.0.x"),
+    (with_(restart={"containers": ["App"], "signal": "x"}, on_rotate="SIGKILL"), "on_rotate"),
 ]
 
 # pydantic's lax mode reads these; the agent does not (the webhook writes numbers as numbers).
