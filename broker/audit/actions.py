@@ -90,3 +90,11 @@ class AuditAction(StrEnum):
     ACCESS_REVOKE = "access.revoke", "an operator revoked a grant"
     ACCESS_EXPIRE = "access.expire", "a grant's time ran out; its leases end"
     ACCESS_READ = "access.read", "one grant an operator's GetGrant or ListGrants decided on"
+    ACCESS_CLUSTER_REMOVED = (
+        "access.cluster_removed",
+        "a cluster grant's ServiceAccount and binding were deleted from its member cluster",
+    )
+    ACCESS_CLUSTER_REMOVE_FAILED = (
+        "access.cluster_remove_failed",
+        "deleting a cluster grant's objects failed; retried until done",
+    )

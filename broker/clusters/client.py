@@ -13,6 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
@@ -113,6 +114,20 @@ class ClusterClient:
             raise ClusterUnavailable(
                 f"cluster {self.config.name!r} is unreachable for {what}: {exc}"
             ) from exc
+
+    async def run(self, what: str, fn: Callable[[Any], T]) -> T:
+        """`fn(api_client)` off the event loop, bounded and with the errors of every call
+        here (rbac.py's calls)."""
+        return await self._call(what, lambda: fn(self._api))
+
+    def endpoint(self) -> tuple[str, str]:
+        """The API server's URL and CA bundle (PEM), as the broker reaches it."""
+        if isinstance(self.config, ClusterConnection):
+            return self.config.server, self.config.ca_pem
+        configuration = self._api.configuration
+        ca_file = configuration.ssl_ca_cert
+        ca = Path(ca_file).read_text() if ca_file else ""
+        return str(configuration.host), ca
 
     async def jwks(self) -> dict[str, Any]:
         """The cluster's service-account signing keys, from /openid/v1/jwks."""

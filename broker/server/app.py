@@ -243,7 +243,9 @@ def _admin_listener(
     clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
         ClustersServicer(runtime.clusters), admin
     )
-    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(runtime.access), admin)
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(runtime.access, runtime.cluster_access), admin
+    )
     services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],

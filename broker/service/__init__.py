@@ -15,6 +15,7 @@ the layers down (import-linter holds the order, pyproject.toml):
 """
 
 from .admin.access_grants import AccessFlow
+from .admin.cluster_access import ClusterAccessFlow, ClusterCredential
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
@@ -37,7 +38,9 @@ __all__ = [
     "AccessFlow",
     "AckMessage",
     "BrokerRuntime",
+    "ClusterAccessFlow",
     "ClusterAdmin",
+    "ClusterCredential",
     "ClusterView",
     "Deregistered",
     "GrantCredential",

@@ -35,6 +35,7 @@ from broker.settings import BrokerSettings, TokensSettings
 from broker.store import AsyncStore, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
+from .admin.cluster_access import ClusterAccessFlow
 from .admin.clusters import ClusterAdmin
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
@@ -105,6 +106,7 @@ class BrokerRuntime:
     clusters: ClusterAdmin
     pods: PodLeases
     access: AccessFlow
+    cluster_access: ClusterAccessFlow
     core: Core
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -244,6 +246,13 @@ class BrokerRuntime:
         )
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
+        cluster_access = ClusterAccessFlow(
+            core,
+            access=access,
+            callers=callers,
+            settings=settings.access,
+            backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
+        )
         runtime = cls(
             settings,
             store,
@@ -258,6 +267,7 @@ class BrokerRuntime:
             clusters,
             pods,
             access,
+            cluster_access,
             core,
             stack,
         )
@@ -274,6 +284,11 @@ class BrokerRuntime:
             Periodic("reconcile", settings.reconcile.interval, flows.reconciler.run_once),
             Periodic("rotation-queue", settings.rotation.resume_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
+            Periodic(
+                "cluster-access-cleanup",
+                settings.access.expiry_interval,
+                self.cluster_access.remove_due,
+            ),
             Periodic(
                 "scheduled-rotation", settings.rotation.schedule_interval, flows.scheduled.run_once
             ),

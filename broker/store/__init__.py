@@ -32,6 +32,7 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -39,9 +40,12 @@ from .records import (
     LIVE_STATES,
     CheckpointRecord,
     ClusterRecord,
+    EndPath,
     ExistingLease,
     GrantRecord,
     GrantState,
+    KubeGrantRecord,
+    KubeObjects,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -67,6 +71,7 @@ __all__ = [
     "ClusterNotFound",
     "ClusterRecord",
     "ClusterRepository",
+    "EndPath",
     "ExistingLease",
     "GrantNotFound",
     "GrantRecord",
@@ -74,6 +79,9 @@ __all__ = [
     "GrantState",
     "GrantStateConflict",
     "IssueInProgress",
+    "KubeGrantRecord",
+    "KubeGrantRepository",
+    "KubeObjects",
     "LeaseHandle",
     "LeaseNotFound",
     "LeaseQuery",

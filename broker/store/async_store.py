@@ -14,6 +14,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 from .clusters import ClusterRepository
 from .grants import GrantRepository
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .records import LeaseHandle, LeaseRecord
 from .roles import RoleRepository
@@ -93,7 +94,23 @@ class AsyncGrants(_Async[GrantRepository]):
     approve = _forward(GrantRepository.approve)
     deny = _forward(GrantRepository.deny)
     record_lease = _forward(GrantRepository.record_lease)
+    mark_issued = _forward(GrantRepository.mark_issued)
     end = _forward(GrantRepository.end)
+
+
+class AsyncKubeGrants(_Async[KubeGrantRepository]):
+    add = _forward(KubeGrantRepository.add)
+    get = _forward(KubeGrantRepository.get)
+    many = _forward(KubeGrantRepository.many)
+    of_cluster = _forward(KubeGrantRepository.of_cluster)
+    begin_create = _forward(KubeGrantRepository.begin_create)
+    record_uids = _forward(KubeGrantRepository.record_uids)
+    created = _forward(KubeGrantRepository.created)
+    to_remove = _forward(KubeGrantRepository.to_remove)
+    removal_failed = _forward(KubeGrantRepository.removal_failed)
+    removed = _forward(KubeGrantRepository.removed)
+    due = _forward(KubeGrantRepository.due)
+    pending_removals = _forward(KubeGrantRepository.pending_removals)
 
 
 class AsyncClusters(_Async[ClusterRepository]):
@@ -117,5 +134,6 @@ class AsyncStore:
     def __init__(self, store: Store, runner: StoreRunner) -> None:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
+        self.kube_grants = AsyncKubeGrants(store.kube_grants, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
         self.roles = AsyncRoles(store.roles, runner)

@@ -197,3 +197,35 @@ class GrantRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+KUBE_OBJECTS_CHECK = "objects IN ('absent', 'creating', 'present', 'removing', 'removed')"
+
+
+class KubeGrantRow(Base):
+    """What an access grant to a member cluster gives, and what the broker created there
+    for it: the ServiceAccount and the binding, by the UIDs the API server gave them."""
+
+    __tablename__ = "kube_grants"
+    __table_args__ = (
+        CheckConstraint(KUBE_OBJECTS_CHECK, name="ck_kube_grants_objects"),
+        Index("ix_kube_grants_objects_next", "objects", "next_attempt_at"),
+        Index("ix_kube_grants_cluster", "cluster"),
+    )
+
+    grant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str | None] = mapped_column(String(63))
+    cluster_role: Mapped[str] = mapped_column(String(NAME))
+    account_namespace: Mapped[str] = mapped_column(String(63))
+    account: Mapped[str] = mapped_column(String(NAME))
+    objects: Mapped[str] = mapped_column(String(16))
+    account_uid: Mapped[str | None] = mapped_column(String(64))
+    binding_uid: Mapped[str | None] = mapped_column(String(64))
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    ended_path: Mapped[str | None] = mapped_column(String(32))
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -27,6 +27,7 @@ from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine
 from .failures import store_errors
 from .grants import GrantRepository
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
@@ -45,6 +46,7 @@ class Store:
         self.audit_chain = AuditChainRepository(sessions)
         self.clusters = ClusterRepository(sessions, clock)
         self.grants = GrantRepository(sessions)
+        self.kube_grants = KubeGrantRepository(sessions)
 
     @classmethod
     def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -49,9 +50,12 @@ from broker.store import (
 from ..common.audit_trail import operator_principal, system_principal
 from ..common.grant_terms import (
     ACCESS_OWNER,
+    KUBE_BACKEND,
+    KUBE_ROLE_PREFIX,
     check_grant_ask,
     grant_lease_request,
     grant_resource,
+    is_cluster_grant,
     new_grant,
 )
 from ..common.results import GrantCredential, GrantEnd
@@ -63,6 +67,14 @@ log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"
 UNKNOWN_BACKEND = "unknown"
 ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
+
+
+class GrantEnds(Protocol):
+    """What else ends with a grant: a cluster grant's objects in its member cluster
+    (cluster_access.py). Called after the grant ended in the store; it queues what it could
+    not do now and never raises for that."""
+
+    async def grant_ended(self, grant: GrantRecord, who: Principal, request_id: str) -> None: ...
 
 
 class AccessFlow:
@@ -83,6 +95,11 @@ class AccessFlow:
         self._engine = core.engine
         self._settings = settings
         self._clock = core.clock
+        self._ends: list[GrantEnds] = []
+
+    def on_end(self, ends: GrantEnds) -> None:
+        """Call `ends` whenever a grant ends (revoked or expired), after its leases."""
+        self._ends.append(ends)
 
     # -- request, decide -------------------------------------------------------------------
 
@@ -189,6 +206,11 @@ class AccessFlow:
                 who, AuditAction.ACCESS_ISSUE, grant, request_id, reason=refused
             )
             raise GrantStateConflict(grant, "used to issue a credential")
+        if is_cluster_grant(grant):
+            raise FailedPrecondition(
+                f"grant {grant.id} is access to a cluster ({grant.role}), not a credential: "
+                "IssueClusterAccess gives its kubeconfig (`keyferry access issue` calls it)"
+            )
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
         if isinstance(begun, ExistingLease):
@@ -251,6 +273,7 @@ class AccessFlow:
         )
         ended = await self._grants.end(grant.id, GrantState.REVOKED, operator.name, self._clock())
         pending = await self._end_leases(ended, who, request_id)
+        await self._end_others(ended, who, request_id)
         return GrantEnd(grant=ended, pending_lease_ids=pending)
 
     async def current(self, grant_id: str) -> GrantRecord:
@@ -287,6 +310,7 @@ class AccessFlow:
         if grant.state != ended.state:
             await self._audit.grant(who, AuditAction.ACCESS_EXPIRE, ended, request_id)
         await self._end_leases(ended, who, request_id)
+        await self._end_others(ended, who, request_id)
         log.info("grant expired", grant_id=ended.id, request_id=request_id)
         return ended
 
@@ -304,6 +328,10 @@ class AccessFlow:
                 log.warning("grant's lease queued", lease_id=lease.id, error=error.message)
                 queued.append(lease.id)
         return queued
+
+    async def _end_others(self, grant: GrantRecord, who: Principal, request_id: str) -> None:
+        for ends in self._ends:
+            await ends.grant_ended(grant, who, request_id)
 
     # -- read ------------------------------------------------------------------------------
 
@@ -347,7 +375,10 @@ class AccessFlow:
         return decision.allowed
 
     async def _backend_of(self, role_name: str) -> str:
-        """The role's backend for Cedar; `unknown` once the role was deleted."""
+        """The role's backend for Cedar; `unknown` once the role was deleted; `kubernetes`
+        for a grant of access to a cluster."""
+        if role_name.startswith(KUBE_ROLE_PREFIX):
+            return KUBE_BACKEND
         try:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:
