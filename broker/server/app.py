@@ -174,7 +174,18 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
         except KeyferryError:
             return float("nan")
 
-    metrics = BrokerMetrics(live_leases, pending_revocations, lambda: float(runtime.is_leader))
+    def cluster_removals() -> float:
+        try:
+            return float(runtime.store.kube_grants.pending_removals())
+        except KeyferryError:
+            return float("nan")
+
+    metrics = BrokerMetrics(
+        live_leases,
+        pending_revocations,
+        lambda: float(runtime.is_leader),
+        cluster_removals=cluster_removals,
+    )
     tls = workload_identity(settings.workload, settings.data_dir)
     if tls.generated:
         log.warning(

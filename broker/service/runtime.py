@@ -253,6 +253,7 @@ class BrokerRuntime:
             settings=settings.access,
             backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
         )
+        clusters.on_deregister(cluster_access.cluster_leaving)
         runtime = cls(
             settings,
             store,

@@ -41,6 +41,7 @@ from broker.settings import AccessSettings
 from broker.store import (
     EndPath,
     GrantRecord,
+    GrantState,
     GrantStateConflict,
     KubeGrantRecord,
     KubeObjects,
@@ -252,15 +253,22 @@ class ClusterAccessFlow:
                 f"{'removed' if details.objects == KubeObjects.REMOVING else 'made'} now; "
                 "try again in a minute"
             )
+        asked = False  # whether the API server was asked to make anything yet
         try:
             await cluster.require_cluster_role(details.cluster_role)
+            asked = True
             account_uid = await cluster.create_account(objects)
             await self._kube.record_uids(details.grant_id, self._clock(), account_uid=account_uid)
             binding_uid = await cluster.create_binding(objects)
             await self._kube.record_uids(details.grant_id, self._clock(), binding_uid=binding_uid)
             token = await cluster.token(objects, seconds)
         except KeyferryError:
-            await self._undo(details.grant_id)
+            if asked:
+                await self._undo(details.grant_id)
+            else:  # nothing was made: absent again at once
+                await self._kube.removed(
+                    details.grant_id, EndPath.ACCOUNT_DELETED, self._clock(), reopen=True
+                )
             raise
         made = await self._kube.created(details.grant_id, token.expires_at, self._clock())
         return made, token
@@ -284,6 +292,29 @@ class ClusterAccessFlow:
         details = await self._kube.to_remove(grant.id, self._clock(), again=again)
         if details.objects == KubeObjects.REMOVING:
             await self._remove(details, who, request_id, reopen=False)
+
+    async def cluster_leaving(self, operator: Operator, cluster: str, request_id: str) -> int:
+        """Deregistration: revoke the cluster's open grants and delete their objects now,
+        while the broker still reaches the cluster; how many could not be deleted."""
+        who = operator_principal(operator)
+        left = 0
+        for details in await self._kube.of_cluster(cluster):
+            if details.objects == KubeObjects.REMOVED:
+                continue
+            grant = await self._grants.get(details.grant_id)
+            if not grant.state.final:
+                grant = await self._grants.end(
+                    grant.id, GrantState.REVOKED, operator.name, self._clock()
+                )
+                await self._audit.grant(
+                    who, AuditAction.ACCESS_REVOKE, grant, request_id, reason="CLUSTER_DEREGISTERED"
+                )
+            record = await self._kube.to_remove(grant.id, self._clock())
+            if record.objects == KubeObjects.REMOVING and not await self._remove(
+                record, who, request_id, reopen=False
+            ):
+                left += 1
+        return left
 
     async def remove_due(self) -> int:
         """One pass of the cleanup job: removals due, and issues that died; how many done."""
