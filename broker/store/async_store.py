@@ -110,6 +110,7 @@ class AsyncKubeGrants(_Async[KubeGrantRepository]):
     removal_failed = _forward(KubeGrantRepository.removal_failed)
     removed = _forward(KubeGrantRepository.removed)
     due = _forward(KubeGrantRepository.due)
+    present = _forward(KubeGrantRepository.present)
     pending_removals = _forward(KubeGrantRepository.pending_removals)
 
 

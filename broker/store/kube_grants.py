@@ -165,6 +165,17 @@ class KubeGrantRepository:
         with store_errors("listing due cluster grant removals"), self._sessions() as session:
             return [_record(row) for row in session.scalars(query)]
 
+    def present(self, limit: int = DEFAULT_BATCH * 10) -> list[KubeGrantRecord]:
+        """Grants whose objects stand in their clusters (checked for edits each pass)."""
+        query = (
+            select(KubeGrantRow)
+            .where(KubeGrantRow.objects == KubeObjects.PRESENT)
+            .order_by(KubeGrantRow.grant_id)
+            .limit(limit)
+        )
+        with store_errors("listing present cluster grants"), self._sessions() as session:
+            return [_record(row) for row in session.scalars(query)]
+
     def pending_removals(self) -> int:
         """How many grants' objects still wait to be deleted (metrics)."""
         query = select(func.count()).where(KubeGrantRow.objects == KubeObjects.REMOVING)

@@ -392,7 +392,7 @@ async def test_an_unreachable_cluster_refuses_issue_and_holds_removal_until_it_a
     assert "access.cluster_remove_failed" in audit_actions(broker, made.id)
 
 
-async def test_labels_copied_onto_a_binding_keyferry_did_not_make_do_not_get_it_deleted(
+async def test_an_edited_binding_ends_the_grant_and_copied_labels_do_not_get_it_deleted(
     broker: Broker, cluster_a: KubeCluster
 ) -> None:
     made = await approved(broker, 30)
@@ -410,9 +410,11 @@ async def test_labels_copied_onto_a_binding_keyferry_did_not_make_do_not_get_it_
             return str(rbac.create_namespaced_role_binding(ORDERS, ours).metadata.uid)
 
     impostor = await asyncio.to_thread(replace_binding)
-    revoke = access_pb2.RevokeGrantRequest(grant_id=made.id)
-    await call(broker, BOB, "RevokeGrant", revoke)
-    await removed(broker, made.id)
+    # The broker notices its binding is gone (another UID stands there): the grant ends,
+    # its ServiceAccount is deleted, and the binding it did not make is left alone.
+    ended = await removed(broker, made.id)
+    assert ended.state == access_pb2.GRANT_STATE_REVOKED
+    assert ended.ended_by == "broker.cluster-access"
     assert await left_in(cluster_a, made.id) == [f"RoleBinding/{ORDERS}/{name}"]
 
     def uid_now() -> str:

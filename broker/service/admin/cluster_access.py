@@ -317,7 +317,9 @@ class ClusterAccessFlow:
         return left
 
     async def remove_due(self) -> int:
-        """One pass of the cleanup job: removals due, and issues that died; how many done."""
+        """One pass of the cleanup job: grants whose binding was edited or deleted end;
+        removals due, and issues that died, are done; how many objects' removals were done."""
+        await self.end_edited()
         done = 0
         for details in await self._kube.due(self._clock()):
             reopen = False
@@ -328,6 +330,41 @@ class ClusterAccessFlow:
             if await self._remove(details, who, uuid.uuid4().hex, reopen=reopen):
                 done += 1
         return done
+
+    async def end_edited(self) -> int:
+        """End (revoked by the broker) every open grant whose binding is no longer the one
+        the broker made: deleted, replaced (another UID), or bound to another role or
+        subject; its objects are then deleted like any ended grant's. How many ended."""
+        ended = 0
+        for details in await self._kube.present():
+            if details.binding_uid is None:
+                continue
+            try:
+                cluster = ClusterAccess(self._client(details.cluster))
+                if await cluster.binding_intact(_objects(details), details.binding_uid):
+                    continue
+            except KeyferryError as error:
+                log.warning(
+                    "cluster grant not checked", grant_id=details.grant_id, error=error.message
+                )
+                continue
+            grant = await self._grants.get(details.grant_id)
+            if grant.state.final:
+                continue
+            who, request_id = system_principal(CLEANUP_JOB), uuid.uuid4().hex
+            try:
+                grant = await self._grants.end(
+                    grant.id, GrantState.REVOKED, CLEANUP_JOB, self._clock()
+                )
+            except GrantStateConflict:
+                continue  # ended otherwise meanwhile; its end removes the objects
+            await self._audit.grant(
+                who, AuditAction.ACCESS_REVOKE, grant, request_id, reason="CLUSTER_OBJECTS_EDITED"
+            )
+            log.warning("cluster grant's binding was edited; grant revoked", grant_id=grant.id)
+            await self._remove_now(grant, who, request_id)
+            ended += 1
+        return ended
 
     async def pending_removals(self) -> int:
         return await self._kube.pending_removals()
