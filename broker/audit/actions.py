@@ -82,6 +82,11 @@ class AuditAction(StrEnum):
     CLUSTERS_LIST = "clusters.list", "one cluster an operator's ListClusters decided on"
     CLUSTERS_DEREGISTER = "clusters.deregister", "an operator deregistered a cluster"
 
+    POLICY_EXPLAIN = (
+        "policy.explain",
+        "an operator asked who can get a role, or why a request would be decided so",
+    )
+
     # Just-in-time access grants (AccessService).
     ACCESS_REQUEST = "access.request", "an operator requested a grant of a role"
     ACCESS_APPROVE = "access.approve", "an operator approved a grant"

@@ -26,8 +26,8 @@ from broker.policy import Workload
 
 from .config import ClusterConfig
 from .connection import ClusterConnection, api_client
-from .live_pods import LivePods
-from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch
+from .live_pods import LivePod, LivePods
+from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch, live_pod
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
@@ -166,6 +166,22 @@ class ClusterClient:
         """A watch of this cluster's pods reporting each one that ended (not started yet);
         while it runs it keeps `live_pods`, which answers ensure_pod_bound without a call."""
         return PodWatch(self.config.name, self._api, on_ended, self.live_pods)
+
+    async def pods_now(self) -> tuple[list[tuple[str, str, LivePod]], str]:
+        """The cluster's pods as (namespace, name, pod) and where they came from: the pod
+        watch's live set while it is trusted ("watch"), else one list of the API server
+        ("listed")."""
+        held = self.live_pods.snapshot()
+        if held is not None:
+            return held, "watch"
+
+        def listed() -> list[tuple[str, str, LivePod]]:
+            pods: Any = k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
+                _request_timeout=self.timeout
+            )
+            return [(p.metadata.namespace, p.metadata.name, live_pod(p)) for p in pods.items]
+
+        return await self._call("list pods", listed), "listed"
 
     async def live_pod_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pod if it exists and has not finished; None otherwise."""

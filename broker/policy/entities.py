@@ -22,6 +22,7 @@ class Action(StrEnum):
     GRANT = "grant"
     APPROVE = "approve"
     AUDIT = "audit"
+    EXPLAIN = "explain"
     REQUEST_ACCESS = "request_access"
     APPROVE_ACCESS = "approve_access"
     REVOKE_ACCESS = "revoke_access"

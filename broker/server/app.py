@@ -29,6 +29,8 @@ from broker.api.v1 import (
     broker_pb2_grpc,
     clusters_pb2,
     clusters_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -44,6 +46,7 @@ from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
+from .policy_servicer import PolicyServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -54,6 +57,7 @@ ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
 # Connection limits on the workload port. A client may ping at most once a minute, and only
 # while it has a call open (an agent's Watch stream); past two strikes the connection is
@@ -257,7 +261,8 @@ def _admin_listener(
     access_pb2_grpc.add_AccessServiceServicer_to_server(
         AccessServicer(runtime.access, runtime.cluster_access), admin
     )
-    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE]
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(runtime.who_can), admin)
+    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE, POLICY_SERVICE]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

@@ -22,6 +22,7 @@ from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
 from .admin.rotation import RotationFlow
 from .admin.selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
+from .admin.who_can import WhoCanAnswer, WhoCanFlow, WhyAnswer
 from .common.callers import bearer_token
 from .common.refusals import CALLER_PEER
 from .common.results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
@@ -73,5 +74,8 @@ __all__ = [
     "TokenExpired",
     "WatchEvent",
     "WatchFlow",
+    "WhoCanAnswer",
+    "WhoCanFlow",
+    "WhyAnswer",
     "bearer_token",
 ]

@@ -41,6 +41,7 @@ from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotationFlow
 from .admin.rotation import RotationFlow
+from .admin.who_can import WhoCanFlow
 from .common.audit_trail import AuditTrail
 from .common.callers import Callers, VerifyLimits
 from .common.gate import PolicyGate
@@ -107,6 +108,7 @@ class BrokerRuntime:
     pods: PodLeases
     access: AccessFlow
     cluster_access: ClusterAccessFlow
+    who_can: WhoCanFlow
     core: Core
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -254,6 +256,12 @@ class BrokerRuntime:
             backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
         )
         clusters.on_deregister(cluster_access.cluster_leaving)
+        who_can = WhoCanFlow(
+            core,
+            catalog=catalog,
+            callers=callers,
+            policy_text="\n".join(path.read_text() for path in settings.policies),
+        )
         runtime = cls(
             settings,
             store,
@@ -269,6 +277,7 @@ class BrokerRuntime:
             pods,
             access,
             cluster_access,
+            who_can,
             core,
             stack,
         )

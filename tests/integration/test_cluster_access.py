@@ -56,8 +56,9 @@ REASON = "INC-4711: orders pods crash-looping"
 ORDERS = "orders"
 ABSENT_ROLE = "keyferry-test-absent"  # in the broker's RBAC and settings, not in the cluster
 UNRIGHTED_ROLE = "admin"  # in the broker's settings, not in its RBAC
-# The example policies, and developers may also ask for the two ClusterRoles above (so the
-# cluster, not Cedar, is what refuses them).
+MISSING_NAMESPACE = "keyferry-no-such-ns"
+# The example policies, and developers may also ask for the two ClusterRoles above and the
+# missing namespace (so the cluster, not Cedar, is what refuses them).
 EXTRA_POLICY = f"""
 @id("test-developers-odd-roles")
 permit (
@@ -65,7 +66,10 @@ permit (
   action == Action::"request_cluster_access",
   resource is ClusterAccess
 )
-when {{ ["{ABSENT_ROLE}", "{UNRIGHTED_ROLE}"].contains(resource.cluster_role) }};
+when {{
+  ["{ABSENT_ROLE}", "{UNRIGHTED_ROLE}"].contains(resource.cluster_role) ||
+  resource.namespace == "{MISSING_NAMESPACE}"
+}};
 """
 ABSENT_ROLE_RIGHTS = f"""
 apiVersion: rbac.authorization.k8s.io/v1
@@ -322,7 +326,7 @@ async def test_what_the_cluster_lacks_is_named_and_nothing_is_left(
     broker: Broker, cluster_a: KubeCluster
 ) -> None:
     cases = [
-        ("namespace 'keyferry-no-such-ns' does not exist", "keyferry-no-such-ns", "edit"),
+        (f"namespace '{MISSING_NAMESPACE}' does not exist", MISSING_NAMESPACE, "edit"),
         (f"ClusterRole '{ABSENT_ROLE}' does not exist", ORDERS, ABSENT_ROLE),
         ("lacks a rule cluster access needs: get clusterroles", ORDERS, UNRIGHTED_ROLE),
     ]

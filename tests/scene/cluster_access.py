@@ -132,7 +132,8 @@ def kubectl_with(kubeconfig: Path, *args: str) -> Kubectl:
 def refused(result: Kubectl) -> bool:
     """kubectl failed because the API server said 401 or 403."""
     text = result.output.lower()
-    return not result.ok and ("forbidden" in text or "unauthorized" in text)
+    said = ("forbidden", "unauthorized", "must be logged in")  # 403; 401 as kubectl words it
+    return not result.ok and any(words in text for words in said)
 
 
 def grant_objects(api: Any, grant_id: str) -> list[str]:

@@ -84,6 +84,8 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("approve-platform", PLATFORM, Action.APPROVE, DB_ROLE, False, None),
     ("audit-security", SECURITY, Action.AUDIT, BROKER, True, "security-operators"),
     ("audit-nobody", NOBODY, Action.AUDIT, BROKER, False, None),
+    ("explain-security", SECURITY, Action.EXPLAIN, BROKER, True, "security-operators"),
+    ("explain-platform", PLATFORM, Action.EXPLAIN, BROKER, False, None),
     (
         "rotate-root-security",
         SECURITY,
