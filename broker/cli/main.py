@@ -12,7 +12,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, demo, revoke, roles, rotate, serve
+from . import access, admin, audit, clusters, demo, revoke, roles, rotate, serve, whocan
 
 app = typer.Typer(
     name="keyferry",
@@ -51,6 +51,8 @@ app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)
 app.command(epilog=revoke.EPILOG)(revoke.revoke)
 app.command(epilog=demo.EPILOG)(demo.demo)
+app.command("who-can", epilog=whocan.WHO_CAN_EPILOG)(whocan.who_can)
+app.command(epilog=whocan.WHY_EPILOG)(whocan.why)
 
 
 @app.command(epilog="Examples:\n\n  keyferry version\n\nExit codes: 0 printed.")

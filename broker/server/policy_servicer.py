@@ -27,12 +27,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def WhoCan(
         self, request: policy_pb2.WhoCanRequest, context: Context
     ) -> policy_pb2.WhoCanResponse:
-        answer = await self._flow.who_can(
-            operator_of(context),
-            request.role,
-            _credential(request.credential_name),
-            current_call().request_id,
-        )
+        if request.kube_role or request.cluster:
+            if request.role:
+                raise InvalidRequest("role", "give a role, or kube_role and cluster, not both")
+            answer = await self._flow.who_can_kube(
+                operator_of(context), request.cluster, request.kube_role, current_call().request_id
+            )
+        else:
+            answer = await self._flow.who_can(
+                operator_of(context),
+                request.role,
+                _credential(request.credential_name),
+                current_call().request_id,
+            )
         return policy_pb2.WhoCanResponse(
             role=answer.role,
             workloads=[
@@ -54,6 +61,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                     group=o.group or "",
                     action=o.action.value,
                     policy_ids=list(o.policy_ids),
+                    namespaces=list(o.namespaces),
                 )
                 for o in answer.operators
             ],

@@ -261,6 +261,7 @@ class BrokerRuntime:
             catalog=catalog,
             callers=callers,
             policy_text="\n".join(path.read_text() for path in settings.policies),
+            cluster_roles=settings.access.cluster_roles,
         )
         runtime = cls(
             settings,

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2
 from kubernetes import client as k8s
 from typer.testing import CliRunner
 
-from broker.api.v1 import access_pb2, access_pb2_grpc
+from broker.api.v1 import access_pb2, access_pb2_grpc, policy_pb2, policy_pb2_grpc
 from broker.audit import read_log
 from broker.cli.access import kubeconfig, write_private
 from broker.cli.main import app as cli
@@ -350,6 +350,34 @@ async def test_all_namespaces_needs_a_permit_naming_it(broker: Broker) -> None:
         await call(broker, ALICE, "RequestGrant", request)
     assert error_info(caught.value).reason == "POLICY_DENIED"
     assert "request_cluster_wide_access" in (caught.value.details() or "")
+
+
+async def test_who_can_request_a_cluster_role_answers_as_requests_are_decided(
+    broker: Broker,
+) -> None:
+    async with broker.admin_channel(BOB) as channel:
+        stub: Any = policy_pb2_grpc.PolicyServiceStub(channel)
+        reply = await stub.WhoCan(
+            policy_pb2.WhoCanRequest(kube_role="edit", cluster="a"), timeout=60
+        )
+    developers = [o for o in reply.operators if o.group == "developers"]
+    assert [o.action for o in developers] == ["request_cluster_access"]
+    where = set(developers[0].namespaces)
+    assert {ORDERS, MISSING_NAMESPACE} <= where
+    assert "developers-request-cluster-access" in developers[0].policy_ids
+    assert not [o for o in reply.operators if o.group == "security"]
+    # alice (developers) asks for real: allowed where who-can says, refused elsewhere.
+    for namespace in (ORDERS, "kube-system", "default"):
+        wanted = access_pb2.ClusterAccessRequest(cluster="a", namespace=namespace, kube_role="edit")
+        request = access_pb2.RequestGrantRequest(
+            cluster_access=wanted, duration=duration_pb2.Duration(seconds=600), reason=REASON
+        )
+        code = grpc.StatusCode.OK
+        try:
+            await call(broker, ALICE, "RequestGrant", request)
+        except grpc.RpcError as error:
+            code = error.code()
+        assert (code == grpc.StatusCode.OK) is (namespace in where), namespace
 
 
 # --- an unreachable cluster, and objects keyferry did not make ---------------------------------

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/policy.proto\x12\rbroker.api.v1\"6\n\rWhoCanRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\x02 \x01(\t\"\x86\x01\n\x0fWorkloadsWhoCan\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04pods\x18\x04 \x03(\t\x12\x12\n\npolicy_ids\x18\x05 \x03(\t\x12\x14\n\x0crefused_pods\x18\x06 \x03(\t\"U\n\x0eOperatorWhoCan\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\npolicy_ids\x18\x04 \x03(\t\"\x89\x02\n\x0eWhoCanResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x31\n\tworkloads\x18\x02 \x03(\x0b\x32\x1e.broker.api.v1.WorkloadsWhoCan\x12\x30\n\toperators\x18\x03 \x03(\x0b\x32\x1d.broker.api.v1.OperatorWhoCan\x12?\n\tinventory\x18\x04 \x03(\x0b\x32,.broker.api.v1.WhoCanResponse.InventoryEntry\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x1a\x30\n\x0eInventoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\nWhyRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x0e\n\x06groups\x18\x07 \x03(\t\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\t \x01(\t\"\x86\x01\n\x0bWhyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x12\n\npolicy_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\r\n\x05notes\x18\x07 \x03(\t2\x94\x01\n\rPolicyService\x12\x45\n\x06WhoCan\x12\x1c.broker.api.v1.WhoCanRequest\x1a\x1d.broker.api.v1.WhoCanResponse\x12<\n\x03Why\x12\x19.broker.api.v1.WhyRequest\x1a\x1a.broker.api.v1.WhyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/policy.proto\x12\rbroker.api.v1\"Z\n\rWhoCanRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\x02 \x01(\t\x12\x11\n\tkube_role\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\t\"\x86\x01\n\x0fWorkloadsWhoCan\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\x12\x0c\n\x04pods\x18\x04 \x03(\t\x12\x12\n\npolicy_ids\x18\x05 \x03(\t\x12\x14\n\x0crefused_pods\x18\x06 \x03(\t\"i\n\x0eOperatorWhoCan\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\npolicy_ids\x18\x04 \x03(\t\x12\x12\n\nnamespaces\x18\x05 \x03(\t\"\x89\x02\n\x0eWhoCanResponse\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x31\n\tworkloads\x18\x02 \x03(\x0b\x32\x1e.broker.api.v1.WorkloadsWhoCan\x12\x30\n\toperators\x18\x03 \x03(\x0b\x32\x1d.broker.api.v1.OperatorWhoCan\x12?\n\tinventory\x18\x04 \x03(\x0b\x32,.broker.api.v1.WhoCanResponse.InventoryEntry\x12\x11\n\ttruncated\x18\x05 \x01(\x08\x1a\x30\n\x0eInventoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x01\n\nWhyRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63luster\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x17\n\x0fservice_account\x18\x04 \x01(\t\x12\x0b\n\x03pod\x18\x05 \x01(\t\x12\x10\n\x08operator\x18\x06 \x01(\t\x12\x0e\n\x06groups\x18\x07 \x03(\t\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\t \x01(\t\"\x86\x01\n\x0bWhyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x12\n\npolicy_ids\x18\x02 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08resource\x18\x06 \x01(\t\x12\r\n\x05notes\x18\x07 \x03(\t2\x94\x01\n\rPolicyService\x12\x45\n\x06WhoCan\x12\x1c.broker.api.v1.WhoCanRequest\x1a\x1d.broker.api.v1.WhoCanResponse\x12<\n\x03Why\x12\x19.broker.api.v1.WhyRequest\x1a\x1a.broker.api.v1.WhyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOCANRESPONSE_INVENTORYENTRY']._loaded_options = None
   _globals['_WHOCANRESPONSE_INVENTORYENTRY']._serialized_options = b'8\001'
   _globals['_WHOCANREQUEST']._serialized_start=45
-  _globals['_WHOCANREQUEST']._serialized_end=99
-  _globals['_WORKLOADSWHOCAN']._serialized_start=102
-  _globals['_WORKLOADSWHOCAN']._serialized_end=236
-  _globals['_OPERATORWHOCAN']._serialized_start=238
-  _globals['_OPERATORWHOCAN']._serialized_end=323
-  _globals['_WHOCANRESPONSE']._serialized_start=326
-  _globals['_WHOCANRESPONSE']._serialized_end=591
-  _globals['_WHOCANRESPONSE_INVENTORYENTRY']._serialized_start=543
-  _globals['_WHOCANRESPONSE_INVENTORYENTRY']._serialized_end=591
-  _globals['_WHYREQUEST']._serialized_start=594
-  _globals['_WHYREQUEST']._serialized_end=769
-  _globals['_WHYRESPONSE']._serialized_start=772
-  _globals['_WHYRESPONSE']._serialized_end=906
-  _globals['_POLICYSERVICE']._serialized_start=909
-  _globals['_POLICYSERVICE']._serialized_end=1057
+  _globals['_WHOCANREQUEST']._serialized_end=135
+  _globals['_WORKLOADSWHOCAN']._serialized_start=138
+  _globals['_WORKLOADSWHOCAN']._serialized_end=272
+  _globals['_OPERATORWHOCAN']._serialized_start=274
+  _globals['_OPERATORWHOCAN']._serialized_end=379
+  _globals['_WHOCANRESPONSE']._serialized_start=382
+  _globals['_WHOCANRESPONSE']._serialized_end=647
+  _globals['_WHOCANRESPONSE_INVENTORYENTRY']._serialized_start=599
+  _globals['_WHOCANRESPONSE_INVENTORYENTRY']._serialized_end=647
+  _globals['_WHYREQUEST']._serialized_start=650
+  _globals['_WHYREQUEST']._serialized_end=825
+  _globals['_WHYRESPONSE']._serialized_start=828
+  _globals['_WHYRESPONSE']._serialized_end=962
+  _globals['_POLICYSERVICE']._serialized_start=965
+  _globals['_POLICYSERVICE']._serialized_end=1113
 # @@protoc_insertion_point(module_scope)

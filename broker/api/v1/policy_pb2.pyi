@@ -20,26 +20,39 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class WhoCanRequest(_message.Message):
-    """WhoCanRequest names a role of the catalog."""
+    """WhoCanRequest names a role of the catalog, or a ClusterRole of a member cluster."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLE_FIELD_NUMBER: _builtins.int
     CREDENTIAL_NAME_FIELD_NUMBER: _builtins.int
+    KUBE_ROLE_FIELD_NUMBER: _builtins.int
+    CLUSTER_FIELD_NUMBER: _builtins.int
     role: _builtins.str
+    """A role of the catalog; empty with kube_role."""
     credential_name: _builtins.str
     """The credential name a pod would ask with (Cedar's context.credential_name); policies
     that look at it answer for this name. Empty: "who-can".
     """
+    kube_role: _builtins.str
+    """Instead of a role: a ClusterRole of the broker's access.cluster_roles, in `cluster`.
+    The answer names the operators who may request it (request_cluster_access) and in
+    which namespaces, and who may request it cluster-wide (request_cluster_wide_access,
+    namespace "*"). The namespaces asked about are those with live pods in the cluster and
+    those the policies name.
+    """
+    cluster: _builtins.str
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         credential_name: _builtins.str = ...,
+        kube_role: _builtins.str = ...,
+        cluster: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential_name", b"credential_name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "credential_name", b"credential_name", "kube_role", b"kube_role", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -102,6 +115,7 @@ class OperatorWhoCan(_message.Message):
     GROUP_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     POLICY_IDS_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
     operator: _builtins.str
     """The operator's name, or "(a member of G)" for a group, or "(an operator no policy
     names)".
@@ -109,9 +123,15 @@ class OperatorWhoCan(_message.Message):
     group: _builtins.str
     """The group, for a group's member."""
     action: _builtins.str
-    """issue (directly) or request_access (a just-in-time grant, approved by someone else)."""
+    """issue (directly) or request_access (a just-in-time grant, approved by someone else);
+    for a kube_role: request_cluster_access or request_cluster_wide_access.
+    """
     @_builtins.property
     def policy_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a kube_role: the namespaces it may be requested in ("*": all, cluster-wide)."""
+
     def __init__(
         self,
         *,
@@ -119,10 +139,11 @@ class OperatorWhoCan(_message.Message):
         group: _builtins.str = ...,
         action: _builtins.str = ...,
         policy_ids: _abc.Iterable[_builtins.str] | None = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "group", b"group", "operator", b"operator", "policy_ids", b"policy_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "group", b"group", "namespaces", b"namespaces", "operator", b"operator", "policy_ids", b"policy_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

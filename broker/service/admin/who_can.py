@@ -28,8 +28,16 @@ import cedarpy
 import structlog
 
 from broker.audit import AuditAction
+from broker.clusters.config import NAME as DNS_LABEL
 from broker.errors import InvalidRequest, KeyferryError
-from broker.policy import Action, BrokerResource, Operator, RoleResource, Workload
+from broker.policy import (
+    Action,
+    BrokerResource,
+    ClusterAccessResource,
+    Operator,
+    RoleResource,
+    Workload,
+)
 from broker.policy import Decision as PolicyDecision
 
 from ..common.callers import Callers
@@ -63,6 +71,7 @@ class OperatorAnswer:
     group: str | None
     action: Action
     policy_ids: tuple[str, ...]
+    namespaces: tuple[str, ...] = ()  # for a ClusterRole: where ("*": cluster-wide)
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,87 @@ class WhyAnswer:
 
 class WhoCanFlow:
     def __init__(
-        self, core: Core, *, catalog: RoleCatalog, callers: Callers, policy_text: str
+        self,
+        core: Core,
+        *,
+        catalog: RoleCatalog,
+        callers: Callers,
+        policy_text: str,
+        cluster_roles: tuple[str, ...] = (),
     ) -> None:
         self._gate = core.gate
         self._audit = core.audit
         self._catalog = catalog
         self._callers = callers
+        self._cluster_roles = cluster_roles
         self._groups, self._operators = mentioned(policy_text)
+        self._labels = named_labels(policy_text)
+
+    async def who_can_kube(
+        self, operator: Operator, cluster: str, kube_role: str, request_id: str
+    ) -> WhoCanAnswer:
+        """Who may request ClusterRole `kube_role` in `cluster`, and in which namespaces:
+        those with live pods there and those the policies name, and "*" (cluster-wide)."""
+        await self._allow(operator, f"kube:{cluster}/{kube_role}", request_id)
+        if kube_role not in self._cluster_roles:
+            raise InvalidRequest(
+                "kube_role",
+                f"{kube_role!r} is not one of the broker's access.cluster_roles "
+                f"({', '.join(self._cluster_roles)})",
+            )
+        client = self._callers.client(cluster)
+        if client is None:
+            raise InvalidRequest(
+                "cluster",
+                f"{cluster!r} is not a cluster the broker knows (`keyferry clusters list`)",
+            )
+        inventory: dict[str, str] = {}
+        namespaces = set(self._labels)
+        try:
+            pods, inventory[cluster] = await client.pods_now()
+            namespaces.update(namespace for namespace, _, _ in pods)
+        except KeyferryError as error:
+            inventory[cluster] = f"not asked: {error.message}"
+        context = {"duration_seconds": MIN_GRANT_SECONDS}
+        operators = []
+        for candidate, group in self._candidates():
+            allowed: list[str] = []
+            ids: set[str] = set()
+            for namespace in sorted(namespaces):
+                resource = ClusterAccessResource(
+                    cluster=cluster, namespace=namespace, cluster_role=kube_role
+                )
+                decision = await self._gate.decide(
+                    candidate, Action.REQUEST_CLUSTER_ACCESS, resource, None, context
+                )
+                if decision.allowed:
+                    allowed.append(namespace)
+                    ids.update(decision.policy_ids)
+            if allowed:
+                operators.append(
+                    OperatorAnswer(
+                        candidate.name,
+                        group,
+                        Action.REQUEST_CLUSTER_ACCESS,
+                        tuple(sorted(ids)),
+                        tuple(allowed),
+                    )
+                )
+            everywhere = ClusterAccessResource(cluster=cluster, cluster_role=kube_role)
+            decision = await self._gate.decide(
+                candidate, Action.REQUEST_CLUSTER_WIDE_ACCESS, everywhere, None, context
+            )
+            if decision.allowed:
+                operators.append(
+                    OperatorAnswer(
+                        candidate.name,
+                        group,
+                        Action.REQUEST_CLUSTER_WIDE_ACCESS,
+                        decision.policy_ids,
+                        ("*",),
+                    )
+                )
+        return WhoCanAnswer(f"kube:{cluster}/{kube_role}", [], operators, inventory, False)
 
     async def who_can(
         self, operator: Operator, role_name: str, credential: str, request_id: str
@@ -287,3 +370,23 @@ def mentioned(policy_text: str) -> tuple[set[str], set[str]]:
 
     walk(parsed)
     return groups, operators
+
+
+def named_labels(policy_text: str) -> set[str]:
+    """The string literals of the policies that could be namespace names (DNS labels)."""
+    parsed = json.loads(cedarpy.policies_to_json_str(policy_text))
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            value = node.get("Value")
+            if isinstance(value, str) and DNS_LABEL.fullmatch(value):
+                found.add(value)
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(parsed)
+    return found
