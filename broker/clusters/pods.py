@@ -159,5 +159,6 @@ def _finished(pod: Any) -> bool:
 
 def live_pod(pod: Any) -> LivePod:
     ending = pod.metadata.deletion_timestamp is not None or _finished(pod)
-    account = (pod.spec.service_account_name if pod.spec is not None else None) or "default"
+    spec = getattr(pod, "spec", None)  # a watch event's object may carry no spec
+    account = (spec.service_account_name if spec is not None else None) or "default"
     return LivePod(str(pod.metadata.uid), ending, account)
