@@ -31,6 +31,7 @@ from broker.api.v1 import access_pb2, access_pb2_grpc, policy_pb2, policy_pb2_gr
 from broker.audit import read_log
 from broker.cli.access import kubeconfig, write_private
 from broker.cli.main import app as cli
+from broker.clusters.rbac import ClusterAccess
 from broker.identity.admin_pki import AdminCa
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
@@ -121,14 +122,13 @@ async def relayed(
 
 
 @pytest.fixture
-async def broker(
+def broker_data(
     tmp_path: Path,
     vault: VaultServer,
     approle: tuple[str, str],
     transit: object,
-    clock: ShiftedClock,
     relayed: tuple[dict[str, Any], ApiRelay],
-) -> AsyncIterator[Broker]:
+) -> dict[str, Any]:
     data = config(tmp_path, vault, approle, {}, sqlite_url(tmp_path))
     data["clusters"] = [relayed[0]]
     policies = tmp_path / "policies.cedar"
@@ -144,7 +144,14 @@ async def broker(
     ca = AdminCa.load(tmp_path / "admin-ca")
     for name, groups in GROUPS.items():
         ca.issue_operator(name, groups)
-    running = await start_broker(data, tmp_path, clock)
+    return data
+
+
+@pytest.fixture
+async def broker(
+    tmp_path: Path, broker_data: dict[str, Any], clock: ShiftedClock
+) -> AsyncIterator[Broker]:
+    running = await start_broker(broker_data, tmp_path, clock)
     yield running
     await running.server.stop(1)
 
@@ -457,6 +464,52 @@ async def test_an_edited_binding_ends_the_grant_and_copied_labels_do_not_get_it_
             return str(found.metadata.uid)
 
     assert await asyncio.to_thread(uid_now) == impostor
+
+
+async def test_a_broker_killed_mid_issue_leaves_nothing_after_restart(
+    broker: Broker,
+    broker_data: dict[str, Any],
+    cluster_a: KubeCluster,
+    clock: ShiftedClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ServiceAccount and binding are made, then the broker stops before the token is
+    (the issue is cancelled, as a kill would leave it); the restarted broker's cleanup pass
+    deletes both once the issue's claim has passed, and the grant may be issued again."""
+    made = await approved(broker, 30)
+    real_token = ClusterAccess.token
+
+    async def hang(self: ClusterAccess, objects: Any, seconds: int) -> Any:
+        await asyncio.Event().wait()  # never: the broker dies here
+
+    monkeypatch.setattr(ClusterAccess, "token", hang)
+    issuing = asyncio.ensure_future(issue(broker, made.id))
+
+    async def both_made() -> bool:
+        return len(await left_in(cluster_a, made.id)) == 2
+
+    await until(both_made, "the grant's ServiceAccount and binding made", within=30)
+    await broker.server.stop(0)
+    with pytest.raises(grpc.RpcError):
+        await issuing
+    monkeypatch.setattr(ClusterAccess, "token", real_token)
+
+    restarted = await start_broker(broker_data, tmp_path, clock)
+    try:
+        assert len(await left_in(cluster_a, made.id)) == 2  # the issue still holds its claim
+        clock.offset = timedelta(minutes=2)  # past the claim: the pass takes the row
+
+        async def cleaned() -> bool:
+            return await left_in(cluster_a, made.id) == []
+
+        await until(cleaned, "the dead issue's objects deleted", within=30)
+        assert (await grant(restarted, made.id)).cluster_access.objects == "absent"
+        reply = await issue(restarted, made.id)  # the grant is still good
+        config_file = write_kubeconfig(reply, tmp_path / "after-restart.yaml")
+        assert (await kubectl(config_file, "get", "pods", f"-n={ORDERS}")).ok
+    finally:
+        await restarted.server.stop(1)
 
 
 # --- helpers --------------------------------------------------------------------------------
