@@ -27,7 +27,14 @@ from google.protobuf import duration_pb2
 from kubernetes import client as k8s
 from typer.testing import CliRunner
 
-from broker.api.v1 import access_pb2, access_pb2_grpc, policy_pb2, policy_pb2_grpc
+from broker.api.v1 import (
+    access_pb2,
+    access_pb2_grpc,
+    clusters_pb2,
+    clusters_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+)
 from broker.audit import read_log
 from broker.cli.access import kubeconfig, write_private
 from broker.cli.main import app as cli
@@ -35,6 +42,7 @@ from broker.clusters.rbac import ClusterAccess
 from broker.identity.admin_pki import AdminCa
 from tests.bed.kube import KubeCluster
 from tests.bed.vault import VaultServer
+from tests.scene.admin_helpers import PLATFORM
 from tests.scene.broker import DOCS, Broker, config, start_broker
 from tests.scene.clocks import ShiftedClock
 from tests.scene.cluster_access import (
@@ -46,6 +54,7 @@ from tests.scene.cluster_access import (
     refused,
     relayed_broker_cluster,
 )
+from tests.scene.member_clusters import broker_kubeconfig, register_request
 from tests.scene.polling import until
 from tests.scene.stores import sqlite_url
 from tests.scene.workloads import error_info
@@ -510,6 +519,38 @@ async def test_a_broker_killed_mid_issue_leaves_nothing_after_restart(
         assert (await kubectl(config_file, "get", "pods", f"-n={ORDERS}")).ok
     finally:
         await restarted.server.stop(1)
+
+
+async def test_deregistering_a_cluster_ends_its_grants_and_deletes_their_objects(
+    broker: Broker, kube_clusters: dict[str, KubeCluster], tmp_path: Path
+) -> None:
+    b = kube_clusters["b"]
+    with b.api_client() as api:
+        ensure_namespace(api, ORDERS)
+    request = register_request(b, await asyncio.to_thread(broker_kubeconfig, b, tmp_path))
+    async with broker.admin_channel(PLATFORM) as channel:
+        clusters: Any = clusters_pb2_grpc.ClustersServiceStub(channel)
+        await clusters.RegisterCluster(request, timeout=60)
+    wanted = access_pb2.ClusterAccessRequest(cluster="b", namespace=ORDERS, kube_role="view")
+    asked = access_pb2.RequestGrantRequest(
+        cluster_access=wanted, duration=duration_pb2.Duration(seconds=1800), reason=REASON
+    )
+    made = (await call(broker, ALICE, "RequestGrant", asked)).grant
+    await call(broker, BOB, "ApproveGrant", access_pb2.ApproveGrantRequest(grant_id=made.id))
+    config_file = write_kubeconfig(await issue(broker, made.id), tmp_path / "b.yaml")
+    assert (await kubectl(config_file, "get", "pods", f"-n={ORDERS}")).ok
+    assert len(await left_in(b, made.id)) == 2
+
+    async with broker.admin_channel(PLATFORM) as channel:
+        clusters = clusters_pb2_grpc.ClustersServiceStub(channel)
+        await clusters.DeregisterCluster(
+            clusters_pb2.DeregisterClusterRequest(name="b"), timeout=60
+        )
+    assert await left_in(b, made.id) == []
+    assert refused(await kubectl(config_file, "get", "pods", f"-n={ORDERS}"))
+    ended = await grant(broker, made.id)
+    assert ended.state == access_pb2.GRANT_STATE_REVOKED
+    assert ended.cluster_access.objects == "removed"
 
 
 # --- helpers --------------------------------------------------------------------------------

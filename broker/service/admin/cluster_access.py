@@ -224,6 +224,8 @@ class ClusterAccessFlow:
         try:
             if details.objects == KubeObjects.PRESENT:
                 token = await cluster.token(objects, seconds)
+                # the latest token's end decides which path ends the access
+                details = await self._kube.created(grant.id, token.expires_at, self._clock())
             else:
                 details, token = await self._create(details, cluster, objects, seconds)
         except KeyferryError as error:
