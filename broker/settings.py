@@ -465,6 +465,12 @@ class AccessSettings(_Group):
         "member cluster has `bind` on exactly these (resourceNames)",
     )
 
+    rbac_sync_interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how often the leader brings every cluster's RBAC profile bindings in "
+        "line (creates missing ones, restores edited ones, removes unwanted ones it made)",
+    )
+
     @field_validator("cluster_roles")
     @classmethod
     def _role_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:

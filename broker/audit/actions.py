@@ -87,6 +87,14 @@ class AuditAction(StrEnum):
         "an operator asked who can get a role, or why a request would be decided so",
     )
 
+    RBAC_LABEL = "rbac.label", "an operator set a cluster's labels (RBAC profiles select by them)"
+    RBAC_READ = "rbac.read", "an operator read the clusters' labels"
+    RBAC_APPLY = "rbac.apply", "an operator applied RBAC profiles (or planned them: dry run)"
+    RBAC_BINDING = (
+        "rbac.binding",
+        "the RBAC sync created, restored or removed a profile's binding in a cluster",
+    )
+
     # Just-in-time access grants (AccessService).
     ACCESS_REQUEST = "access.request", "an operator requested a grant of a role"
     ACCESS_APPROVE = "access.approve", "an operator approved a grant"

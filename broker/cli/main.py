@@ -12,7 +12,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, demo, revoke, roles, rotate, serve, whocan
+from . import access, admin, audit, clusters, demo, rbac, revoke, roles, rotate, serve, whocan
 
 app = typer.Typer(
     name="keyferry",
@@ -46,6 +46,7 @@ app.add_typer(roles.app)
 app.add_typer(clusters.app)
 app.add_typer(audit.app)
 app.add_typer(access.app)
+app.add_typer(rbac.app)
 app.add_typer(admin.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)

@@ -386,3 +386,142 @@ class ClusterAccess:
                 f"{right.value}; apply docs/examples/broker-rbac.yaml (or the chart's "
                 f"memberRBAC) there. The API server said: {exc.message}"
             ) from exc
+
+
+# -- RBAC profiles' bindings (service/admin/rbac_sync.py) ---------------------------------
+
+PROFILE_LABEL = "keyferry.dev/profile"
+
+
+@dataclass(frozen=True)
+class ProfileBinding:
+    """A binding a profile asks for: `group` bound to `cluster_role`, in `namespace` (a
+    RoleBinding) or cluster-wide (None)."""
+
+    profile: str
+    group: str
+    cluster_role: str
+    namespace: str | None
+
+    @property
+    def name(self) -> str:
+        return f"keyferry-profile-{self.profile}"
+
+
+@dataclass(frozen=True)
+class FoundBinding:
+    uid: str
+    matches: bool  # role and subjects as the profile asks
+
+
+class ProfileBindings:
+    """Reads, creates and deletes (by UID) the bindings of RBAC profiles in one cluster."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        self._client = client
+        self.name = client.config.name
+
+    async def find(self, want: ProfileBinding) -> FoundBinding | None:
+        def read(api: Any) -> Any:
+            rbac = k8s.RbacAuthorizationV1Api(api)
+            try:
+                if want.namespace is None:
+                    return rbac.read_cluster_role_binding(
+                        want.name, _request_timeout=self._client.timeout
+                    )
+                return rbac.read_namespaced_role_binding(
+                    want.name, want.namespace, _request_timeout=self._client.timeout
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        found = await self._run(f"GET binding {want.name}", read, want)
+        if found is None:
+            return None
+        subjects = found.subjects or []
+        matches = (
+            found.role_ref.kind == "ClusterRole"
+            and found.role_ref.name == want.cluster_role
+            and len(subjects) == 1
+            and subjects[0].kind == "Group"
+            and subjects[0].name == want.group
+        )
+        return FoundBinding(str(found.metadata.uid), matches)
+
+    async def create(self, want: ProfileBinding) -> str | None:
+        """The new binding's UID; None when one of that name exists (not touched)."""
+        metadata = k8s.V1ObjectMeta(
+            name=want.name,
+            namespace=want.namespace,
+            labels={MANAGED_BY[0]: MANAGED_BY[1], PROFILE_LABEL: want.profile},
+            annotations={OWNER_ANNOTATION: f"profile/{want.profile}"},
+        )
+        role_ref = k8s.V1RoleRef(api_group=RBAC_GROUP, kind="ClusterRole", name=want.cluster_role)
+        subjects = [k8s.RbacV1Subject(kind="Group", name=want.group, api_group=RBAC_GROUP)]
+
+        def create(api: Any) -> Any:
+            rbac = k8s.RbacAuthorizationV1Api(api)
+            timeout = self._client.timeout
+            try:
+                if want.namespace is None:
+                    body = k8s.V1ClusterRoleBinding(
+                        metadata=metadata, role_ref=role_ref, subjects=subjects
+                    )
+                    return rbac.create_cluster_role_binding(body, _request_timeout=timeout)
+                namespaced = k8s.V1RoleBinding(
+                    metadata=metadata, role_ref=role_ref, subjects=subjects
+                )
+                return rbac.create_namespaced_role_binding(
+                    want.namespace, namespaced, _request_timeout=timeout
+                )
+            except ApiException as exc:
+                if exc.status == 409:
+                    return None
+                raise
+
+        made = await self._run(f"create binding {want.name}", create, want)
+        return None if made is None else str(made.metadata.uid)
+
+    async def delete(self, name: str, namespace: str | None, uid: str) -> Deleted:
+        def run(api: Any) -> Deleted:
+            rbac = k8s.RbacAuthorizationV1Api(api)
+            options = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid))
+            timeout = self._client.timeout
+            try:
+                if namespace is None:
+                    rbac.delete_cluster_role_binding(name, body=options, _request_timeout=timeout)
+                else:
+                    rbac.delete_namespaced_role_binding(
+                        name, namespace, body=options, _request_timeout=timeout
+                    )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return Deleted.GONE
+                if exc.status == 409:
+                    return Deleted.NOT_OURS
+                raise
+            return Deleted.DELETED
+
+        right = Right.CLUSTERROLEBINDINGS if namespace is None else Right.ROLEBINDINGS
+        try:
+            result: Deleted = await self._client.run(f"delete binding {name}", run)
+        except ClusterForbidden as exc:
+            raise _missing(self.name, right, exc) from exc
+        return result
+
+    async def _run(self, what: str, fn: Any, want: ProfileBinding) -> Any:
+        try:
+            return await self._client.run(what, fn)
+        except ClusterForbidden as exc:
+            right = Right.CLUSTERROLEBINDINGS if want.namespace is None else Right.ROLEBINDINGS
+            raise _missing(self.name, right, exc) from exc
+
+
+def _missing(cluster: str, right: Right, exc: ClusterForbidden) -> BrokerRightsMissing:
+    return BrokerRightsMissing(
+        f"the broker's RBAC in cluster {cluster!r} lacks a rule RBAC profiles need: "
+        f"{right.value}; apply docs/examples/broker-rbac.yaml (or the chart's memberRBAC) "
+        f"there. The API server said: {exc.message}"
+    )

@@ -23,6 +23,7 @@ class Action(StrEnum):
     APPROVE = "approve"
     AUDIT = "audit"
     EXPLAIN = "explain"
+    MANAGE_RBAC = "manage_rbac"
     REQUEST_ACCESS = "request_access"
     APPROVE_ACCESS = "approve_access"
     REVOKE_ACCESS = "revoke_access"

@@ -31,6 +31,8 @@ from broker.api.v1 import (
     clusters_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
+    rbac_pb2,
+    rbac_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -47,6 +49,7 @@ from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
 from .policy_servicer import PolicyServicer
+from .rbac_servicer import RbacServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -58,6 +61,7 @@ ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].f
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+RBAC_SERVICE = rbac_pb2.DESCRIPTOR.services_by_name["RbacService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
 # Connection limits on the workload port. A client may ping at most once a minute, and only
 # while it has a call open (an agent's Watch stream); past two strikes the connection is
@@ -262,7 +266,15 @@ def _admin_listener(
         AccessServicer(runtime.access, runtime.cluster_access), admin
     )
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(runtime.who_can), admin)
-    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE, POLICY_SERVICE]
+    rbac_pb2_grpc.add_RbacServiceServicer_to_server(RbacServicer(runtime.rbac), admin)
+    services = [
+        ROLES_SERVICE,
+        ROTATION_SERVICE,
+        CLUSTERS_SERVICE,
+        ACCESS_SERVICE,
+        POLICY_SERVICE,
+        RBAC_SERVICE,
+    ]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

@@ -17,6 +17,7 @@ the layers down (import-linter holds the order, pyproject.toml):
 from .admin.access_grants import AccessFlow
 from .admin.cluster_access import ClusterAccessFlow, ClusterCredential
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
+from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
@@ -57,6 +58,7 @@ __all__ = [
     "LeasesNotRevoked",
     "Outcome",
     "Planned",
+    "RbacSync",
     "ReleaseFlow",
     "RenewFlow",
     "RenewedLease",

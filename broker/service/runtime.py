@@ -37,6 +37,7 @@ from broker.store import AsyncStore, Store, StoreRunner
 from .admin.access_grants import AccessFlow
 from .admin.cluster_access import ClusterAccessFlow
 from .admin.clusters import ClusterAdmin
+from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotationFlow
@@ -109,6 +110,7 @@ class BrokerRuntime:
     access: AccessFlow
     cluster_access: ClusterAccessFlow
     who_can: WhoCanFlow
+    rbac: RbacSync
     core: Core
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -263,6 +265,7 @@ class BrokerRuntime:
             policy_text="\n".join(path.read_text() for path in settings.policies),
             cluster_roles=settings.access.cluster_roles,
         )
+        rbac = RbacSync(core, callers=callers, cluster_roles=settings.access.cluster_roles)
         runtime = cls(
             settings,
             store,
@@ -279,6 +282,7 @@ class BrokerRuntime:
             access,
             cluster_access,
             who_can,
+            rbac,
             core,
             stack,
         )
@@ -295,6 +299,7 @@ class BrokerRuntime:
             Periodic("reconcile", settings.reconcile.interval, flows.reconciler.run_once),
             Periodic("rotation-queue", settings.rotation.resume_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
+            Periodic("rbac-sync", settings.access.rbac_sync_interval, self.rbac.sync_once),
             Periodic(
                 "cluster-access-cleanup",
                 settings.access.expiry_interval,

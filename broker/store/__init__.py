@@ -35,6 +35,7 @@ from .grants import GrantRepository
 from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
+from .rbac import RbacBindingRecord, RbacRepository
 from .records import (
     LEASE_TRANSITIONS,
     LIVE_STATES,
@@ -91,6 +92,8 @@ __all__ = [
     "LeaseState",
     "LeaseStateConflict",
     "PendingLease",
+    "RbacBindingRecord",
+    "RbacRepository",
     "RoleNotFound",
     "RoleRecord",
     "RoleRepository",

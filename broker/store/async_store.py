@@ -16,6 +16,7 @@ from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
+from .rbac import RbacRepository
 from .records import LeaseHandle, LeaseRecord
 from .roles import RoleRepository
 from .runner import StoreRunner
@@ -114,6 +115,16 @@ class AsyncKubeGrants(_Async[KubeGrantRepository]):
     pending_removals = _forward(KubeGrantRepository.pending_removals)
 
 
+class AsyncRbac(_Async[RbacRepository]):
+    labels = _forward(RbacRepository.labels)
+    set_labels = _forward(RbacRepository.set_labels)
+    profiles = _forward(RbacRepository.profiles)
+    replace_profiles = _forward(RbacRepository.replace_profiles)
+    bindings = _forward(RbacRepository.bindings)
+    record_binding = _forward(RbacRepository.record_binding)
+    forget_binding = _forward(RbacRepository.forget_binding)
+
+
 class AsyncClusters(_Async[ClusterRepository]):
     add = _forward(ClusterRepository.add)
     get = _forward(ClusterRepository.get)
@@ -136,5 +147,6 @@ class AsyncStore:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
         self.kube_grants = AsyncKubeGrants(store.kube_grants, runner)
+        self.rbac = AsyncRbac(store.rbac, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
         self.roles = AsyncRoles(store.roles, runner)

@@ -229,3 +229,38 @@ class KubeGrantRow(Base):
     ended_path: Mapped[str | None] = mapped_column(String(32))
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ClusterLabelsRow(Base):
+    """A cluster's labels (`keyferry clusters label`), for RBAC profiles' selectors."""
+
+    __tablename__ = "cluster_labels"
+
+    cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RbacProfileRow(Base):
+    """An RBAC profile (`keyferry rbac apply`): a group bound to a ClusterRole wherever the
+    cluster's labels match."""
+
+    __tablename__ = "rbac_profiles"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RbacBindingRow(Base):
+    """A binding the broker made in a member cluster for a profile, by the UID the API
+    server gave it: the broker deletes or restores only these."""
+
+    __tablename__ = "rbac_bindings"
+
+    cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)  # "" cluster-wide
+    profile: Mapped[str] = mapped_column(String(63))
+    uid: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

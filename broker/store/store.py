@@ -30,6 +30,7 @@ from .grants import GrantRepository
 from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
+from .rbac import RbacRepository
 from .roles import RoleRepository
 
 
@@ -47,6 +48,7 @@ class Store:
         self.clusters = ClusterRepository(sessions, clock)
         self.grants = GrantRepository(sessions)
         self.kube_grants = KubeGrantRepository(sessions)
+        self.rbac = RbacRepository(sessions)
 
     @classmethod
     def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:

@@ -86,6 +86,8 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("audit-nobody", NOBODY, Action.AUDIT, BROKER, False, None),
     ("explain-security", SECURITY, Action.EXPLAIN, BROKER, True, "security-operators"),
     ("explain-platform", PLATFORM, Action.EXPLAIN, BROKER, False, None),
+    ("manage-rbac-platform", PLATFORM, Action.MANAGE_RBAC, BROKER, True, "platform-operators"),
+    ("manage-rbac-security", SECURITY, Action.MANAGE_RBAC, BROKER, False, None),
     (
         "rotate-root-security",
         SECURITY,

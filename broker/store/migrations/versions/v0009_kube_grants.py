@@ -9,6 +9,9 @@ the grant and the UIDs the API server gave it and its binding (ownership is chec
 UID, never by labels alone); where the objects are in their life (absent, creating,
 present, removing, removed), the deletion retries, and which path ended the access
 (the token's own expiry, or the ServiceAccount's deletion).
+
+And RBAC kept in sync across clusters: each cluster's labels, the RBAC profiles applied,
+and the bindings the broker made for them (by UID: it deletes or restores only those).
 """
 
 from __future__ import annotations
@@ -47,9 +50,33 @@ def upgrade() -> None:
     )
     op.create_index("ix_kube_grants_objects_next", "kube_grants", ["objects", "next_attempt_at"])
     op.create_index("ix_kube_grants_cluster", "kube_grants", ["cluster"])
+    op.create_table(
+        "cluster_labels",
+        sa.Column("cluster", sa.String(63), primary_key=True),
+        sa.Column("labels", sa.JSON(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "rbac_profiles",
+        sa.Column("name", sa.String(63), primary_key=True),
+        sa.Column("spec", sa.JSON(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "rbac_bindings",
+        sa.Column("cluster", sa.String(63), primary_key=True),
+        sa.Column("name", sa.String(253), primary_key=True),
+        sa.Column("namespace", sa.String(63), primary_key=True),
+        sa.Column("profile", sa.String(63), nullable=False),
+        sa.Column("uid", sa.String(64), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rbac_bindings")
+    op.drop_table("rbac_profiles")
+    op.drop_table("cluster_labels")
     op.drop_index("ix_kube_grants_cluster", "kube_grants")
     op.drop_index("ix_kube_grants_objects_next", "kube_grants")
     op.drop_table("kube_grants")
