@@ -32,7 +32,7 @@ def call_admin(
 
     try:
         context, path = load_context(context_file)
-        credentials = _credentials(context)
+        credentials = channel_credentials(context)
     except ContextInvalid as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(CONFIG) from None
@@ -61,7 +61,9 @@ def call_admin(
         raise typer.Exit(FAILED) from None
 
 
-def _credentials(context: CliContext) -> grpc.ChannelCredentials:
+def channel_credentials(context: CliContext) -> grpc.ChannelCredentials:
+    """The mutual-TLS credentials of the context: its CA, the operator's certificate and key;
+    ContextInvalid when a file cannot be read."""
     try:
         ca, cert, key = (p.read_bytes() for p in (context.ca, context.cert, context.key))
     except OSError as exc:

@@ -8,7 +8,7 @@ port and not another, and ops methods must never be reachable by pods:
   before they are decoded, and clients that ping too often are disconnected;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
   subject names the operator), RolesService, RotationService, ClustersService,
-  AccessService, health, reflection. Without
+  AccessService, AuditService, LeasesService, health, reflection. Without
   `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
@@ -25,10 +25,14 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.v1 import (
     access_pb2,
     access_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     clusters_pb2,
     clusters_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
     policy_pb2,
     policy_pb2_grpc,
     rbac_pb2,
@@ -50,6 +54,7 @@ from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
 from .policy_servicer import PolicyServicer
 from .rbac_servicer import RbacServicer
+from .records_servicer import AuditServicer, LeasesServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -62,6 +67,8 @@ CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].f
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
 POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 RBAC_SERVICE = rbac_pb2.DESCRIPTOR.services_by_name["RbacService"].full_name
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+LEASES_SERVICE = leases_pb2.DESCRIPTOR.services_by_name["LeasesService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
 # Connection limits on the workload port. A client may ping at most once a minute, and only
 # while it has a call open (an agent's Watch stream); past two strikes the connection is
@@ -267,6 +274,8 @@ def _admin_listener(
     )
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(runtime.who_can), admin)
     rbac_pb2_grpc.add_RbacServiceServicer_to_server(RbacServicer(runtime.rbac), admin)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(runtime.reading), admin)
+    leases_pb2_grpc.add_LeasesServiceServicer_to_server(LeasesServicer(runtime.listing), admin)
     services = [
         ROLES_SERVICE,
         ROTATION_SERVICE,
@@ -274,6 +283,8 @@ def _admin_listener(
         ACCESS_SERVICE,
         POLICY_SERVICE,
         RBAC_SERVICE,
+        AUDIT_SERVICE,
+        LEASES_SERVICE,
     ]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],

@@ -14,9 +14,13 @@ the layers down (import-linter holds the order, pyproject.toml):
 - common/: callers, the policy gate, the audit trail, the role catalog, sealing, results.
 """
 
+from .admin import audit_reading as audit_requests
+from .admin import lease_listing as lease_requests
 from .admin.access_grants import AccessFlow
+from .admin.audit_reading import AuditReading
 from .admin.cluster_access import ClusterAccessFlow, ClusterCredential
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
+from .admin.lease_listing import LeaseCount, LeaseListing, LeasePage
 from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
@@ -39,6 +43,7 @@ __all__ = [
     "CALLER_PEER",
     "AccessFlow",
     "AckMessage",
+    "AuditReading",
     "BrokerRuntime",
     "ClusterAccessFlow",
     "ClusterAdmin",
@@ -49,7 +54,10 @@ __all__ = [
     "GrantEnd",
     "IssueFlow",
     "IssuedLease",
+    "LeaseCount",
     "LeaseExpiring",
+    "LeaseListing",
+    "LeasePage",
     "LeaseProgress",
     "LeaseRenewed",
     "LeaseRevoked",
@@ -79,5 +87,7 @@ __all__ = [
     "WhoCanAnswer",
     "WhoCanFlow",
     "WhyAnswer",
+    "audit_requests",
     "bearer_token",
+    "lease_requests",
 ]

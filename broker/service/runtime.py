@@ -19,10 +19,13 @@ import structlog
 from broker.audit import (
     AuditChain,
     AuditLog,
+    FileRecords,
     Fingerprinter,
     JsonLinesSink,
+    RecordSource,
     StoreChainLog,
     StoreCheckpointSink,
+    StoreRecords,
 )
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
@@ -35,8 +38,10 @@ from broker.settings import BrokerSettings, TokensSettings
 from broker.store import AsyncStore, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
+from .admin.audit_reading import AuditReading, Transit
 from .admin.cluster_access import ClusterAccessFlow
 from .admin.clusters import ClusterAdmin
+from .admin.lease_listing import LeaseListing
 from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
@@ -112,6 +117,8 @@ class BrokerRuntime:
     who_can: WhoCanFlow
     rbac: RbacSync
     core: Core
+    reading: AuditReading
+    listing: LeaseListing
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -148,10 +155,13 @@ class BrokerRuntime:
         sink = JsonLinesSink(settings.audit.log)
         _on_close(stack, sink.close)
         audit_log: AuditChain
+        records: RecordSource
         if settings.audit.sink == "store":
             audit_log = StoreChainLog(store.audit_chain, chain=settings.audit.chain, copy=sink)
+            records = StoreRecords(store.audit_chain, settings.audit.chain)
         else:
             audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
+            records = FileRecords(settings.audit.log)
         audit = AuditTrail(
             audit_log,
             Fingerprinter(settings.audit.hmac_key),
@@ -249,23 +259,17 @@ class BrokerRuntime:
             core, configured=settings.clusters, callers=callers, sealer=sealer, pods=pods
         )
         await clusters.load()
-        access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
-        cluster_access = ClusterAccessFlow(
-            core,
-            access=access,
-            callers=callers,
-            settings=settings.access,
-            backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
+        access, cluster_access, who_can, rbac = _access_flows(
+            settings, core, backends=backends, callers=callers, catalog=catalog, clusters=clusters
         )
-        clusters.on_deregister(cluster_access.cluster_leaving)
-        who_can = WhoCanFlow(
+        reading = AuditReading(
             core,
-            catalog=catalog,
-            callers=callers,
-            policy_text="\n".join(path.read_text() for path in settings.policies),
-            cluster_roles=settings.access.cluster_roles,
+            source=records,
+            checkpoints=StoreCheckpointSink(store.checkpoints),
+            chain=settings.audit.chain,
+            vault=vault,
+            transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
         )
-        rbac = RbacSync(core, callers=callers, cluster_roles=settings.access.cluster_roles)
         runtime = cls(
             settings,
             store,
@@ -284,6 +288,8 @@ class BrokerRuntime:
             who_can,
             rbac,
             core,
+            reading,
+            LeaseListing(core),
             stack,
         )
         runtime._add_leader_jobs()
@@ -373,6 +379,37 @@ class BrokerRuntime:
     async def close(self) -> None:
         await self.stop_jobs()
         await self._stack.aclose()
+
+
+def _access_flows(
+    settings: BrokerSettings,
+    core: Core,
+    *,
+    backends: Backends,
+    callers: Callers,
+    catalog: RoleCatalog,
+    clusters: ClusterAdmin,
+) -> tuple[AccessFlow, ClusterAccessFlow, WhoCanFlow, RbacSync]:
+    """Access grants (credentials and member clusters), who-can, and the RBAC sync
+    (docs/cluster-access.md)."""
+    access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
+    cluster_access = ClusterAccessFlow(
+        core,
+        access=access,
+        callers=callers,
+        settings=settings.access,
+        backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
+    )
+    clusters.on_deregister(cluster_access.cluster_leaving)
+    who_can = WhoCanFlow(
+        core,
+        catalog=catalog,
+        callers=callers,
+        policy_text="\n".join(path.read_text() for path in settings.policies),
+        cluster_roles=settings.access.cluster_roles,
+    )
+    rbac = RbacSync(core, callers=callers, cluster_roles=settings.access.cluster_roles)
+    return access, cluster_access, who_can, rbac
 
 
 def verify_limits(tokens: TokensSettings) -> VerifyLimits:
