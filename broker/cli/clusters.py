@@ -147,7 +147,7 @@ def list_clusters(context: ContextOption = None, output: OutputOption = Output.T
     emit(
         rows,
         output,
-        columns=("name", "source", "contact", "jwks", "leases", "labels", "issuer"),
+        columns=("name", "source", "contact", "jwks", "leases", "issuer", "labels"),
         empty="no clusters yet; add one with `keyferry clusters register`",
     )
 

@@ -6,6 +6,7 @@ and removes its own when the profile goes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,8 +16,10 @@ import grpc
 import pytest
 import yaml
 from kubernetes import client as k8s
+from typer.testing import CliRunner
 
 from broker.api.v1 import rbac_pb2, rbac_pb2_grpc
+from broker.cli.main import app as cli
 from tests.bed.kube import KubeCluster
 from tests.scene.admin_helpers import PLATFORM
 from tests.scene.broker import Broker, start_broker
@@ -66,7 +69,7 @@ def admin_rbac(cluster: KubeCluster) -> Any:
 
 
 async def test_profiles_follow_labels_and_the_leader_keeps_clusters_so(
-    broker: Broker, kube_clusters: dict[str, KubeCluster]
+    broker: Broker, kube_clusters: dict[str, KubeCluster], tmp_path: Path
 ) -> None:
     a, b, c = (kube_clusters[n] for n in "abc")
     run = secrets.token_hex(3)
@@ -74,6 +77,25 @@ async def test_profiles_follow_labels_and_the_leader_keeps_clusters_so(
     for name in ("a", "b"):
         request = rbac_pb2.LabelClusterRequest(cluster=name, labels={"env": env})
         assert dict((await rbac_call(broker, "LabelCluster", request)).labels) == {"env": env}
+    listed = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        [
+            "clusters",
+            "list",
+            "-o",
+            "json",
+            "--context",
+            str(broker.context_file(tmp_path, PLATFORM)),
+        ],
+    )
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout[listed.stdout.index("[") :])
+    assert {r["name"]: r["labels"] for r in rows} == {
+        "a": f"env={env}",
+        "b": f"env={env}",
+        "c": None,
+    }
     oncall = {
         "name": f"oncall-{run}",
         "group": "oncall",
