@@ -13,6 +13,7 @@ import ssl
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
@@ -25,8 +26,8 @@ from broker.policy import Workload
 
 from .config import ClusterConfig
 from .connection import ClusterConnection, api_client
-from .live_pods import LivePods
-from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch
+from .live_pods import LivePod, LivePods
+from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch, live_pod
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
@@ -114,6 +115,20 @@ class ClusterClient:
                 f"cluster {self.config.name!r} is unreachable for {what}: {exc}"
             ) from exc
 
+    async def run(self, what: str, fn: Callable[[Any], T]) -> T:
+        """`fn(api_client)` off the event loop, bounded and with the errors of every call
+        here (rbac.py's calls)."""
+        return await self._call(what, lambda: fn(self._api))
+
+    def endpoint(self) -> tuple[str, str]:
+        """The API server's URL and CA bundle (PEM), as the broker reaches it."""
+        if isinstance(self.config, ClusterConnection):
+            return self.config.server, self.config.ca_pem
+        configuration = self._api.configuration
+        ca_file = configuration.ssl_ca_cert
+        ca = Path(ca_file).read_text() if ca_file else ""
+        return str(configuration.host), ca
+
     async def jwks(self) -> dict[str, Any]:
         """The cluster's service-account signing keys, from /openid/v1/jwks."""
 
@@ -151,6 +166,22 @@ class ClusterClient:
         """A watch of this cluster's pods reporting each one that ended (not started yet);
         while it runs it keeps `live_pods`, which answers ensure_pod_bound without a call."""
         return PodWatch(self.config.name, self._api, on_ended, self.live_pods)
+
+    async def pods_now(self) -> tuple[list[tuple[str, str, LivePod]], str]:
+        """The cluster's pods as (namespace, name, pod) and where they came from: the pod
+        watch's live set while it is trusted ("watch"), else one list of the API server
+        ("listed")."""
+        held = self.live_pods.snapshot()
+        if held is not None:
+            return held, "watch"
+
+        def listed() -> list[tuple[str, str, LivePod]]:
+            pods: Any = k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
+                _request_timeout=self.timeout
+            )
+            return [(p.metadata.namespace, p.metadata.name, live_pod(p)) for p in pods.items]
+
+        return await self._call("list pods", listed), "listed"
 
     async def live_pod_uid(self, namespace: str, name: str) -> str | None:
         """The UID of the pod if it exists and has not finished; None otherwise."""

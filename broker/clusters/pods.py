@@ -105,7 +105,7 @@ class PodWatch:
         for pod in pods.items:
             if _finished(pod):
                 self._report(pod)
-        self._live.replace((p.metadata.namespace, p.metadata.name, _live(p)) for p in pods.items)
+        self._live.replace((p.metadata.namespace, p.metadata.name, live_pod(p)) for p in pods.items)
         self.resource_version = pods.metadata.resource_version
 
     def _watch(self) -> None:
@@ -137,7 +137,7 @@ class PodWatch:
                 if kind == "DELETED":
                     self._live.remove(meta.namespace, meta.name, meta.uid)
                 else:
-                    self._live.put(meta.namespace, meta.name, _live(pod))
+                    self._live.put(meta.namespace, meta.name, live_pod(pod))
                 if kind == "DELETED" or (kind == "MODIFIED" and _finished(pod)):
                     self._report(pod)
             self._live.heard()  # the call ended at its timeout: the watch resumes now
@@ -157,6 +157,8 @@ def _finished(pod: Any) -> bool:
     return pod.status is not None and pod.status.phase in FINISHED
 
 
-def _live(pod: Any) -> LivePod:
+def live_pod(pod: Any) -> LivePod:
     ending = pod.metadata.deletion_timestamp is not None or _finished(pod)
-    return LivePod(str(pod.metadata.uid), ending)
+    spec = getattr(pod, "spec", None)  # a watch event's object may carry no spec
+    account = (spec.service_account_name if spec is not None else None) or "default"
+    return LivePod(str(pod.metadata.uid), ending, account)

@@ -18,6 +18,7 @@ from broker.errors import InvalidRequest
 from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
 from broker.service import (
     AckMessage,
+    ClusterCredential,
     ClusterView,
     GrantCredential,
     GrantEnd,
@@ -38,7 +39,7 @@ from broker.service import (
     Summary,
     WatchEvent,
 )
-from broker.store import GrantRecord, GrantState, LeaseRecord
+from broker.store import GrantRecord, GrantState, KubeGrantRecord, LeaseRecord
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 _CREDENTIAL_TYPES = {
@@ -266,6 +267,39 @@ def grant_message(grant: GrantRecord) -> access_pb2.Grant:
     if grant.ended_at is not None:
         message.ended_at.CopyFrom(_timestamp(grant.ended_at))
     return message
+
+
+def with_cluster_access(
+    message: access_pb2.Grant, details: KubeGrantRecord | None
+) -> access_pb2.Grant:
+    """The grant's message with what it gives in a member cluster, for a cluster grant."""
+    if details is None:
+        return message
+    access = message.cluster_access
+    access.cluster = details.cluster
+    access.namespace = details.namespace or ""
+    access.all_namespaces = details.namespace is None
+    access.kube_role = details.cluster_role
+    access.service_account_namespace = details.account_namespace
+    access.service_account = details.account
+    access.objects = details.objects.value
+    access.removal_attempts = details.attempts
+    access.last_error = details.last_error or ""
+    access.ended_path = details.ended_path.value if details.ended_path is not None else ""
+    if details.token_expires_at is not None:
+        access.token_expires_at.CopyFrom(_timestamp(details.token_expires_at))
+    return message
+
+
+def cluster_credential_response(issued: ClusterCredential) -> access_pb2.IssueClusterAccessResponse:
+    return access_pb2.IssueClusterAccessResponse(
+        grant=with_cluster_access(grant_message(issued.grant), issued.details),
+        server=issued.server,
+        ca_pem=issued.ca_pem,
+        token=issued.token,
+        token_expires_at=_timestamp(issued.token_expires_at),
+        namespace=issued.details.namespace or "",
+    )
 
 
 def grant_credential_response(issued: GrantCredential) -> access_pb2.IssueForGrantResponse:

@@ -33,17 +33,22 @@ from .errors import (
 from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowSigner, RowTampered
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
+from .rbac import RbacBindingRecord, RbacRepository
 from .records import (
     LEASE_TRANSITIONS,
     LIVE_STATES,
     CheckpointRecord,
     ClusterRecord,
     ClusterRequestRecord,
+    EndPath,
     ExistingLease,
     GrantRecord,
     GrantState,
+    KubeGrantRecord,
+    KubeObjects,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -70,6 +75,7 @@ __all__ = [
     "ClusterRecord",
     "ClusterRepository",
     "ClusterRequestRecord",
+    "EndPath",
     "ExistingLease",
     "GrantNotFound",
     "GrantRecord",
@@ -77,6 +83,9 @@ __all__ = [
     "GrantState",
     "GrantStateConflict",
     "IssueInProgress",
+    "KubeGrantRecord",
+    "KubeGrantRepository",
+    "KubeObjects",
     "LeaseHandle",
     "LeaseNotFound",
     "LeaseQuery",
@@ -86,6 +95,8 @@ __all__ = [
     "LeaseState",
     "LeaseStateConflict",
     "PendingLease",
+    "RbacBindingRecord",
+    "RbacRepository",
     "RoleNotFound",
     "RoleRecord",
     "RoleRepository",

@@ -23,7 +23,7 @@ the config file stay as they are: listed, never deregistered here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -97,6 +97,11 @@ class Deregistered:
     pending_grant_id: str | None = None
 
 
+Leaving = Callable[[Operator, str, str], Awaitable[int]]
+"""What else ends when a cluster is deregistered: (operator, cluster, request id) → how many
+things were not ended now (cluster_access.py's grants)."""
+
+
 class ClusterAdmin:
     def __init__(
         self,
@@ -123,6 +128,12 @@ class ClusterAdmin:
         self._sealer = sealer
         self._engine = core.engine
         self._pods = pods
+        self._leaving: list[Leaving] = []
+
+    def on_deregister(self, leaving: Leaving) -> None:
+        """Call `leaving` before a cluster is removed (while the broker still reaches it);
+        what it could not end now counts as queued, as leases do."""
+        self._leaving.append(leaving)
 
     async def load(self) -> int:
         """Join every registered cluster with its pinned JWKS (a cluster that is down at
@@ -368,9 +379,12 @@ class ClusterAdmin:
         if not await self._clusters.exists(name):
             raise ClusterNotFound(name)
         revoked, queued = await self._revoke_all(operator, name, request_id)
+        for leaving in self._leaving:
+            queued += await leaving(operator, name, request_id)
         if queued and not force:
             raise LeasesNotRevoked(
-                f"{queued} lease(s) of cluster {name!r} could not be revoked now and are "
+                f"{queued} lease(s) (or cluster grants' objects) of cluster {name!r} could "
+                "not be revoked now and are "
                 "queued for retry; the cluster stays registered. Retry later, or pass "
                 "--force to deregister it anyway"
             )
