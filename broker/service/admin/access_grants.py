@@ -109,11 +109,11 @@ class AccessFlow:
         self._settings = settings
         self._clock = core.clock
         self._approved: list[GrantApproved] = []
+        self._ends: list[GrantEnds] = []
 
     def on_approve(self, approved: GrantApproved) -> None:
         """Call `approved` whenever a grant is approved."""
         self._approved.append(approved)
-        self._ends: list[GrantEnds] = []
 
     def on_end(self, ends: GrantEnds) -> None:
         """Call `ends` whenever a grant ends (revoked or expired), after its leases."""
