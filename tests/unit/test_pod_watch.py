@@ -1,11 +1,13 @@
 """The pod watch's event handling, with the kubernetes client's Watch replaced by a script."""
 
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from broker.clusters.health import MAX_ERROR, ClusterHealth, HealthRecorder, WatchState
 from broker.clusters.live_pods import LivePod, LivePods
 from broker.clusters.pods import EndedPod, PodWatch
 
@@ -72,20 +74,63 @@ def test_the_watch_keeps_the_live_pods_and_a_failure_makes_them_untrusted(
     assert not live.vouches("ns", "job", "uid-job", allow_ending=True)  # deleted
 
     monkeypatch.setattr("broker.clusters.pods.RETRY_SECONDS", 0.0)
-    calls = 0
+    calls = lists = 0
 
     def failing() -> None:  # the API server answers 500 to the watch, then the watch stops
         nonlocal calls
         calls += 1
         assert live.vouches("ns", "api", "uid-api", allow_ending=True) == (calls == 1)
         if calls > 1:
+            assert health.read().watch is WatchState.RECONNECTING
+            assert health.read().watch_error == "HTTP 500 boom"
             watch._stop.set()
         raise ApiException(status=500, reason="boom")
 
+    def listing() -> None:  # a failure relists before watching again
+        nonlocal lists
+        lists += 1
+        watch.resource_version = "9"
+
+    health = HealthRecorder()
+    watch._health = health
     monkeypatch.setattr(watch, "_watch", failing)
+    monkeypatch.setattr(watch, "_list", listing)
     watch._run()
-    assert calls == 2
+    assert (calls, lists) == (2, 1)
     assert not live.vouches("ns", "api", "uid-api", allow_ending=True)
+    assert health.read().watch is WatchState.NOT_STARTED  # the watch stopped
+
+
+def test_the_health_follows_the_watch_from_list_to_failure_and_back() -> None:
+    stamps = iter(datetime(2026, 1, 1, 0, 0, s, tzinfo=UTC) for s in range(60))
+    health = HealthRecorder(lambda: next(stamps))
+    assert health.read() == ClusterHealth()  # nothing yet: not started, no contact
+    health.jwks_fetched()  # 00:00
+    health.watching()  # 01: the list answered
+    health.event()  # 02
+    first = health.read()
+    assert first.watch is WatchState.WATCHING
+    assert (first.jwks_fetched_at, first.watch_since, first.last_event, first.last_contact) == (
+        stamp(0),
+        stamp(1),
+        stamp(2),
+        stamp(2),
+    )
+    health.failed("MaxRetryError: connection refused " + "x" * 1000)  # 03
+    health.failed("MaxRetryError: connection refused")  # 04: still reconnecting since 03
+    down = health.read()
+    assert down.watch is WatchState.RECONNECTING
+    assert down.watch_error == "MaxRetryError: connection refused"
+    assert (down.watch_since, down.last_contact) == (stamp(3), stamp(2))
+    health.failed("x" * 1000)
+    assert len(health.read().watch_error) == MAX_ERROR
+    health.watching()  # 06
+    back = health.read()
+    assert (back.watch, back.watch_error, back.watch_since) == (WatchState.WATCHING, "", stamp(6))
+
+
+def stamp(second: int) -> datetime:
+    return datetime(2026, 1, 1, 0, 0, second, tzinfo=UTC)
 
 
 class Clock:
