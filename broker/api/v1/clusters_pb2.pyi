@@ -414,7 +414,9 @@ class Cluster(_message.Message):
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def pod_watch(self) -> Global___PodWatchHealth:
-        """The pod watch's state, since this broker started."""
+        """The pod watch's state as the replica that answers sees it, since it started: only the
+        leading replica watches pods, so another says WATCH_STATE_NOT_STARTED.
+        """
 
     def __init__(
         self,
