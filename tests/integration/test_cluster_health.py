@@ -65,7 +65,8 @@ async def test_clusters_report_contact_keys_and_a_pod_watch_that_reconnects_afte
     assert a.pod_watch.state == WATCHING
     assert a.pod_watch.last_error == ""
     assert a.last_contact.ToDatetime() >= a.pod_watch.last_event.ToDatetime()
-    assert a.HasField("jwks_fetched_at") and a.key_ids
+    assert a.HasField("jwks_fetched_at")
+    assert a.key_ids
 
     with RogueApiServer(tmp_path, jwks()) as api:
         async with broker.admin_channel(PLATFORM) as channel:
@@ -87,7 +88,8 @@ async def test_clusters_report_contact_keys_and_a_pod_watch_that_reconnects_afte
 
         up = await until(lambda: state(WATCHING), "the new cluster's pod watch is watching")
         assert up.source == clusters_pb2.CLUSTER_SOURCE_REGISTERED
-        assert up.HasField("last_contact") and up.HasField("jwks_fetched_at")
+        assert up.HasField("last_contact")
+        assert up.HasField("jwks_fetched_at")
 
         api.stop()
         down = await until(lambda: state(RECONNECTING), "the watch of a stopped API server")

@@ -24,7 +24,7 @@ the config file stay as they are: listed, never deregistered here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -86,7 +86,8 @@ class ClusterView:
     last_contact: datetime | None
     registered_at: datetime | None
     active_leases: int
-    health: ClusterHealth = ClusterHealth()  # the pod watch's state, since this broker started
+    # contact, JWKS fetch and the pod watch's state, since this broker started
+    health: ClusterHealth = field(default_factory=ClusterHealth)
 
 
 @dataclass(frozen=True)
