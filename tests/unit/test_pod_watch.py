@@ -1,5 +1,7 @@
-"""The pod watch's event handling, with the kubernetes client's Watch replaced by a script."""
+"""The pod watch's event handling, with the kubernetes client's Watch replaced by a script, and
+the cluster health it records, as a ListClusters message carries it."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -7,9 +9,12 @@ from typing import Any, ClassVar
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from broker.api.v1 import clusters_pb2
 from broker.clusters.health import MAX_ERROR, ClusterHealth, HealthRecorder, WatchState
 from broker.clusters.live_pods import LivePod, LivePods
 from broker.clusters.pods import EndedPod, PodWatch
+from broker.server import convert
+from broker.service.admin.clusters import ClusterView
 
 
 def _pod(name: str, version: str, phase: str = "Running", deleting: bool = False) -> Any:
@@ -166,3 +171,34 @@ def test_live_pods_vouch_only_while_whole_and_fresh_and_only_for_the_same_uid() 
     live.lost()
     assert not live.vouches("ns", "web", "uid-1", allow_ending=True)
     assert len(live) == 0
+
+
+def test_a_cluster_message_carries_the_watch_state_its_error_and_times() -> None:
+    view = ClusterView(
+        name="a",
+        server="https://10.0.0.1:6443",
+        issuer="https://issuer.example",
+        registered=False,
+        key_ids=("k1",),
+        jwks_fetched_at=stamp(0),
+        last_contact=stamp(5),
+        registered_at=None,
+        active_leases=2,
+        health=ClusterHealth(
+            last_contact=stamp(5),
+            jwks_fetched_at=stamp(0),
+            watch=WatchState.RECONNECTING,
+            watch_error="MaxRetryError: connection refused",
+            watch_since=stamp(4),
+            last_event=stamp(3),
+        ),
+    )
+    message = convert.cluster_message(view)
+    assert message.server == "https://10.0.0.1:6443"
+    assert message.pod_watch.state == clusters_pb2.WATCH_STATE_RECONNECTING
+    assert message.pod_watch.last_error == "MaxRetryError: connection refused"
+    assert message.pod_watch.since.ToDatetime(tzinfo=UTC) == stamp(4)
+    assert message.pod_watch.last_event.ToDatetime(tzinfo=UTC) == stamp(3)
+    quiet = convert.cluster_message(replace(view, health=ClusterHealth()))
+    assert quiet.pod_watch.state == clusters_pb2.WATCH_STATE_NOT_STARTED
+    assert not quiet.pod_watch.HasField("last_event")
