@@ -4,107 +4,87 @@ The webhook writes this into the agent container of every injected pod; the agen
 end-to-end harness, which runs the mutated pod's containers as local processes) reads it
 back from there and nowhere else. Changing a field here is an API change for every pod
 already running: bump `AGENT_SPEC_VERSION` and keep the agent reading the old version.
+
+The names, numbers and enums live in `injector.terms` (the standard library only) and are
+re-exported here; the agent reads the spec with `injector.agent.spec`, which mirrors these
+models without pydantic (tests/unit/test_agent_spec.py holds the two to the same rules).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Final, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from broker.names import ROLE_NAME_PATTERN
-from injector import probe
+from injector.terms import (
+    AGENT_COMMAND,
+    AGENT_SPEC_ENV,
+    AGENT_SPEC_VERSION,
+    BACKOFF_BASE_SECONDS,
+    BACKOFF_CAP_SECONDS,
+    BACKOFF_MAX_SECONDS,
+    CONTAINER_NAME_PATTERN,
+    CREDENTIAL_NAME_MAX,
+    CREDENTIAL_NAME_PATTERN,
+    CREDENTIAL_NAME_RE,
+    FILE_MODE,
+    FILE_MODE_MAX,
+    PROBE_COMMAND,
+    RESTART_COALESCE_MAX,
+    RESTART_COALESCE_SECONDS,
+    RESTART_GRACE_MAX,
+    RESTART_GRACE_SECONDS,
+    RESTART_MARKER_ENV,
+    RESTART_MIN_SPACING_MAX,
+    RESTART_MIN_SPACING_SECONDS,
+    RUN_ARGS,
+    FileFormat,
+    Mode,
+    Signal,
+    check_backoff,
+)
 
-# The spec's variable, version and credential names: the probe (stdlib only) reads them too.
-AGENT_SPEC_ENV: Final = probe.AGENT_SPEC_ENV
-"""The environment variable holding the `AgentSpec` as JSON."""
-AGENT_SPEC_VERSION: Final = probe.AGENT_SPEC_VERSION
-CREDENTIAL_NAME_MAX: Final = probe.CREDENTIAL_NAME_MAX
-CREDENTIAL_NAME_PATTERN: Final = probe.CREDENTIAL_NAME_PATTERN
-CREDENTIAL_NAME_RE: Final = probe.CREDENTIAL_NAME_RE
-
-AGENT_COMMAND = ("keyferry", "agent")
-RUN_ARGS = ("run",)
-"""`keyferry agent run`: issue every credential, write every file, then (sidecar mode) hold
-the Watch stream until SIGTERM, or (init-only mode) exit 0."""
-PROBE_COMMAND = ("python3", "-I", "-m", "injector.probe")
-"""The sidecar's startup and readiness probes: exit 0 when every credential file of the spec
-exists, 1 otherwise (`injector/probe.py`, the standard library only; `keyferry agent check`
-runs the same check for people). `python3` is the agent image's virtualenv interpreter (first
-on its PATH); `-I` keeps the pod's environment and working directory out of its imports."""
-
-FILE_MODE = 0o440
-"""Owner and group read; see docs/injector.md for who the owner and the group are."""
-
-BACKOFF_BASE_SECONDS: Final = 1.0
-BACKOFF_CAP_SECONDS: Final = 30.0
-"""The agent's retry backoff (full jitter): the first ceiling, doubling up to the cap. The cap
-also bounds the gRPC channel's own reconnect backoff."""
-BACKOFF_MAX_SECONDS: Final = 3600.0
+__all__ = [
+    "AGENT_COMMAND",
+    "AGENT_SPEC_ENV",
+    "AGENT_SPEC_VERSION",
+    "BACKOFF_BASE_SECONDS",
+    "BACKOFF_CAP_SECONDS",
+    "BACKOFF_MAX_SECONDS",
+    "CONTAINER_NAME_PATTERN",
+    "CREDENTIAL_NAME_MAX",
+    "CREDENTIAL_NAME_PATTERN",
+    "CREDENTIAL_NAME_RE",
+    "FILE_MODE",
+    "FILE_MODE_MAX",
+    "PROBE_COMMAND",
+    "RESTART_COALESCE_MAX",
+    "RESTART_COALESCE_SECONDS",
+    "RESTART_GRACE_MAX",
+    "RESTART_GRACE_SECONDS",
+    "RESTART_MARKER_ENV",
+    "RESTART_MIN_SPACING_MAX",
+    "RESTART_MIN_SPACING_SECONDS",
+    "RUN_ARGS",
+    "AgentSpec",
+    "BackoffSeconds",
+    "ContainerName",
+    "CredentialName",
+    "CredentialRequest",
+    "FileFormat",
+    "Mode",
+    "RestartSpec",
+    "RoleName",
+    "Signal",
+    "check_backoff",
+]
 
 BackoffSeconds = Annotated[float, Field(gt=0, le=BACKOFF_MAX_SECONDS)]
-
-
-def check_backoff(base: float, cap: float) -> None:
-    """ValueError naming both fields when the cap is below the base."""
-    if cap < base:
-        raise ValueError(
-            f"backoff_cap_seconds ({cap:g}) is below backoff_base_seconds ({base:g}); "
-            "the cap must be at least the base"
-        )
-
-
-RESTART_MARKER_ENV = "KEYFERRY_CONTAINER"
-"""`on-rotate: restart`: the webhook sets this variable to the container's own name in every
-container the agent may restart. The agent, which has no Kubernetes API token, finds a
-container's processes by this entry in `/proc/<pid>/environ` (docs/injector.md)."""
-RESTART_GRACE_SECONDS: Final = 30
-"""SIGTERM, then SIGKILL after this many seconds (`keyferry.io/restart-grace-seconds`)."""
-RESTART_GRACE_MAX: Final = 300
-RESTART_COALESCE_SECONDS: Final = 2.0
-"""Rotations within this long of the first one are put in use by one restart."""
-RESTART_MIN_SPACING_SECONDS: Final = 660.0
-"""Two restarts of a pod's containers are at least this far apart. The kubelet delays a
-container's restart (CrashLoopBackOff, 10 s doubling to 300 s) unless its previous restart is
-more than twice the 300 s cap ago; 600 s plus a minute's margin never meets that back-off."""
-
 CredentialName = Annotated[
     str, StringConstraints(pattern=CREDENTIAL_NAME_PATTERN, max_length=CREDENTIAL_NAME_MAX)
 ]
 RoleName = Annotated[str, StringConstraints(pattern=ROLE_NAME_PATTERN)]
-
-
-class Mode(StrEnum):
-    SIDECAR = "sidecar"
-    """A native sidecar (init container with restartPolicy Always): files rotate in place."""
-    INIT_ONLY = "init-only"
-    """A plain init container: files are written once, before the app starts, never rotated."""
-
-
-class FileFormat(StrEnum):
-    ENV = "env"
-    JSON = "json"
-    DSN = "dsn"
-    PGPASS = "pgpass"
-    AWS_CREDENTIALS = "aws-credentials"
-    PEM = "pem"
-
-
-class Signal(StrEnum):
-    """Signals an app may ask for on rotation: none of them is annotation can ask for SIGKILL."""
-
-    SIGHUP = "SIGHUP"
-    SIGINT = "SIGINT"
-    SIGQUIT = "SIGQUIT"
-    SIGTERM = "SIGTERM"
-    SIGUSR1 = "SIGUSR1"
-    SIGUSR2 = "SIGUSR2"
-    SIGWINCH = "SIGWINCH"
-
-
-CONTAINER_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-"""A Kubernetes container name (an RFC 1123 label)."""
 ContainerName = Annotated[str, StringConstraints(pattern=CONTAINER_NAME_PATTERN)]
 
 
@@ -116,8 +96,10 @@ class RestartSpec(BaseModel):
 
     containers: tuple[ContainerName, ...] = Field(min_length=1)
     grace_seconds: int = Field(default=RESTART_GRACE_SECONDS, ge=1, le=RESTART_GRACE_MAX)
-    coalesce_seconds: float = Field(default=RESTART_COALESCE_SECONDS, gt=0, le=60)
-    min_spacing_seconds: float = Field(default=RESTART_MIN_SPACING_SECONDS, ge=0, le=3600)
+    coalesce_seconds: float = Field(default=RESTART_COALESCE_SECONDS, gt=0, le=RESTART_COALESCE_MAX)
+    min_spacing_seconds: float = Field(
+        default=RESTART_MIN_SPACING_SECONDS, ge=0, le=RESTART_MIN_SPACING_MAX
+    )
 
 
 class CredentialRequest(BaseModel):
@@ -144,7 +126,7 @@ class AgentSpec(BaseModel):
     """The CA that signed the broker's workload listener; None: the system trust store."""
     directory: str = Field(pattern=r"^/")
     token_path: str = Field(pattern=r"^/")
-    file_mode: int = FILE_MODE
+    file_mode: int = Field(default=FILE_MODE, ge=0, le=FILE_MODE_MAX)
     credentials: tuple[CredentialRequest, ...] = Field(min_length=1)
     on_rotate: Signal | None = None
     """None: no signal; the app re-reads its files itself."""

@@ -33,8 +33,10 @@ from .errors import (
 from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowSigner, RowTampered
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
+from .rbac import RbacBindingRecord, RbacRepository
 from .records import (
     LEASE_TRANSITIONS,
     LIVE_STATES,
@@ -44,9 +46,12 @@ from .records import (
     ClusterRequestRecord,
     Completion,
     EndedAtOnce,
+    EndPath,
     ExistingLease,
     GrantRecord,
     GrantState,
+    KubeGrantRecord,
+    KubeObjects,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -76,6 +81,7 @@ __all__ = [
     "ClusterRepository",
     "ClusterRequestRecord",
     "Completion",
+    "EndPath",
     "EndedAtOnce",
     "ExistingLease",
     "GrantNotFound",
@@ -84,6 +90,9 @@ __all__ = [
     "GrantState",
     "GrantStateConflict",
     "IssueInProgress",
+    "KubeGrantRecord",
+    "KubeGrantRepository",
+    "KubeObjects",
     "LeaseHandle",
     "LeaseNotFound",
     "LeaseQuery",
@@ -94,6 +103,8 @@ __all__ = [
     "LeaseStateConflict",
     "LiveCaps",
     "PendingLease",
+    "RbacBindingRecord",
+    "RbacRepository",
     "RoleNotFound",
     "RoleRecord",
     "RoleRepository",

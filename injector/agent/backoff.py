@@ -9,7 +9,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from injector.contract import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, AgentSpec
+from injector.terms import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS
+
+from .spec import AgentSpec
 
 
 @dataclass

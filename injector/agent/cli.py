@@ -1,17 +1,16 @@
-"""`keyferry agent ...`: the in-pod agent. Mounted into the `keyferry` command."""
+"""`keyferry agent ...`: the in-pod agent. Mounted into the `keyferry` command.
+
+`keyferry agent run` and `keyferry agent check` do not come through here: the console
+script hands them to `injector.agent.launch`, which loads neither typer nor click (issue
+19's memory budget). This app serves `--help`, the generated CLI reference, and any other
+arguments (its usage errors), and runs the same functions when called.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
-
-import structlog
 import typer
 
-from injector import probe
-
-from . import main
+from . import launch
 
 app = typer.Typer(
     name="agent",
@@ -28,20 +27,6 @@ app = typer.Typer(
 )
 
 
-def _configure_logging() -> None:
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-
-
 @app.command(
     help="Issue every credential, write its file atomically, hold Watch until SIGTERM.",
     epilog=(
@@ -54,8 +39,7 @@ def _configure_logging() -> None:
     ),
 )
 def run() -> None:
-    _configure_logging()
-    raise typer.Exit(main.run(os.environ))
+    raise typer.Exit(launch.run())
 
 
 @app.command(
@@ -69,4 +53,4 @@ def run() -> None:
     ),
 )
 def check() -> None:
-    raise typer.Exit(probe.check(os.environ))
+    raise typer.Exit(launch.check())

@@ -1,39 +1,42 @@
 """The broker's workload API as the agent uses it: TLS, a bearer token read fresh from the
 projected token file on every call and every (re)connect, and gRPC failures mapped once,
-through `_mapped`, into the agent's error tree by status code and ErrorInfo reason."""
+through `_mapped`, into the agent's error tree by status code and ErrorInfo reason.
+
+The calls carry bytes: the agent writes and reads the messages itself (messages.py), so its
+process loads neither protobuf nor the generated modules."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from pydantic import BaseModel, ConfigDict, SecretStr
 
-from broker.api.v1 import broker_pb2, broker_pb2_grpc
-from injector.contract import BACKOFF_CAP_SECONDS
+from injector.terms import BACKOFF_CAP_SECONDS
 
+from . import messages
 from .errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchUnsupported
+from .messages import Ack, Expiring, Issued, MessageError, Renewed, Revoked, Rotated, WatchEvent
 from .token import read_token
 
-if TYPE_CHECKING:
-    from broker.api.v1.broker_pb2_grpc import BrokerServiceAsyncStub
+__all__ = [
+    "Ack",
+    "BrokerClient",
+    "Expiring",
+    "Issued",
+    "Renewed",
+    "Revoked",
+    "Rotated",
+    "WatchEvent",
+]
 
+_T = TypeVar("_T")
 
-class Ack(NamedTuple):
-    """What the agent sends up the Watch stream: the generation in place, and the app
-    containers it restarted to put it in use (empty unless `on-rotate: restart`)."""
-
-    lease_id: str
-    generation: int
-    restarted: tuple[str, ...] = ()
-
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""The trailer carrying a refusal's google.rpc.Status (its ErrorInfo and RetryInfo)."""
 
 CALL_TIMEOUT = 20.0
 """Seconds for Issue and Release; the broker itself waits up to 15 s for a pending lease."""
@@ -50,49 +53,6 @@ RETRYABLE = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
-
-
-class Issued(BaseModel):
-    """A lease the agent holds and the credential's values (hidden from repr and logs)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    lease_id: str
-    credential_name: str
-    generation: int
-    expires_at: datetime | None
-    values: dict[str, SecretStr]
-
-    def reveal(self) -> dict[str, str]:
-        return {key: value.get_secret_value() for key, value in self.values.items()}
-
-
-class Rotated(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    issued: Issued
-
-
-class Revoked(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    lease_id: str
-    reason: str
-
-
-class Expiring(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    lease_id: str
-    expires_at: datetime | None
-
-
-class Renewed(BaseModel):
-    """The broker extended the lease: it now ends at `expires_at`."""
-
-    model_config = ConfigDict(frozen=True)
-    lease_id: str
-    expires_at: datetime
-
-
-WatchEvent = Rotated | Revoked | Expiring | Renewed
 
 
 class BrokerClient:
@@ -115,33 +75,48 @@ class BrokerClient:
         self._channel = grpc.aio.secure_channel(
             address, grpc.ssl_channel_credentials(root_certificates=root), options=options
         )
-        self._stub: BrokerServiceAsyncStub = broker_pb2_grpc.BrokerServiceStub(self._channel)
+        # Bytes in and out: the agent writes and reads the messages itself (messages.py).
+        self._issue: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            messages.SERVICE + "Issue"
+        )
+        self._release: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(
+            messages.SERVICE + "Release"
+        )
+        self._watch: grpc.aio.StreamStreamMultiCallable[bytes, bytes] = self._channel.stream_stream(
+            messages.SERVICE + "Watch"
+        )
         self._token_path = token_path
 
     def _metadata(self) -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {read_token(self._token_path)}"),)
 
     async def issue(self, credential_name: str, role: str) -> Issued:
-        request = broker_pb2.IssueRequest(credential_name=credential_name, role=role)
+        request = messages.issue_request(credential_name, role)
         with _mapped("Issue", credential_name):
-            reply = await self._stub.Issue(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
-        return _issued(reply.lease, reply.credential)
+            reply = await self._issue(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+        return _decoded("Issue", credential_name, messages.issue_response, reply)
 
     async def release(self, lease_id: str) -> None:
-        request = broker_pb2.ReleaseRequest(lease_id=lease_id)
+        request = messages.release_request(lease_id)
         with _mapped("Release", lease_id):
-            await self._stub.Release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+            reply = await self._release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+        _decoded("Release", lease_id, messages.release_response, reply)
 
     async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
         """The Watch stream's events; every Ack put on `acks` is sent up."""
-        call: Any = self._stub.Watch(_ack_requests(acks), metadata=self._metadata())
+        call: Any = self._watch(_ack_requests(acks), metadata=self._metadata())
         try:
             while True:
                 with _mapped("Watch", "stream"):
                     response = await call.read()
                 if response is grpc.aio.EOF:
                     return
-                event = _event(response)
+                try:
+                    event = messages.watch_response(response)
+                except MessageError as exc:
+                    raise BrokerUnavailable(
+                        f"Broker.Watch (stream): a malformed WatchResponse: {exc}", "INTERNAL"
+                    ) from exc
                 if event is not None:
                     yield event
         finally:
@@ -151,64 +126,31 @@ class BrokerClient:
         await self._channel.close()
 
 
-async def _ack_requests(
-    acks: asyncio.Queue[Ack],
-) -> AsyncIterator[broker_pb2.WatchRequest]:
+async def _ack_requests(acks: asyncio.Queue[Ack]) -> AsyncIterator[bytes]:
     while True:
-        ack = await acks.get()
-        message = broker_pb2.Ack(
-            lease_id=ack.lease_id, generation=ack.generation, restarted_containers=ack.restarted
-        )
-        yield broker_pb2.WatchRequest(ack=message)
+        yield messages.watch_request(await acks.get())
 
 
-def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issued:
-    return Issued(
-        lease_id=lease.id,
-        credential_name=lease.credential_name,
-        generation=lease.generation,
-        expires_at=lease.expires_at.ToDatetime() if lease.HasField("expires_at") else None,
-        values={key: SecretStr(value) for key, value in credential.values.items()},
-    )
-
-
-def _event(response: broker_pb2.WatchResponse) -> WatchEvent | None:
-    kind = response.WhichOneof("event")
-    if kind == "rotated":
-        return Rotated(issued=_issued(response.rotated.lease, response.rotated.credential))
-    if kind == "revoked":
-        return Revoked(lease_id=response.revoked.lease_id, reason=response.revoked.reason)
-    if kind == "renewed":
-        return Renewed(
-            lease_id=response.renewed.lease_id,
-            expires_at=response.renewed.expires_at.ToDatetime(),
-        )
-    if kind != "expiring":
-        return None  # an event a newer broker sends: skipped, as docs/api.md asks
-    expires = response.expiring.expires_at
-    return Expiring(
-        lease_id=response.expiring.lease_id,
-        expires_at=expires.ToDatetime() if response.expiring.HasField("expires_at") else None,
-    )
+def _decoded(method: str, subject: str, decode: Callable[[bytes], _T], reply: bytes) -> _T:
+    """The reply read by `decode`; a malformed one is a refusal (a broker that answers
+    what it cannot mean is not retried into)."""
+    try:
+        return decode(reply)
+    except MessageError as exc:
+        raise BrokerRefused(
+            f"Broker.{method} ({subject}): a malformed reply: {exc}", "INTERNAL"
+        ) from exc
 
 
 def _details(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
     """The ErrorInfo reason ("" when none) and the RetryInfo delay in seconds (None)."""
-    try:
-        status = rpc_status.from_call(error)
-    except ValueError:
-        return "", None
-    reason, retry_after = "", None
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason = str(info.reason)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
-    return reason, retry_after
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return messages.status_details(value)
+            except MessageError:
+                break
+    return "", None
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 
-from injector.contract import FileFormat
+from injector.terms import FileFormat
 
 from .errors import FormatError
 

@@ -15,19 +15,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
-from injector.contract import AgentSpec
-
 from .backoff import Backoff
 from .errors import AgentError, BrokerError
-from .spec import load_spec
+from .log import get_logger
+from .spec import AgentSpec, load_spec
 
 if TYPE_CHECKING:
     from .client import BrokerClient
     from .session import AgentSession
 
-log = structlog.get_logger("keyferry.agent")
+log = get_logger("keyferry.agent")
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC = 0, 1, 2
 

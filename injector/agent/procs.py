@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from injector.contract import RESTART_MARKER_ENV
+from injector.terms import RESTART_MARKER_ENV
 
 PROC = Path("/proc")
 

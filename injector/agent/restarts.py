@@ -25,14 +25,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import structlog
-
-from injector.contract import RestartSpec
-
-from .client import Ack
+from .log import get_logger
+from .messages import Ack
 from .procs import MainProcess, boot_ticks, container_mains, started_at
+from .spec import RestartSpec
 
-log = structlog.get_logger("keyferry.agent")
+log = get_logger("keyferry.agent")
 
 POLL_SECONDS = 0.25
 """How often /proc is read while a container ends and while it comes back."""

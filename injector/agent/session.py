@@ -34,9 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import structlog
-
-from injector.contract import AgentSpec, CredentialRequest, FileFormat, Mode
+from injector.terms import FileFormat, Mode
 
 from .backoff import Backoff
 from .client import Ack, Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
@@ -49,11 +47,13 @@ from .errors import (
     WatchUnsupported,
 )
 from .formats import default_format, render
+from .log import get_logger
 from .procs import app_processes
 from .restarts import Restarter, Rotation
+from .spec import AgentSpec, CredentialRequest
 from .writer import remove_stale_temps, write_atomic
 
-log = structlog.get_logger("keyferry.agent")
+log = get_logger("keyferry.agent")
 
 RELEASE_TIMEOUT = 10.0
 EXPIRY_CHECK_SECONDS = 1.0

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         figures = json.loads(args.out.with_suffix(".json").read_text())
         section = run_section(args.only, QUICK if args.quick else FULL)
         remeasured = {**figures.get("remeasured", {}), **section.pop("remeasured")}
-        figures.update(section, remeasured=remeasured)
+        load = {**figures.get("load", {}), **section.pop("load", {})}  # the other sections'
+        figures.update(section, remeasured=remeasured, load=load)
     else:
         figures = run_all(QUICK if args.quick else FULL)
     soak_file = args.out.with_suffix("") / "soak.json"

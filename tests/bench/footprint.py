@@ -38,6 +38,8 @@ READY = 60.0
 STREAMS_PER_CHANNEL = 100
 OPEN_BURST = 100  # streams opened at once
 STREAMS_BUDGET = 240.0  # seconds; past it no further step starts (the page says so)
+CREDENTIALS = ("config", "config-2", "config-3", "config-4")
+"""Each agent's credentials (issue 19's agent target is for four), all of the KV role."""
 
 
 def cpu_share(pids: Sequence[int], seconds: float) -> list[float]:
@@ -79,7 +81,7 @@ def start_agent(scene: Scene, token: BoundToken, folder: Path) -> AgentProcess:
         "broker_ca_pem": scene.broker.ca.read_text(),
         "directory": str(folder / "files"),
         "token_path": str(folder / "token"),
-        "credentials": [{"name": "config", "role": KV_ROLE, "format": "json"}],
+        "credentials": [{"name": name, "role": KV_ROLE, "format": "json"} for name in CREDENTIALS],
     }
     log = folder / "agent.log"
     env = {**os.environ, AGENT_SPEC_ENV: json.dumps(spec)}
@@ -97,7 +99,7 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
     agents = [start_agent(scene, t, folder / f"agent-{i}") for i, t in enumerate(tokens)]
     try:
         deadline = time.monotonic() + READY
-        while not all((a.folder / "files" / "config").exists() for a in agents):
+        while not all((a.folder / "files" / n).exists() for a in agents for n in CREDENTIALS):
             for agent in agents:
                 if agent.process.poll() is not None:
                     raise RuntimeError(f"agent exited: {agent.log.read_text()[-2000:]}")
@@ -107,12 +109,15 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
         await asyncio.sleep(2.0)  # settle: Watch streams open, start-up garbage collected
         pids = [a.process.pid for a in agents]
         idle_rss = [rss_mib(p) for p in pids]
+        idle_anon = [rss_mib(p, "RssAnon") for p in pids]
         idle_cpu = await asyncio.to_thread(cpu_share, pids, IDLE_WINDOW)
 
         store = scene.broker.store()
         try:
             leases = [
-                store.leases.find_live(a.token.cluster, a.token.pod_uid, "config") for a in agents
+                store.leases.find_live(a.token.cluster, a.token.pod_uid, name)
+                for a in agents
+                for name in CREDENTIALS
             ]
         finally:
             store.close()
@@ -131,12 +136,16 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
             for start in range(0, len(ids), ROTATE_BATCH):
                 await rotate_batch(admin, ids[start : start + ROTATE_BATCH])
         deadline = time.monotonic() + READY
-        while not all(a.rotated_at() for a in agents) and time.monotonic() < deadline:
+        while (
+            not all(len(a.rotated_at()) >= len(CREDENTIALS) for a in agents)
+            and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.1)
         busy_rss = [rss_mib(p) for p in pids]
         spent = time.monotonic() - started_cpu
         busy_cpu = [(cpu_seconds(p) - b) / spent for p, b in zip(pids, before, strict=True)]
-        to_swap = [(a.rotated_at()[0] - written).total_seconds() for a in agents if a.rotated_at()]
+        to_swap = [(t - written).total_seconds() for a in agents for t in a.rotated_at()]
+        rotated = sum(len(a.rotated_at()) >= len(CREDENTIALS) for a in agents)
     finally:
         for agent in agents:
             agent.process.send_signal(signal.SIGTERM)
@@ -147,14 +156,16 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
                 agent.process.kill()
     return {
         "agents": len(agents),
+        "credentials": len(CREDENTIALS),
         "clusters": sorted({t.cluster for t in tokens}),
         "idle_rss_mib": describe(idle_rss).as_dict(),
         "busy_rss_mib": describe(busy_rss).as_dict(),
+        "idle_anon_mib": describe(idle_anon).as_dict(),
         "idle_cpu_percent": describe([c * 100 for c in idle_cpu]).as_dict(),
         "rotation_cpu_percent": describe([c * 100 for c in busy_cpu]).as_dict(),
         "rotation_window_s": round(spent, 2),
         "version_to_swap": summarise(to_swap).as_dict() if to_swap else None,
-        "rotated": len(to_swap),
+        "rotated": rotated,
     }
 
 

@@ -176,7 +176,7 @@ async def measure_rest(
     )
 
 
-SECTIONS = ("store", "pairs")
+SECTIONS = ("store", "pairs", "agents")
 
 
 def run_section(name: str, plan: Plan) -> dict[str, Any]:
@@ -188,6 +188,8 @@ def run_section(name: str, plan: Plan) -> dict[str, Any]:
         raise ValueError(f"--only {name}: only {', '.join(SECTIONS)} can be measured on their own")
     if name == "pairs":
         return asyncio.run(_pairs_only(plan))
+    if name == "agents":
+        return asyncio.run(_agents_only(plan))
     bed = Bed()
     try:
         with tempfile.TemporaryDirectory(prefix="keyferry-bench-") as folder:
@@ -206,6 +208,16 @@ async def _pairs_only(plan: Plan) -> dict[str, Any]:
     async with scene() as running:
         await measure_pairs(running, plan, figures)
     figures["remeasured"] = {"pairs": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    return figures
+
+
+async def _agents_only(plan: Plan) -> dict[str, Any]:
+    """Section 5's agent processes alone (an agent change measured before and after)."""
+    figures: dict[str, Any] = {}
+    async with scene() as running:
+        say(f"footprint: {plan.agents} agent processes over clusters a, b, c")
+        await _phase(figures, "agents", _agents(running, plan))
+    figures["remeasured"] = {"agents": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     return figures
 
 

@@ -28,11 +28,12 @@ TICKS = os.sysconf("SC_CLK_TCK")
 READY = 60.0
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident set (or `field` of /proc/<pid>/status: RssAnon, RssFile)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise ValueError(f"no VmRSS for pid {pid}")
+    raise ValueError(f"no {field} for pid {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,6 +21,7 @@ from pathlib import Path
 from injector.agent.client import BrokerClient
 from injector.agent.main import agent_for
 from injector.agent.session import AgentSession
+from injector.agent.spec import parse_spec
 from injector.contract import (
     BACKOFF_BASE_SECONDS,
     BACKOFF_CAP_SECONDS,
@@ -96,7 +97,7 @@ class PodAgent:
     def new_life(self) -> AgentSession:
         """A fresh agent for this pod (a container restart): new channel, nothing held, the
         backoff and reconnect cap of its spec, as `keyferry agent run` builds them."""
-        self.client, session = agent_for(self.spec, self.uniform)
+        self.client, session = agent_for(parse_spec(self.spec.to_json()), self.uniform)
         self.session = replace(session, sleep=self.sleep)
         return self.session
 

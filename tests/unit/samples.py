@@ -11,7 +11,8 @@ from broker.models import Credential, VaultLease
 from broker.service import LeaseRotated
 from broker.store import LeaseRecord, LeaseState
 from injector.agent.client import Issued
-from injector.contract import AgentSpec, CredentialRequest, Mode, Signal
+from injector.agent.spec import AgentSpec, CredentialRequest
+from injector.terms import Mode, Signal
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -78,7 +79,7 @@ def issued(generation: int, password: str, lease: str = "") -> Issued:
         credential_name="db",
         generation=generation,
         expires_at=None,
-        values={"username": SecretStr("u"), "password": SecretStr(password)},
+        values={"username": "u", "password": password},
     )
 
 

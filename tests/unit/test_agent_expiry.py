@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import json
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from injector.agent.backoff import Backoff
 from injector.agent.client import Ack, Issued, Renewed, Rotated, WatchEvent
 from injector.agent.errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchDenied
 from injector.agent.session import WATCH_REFUSALS, AgentSession
-from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
+from injector.agent.spec import AgentSpec, CredentialRequest
 from injector.probe import EXIT_MISSING, EXIT_OK, check
+from injector.terms import AGENT_SPEC_ENV, Mode
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TTL = timedelta(seconds=60)
@@ -71,7 +73,7 @@ def lease(generation: int = 1, ends: datetime | None = T0 + TTL, lease_id: str =
         credential_name="db",
         generation=generation,
         expires_at=ends,
-        values={"username": SecretStr("u"), "password": SecretStr(f"p{generation}")},
+        values={"username": "u", "password": f"p{generation}"},
     )
 
 
@@ -130,7 +132,7 @@ def session(tmp_path: Path, broker: Broker, time: VirtualTime) -> AgentSession:
 
 
 def ready(tmp_path: Path) -> int:
-    return check({AGENT_SPEC_ENV: spec(tmp_path).model_dump_json()})
+    return check({AGENT_SPEC_ENV: json.dumps(asdict(spec(tmp_path)))})
 
 
 async def test_files_are_kept_until_their_end_then_removed_and_issued_again_when_back(

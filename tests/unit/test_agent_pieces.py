@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -22,7 +24,7 @@ from injector.agent.errors import (
 )
 from injector.agent.main import agent_for
 from injector.agent.procs import app_processes
-from injector.agent.spec import load_spec
+from injector.agent.spec import load_spec, parse_spec
 from injector.agent.token import read_token
 from injector.contract import AGENT_SPEC_ENV, AgentSpec, CredentialRequest, Mode
 from injector.probe import check
@@ -88,11 +90,11 @@ async def test_the_agent_runs_with_the_backoff_of_its_spec(tmp_path: Path) -> No
     def highest(low: float, high: float) -> float:
         return high
 
-    client, session = agent_for(custom, highest)
+    client, session = agent_for(parse_spec(custom.to_json()), highest)
     try:
         assert client.reconnect_cap == 4.0
         assert [session.backoff.next_delay() for _ in range(6)] == [0.25, 0.5, 1, 2, 4, 4]
-        default_client, default_session = agent_for(spec(tmp_path))
+        default_client, default_session = agent_for(parse_spec(spec(tmp_path).to_json()))
         assert default_client.reconnect_cap == 30.0
         assert (default_session.backoff.base, default_session.backoff.cap) == (1.0, 30.0)
         await default_client.close()
@@ -178,12 +180,83 @@ def test_unavailable_keeps_the_brokers_retry_info() -> None:
 
 
 def test_the_agent_loads_none_of_the_brokers_own_code() -> None:
-    """`keyferry agent run` in every injected pod, on its startup path: the generated API
-    and the shared names only, never the role catalog, the scheduler, the store or Vault."""
+    """`keyferry agent run` in every injected pod, on its startup path: the shared names
+    only, never the role catalog, the scheduler, the store or Vault; and none of the
+    libraries the agent has no use for (issue 19: its memory)."""
     loaded = modules_loaded_by(
-        "broker.cli.entry", "injector.agent.cli", "injector.agent.client", "injector.agent.session"
+        "broker.cli.entry",
+        "injector.agent.launch",
+        "injector.agent.main",
+        "injector.agent.client",
+        "injector.agent.session",
     )
-    loaded = {m for m in loaded if m.split(".")[0] == "broker"}
-    assert "broker.api.v1.broker_pb2" in loaded
-    own = {m for m in loaded if not m.startswith("broker.api")}
-    assert own <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}
+    assert "grpc.aio" in loaded
+    ours = {m for m in loaded if m.split(".")[0] == "broker"}
+    assert ours <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}
+    # The agent writes and reads its few messages itself (injector/agent/messages.py).
+    assert sorted(m for m in loaded if m.startswith(("google", "grpc_status"))) == []
+    unused = {"pydantic", "pydantic_core", "structlog", "typer", "click", "rich", "yaml"}
+    assert sorted(m for m in loaded if m.split(".")[0] in unused) == []
+    assert "injector.contract" not in loaded
+
+
+COMMAND = """
+import sys
+from broker.cli import entry
+before = set(sys.modules)
+sys.argv = ["keyferry", "agent", *sys.argv[1:]]
+try:
+    entry.main()
+except SystemExit as exit:
+    print(exit.code)
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_keyferry_agent_check_loads_the_standard_library_only(tmp_path: Path) -> None:
+    """`keyferry agent check` (what a person runs in the pod) is the probe's own check."""
+    environ = {AGENT_SPEC_ENV: spec(tmp_path).to_json(), "PATH": os.environ.get("PATH", "")}
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", COMMAND, "check"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    code, loaded = done.stdout.splitlines()
+    assert code == "1"  # the files are missing
+    foreign = [
+        name
+        for name in loaded.split()
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name not in ("injector", "injector.probe", "injector.agent", "injector.agent.launch")
+    ]
+    assert foreign == []
+
+
+def test_keyferry_agent_run_loads_no_python_ssl_and_nothing_it_does_not_use() -> None:
+    """The agent's TLS is gRPC's own: Python's ssl (OpenSSL's libraries, about 4 MiB of
+    resident memory) stays out of `keyferry agent run`, and so do pydantic and the rest."""
+    environ = {"PATH": os.environ.get("PATH", "")}  # no spec: exit 2 after the imports
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", COMMAND + IMPORT_AGENT, "run"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    code, loaded = lines[0], lines[-1]
+    assert code == "2"
+    modules = set(loaded.split())
+    assert {"asyncio", "grpc.aio", "injector.agent.session"} <= modules
+    assert "_ssl" not in modules  # the extension that maps OpenSSL ("ssl" is there: None)
+    unused = {"pydantic", "structlog", "typer", "click", "rich", "google", "grpc_status"}
+    assert sorted(m for m in modules if m.split(".")[0] in unused) == []
+
+
+# `run` exits at the missing spec before it loads the session: load it, as `run` would next.
+IMPORT_AGENT = """
+import injector.agent.session, injector.agent.client
+print(" ".join(sorted(set(sys.modules) - before)))
+"""

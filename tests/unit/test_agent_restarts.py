@@ -10,17 +10,18 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from structlog.testing import capture_logs
 
 from injector.agent.backoff import Backoff
 from injector.agent.client import Ack, Issued, Revoked, Rotated, WatchEvent
+from injector.agent.log import capture as capture_logs
 from injector.agent.procs import MainProcess, container_mains, started_at
 from injector.agent.restarts import Restarter, RestartSchedule, Rotation
 from injector.agent.session import AgentSession
-from injector.contract import RestartSpec
+from injector.agent.spec import RestartSpec
 
 from .samples import issued, signal_spec
 
@@ -302,7 +303,7 @@ def restarting_session(
     tmp_path: Path, broker: StreamBroker, pod: FakePod, clock: Clock
 ) -> AgentSession:
     restart = RestartSpec(containers=("app",), grace_seconds=GRACE)
-    spec = signal_spec(tmp_path).model_copy(update={"on_rotate": None, "restart": restart})
+    spec = replace(signal_spec(tmp_path), on_rotate=None, restart=restart)
     session = AgentSession(spec, broker, backoff=Backoff(base=0.001, cap=0.002))
     assert session.restarter is not None
     session.restarter.processes = pod
