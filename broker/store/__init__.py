@@ -32,7 +32,9 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
-from .integrity import RowSigner, RowTampered
+from .integrity import RowKeyMissing, RowSigner, RowTampered
+from .keyring import KeyMissing, KeyRing, RingKey, derive_key
+from .rekey import KeyUse, Rekey, Reseal, TableReport
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -91,6 +93,15 @@ __all__ = [
     "RoleRepository",
     "RotationRequest",
     "RowSigner",
+    "RowKeyMissing",
+    "KeyMissing",
+    "KeyRing",
+    "RingKey",
+    "derive_key",
+    "KeyUse",
+    "Rekey",
+    "Reseal",
+    "TableReport",
     "RowTampered",
     "Selector",
     "Store",

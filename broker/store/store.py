@@ -29,6 +29,7 @@ from .engine import READ_ONLY, create_store_engine
 from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowSigner, adopt_unsigned_rows
+from .rekey import Rekey, Reseal
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
@@ -54,6 +55,14 @@ class Store:
         self.clusters = ClusterRepository(sessions, clock, rows)
         self.cluster_requests = ClusterRequestRepository(sessions, rows)
         self.grants = GrantRepository(sessions)
+        self._rows = rows
+
+    def rekey(self, reseal: Reseal) -> Rekey:
+        """Re-sealing and re-MACing under the current key (needs the store opened with
+        `rows`)."""
+        if self._rows is None:
+            raise ValueError("a store opened without the rows key ring cannot re-MAC rows")
+        return Rekey(self._sessions, self._rows, reseal)
 
     @classmethod
     def open(
