@@ -32,6 +32,8 @@ from tests.scene.leases import Agent
 from tests.scene.rogue_api import ROGUE_ISSUER, RogueApiServer
 from tests.scene.workloads import broker_stub, mint
 
+from .attack_scene import Exposure
+
 pytestmark = pytest.mark.bed
 
 
@@ -66,22 +68,26 @@ async def register_member(broker: Broker, member: RogueApiServer) -> None:
 
 
 async def test_the_sealing_key_rotates_through_a_ring_and_a_reseal(
-    broker: Broker, kube_clusters: dict[str, KubeCluster], tmp_path: Path
+    broker: Broker, kube_clusters: dict[str, KubeCluster], tmp_path: Path, exposure: Exposure
 ) -> None:
     k1 = broker.settings.sealing.key
     assert k1 is not None
     old, new = k1.get_secret_value(), base64.b64encode(os.urandom(32)).decode()
+    exposure.handed_out(new)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update(kid="member-1", use="sig", alg="RS256")
     pod = mint(kube_clusters["a"])
     with RogueApiServer(tmp_path, json.dumps({"keys": [jwk]}).encode()) as member:
         first = await issue(broker, pod)
+        exposure.handed_out(*first.credential.values.values())
         await register_member(broker, member)
-        await broker.server.stop(1)
+        # The first broker keeps running on [K1], idle, as a replica would during the
+        # re-seal; the brokers below share its store.
 
         # [K2, K1]: K1's rows open and verify; new ones are made under K2.
-        rotating = await start_broker(with_ring(broker, tmp_path, "rotating", [new, old]), tmp_path / "rotating")
+        ring = with_ring(broker, tmp_path, "rotating", [new, old])
+        rotating = await start_broker(ring, tmp_path / "rotating")
         try:
             assert rotating.server.runtime.clusters.is_joined("member")
             again = await issue(rotating, pod)
@@ -94,13 +100,15 @@ async def test_the_sealing_key_rotates_through_a_ring_and_a_reseal(
         with pytest.raises(SealingKeysMissing) as refused:
             await start_broker(with_ring(broker, tmp_path, "early", [new]), tmp_path / "early")
         message = str(refused.value)
+        exposure.said("start refusal", message)
         assert "in leases" in message and "in clusters" in message
         assert "keyferry admin reseal" in message and "sealing.keys" in message
 
-        ring = with_ring(broker, tmp_path, "reseal", [new, old])
+        ring = with_ring(broker, tmp_path, "reseal", [new, old])  # as an operator's host
         checked = reseal(tmp_path, ring, "--check")
         assert checked.exit_code == 1, checked.output
         done = reseal(tmp_path, ring, "--json")
+        exposure.said("reseal", checked.output + done.output)
         assert done.exit_code == 0, done.output
         tables = {t["table"]: t for t in json.loads(done.stdout.splitlines()[-1])["tables"]}
         assert tables["leases"]["resealed"] >= 1 and tables["clusters"]["resealed"] == 1
