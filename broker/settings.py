@@ -171,8 +171,8 @@ class SealingSettings(_Group):
         """The keys, decoded, the current first."""
         if self.keys is not None:
             return [_decode_key(k.get_secret_value()) for k in self.keys]
-        assert self.key is not None  # _one_form
-        return [_decode_key(part.strip()) for part in self.key.get_secret_value().split(",")]
+        text = self.key.get_secret_value() if self.key is not None else ""
+        return [_decode_key(part.strip()) for part in text.split(",")]
 
     def ring(self) -> KeyRing:
         return KeyRing.of(self.ring_bytes())

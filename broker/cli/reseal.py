@@ -95,7 +95,9 @@ def _reseal(settings: BrokerSettings, as_json: bool) -> bool:
     else:
         typer.echo(f"{'table':<18}{'re-sealed':>10}{'current':>10}{'changed':>10}{'refused':>10}")
         for r in reports:
-            typer.echo(f"{r.table:<18}{r.resealed:>10}{r.current:>10}{r.changed:>10}{r.refused:>10}")
+            typer.echo(
+                f"{r.table:<18}{r.resealed:>10}{r.current:>10}{r.changed:>10}{r.refused:>10}"
+            )
         for r in reports:
             for line in r.named:
                 typer.echo(f"refused: {r.table} {line}")

@@ -135,7 +135,8 @@ class BrokerRuntime:
     ) -> BrokerRuntime:
         policy = _load_policy(settings)
         ring = settings.sealing.ring()
-        store = await _open_store(settings, stack, clock, ring)
+        sealer = CredentialSealer(ring)
+        store = await _open_store(settings, stack, clock, sealer, ring)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
         stores = AsyncStore(store, runner)
@@ -165,8 +166,6 @@ class BrokerRuntime:
             applied = await catalog.apply(load_roles(settings.roles))
             log.info("roles file applied", path=str(settings.roles), roles=len(applied))
         backends = Backends(vault)
-        sealer = CredentialSealer(ring)
-        await asyncio.to_thread(check_ring, store, sealer, ring)
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
@@ -381,12 +380,19 @@ def _load_policy(settings: BrokerSettings) -> PolicyEngine:
 
 
 async def _open_store(
-    settings: BrokerSettings, stack: AsyncExitStack, clock: Clock, ring: KeyRing
+    settings: BrokerSettings,
+    stack: AsyncExitStack,
+    clock: Clock,
+    sealer: CredentialSealer,
+    ring: KeyRing,
 ) -> Store:
-    """The store, migrated, with role and cluster rows MAC'd and checked."""
+    """The store, migrated, with role and cluster rows MAC'd and checked; SealingKeysMissing
+    when rows name a sealing key the ring does not hold."""
     rows = RowSigner(ring.derive("rows"))
     store = await asyncio.to_thread(partial(Store.open, settings.store, clock, rows=rows))
     _on_close(stack, store.close)
+    log.info("sealing keys", current=ring.current.name, also_open=ring.names[1:])
+    await asyncio.to_thread(check_ring, store, sealer, ring)
     if store.adopted_rows:
         log.warning(
             "role and cluster rows written before row MACs were given their first MAC "

@@ -34,7 +34,6 @@ from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowKeyMissing, RowSigner, RowTampered
 from .keyring import KeyMissing, KeyRing, RingKey, derive_key
-from .rekey import KeyUse, Rekey, Reseal, TableReport
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -56,6 +55,7 @@ from .records import (
     RotationRequest,
     Selector,
 )
+from .rekey import KeyUse, Rekey, Reseal, TableReport
 from .roles import RoleRepository
 from .runner import StoreRunner
 from .store import Store
@@ -79,6 +79,9 @@ __all__ = [
     "GrantState",
     "GrantStateConflict",
     "IssueInProgress",
+    "KeyMissing",
+    "KeyRing",
+    "KeyUse",
     "LeaseHandle",
     "LeaseNotFound",
     "LeaseQuery",
@@ -88,27 +91,24 @@ __all__ = [
     "LeaseState",
     "LeaseStateConflict",
     "PendingLease",
+    "Rekey",
+    "Reseal",
+    "RingKey",
     "RoleNotFound",
     "RoleRecord",
     "RoleRepository",
     "RotationRequest",
-    "RowSigner",
     "RowKeyMissing",
-    "KeyMissing",
-    "KeyRing",
-    "RingKey",
-    "derive_key",
-    "KeyUse",
-    "Rekey",
-    "Reseal",
-    "TableReport",
+    "RowSigner",
     "RowTampered",
     "Selector",
     "Store",
     "StoreRunner",
     "StoreSettings",
+    "TableReport",
     "create_store_engine",
     "current_revision",
+    "derive_key",
     "head_revision",
     "store_errors",
     "upgrade",

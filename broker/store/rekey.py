@@ -5,9 +5,10 @@ Safe beside running brokers: each row is read again and rewritten in a transacti
 own that holds the row (`FOR UPDATE` on PostgreSQL; BEGIN IMMEDIATE, the one write lock,
 on SQLite), so a broker's own change of the row (a rotation re-seals, a release clears)
 comes wholly before or after it, never between the read and the write; a row gone or
-cleared meanwhile is counted as `changed`. A row whose MAC does not verify is never re-MAC'd: it is counted as refused and
-named (RowTampered says how to put it right). How the credential is re-sealed is the
-caller's (`Reseal`): the sealing format lives with the service (service/common/sealing.py).
+cleared meanwhile is counted as `changed`. A row whose MAC does not verify is never
+re-MAC'd: it is counted as refused and named (RowTampered says how to put it right). How
+the credential is re-sealed is the caller's (`Reseal`): the sealing format lives with the
+service (service/common/sealing.py).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class Rekey:
                 LeaseRow.sealed_credential.is_not(None)
             )
             for lease_id, blob in session.execute(leases.execution_options(yield_per=500)):
-                yield KeyUse("leases", lease_id, self._reseal.key_of(blob))
+                yield KeyUse("leases", lease_id, self._reseal.key_of(blob or b""))
             for name, blob, mac in session.execute(
                 select(ClusterRow.name, ClusterRow.sealed_credential, ClusterRow.mac)
             ):
@@ -94,7 +95,9 @@ class Rekey:
                 )
             ):
                 if blob is not None:
-                    yield KeyUse("cluster_requests", f"{grant} (credential)", self._reseal.key_of(blob))
+                    yield KeyUse(
+                        "cluster_requests", f"{grant} (credential)", self._reseal.key_of(blob)
+                    )
                 yield KeyUse("cluster_requests", f"{grant} (MAC)", mac_key_id(mac))
             for name, mac in session.execute(select(RoleRow.name, RoleRow.mac)):
                 yield KeyUse("roles", f"{name} (MAC)", mac_key_id(mac))
@@ -143,7 +146,7 @@ class Rekey:
                 return
             try:
                 new = self._reseal.lease(LeaseRecord.model_validate(row), row.sealed_credential)
-            except Exception as error:  # noqa: BLE001 (SealBroken and kin: named, left alone)
+            except Exception as error:
                 report.refuse(lease_id, str(error))
                 return
             if new is None:
@@ -161,7 +164,7 @@ class Rekey:
             try:
                 self._rows.check_cluster(row)
                 new = self._reseal.other(f"cluster:{name}", row.sealed_credential)
-            except Exception as error:  # noqa: BLE001 (RowTampered, SealBroken: named, left)
+            except Exception as error:
                 report.refuse(name, str(error))
                 return
             if new is None and self._rows.is_current(row.mac):
@@ -188,8 +191,12 @@ class Rekey:
             try:
                 self._rows.check_cluster_request(row)
                 blob = row.sealed_credential
-                new = None if blob is None else self._reseal.other(f"cluster-request:{grant_id}", blob)
-            except Exception as error:  # noqa: BLE001
+                new = (
+                    None
+                    if blob is None
+                    else self._reseal.other(f"cluster-request:{grant_id}", blob)
+                )
+            except Exception as error:
                 report.refuse(grant_id, str(error))
                 return
             if new is None and self._rows.is_current(row.mac):

@@ -29,9 +29,9 @@ from .engine import READ_ONLY, create_store_engine
 from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowSigner, adopt_unsigned_rows
-from .rekey import Rekey, Reseal
 from .leases import LeaseRepository
 from .migrate import upgrade
+from .rekey import Rekey, Reseal
 from .roles import RoleRepository
 
 

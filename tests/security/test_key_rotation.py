@@ -39,7 +39,7 @@ pytestmark = pytest.mark.bed
 
 def with_ring(broker: Broker, folder: Path, name: str, keys: list[str]) -> dict[str, Any]:
     """The first broker's config on the same store, with sealing.keys `keys`."""
-    data = yaml.safe_load((folder / "broker.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((folder / "broker.yaml").read_text())
     data["data_dir"] = str(folder / name / "data")
     data["audit"] = {**data["audit"], "log": str(folder / name / "audit.jsonl")}
     data["sealing"] = {"keys": keys}
@@ -101,8 +101,10 @@ async def test_the_sealing_key_rotates_through_a_ring_and_a_reseal(
             await start_broker(with_ring(broker, tmp_path, "early", [new]), tmp_path / "early")
         message = str(refused.value)
         exposure.said("start refusal", message)
-        assert "in leases" in message and "in clusters" in message
-        assert "keyferry admin reseal" in message and "sealing.keys" in message
+        assert "in leases" in message
+        assert "in clusters" in message
+        assert "keyferry admin reseal" in message
+        assert "sealing.keys" in message
 
         ring = with_ring(broker, tmp_path, "reseal", [new, old])  # as an operator's host
         checked = reseal(tmp_path, ring, "--check")
@@ -111,7 +113,8 @@ async def test_the_sealing_key_rotates_through_a_ring_and_a_reseal(
         exposure.said("reseal", checked.output + done.output)
         assert done.exit_code == 0, done.output
         tables = {t["table"]: t for t in json.loads(done.stdout.splitlines()[-1])["tables"]}
-        assert tables["leases"]["resealed"] >= 1 and tables["clusters"]["resealed"] == 1
+        assert tables["leases"]["resealed"] >= 1
+        assert tables["clusters"]["resealed"] == 1
         assert all(t["refused"] == 0 for t in tables.values())
         assert reseal(tmp_path, ring, "--check").exit_code == 0
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,14 +43,16 @@ UID = "11111111-1111-1111-1111-111111111111"
 
 def test_a_credential_sealed_under_the_old_key_opens_with_the_ring_and_names_its_key() -> None:
     blob = CredentialSealer(OLD).seal("cluster:east", CREDENTIAL)
-    assert blob[:1] == VERSION and blob_key_id(blob) == OLD.current.name
+    assert blob[:1] == VERSION
+    assert blob_key_id(blob) == OLD.current.name
     assert CredentialSealer(ROTATING).unseal("cluster:east", blob).reveal() == CREDENTIAL.reveal()
     new = CredentialSealer(ROTATING).seal("cluster:east", CREDENTIAL)
     assert blob_key_id(new) == NEW.current.name
     assert CredentialSealer(KeyRing.of([K1, K2])).unseal("cluster:east", new).reveal()
     with pytest.raises(KeyRetired) as refused:
         CredentialSealer(NEW).unseal("cluster:east", blob)
-    assert OLD.current.name in str(refused.value) and "sealing.keys" in str(refused.value)
+    assert OLD.current.name in str(refused.value)
+    assert "sealing.keys" in str(refused.value)
 
 
 def test_a_blob_from_before_key_ids_opens_under_any_key_of_the_ring() -> None:
@@ -61,19 +62,22 @@ def test_a_blob_from_before_key_ids_opens_under_any_key_of_the_ring() -> None:
     with pytest.raises(SealBroken):
         CredentialSealer(NEW).unseal("cluster:east", legacy)
     resealed = CredentialSealer(ROTATING).reseal("cluster:east", legacy)
-    assert resealed is not None and blob_key_id(resealed) == NEW.current.name
+    assert resealed is not None
+    assert blob_key_id(resealed) == NEW.current.name
     assert CredentialSealer(ROTATING).reseal("cluster:east", resealed) is None
 
 
 def test_row_macs_are_made_under_the_current_key_and_verified_under_any() -> None:
     old, rotating, new = (RowSigner(r.derive("rows")) for r in (OLD, ROTATING, NEW))
     mac = old.role("ro", SPEC)
-    assert len(mac) == 64 and mac.startswith(OLD.current.name + ":")
+    assert len(mac) == 64
+    assert mac.startswith(OLD.current.name + ":")
     rotating.check_role("ro", SPEC, mac)
     RowSigner(KeyRing.of([K1, K2]).derive("rows")).check_role("ro", SPEC, rotating.role("ro", SPEC))
     with pytest.raises(RowKeyMissing) as refused:
         new.check_role("ro", SPEC, mac)
-    assert "reseal" in str(refused.value) and OLD.current.name in str(refused.value)
+    assert "reseal" in str(refused.value)
+    assert OLD.current.name in str(refused.value)
 
 
 def test_a_row_mac_from_before_key_ids_verifies_under_any_key_of_the_ring() -> None:
@@ -87,8 +91,9 @@ def test_a_row_mac_from_before_key_ids_verifies_under_any_key_of_the_ring() -> N
 
 def test_event_notes_signed_under_either_order_of_the_ring_verify_on_the_other() -> None:
     note = {"lease": "l-1", "kind": "revoked"}
-    forward, backward = EventSigner(ROTATING.derive("events")), EventSigner(
-        KeyRing.of([K1, K2]).derive("events")
+    forward, backward = (
+        EventSigner(ROTATING.derive("events")),
+        EventSigner(KeyRing.of([K1, K2]).derive("events")),
     )
     assert backward.unwrap(forward.wrap(note)) == note
     assert forward.unwrap(backward.wrap(note)) == note
@@ -104,7 +109,8 @@ def test_settings_take_a_list_or_the_old_single_key_or_a_comma_separated_ring() 
     assert SealingSettings(key=SecretStr(one)).ring_bytes() == [K1]
     assert SealingSettings(key=SecretStr(f"{two}, {one}")).ring_bytes() == [K2, K1]
     listed = SealingSettings(keys=[SecretStr(two), SecretStr(one)])
-    assert listed.ring().names == ROTATING.names and listed.key_bytes() == K2
+    assert listed.ring().names == ROTATING.names
+    assert listed.key_bytes() == K2
     with pytest.raises(ValueError, match="not both"):
         SealingSettings(key=SecretStr(one), keys=[SecretStr(two)])
     with pytest.raises(ValueError, match="listed twice"):
@@ -125,7 +131,7 @@ def open_store(url: str, ring: KeyRing) -> Store:
 
 
 @pytest.fixture
-def filled(engine_url: str) -> Iterator[str]:
+def filled(engine_url: str) -> str:
     """A store written under OLD: an active lease, a cluster, a role."""
     store = open_store(engine_url, OLD)
     sealer = CredentialSealer(OLD)
@@ -154,15 +160,18 @@ def filled(engine_url: str) -> Iterator[str]:
     )
     store.roles.put("ro", SPEC)
     store.close()
-    yield engine_url
+    return engine_url
 
 
 def test_reseal_moves_every_row_to_the_current_key_then_the_old_key_can_go(filled: str) -> None:
     with pytest.raises(SealingKeysMissing) as refused:
         check_ring(open_store(filled, NEW), CredentialSealer(NEW), NEW)
     message = str(refused.value)
-    assert "1 in leases" in message and "2 in clusters" in message and "1 in roles" in message
-    assert "keyferry admin reseal" in message and OLD.current.name in message
+    assert "1 in leases" in message
+    assert "2 in clusters" in message
+    assert "1 in roles" in message
+    assert "keyferry admin reseal" in message
+    assert OLD.current.name in message
 
     store = open_store(filled, ROTATING)
     check_ring(store, CredentialSealer(ROTATING), ROTATING)
@@ -191,7 +200,8 @@ def test_reseal_refuses_an_edited_row_and_leaves_it(filled: str) -> None:
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE clusters SET server = 'https://evil.example'"))
     reports = {r.table: r for r in store.rekey(StoreReseal(CredentialSealer(ROTATING))).run()}
-    assert reports["clusters"].refused == 1 and reports["clusters"].resealed == 0
+    assert reports["clusters"].refused == 1
+    assert reports["clusters"].resealed == 0
     assert "east" in reports["clusters"].named[0]
     assert reports["leases"].resealed == 1
     store.close()

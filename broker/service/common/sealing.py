@@ -57,8 +57,8 @@ __all__ = [
     "SealBroken",
     "SealingKeysMissing",
     "StoreReseal",
-    "check_ring",
     "blob_key_id",
+    "check_ring",
     "derive_key",
     "lease_binding",
 ]
