@@ -523,6 +523,33 @@ class AccessSettings(_Group):
         default=timedelta(seconds=15),
         description="how often grants that have ended are expired and their leases revoked",
     )
+    cluster_namespace: str = Field(
+        default="keyferry-access",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="the namespace in each member cluster where the broker makes one "
+        "ServiceAccount per cluster grant (docs/examples/broker-rbac.yaml creates it)",
+    )
+    cluster_roles: tuple[str, ...] = Field(
+        default=("view", "edit"),
+        min_length=1,
+        max_length=32,
+        description="the ClusterRoles a cluster grant may bind; the broker's RBAC in each "
+        "member cluster has `bind` on exactly these (resourceNames)",
+    )
+
+    rbac_sync_interval: Duration = Field(
+        default=timedelta(seconds=30),
+        description="how often the leader brings every cluster's RBAC profile bindings in "
+        "line (creates missing ones, restores edited ones, removes unwanted ones it made)",
+    )
+
+    @field_validator("cluster_roles")
+    @classmethod
+    def _role_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not 0 < len(name) <= 253 or any(c.isspace() or c == "/" for c in name):
+                raise ValueError(f"{name!r} is not a ClusterRole name; write e.g. [view, edit]")
+        return value
 
     @field_validator("max_duration")
     @classmethod

@@ -82,6 +82,19 @@ class AuditAction(StrEnum):
     CLUSTERS_LIST = "clusters.list", "one cluster an operator's ListClusters decided on"
     CLUSTERS_DEREGISTER = "clusters.deregister", "an operator deregistered a cluster"
 
+    POLICY_EXPLAIN = (
+        "policy.explain",
+        "an operator asked who can get a role, or why a request would be decided so",
+    )
+
+    RBAC_LABEL = "rbac.label", "an operator set a cluster's labels (RBAC profiles select by them)"
+    RBAC_READ = "rbac.read", "an operator read the clusters' labels"
+    RBAC_APPLY = "rbac.apply", "an operator applied RBAC profiles (or planned them: dry run)"
+    RBAC_BINDING = (
+        "rbac.binding",
+        "the RBAC sync created, restored or removed a profile's binding in a cluster",
+    )
+
     # Just-in-time access grants (AccessService).
     ACCESS_REQUEST = "access.request", "an operator requested a grant of a role"
     ACCESS_APPROVE = "access.approve", "an operator approved a grant"
@@ -90,6 +103,14 @@ class AuditAction(StrEnum):
     ACCESS_REVOKE = "access.revoke", "an operator revoked a grant"
     ACCESS_EXPIRE = "access.expire", "a grant's time ran out; its leases end"
     ACCESS_READ = "access.read", "one grant an operator's GetGrant or ListGrants decided on"
+    ACCESS_CLUSTER_REMOVED = (
+        "access.cluster_removed",
+        "a cluster grant's ServiceAccount and binding were deleted from its member cluster",
+    )
+    ACCESS_CLUSTER_REMOVE_FAILED = (
+        "access.cluster_remove_failed",
+        "deleting a cluster grant's objects failed; retried until done",
+    )
 
     # Reading the broker's records (AuditService, LeasesService; Cedar action `audit` on
     # the Broker): one decision per call.

@@ -3,6 +3,7 @@ admin listener, as the operator of the CLI context."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+import yaml
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from broker.api.v1 import access_pb2, access_pb2_grpc
@@ -65,26 +67,72 @@ app = typer.Typer(
     epilog=(
         "Examples:\n\n"
         '  keyferry access request orders-db-ro --duration 30m --reason "INC-4711: replica lag"'
-        "\n\nThe grant is pending until another operator approves it; it lapses if nobody "
+        "\n\n"
+        "  keyferry access request --cluster a --namespace orders --kube-role edit "
+        '--duration 30m --reason "INC-4711"\n\n'
+        "Give a ROLE for its credentials, or --cluster, --kube-role and --namespace (or "
+        "--all-namespaces: a ClusterRoleBinding, which only a Cedar permit naming "
+        "request_cluster_wide_access allows) for access to a member cluster "
+        "(docs/cluster-access.md). "
+        "The grant is pending until another operator approves it; it lapses if nobody "
         "decides within the broker's access.approval_wait. Once approved it holds for "
         "--duration (at most the broker's access.max_duration)." + EXITS
     )
 )
 def request(
-    role: Annotated[str, typer.Argument(help="the role to get credentials of")],
+    *,
     duration: Annotated[str, typer.Option(help="how long the grant holds once approved, like 30m")],
     reason: Annotated[str, typer.Option(help="why (a ticket, an incident); stored and audited")],
+    role: Annotated[
+        str | None, typer.Argument(help="the role to get credentials of (not with --cluster)")
+    ] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="access to this member cluster instead of a role")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="with --cluster: the namespace to get access in")
+    ] = None,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", help="with --cluster: in every namespace")
+    ] = False,
+    kube_role: Annotated[
+        str | None, typer.Option(help="with --cluster: the ClusterRole to get, like view or edit")
+    ] = None,
     context: ContextOption = None,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """Ask for a role's credentials for a while."""
+    """Ask for a role's credentials, or access to a cluster, for a while."""
     try:
         length = duration_pb2.Duration()
         length.FromTimedelta(parse_duration(duration))
     except ValueError as exc:
         typer.echo(f"--duration: {exc}", err=True)
         raise typer.Exit(CONFIG) from None
-    message = access_pb2.RequestGrantRequest(role=role, duration=length, reason=reason)
+    if cluster is None:
+        if role is None or namespace or all_namespaces or kube_role:
+            typer.echo(
+                "give a ROLE, or --cluster with --kube-role and --namespace (or --all-namespaces)",
+                err=True,
+            )
+            raise typer.Exit(CONFIG)
+        message = access_pb2.RequestGrantRequest(role=role, duration=length, reason=reason)
+    else:
+        if role is not None or not kube_role or bool(namespace) == all_namespaces:
+            typer.echo(
+                "--cluster: give --kube-role and exactly one of --namespace or "
+                "--all-namespaces, and no ROLE",
+                err=True,
+            )
+            raise typer.Exit(CONFIG)
+        wanted = access_pb2.ClusterAccessRequest(
+            cluster=cluster,
+            namespace=namespace or "",
+            all_namespaces=all_namespaces,
+            kube_role=kube_role,
+        )
+        message = access_pb2.RequestGrantRequest(
+            cluster_access=wanted, duration=length, reason=reason
+        )
     reply = _call(context, lambda stub: stub.RequestGrant(message, timeout=TIMEOUT))
     emit_one(grant_row(reply.grant), output)
 
@@ -118,9 +166,13 @@ def deny(
         "Examples:\n\n"
         "  keyferry access issue 6f1c0d3e-... --to ~/orders-db.json\n\n"
         "  keyferry access issue 6f1c0d3e-... --show-secrets -o json\n\n"
+        "  keyferry access issue 6f1c0d3e-... --to ~/.kube/orders-a.yaml   (a cluster grant)\n\n"
         "Without --show-secrets or --to only the lease is shown, never the values. --to "
         "writes the values as a JSON object to FILE with mode 0600. Running it again "
-        "returns the same credential; it dies when the grant expires or is revoked." + EXITS
+        "returns the same credential; it dies when the grant expires or is revoked. For a "
+        "grant of access to a cluster, --to is required and FILE becomes a kubeconfig "
+        "(0600) for kubectl, with the granted namespace as its default; running it again "
+        "gives a new token of the same ServiceAccount." + EXITS
     )
 )
 def issue(
@@ -134,7 +186,12 @@ def issue(
     context: ContextOption = None,
     output: OutputOption = Output.TABLE,
 ) -> None:
-    """Get the credential of your approved grant."""
+    """Get the credential (or kubeconfig) of your approved grant."""
+    known = access_pb2.GetGrantRequest(grant_id=grant_id)
+    found = _call(context, lambda stub: stub.GetGrant(known, timeout=TIMEOUT)).grant
+    if found.HasField("cluster_access"):
+        _issue_cluster_access(grant_id, to, context, output)
+        return
     message = access_pb2.IssueForGrantRequest(grant_id=grant_id)
     reply = _call(context, lambda stub: stub.IssueForGrant(message, timeout=TIMEOUT))
     values = dict(reply.credential.values)
@@ -201,7 +258,16 @@ def list_grants(
     emit(
         [grant_row(g) for g in reply.grants],
         output,
-        columns=("id", "state", "role", "requester", "duration", "expires_at", "decided_by"),
+        columns=(
+            "id",
+            "state",
+            "role",
+            "requester",
+            "duration",
+            "expires_at",
+            "decided_by",
+            "cluster_objects",
+        ),
         empty="no grants; ask for one with `keyferry access request`",
     )
 
@@ -233,7 +299,90 @@ def grant_row(grant: access_pb2.Grant) -> dict[str, object]:
         "ended_by": grant.ended_by or None,
         "ended_at": _time(grant, "ended_at"),
         "lease": grant.lease_id or None,
+        "cluster_objects": _objects(grant),
+        "cluster_access": _cluster_access(grant),
     }
+
+
+def _objects(grant: access_pb2.Grant) -> str | None:
+    """A cluster grant's objects in its cluster, with pending deletions' tries."""
+    if not grant.HasField("cluster_access"):
+        return None
+    access = grant.cluster_access
+    if access.objects == "removing":
+        return f"removing ({access.removal_attempts} failed tries)"
+    if access.objects == "removed" and access.ended_path:
+        return f"removed ({access.ended_path})"
+    return access.objects
+
+
+def _cluster_access(grant: access_pb2.Grant) -> dict[str, object] | None:
+    if not grant.HasField("cluster_access"):
+        return None
+    access = grant.cluster_access
+    return {
+        "cluster": access.cluster,
+        "namespace": access.namespace or None,
+        "all_namespaces": access.all_namespaces,
+        "kube_role": access.kube_role,
+        "service_account": f"{access.service_account_namespace}/{access.service_account}",
+        "objects": access.objects,
+        "removal_attempts": access.removal_attempts,
+        "last_error": access.last_error or None,
+        "ended_path": access.ended_path or None,
+        "token_expires_at": _time(access, "token_expires_at"),
+    }
+
+
+def _issue_cluster_access(
+    grant_id: str, to: Path | None, context: Path | None, output: Output
+) -> None:
+    if to is None:
+        typer.echo(
+            "--to: a cluster grant's kubeconfig needs a file to go to, like "
+            "--to ~/.kube/orders-a.yaml",
+            err=True,
+        )
+        raise typer.Exit(CONFIG)
+    message = access_pb2.IssueClusterAccessRequest(grant_id=grant_id)
+    reply = _call(context, lambda stub: stub.IssueClusterAccess(message, timeout=TIMEOUT))
+    write_private(to, kubeconfig(reply))
+    emit_one(
+        {
+            "grant": reply.grant.id,
+            "role": reply.grant.role,
+            "server": reply.server,
+            "namespace": reply.namespace or None,
+            "token_expires_at": _time(reply, "token_expires_at"),
+            "grant_ends_at": _time(reply.grant, "expires_at"),
+            "written_to": str(to),
+        },
+        output,
+    )
+
+
+def kubeconfig(reply: access_pb2.IssueClusterAccessResponse) -> str:
+    """A kubeconfig for kubectl: the grant's cluster, token and namespace, one context."""
+    access = reply.grant.cluster_access
+    name = f"keyferry-{access.cluster}-{reply.grant.id[:8]}"
+    context: dict[str, str] = {"cluster": name, "user": name}
+    if reply.namespace:
+        context["namespace"] = reply.namespace
+    authority = base64.b64encode(reply.ca_pem.encode()).decode()
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {"server": reply.server, "certificate-authority-data": authority},
+            }
+        ],
+        "users": [{"name": name, "user": {"token": reply.token}}],
+        "contexts": [{"name": name, "context": context}],
+        "current-context": name,
+    }
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
+import grpc
 import typer
 from google.protobuf import timestamp_pb2
 
-from broker.api.v1 import clusters_pb2, clusters_pb2_grpc
+from broker.api.v1 import clusters_pb2, clusters_pb2_grpc, rbac_pb2, rbac_pb2_grpc
 
 from .admin_channel import TIMEOUT, call_admin
 from .context import ContextOption
@@ -21,6 +22,7 @@ from .output import Output, OutputOption, emit, emit_one
 
 if TYPE_CHECKING:
     from broker.api.v1.clusters_pb2_grpc import ClustersServiceAsyncStub
+    from broker.api.v1.rbac_pb2_grpc import RbacServiceAsyncStub
 
 T = TypeVar("T")
 
@@ -121,24 +123,58 @@ def register(
     epilog=(
         "Examples:\n\n  keyferry clusters list\n\n"
         "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry clusters list\n\n"
-        "SOURCE is config (the broker's config file) or registered. CONTACT is the last "
-        "time the broker reached the API server (how long ago), JWKS the age of the pinned "
-        "keys; - when the broker does not track it (clusters from the config file).\n\n"
+        "SOURCE is config (the broker's config file) or registered. CONTACT is how long ago "
+        "the API server last answered the broker, JWKS the age of the keys tokens are "
+        "checked with. WATCH is the pod watch: watching, reconnecting (`clusters get` and "
+        "-o json say why) or not started; EVENT is how long ago it last delivered an event "
+        "or bookmark. - when never.\n\n"
         "Exit codes: 0 listed; 2 the context file is unusable; 1 the broker refused; "
         "3 the broker did not answer."
     ),
 )
 def list_clusters(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
-    """List the clusters with their health: last contact, JWKS age, live leases."""
-    reply = _call(
+    """List the clusters with their health: last contact, JWKS age, live leases, pod watch,
+    labels."""
+
+    async def both(stubs: tuple[Any, Any]) -> tuple[Any, dict[str, dict[str, str]]]:
+        clusters, rbac = stubs
+        reply = await clusters.ListClusters(clusters_pb2.ListClustersRequest(), timeout=TIMEOUT)
+        try:
+            labelled = await rbac.ListClusterLabels(
+                rbac_pb2.ListClusterLabelsRequest(), timeout=TIMEOUT
+            )
+        except grpc.aio.AioRpcError:  # no permit for manage_rbac: no labels shown
+            return reply, {}
+        return reply, {c.cluster: dict(c.labels) for c in labelled.clusters}
+
+    reply, labels = call_admin(
         context,
-        lambda stub: stub.ListClusters(clusters_pb2.ListClustersRequest(), timeout=TIMEOUT),
+        lambda channel: (
+            clusters_pb2_grpc.ClustersServiceStub(channel),
+            rbac_pb2_grpc.RbacServiceStub(channel),
+        ),
+        both,
     )
     now = dt.datetime.now(dt.UTC)
+    rows = [_row(c, now) for c in reply.clusters]
+    for row in rows:
+        found = labels.get(str(row["name"]), {})
+        row["labels"] = ",".join(f"{k}={v}" for k, v in sorted(found.items())) or None
     emit(
-        [_row(c, now) for c in reply.clusters],
+        rows,
         output,
-        columns=("name", "source", "contact", "jwks", "leases", "issuer"),
+        columns=(
+            "name",
+            "source",
+            "contact",
+            "jwks",
+            "leases",
+            "issuer",
+            "watch",
+            "event",
+            "server",
+            "labels",
+        ),
         empty="no clusters yet; add one with `keyferry clusters register`",
     )
 
@@ -169,8 +205,18 @@ def _row(c: clusters_pb2.Cluster, now: dt.datetime) -> dict[str, object]:
         "key_ids": list(c.key_ids),
         "contact": _age(c, "last_contact", now),
         "jwks": _age(c, "jwks_fetched_at", now),
+        "watch": _WATCH.get(c.pod_watch.state, "unknown"),
+        "watch_error": c.pod_watch.last_error or None,
+        "event": _age(c.pod_watch, "last_event", now),
         "leases": c.active_leases,
     }
+
+
+_WATCH = {
+    clusters_pb2.WATCH_STATE_NOT_STARTED: "not started",
+    clusters_pb2.WATCH_STATE_WATCHING: "watching",
+    clusters_pb2.WATCH_STATE_RECONNECTING: "reconnecting",
+}
 
 
 @app.command(
@@ -220,12 +266,52 @@ def _source(cluster: clusters_pb2.Cluster) -> str:
     return "registered" if cluster.source == clusters_pb2.CLUSTER_SOURCE_REGISTERED else "config"
 
 
-def _age(cluster: clusters_pb2.Cluster, field: str, now: dt.datetime) -> str:
-    if not cluster.HasField(field):  # type: ignore[arg-type]
+def _age(
+    message: clusters_pb2.Cluster | clusters_pb2.PodWatchHealth, field: str, now: dt.datetime
+) -> str:
+    if not message.HasField(field):  # type: ignore[arg-type]
         return "-"
-    stamp: timestamp_pb2.Timestamp = getattr(cluster, field)
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
     seconds = int((now - stamp.ToDatetime(dt.UTC)).total_seconds())
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n  keyferry clusters label a env=prod team=orders\n\n"
+        "  keyferry clusters label a team-\n\n"
+        "KEY=VALUE sets a label, KEY- removes one. RBAC profiles (`keyferry rbac apply`) "
+        "select clusters by their labels; the leader binds the profiles' groups in every "
+        "cluster that matches (docs/cluster-access.md). Cedar action manage_rbac.\n\n"
+        "Exit codes: 0 labelled; 2 a label or the context is invalid; 1 the broker refused; "
+        "3 the broker did not answer."
+    )
+)
+def label(
+    name: Annotated[str, typer.Argument(help="the cluster's name")],
+    labels: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove")],
+    context: ContextOption = None,
+    output: OutputOption = Output.TABLE,
+) -> None:
+    """Set or remove a cluster's labels."""
+    wanted: dict[str, str] = {}
+    remove: list[str] = []
+    for item in labels:
+        if item.endswith("-") and "=" not in item:
+            remove.append(item[:-1])
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            wanted[key] = value
+        else:
+            typer.echo(f"{item!r}: write KEY=VALUE to set a label, KEY- to remove one", err=True)
+            raise typer.Exit(CONFIG)
+    message = rbac_pb2.LabelClusterRequest(cluster=name, labels=wanted, remove=remove)
+    reply = call_admin(
+        context,
+        rbac_pb2_grpc.RbacServiceStub,
+        lambda stub: cast("RbacServiceAsyncStub", stub).LabelCluster(message, timeout=TIMEOUT),
+    )
+    emit_one({"cluster": name, "labels": dict(reply.labels)}, output)
 
 
 def _call(context: Path | None, call: Callable[[ClustersServiceAsyncStub], Awaitable[T]]) -> T:

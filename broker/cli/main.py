@@ -21,10 +21,12 @@ from . import (
     demo,
     leases,
     policy,
+    rbac,
     revoke,
     roles,
     rotate,
     serve,
+    whocan,
 )
 
 app = typer.Typer(
@@ -64,12 +66,15 @@ app.add_typer(clusters.app)
 app.add_typer(audit.app)
 app.add_typer(leases.app)
 app.add_typer(access.app)
+app.add_typer(rbac.app)
 app.add_typer(admin.app)
 app.add_typer(policy.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)
 app.command(epilog=revoke.EPILOG)(revoke.revoke)
 app.command(epilog=demo.EPILOG)(demo.demo)
+app.command("who-can", epilog=whocan.WHO_CAN_EPILOG)(whocan.who_can)
+app.command(epilog=whocan.WHY_EPILOG)(whocan.why)
 app.command(epilog=console.EPILOG)(console.console)
 
 

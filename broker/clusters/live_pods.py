@@ -24,6 +24,7 @@ from dataclasses import dataclass
 class LivePod:
     uid: str
     ending: bool  # deletionTimestamp set, or phase Succeeded/Failed: no new credentials
+    service_account: str = ""  # spec.serviceAccountName (who-can groups pods by it)
 
 
 class LivePods:
@@ -68,6 +69,14 @@ class LivePods:
         with self._lock:
             self._whole = False
             self._pods = {}
+
+    def snapshot(self) -> list[tuple[str, str, LivePod]] | None:
+        """Every pod as (namespace, name, pod) while the set is trusted; None otherwise
+        (who-can then lists the API server's pods instead)."""
+        with self._lock:
+            if not self._whole or self._clock() - self._heard > self._stale_after:
+                return None
+            return [(namespace, name, pod) for (namespace, name), pod in self._pods.items()]
 
     def __len__(self) -> int:
         return len(self._pods)

@@ -4,6 +4,7 @@ from .engine import Decision, PolicyEngine, PolicyInvalid
 from .entities import (
     Action,
     BrokerResource,
+    ClusterAccessResource,
     ClusterRef,
     ConnectionResource,
     GrantResource,
@@ -16,6 +17,7 @@ from .entities import (
 __all__ = [
     "Action",
     "BrokerResource",
+    "ClusterAccessResource",
     "ClusterRef",
     "ConnectionResource",
     "Decision",

@@ -22,10 +22,14 @@ class Action(StrEnum):
     GRANT = "grant"
     APPROVE = "approve"
     AUDIT = "audit"
+    EXPLAIN = "explain"
+    MANAGE_RBAC = "manage_rbac"
     REQUEST_ACCESS = "request_access"
     APPROVE_ACCESS = "approve_access"
     REVOKE_ACCESS = "revoke_access"
     VIEW_ACCESS = "view_access"
+    REQUEST_CLUSTER_ACCESS = "request_cluster_access"
+    REQUEST_CLUSTER_WIDE_ACCESS = "request_cluster_wide_access"
 
     def uid(self) -> dict[str, str]:
         return {"type": "Action", "id": self.value}
@@ -183,6 +187,32 @@ class GrantResource(_Entity):
         return [_entity("Grant", self.grant_id, attrs), *self.role.entities()]
 
 
+class ClusterAccessResource(_Entity):
+    """Access to a member cluster a grant asks for: `cluster_role` bound in `namespace`,
+    or in every namespace when `namespace` is None."""
+
+    kind: str = "ClusterAccess"
+    cluster: str = Field(min_length=1)
+    namespace: str | None = None
+    cluster_role: str = Field(min_length=1)
+
+    @property
+    def ident(self) -> str:
+        return f"{self.cluster}/{self.namespace or '*'}/{self.cluster_role}"
+
+    def entities(self) -> list[dict[str, Any]]:
+        attrs = {
+            "cluster": _ref("Cluster", self.cluster),
+            "namespace": self.namespace or "*",
+            "cluster_role": self.cluster_role,
+            "all_namespaces": self.namespace is None,
+        }
+        return [
+            _entity("ClusterAccess", self.ident, attrs),
+            *ClusterRef(name=self.cluster).entities(),
+        ]
+
+
 class BrokerResource(_Entity):
     """The broker itself, the resource of broker-wide actions such as reading the audit trail."""
 
@@ -213,5 +243,11 @@ class ConnectionResource(_Entity):
 
 Principal = Workload | Operator
 Resource = (
-    RoleResource | LeaseResource | ClusterRef | BrokerResource | ConnectionResource | GrantResource
+    RoleResource
+    | LeaseResource
+    | ClusterRef
+    | BrokerResource
+    | ConnectionResource
+    | GrantResource
+    | ClusterAccessResource
 )

@@ -33,6 +33,10 @@ from broker.api.v1 import (
     clusters_pb2_grpc,
     leases_pb2,
     leases_pb2_grpc,
+    policy_pb2,
+    policy_pb2_grpc,
+    rbac_pb2,
+    rbac_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -51,6 +55,8 @@ from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
 from .operators import OperatorGate
+from .policy_servicer import PolicyServicer
+from .rbac_servicer import RbacServicer
 from .records_servicer import AuditServicer, LeasesServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
@@ -62,6 +68,8 @@ ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+POLICY_SERVICE = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
+RBAC_SERVICE = rbac_pb2.DESCRIPTOR.services_by_name["RbacService"].full_name
 AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 LEASES_SERVICE = leases_pb2.DESCRIPTOR.services_by_name["LeasesService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
@@ -184,7 +192,18 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
         except KeyferryError:
             return float("nan")
 
-    metrics = BrokerMetrics(live_leases, pending_revocations, lambda: float(runtime.is_leader))
+    def cluster_removals() -> float:
+        try:
+            return float(runtime.store.kube_grants.pending_removals())
+        except KeyferryError:
+            return float("nan")
+
+    metrics = BrokerMetrics(
+        live_leases,
+        pending_revocations,
+        lambda: float(runtime.is_leader),
+        cluster_removals=cluster_removals,
+    )
     relay = runtime.flows.relay
     if relay is not None:
         refusals = relay.refusals
@@ -268,7 +287,11 @@ def _admin_listener(
     clusters_pb2_grpc.add_ClustersServiceServicer_to_server(
         ClustersServicer(runtime.clusters), admin
     )
-    access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(runtime.access), admin)
+    access_pb2_grpc.add_AccessServiceServicer_to_server(
+        AccessServicer(runtime.access, runtime.cluster_access), admin
+    )
+    policy_pb2_grpc.add_PolicyServiceServicer_to_server(PolicyServicer(runtime.who_can), admin)
+    rbac_pb2_grpc.add_RbacServiceServicer_to_server(RbacServicer(runtime.rbac), admin)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(runtime.reading), admin)
     leases_pb2_grpc.add_LeasesServiceServicer_to_server(LeasesServicer(runtime.listing), admin)
     services = [
@@ -276,6 +299,8 @@ def _admin_listener(
         ROTATION_SERVICE,
         CLUSTERS_SERVICE,
         ACCESS_SERVICE,
+        POLICY_SERVICE,
+        RBAC_SERVICE,
         AUDIT_SERVICE,
         LEASES_SERVICE,
     ]

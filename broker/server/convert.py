@@ -13,11 +13,12 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
 
 from broker.api.v1 import access_pb2, broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
-from broker.clusters import ClusterConnection
+from broker.clusters import ClusterConnection, ClusterHealth, WatchState
 from broker.errors import InvalidRequest
 from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
 from broker.service import (
     AckMessage,
+    ClusterCredential,
     ClusterView,
     GrantCredential,
     GrantEnd,
@@ -38,7 +39,7 @@ from broker.service import (
     Summary,
     WatchEvent,
 )
-from broker.store import GrantRecord, GrantState, LeaseRecord
+from broker.store import GrantRecord, GrantState, KubeGrantRecord, LeaseRecord
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
 _CREDENTIAL_TYPES = {
@@ -268,6 +269,39 @@ def grant_message(grant: GrantRecord) -> access_pb2.Grant:
     return message
 
 
+def with_cluster_access(
+    message: access_pb2.Grant, details: KubeGrantRecord | None
+) -> access_pb2.Grant:
+    """The grant's message with what it gives in a member cluster, for a cluster grant."""
+    if details is None:
+        return message
+    access = message.cluster_access
+    access.cluster = details.cluster
+    access.namespace = details.namespace or ""
+    access.all_namespaces = details.namespace is None
+    access.kube_role = details.cluster_role
+    access.service_account_namespace = details.account_namespace
+    access.service_account = details.account
+    access.objects = details.objects.value
+    access.removal_attempts = details.attempts
+    access.last_error = details.last_error or ""
+    access.ended_path = details.ended_path.value if details.ended_path is not None else ""
+    if details.token_expires_at is not None:
+        access.token_expires_at.CopyFrom(_timestamp(details.token_expires_at))
+    return message
+
+
+def cluster_credential_response(issued: ClusterCredential) -> access_pb2.IssueClusterAccessResponse:
+    return access_pb2.IssueClusterAccessResponse(
+        grant=with_cluster_access(grant_message(issued.grant), issued.details),
+        server=issued.server,
+        ca_pem=issued.ca_pem,
+        token=issued.token,
+        token_expires_at=_timestamp(issued.token_expires_at),
+        namespace=issued.details.namespace or "",
+    )
+
+
 def grant_credential_response(issued: GrantCredential) -> access_pb2.IssueForGrantResponse:
     return access_pb2.IssueForGrantResponse(
         grant=grant_message(issued.grant),
@@ -476,4 +510,23 @@ def cluster_message(view: ClusterView) -> clusters_pb2.Cluster:
         message.jwks_fetched_at.CopyFrom(_timestamp(view.jwks_fetched_at))
     if view.registered_at is not None:
         message.registered_at.CopyFrom(_timestamp(view.registered_at))
+    message.pod_watch.CopyFrom(_pod_watch(view.health))
+    return message
+
+
+_WATCH_STATES = {
+    WatchState.NOT_STARTED: clusters_pb2.WATCH_STATE_NOT_STARTED,
+    WatchState.WATCHING: clusters_pb2.WATCH_STATE_WATCHING,
+    WatchState.RECONNECTING: clusters_pb2.WATCH_STATE_RECONNECTING,
+}
+
+
+def _pod_watch(health: ClusterHealth) -> clusters_pb2.PodWatchHealth:
+    message = clusters_pb2.PodWatchHealth(
+        state=_WATCH_STATES[health.watch], last_error=health.watch_error
+    )
+    if health.watch_since is not None:
+        message.since.CopyFrom(_timestamp(health.watch_since))
+    if health.last_event is not None:
+        message.last_event.CopyFrom(_timestamp(health.last_event))
     return message

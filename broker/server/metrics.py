@@ -25,6 +25,8 @@ class BrokerMetrics:
         live_leases: Callable[[], float],
         pending_revocations: Callable[[], float] | None = None,
         leader: Callable[[], float] | None = None,
+        *,
+        cluster_removals: Callable[[], float] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
@@ -98,6 +100,15 @@ class BrokerMetrics:
             "1 while this replica leads the periodic jobs, else 0",
             registry=self.registry,
         )
+        self.cluster_removals = Gauge(
+            "keyferry_cluster_grant_removals_pending",
+            "Ended cluster grants whose ServiceAccount and binding are not deleted yet (the "
+            "member cluster did not answer); retried until done, so this only falls when the "
+            "cluster answers",
+            registry=self.registry,
+        )
+        if cluster_removals is not None:
+            self.cluster_removals.set_function(cluster_removals)
         if pending_revocations is not None:
             self.pending_revocations.set_function(pending_revocations)
         if leader is not None:

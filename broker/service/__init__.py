@@ -18,13 +18,16 @@ from .admin import audit_reading as audit_requests
 from .admin import lease_listing as lease_requests
 from .admin.access_grants import AccessFlow
 from .admin.audit_reading import AuditReading
+from .admin.cluster_access import ClusterAccessFlow, ClusterCredential
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
 from .admin.lease_listing import LeaseCount, LeaseListing, LeasePage
+from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
 from .admin.rotation import RotationFlow
 from .admin.selection import LeaseProgress, LeaseSelector, Outcome, Planned, SelectionEvent, Summary
+from .admin.who_can import WhoCanAnswer, WhoCanFlow, WhyAnswer
 from .common.callers import bearer_token
 from .common.refusals import CALLER_PEER
 from .common.results import GrantCredential, GrantEnd, IssuedLease, RenewedLease, Rotation
@@ -42,7 +45,9 @@ __all__ = [
     "AckMessage",
     "AuditReading",
     "BrokerRuntime",
+    "ClusterAccessFlow",
     "ClusterAdmin",
+    "ClusterCredential",
     "ClusterView",
     "Deregistered",
     "GrantCredential",
@@ -61,6 +66,7 @@ __all__ = [
     "LeasesNotRevoked",
     "Outcome",
     "Planned",
+    "RbacSync",
     "ReleaseFlow",
     "RenewFlow",
     "RenewedLease",
@@ -78,6 +84,9 @@ __all__ = [
     "TokenExpired",
     "WatchEvent",
     "WatchFlow",
+    "WhoCanAnswer",
+    "WhoCanFlow",
+    "WhyAnswer",
     "audit_requests",
     "bearer_token",
     "lease_requests",

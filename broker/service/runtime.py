@@ -40,12 +40,15 @@ from broker.store import AsyncStore, KeyRing, RowSigner, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
 from .admin.audit_reading import AuditReading, Transit
+from .admin.cluster_access import ClusterAccessFlow
 from .admin.clusters import ClusterAdmin
 from .admin.lease_listing import LeaseListing
+from .admin.rbac_sync import RbacSync
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotationFlow
 from .admin.rotation import RotationFlow
+from .admin.who_can import WhoCanFlow
 from .common.audit_trail import AuditTrail
 from .common.callers import Callers, VerifyLimits
 from .common.gate import PolicyGate
@@ -112,6 +115,9 @@ class BrokerRuntime:
     clusters: ClusterAdmin
     pods: PodLeases
     access: AccessFlow
+    cluster_access: ClusterAccessFlow
+    who_can: WhoCanFlow
+    rbac: RbacSync
     core: Core
     reading: AuditReading
     listing: LeaseListing
@@ -142,7 +148,7 @@ class BrokerRuntime:
         stores = AsyncStore(store, runner)
         vault = VaultClient(settings.vault)
         _on_close(stack, vault.close)
-        clients = {c.name: ClusterClient(c) for c in settings.clusters}
+        clients = {c.name: ClusterClient(c, clock=clock) for c in settings.clusters}
         callers = await _connect(clients, verify_limits(settings.tokens))
         _on_close(stack, callers.close)
         sink = JsonLinesSink(settings.audit.log)
@@ -259,8 +265,9 @@ class BrokerRuntime:
         pods = PodLeases(core, callers=callers)
         clusters = _cluster_admin(core, settings, callers=callers, sealer=sealer, pods=pods)
         await clusters.load()
-        access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
-        access.on_approve(clusters)
+        access, cluster_access, who_can, rbac = _access_flows(
+            settings, core, backends=backends, callers=callers, catalog=catalog, clusters=clusters
+        )
         runtime = cls(
             settings,
             store,
@@ -275,6 +282,9 @@ class BrokerRuntime:
             clusters,
             pods,
             access,
+            cluster_access,
+            who_can,
+            rbac,
             core,
             AuditReading(
                 core,
@@ -300,6 +310,12 @@ class BrokerRuntime:
             Periodic("reconcile", settings.reconcile.interval, flows.reconciler.run_once),
             Periodic("rotation-queue", settings.rotation.resume_interval, flows.rotation.resume),
             Periodic("access-expiry", settings.access.expiry_interval, self.access.expire_due),
+            Periodic("rbac-sync", settings.access.rbac_sync_interval, self.rbac.sync_once),
+            Periodic(
+                "cluster-access-cleanup",
+                settings.access.expiry_interval,
+                self.cluster_access.remove_due,
+            ),
             Periodic(
                 "scheduled-rotation", settings.rotation.schedule_interval, flows.scheduled.run_once
             ),
@@ -400,6 +416,38 @@ async def _open_store(
             rows=store.adopted_rows,
         )
     return store
+
+
+def _access_flows(
+    settings: BrokerSettings,
+    core: Core,
+    *,
+    backends: Backends,
+    callers: Callers,
+    catalog: RoleCatalog,
+    clusters: ClusterAdmin,
+) -> tuple[AccessFlow, ClusterAccessFlow, WhoCanFlow, RbacSync]:
+    """Access grants (credentials and member clusters), who-can, and the RBAC sync
+    (docs/cluster-access.md)."""
+    access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
+    access.on_approve(clusters)
+    cluster_access = ClusterAccessFlow(
+        core,
+        access=access,
+        callers=callers,
+        settings=settings.access,
+        backoff=Backoff(settings.revocation.backoff, settings.revocation.backoff_cap),
+    )
+    clusters.on_deregister(cluster_access.cluster_leaving)
+    who_can = WhoCanFlow(
+        core,
+        catalog=catalog,
+        callers=callers,
+        policy_text="\n".join(path.read_text() for path in settings.policies),
+        cluster_roles=settings.access.cluster_roles,
+    )
+    rbac = RbacSync(core, callers=callers, cluster_roles=settings.access.cluster_roles)
+    return access, cluster_access, who_can, rbac
 
 
 def verify_limits(tokens: TokensSettings) -> VerifyLimits:

@@ -34,17 +34,22 @@ from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowKeyMissing, RowSigner, RowTampered
 from .keyring import KeyMissing, KeyRing, RingKey, derive_key
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
+from .rbac import RbacBindingRecord, RbacRepository
 from .records import (
     LEASE_TRANSITIONS,
     LIVE_STATES,
     CheckpointRecord,
     ClusterRecord,
     ClusterRequestRecord,
+    EndPath,
     ExistingLease,
     GrantRecord,
     GrantState,
+    KubeGrantRecord,
+    KubeObjects,
     LeaseHandle,
     LeaseQuery,
     LeaseRecord,
@@ -72,6 +77,7 @@ __all__ = [
     "ClusterRecord",
     "ClusterRepository",
     "ClusterRequestRecord",
+    "EndPath",
     "ExistingLease",
     "GrantNotFound",
     "GrantRecord",
@@ -82,6 +88,9 @@ __all__ = [
     "KeyMissing",
     "KeyRing",
     "KeyUse",
+    "KubeGrantRecord",
+    "KubeGrantRepository",
+    "KubeObjects",
     "LeaseHandle",
     "LeaseNotFound",
     "LeaseQuery",
@@ -91,6 +100,8 @@ __all__ = [
     "LeaseState",
     "LeaseStateConflict",
     "PendingLease",
+    "RbacBindingRecord",
+    "RbacRepository",
     "Rekey",
     "Reseal",
     "RingKey",

@@ -15,7 +15,9 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
+from .rbac import RbacRepository
 from .records import LeaseHandle, LeaseRecord
 from .roles import RoleRepository
 from .runner import StoreRunner
@@ -95,7 +97,34 @@ class AsyncGrants(_Async[GrantRepository]):
     approve = _forward(GrantRepository.approve)
     deny = _forward(GrantRepository.deny)
     record_lease = _forward(GrantRepository.record_lease)
+    mark_issued = _forward(GrantRepository.mark_issued)
     end = _forward(GrantRepository.end)
+
+
+class AsyncKubeGrants(_Async[KubeGrantRepository]):
+    add = _forward(KubeGrantRepository.add)
+    get = _forward(KubeGrantRepository.get)
+    many = _forward(KubeGrantRepository.many)
+    of_cluster = _forward(KubeGrantRepository.of_cluster)
+    begin_create = _forward(KubeGrantRepository.begin_create)
+    record_uids = _forward(KubeGrantRepository.record_uids)
+    created = _forward(KubeGrantRepository.created)
+    to_remove = _forward(KubeGrantRepository.to_remove)
+    removal_failed = _forward(KubeGrantRepository.removal_failed)
+    removed = _forward(KubeGrantRepository.removed)
+    due = _forward(KubeGrantRepository.due)
+    present = _forward(KubeGrantRepository.present)
+    pending_removals = _forward(KubeGrantRepository.pending_removals)
+
+
+class AsyncRbac(_Async[RbacRepository]):
+    labels = _forward(RbacRepository.labels)
+    set_labels = _forward(RbacRepository.set_labels)
+    profiles = _forward(RbacRepository.profiles)
+    replace_profiles = _forward(RbacRepository.replace_profiles)
+    bindings = _forward(RbacRepository.bindings)
+    record_binding = _forward(RbacRepository.record_binding)
+    forget_binding = _forward(RbacRepository.forget_binding)
 
 
 class AsyncClusters(_Async[ClusterRepository]):
@@ -126,6 +155,8 @@ class AsyncStore:
     def __init__(self, store: Store, runner: StoreRunner) -> None:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
+        self.kube_grants = AsyncKubeGrants(store.kube_grants, runner)
+        self.rbac = AsyncRbac(store.rbac, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
         self.cluster_requests = AsyncClusterRequests(store.cluster_requests, runner)
         self.roles = AsyncRoles(store.roles, runner)

@@ -89,6 +89,16 @@ class GrantRepository:
         target = GrantState.ISSUED
         return self._move(grant_id, target, "used to issue a credential", change, now, again=True)
 
+    def mark_issued(self, grant_id: str, now: datetime) -> GrantRecord:
+        """approved → issued for a grant that holds no lease (access to a member cluster);
+        issuing again leaves it issued."""
+
+        def change(row: GrantRow) -> None:
+            pass
+
+        target = GrantState.ISSUED
+        return self._move(grant_id, target, "used to issue access", change, now, again=True)
+
     def end(self, grant_id: str, state: GrantState, by: str, now: datetime) -> GrantRecord:
         """An open grant becomes expired or revoked; ending it again the same way is a no-op."""
         if state not in (GrantState.EXPIRED, GrantState.REVOKED):

@@ -288,3 +288,56 @@ class GrantRecord(BaseModel):
     requester_identity: str | None = None
     """Who asked, as approvals compare it (Operator.person): not the certificate's name
     alone, so one person holding two names cannot approve their own request."""
+
+
+class KubeObjects(StrEnum):
+    """Where the objects a cluster grant made in its member cluster are in their life.
+
+        absent ──issue──▶ creating ──▶ present ──grant ends──▶ removing ──▶ removed
+                             │                                    ▲
+                             └── failed, or the broker died ──────┘ (back to absent while
+                                                                     the grant is open)
+
+    `creating` is written before the API server is asked, so a broker that dies mid-issue
+    leaves a row the cleanup pass finds; `removing` is retried until the API server has
+    deleted both objects (or they were gone already).
+    """
+
+    ABSENT = "absent"
+    CREATING = "creating"
+    PRESENT = "present"
+    REMOVING = "removing"
+    REMOVED = "removed"
+
+
+class EndPath(StrEnum):
+    """What ended a cluster grant's access: its token's own expiry (the TokenRequest
+    lifetime was the grant's end), or the deletion of its ServiceAccount before that."""
+
+    TOKEN_EXPIRED = "token-expired"  # noqa: S105 - a path's name, not a secret
+    ACCOUNT_DELETED = "service-account-deleted"
+
+
+class KubeGrantRecord(BaseModel):
+    model_config = _RECORD
+
+    grant_id: str
+    cluster: str
+    namespace: str | None
+    cluster_role: str
+    account_namespace: str
+    account: str
+    objects: KubeObjects
+    account_uid: str | None
+    binding_uid: str | None
+    token_expires_at: AwareDatetime | None
+    next_attempt_at: AwareDatetime | None
+    attempts: int
+    last_error: str | None
+    ended_path: EndPath | None
+    removed_at: AwareDatetime | None
+    updated_at: AwareDatetime
+
+    @property
+    def all_namespaces(self) -> bool:
+        return self.namespace is None

@@ -220,3 +220,70 @@ class ClusterRequestRow(Base):
     force: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     mac: Mapped[str | None] = mapped_column(String(64))
+
+
+KUBE_OBJECTS_CHECK = "objects IN ('absent', 'creating', 'present', 'removing', 'removed')"
+
+
+class KubeGrantRow(Base):
+    """What an access grant to a member cluster gives, and what the broker created there
+    for it: the ServiceAccount and the binding, by the UIDs the API server gave them."""
+
+    __tablename__ = "kube_grants"
+    __table_args__ = (
+        CheckConstraint(KUBE_OBJECTS_CHECK, name="ck_kube_grants_objects"),
+        Index("ix_kube_grants_objects_next", "objects", "next_attempt_at"),
+        Index("ix_kube_grants_cluster", "cluster"),
+    )
+
+    grant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    cluster: Mapped[str] = mapped_column(String(63))
+    namespace: Mapped[str | None] = mapped_column(String(63))
+    cluster_role: Mapped[str] = mapped_column(String(NAME))
+    account_namespace: Mapped[str] = mapped_column(String(63))
+    account: Mapped[str] = mapped_column(String(NAME))
+    objects: Mapped[str] = mapped_column(String(16))
+    account_uid: Mapped[str | None] = mapped_column(String(64))
+    binding_uid: Mapped[str | None] = mapped_column(String(64))
+    token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    ended_path: Mapped[str | None] = mapped_column(String(32))
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ClusterLabelsRow(Base):
+    """A cluster's labels (`keyferry clusters label`), for RBAC profiles' selectors."""
+
+    __tablename__ = "cluster_labels"
+
+    cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RbacProfileRow(Base):
+    """An RBAC profile (`keyferry rbac apply`): a group bound to a ClusterRole wherever the
+    cluster's labels match."""
+
+    __tablename__ = "rbac_profiles"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RbacBindingRow(Base):
+    """A binding the broker made in a member cluster for a profile, by the UID the API
+    server gave it: the broker deletes or restores only these."""
+
+    __tablename__ = "rbac_bindings"
+
+    cluster: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)  # "" cluster-wide
+    profile: Mapped[str] = mapped_column(String(63))
+    uid: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

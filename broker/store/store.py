@@ -29,8 +29,10 @@ from .engine import READ_ONLY, create_store_engine
 from .failures import store_errors
 from .grants import GrantRepository
 from .integrity import RowSigner, adopt_unsigned_rows
+from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
+from .rbac import RbacRepository
 from .rekey import Rekey, Reseal
 from .roles import RoleRepository
 
@@ -55,6 +57,8 @@ class Store:
         self.clusters = ClusterRepository(sessions, clock, rows)
         self.cluster_requests = ClusterRequestRepository(sessions, rows)
         self.grants = GrantRepository(sessions)
+        self.kube_grants = KubeGrantRepository(sessions)
+        self.rbac = RbacRepository(sessions)
         self._rows = rows
 
     def rekey(self, reseal: Reseal) -> Rekey:

@@ -13,10 +13,13 @@ from pydantic import SecretStr
 from broker.errors import FailedPrecondition
 from broker.service.common.grant_terms import check_grant_ask, new_grant
 from broker.store import (
+    EndPath,
     GrantNotFound,
     GrantRecord,
     GrantState,
     GrantStateConflict,
+    KubeGrantRecord,
+    KubeObjects,
     Store,
     StoreSettings,
 )
@@ -126,3 +129,79 @@ def test_find_filters_by_requester_and_state_newest_first(store: Store) -> None:
     store.grants.approve(first.id, "bob", START)
     approved = store.grants.find(states=frozenset({GrantState.APPROVED}))
     assert [g.id for g in approved] == [first.id]
+
+
+# --- cluster grants (kube_grants) ----------------------------------------------------------
+
+
+def cluster_grant(store: Store, grant_id: str = "g-1") -> KubeGrantRecord:
+    return store.kube_grants.add(
+        KubeGrantRecord(
+            grant_id=grant_id,
+            cluster="a",
+            namespace="orders",
+            cluster_role="edit",
+            account_namespace="keyferry-access",
+            account=f"keyferry-grant-{grant_id}",
+            objects=KubeObjects.ABSENT,
+            account_uid=None,
+            binding_uid=None,
+            token_expires_at=None,
+            next_attempt_at=None,
+            attempts=0,
+            last_error=None,
+            ended_path=None,
+            removed_at=None,
+            updated_at=START,
+        )
+    )
+
+
+def test_a_cluster_grants_objects_are_made_once_and_removed_once(store: Store) -> None:
+    made = cluster_grant(store)
+    claimed = store.kube_grants.begin_create(made.grant_id, START + timedelta(minutes=1), START)
+    assert claimed is not None
+    assert claimed.objects == KubeObjects.CREATING
+    # A second issue while the first makes the objects gets nothing to do.
+    assert store.kube_grants.begin_create(made.grant_id, START, START) is None
+    store.kube_grants.record_uids(made.grant_id, START, account_uid="u-sa")
+    store.kube_grants.record_uids(made.grant_id, START, binding_uid="u-rb")
+    present = store.kube_grants.created(made.grant_id, START + timedelta(minutes=30), START)
+    assert (present.objects, present.account_uid, present.binding_uid) == (
+        KubeObjects.PRESENT,
+        "u-sa",
+        "u-rb",
+    )
+    assert store.kube_grants.due(START + timedelta(hours=1)) == []  # present: nothing due
+
+    removing = store.kube_grants.to_remove(made.grant_id, START + timedelta(minutes=5))
+    assert removing.objects == KubeObjects.REMOVING
+    assert store.kube_grants.pending_removals() == 1
+    later = START + timedelta(minutes=6)
+    failed = store.kube_grants.removal_failed(made.grant_id, "unreachable", later, START)
+    assert (failed.attempts, failed.last_error) == (1, "unreachable")
+    assert store.kube_grants.due(START + timedelta(minutes=5)) == []  # waits for its retry
+    assert [d.grant_id for d in store.kube_grants.due(later)] == [made.grant_id]
+    done = store.kube_grants.removed(made.grant_id, EndPath.ACCOUNT_DELETED, later, reopen=False)
+    assert (done.objects, done.ended_path, done.account_uid) == (
+        KubeObjects.REMOVED,
+        EndPath.ACCOUNT_DELETED,
+        None,
+    )
+    assert store.kube_grants.pending_removals() == 0
+    # Ending again changes nothing; `again` (an issue that made objects late) queues anew.
+    assert store.kube_grants.to_remove(made.grant_id, later).objects == KubeObjects.REMOVED
+    again = store.kube_grants.to_remove(made.grant_id, later, again=True)
+    assert again.objects == KubeObjects.REMOVING
+
+
+def test_an_issue_that_died_is_due_after_its_claim_and_may_be_made_again(store: Store) -> None:
+    made = cluster_grant(store, "g-2")
+    store.kube_grants.begin_create(made.grant_id, START + timedelta(minutes=1), START)
+    assert store.kube_grants.due(START) == []  # the issue still holds it
+    due = store.kube_grants.due(START + timedelta(minutes=2))
+    assert [(d.grant_id, d.objects) for d in due] == [(made.grant_id, KubeObjects.CREATING)]
+    back = store.kube_grants.removed(made.grant_id, EndPath.ACCOUNT_DELETED, START, reopen=True)
+    assert (back.objects, back.ended_path) == (KubeObjects.ABSENT, None)
+    assert store.kube_grants.begin_create(made.grant_id, START, START) is not None
+    assert store.kube_grants.many([made.grant_id, "not-a-cluster-grant"]).keys() == {made.grant_id}

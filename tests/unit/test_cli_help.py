@@ -84,7 +84,7 @@ def test_shell_completion_completes_the_installed_command() -> None:
         "COMP_CWORD": "2",
     }
     done = subprocess.run([str(keyferry)], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["register", "list", "get", "deregister"]
+    assert done.stdout.split() == ["register", "list", "get", "deregister", "label"]
     script = subprocess.run(
         [str(keyferry), "--show-completion", "bash"], capture_output=True, text=True, check=True
     )

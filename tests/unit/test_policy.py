@@ -10,6 +10,7 @@ import pytest
 from broker.policy import (
     Action,
     BrokerResource,
+    ClusterAccessResource,
     ClusterRef,
     ConnectionResource,
     GrantResource,
@@ -45,10 +46,20 @@ GRANT = GrantResource(grant_id="g1", requester="dev", duration_seconds=600, role
 OWN_GRANT = GRANT.model_copy(update={"requester": "sam"})
 SEC_ACCESS, OWN_GRANTS = "security-decides-access", "requesters-own-grants"
 DEV_ACCESS = "developers-request-access"
+ORDERS_EDIT = ClusterAccessResource(cluster="a", namespace="orders", cluster_role="edit")
+BILLING_EDIT = ORDERS_EDIT.model_copy(update={"namespace": "billing"})
+ADMIN_IN_ORDERS = ORDERS_EDIT.model_copy(update={"cluster_role": "admin"})
+EVERYWHERE_VIEW = ClusterAccessResource(cluster="a", namespace=None, cluster_role="view")
 CONTEXTS: dict[Action, dict[str, Any]] = {
     Action.ISSUE: CTX,
     Action.REQUEST_ACCESS: {"duration_seconds": 600},
+    Action.REQUEST_CLUSTER_ACCESS: {"duration_seconds": 600},
+    Action.REQUEST_CLUSTER_WIDE_ACCESS: {"duration_seconds": 600},
 }
+DEV_CLUSTER, PLATFORM_WIDE = (
+    "developers-request-cluster-access",
+    "platform-request-cluster-wide-view",
+)
 
 CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("issue-allowed", APP, Action.ISSUE, DB_ROLE, True, "orders-workloads-issue"),
@@ -73,6 +84,10 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("approve-platform", PLATFORM, Action.APPROVE, DB_ROLE, False, None),
     ("audit-security", SECURITY, Action.AUDIT, BROKER, True, "security-operators"),
     ("audit-nobody", NOBODY, Action.AUDIT, BROKER, False, None),
+    ("explain-security", SECURITY, Action.EXPLAIN, BROKER, True, "security-operators"),
+    ("explain-platform", PLATFORM, Action.EXPLAIN, BROKER, False, None),
+    ("manage-rbac-platform", PLATFORM, Action.MANAGE_RBAC, BROKER, True, "platform-operators"),
+    ("manage-rbac-security", SECURITY, Action.MANAGE_RBAC, BROKER, False, None),
     (
         "rotate-root-security",
         SECURITY,
@@ -98,6 +113,47 @@ CASES: list[tuple[str, Principal, Action, Resource, bool, str | None]] = [
     ("revoke-access-nobody", NOBODY, Action.REVOKE_ACCESS, GRANT, False, None),
     ("view-access-security", SECURITY, Action.VIEW_ACCESS, GRANT, True, SEC_ACCESS),
     ("view-access-other-developer", PLATFORM, Action.VIEW_ACCESS, GRANT, False, None),
+    (
+        "cluster-access-developer",
+        DEVELOPER,
+        Action.REQUEST_CLUSTER_ACCESS,
+        ORDERS_EDIT,
+        True,
+        DEV_CLUSTER,
+    ),
+    (
+        "cluster-access-other-ns",
+        DEVELOPER,
+        Action.REQUEST_CLUSTER_ACCESS,
+        BILLING_EDIT,
+        False,
+        None,
+    ),
+    (
+        "cluster-access-admin",
+        DEVELOPER,
+        Action.REQUEST_CLUSTER_ACCESS,
+        ADMIN_IN_ORDERS,
+        False,
+        None,
+    ),
+    # A namespaced permit never gives a ClusterRoleBinding: that is its own action.
+    (
+        "cluster-wide-developer",
+        DEVELOPER,
+        Action.REQUEST_CLUSTER_WIDE_ACCESS,
+        EVERYWHERE_VIEW,
+        False,
+        None,
+    ),
+    (
+        "cluster-wide-platform",
+        PLATFORM,
+        Action.REQUEST_CLUSTER_WIDE_ACCESS,
+        EVERYWHERE_VIEW,
+        True,
+        PLATFORM_WIDE,
+    ),
 ]
 
 

@@ -27,45 +27,53 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/access.proto\x12\rbroker.api.v1\x1a\x1a\x62roker/api/v1/broker.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x03\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.broker.api.v1.GrantState\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0crequested_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65nded_by\x18\x0b \x01(\t\x12,\n\x08\x65nded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08lease_id\x18\r \x01(\t\"`\n\x13RequestGrantRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\";\n\x14RequestGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"\'\n\x13\x41pproveGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\";\n\x14\x41pproveGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"$\n\x10\x44\x65nyGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"8\n\x11\x44\x65nyGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"(\n\x14IssueForGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"\x90\x01\n\x15IssueForGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x03 \x01(\x0b\x32\x19.broker.api.v1.Credential\"&\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"U\n\x13RevokeGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\x12\x19\n\x11pending_lease_ids\x18\x02 \x03(\t\"Q\n\x11ListGrantsRequest\x12)\n\x06states\x18\x01 \x03(\x0e\x32\x19.broker.api.v1.GrantState\x12\x11\n\trequester\x18\x02 \x01(\t\":\n\x12ListGrantsResponse\x12$\n\x06grants\x18\x01 \x03(\x0b\x32\x14.broker.api.v1.Grant\"#\n\x0fGetGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"7\n\x10GetGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant*\xbe\x01\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_STATE_PENDING\x10\x01\x12\x18\n\x14GRANT_STATE_APPROVED\x10\x02\x12\x16\n\x12GRANT_STATE_ISSUED\x10\x03\x12\x16\n\x12GRANT_STATE_DENIED\x10\x04\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x05\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x06\x32\xe3\x04\n\rAccessService\x12W\n\x0cRequestGrant\x12\".broker.api.v1.RequestGrantRequest\x1a#.broker.api.v1.RequestGrantResponse\x12W\n\x0c\x41pproveGrant\x12\".broker.api.v1.ApproveGrantRequest\x1a#.broker.api.v1.ApproveGrantResponse\x12N\n\tDenyGrant\x12\x1f.broker.api.v1.DenyGrantRequest\x1a .broker.api.v1.DenyGrantResponse\x12Z\n\rIssueForGrant\x12#.broker.api.v1.IssueForGrantRequest\x1a$.broker.api.v1.IssueForGrantResponse\x12T\n\x0bRevokeGrant\x12!.broker.api.v1.RevokeGrantRequest\x1a\".broker.api.v1.RevokeGrantResponse\x12Q\n\nListGrants\x12 .broker.api.v1.ListGrantsRequest\x1a!.broker.api.v1.ListGrantsResponse\x12K\n\x08GetGrant\x12\x1e.broker.api.v1.GetGrantRequest\x1a\x1f.broker.api.v1.GetGrantResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/access.proto\x12\rbroker.api.v1\x1a\x1a\x62roker/api/v1/broker.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x03\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x05state\x18\x02 \x01(\x0e\x32\x19.broker.api.v1.GrantState\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x11\n\trequester\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0crequested_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\t \x01(\t\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65nded_by\x18\x0b \x01(\t\x12,\n\x08\x65nded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08lease_id\x18\r \x01(\t\x12\x34\n\x0e\x63luster_access\x18\x0e \x01(\x0b\x32\x1c.broker.api.v1.ClusterAccess\"\xa3\x02\n\rClusterAccess\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x03 \x01(\x08\x12\x11\n\tkube_role\x18\x04 \x01(\t\x12!\n\x19service_account_namespace\x18\x05 \x01(\t\x12\x17\n\x0fservice_account\x18\x06 \x01(\t\x12\x0f\n\x07objects\x18\x07 \x01(\t\x12\x18\n\x10removal_attempts\x18\x08 \x01(\x05\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x12\n\nended_path\x18\n \x01(\t\x12\x34\n\x10token_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"e\n\x14\x43lusterAccessRequest\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x16\n\x0e\x61ll_namespaces\x18\x03 \x01(\x08\x12\x11\n\tkube_role\x18\x04 \x01(\t\"\x9d\x01\n\x13RequestGrantRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12+\n\x08\x64uration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12;\n\x0e\x63luster_access\x18\x04 \x01(\x0b\x32#.broker.api.v1.ClusterAccessRequest\";\n\x14RequestGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"\'\n\x13\x41pproveGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\";\n\x14\x41pproveGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"$\n\x10\x44\x65nyGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"8\n\x11\x44\x65nyGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"(\n\x14IssueForGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"\x90\x01\n\x15IssueForGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x03 \x01(\x0b\x32\x19.broker.api.v1.Credential\"&\n\x12RevokeGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"U\n\x13RevokeGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\x12\x19\n\x11pending_lease_ids\x18\x02 \x03(\t\"Q\n\x11ListGrantsRequest\x12)\n\x06states\x18\x01 \x03(\x0e\x32\x19.broker.api.v1.GrantState\x12\x11\n\trequester\x18\x02 \x01(\t\":\n\x12ListGrantsResponse\x12$\n\x06grants\x18\x01 \x03(\x0b\x32\x14.broker.api.v1.Grant\"#\n\x0fGetGrantRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"7\n\x10GetGrantResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\"-\n\x19IssueClusterAccessRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\"\xb9\x01\n\x1aIssueClusterAccessResponse\x12#\n\x05grant\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Grant\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\r\n\x05token\x18\x04 \x01(\t\x12\x34\n\x10token_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tnamespace\x18\x06 \x01(\t*\xbe\x01\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13GRANT_STATE_PENDING\x10\x01\x12\x18\n\x14GRANT_STATE_APPROVED\x10\x02\x12\x16\n\x12GRANT_STATE_ISSUED\x10\x03\x12\x16\n\x12GRANT_STATE_DENIED\x10\x04\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x05\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x06\x32\xce\x05\n\rAccessService\x12W\n\x0cRequestGrant\x12\".broker.api.v1.RequestGrantRequest\x1a#.broker.api.v1.RequestGrantResponse\x12W\n\x0c\x41pproveGrant\x12\".broker.api.v1.ApproveGrantRequest\x1a#.broker.api.v1.ApproveGrantResponse\x12N\n\tDenyGrant\x12\x1f.broker.api.v1.DenyGrantRequest\x1a .broker.api.v1.DenyGrantResponse\x12Z\n\rIssueForGrant\x12#.broker.api.v1.IssueForGrantRequest\x1a$.broker.api.v1.IssueForGrantResponse\x12T\n\x0bRevokeGrant\x12!.broker.api.v1.RevokeGrantRequest\x1a\".broker.api.v1.RevokeGrantResponse\x12Q\n\nListGrants\x12 .broker.api.v1.ListGrantsRequest\x1a!.broker.api.v1.ListGrantsResponse\x12K\n\x08GetGrant\x12\x1e.broker.api.v1.GetGrantRequest\x1a\x1f.broker.api.v1.GetGrantResponse\x12i\n\x12IssueClusterAccess\x12(.broker.api.v1.IssueClusterAccessRequest\x1a).broker.api.v1.IssueClusterAccessResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.api.v1.access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GRANTSTATE']._serialized_start=1455
-  _globals['_GRANTSTATE']._serialized_end=1645
+  _globals['_GRANTSTATE']._serialized_start=2203
+  _globals['_GRANTSTATE']._serialized_end=2393
   _globals['_GRANT']._serialized_start=139
-  _globals['_GRANT']._serialized_end=542
-  _globals['_REQUESTGRANTREQUEST']._serialized_start=544
-  _globals['_REQUESTGRANTREQUEST']._serialized_end=640
-  _globals['_REQUESTGRANTRESPONSE']._serialized_start=642
-  _globals['_REQUESTGRANTRESPONSE']._serialized_end=701
-  _globals['_APPROVEGRANTREQUEST']._serialized_start=703
-  _globals['_APPROVEGRANTREQUEST']._serialized_end=742
-  _globals['_APPROVEGRANTRESPONSE']._serialized_start=744
-  _globals['_APPROVEGRANTRESPONSE']._serialized_end=803
-  _globals['_DENYGRANTREQUEST']._serialized_start=805
-  _globals['_DENYGRANTREQUEST']._serialized_end=841
-  _globals['_DENYGRANTRESPONSE']._serialized_start=843
-  _globals['_DENYGRANTRESPONSE']._serialized_end=899
-  _globals['_ISSUEFORGRANTREQUEST']._serialized_start=901
-  _globals['_ISSUEFORGRANTREQUEST']._serialized_end=941
-  _globals['_ISSUEFORGRANTRESPONSE']._serialized_start=944
-  _globals['_ISSUEFORGRANTRESPONSE']._serialized_end=1088
-  _globals['_REVOKEGRANTREQUEST']._serialized_start=1090
-  _globals['_REVOKEGRANTREQUEST']._serialized_end=1128
-  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1130
-  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1215
-  _globals['_LISTGRANTSREQUEST']._serialized_start=1217
-  _globals['_LISTGRANTSREQUEST']._serialized_end=1298
-  _globals['_LISTGRANTSRESPONSE']._serialized_start=1300
-  _globals['_LISTGRANTSRESPONSE']._serialized_end=1358
-  _globals['_GETGRANTREQUEST']._serialized_start=1360
-  _globals['_GETGRANTREQUEST']._serialized_end=1395
-  _globals['_GETGRANTRESPONSE']._serialized_start=1397
-  _globals['_GETGRANTRESPONSE']._serialized_end=1452
-  _globals['_ACCESSSERVICE']._serialized_start=1648
-  _globals['_ACCESSSERVICE']._serialized_end=2259
+  _globals['_GRANT']._serialized_end=596
+  _globals['_CLUSTERACCESS']._serialized_start=599
+  _globals['_CLUSTERACCESS']._serialized_end=890
+  _globals['_CLUSTERACCESSREQUEST']._serialized_start=892
+  _globals['_CLUSTERACCESSREQUEST']._serialized_end=993
+  _globals['_REQUESTGRANTREQUEST']._serialized_start=996
+  _globals['_REQUESTGRANTREQUEST']._serialized_end=1153
+  _globals['_REQUESTGRANTRESPONSE']._serialized_start=1155
+  _globals['_REQUESTGRANTRESPONSE']._serialized_end=1214
+  _globals['_APPROVEGRANTREQUEST']._serialized_start=1216
+  _globals['_APPROVEGRANTREQUEST']._serialized_end=1255
+  _globals['_APPROVEGRANTRESPONSE']._serialized_start=1257
+  _globals['_APPROVEGRANTRESPONSE']._serialized_end=1316
+  _globals['_DENYGRANTREQUEST']._serialized_start=1318
+  _globals['_DENYGRANTREQUEST']._serialized_end=1354
+  _globals['_DENYGRANTRESPONSE']._serialized_start=1356
+  _globals['_DENYGRANTRESPONSE']._serialized_end=1412
+  _globals['_ISSUEFORGRANTREQUEST']._serialized_start=1414
+  _globals['_ISSUEFORGRANTREQUEST']._serialized_end=1454
+  _globals['_ISSUEFORGRANTRESPONSE']._serialized_start=1457
+  _globals['_ISSUEFORGRANTRESPONSE']._serialized_end=1601
+  _globals['_REVOKEGRANTREQUEST']._serialized_start=1603
+  _globals['_REVOKEGRANTREQUEST']._serialized_end=1641
+  _globals['_REVOKEGRANTRESPONSE']._serialized_start=1643
+  _globals['_REVOKEGRANTRESPONSE']._serialized_end=1728
+  _globals['_LISTGRANTSREQUEST']._serialized_start=1730
+  _globals['_LISTGRANTSREQUEST']._serialized_end=1811
+  _globals['_LISTGRANTSRESPONSE']._serialized_start=1813
+  _globals['_LISTGRANTSRESPONSE']._serialized_end=1871
+  _globals['_GETGRANTREQUEST']._serialized_start=1873
+  _globals['_GETGRANTREQUEST']._serialized_end=1908
+  _globals['_GETGRANTRESPONSE']._serialized_start=1910
+  _globals['_GETGRANTRESPONSE']._serialized_end=1965
+  _globals['_ISSUECLUSTERACCESSREQUEST']._serialized_start=1967
+  _globals['_ISSUECLUSTERACCESSREQUEST']._serialized_end=2012
+  _globals['_ISSUECLUSTERACCESSRESPONSE']._serialized_start=2015
+  _globals['_ISSUECLUSTERACCESSRESPONSE']._serialized_end=2200
+  _globals['_ACCESSSERVICE']._serialized_start=2396
+  _globals['_ACCESSSERVICE']._serialized_end=3114
 # @@protoc_insertion_point(module_scope)

@@ -79,6 +79,7 @@ class Grant(_message.Message):
     ENDED_BY_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_ACCESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___GrantState.ValueType
     role: _builtins.str
@@ -107,6 +108,12 @@ class Grant(_message.Message):
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def cluster_access(self) -> Global___ClusterAccess:
+        """Set for a grant of access to a member cluster (its role is then
+        `kube:<cluster>/<namespace or *>/<ClusterRole>`).
+        """
+
     def __init__(
         self,
         *,
@@ -123,14 +130,117 @@ class Grant(_message.Message):
         ended_by: _builtins.str = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         lease_id: _builtins.str = ...,
+        cluster_access: Global___ClusterAccess | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "duration", b"duration", "ended_at", b"ended_at", "expires_at", b"expires_at", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster_access", b"cluster_access", "decided_at", b"decided_at", "duration", b"duration", "ended_at", b"ended_at", "expires_at", b"expires_at", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "decided_by", b"decided_by", "duration", b"duration", "ended_at", b"ended_at", "ended_by", b"ended_by", "expires_at", b"expires_at", "id", b"id", "lease_id", b"lease_id", "reason", b"reason", "requested_at", b"requested_at", "requester", b"requester", "role", b"role", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_access", b"cluster_access", "decided_at", b"decided_at", "decided_by", b"decided_by", "duration", b"duration", "ended_at", b"ended_at", "ended_by", b"ended_by", "expires_at", b"expires_at", "id", b"id", "lease_id", b"lease_id", "reason", b"reason", "requested_at", b"requested_at", "requester", b"requester", "role", b"role", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Grant: _TypeAlias = Grant  # noqa: Y015
+
+@_typing.final
+class ClusterAccess(_message.Message):
+    """ClusterAccess is what a grant of access to a member cluster gives, and what the broker
+    made for it in that cluster.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ALL_NAMESPACES_FIELD_NUMBER: _builtins.int
+    KUBE_ROLE_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_NAMESPACE_FIELD_NUMBER: _builtins.int
+    SERVICE_ACCOUNT_FIELD_NUMBER: _builtins.int
+    OBJECTS_FIELD_NUMBER: _builtins.int
+    REMOVAL_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    ENDED_PATH_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    namespace: _builtins.str
+    """The namespace of the RoleBinding; empty with all_namespaces (a ClusterRoleBinding)."""
+    all_namespaces: _builtins.bool
+    kube_role: _builtins.str
+    """The ClusterRole bound."""
+    service_account_namespace: _builtins.str
+    """The grant's ServiceAccount, in the broker's access namespace of that cluster."""
+    service_account: _builtins.str
+    objects: _builtins.str
+    """Where its objects are: absent, creating, present, removing (deletion pending, retried
+    until done) or removed.
+    """
+    removal_attempts: _builtins.int
+    """Failed deletion attempts so far, and the last error, while removing."""
+    last_error: _builtins.str
+    ended_path: _builtins.str
+    """What ended the access once removed: token-expired (the token's lifetime was the
+    grant's end) or service-account-deleted (deleted before its token expired).
+    """
+    @_builtins.property
+    def token_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the latest token issued for the grant expires."""
+
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        all_namespaces: _builtins.bool = ...,
+        kube_role: _builtins.str = ...,
+        service_account_namespace: _builtins.str = ...,
+        service_account: _builtins.str = ...,
+        objects: _builtins.str = ...,
+        removal_attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        ended_path: _builtins.str = ...,
+        token_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token_expires_at", b"token_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "cluster", b"cluster", "ended_path", b"ended_path", "kube_role", b"kube_role", "last_error", b"last_error", "namespace", b"namespace", "objects", b"objects", "removal_attempts", b"removal_attempts", "service_account", b"service_account", "service_account_namespace", b"service_account_namespace", "token_expires_at", b"token_expires_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterAccess: _TypeAlias = ClusterAccess  # noqa: Y015
+
+@_typing.final
+class ClusterAccessRequest(_message.Message):
+    """ClusterAccessRequest names the access to a member cluster a grant asks for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    ALL_NAMESPACES_FIELD_NUMBER: _builtins.int
+    KUBE_ROLE_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    """A cluster the broker knows (`keyferry clusters list`)."""
+    namespace: _builtins.str
+    """The namespace to bind the ClusterRole in; empty with all_namespaces."""
+    all_namespaces: _builtins.bool
+    """A ClusterRoleBinding instead: Cedar action request_cluster_wide_access, which only a
+    permit naming it allows.
+    """
+    kube_role: _builtins.str
+    """One of the broker's access.cluster_roles (view and edit by default)."""
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        all_namespaces: _builtins.bool = ...,
+        kube_role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_namespaces", b"all_namespaces", "cluster", b"cluster", "kube_role", b"kube_role", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterAccessRequest: _TypeAlias = ClusterAccessRequest  # noqa: Y015
 
 @_typing.final
 class RequestGrantRequest(_message.Message):
@@ -141,6 +251,7 @@ class RequestGrantRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CLUSTER_ACCESS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """A role of the catalog (`keyferry roles list`)."""
     reason: _builtins.str
@@ -149,16 +260,21 @@ class RequestGrantRequest(_message.Message):
     def duration(self) -> _duration_pb2.Duration:
         """At least one minute and at most the broker's access.max_duration."""
 
+    @_builtins.property
+    def cluster_access(self) -> Global___ClusterAccessRequest:
+        """Access to a member cluster instead of a role's credentials (leave `role` empty)."""
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         duration: _duration_pb2.Duration | None = ...,
         reason: _builtins.str = ...,
+        cluster_access: Global___ClusterAccessRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster_access", b"cluster_access", "duration", b"duration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "reason", b"reason", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_access", b"cluster_access", "duration", b"duration", "reason", b"reason", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,3 +584,65 @@ class GetGrantResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetGrantResponse: _TypeAlias = GetGrantResponse  # noqa: Y015
+
+@_typing.final
+class IssueClusterAccessRequest(_message.Message):
+    """IssueClusterAccessRequest names an approved cluster grant of the caller's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueClusterAccessRequest: _TypeAlias = IssueClusterAccessRequest  # noqa: Y015
+
+@_typing.final
+class IssueClusterAccessResponse(_message.Message):
+    """IssueClusterAccessResponse is what a kubeconfig for the grant needs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_FIELD_NUMBER: _builtins.int
+    SERVER_FIELD_NUMBER: _builtins.int
+    CA_PEM_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    server: _builtins.str
+    """The member cluster's API server URL and CA bundle (PEM), as the broker reaches it."""
+    ca_pem: _builtins.str
+    token: _builtins.str
+    """A bearer token of the grant's ServiceAccount."""
+    namespace: _builtins.str
+    """The granted namespace (the kubeconfig context's default); empty for all namespaces."""
+    @_builtins.property
+    def grant(self) -> Global___Grant: ...
+    @_builtins.property
+    def token_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        grant: Global___Grant | None = ...,
+        server: _builtins.str = ...,
+        ca_pem: _builtins.str = ...,
+        token: _builtins.str = ...,
+        token_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        namespace: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "token_expires_at", b"token_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "grant", b"grant", "namespace", b"namespace", "server", b"server", "token", b"token", "token_expires_at", b"token_expires_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueClusterAccessResponse: _TypeAlias = IssueClusterAccessResponse  # noqa: Y015

@@ -77,6 +77,11 @@ class AccessServiceStub:
                 request_serializer=broker_dot_api_dot_v1_dot_access__pb2.GetGrantRequest.SerializeToString,
                 response_deserializer=broker_dot_api_dot_v1_dot_access__pb2.GetGrantResponse.FromString,
                 _registered_method=True)
+        self.IssueClusterAccess = channel.unary_unary(
+                '/broker.api.v1.AccessService/IssueClusterAccess',
+                request_serializer=broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessRequest.SerializeToString,
+                response_deserializer=broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessResponse.FromString,
+                _registered_method=True)
 
 
 class AccessServiceServicer:
@@ -140,6 +145,18 @@ class AccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueClusterAccess(self, request, context):
+        """IssueClusterAccess returns what a kubeconfig needs for an approved grant of access to
+        a member cluster (RequestGrant with `cluster`), to its requester: the API server, its
+        CA and a token of the grant's ServiceAccount that expires when the grant ends (or
+        after 10 minutes, the TokenRequest API's least; the grant's end then deletes the
+        ServiceAccount). The first call makes the ServiceAccount and binding; repeated calls
+        return a new token of the same ServiceAccount.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +194,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.GetGrant,
                     request_deserializer=broker_dot_api_dot_v1_dot_access__pb2.GetGrantRequest.FromString,
                     response_serializer=broker_dot_api_dot_v1_dot_access__pb2.GetGrantResponse.SerializeToString,
+            ),
+            'IssueClusterAccess': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueClusterAccess,
+                    request_deserializer=broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessRequest.FromString,
+                    response_serializer=broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -376,6 +398,33 @@ class AccessService:
             '/broker.api.v1.AccessService/GetGrant',
             broker_dot_api_dot_v1_dot_access__pb2.GetGrantRequest.SerializeToString,
             broker_dot_api_dot_v1_dot_access__pb2.GetGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueClusterAccess(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.api.v1.AccessService/IssueClusterAccess',
+            broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessRequest.SerializeToString,
+            broker_dot_api_dot_v1_dot_access__pb2.IssueClusterAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,

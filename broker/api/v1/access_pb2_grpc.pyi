@@ -57,6 +57,14 @@ class AccessServiceStub:
     """ListGrants returns the grants the caller may see, newest first."""
     GetGrant: _grpc.UnaryUnaryMultiCallable[_access_pb2.GetGrantRequest, _access_pb2.GetGrantResponse]
     """GetGrant returns one grant."""
+    IssueClusterAccess: _grpc.UnaryUnaryMultiCallable[_access_pb2.IssueClusterAccessRequest, _access_pb2.IssueClusterAccessResponse]
+    """IssueClusterAccess returns what a kubeconfig needs for an approved grant of access to
+    a member cluster (RequestGrant with `cluster`), to its requester: the API server, its
+    CA and a token of the grant's ServiceAccount that expires when the grant ends (or
+    after 10 minutes, the TokenRequest API's least; the grant's end then deletes the
+    ServiceAccount). The first call makes the ServiceAccount and binding; repeated calls
+    return a new token of the same ServiceAccount.
+    """
 
 @_typing.type_check_only
 class AccessServiceAsyncStub(AccessServiceStub):
@@ -87,6 +95,14 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """ListGrants returns the grants the caller may see, newest first."""
     GetGrant: _aio.UnaryUnaryMultiCallable[_access_pb2.GetGrantRequest, _access_pb2.GetGrantResponse]  # type: ignore[assignment]
     """GetGrant returns one grant."""
+    IssueClusterAccess: _aio.UnaryUnaryMultiCallable[_access_pb2.IssueClusterAccessRequest, _access_pb2.IssueClusterAccessResponse]  # type: ignore[assignment]
+    """IssueClusterAccess returns what a kubeconfig needs for an approved grant of access to
+    a member cluster (RequestGrant with `cluster`), to its requester: the API server, its
+    CA and a token of the grant's ServiceAccount that expires when the grant ends (or
+    after 10 minutes, the TokenRequest API's least; the grant's end then deletes the
+    ServiceAccount). The first call makes the ServiceAccount and binding; repeated calls
+    return a new token of the same ServiceAccount.
+    """
 
 class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
     """AccessService hands out a role's credentials for a while, with a second person's
@@ -156,5 +172,19 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_access_pb2.GetGrantResponse, _abc.Awaitable[_access_pb2.GetGrantResponse]]:
         """GetGrant returns one grant."""
+
+    @_abc_1.abstractmethod
+    def IssueClusterAccess(
+        self,
+        request: _access_pb2.IssueClusterAccessRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_pb2.IssueClusterAccessResponse, _abc.Awaitable[_access_pb2.IssueClusterAccessResponse]]:
+        """IssueClusterAccess returns what a kubeconfig needs for an approved grant of access to
+        a member cluster (RequestGrant with `cluster`), to its requester: the API server, its
+        CA and a token of the grant's ServiceAccount that expires when the grant ends (or
+        after 10 minutes, the TokenRequest API's least; the grant's end then deletes the
+        ServiceAccount). The first call makes the ServiceAccount and binding; repeated calls
+        return a new token of the same ServiceAccount.
+        """
 
 def add_AccessServiceServicer_to_server(servicer: AccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

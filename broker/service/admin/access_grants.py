@@ -52,10 +52,13 @@ from ..common.grant_terms import (
     ACCESS_OWNER,
     CLUSTER_BACKEND,
     CLUSTER_CHANGE_PREFIX,
+    KUBE_BACKEND,
+    KUBE_ROLE_PREFIX,
     check_grant_ask,
     cluster_change_of,
     grant_lease_request,
     grant_resource,
+    is_cluster_grant,
     new_grant,
 )
 from ..common.results import GrantCredential, GrantEnd
@@ -79,6 +82,14 @@ class GrantApproved(Protocol):
     ) -> None: ...
 
 
+class GrantEnds(Protocol):
+    """What else ends with a grant: a cluster grant's objects in its member cluster
+    (cluster_access.py). Called after the grant ended in the store; it queues what it could
+    not do now and never raises for that."""
+
+    async def grant_ended(self, grant: GrantRecord, who: Principal, request_id: str) -> None: ...
+
+
 class AccessFlow:
     def __init__(
         self,
@@ -98,10 +109,15 @@ class AccessFlow:
         self._settings = settings
         self._clock = core.clock
         self._approved: list[GrantApproved] = []
+        self._ends: list[GrantEnds] = []
 
     def on_approve(self, approved: GrantApproved) -> None:
         """Call `approved` whenever a grant is approved."""
         self._approved.append(approved)
+
+    def on_end(self, ends: GrantEnds) -> None:
+        """Call `ends` whenever a grant ends (revoked or expired), after its leases."""
+        self._ends.append(ends)
 
     # -- request, decide -------------------------------------------------------------------
 
@@ -217,6 +233,11 @@ class AccessFlow:
                 f"grant {grant.id} approves a change of the cluster registry ({grant.role}); "
                 "its approval carried it out, there is no credential to issue"
             )
+        if is_cluster_grant(grant):
+            raise FailedPrecondition(
+                f"grant {grant.id} is access to a cluster ({grant.role}), not a credential: "
+                "IssueClusterAccess gives its kubeconfig (`keyferry access issue` calls it)"
+            )
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
         if isinstance(begun, ExistingLease):
@@ -279,6 +300,7 @@ class AccessFlow:
         )
         ended = await self._grants.end(grant.id, GrantState.REVOKED, operator.name, self._clock())
         pending = await self._end_leases(ended, who, request_id)
+        await self._end_others(ended, who, request_id)
         return GrantEnd(grant=ended, pending_lease_ids=pending)
 
     async def current(self, grant_id: str) -> GrantRecord:
@@ -315,6 +337,7 @@ class AccessFlow:
         if grant.state != ended.state:
             await self._audit.grant(who, AuditAction.ACCESS_EXPIRE, ended, request_id)
         await self._end_leases(ended, who, request_id)
+        await self._end_others(ended, who, request_id)
         log.info("grant expired", grant_id=ended.id, request_id=request_id)
         return ended
 
@@ -332,6 +355,10 @@ class AccessFlow:
                 log.warning("grant's lease queued", lease_id=lease.id, error=error.message)
                 queued.append(lease.id)
         return queued
+
+    async def _end_others(self, grant: GrantRecord, who: Principal, request_id: str) -> None:
+        for ends in self._ends:
+            await ends.grant_ended(grant, who, request_id)
 
     # -- read ------------------------------------------------------------------------------
 
@@ -376,9 +403,11 @@ class AccessFlow:
 
     async def _backend_of(self, role_name: str) -> str:
         """The role's backend for Cedar; `unknown` once the role was deleted; `cluster` for
-        a change of the cluster registry."""
+        a change of the cluster registry, `kubernetes` for a grant of access to a cluster."""
         if role_name.startswith(CLUSTER_CHANGE_PREFIX):
             return CLUSTER_BACKEND
+        if role_name.startswith(KUBE_ROLE_PREFIX):
+            return KUBE_BACKEND
         try:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:

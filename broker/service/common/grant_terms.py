@@ -164,3 +164,21 @@ def cluster_change_of(grant: GrantRecord) -> tuple[str, str] | None:
         return None
     kind, _, name = grant.role.removeprefix(CLUSTER_CHANGE_PREFIX).partition(":")
     return (kind, name) if kind in CLUSTER_CHANGES and name else None
+
+
+# -- grants of access to a member cluster ------------------------------------------------
+# Such a grant is an access grant like any other (same table, states, approvals and
+# audit records); its `role` names what it gives, `kube:<cluster>/<namespace>/<ClusterRole>`
+# (namespace `*`: all namespaces), which no catalog role can be (role names have no `:`).
+# What the broker made for it in the cluster is kept beside it (store/kube_grants.py).
+
+KUBE_ROLE_PREFIX = "kube:"
+KUBE_BACKEND = "kubernetes"
+
+
+def kube_role(cluster: str, namespace: str | None, cluster_role: str) -> str:
+    return f"{KUBE_ROLE_PREFIX}{cluster}/{namespace or '*'}/{cluster_role}"
+
+
+def is_cluster_grant(grant: GrantRecord) -> bool:
+    return grant.role.startswith(KUBE_ROLE_PREFIX)
