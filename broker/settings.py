@@ -44,6 +44,7 @@ from broker.models import Duration
 from broker.models.yaml_source import YamlInvalid, YamlSource, read_yaml
 from broker.moved_settings import MovedConflict, move_old_keys
 from broker.store import StoreSettings
+from broker.store.keyring import MAX_KEYS, KeyRing
 
 ENV_PREFIX = "KEYFERRY_"
 DEFAULT_DATA_DIR = Path("/var/lib/keyferry")
@@ -110,26 +111,85 @@ class AuditSettings(_Group):
 
 
 class SealingSettings(_Group):
-    key: SecretStr = Field(
+    """The sealing key ring (broker/store/keyring.py): the first key seals credentials and
+    makes row and event MACs, every key opens and verifies. Set `keys` (a list), or `key`
+    (one key, or several separated by commas: the form an environment variable or a
+    Secret's value takes, like `KEYFERRY_SEALING__KEY=NEW,OLD`)."""
+
+    key: SecretStr | None = Field(
+        default=None,
         description="base64 of 32 random bytes (AES-256) that seals credentials in the lease "
-        f"store for idempotent Issue; {KEY_HINT}"
+        "store for idempotent Issue; several separated by commas make a ring, the current "
+        f"first; {KEY_HINT}",
+    )
+    keys: list[SecretStr] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_KEYS,
+        description="the key ring instead of `key`: the current key first (it seals and "
+        "signs), then the keys that only open and verify what they made earlier (removed "
+        "after `keyferry admin reseal`); each base64 of 32 random bytes",
     )
 
     @field_validator("key")
     @classmethod
-    def _aes_256(cls, key: SecretStr) -> SecretStr:
-        try:
-            raw = base64.b64decode(key.get_secret_value(), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"is not base64; {KEY_HINT}") from exc
-        if len(raw) != AES_256_KEY_BYTES:
-            raise ValueError(
-                f"must decode to {AES_256_KEY_BYTES} bytes, not {len(raw)}; {KEY_HINT}"
-            )
+    def _aes_256(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None:
+            parts = key.get_secret_value().split(",")
+            if len(parts) > MAX_KEYS:
+                raise ValueError(f"holds {len(parts)} keys; at most {MAX_KEYS}")
+            for part in parts:
+                _decode_key(part.strip())
         return key
 
+    @field_validator("keys")
+    @classmethod
+    def _aes_256_each(cls, keys: list[SecretStr] | None) -> list[SecretStr] | None:
+        for index, key in enumerate(keys or []):
+            try:
+                _decode_key(key.get_secret_value())
+            except ValueError as error:
+                raise ValueError(f"item {index}: {error}") from None
+        return keys
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SealingSettings:
+        if (self.key is None) == (self.keys is None):
+            raise ValueError(
+                f"set `keys` (a list, the current key first) or `key`, not both; {KEY_HINT}"
+            )
+        raw = self.ring_bytes()
+        if len(set(raw)) != len(raw):
+            raise ValueError("a key is listed twice; list each key once, the current first")
+        try:
+            KeyRing.of(raw)
+        except ValueError as error:
+            raise ValueError(f"{error}; generate another key") from None
+        return self
+
+    def ring_bytes(self) -> list[bytes]:
+        """The keys, decoded, the current first."""
+        if self.keys is not None:
+            return [_decode_key(k.get_secret_value()) for k in self.keys]
+        text = self.key.get_secret_value() if self.key is not None else ""
+        return [_decode_key(part.strip()) for part in text.split(",")]
+
+    def ring(self) -> KeyRing:
+        return KeyRing.of(self.ring_bytes())
+
     def key_bytes(self) -> bytes:
-        return base64.b64decode(self.key.get_secret_value())
+        """The current key."""
+        return self.ring_bytes()[0]
+
+
+def _decode_key(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"is not base64; {KEY_HINT}") from exc
+    if len(raw) != AES_256_KEY_BYTES:
+        raise ValueError(f"must decode to {AES_256_KEY_BYTES} bytes, not {len(raw)}; {KEY_HINT}")
+    return raw
 
 
 class WorkloadListener(_Group):

@@ -38,6 +38,7 @@ from broker.identity.admin_pki import (
 from broker.identity.operators import parse_serials
 from broker.models.durations import format_duration, parse_duration
 
+from . import reseal as reseal_module
 from .context import ENV, CliContext, default_context_file, save_context
 from .exits import CONFIG
 
@@ -402,3 +403,6 @@ def _admin_section(address: str, client_ca: Path, server: PemPair) -> str:
         f"  tls_key: {server.key_path.resolve()}\n"
         f"  client_ca: {client_ca.resolve()}\n"
     )
+
+
+app.command("reseal", epilog=reseal_module.EPILOG)(reseal_module.reseal)

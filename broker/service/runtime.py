@@ -36,7 +36,7 @@ from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings, TokensSettings
-from broker.store import AsyncStore, RowSigner, Store, StoreRunner
+from broker.store import AsyncStore, KeyRing, RowSigner, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
 from .admin.audit_reading import AuditReading, Transit
@@ -53,7 +53,7 @@ from .common.audit_trail import AuditTrail
 from .common.callers import Callers, VerifyLimits
 from .common.gate import PolicyGate
 from .common.role_catalog import RoleCatalog
-from .common.sealing import CredentialSealer, derive_key
+from .common.sealing import CredentialSealer, check_ring
 from .core import Core
 from .engine.lease_engine import LeaseEngine
 from .engine.revoker import CLAIM_MARGIN, Backoff, Revoker
@@ -140,8 +140,9 @@ class BrokerRuntime:
         cls, settings: BrokerSettings, stack: AsyncExitStack, clock: Clock
     ) -> BrokerRuntime:
         policy = _load_policy(settings)
-        sealing_key = settings.sealing.key_bytes()
-        store = await _open_store(settings, stack, clock, sealing_key)
+        ring = settings.sealing.ring()
+        sealer = CredentialSealer(ring)
+        store = await _open_store(settings, stack, clock, sealer, ring)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
         stores = AsyncStore(store, runner)
@@ -171,7 +172,6 @@ class BrokerRuntime:
             applied = await catalog.apply(load_roles(settings.roles))
             log.info("roles file applied", path=str(settings.roles), roles=len(applied))
         backends = Backends(vault)
-        sealer = CredentialSealer(sealing_key)
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
@@ -221,7 +221,7 @@ class BrokerRuntime:
             hub=hub,
             store=stores,
             sealer=sealer,
-            signer=EventSigner(derive_key(sealing_key, "events")),
+            signer=EventSigner(ring.derive("events")),
         )
         scheduler = JobScheduler(
             [
@@ -396,12 +396,19 @@ def _load_policy(settings: BrokerSettings) -> PolicyEngine:
 
 
 async def _open_store(
-    settings: BrokerSettings, stack: AsyncExitStack, clock: Clock, sealing_key: bytes
+    settings: BrokerSettings,
+    stack: AsyncExitStack,
+    clock: Clock,
+    sealer: CredentialSealer,
+    ring: KeyRing,
 ) -> Store:
-    """The store, migrated, with role and cluster rows MAC'd and checked."""
-    rows = RowSigner(derive_key(sealing_key, "rows"))
+    """The store, migrated, with role and cluster rows MAC'd and checked; SealingKeysMissing
+    when rows name a sealing key the ring does not hold."""
+    rows = RowSigner(ring.derive("rows"))
     store = await asyncio.to_thread(partial(Store.open, settings.store, clock, rows=rows))
     _on_close(stack, store.close)
+    log.info("sealing keys", current=ring.current.name, also_open=ring.names[1:])
+    await asyncio.to_thread(check_ring, store, sealer, ring)
     if store.adopted_rows:
         log.warning(
             "role and cluster rows written before row MACs were given their first MAC "

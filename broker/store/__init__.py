@@ -32,7 +32,8 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
-from .integrity import RowSigner, RowTampered
+from .integrity import RowKeyMissing, RowSigner, RowTampered
+from .keyring import KeyMissing, KeyRing, RingKey, derive_key
 from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
@@ -63,6 +64,7 @@ from .records import (
     RotationRequest,
     Selector,
 )
+from .rekey import KeyUse, Rekey, Reseal, TableReport
 from .roles import RoleRepository
 from .runner import StoreRunner
 from .store import Store
@@ -90,6 +92,9 @@ __all__ = [
     "GrantState",
     "GrantStateConflict",
     "IssueInProgress",
+    "KeyMissing",
+    "KeyRing",
+    "KeyUse",
     "KubeGrantRecord",
     "KubeGrantRepository",
     "KubeObjects",
@@ -105,18 +110,24 @@ __all__ = [
     "PendingLease",
     "RbacBindingRecord",
     "RbacRepository",
+    "Rekey",
+    "Reseal",
+    "RingKey",
     "RoleNotFound",
     "RoleRecord",
     "RoleRepository",
     "RotationRequest",
+    "RowKeyMissing",
     "RowSigner",
     "RowTampered",
     "Selector",
     "Store",
     "StoreRunner",
     "StoreSettings",
+    "TableReport",
     "create_store_engine",
     "current_revision",
+    "derive_key",
     "head_revision",
     "store_errors",
     "upgrade",

@@ -15,8 +15,15 @@ credential and pinned JWKS. Times (updated_at, last_contact, jwks_fetched_at) ar
 Rows written before MACs existed are adopted once, by the start that migrates the store to
 revision ROW_MACS_REVISION (inside that migration's transaction and lock): trust on first
 use, documented in docs/security.md. After that a row without a MAC is refused like one
-with a wrong MAC. A store opened without the key (`keyferry audit verify`, tests' observers)
-neither writes nor checks MACs: a row it writes is refused by the broker until re-applied.
+with a wrong MAC.
+
+MAC format: `<key id>:<first 55 hex digits of the HMAC>` (64 characters, the column's
+width), made under the ring's current key; a row made by a key not in the ring is refused
+with RowKeyMissing (add the key back, or `keyferry admin reseal` while it is there). MACs
+written before key ids (64 hex digits) are checked against every key of the ring.
+
+A store opened without the key (`keyferry audit verify`, tests' observers) neither writes
+nor checks MACs: a row it writes is refused by the broker until re-applied.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from sqlalchemy import Connection, select, update
 
 from broker.errors import FailedPrecondition
 
+from .keyring import KeyMissing, KeyRing, RingKey
 from .schema import ClusterRow, RoleRow
 
 ROW_MACS_REVISION = "0009"  # the migration that added the mac columns
@@ -60,14 +68,53 @@ class RowTampered(FailedPrecondition):
         self.key = key
 
 
-class RowSigner:
-    """Computes and checks the MACs of role and cluster rows."""
+KEY_FIX = (
+    "put the key back in sealing.keys (after the current one), or run `keyferry admin "
+    "reseal --config FILE` with a ring that holds it before removing it"
+)
+MAC_HEX = 55  # hex digits of the HMAC kept after `<key id>:` (64 characters in all)
 
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+
+class RowKeyMissing(RowTampered):
+    """A row's MAC was made by a sealing key that is no longer in the ring."""
+
+    audit_reason = "ROW_KEY_MISSING"
+
+    def __init__(self, table: str, key: str, kid: str) -> None:
+        FailedPrecondition.__init__(
+            self,
+            f"{table} row {key!r} in the store was MAC'd under sealing key {kid}, which is "
+            f"not in sealing.keys; {KEY_FIX}",
+        )
+        self.table = table
+        self.key = key
+        self.kid = kid
+
+
+def mac_key_id(mac: str | None) -> str | None:
+    """The key id a MAC names; None for a MAC written before key ids (or none)."""
+    if mac is None or ":" not in mac:
+        return None
+    return mac.split(":", 1)[0]
+
+
+class RowSigner:
+    """Computes and checks the MACs of role and cluster rows, under the rows key ring
+    (`KeyRing.derive("rows")`) or one raw key."""
+
+    def __init__(self, keys: KeyRing | bytes) -> None:
+        self._ring = KeyRing.coerce(keys)
+
+    @property
+    def current(self) -> str:
+        """The id of the key new MACs are made under."""
+        return self._ring.current.name
+
+    def is_current(self, mac: str | None) -> bool:
+        return mac_key_id(mac) == self.current
 
     def role(self, name: str, spec: dict[str, Any]) -> str:
-        return self._mac(["roles", name, spec])
+        return self._mac(_role(name, spec))
 
     def cluster(
         self,
@@ -79,43 +126,73 @@ class RowSigner:
         sealed_credential: bytes,
         jwks: dict[str, Any],
     ) -> str:
-        sealed = base64.b64encode(sealed_credential).decode()
-        return self._mac(["clusters", name, server, ca_pem, issuer, sealed, jwks])
+        return self._mac(_cluster(name, server, ca_pem, issuer, sealed_credential, jwks))
 
     def cluster_request(self, row: Any) -> str:
         """A pending registry change (ClusterRequestRow's fields)."""
-        sealed = base64.b64encode(row.sealed_credential or b"").decode()
-        content = [row.grant_id, row.kind, row.name, row.server, row.ca_pem, row.issuer]
-        return self._mac(["cluster_requests", *content, sealed, bool(row.force)])
+        return self._mac(_cluster_request(row))
 
     def check_cluster_request(self, row: Any) -> None:
         fix = "deny the request (`keyferry access deny ID`) and ask again"
-        self._check("cluster_requests", row.grant_id, self.cluster_request(row), row.mac, fix)
+        self._check("cluster_requests", row.grant_id, _cluster_request(row), row.mac, fix)
 
     def check_role(self, name: str, spec: dict[str, Any], mac: str | None) -> None:
-        self._check("roles", name, self.role(name, spec), mac, ROLE_FIX)
+        self._check("roles", name, _role(name, spec), mac, ROLE_FIX)
 
     def check_cluster(self, row: Any) -> None:
-        expected = self.cluster(
-            name=row.name,
-            server=row.server,
-            ca_pem=row.ca_pem,
-            issuer=row.issuer,
-            sealed_credential=row.sealed_credential,
-            jwks=row.jwks,
+        content = _cluster(
+            row.name, row.server, row.ca_pem, row.issuer, row.sealed_credential, row.jwks
         )
-        self._check("clusters", row.name, expected, row.mac, CLUSTER_FIX)
+        self._check("clusters", row.name, content, row.mac, CLUSTER_FIX)
 
-    def _check(self, table: str, key: str, expected: str, mac: str | None, fix: str) -> None:
-        if mac is None or not hmac.compare_digest(expected, mac):
-            raise RowTampered(table, key, fix, missing=mac is None)
+    def _check(self, table: str, key: str, content: list[Any], mac: str | None, fix: str) -> None:
+        """RowTampered unless `mac` is the content's MAC under a key of the ring (the one
+        it names, or any for a MAC from before key ids); RowKeyMissing when it names a key
+        the ring does not hold."""
+        if mac is None:
+            raise RowTampered(table, key, fix, missing=True)
+        kid = mac_key_id(mac)
+        if kid is None:  # before key ids: the whole HMAC, under any key of the ring
+            for ring_key in self._ring:
+                if hmac.compare_digest(self._hmac(ring_key.secret, content), mac):
+                    return
+            raise RowTampered(table, key, fix)
+        try:
+            ring_key = self._ring.get(bytes.fromhex(kid))
+        except (KeyMissing, ValueError):
+            raise RowKeyMissing(table, key, kid) from None
+        if not hmac.compare_digest(self._tagged(ring_key, content), mac):
+            raise RowTampered(table, key, fix)
 
     def _mac(self, content: list[Any]) -> str:
+        return self._tagged(self._ring.current, content)
+
+    def _tagged(self, ring_key: RingKey, content: list[Any]) -> str:
+        return f"{ring_key.name}:{self._hmac(ring_key.secret, content)[:MAC_HEX]}"
+
+    @staticmethod
+    def _hmac(secret: bytes, content: list[Any]) -> str:
         body = json.dumps(content, sort_keys=True, separators=(",", ":"))
-        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(secret, body.encode(), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
-        return "RowSigner(key=**********)"
+        return f"RowSigner(keys={self._ring.names})"
+
+
+def _role(name: str, spec: dict[str, Any]) -> list[Any]:
+    return ["roles", name, spec]
+
+
+def _cluster(  # noqa: PLR0917 (the row's covered fields, in order)
+    name: str, server: str, ca_pem: str, issuer: str, sealed: bytes, jwks: dict[str, Any]
+) -> list[Any]:
+    return ["clusters", name, server, ca_pem, issuer, base64.b64encode(sealed).decode(), jwks]
+
+
+def _cluster_request(row: Any) -> list[Any]:
+    sealed = base64.b64encode(row.sealed_credential or b"").decode()
+    content = [row.grant_id, row.kind, row.name, row.server, row.ca_pem, row.issuer]
+    return ["cluster_requests", *content, sealed, bool(row.force)]
 
 
 def adopt_unsigned_rows(rows: RowSigner, connection: Connection, before: str | None) -> int:

@@ -33,6 +33,7 @@ from .kube_grants import KubeGrantRepository
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .rbac import RbacRepository
+from .rekey import Rekey, Reseal
 from .roles import RoleRepository
 
 
@@ -58,6 +59,14 @@ class Store:
         self.grants = GrantRepository(sessions)
         self.kube_grants = KubeGrantRepository(sessions)
         self.rbac = RbacRepository(sessions)
+        self._rows = rows
+
+    def rekey(self, reseal: Reseal) -> Rekey:
+        """Re-sealing and re-MACing under the current key (needs the store opened with
+        `rows`)."""
+        if self._rows is None:
+            raise ValueError("a store opened without the rows key ring cannot re-MAC rows")
+        return Rekey(self._sessions, self._rows, reseal)
 
     @classmethod
     def open(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import re
 import subprocess
@@ -89,7 +90,7 @@ class Replica:
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 text = response.read().decode()
-        except OSError:
+        except (OSError, http.client.HTTPException):  # killed mid-answer: IncompleteRead
             return None
         match = re.search(rf"^{name} ([0-9.e+-]+|nan)$", text, re.MULTILINE)
         return None if match is None else float(match.group(1))

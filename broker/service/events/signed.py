@@ -10,8 +10,12 @@ flood the log. A replayed notification (someone who LISTENed sends it again) is 
 authentic; receivers therefore build every event from the store, not from the payload
 (relay.py), and such a replay changes nothing.
 
-Payload: `{"v": 1, "body": "<JSON of the note>", "mac": "<hex>"}`; at most PAYLOAD_MAX
-characters (PostgreSQL's own NOTIFY limit is 8000 bytes).
+Payload: `{"v": 1, "body": "<JSON of the note>", "mac": "<hex>", "kid": "<key id>"}`; at
+most PAYLOAD_MAX characters (PostgreSQL's own NOTIFY limit is 8000 bytes). The MAC is made
+under the current key of the ring (broker/store/keyring.py) and `kid` names it; a receiver
+checks it under that key when its ring holds it, so replicas whose rings list the same keys
+in another order understand each other during a key rotation. A note without `kid` (from a
+replica before key rings; they ignore `kid`) is checked under every key of the ring.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
+
+from broker.store.keyring import KeyMissing, KeyRing
 
 log = structlog.get_logger("keyferry.notify")
 VERSION = 1
@@ -49,12 +55,17 @@ class EventRefused(Exception):
 
 
 class EventSigner:
-    def __init__(self, key: bytes) -> None:
-        self._key = key
+    """Signs under the current key of the events ring (`KeyRing.derive("events")`, or one
+    raw key); verifies under the key a note names, or any key of the ring."""
+
+    def __init__(self, keys: KeyRing | bytes) -> None:
+        self._ring = KeyRing.coerce(keys)
 
     def wrap(self, note: dict[str, Any]) -> str:
         body = json.dumps(note, sort_keys=True, separators=(",", ":"))
-        return json.dumps({"v": VERSION, "body": body, "mac": self._mac(body)})
+        current = self._ring.current
+        mac = self._mac(current.secret, body)
+        return json.dumps({"v": VERSION, "body": body, "mac": mac, "kid": current.name})
 
     def unwrap(self, payload: str) -> dict[str, Any]:
         """The note of an authentic payload; EventRefused otherwise."""
@@ -70,7 +81,7 @@ class EventSigner:
             raise EventRefused(Refusal.UNAUTHENTICATED, "not a signed keyferry event payload")
         if not isinstance(body, str) or not isinstance(mac, str):
             raise EventRefused(Refusal.UNAUTHENTICATED, "no body or no MAC")
-        if not hmac.compare_digest(mac, self._mac(body)):
+        if not any(hmac.compare_digest(mac, self._mac(key, body)) for key in self._keys(outer)):
             raise EventRefused(Refusal.UNAUTHENTICATED, "the MAC does not match")
         try:
             note = json.loads(body)
@@ -80,11 +91,23 @@ class EventSigner:
             raise EventRefused(Refusal.UNREADABLE, "the body is not an object")
         return note
 
-    def _mac(self, body: str) -> str:
-        return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()
+    def _keys(self, outer: dict[str, Any]) -> list[bytes]:
+        kid = outer.get("kid")
+        if kid is None:
+            return [key.secret for key in self._ring]
+        try:
+            return [self._ring.get(bytes.fromhex(kid)).secret] if isinstance(kid, str) else []
+        except (KeyMissing, ValueError):
+            raise EventRefused(
+                Refusal.UNAUTHENTICATED, f"signed under key {str(kid)[:16]}, not in the ring"
+            ) from None
+
+    @staticmethod
+    def _mac(key: bytes, body: str) -> str:
+        return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
-        return "EventSigner(key=**********)"
+        return f"EventSigner(keys={self._ring.names})"
 
 
 class RefusedEvents:
