@@ -9,6 +9,7 @@ import sys
 import structlog
 import typer
 
+from broker import tracing
 from injector import probe
 
 from . import main
@@ -32,6 +33,7 @@ def _configure_logging() -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            tracing.add_trace_id,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),

@@ -1,6 +1,10 @@
 """The broker's workload API as the agent uses it: TLS, a bearer token read fresh from the
 projected token file on every call and every (re)connect, and gRPC failures mapped once,
-through `_mapped`, into the agent's error tree by status code and ErrorInfo reason."""
+through `_mapped`, into the agent's error tree by status code and ErrorInfo reason.
+
+With tracing on (broker.tracing) Issue and Release are client spans whose traceparent goes
+in the call's metadata; a Watch event carries the broker's push span (`trace`), and an Ack
+carries the span of the agent's handling of its event, so a rotation is one trace."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from broker import tracing
 from broker.api.v1 import broker_pb2, broker_pb2_grpc
 from injector.contract import BACKOFF_CAP_SECONDS
 
@@ -33,6 +38,8 @@ class Ack(NamedTuple):
     lease_id: str
     generation: int
     restarted: tuple[str, ...] = ()
+    trace: str = ""
+    """The traceparent of the agent's span that handled the event ("": untraced)."""
 
 
 CALL_TIMEOUT = 20.0
@@ -70,18 +77,22 @@ class Issued(BaseModel):
 class Rotated(BaseModel):
     model_config = ConfigDict(frozen=True)
     issued: Issued
+    trace: str = ""
+    """The broker's push span as a W3C traceparent ("": untraced); on every event."""
 
 
 class Revoked(BaseModel):
     model_config = ConfigDict(frozen=True)
     lease_id: str
     reason: str
+    trace: str = ""
 
 
 class Expiring(BaseModel):
     model_config = ConfigDict(frozen=True)
     lease_id: str
     expires_at: datetime | None
+    trace: str = ""
 
 
 class Renewed(BaseModel):
@@ -90,6 +101,7 @@ class Renewed(BaseModel):
     model_config = ConfigDict(frozen=True)
     lease_id: str
     expires_at: datetime
+    trace: str = ""
 
 
 WatchEvent = Rotated | Revoked | Expiring | Renewed
@@ -118,18 +130,28 @@ class BrokerClient:
         self._stub: BrokerServiceAsyncStub = broker_pb2_grpc.BrokerServiceStub(self._channel)
         self._token_path = token_path
 
-    def _metadata(self) -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {read_token(self._token_path)}"),)
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bearer token, and the current span's traceparent when tracing is on."""
+        return (("authorization", f"Bearer {read_token(self._token_path)}"), *tracing.metadata())
 
     async def issue(self, credential_name: str, role: str) -> Issued:
         request = broker_pb2.IssueRequest(credential_name=credential_name, role=role)
-        with _mapped("Issue", credential_name):
+        attributes = {"keyferry.credential": credential_name, "keyferry.role": role}
+        with (
+            tracing.span("BrokerService/Issue", attributes, kind="client") as span,
+            _mapped("Issue", credential_name),
+        ):
             reply = await self._stub.Issue(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
+            span.set("keyferry.lease_id", reply.lease.id)
+            span.set("keyferry.generation", reply.lease.generation)
         return _issued(reply.lease, reply.credential)
 
     async def release(self, lease_id: str) -> None:
         request = broker_pb2.ReleaseRequest(lease_id=lease_id)
-        with _mapped("Release", lease_id):
+        with (
+            tracing.span("BrokerService/Release", {"keyferry.lease_id": lease_id}, kind="client"),
+            _mapped("Release", lease_id),
+        ):
             await self._stub.Release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
 
     async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
@@ -157,7 +179,10 @@ async def _ack_requests(
     while True:
         ack = await acks.get()
         message = broker_pb2.Ack(
-            lease_id=ack.lease_id, generation=ack.generation, restarted_containers=ack.restarted
+            lease_id=ack.lease_id,
+            generation=ack.generation,
+            restarted_containers=ack.restarted,
+            traceparent=ack.trace,
         )
         yield broker_pb2.WatchRequest(ack=message)
 
@@ -174,14 +199,18 @@ def _issued(lease: broker_pb2.Lease, credential: broker_pb2.Credential) -> Issue
 
 def _event(response: broker_pb2.WatchResponse) -> WatchEvent | None:
     kind = response.WhichOneof("event")
+    trace = tracing.received(response.traceparent)
     if kind == "rotated":
-        return Rotated(issued=_issued(response.rotated.lease, response.rotated.credential))
+        issued = _issued(response.rotated.lease, response.rotated.credential)
+        return Rotated(issued=issued, trace=trace)
     if kind == "revoked":
-        return Revoked(lease_id=response.revoked.lease_id, reason=response.revoked.reason)
+        revoked = response.revoked
+        return Revoked(lease_id=revoked.lease_id, reason=revoked.reason, trace=trace)
     if kind == "renewed":
         return Renewed(
             lease_id=response.renewed.lease_id,
             expires_at=response.renewed.expires_at.ToDatetime(),
+            trace=trace,
         )
     if kind != "expiring":
         return None  # an event a newer broker sends: skipped, as docs/api.md asks
@@ -189,6 +218,7 @@ def _event(response: broker_pb2.WatchResponse) -> WatchEvent | None:
     return Expiring(
         lease_id=response.expiring.lease_id,
         expires_at=expires.ToDatetime() if response.expiring.HasField("expires_at") else None,
+        trace=trace,
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from broker import tracing
 from injector.contract import AgentSpec
 
 from .backoff import Backoff
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("keyferry.agent")
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC = 0, 1, 2
+AGENT_SERVICE = "keyferry-agent"
 
 
 def run(environ: Mapping[str, str]) -> int:
@@ -61,6 +63,8 @@ def agent_for(
 
 
 async def _run(spec: AgentSpec) -> int:
+    if tracing.start(tracing.TracingSettings(service_name=AGENT_SERVICE)):
+        log.info("agent.tracing", detail="spans exported over OTLP (OTEL_* variables)")
     client, session = agent_for(spec)
     log.info(
         "agent.start",
@@ -89,6 +93,7 @@ async def _run(spec: AgentSpec) -> int:
         if stopping.is_set():
             await session.release()
         await client.close()
+        tracing.stop()
     log.info("agent.exit", code=code)
     return code
 

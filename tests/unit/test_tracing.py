@@ -1,0 +1,101 @@
+"""broker.tracing: off by default, OpenTelemetry imported only when on, the rules that turn it
+on, and the audit record's optional trace id (old records keep their canonical form)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import pytest
+
+from broker import tracing
+from broker.audit.records import (
+    GENESIS,
+    AuditEvent,
+    Principal,
+    PrincipalKind,
+    parse_line,
+    seal,
+)
+from broker.tracing import TracingSettings, tracing_wanted
+
+ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+
+# The agent as `keyferry agent run` loads it, tracing off (no OTEL_* endpoint): nothing of
+# OpenTelemetry may be imported (the agent's memory target is measured that way).
+AGENT_OFF = """
+import json, os, sys
+for name in [k for k in os.environ if k.startswith("OTEL_")]:
+    del os.environ[name]
+import injector.agent.cli, injector.agent.main, injector.agent.session, injector.agent.client
+from broker import tracing
+on = tracing.start(tracing.TracingSettings(service_name="keyferry-agent"))
+with tracing.span("agent issue", {"keyferry.credential": "db"}) as span:
+    span.set("keyferry.lease_id", "x")
+print(json.dumps({"on": on, "otel": sorted(m for m in sys.modules if m.startswith("opentelemetry")),
+                  "traceparent": tracing.traceparent(), "metadata": list(tracing.metadata())}))
+"""
+
+
+def test_the_agent_imports_no_opentelemetry_with_tracing_off() -> None:
+    found = subprocess.run(
+        [sys.executable, "-c", AGENT_OFF], capture_output=True, text=True, check=True
+    )
+    report = json.loads(found.stdout)
+    assert report == {"on": False, "otel": [], "traceparent": "", "metadata": []}
+
+
+@pytest.mark.parametrize(
+    ("enabled", "environ", "wanted"),
+    [
+        (None, {}, False),  # off by default
+        (None, ENDPOINT, True),  # the standard variable names a collector
+        (None, {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4317"}, True),
+        (False, ENDPOINT, False),  # the settings say no
+        (True, {}, True),  # the settings say yes (the endpoint's default)
+        (True, {"OTEL_SDK_DISABLED": "true"}, False),  # the standard off switch wins
+        (None, {**ENDPOINT, "OTEL_TRACES_EXPORTER": "none"}, False),
+    ],
+)
+def test_when_tracing_is_on(enabled: bool | None, environ: dict[str, str], wanted: bool) -> None:
+    assert tracing_wanted(TracingSettings(enabled=enabled), environ) is wanted
+
+
+def test_an_endpoint_is_checked_for_form() -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        TracingSettings(endpoint="http://collector:4317/ x")
+
+
+def test_a_traceparent_from_another_process_is_taken_only_in_its_w3c_form() -> None:
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert tracing.received(good) == good
+    assert tracing.received(good.upper()) == ""
+    assert tracing.received(good + "0") == ""
+    assert tracing.received("x" * 10_000) == ""
+
+
+def _event(**fields: object) -> AuditEvent:
+    return AuditEvent(
+        who=Principal(kind=PrincipalKind.WORKLOAD, name="a/orders/api"),
+        action="lease.active",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_a_record_without_a_trace_id_keeps_the_canonical_form_it_had() -> None:
+    record = seal(_event(), 0, GENESIS, datetime(2026, 1, 1, tzinfo=UTC))
+    assert b"trace_id" not in record.line()
+    assert parse_line(record.line()) == record
+
+
+def test_a_record_with_a_trace_id_carries_it_under_its_hash() -> None:
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    record = seal(_event(trace_id=trace), 0, GENESIS, datetime(2026, 1, 1, tzinfo=UTC))
+    assert json.loads(record.line())["trace_id"] == trace
+    assert parse_line(record.line()).computed_hash() == record.hash
+    edited = record.line().replace(trace.encode(), b"1" * 32)
+    assert parse_line(edited).computed_hash() != record.hash
+    with pytest.raises(ValueError, match="trace_id"):
+        _event(trace_id="not-a-trace")
