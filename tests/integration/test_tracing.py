@@ -11,6 +11,7 @@ No wall-clock assertion: each wait is a bounded poll.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ async def test_one_issue_is_one_trace_from_the_agent_through_the_broker_to_vault
         (BROKER, "store complete_issue"),
     )
     _linked(trace)
+    if os.environ.get("KEYFERRY_TRACE_OUT"):  # the picture in docs/operations.md (tracesvg)
+        Path(os.environ["KEYFERRY_TRACE_OUT"]).write_text(json.dumps(trace.raw))
     root = trace.one("agent issue", AGENT)
     client = trace.one("BrokerService/Issue", AGENT)
     server = trace.one("BrokerService/Issue", BROKER)
