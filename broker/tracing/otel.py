@@ -15,7 +15,11 @@ from contextlib import AbstractContextManager, contextmanager
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
 from opentelemetry.trace import Span as OtelSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -43,11 +47,18 @@ class _Handle:
 
 
 class OtelBackend:
-    def __init__(self, settings: TracingSettings, service: str) -> None:
+    def __init__(
+        self, settings: TracingSettings, service: str, exporter: SpanExporter | None = None
+    ) -> None:
+        """Spans batched to the OTLP collector; or, given an `exporter` (tests), handed to
+        it one by one as they end."""
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service}
         self._provider = TracerProvider(resource=Resource.create(attributes))
-        exporter = OTLPSpanExporter(endpoint=settings.endpoint)
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
+        if exporter is None:
+            otlp = OTLPSpanExporter(endpoint=settings.endpoint)
+            self._provider.add_span_processor(BatchSpanProcessor(otlp))
+        else:
+            self._provider.add_span_processor(SimpleSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("keyferry")
         self._propagator = TraceContextTextMapPropagator()
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from broker import tracing
 from broker.audit.records import (
@@ -19,7 +22,9 @@ from broker.audit.records import (
     parse_line,
     seal,
 )
+from broker.errors import LimitExceeded
 from broker.tracing import TracingSettings, tracing_wanted
+from broker.tracing.otel import OtelBackend
 
 ENDPOINT = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
 
@@ -99,3 +104,49 @@ def test_a_record_with_a_trace_id_carries_it_under_its_hash() -> None:
     assert parse_line(edited).computed_hash() != record.hash
     with pytest.raises(ValueError, match="trace_id"):
         _event(trace_id="not-a-trace")
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process, every ended span kept in memory; off again after."""
+    exporter = InMemorySpanExporter()
+    tracing._backend = OtelBackend(TracingSettings(enabled=True), "unit", exporter)
+    yield exporter
+    tracing.stop()
+
+
+def test_spans_nest_and_cross_processes_as_a_traceparent(spans: InMemorySpanExporter) -> None:
+    with tracing.span("agent issue", {"keyferry.credential": "db", "skipped": None}):
+        carried = tracing.traceparent()
+        outer = tracing.trace_id()
+        assert tracing.metadata() == (("traceparent", carried),)
+    with tracing.span("BrokerService/Issue", parent=carried, kind="server") as server:
+        server.set("keyferry.outcome", "issued")
+        assert tracing.trace_id() == outer
+        event = tracing.add_trace_id(None, "info", {"event": "lease issued"})
+        assert event["trace_id"] == outer
+    agent, broker = spans.get_finished_spans()
+    assert broker.parent is not None
+    assert broker.parent.span_id == agent.context.span_id
+    assert broker.context.trace_id == agent.context.trace_id
+    assert dict(agent.attributes or {}) == {"keyferry.credential": "db"}
+    assert dict(broker.attributes or {}) == {"keyferry.outcome": "issued"}
+    assert tracing.trace_id() is None  # outside every span
+
+
+def test_an_error_is_recorded_by_type_and_reason_never_its_message(
+    spans: InMemorySpanExporter,
+) -> None:
+    secret = "s3cr3t-password-in-a-message"
+    with pytest.raises(LimitExceeded), tracing.span("policy"):
+        raise LimitExceeded(f"over the limit {secret}")
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert dict(span.attributes or {}) == {
+        "error.type": "LimitExceeded",
+        "keyferry.reason": "LIMIT_EXCEEDED",
+    }
+    assert secret not in repr(span.to_json())
+    with tracing.span("long", {"keyferry.role": "r" * 1000}):
+        pass
+    assert len(str(spans.get_finished_spans()[-1].attributes["keyferry.role"])) == 256  # type: ignore[index]
