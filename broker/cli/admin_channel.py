@@ -55,7 +55,11 @@ def call_admin(
             with tracing.span("keyferry admin", {"keyferry.context": str(path)}):
                 return await call(stub)
 
-    traced = tracing.start(tracing.TracingSettings(service_name=CLI_SERVICE))
+    try:
+        traced = tracing.start(tracing.TracingSettings(service_name=CLI_SERVICE))
+    except tracing.TracingUnavailable as exc:
+        typer.echo(f"warning: {exc}; the call is not traced", err=True)
+        traced = False
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:

@@ -38,6 +38,7 @@ __all__ = [
     "Kind",
     "Span",
     "TracingSettings",
+    "TracingUnavailable",
     "add_trace_id",
     "enabled",
     "metadata",
@@ -49,6 +50,16 @@ __all__ = [
     "traceparent",
     "tracing_wanted",
 ]
+
+
+class TracingUnavailable(RuntimeError):
+    """Tracing was asked for, but the OpenTelemetry packages are not installed."""
+
+    def __init__(self, missing: str) -> None:
+        super().__init__(
+            f"tracing is on (tracing.enabled or OTEL_EXPORTER_OTLP_ENDPOINT) but {missing} is "
+            "not installed: install keyferry[tracing], or turn tracing off"
+        )
 
 
 class Span(Protocol):
@@ -105,8 +116,10 @@ def start(
         return True
     if not tracing_wanted(settings, os.environ if environ is None else environ):
         return False
-    from .otel import OtelBackend  # noqa: PLC0415 - the extra is imported only when on
-
+    try:
+        from .otel import OtelBackend  # noqa: PLC0415 - the extra is imported only when on
+    except ImportError as exc:
+        raise TracingUnavailable(exc.name or "opentelemetry") from None
     _backend = OtelBackend(settings, service or settings.service_name)
     return True
 

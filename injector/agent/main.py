@@ -63,8 +63,11 @@ def agent_for(
 
 
 async def _run(spec: AgentSpec) -> int:
-    if tracing.start(tracing.TracingSettings(service_name=AGENT_SERVICE)):
-        log.info("agent.tracing", detail="spans exported over OTLP (OTEL_* variables)")
+    try:
+        if tracing.start(tracing.TracingSettings(service_name=AGENT_SERVICE)):
+            log.info("agent.tracing", detail="spans exported over OTLP (OTEL_* variables)")
+    except tracing.TracingUnavailable as exc:  # the credentials matter more than their spans
+        log.warning("agent.tracing_unavailable", error=str(exc))
     client, session = agent_for(spec)
     log.info(
         "agent.start",

@@ -150,3 +150,19 @@ def test_an_error_is_recorded_by_type_and_reason_never_its_message(
     with tracing.span("long", {"keyferry.role": "r" * 1000}):
         pass
     assert len(str(spans.get_finished_spans()[-1].attributes["keyferry.role"])) == 256  # type: ignore[index]
+
+
+def test_tracing_asked_for_without_the_packages_says_what_to_install() -> None:
+    script = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from broker import tracing\n"
+        "try:\n"
+        "    tracing.start(tracing.TracingSettings(enabled=True), environ={})\n"
+        "except tracing.TracingUnavailable as exc:\n"
+        "    print(exc)\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "install keyferry[tracing]" in found.stdout
+    assert not tracing.enabled()
