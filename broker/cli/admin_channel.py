@@ -49,7 +49,7 @@ def call_admin(
 
     async def run() -> T:
         async with grpc.aio.secure_channel(
-            context.address, credentials, options, interceptors=[ClientSpans()]
+            context.address, credentials, options, interceptors=[UnarySpans(), StreamSpans()]
         ) as channel:
             stub: S = make_stub(channel)
             with tracing.span("keyferry admin", {"keyferry.context": str(path)}):
@@ -89,8 +89,9 @@ def _credentials(context: CliContext) -> grpc.ChannelCredentials:
     )
 
 
-class ClientSpans(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """A client span per admin call, its traceparent in the call's metadata (tracing on)."""
+class UnarySpans(grpc.aio.UnaryUnaryClientInterceptor):
+    """A client span per unary admin call, its traceparent in the call's metadata (tracing
+    on). grpc.aio files an interceptor under its first kind only: one class per kind."""
 
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
@@ -99,6 +100,11 @@ class ClientSpans(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClie
             call = await continuation(_traced(client_call_details), request)
             await call  # the span covers the answer
             return call
+
+
+class StreamSpans(grpc.aio.UnaryStreamClientInterceptor):
+    """The same for a server-streaming call (RotateSelected, RevokeSelected): the span
+    covers starting the call."""
 
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any

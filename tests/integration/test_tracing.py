@@ -113,14 +113,20 @@ def _agent(
 async def _trace(jaeger: JaegerServer, trace_id: str, *needed: tuple[str, str]) -> Trace:
     """The trace once Jaeger holds every (service, span name) in `needed`."""
 
+    seen: list[tuple[str, str]] = []
+
     async def complete() -> Trace | None:
         raw = jaeger.trace(trace_id)
         if raw is None:
             return None
         trace = Trace(raw)
-        return trace if set(needed) <= set(trace.names()) else None
+        seen[:] = trace.names()
+        return trace if set(needed) <= set(seen) else None
 
-    return await until(complete, f"trace {trace_id} with {needed} in Jaeger", within=WITHIN)
+    try:
+        return await until(complete, f"trace {trace_id} with {needed} in Jaeger", within=WITHIN)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it has {seen}") from None
 
 
 def _linked(trace: Trace) -> None:
@@ -207,12 +213,11 @@ async def test_a_rotation_trace_runs_from_the_cli_through_the_push_to_the_agents
         lines = scene.agent.events("credential.rotated")
         return lines[0] if lines else None
 
-    trace_id = (await until(handled, "the agent put the rotation in place", within=WITHIN))[
-        "trace_id"
-    ]
+    line = await until(handled, "the agent put the rotation in place", within=WITHIN)
+    trace_id, new_lease = line["trace_id"], line["lease_id"]
 
-    async def acked() -> list[dict[str, Any]]:
-        return scene.mine("lease.acked")
+    async def acked() -> list[dict[str, Any]]:  # the snapshot's Ack at open was another
+        return [r for r in scene.mine("lease.acked") if r["lease_id"] == new_lease]
 
     assert [r["trace_id"] for r in await until(acked, "the Ack was audited")] == [trace_id]
     trace = await _trace(
@@ -225,7 +230,9 @@ async def test_a_rotation_trace_runs_from_the_cli_through_the_push_to_the_agents
     )
     _linked(trace)
     assert trace.parent(trace.one("keyferry admin", CLI)) is None
-    push = trace.one("watch push", BROKER)
+    # The rotation's push, and (after the Ack revoked the old generation) the revocation's.
+    pushes = {tag(s, "keyferry.event"): s for s in trace.named("watch push", BROKER)}
+    push = pushes["rotated"]
     handling = trace.one("watch rotated", AGENT)
     ack = trace.one("watch ack", BROKER)
     assert trace.parent(handling) == push["spanID"]

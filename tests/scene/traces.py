@@ -79,8 +79,11 @@ def tag(span: Span, key: str) -> Any:
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a log file (lines that are not JSON are skipped)."""
-    found = []
+    """The JSON objects of a log file (lines that are not JSON are skipped; none while the
+    file does not exist yet)."""
+    found: list[dict[str, Any]] = []
+    if not path.exists():
+        return found
     for line in path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             try:
