@@ -374,6 +374,19 @@ def _tracing(t: dict[str, Any]) -> list[str]:
             f"{row['p50_ratio']:.2f} | {off['rate']:.1f} | {on['rate']:.1f} | "
             f"{row['throughput_ratio']:.2f} | {cpu['off']:.1f} | {cpu['on']:.1f} |"
         )
+    loads = [x for row in t["rows"] for x in (row["load_before"][0], row["load_after"][0])]
+    added = "; ".join(
+        f"{cpu['on'] - cpu['off']:+.1f} ms ({(cpu['on'] / cpu['off'] - 1) * 100:+.0f} %) "
+        f"at concurrency {row['concurrency']}"
+        for row in t["rows"]
+        for cpu in [row["broker_cpu_ms_per_call"]]
+    )
+    lines += [
+        "",
+        f"The machine's 1-minute load average was {min(loads):.1f} to {max(loads):.1f} on 2",
+        "cores while this ran, so latency and throughput moved within their noise either way;",
+        f"the broker's CPU time per call is the steadier figure of what tracing costs: {added}.",
+    ]
     return [*lines, ""]
 
 
