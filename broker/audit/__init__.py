@@ -21,6 +21,17 @@ from .actions import AuditAction
 from .checkpoints import Checkpoint, CheckpointSink, SignedCheckpoint, Signer, sign_checkpoint
 from .fingerprint import Fingerprinter
 from .log import AuditChain, AuditLog
+from .reading import (
+    Activity,
+    Counts,
+    FileRecords,
+    RecordFilter,
+    RecordPage,
+    RecordSource,
+    StoreRecords,
+    activity,
+    read_page,
+)
 from .records import (
     GENESIS,
     AuditEvent,
@@ -38,6 +49,7 @@ from .verify import Damage, DamageKind, VerifyReport, verify
 
 __all__ = [
     "GENESIS",
+    "Activity",
     "AuditAction",
     "AuditChain",
     "AuditEvent",
@@ -45,20 +57,28 @@ __all__ = [
     "AuditRecord",
     "Checkpoint",
     "CheckpointSink",
+    "Counts",
     "Damage",
     "DamageKind",
     "Decision",
+    "FileRecords",
     "Fingerprinter",
     "JsonLinesSink",
     "Principal",
     "PrincipalKind",
+    "RecordFilter",
+    "RecordPage",
+    "RecordSource",
     "SignedCheckpoint",
     "Signer",
     "StoreChainLog",
     "StoreCheckpointSink",
+    "StoreRecords",
     "VerifyReport",
+    "activity",
     "canonical_json",
     "read_log",
+    "read_page",
     "record_hash",
     "sign_checkpoint",
     "verify",

@@ -90,3 +90,11 @@ class AuditAction(StrEnum):
     ACCESS_REVOKE = "access.revoke", "an operator revoked a grant"
     ACCESS_EXPIRE = "access.expire", "a grant's time ran out; its leases end"
     ACCESS_READ = "access.read", "one grant an operator's GetGrant or ListGrants decided on"
+
+    # Reading the broker's records (AuditService, LeasesService; Cedar action `audit` on
+    # the Broker): one decision per call.
+    AUDIT_LIST = "audit.list", "an operator read a page of the audit trail (ListAuditRecords)"
+    AUDIT_VERIFY = "audit.verify", "an operator had the broker verify the audit chain"
+    AUDIT_ACTIVITY = "audit.activity", "an operator read the activity per minute"
+    LEASES_LIST = "leases.list", "an operator read a page of leases by selector (ListLeases)"
+    LEASES_COUNT = "leases.count", "an operator counted leases by selector (CountLeases)"

@@ -39,7 +39,7 @@ def call_admin(
 
     try:
         context, path = load_context(context_file)
-        credentials = _credentials(context)
+        credentials = channel_credentials(context)
     except ContextInvalid as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(CONFIG) from None
@@ -79,7 +79,9 @@ def call_admin(
             tracing.stop()
 
 
-def _credentials(context: CliContext) -> grpc.ChannelCredentials:
+def channel_credentials(context: CliContext) -> grpc.ChannelCredentials:
+    """The mutual-TLS credentials of the context: its CA, the operator's certificate and key;
+    ContextInvalid when a file cannot be read."""
     try:
         ca, cert, key = (p.read_bytes() for p in (context.ca, context.cert, context.key))
     except OSError as exc:

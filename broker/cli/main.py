@@ -12,7 +12,7 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, demo, revoke, roles, rotate, serve
+from . import access, admin, audit, clusters, console, demo, leases, revoke, roles, rotate, serve
 
 app = typer.Typer(
     name="keyferry",
@@ -33,6 +33,9 @@ app = typer.Typer(
         "  keyferry rotate-root --mount db-orders --connection orders   # Vault's root, new\n\n"
         "  keyferry access request orders-db-ro --duration 30m --reason INC-1   # JIT access\n\n"
         "  keyferry audit verify --config broker.yaml   # catch edits, drops, truncation\n\n"
+        "  keyferry audit list --action rotate --since 1h   # the trail, newest first\n\n"
+        "  keyferry leases count --all --by cluster --by role   # where the leases are\n\n"
+        "  keyferry console         # the operator console in the browser, on loopback\n\n"
         "  keyferry demo            # the main job on the test bed's servers, narrated\n\n"
         "  keyferry demo --hold     # ... and keep it running until Ctrl-C"
     ),
@@ -45,12 +48,14 @@ app.add_typer(serve.app)
 app.add_typer(roles.app)
 app.add_typer(clusters.app)
 app.add_typer(audit.app)
+app.add_typer(leases.app)
 app.add_typer(access.app)
 app.add_typer(admin.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)
 app.command(epilog=revoke.EPILOG)(revoke.revoke)
 app.command(epilog=demo.EPILOG)(demo.demo)
+app.command(epilog=console.EPILOG)(console.console)
 
 
 @app.command(epilog="Examples:\n\n  keyferry version\n\nExit codes: 0 printed.")

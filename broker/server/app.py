@@ -8,7 +8,7 @@ port and not another, and ops methods must never be reachable by pods:
   before they are decoded, and clients that ping too often are disconnected;
 - admin: mutual TLS required (client certificates must chain to `admin.client_ca`; the
   subject names the operator), RolesService, RotationService, ClustersService,
-  AccessService, health, reflection. Without
+  AccessService, AuditService, LeasesService, health, reflection. Without
   `admin.*` files configured no admin listener is served (nothing is reachable).
 """
 
@@ -25,10 +25,14 @@ from grpc_reflection.v1alpha import reflection
 from broker.api.v1 import (
     access_pb2,
     access_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     broker_pb2,
     broker_pb2_grpc,
     clusters_pb2,
     clusters_pb2_grpc,
+    leases_pb2,
+    leases_pb2_grpc,
     roles_pb2,
     roles_pb2_grpc,
     rotation_pb2,
@@ -44,6 +48,7 @@ from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
+from .records_servicer import AuditServicer, LeasesServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
 from .tls import TlsIdentity, workload_identity
@@ -54,6 +59,8 @@ ROLES_SERVICE = roles_pb2.DESCRIPTOR.services_by_name["RolesService"].full_name
 ROTATION_SERVICE = rotation_pb2.DESCRIPTOR.services_by_name["RotationService"].full_name
 CLUSTERS_SERVICE = clusters_pb2.DESCRIPTOR.services_by_name["ClustersService"].full_name
 ACCESS_SERVICE = access_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name
+AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+LEASES_SERVICE = leases_pb2.DESCRIPTOR.services_by_name["LeasesService"].full_name
 SERVER_OPTIONS: list[tuple[str, int]] = [("grpc.so_reuseport", 0)]
 # Connection limits on the workload port. A client may ping at most once a minute, and only
 # while it has a call open (an agent's Watch stream); past two strikes the connection is
@@ -244,7 +251,16 @@ def _admin_listener(
         ClustersServicer(runtime.clusters), admin
     )
     access_pb2_grpc.add_AccessServiceServicer_to_server(AccessServicer(runtime.access), admin)
-    services = [ROLES_SERVICE, ROTATION_SERVICE, CLUSTERS_SERVICE, ACCESS_SERVICE]
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(runtime.reading), admin)
+    leases_pb2_grpc.add_LeasesServiceServicer_to_server(LeasesServicer(runtime.listing), admin)
+    services = [
+        ROLES_SERVICE,
+        ROTATION_SERVICE,
+        CLUSTERS_SERVICE,
+        ACCESS_SERVICE,
+        AUDIT_SERVICE,
+        LEASES_SERVICE,
+    ]
     credentials = grpc.ssl_server_credentials(
         [(listener.tls_key.read_bytes(), listener.tls_cert.read_bytes())],
         root_certificates=listener.client_ca.read_bytes(),

@@ -14,8 +14,12 @@ the layers down (import-linter holds the order, pyproject.toml):
 - common/: callers, the policy gate, the audit trail, the role catalog, sealing, results.
 """
 
+from .admin import audit_reading as audit_requests
+from .admin import lease_listing as lease_requests
 from .admin.access_grants import AccessFlow
+from .admin.audit_reading import AuditReading
 from .admin.clusters import ClusterAdmin, ClusterView, Deregistered, LeasesNotRevoked
+from .admin.lease_listing import LeaseCount, LeaseListing, LeasePage
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotated, RootRotationFlow, RootTarget
@@ -36,6 +40,7 @@ __all__ = [
     "CALLER_PEER",
     "AccessFlow",
     "AckMessage",
+    "AuditReading",
     "BrokerRuntime",
     "ClusterAdmin",
     "ClusterView",
@@ -44,7 +49,10 @@ __all__ = [
     "GrantEnd",
     "IssueFlow",
     "IssuedLease",
+    "LeaseCount",
     "LeaseExpiring",
+    "LeaseListing",
+    "LeasePage",
     "LeaseProgress",
     "LeaseRenewed",
     "LeaseRevoked",
@@ -70,5 +78,7 @@ __all__ = [
     "TokenExpired",
     "WatchEvent",
     "WatchFlow",
+    "audit_requests",
     "bearer_token",
+    "lease_requests",
 ]

@@ -19,10 +19,13 @@ import structlog
 from broker.audit import (
     AuditChain,
     AuditLog,
+    FileRecords,
     Fingerprinter,
     JsonLinesSink,
+    RecordSource,
     StoreChainLog,
     StoreCheckpointSink,
+    StoreRecords,
 )
 from broker.backends import Backends, VaultClient
 from broker.backends.transit import TransitSigner
@@ -35,7 +38,9 @@ from broker.settings import BrokerSettings, TokensSettings
 from broker.store import AsyncStore, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
+from .admin.audit_reading import AuditReading, Transit
 from .admin.clusters import ClusterAdmin
+from .admin.lease_listing import LeaseListing
 from .admin.revoke_selected import RevocationFlow
 from .admin.roles import RoleAdmin
 from .admin.root_credential import RootRotationFlow
@@ -106,6 +111,8 @@ class BrokerRuntime:
     pods: PodLeases
     access: AccessFlow
     core: Core
+    reading: AuditReading
+    listing: LeaseListing
     _stack: AsyncExitStack
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -142,10 +149,13 @@ class BrokerRuntime:
         sink = JsonLinesSink(settings.audit.log)
         _on_close(stack, sink.close)
         audit_log: AuditChain
+        records: RecordSource
         if settings.audit.sink == "store":
             audit_log = StoreChainLog(store.audit_chain, chain=settings.audit.chain, copy=sink)
+            records = StoreRecords(store.audit_chain, settings.audit.chain)
         else:
             audit_log = await asyncio.to_thread(AuditLog, sink, chain=settings.audit.chain)
+            records = FileRecords(settings.audit.log)
         audit = AuditTrail(
             audit_log,
             Fingerprinter(settings.audit.hmac_key),
@@ -244,6 +254,14 @@ class BrokerRuntime:
         )
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
+        reading = AuditReading(
+            core,
+            source=records,
+            checkpoints=StoreCheckpointSink(store.checkpoints),
+            chain=settings.audit.chain,
+            vault=vault,
+            transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
+        )
         runtime = cls(
             settings,
             store,
@@ -259,6 +277,8 @@ class BrokerRuntime:
             pods,
             access,
             core,
+            reading,
+            LeaseListing(core),
             stack,
         )
         runtime._add_leader_jobs()

@@ -65,6 +65,7 @@ class AsyncLeases(_Async[LeaseRepository]):
     count_live = _forward(LeaseRepository.count_live)
     list_by_selector = _forward(LeaseRepository.list_by_selector)
     select_page = _forward(LeaseRepository.select_page)
+    count_grouped = _forward(LeaseRepository.count_grouped)
     vault_handles = _forward(LeaseRepository.vault_handles)
     request_rotation = _forward(LeaseRepository.request_rotation)
     rotation_requests = _forward(LeaseRepository.rotation_requests)

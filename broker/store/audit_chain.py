@@ -91,3 +91,15 @@ class AuditChainRepository:
                 if len(page) < PAGE:
                     return found
                 after = page[-1][0]
+
+    def newest_first(self, chain: str, before: int | None, limit: int) -> list[tuple[int, str]]:
+        """Up to `limit` records below sequence number `before` (all when None), newest
+        first, as (seq, line): a page of what the admin API's audit reading returns."""
+        statement = select(AuditRecordRow.seq, AuditRecordRow.line).where(
+            AuditRecordRow.chain == chain
+        )
+        if before is not None:
+            statement = statement.where(AuditRecordRow.seq < before)
+        statement = statement.order_by(AuditRecordRow.seq.desc()).limit(limit)
+        with store_errors("reading the audit chain"), self._sessions() as session:
+            return [(seq, line) for seq, line in session.execute(statement)]

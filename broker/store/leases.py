@@ -10,10 +10,10 @@ lifecycle steps (begin_*, complete_issue, mark_*, settle_revoked, record_revoke_
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sqlalchemy import (
     CursorResult,
@@ -341,20 +341,24 @@ class LeaseRepository:
         """One page of the leases a query selects, by lease id; pass the last id of a page
         as `after` for the next. Keyset pages, so a fleet of 100,000 is read in slices
         that each cost an index range, never an offset scan."""
-        statement = select(LeaseRow).where(LeaseRow.state.in_(query.states))
-        for column, values in (
-            (LeaseRow.cluster, query.clusters),
-            (LeaseRow.namespace, query.namespaces),
-            (LeaseRow.service_account, query.service_accounts),
-            (LeaseRow.pod_name, query.pod_names),
-            (LeaseRow.role, query.roles),
-            (LeaseRow.id, query.lease_ids),
-        ):
-            if values:
-                statement = statement.where(column.in_(sorted(values)))
+        statement = _where_query(select(LeaseRow), query)
         if after is not None:
             statement = statement.where(LeaseRow.id > after)
         return self._list("selecting leases", statement.order_by(LeaseRow.id).limit(limit))
+
+    def count_grouped(
+        self, query: LeaseQuery, group_by: Sequence[str], limit: int
+    ) -> list[tuple[tuple[str, ...], int]]:
+        """How many leases a query selects, by the values of the `group_by` columns (any of
+        GROUP_COLUMNS; none for one total), largest groups first, at most `limit` groups."""
+        columns = [GROUP_COLUMNS[name] for name in group_by]
+        counted = func.count().label("leases")
+        statement = _where_query(select(*columns, counted).select_from(LeaseRow), query)
+        if columns:
+            statement = statement.group_by(*columns).order_by(counted.desc(), *columns)
+        with store_errors("counting leases"), self._sessions.reading() as connection:
+            rows = connection.execute(statement.limit(limit)).all()
+        return [(tuple(str(value) for value in row[:-1]), int(row[-1])) for row in rows]
 
     def vault_handles(self, lease_ids: Collection[str]) -> dict[str, dict[str, Any] | None]:
         """The Vault handle (`LeaseHandle.vault_lease`) of each lease named, in one query."""
@@ -634,6 +638,34 @@ def _activate(
         )
     )
     session.flush()
+
+
+GROUP_COLUMNS: dict[str, Any] = {
+    "cluster": LeaseRow.cluster,
+    "namespace": LeaseRow.namespace,
+    "service_account": LeaseRow.service_account,
+    "role": LeaseRow.role,
+    "state": LeaseRow.state,
+}
+"""The columns `count_grouped` may group by."""
+
+S = TypeVar("S", bound=Select[Any])
+
+
+def _where_query(statement: S, query: LeaseQuery) -> S:
+    """`statement` narrowed to what `query` selects."""
+    statement = statement.where(LeaseRow.state.in_(query.states))
+    for column, values in (
+        (LeaseRow.cluster, query.clusters),
+        (LeaseRow.namespace, query.namespaces),
+        (LeaseRow.service_account, query.service_accounts),
+        (LeaseRow.pod_name, query.pod_names),
+        (LeaseRow.role, query.roles),
+        (LeaseRow.id, query.lease_ids),
+    ):
+        if values:
+            statement = statement.where(column.in_(sorted(values)))
+    return statement
 
 
 def _record(row: LeaseRow) -> LeaseRecord:

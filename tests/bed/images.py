@@ -8,9 +8,9 @@
   machine's pip configuration (index, CA bundle), bind-mounted read-only into the build.
 - ``app`` is the end-to-end tests' application: Debian's psql, openssl and awscli.
 
-Each image is written as an OCI archive whose reference is the one a CRI resolves the chart's
-name to (``keyferry/broker:0.1.0`` -> ``docker.io/keyferry/broker:0.1.0``), so
-``ctr images import`` loads it under the name a pod asks for and nothing is ever pulled.
+Each image is written as an OCI archive whose reference is the one the chart renders by default
+(``localhost/keyferry/broker:0.1.0``: a name with an explicit domain, which a CRI runtime takes as
+it is), so ``ctr images import`` loads it under the name a pod asks for and nothing is ever pulled.
 Archives are cached under ``<cache>/images/<name>-<key>/`` keyed by a hash of their inputs.
 """
 
@@ -53,7 +53,7 @@ BASE_NAME = "localhost/keyferry/bookworm-python"
 # The Dockerfile's base arguments: FROM ${PYTHON_IMAGE}@${PYTHON_DIGEST}.
 BASE_IMAGE_ARG, BASE_DIGEST_ARG = "PYTHON_IMAGE", "PYTHON_DIGEST"
 APP = Rootfs("app", ("postgresql-client", "openssl", "awscli", "ca-certificates"))
-APP_REFERENCE = "docker.io/keyferry/e2e-app:bookworm"
+APP_REFERENCE = "localhost/keyferry/e2e-app:bookworm"
 USER = "65532:65532"
 # The environment Debian's own images set; an image made from a bare root filesystem has none.
 ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
@@ -76,13 +76,23 @@ class Image:
         return self.archive.stat().st_size
 
 
+class ShortImageName(ValueError):
+    """An image name without a domain: a CRI runtime would resolve it against a registry."""
+
+
 def cri_reference(repository: str, tag: str) -> str:
-    """The name a CRI runtime resolves an image reference to (Docker's normalisation)."""
+    """The reference a CRI runtime looks up for ``repository:tag``, which must name its domain.
+
+    A short name (``keyferry/broker``) is completed by the runtime with a public registry's
+    domain, so an archive imported under any other name would not be found and the node would
+    try to pull: the bed refuses short names instead of guessing that domain.
+    """
     first, _, rest = repository.partition("/")
-    if not rest:
-        repository = f"docker.io/library/{repository}"
-    elif "." not in first and ":" not in first and first != "localhost":
-        repository = f"docker.io/{repository}"
+    if not rest or ("." not in first and ":" not in first and first != "localhost"):
+        raise ShortImageName(
+            f"image repository {repository!r} has no domain: name it with one "
+            f"(localhost/{repository} for an image built here) so the node finds it imported"
+        )
     return f"{repository}:{tag}"
 
 
@@ -136,7 +146,9 @@ class ImageBuilder:
     def app(self) -> Image:
         """The end-to-end tests' application image: psql, openssl, aws (Debian packages)."""
         key = self._import_key(APP, APP_CMD, USER)
-        image = Image("app", APP_REFERENCE, self.root / f"app-{key}" / "app.tar")
+        # The archive carries its reference: a new reference is a new archive.
+        folder = hashlib.sha256(f"{key}\0{APP_REFERENCE}".encode()).hexdigest()[:16]
+        image = Image("app", APP_REFERENCE, self.root / f"app-{folder}" / "app.tar")
         if image.archive.exists():
             return image
         local = f"localhost/keyferry/e2e-app:{key}"

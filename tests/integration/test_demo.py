@@ -64,7 +64,7 @@ def test_keyferry_demo_runs_the_main_job_to_its_success_line(tmp_path: Path, bed
     assert "result:               OK, the chain and its checkpoints verify" in out
     if REQUIRED:  # the node can run here (CI, tests/run test): cluster a's pod is a real one
         assert "cluster a: a real pod, scheduled on node-a and run by its kubelet" in out
-        assert re.search(r"the kubelet started the agent image docker.io/keyferry/agent:\S+", out)
+        assert re.search(r"the kubelet started the agent image localhost/keyferry/agent:\S+", out)
         assert "$ kubectl delete pod orders-app-a -n orders" in out
         assert len(re.findall(r"lease \S+ of orders-app-a: revoked", out)) == 3  # + rotated
     assert "cluster b: no node here, so the kubelet harness runs the injected agent" in out

@@ -133,7 +133,7 @@ def test_archives_import_under_the_names_the_chart_renders(
     listed = runtime.ctr("images", "list", "--quiet").stdout.split()
     assert sorted(listed) == sorted(image.reference for image in images.values())
     for target in TARGETS:
-        assert images[target].reference == f"docker.io/keyferry/{target}:0.1.0"
+        assert images[target].reference == f"localhost/keyferry/{target}:0.1.0"
     assert images["app"].reference == APP_REFERENCE
 
 

@@ -1,6 +1,7 @@
 """No secret value in any output: runs last in tests/security (file order), and scans every
-log line the session's brokers and webhooks wrote, every /metrics page, every error message
-and every audit record gathered so far for every secret handed out so far (the database
+log line the session's brokers and webhooks wrote, every /metrics page, every error message,
+every audit record gathered so far and every page of `keyferry console` (while a lease is
+live) for every secret handed out so far (the database
 credentials issued, the bearer tokens used, the broker's AppRole secret, sealing key and
 audit HMAC key). It issues, renews, refuses and releases on its own first, so it never
 scans nothing, even when run alone.
@@ -8,12 +9,17 @@ scans nothing, even when run alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
+import httpx
 import pytest
 
 from broker.api.v1 import broker_pb2
 from tests.bed.kube import KubeCluster
+from tests.scene.admin_helpers import SECURITY
 from tests.scene.broker import Broker, issue, refused
+from tests.scene.console import running_console
 from tests.scene.workloads import bearer, broker_stub, mint
 
 from .attack_scene import Exposure, audit_records, metrics_text
@@ -22,11 +28,19 @@ pytestmark = pytest.mark.bed
 
 
 async def test_no_secret_value_in_any_log_metric_error_or_audit_record(
-    broker: Broker, kube_clusters: dict[str, KubeCluster], exposure: Exposure
+    broker: Broker, kube_clusters: dict[str, KubeCluster], exposure: Exposure, tmp_path: Path
 ) -> None:
     token = mint(kube_clusters["a"], pod_prefix="exposed")
     issued = await issue(broker, token)
     exposure.handed_out(token.token, *issued.credential.values.values())
+    with running_console(broker.context_file(tmp_path, SECURITY)) as console:
+        async with httpx.AsyncClient(base_url=console.base) as browser:
+            await browser.get(f"/?token={console.token}")  # the session cookie
+            for path in ("/", "/leases", "/grants", "/audit", f"/audit?lease={issued.lease.id}"):
+                page = await browser.get(path)
+                assert page.status_code == 200, path
+                exposure.said("console", page.text)
+    assert any(issued.lease.id in text for origin, text in exposure.texts if origin == "console")
     async with broker_stub(broker.port, broker.ca) as stub:
         await stub.Renew(broker_pb2.RenewRequest(lease_id=issued.lease.id), metadata=bearer(token))
         with pytest.raises(grpc.RpcError) as bad_name:

@@ -8,28 +8,32 @@ import pytest
 
 from tests.bed import ServerUnavailable
 from tests.bed.debian import apt_sources
-from tests.bed.images import chart_references, cri_reference
+from tests.bed.images import ShortImageName, chart_references, cri_reference
 
 
 @pytest.mark.parametrize(
     ("repository", "expected"),
     [
-        ("keyferry/broker", "docker.io/keyferry/broker:0.1.0"),
-        ("busybox", "docker.io/library/busybox:0.1.0"),
         ("registry.example/keyferry/agent", "registry.example/keyferry/agent:0.1.0"),
         ("localhost/keyferry/app", "localhost/keyferry/app:0.1.0"),
         ("host:5000/keyferry/agent", "host:5000/keyferry/agent:0.1.0"),
     ],
 )
-def test_cri_reference_normalises_as_a_cri_runtime_does(repository: str, expected: str) -> None:
+def test_cri_reference_keeps_a_name_with_a_domain(repository: str, expected: str) -> None:
     assert cri_reference(repository, "0.1.0") == expected
+
+
+@pytest.mark.parametrize("repository", ["keyferry/broker", "busybox"])
+def test_cri_reference_refuses_a_short_name_and_says_how_to_fix_it(repository: str) -> None:
+    with pytest.raises(ShortImageName, match=f"localhost/{repository}"):
+        cri_reference(repository, "0.1.0")
 
 
 def test_chart_references_are_what_the_chart_renders_by_default() -> None:
     assert chart_references() == {
-        "broker": "docker.io/keyferry/broker:0.1.0",
-        "webhook": "docker.io/keyferry/webhook:0.1.0",
-        "agent": "docker.io/keyferry/agent:0.1.0",
+        "broker": "localhost/keyferry/broker:0.1.0",
+        "webhook": "localhost/keyferry/webhook:0.1.0",
+        "agent": "localhost/keyferry/agent:0.1.0",
     }
 
 

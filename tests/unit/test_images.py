@@ -186,7 +186,7 @@ def test_commands_exist_in_the_cli(dockerfile: Dockerfile, target: str) -> None:
 def test_chart_defaults_match_the_images(dockerfile: Dockerfile) -> None:
     values = yaml.safe_load(VALUES.read_text())
     for target in TARGETS:
-        assert values["images"][target]["repository"] == f"keyferry/{target}"
+        assert values["images"][target]["repository"] == f"localhost/keyferry/{target}"
     uid = int(dockerfile.stages["broker"].all("USER")[-1].split(":")[0])
     assert values["broker"]["runAsUser"] == uid
     assert values["webhook"]["runAsUser"] == uid
