@@ -3,7 +3,8 @@
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
 `sealing`, `workload` and `admin` listeners, `metrics`, `tracing` (OpenTelemetry, off by
 default; broker.tracing), `limits`, `tokens` (what checking a
-workload token may cost), `access` (just-in-time grants), `clusters`, and the paths of the
+workload token may cost), `access` (just-in-time grants), `clusters` and
+`cluster_registration` (who must agree to change the registry), and the paths of the
 policy and roles files. Each periodic job's interval lives with its subsystem (`renewal`,
 `rotation`, `revocation`, `reconcile`, `pods`, ...); `scheduler` only says how jobs run.
 Keys that moved there still load for one release, with a warning (broker.moved_settings).
@@ -197,6 +198,12 @@ class AdminListener(_Group):
         description="PEM CA that operators' client certificates must chain to (ca.crt of "
         "keyferry admin init)",
     )
+    revoked_operators: Path | None = Field(
+        default=None,
+        description="a file of revoked operator certificate serials, one hexadecimal serial "
+        "a line (`keyferry admin revoke-operator` appends them); read again when it changes, "
+        "every admin call refused while it cannot be read",
+    )
 
     @model_validator(mode="after")
     def _all_or_none(self) -> AdminListener:
@@ -210,6 +217,11 @@ class AdminListener(_Group):
         for name, path in paths.items():
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} {path} does not exist or is not a file")
+        if self.revoked_operators is not None and not self.revoked_operators.is_file():
+            raise ValueError(
+                f"revoked_operators {self.revoked_operators} does not exist; create it empty "
+                "(`touch`) or remove the setting"
+            )
         return self
 
     @property
@@ -462,6 +474,18 @@ class AccessSettings(_Group):
         return value
 
 
+class ClusterRegistrationSettings(_Group):
+    """Who must agree before the cluster registry changes (ClustersService)."""
+
+    approval: Literal["required", "single"] = Field(
+        default="required",
+        description="required: registering or deregistering a cluster is a request that "
+        "another operator approves (`keyferry access approve`), since a registered cluster's "
+        "API server speaks for its pods; single: one operator's call does it at once "
+        "(test beds and demos; the broker warns at start)",
+    )
+
+
 class BrokerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -502,6 +526,7 @@ class BrokerSettings(BaseSettings):
     pods: PodsSettings = PodsSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     access: AccessSettings = AccessSettings()
+    cluster_registration: ClusterRegistrationSettings = ClusterRegistrationSettings()
     tracing: TracingSettings = TracingSettings()
 
     @field_validator("policies")

@@ -98,3 +98,8 @@ class AuditAction(StrEnum):
     AUDIT_ACTIVITY = "audit.activity", "an operator read the activity per minute"
     LEASES_LIST = "leases.list", "an operator read a page of leases by selector (ListLeases)"
     LEASES_COUNT = "leases.count", "an operator counted leases by selector (CountLeases)"
+    # What the broker refused to trust (issue 18).
+    STORE_ROW_REFUSED = (
+        "store.row_refused",
+        "a role or cluster row failed its integrity check (edited outside keyferry): refused",
+    )

@@ -50,8 +50,12 @@ app = typer.Typer(
         "The server, CA bundle and credential (token or client certificate) come from the "
         "context; use a ServiceAccount token bound by docs/examples/broker-rbac.yaml. "
         "Without --issuer the cluster's /.well-known/openid-configuration names it.\n\n"
-        "Exit codes: 0 registered; 2 the kubeconfig is unusable; 1 the broker refused (the "
-        "message names what failed: TLS, auth, RBAC, discovery); 3 the broker did not answer."
+        "With cluster_registration.approval: required (the default) the cluster is checked "
+        "and its registration waits for another operator: `keyferry access approve ID` "
+        "with the id printed adds it.\n\n"
+        "Exit codes: 0 registered, or checked and awaiting approval; 2 the kubeconfig is "
+        "unusable; 1 the broker refused (the message names what failed: TLS, auth, RBAC, "
+        "discovery); 3 the broker did not answer."
     )
 )
 def register(
@@ -97,9 +101,18 @@ def register(
     )
     reply = _call(keyferry_context, lambda stub: stub.RegisterCluster(request, timeout=TIMEOUT))
     if output is not Output.TABLE:
-        emit_one(_row(reply.cluster, dt.datetime.now(dt.UTC)), output)
+        row = _row(reply.cluster, dt.datetime.now(dt.UTC))
+        pending = {"pending_grant_id": reply.pending_grant_id} if reply.pending_grant_id else {}
+        emit_one({**row, **pending}, output)
         return
     keys = ", ".join(reply.cluster.key_ids)
+    if reply.pending_grant_id:
+        typer.echo(
+            f"cluster {reply.cluster.name} checked (issuer {issuer}; keys {keys}); its "
+            f"registration waits for another operator: keyferry access approve "
+            f"{reply.pending_grant_id}"
+        )
+        return
     typer.echo(f"cluster {reply.cluster.name} registered (issuer {issuer}; keys {keys})")
 
 
@@ -166,8 +179,11 @@ def _row(c: clusters_pb2.Cluster, now: dt.datetime) -> dict[str, object]:
         "  keyferry clusters deregister a --force\n\n"
         "Every live lease of the cluster is revoked first. When some cannot be revoked now "
         "the cluster stays registered (exit 1) unless --force: then it is removed and those "
-        "leases stay queued; the broker retries them until they are revoked.\n\n"
-        "Exit codes: 0 deregistered; 1 some leases could not be revoked (without --force), "
+        "leases stay queued; the broker retries them until they are revoked. With "
+        "cluster_registration.approval: required (the default) nothing happens until another "
+        "operator runs `keyferry access approve ID` with the id printed.\n\n"
+        "Exit codes: 0 deregistered, or awaiting approval; 1 some leases could not be "
+        "revoked (without --force), "
         "no such cluster, or the broker refused; 2 the context file is unusable; "
         "3 the broker did not answer."
     )
@@ -184,7 +200,15 @@ def deregister(
     request = clusters_pb2.DeregisterClusterRequest(name=name, force=force)
     reply = _call(context, lambda stub: stub.DeregisterCluster(request, timeout=TIMEOUT))
     if output is not Output.TABLE:
-        emit_one({"name": name, "revoked": reply.revoked, "queued": reply.queued}, output)
+        done = {"name": name, "revoked": reply.revoked, "queued": reply.queued}
+        pending = {"pending_grant_id": reply.pending_grant_id} if reply.pending_grant_id else {}
+        emit_one({**done, **pending}, output)
+        return
+    if reply.pending_grant_id:
+        typer.echo(
+            f"deregistration of cluster {name} waits for another operator: keyferry access "
+            f"approve {reply.pending_grant_id} (nothing was revoked yet)"
+        )
         return
     typer.echo(
         f"cluster {name} deregistered: {reply.revoked} lease(s) revoked, "

@@ -12,7 +12,20 @@ import typer
 from injector.agent.cli import app as agent_app
 from injector.webhook.cli import app as webhook_app
 
-from . import access, admin, audit, clusters, console, demo, leases, revoke, roles, rotate, serve
+from . import (
+    access,
+    admin,
+    audit,
+    clusters,
+    console,
+    demo,
+    leases,
+    policy,
+    revoke,
+    roles,
+    rotate,
+    serve,
+)
 
 app = typer.Typer(
     name="keyferry",
@@ -36,6 +49,7 @@ app = typer.Typer(
         "  keyferry audit list --action rotate --since 1h   # the trail, newest first\n\n"
         "  keyferry leases count --all --by cluster --by role   # where the leases are\n\n"
         "  keyferry console         # the operator console in the browser, on loopback\n\n"
+        "  keyferry policy check policies.cedar         # permits open to any cluster\n\n"
         "  keyferry demo            # the main job on the test bed's servers, narrated\n\n"
         "  keyferry demo --hold     # ... and keep it running until Ctrl-C"
     ),
@@ -51,6 +65,7 @@ app.add_typer(audit.app)
 app.add_typer(leases.app)
 app.add_typer(access.app)
 app.add_typer(admin.app)
+app.add_typer(policy.app)
 app.command(epilog=rotate.EPILOG)(rotate.rotate)
 app.command("rotate-root", epilog=rotate.ROOT_EPILOG)(rotate.rotate_root)
 app.command(epilog=revoke.EPILOG)(revoke.revoke)

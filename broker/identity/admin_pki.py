@@ -2,9 +2,17 @@
 every operator's client certificate (what `keyferry admin init` and `issue-operator` write).
 
 An operator certificate's subject is the operator: CN is the name, each O attribute one
-group (Kubernetes' convention for client certificates); operators.py reads it back. Keys
-are ECDSA P-256 and every private key is written with mode 0600, never overwritten in
-place without the caller asking (`force`).
+group (Kubernetes' convention for client certificates); operators.py reads it back. Its
+subject alternative name `urn:keyferry:operator:<identity>` is the person behind it (an
+email, an employee id): the identity approvals compare, so one person holding two names
+cannot approve their own request. Without one, the identity is the name.
+
+Operator certificates are short-lived (OPERATOR_VALIDITY, 12 hours by default): renewing
+one (`renew_operator`) signs a new key for the same subject and identity. A certificate
+that must stop working before it ends goes on the admin listener's deny-list of serials
+(operators.py, `keyferry admin revoke-operator`). Keys are ECDSA P-256 and every private
+key is written with mode 0600, never overwritten in place without the caller asking
+(`force`).
 """
 
 from __future__ import annotations
@@ -24,7 +32,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from broker.errors import InvalidRequest
 
 CA_VALIDITY = dt.timedelta(days=3650)
-LEAF_VALIDITY = dt.timedelta(days=365)
+LEAF_VALIDITY = dt.timedelta(days=365)  # the broker's admin serving certificate
+OPERATOR_VALIDITY = dt.timedelta(hours=12)
+MAX_OPERATOR_VALIDITY = dt.timedelta(days=7)
+IDENTITY_URN = "urn:keyferry:operator:"
 BACKDATE = dt.timedelta(minutes=5)
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 SERVER_CERT, SERVER_KEY = "broker-admin.crt", "broker-admin.key"
@@ -90,20 +101,56 @@ class AdminCa:
             force=force,
         )
 
-    def issue_operator(self, name: str, groups: Sequence[str], *, force: bool = False) -> PemPair:
-        """A client certificate whose subject is the operator: CN name, one O per group."""
+    def issue_operator(
+        self,
+        name: str,
+        groups: Sequence[str],
+        *,
+        identity: str | None = None,
+        validity: dt.timedelta = OPERATOR_VALIDITY,
+        force: bool = False,
+    ) -> PemPair:
+        """A client certificate whose subject is the operator: CN name, one O per group,
+        and the person's `identity` as a URN; it lasts `validity`."""
         check_operator(name, groups)
+        check_validity(validity)
+        if identity is not None:
+            check_identity(identity)
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
         attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
         folder = self.folder / OPERATORS
         folder.mkdir(mode=0o700, exist_ok=True)
+        sans = []
+        if identity is not None:
+            uri = x509.UniformResourceIdentifier(IDENTITY_URN + identity)
+            sans.append(x509.SubjectAlternativeName([uri]))
         return self._issue(
             x509.Name(attributes),
-            [],
+            sans,
             ExtendedKeyUsageOID.CLIENT_AUTH,
             cert_path=folder / f"{name}.crt",
             key_path=folder / f"{name}.key",
             force=force,
+            validity=validity,
+        )
+
+    def renew_operator(self, name: str, validity: dt.timedelta = OPERATOR_VALIDITY) -> PemPair:
+        """A new key and certificate for operator `name`, with the subject and identity of
+        its current certificate (expired or not); InvalidRequest when it has none."""
+        path = self.folder / OPERATORS / f"{name}.crt"
+        try:
+            current = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(
+                "name",
+                f"no certificate of operator {name!r} in {path.parent} ({exc}); "
+                "issue one with `keyferry admin issue-operator`",
+            ) from exc
+        groups = [
+            str(a.value) for a in current.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        ]
+        return self.issue_operator(
+            name, groups, identity=certificate_identity(current), validity=validity, force=True
         )
 
     def _issue(
@@ -115,6 +162,7 @@ class AdminCa:
         cert_path: Path,
         key_path: Path,
         force: bool,
+        validity: dt.timedelta = LEAF_VALIDITY,
     ) -> PemPair:
         for path in (cert_path, key_path):
             if path.exists() and not force:
@@ -128,7 +176,7 @@ class AdminCa:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + LEAF_VALIDITY, self.cert.not_valid_after_utc))
+            .not_valid_after(min(now + validity, self.cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
@@ -188,6 +236,36 @@ def check_operator(name: str, groups: Sequence[str]) -> None:
             )
     if name.startswith("."):
         raise InvalidRequest("name", f"{name!r} must not start with '.'")
+
+
+def check_validity(validity: dt.timedelta) -> None:
+    if not dt.timedelta(minutes=5) <= validity <= MAX_OPERATOR_VALIDITY:
+        raise InvalidRequest(
+            "validity", "an operator certificate lasts between 5m and 7d (renew it instead)"
+        )
+
+
+def check_identity(identity: str) -> None:
+    """A person's identity for a certificate URN: an email or an id, no spaces."""
+    allowed = set("-_.@+")
+    if not 0 < len(identity) <= 128 or not all(c.isalnum() or c in allowed for c in identity):
+        raise InvalidRequest(
+            "identity", f"{identity!r}: use 1 to 128 letters, digits, '-', '_', '.', '@', '+'"
+        )
+
+
+def certificate_identity(cert: x509.Certificate) -> str | None:
+    """The `urn:keyferry:operator:` identity of a certificate, if it has exactly one."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    found = [
+        uri.removeprefix(IDENTITY_URN)
+        for uri in sans.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(IDENTITY_URN)
+    ]
+    return found[0] if len(found) == 1 and found[0] else None
 
 
 def write_private(path: Path, data: bytes) -> None:

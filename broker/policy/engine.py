@@ -18,6 +18,7 @@ import cedarpy
 from broker.errors import KeyferryError
 
 from .entities import Action, Principal, Resource
+from .lint import OpenPermit, open_permits
 
 SCHEMA = (files("broker.policy") / "schema.cedarschema").read_text()
 # Parsed once: handing cedarpy the schema's text makes it parse the schema on every
@@ -59,6 +60,7 @@ class PolicyEngine:
                 ],
             )
         self._policies = cedarpy.PolicySet.from_str(text)
+        self._text = text
         self.source = source
 
     @classmethod
@@ -67,6 +69,10 @@ class PolicyEngine:
         for path in chosen:  # validate one by one so an error names its own file
             cls(path.read_text(), str(path))
         return cls("\n".join(path.read_text() for path in chosen), ", ".join(map(str, chosen)))
+
+    def open_permits(self) -> list[OpenPermit]:
+        """The permits that let workloads of any cluster in (lint.py)."""
+        return open_permits(self._text)
 
     @property
     def policy_names(self) -> tuple[str, ...]:

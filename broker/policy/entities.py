@@ -102,10 +102,18 @@ class Operator(_Entity):
     kind: str = "Operator"
     name: str = Field(min_length=1)
     groups: tuple[str, ...] = ()
+    identity: str | None = None
+    """The person behind the certificate (its `urn:keyferry:operator:` name), if given."""
 
     @property
     def ident(self) -> str:
         return self.name
+
+    @property
+    def person(self) -> str:
+        """What approvals compare: the identity when the certificate has one, else the
+        name (prefixed so the two never collide)."""
+        return f"id:{self.identity}" if self.identity else f"cn:{self.name}"
 
     def entities(self) -> list[dict[str, Any]]:
         parents = [{"type": "Group", "id": group} for group in self.groups]

@@ -40,6 +40,8 @@ from broker.api.v1 import (
 )
 from broker.clock import Clock, utcnow
 from broker.errors import InvalidRequest, KeyferryError
+from broker.identity.admin_pki import CA_KEY
+from broker.identity.operators import RevokedSerials
 from broker.service import BrokerRuntime
 from broker.settings import AdminListener, BrokerSettings, WorkloadListener
 
@@ -48,6 +50,7 @@ from .broker_servicer import BrokerServicer
 from .clusters_servicer import ClustersServicer
 from .interceptors import CallInterceptor
 from .metrics import BrokerMetrics
+from .operators import OperatorGate
 from .records_servicer import AuditServicer, LeasesServicer
 from .roles_servicer import RolesServicer
 from .rotation_servicer import RotationServicer
@@ -182,6 +185,10 @@ def _assemble(settings: BrokerSettings, runtime: BrokerRuntime) -> tuple[BrokerS
             return float("nan")
 
     metrics = BrokerMetrics(live_leases, pending_revocations, lambda: float(runtime.is_leader))
+    relay = runtime.flows.relay
+    if relay is not None:
+        refusals = relay.refusals
+        metrics.count_event_refusals(lambda: {k.value: n for k, n in refusals.counts.items()})
     tls = workload_identity(settings.workload, settings.data_dir)
     if tls.generated:
         log.warning(
@@ -240,7 +247,18 @@ def _admin_listener(
     for the handshake itself, so nothing without one reaches a servicer."""
     if listener.tls_cert is None or listener.tls_key is None or listener.client_ca is None:
         raise InvalidRequest("admin", "set tls_cert, tls_key and client_ca")
-    admin = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics)])
+    if (listener.client_ca.parent / CA_KEY).exists():
+        log.warning(
+            "the admin CA's private key is in the folder of admin.client_ca: keep it off "
+            "the broker's hosts (docs/install.md, 'Operators')",
+            folder=str(listener.client_ca.parent),
+        )
+    gate = None
+    if listener.revoked_operators is not None:
+        gate = OperatorGate(RevokedSerials(listener.revoked_operators))
+    admin = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[CallInterceptor(metrics, admit=gate)]
+    )
     roles_pb2_grpc.add_RolesServiceServicer_to_server(RolesServicer(runtime.roles), admin)
     flows = runtime.flows
     rotation = RotationServicer(

@@ -26,10 +26,13 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServiceServicer):
         self, request: clusters_pb2.RegisterClusterRequest, context: Context
     ) -> clusters_pb2.RegisterClusterResponse:
         connection = convert.cluster_connection(request)
-        view = await self._clusters.register(
+        done = await self._clusters.register(
             operator_of(context), connection, current_call().request_id
         )
-        return clusters_pb2.RegisterClusterResponse(cluster=convert.cluster_message(view))
+        return clusters_pb2.RegisterClusterResponse(
+            cluster=convert.cluster_message(done.view),
+            pending_grant_id=done.pending_grant_id or "",
+        )
 
     async def GetCluster(
         self, request: clusters_pb2.GetClusterRequest, context: Context
@@ -53,7 +56,9 @@ class ClustersServicer(clusters_pb2_grpc.ClustersServiceServicer):
         done = await self._clusters.deregister(
             operator_of(context), _name(request.name), request.force, current_call().request_id
         )
-        return clusters_pb2.DeregisterClusterResponse(revoked=done.revoked, queued=done.queued)
+        return clusters_pb2.DeregisterClusterResponse(
+            revoked=done.revoked, queued=done.queued, pending_grant_id=done.pending_grant_id or ""
+        )
 
 
 def _name(name: str) -> str:

@@ -76,9 +76,16 @@ def method_label(full_method: str) -> str:
     return f"{service.rsplit('.', 1)[-1]}/{method}"
 
 
+Admit = Callable[[Context], None]
+
+
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: BrokerMetrics) -> None:
+    """`admit`, when given, runs first in every call and may refuse it by raising a
+    KeyferryError (the admin listener's operator deny-list)."""
+
+    def __init__(self, metrics: BrokerMetrics, admit: Admit | None = None) -> None:
         self._metrics = metrics
+        self._admit = admit
 
     async def intercept_service(
         self,
@@ -106,6 +113,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 call, started = self._begin(method, context)
                 with _server_span(call, context) as span:
                     try:
+                        self._admitted(context)
                         async for item in behavior(request, context):
                             yield item
                     except BaseException as error:
@@ -120,6 +128,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             call, started = self._begin(method, context)
             with _server_span(call, context) as span:
                 try:
+                    self._admitted(context)
                     response = await behavior(request, context)
                 except BaseException as error:
                     await self._failed_traced(call, started, error, context, span)
@@ -129,6 +138,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return response
 
         return unary
+
+    def _admitted(self, context: Context) -> None:
+        if self._admit is not None:
+            self._admit(context)
 
     @staticmethod
     def _begin(method: str, context: Context) -> tuple[Call, float]:

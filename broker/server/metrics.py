@@ -3,11 +3,13 @@ process in tests), served on their own HTTP port."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 ISSUE = "BrokerService/Issue"
 RELEASE = "BrokerService/Release"
@@ -100,7 +102,25 @@ class BrokerMetrics:
             self.pending_revocations.set_function(pending_revocations)
         if leader is not None:
             self.leader.set_function(leader)
+        self._event_refusals: Callable[[], Mapping[str, int]] = dict
+        self.registry.register(
+            _Counted(
+                "keyferry_event_notifications_refused",
+                "Cross-replica event notifications dropped, by reason: unauthenticated (no or "
+                "a wrong MAC: not sent by a replica), not_owner, stale or unreadable",
+                "reason",
+                self._read_event_refusals,
+            )
+        )
         self._http: tuple[WSGIServer, Thread] | None = None
+
+    def _read_event_refusals(self) -> Mapping[str, int]:
+        return self._event_refusals()
+
+    def count_event_refusals(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Where keyferry_event_notifications_refused comes from: the event relay's
+        refusals by reason (no relay, no series)."""
+        self._event_refusals = counts
 
     def record(self, method: str, outcome: str, seconds: float) -> None:
         """One answered call of `method` ("BrokerService/Issue"), by the call interceptor;
@@ -126,3 +146,20 @@ class BrokerMetrics:
             server.server_close()
             thread.join(timeout=5)
             self._http = None
+
+
+class _Counted(Collector):
+    def __init__(
+        self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]
+    ) -> None:
+        self._name, self._documentation, self._label = name, documentation, label
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for key, value in sorted(self._counts().items()):
+            family.add_metric([key], value)
+        yield family
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=[self._label])

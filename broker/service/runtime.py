@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -35,7 +36,7 @@ from broker.identity import KeyRefreshPolicy
 from broker.models import load_roles
 from broker.policy import PolicyEngine
 from broker.settings import BrokerSettings, TokensSettings
-from broker.store import AsyncStore, Store, StoreRunner
+from broker.store import AsyncStore, RowSigner, Store, StoreRunner
 
 from .admin.access_grants import AccessFlow
 from .admin.audit_reading import AuditReading, Transit
@@ -49,12 +50,13 @@ from .common.audit_trail import AuditTrail
 from .common.callers import Callers, VerifyLimits
 from .common.gate import PolicyGate
 from .common.role_catalog import RoleCatalog
-from .common.sealing import CredentialSealer
+from .common.sealing import CredentialSealer, derive_key
 from .core import Core
 from .engine.lease_engine import LeaseEngine
 from .engine.revoker import CLAIM_MARGIN, Backoff, Revoker
 from .events.hub import EventHub
 from .events.relay import EventRelay
+from .events.signed import EventSigner
 from .jobs.ended_pods import PodLeases
 from .jobs.leadership import leadership_for
 from .jobs.reconcile import Reconciler
@@ -131,18 +133,14 @@ class BrokerRuntime:
     async def _open(
         cls, settings: BrokerSettings, stack: AsyncExitStack, clock: Clock
     ) -> BrokerRuntime:
-        policy = PolicyEngine.from_files(settings.policies)
-        store = await asyncio.to_thread(Store.open, settings.store, clock)
-        _on_close(stack, store.close)
+        policy = _load_policy(settings)
+        sealing_key = settings.sealing.key_bytes()
+        store = await _open_store(settings, stack, clock, sealing_key)
         runner = StoreRunner(settings.store.pool_size)
         _on_close(stack, runner.close)
         stores = AsyncStore(store, runner)
         vault = VaultClient(settings.vault)
         _on_close(stack, vault.close)
-        catalog = RoleCatalog(stores.roles)
-        if settings.roles is not None:
-            applied = await catalog.apply(load_roles(settings.roles))
-            log.info("roles file applied", path=str(settings.roles), roles=len(applied))
         clients = {c.name: ClusterClient(c) for c in settings.clusters}
         callers = await _connect(clients, verify_limits(settings.tokens))
         _on_close(stack, callers.close)
@@ -162,8 +160,12 @@ class BrokerRuntime:
             refusal_summary=settings.tokens.refusal_summary,
         )
         _on_close(stack, audit.close)
+        catalog = RoleCatalog(stores.roles, audit.row_refused)
+        if settings.roles is not None:
+            applied = await catalog.apply(load_roles(settings.roles))
+            log.info("roles file applied", path=str(settings.roles), roles=len(applied))
         backends = Backends(vault)
-        sealer = CredentialSealer(settings.sealing.key_bytes())
+        sealer = CredentialSealer(sealing_key)
         limits = IssueLimits(settings.limits.per_pod, settings.limits.per_cluster)
         lease_calls = LeaseCallRates(settings.limits, clock)
         hub = EventHub()
@@ -208,7 +210,13 @@ class BrokerRuntime:
             settings=settings.renewal,
             reissue=rotation.reissue,
         )
-        relay = EventRelay.for_store(settings.store, hub=hub, store=stores, sealer=sealer)
+        relay = EventRelay.for_store(
+            settings.store,
+            hub=hub,
+            store=stores,
+            sealer=sealer,
+            signer=EventSigner(derive_key(sealing_key, "events")),
+        )
         scheduler = JobScheduler(
             [
                 Periodic("renew", settings.renewal.interval, renewer.renew_due, leader_only=False),
@@ -249,19 +257,10 @@ class BrokerRuntime:
         )
         roles = RoleAdmin(core, catalog)
         pods = PodLeases(core, callers=callers)
-        clusters = ClusterAdmin(
-            core, configured=settings.clusters, callers=callers, sealer=sealer, pods=pods
-        )
+        clusters = _cluster_admin(core, settings, callers=callers, sealer=sealer, pods=pods)
         await clusters.load()
         access = AccessFlow(core, catalog=catalog, backends=backends, settings=settings.access)
-        reading = AuditReading(
-            core,
-            source=records,
-            checkpoints=StoreCheckpointSink(store.checkpoints),
-            chain=settings.audit.chain,
-            vault=vault,
-            transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
-        )
+        access.on_approve(clusters)
         runtime = cls(
             settings,
             store,
@@ -277,7 +276,14 @@ class BrokerRuntime:
             pods,
             access,
             core,
-            reading,
+            AuditReading(
+                core,
+                source=records,
+                checkpoints=StoreCheckpointSink(store.checkpoints),
+                chain=settings.audit.chain,
+                vault=vault,
+                transit=Transit(settings.audit.transit_mount, settings.audit.transit_key),
+            ),
             LeaseListing(core),
             stack,
         )
@@ -364,6 +370,31 @@ class BrokerRuntime:
         await self._stack.aclose()
 
 
+def _load_policy(settings: BrokerSettings) -> PolicyEngine:
+    """The policy set; each permit open to workloads of any cluster is logged as a warning
+    (`keyferry policy check` lists the same)."""
+    policy = PolicyEngine.from_files(settings.policies)
+    for permit in policy.open_permits():
+        log.warning("policy does not constrain the cluster", detail=permit.describe())
+    return policy
+
+
+async def _open_store(
+    settings: BrokerSettings, stack: AsyncExitStack, clock: Clock, sealing_key: bytes
+) -> Store:
+    """The store, migrated, with role and cluster rows MAC'd and checked."""
+    rows = RowSigner(derive_key(sealing_key, "rows"))
+    store = await asyncio.to_thread(partial(Store.open, settings.store, clock, rows=rows))
+    _on_close(stack, store.close)
+    if store.adopted_rows:
+        log.warning(
+            "role and cluster rows written before row MACs were given their first MAC "
+            "(trusted as they were: docs/security.md, 'Rows and messages the broker trusts')",
+            rows=store.adopted_rows,
+        )
+    return store
+
+
 def verify_limits(tokens: TokensSettings) -> VerifyLimits:
     return VerifyLimits(
         max_lifetime=tokens.max_lifetime,
@@ -386,3 +417,27 @@ async def _connect(clients: dict[str, ClusterClient], limits: VerifyLimits) -> C
 
 def _on_close(stack: AsyncExitStack, close: Callable[[], object]) -> None:
     stack.callback(close)
+
+
+def _cluster_admin(
+    core: Core,
+    settings: BrokerSettings,
+    *,
+    callers: Callers,
+    sealer: CredentialSealer,
+    pods: PodLeases,
+) -> ClusterAdmin:
+    if settings.cluster_registration.approval == "single":
+        log.warning(
+            "cluster_registration.approval is single: one operator registers and "
+            "deregisters clusters alone (meant for test beds and demos)"
+        )
+    return ClusterAdmin(
+        core,
+        configured=settings.clusters,
+        callers=callers,
+        sealer=sealer,
+        pods=pods,
+        second_operator=settings.cluster_registration.approval == "required",
+        approval_wait=settings.access.approval_wait,
+    )

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .failures import store_errors
 from .grants import GrantRepository
+from .integrity import RowSigner, RowTampered
 from .leases import LeaseRepository
 from .migrate import current_revision, head_revision, upgrade
 from .records import (
@@ -39,6 +40,7 @@ from .records import (
     LIVE_STATES,
     CheckpointRecord,
     ClusterRecord,
+    ClusterRequestRecord,
     ExistingLease,
     GrantRecord,
     GrantState,
@@ -67,6 +69,7 @@ __all__ = [
     "ClusterNotFound",
     "ClusterRecord",
     "ClusterRepository",
+    "ClusterRequestRecord",
     "ExistingLease",
     "GrantNotFound",
     "GrantRecord",
@@ -87,6 +90,8 @@ __all__ = [
     "RoleRecord",
     "RoleRepository",
     "RotationRequest",
+    "RowSigner",
+    "RowTampered",
     "Selector",
     "Store",
     "StoreRunner",

@@ -14,6 +14,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
 from broker import tracing
 
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
 from .leases import LeaseRepository
@@ -105,8 +106,15 @@ class AsyncClusters(_Async[ClusterRepository]):
     add = _forward(ClusterRepository.add)
     get = _forward(ClusterRepository.get)
     list = _forward(ClusterRepository.list)
+    list_intact = _forward(ClusterRepository.list_intact)
+    exists = _forward(ClusterRepository.exists)
     record_jwks = _forward(ClusterRepository.record_jwks)
     delete = _forward(ClusterRepository.delete)
+
+
+class AsyncClusterRequests(_Async[ClusterRequestRepository]):
+    add = _forward(ClusterRequestRepository.add)
+    get = _forward(ClusterRequestRepository.get)
 
 
 class AsyncRoles(_Async[RoleRepository]):
@@ -123,4 +131,5 @@ class AsyncStore:
         self.leases = AsyncLeases(store.leases, runner)
         self.grants = AsyncGrants(store.grants, runner)
         self.clusters = AsyncClusters(store.clusters, runner)
+        self.cluster_requests = AsyncClusterRequests(store.cluster_requests, runner)
         self.roles = AsyncRoles(store.roles, runner)

@@ -8,6 +8,7 @@ an advisory lock makes replicas that start together migrate one after another.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -23,13 +24,22 @@ VERSION_TABLE = "keyferry_schema_version"
 ADVISORY_LOCK = 0x6B66_5F73_746F_7265  # "kf_store"; any constant unique to keyferry
 
 
-def upgrade(engine: Engine) -> None:
-    """Migrate the store's database to the newest schema; safe to call on every start."""
+# Runs after the migrations, in their transaction (and lock), given the revision before.
+AfterUpgrade = Callable[[Connection, str | None], None]
+
+
+def upgrade(engine: Engine, then: AfterUpgrade | None = None) -> None:
+    """Migrate the store's database to the newest schema; safe to call on every start.
+    `then` runs in the same transaction, given the revision the database had before."""
     with store_errors("schema migration"), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
+        context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+        before = context.get_current_revision()
         config = _config(connection)
         command.upgrade(config, "head")
+        if then is not None:
+            then(connection, before)
 
 
 def current_revision(engine: Engine) -> str | None:

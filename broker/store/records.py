@@ -198,6 +198,22 @@ class ClusterRecord(BaseModel):
     registered_at: AwareDatetime
 
 
+class ClusterRequestRecord(BaseModel):
+    """A registry change waiting for approval (its grant's id); the credential stays sealed."""
+
+    model_config = _RECORD
+
+    grant_id: str
+    kind: str  # register | deregister
+    name: str
+    server: str
+    ca_pem: str
+    issuer: str
+    sealed_credential: bytes | None = Field(repr=False)
+    force: bool
+    created_at: AwareDatetime
+
+
 class CheckpointRecord(BaseModel):
     model_config = _RECORD
 
@@ -269,3 +285,6 @@ class GrantRecord(BaseModel):
     ended_at: AwareDatetime | None
     lease_id: str | None
     updated_at: AwareDatetime
+    requester_identity: str | None = None
+    """Who asked, as approvals compare it (Operator.person): not the certificate's name
+    alone, so one person holding two names cannot approve their own request."""

@@ -12,6 +12,7 @@ from broker.clock import Clock, utcnow
 
 from .errors import RoleNotFound
 from .failures import store_errors
+from .integrity import RowSigner
 from .records import RoleRecord
 from .schema import RoleRow
 
@@ -19,9 +20,12 @@ PUT_ATTEMPTS = 3
 
 
 class RoleRepository:
-    def __init__(self, sessions: sessionmaker[Session], clock: Clock = utcnow) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], clock: Clock = utcnow, rows: RowSigner | None = None
+    ) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._rows = rows
 
     def put(self, name: str, spec: dict[str, Any]) -> RoleRecord:
         """Create or replace a role (Roles.Apply is declarative)."""
@@ -30,11 +34,12 @@ class RoleRepository:
                 try:
                     with self._sessions.begin() as session:
                         row = session.get(RoleRow, name, with_for_update=True)
+                        mac = None if self._rows is None else self._rows.role(name, spec)
                         if row is None:
-                            row = RoleRow(name=name, spec=spec, updated_at=self._clock())
+                            row = RoleRow(name=name, spec=spec, updated_at=self._clock(), mac=mac)
                             session.add(row)
                         else:
-                            row.spec = spec
+                            row.spec, row.mac = spec, mac
                             row.updated_at = self._clock()
                         session.flush()
                         record = RoleRecord.model_validate(row)
@@ -49,12 +54,18 @@ class RoleRepository:
             row = session.get(RoleRow, name)
             if row is None:
                 raise RoleNotFound(name)
-            return RoleRecord.model_validate(row)
+            return self._checked(row)
 
     def list(self) -> list[RoleRecord]:
+        """Every role; RowTampered for the first whose MAC does not match."""
         with store_errors("listing roles"), self._sessions() as session:
             rows = session.scalars(select(RoleRow).order_by(RoleRow.name))
-            return [RoleRecord.model_validate(row) for row in rows]
+            return [self._checked(row) for row in rows]
+
+    def _checked(self, row: RoleRow) -> RoleRecord:
+        if self._rows is not None:
+            self._rows.check_role(row.name, row.spec, row.mac)
+        return RoleRecord.model_validate(row)
 
     def delete(self, name: str) -> None:
         with store_errors("deleting a role"), self._sessions.begin() as session:

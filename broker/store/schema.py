@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -119,6 +120,7 @@ class RoleRow(Base):
     name: Mapped[str] = mapped_column(String(NAME), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mac: Mapped[str | None] = mapped_column(String(64))  # integrity.py
 
 
 class CheckpointRow(Base):
@@ -150,6 +152,7 @@ class ClusterRow(Base):
     jwks_fetched_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_contact: Mapped[datetime | None] = mapped_column(UTCDateTime())
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mac: Mapped[str | None] = mapped_column(String(64))  # integrity.py
 
 
 class AuditHeadRow(Base):
@@ -197,3 +200,23 @@ class GrantRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_id: Mapped[str | None] = mapped_column(String(36))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    requester_identity: Mapped[str | None] = mapped_column(String(NAME))
+
+
+class ClusterRequestRow(Base):
+    """A change of the cluster registry waiting for a second operator: the access grant
+    that approves it, and what to do (register: how to reach the cluster, its credential
+    sealed; deregister: whether to force). MAC'd like a cluster row (integrity.py)."""
+
+    __tablename__ = "cluster_requests"
+
+    grant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(63))
+    server: Mapped[str] = mapped_column(String(2048))
+    ca_pem: Mapped[str] = mapped_column(Text)
+    issuer: Mapped[str] = mapped_column(String(2048))
+    sealed_credential: Mapped[bytes | None] = mapped_column(LargeBinary)
+    force: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    mac: Mapped[str | None] = mapped_column(String(64))

@@ -22,11 +22,13 @@ from broker.clock import Clock, utcnow
 
 from .audit_chain import AuditChainRepository
 from .checkpoints import CheckpointRepository
+from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .config import DEFAULT_TIMEOUT, StoreSettings
 from .engine import READ_ONLY, create_store_engine
 from .failures import store_errors
 from .grants import GrantRepository
+from .integrity import RowSigner, adopt_unsigned_rows
 from .leases import LeaseRepository
 from .migrate import upgrade
 from .roles import RoleRepository
@@ -34,28 +36,47 @@ from .roles import RoleRepository
 
 class Store:
     def __init__(
-        self, engine: Engine, clock: Clock = utcnow, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        engine: Engine,
+        clock: Clock = utcnow,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        rows: RowSigner | None = None,
     ) -> None:
         self.engine = engine
         sessions = StoreSessions(engine, timeout)
         self._sessions = sessions
+        self.adopted_rows = 0  # rows given their first MAC by this open (integrity.py)
         self.leases = LeaseRepository(sessions, clock)
-        self.roles = RoleRepository(sessions, clock)
+        self.roles = RoleRepository(sessions, clock, rows)
         self.checkpoints = CheckpointRepository(sessions, clock)
         self.audit_chain = AuditChainRepository(sessions)
-        self.clusters = ClusterRepository(sessions, clock)
+        self.clusters = ClusterRepository(sessions, clock, rows)
+        self.cluster_requests = ClusterRequestRepository(sessions, rows)
         self.grants = GrantRepository(sessions)
 
     @classmethod
-    def open(cls, settings: StoreSettings, clock: Clock = utcnow) -> Store:
-        """Connect and bring the schema to the newest revision (StoreUnavailable if not)."""
+    def open(
+        cls, settings: StoreSettings, clock: Clock = utcnow, *, rows: RowSigner | None = None
+    ) -> Store:
+        """Connect and bring the schema to the newest revision (StoreUnavailable if not).
+        With `rows` (the broker's), role and cluster rows are MAC'd and checked
+        (integrity.py); without, they are neither."""
         engine = create_store_engine(settings)
+        adopted: list[int] = []
+
+        def adopt(connection: Connection, before: str | None) -> None:
+            if rows is not None:
+                adopted.append(adopt_unsigned_rows(rows, connection, before))
+
         try:
-            upgrade(engine)
+            upgrade(engine, adopt)
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, clock, timeout=settings.timeout)
+        store = cls(engine, clock, timeout=settings.timeout, rows=rows)
+        store.adopted_rows = sum(adopted)
+        return store
 
     def refresh_statistics(self) -> bool:
         """Refresh SQLite's query-planner statistics (a full ANALYZE: about 0.3 s at 100,000

@@ -116,9 +116,9 @@ def start_broker(
     data["admin"] = {
         "host": "127.0.0.1",
         "port": admin_port,
-        "tls_cert": str(ca_dir / "broker-admin.crt"),
-        "tls_key": str(ca_dir / "broker-admin.key"),
-        "client_ca": str(ca_dir / "ca.crt"),
+        "tls_cert": str(folder / "broker-admin" / "broker-admin.crt"),  # init's --broker-dir
+        "tls_key": str(folder / "broker-admin" / "broker-admin.key"),
+        "client_ca": str(folder / "broker-admin" / "ca.crt"),
     }
     broker = BrokerThread(data, folder)
     return broker, context

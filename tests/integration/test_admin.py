@@ -237,13 +237,23 @@ async def test_admin_init_then_roles_apply_and_list_through_the_context_file(
     ]
     made = await asyncio.to_thread(runner.invoke, cli, init)
     assert made.exit_code == 0, made.output
-    for key in (pki / "ca.key", pki / "broker-admin.key", pki / "operators" / "olivia.key"):
+    broker_files = tmp_path / "broker-admin"  # apart from the CA's key (issue 18)
+    for key in (
+        pki / "ca.key",
+        broker_files / "broker-admin.key",
+        pki / "operators" / "olivia.key",
+    ):
         assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert not (broker_files / "ca.key").exists()
     again = await asyncio.to_thread(runner.invoke, cli, init)
     assert again.exit_code == 2
     assert "--force" in again.output
 
     section = yaml.safe_load(made.output.split("(broker.yaml):", 1)[1])
+    assert all(
+        Path(section["admin"][f]).parent == broker_files.resolve()
+        for f in ("tls_cert", "tls_key", "client_ca")
+    )
     data = config(tmp_path, vault, approle, kube_clusters, sqlite_url(tmp_path))
     data.pop("roles")  # an empty catalog: the CLI fills it
     data["admin"] = {**section["admin"], "host": "127.0.0.1"}

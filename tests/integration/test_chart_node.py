@@ -300,6 +300,9 @@ def broker_release(
             "config": {
                 "vault": {"addr": vault.node_addr, "approle": {"role_id": role_id}},
                 "audit": {"transit_mount": TRANSIT_MOUNT, "transit_key": TRANSIT_KEY},
+                # One operator registers clusters a and b here; the two-operator default
+                # is tested in tests/security/test_cluster_approval.py.
+                "cluster_registration": {"approval": "single"},
             },
             "existingSecret": BROKER_SECRET,
             "policies": _policies(workloads),

@@ -93,6 +93,9 @@ def config(
         "metrics": {"host": "127.0.0.1", "port": 0},
         "limits": {"per_pod": 4, "per_cluster": 1000, "pod_issue_burst": 1000},
         "admin": admin_section(folder / "admin-ca"),
+        # Tests and the demo register clusters as one operator; the two-operator default
+        # (production) is tested in tests/security/test_cluster_approval.py.
+        "cluster_registration": {"approval": "single"},
     }
 
 

@@ -71,7 +71,7 @@ def test_the_example_config_loads_with_secrets_from_the_environment(
     monkeypatch.setenv("KEYFERRY_WORKLOAD__TLS_CERT", str(cert))
     monkeypatch.setenv("KEYFERRY_WORKLOAD__TLS_KEY", str(key))
     monkeypatch.setenv("KEYFERRY_VAULT__APPROLE__SECRET_ID", "from-env")
-    for name in ("tls_cert", "tls_key", "client_ca"):
+    for name in ("tls_cert", "tls_key", "client_ca", "revoked_operators"):
         monkeypatch.setenv(f"KEYFERRY_ADMIN__{name.upper()}", str(cert))
     settings = load_settings(DOCS / "broker.yaml")
     assert settings.admin.enabled

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62roker/api/v1/clusters.proto\x12\rbroker.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x11\x43lusterCredential\x12\x16\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\tH\x00\x12>\n\x12\x63lient_certificate\x18\x02 \x01(\x0b\x32 .broker.api.v1.ClientCertificateH\x00\x42\x06\n\x04kind\"6\n\x11\x43lientCertificate\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0f\n\x07key_pem\x18\x02 \x01(\t\"\x8c\x01\n\x16RegisterClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x34\n\ncredential\x18\x04 \x01(\x0b\x32 .broker.api.v1.ClusterCredential\x12\x0e\n\x06issuer\x18\x05 \x01(\t\"B\n\x17RegisterClusterResponse\x12\'\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.Cluster\"!\n\x11GetClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x12GetClusterResponse\x12\'\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.Cluster\"\x15\n\x13ListClustersRequest\"@\n\x14ListClustersResponse\x12(\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x16.broker.api.v1.Cluster\"7\n\x18\x44\x65registerClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"<\n\x19\x44\x65registerClusterResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\"\xa7\x02\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12,\n\x06source\x18\x04 \x01(\x0e\x32\x1c.broker.api.v1.ClusterSource\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fjwks_fetched_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07key_ids\x18\x07 \x03(\t\x12\x15\n\ractive_leases\x18\x08 \x01(\x03\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\rClusterSource\x12\x1e\n\x1a\x43LUSTER_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LUSTER_SOURCE_CONFIG\x10\x01\x12\x1d\n\x19\x43LUSTER_SOURCE_REGISTERED\x10\x02\x32\x87\x03\n\x0f\x43lustersService\x12`\n\x0fRegisterCluster\x12%.broker.api.v1.RegisterClusterRequest\x1a&.broker.api.v1.RegisterClusterResponse\x12Q\n\nGetCluster\x12 .broker.api.v1.GetClusterRequest\x1a!.broker.api.v1.GetClusterResponse\x12W\n\x0cListClusters\x12\".broker.api.v1.ListClustersRequest\x1a#.broker.api.v1.ListClustersResponse\x12\x66\n\x11\x44\x65registerCluster\x12\'.broker.api.v1.DeregisterClusterRequest\x1a(.broker.api.v1.DeregisterClusterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62roker/api/v1/clusters.proto\x12\rbroker.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x11\x43lusterCredential\x12\x16\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\tH\x00\x12>\n\x12\x63lient_certificate\x18\x02 \x01(\x0b\x32 .broker.api.v1.ClientCertificateH\x00\x42\x06\n\x04kind\"6\n\x11\x43lientCertificate\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0f\n\x07key_pem\x18\x02 \x01(\t\"\x8c\x01\n\x16RegisterClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\t\x12\x34\n\ncredential\x18\x04 \x01(\x0b\x32 .broker.api.v1.ClusterCredential\x12\x0e\n\x06issuer\x18\x05 \x01(\t\"\\\n\x17RegisterClusterResponse\x12\'\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.Cluster\x12\x18\n\x10pending_grant_id\x18\x02 \x01(\t\"!\n\x11GetClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x12GetClusterResponse\x12\'\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.Cluster\"\x15\n\x13ListClustersRequest\"@\n\x14ListClustersResponse\x12(\n\x08\x63lusters\x18\x01 \x03(\x0b\x32\x16.broker.api.v1.Cluster\"7\n\x18\x44\x65registerClusterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"V\n\x19\x44\x65registerClusterResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\x12\x0e\n\x06queued\x18\x02 \x01(\x05\x12\x18\n\x10pending_grant_id\x18\x03 \x01(\t\"\xa7\x02\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0e\n\x06issuer\x18\x03 \x01(\t\x12,\n\x06source\x18\x04 \x01(\x0e\x32\x1c.broker.api.v1.ClusterSource\x12\x30\n\x0clast_contact\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fjwks_fetched_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07key_ids\x18\x07 \x03(\t\x12\x15\n\ractive_leases\x18\x08 \x01(\x03\x12\x31\n\rregistered_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*i\n\rClusterSource\x12\x1e\n\x1a\x43LUSTER_SOURCE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43LUSTER_SOURCE_CONFIG\x10\x01\x12\x1d\n\x19\x43LUSTER_SOURCE_REGISTERED\x10\x02\x32\x87\x03\n\x0f\x43lustersService\x12`\n\x0fRegisterCluster\x12%.broker.api.v1.RegisterClusterRequest\x1a&.broker.api.v1.RegisterClusterResponse\x12Q\n\nGetCluster\x12 .broker.api.v1.GetClusterRequest\x1a!.broker.api.v1.GetClusterResponse\x12W\n\x0cListClusters\x12\".broker.api.v1.ListClustersRequest\x1a#.broker.api.v1.ListClustersResponse\x12\x66\n\x11\x44\x65registerCluster\x12\'.broker.api.v1.DeregisterClusterRequest\x1a(.broker.api.v1.DeregisterClusterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'broker.api.v1.clusters_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLUSTERSOURCE']._serialized_start=1068
-  _globals['_CLUSTERSOURCE']._serialized_end=1173
+  _globals['_CLUSTERSOURCE']._serialized_start=1120
+  _globals['_CLUSTERSOURCE']._serialized_end=1225
   _globals['_CLUSTERCREDENTIAL']._serialized_start=80
   _globals['_CLUSTERCREDENTIAL']._serialized_end=195
   _globals['_CLIENTCERTIFICATE']._serialized_start=197
@@ -41,21 +41,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERCLUSTERREQUEST']._serialized_start=254
   _globals['_REGISTERCLUSTERREQUEST']._serialized_end=394
   _globals['_REGISTERCLUSTERRESPONSE']._serialized_start=396
-  _globals['_REGISTERCLUSTERRESPONSE']._serialized_end=462
-  _globals['_GETCLUSTERREQUEST']._serialized_start=464
-  _globals['_GETCLUSTERREQUEST']._serialized_end=497
-  _globals['_GETCLUSTERRESPONSE']._serialized_start=499
-  _globals['_GETCLUSTERRESPONSE']._serialized_end=560
-  _globals['_LISTCLUSTERSREQUEST']._serialized_start=562
-  _globals['_LISTCLUSTERSREQUEST']._serialized_end=583
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=585
-  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=649
-  _globals['_DEREGISTERCLUSTERREQUEST']._serialized_start=651
-  _globals['_DEREGISTERCLUSTERREQUEST']._serialized_end=706
-  _globals['_DEREGISTERCLUSTERRESPONSE']._serialized_start=708
-  _globals['_DEREGISTERCLUSTERRESPONSE']._serialized_end=768
-  _globals['_CLUSTER']._serialized_start=771
-  _globals['_CLUSTER']._serialized_end=1066
-  _globals['_CLUSTERSSERVICE']._serialized_start=1176
-  _globals['_CLUSTERSSERVICE']._serialized_end=1567
+  _globals['_REGISTERCLUSTERRESPONSE']._serialized_end=488
+  _globals['_GETCLUSTERREQUEST']._serialized_start=490
+  _globals['_GETCLUSTERREQUEST']._serialized_end=523
+  _globals['_GETCLUSTERRESPONSE']._serialized_start=525
+  _globals['_GETCLUSTERRESPONSE']._serialized_end=586
+  _globals['_LISTCLUSTERSREQUEST']._serialized_start=588
+  _globals['_LISTCLUSTERSREQUEST']._serialized_end=609
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_start=611
+  _globals['_LISTCLUSTERSRESPONSE']._serialized_end=675
+  _globals['_DEREGISTERCLUSTERREQUEST']._serialized_start=677
+  _globals['_DEREGISTERCLUSTERREQUEST']._serialized_end=732
+  _globals['_DEREGISTERCLUSTERRESPONSE']._serialized_start=734
+  _globals['_DEREGISTERCLUSTERRESPONSE']._serialized_end=820
+  _globals['_CLUSTER']._serialized_start=823
+  _globals['_CLUSTER']._serialized_end=1118
+  _globals['_CLUSTERSSERVICE']._serialized_start=1228
+  _globals['_CLUSTERSSERVICE']._serialized_end=1619
 # @@protoc_insertion_point(module_scope)

@@ -138,21 +138,30 @@ Global___RegisterClusterRequest: _TypeAlias = RegisterClusterRequest  # noqa: Y0
 
 @_typing.final
 class RegisterClusterResponse(_message.Message):
-    """RegisterClusterResponse is the cluster as registered."""
+    """RegisterClusterResponse is the cluster as registered, or, when the broker requires a
+    second operator (cluster_registration.approval: required), the cluster as checked and
+    the access grant that adds it once another operator approves it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_FIELD_NUMBER: _builtins.int
+    PENDING_GRANT_ID_FIELD_NUMBER: _builtins.int
+    pending_grant_id: _builtins.str
+    """Set when registration waits for approval: `keyferry access approve <id>` by another
+    operator adds the cluster; until then its pods are refused.
+    """
     @_builtins.property
     def cluster(self) -> Global___Cluster: ...
     def __init__(
         self,
         *,
         cluster: Global___Cluster | None = ...,
+        pending_grant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "pending_grant_id", b"pending_grant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -269,23 +278,29 @@ Global___DeregisterClusterRequest: _TypeAlias = DeregisterClusterRequest  # noqa
 
 @_typing.final
 class DeregisterClusterResponse(_message.Message):
-    """DeregisterClusterResponse counts the leases deregistration revoked and queued."""
+    """DeregisterClusterResponse counts the leases deregistration revoked and queued, or names
+    the access grant another operator approves to deregister (nothing is revoked before).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     REVOKED_FIELD_NUMBER: _builtins.int
     QUEUED_FIELD_NUMBER: _builtins.int
+    PENDING_GRANT_ID_FIELD_NUMBER: _builtins.int
     revoked: _builtins.int
     queued: _builtins.int
+    pending_grant_id: _builtins.str
+    """Set when deregistration waits for approval (cluster_registration.approval: required)."""
     def __init__(
         self,
         *,
         revoked: _builtins.int = ...,
         queued: _builtins.int = ...,
+        pending_grant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queued", b"queued", "revoked", b"revoked"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending_grant_id", b"pending_grant_id", "queued", b"queued", "revoked", b"revoked"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

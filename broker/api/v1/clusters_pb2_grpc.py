@@ -68,7 +68,8 @@ class ClustersServiceServicer:
     def RegisterCluster(self, request, context):
         """RegisterCluster checks the cluster (TLS, credential, RBAC, OIDC discovery), pins its
         JWKS and adds it; INVALID_ARGUMENT with reason CLUSTER_REGISTRATION_FAILED names the
-        step that failed.
+        step that failed. With cluster_registration.approval: required it adds nothing yet:
+        it returns the pending access grant a second operator approves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,7 +90,8 @@ class ClustersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeregisterCluster(self, request, context):
-        """DeregisterCluster revokes every lease of the cluster, then removes it.
+        """DeregisterCluster revokes every lease of the cluster, then removes it (after a second
+        operator's approval when cluster_registration.approval is required).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,14 +41,17 @@ class ClustersServiceStub:
     RegisterCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.RegisterClusterRequest, _clusters_pb2.RegisterClusterResponse]
     """RegisterCluster checks the cluster (TLS, credential, RBAC, OIDC discovery), pins its
     JWKS and adds it; INVALID_ARGUMENT with reason CLUSTER_REGISTRATION_FAILED names the
-    step that failed.
+    step that failed. With cluster_registration.approval: required it adds nothing yet:
+    it returns the pending access grant a second operator approves.
     """
     GetCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.GetClusterRequest, _clusters_pb2.GetClusterResponse]
     """GetCluster returns one cluster with its health."""
     ListClusters: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.ListClustersRequest, _clusters_pb2.ListClustersResponse]
     """ListClusters returns every cluster, sorted by name."""
     DeregisterCluster: _grpc.UnaryUnaryMultiCallable[_clusters_pb2.DeregisterClusterRequest, _clusters_pb2.DeregisterClusterResponse]
-    """DeregisterCluster revokes every lease of the cluster, then removes it."""
+    """DeregisterCluster revokes every lease of the cluster, then removes it (after a second
+    operator's approval when cluster_registration.approval is required).
+    """
 
 @_typing.type_check_only
 class ClustersServiceAsyncStub(ClustersServiceStub):
@@ -61,14 +64,17 @@ class ClustersServiceAsyncStub(ClustersServiceStub):
     RegisterCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.RegisterClusterRequest, _clusters_pb2.RegisterClusterResponse]  # type: ignore[assignment]
     """RegisterCluster checks the cluster (TLS, credential, RBAC, OIDC discovery), pins its
     JWKS and adds it; INVALID_ARGUMENT with reason CLUSTER_REGISTRATION_FAILED names the
-    step that failed.
+    step that failed. With cluster_registration.approval: required it adds nothing yet:
+    it returns the pending access grant a second operator approves.
     """
     GetCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.GetClusterRequest, _clusters_pb2.GetClusterResponse]  # type: ignore[assignment]
     """GetCluster returns one cluster with its health."""
     ListClusters: _aio.UnaryUnaryMultiCallable[_clusters_pb2.ListClustersRequest, _clusters_pb2.ListClustersResponse]  # type: ignore[assignment]
     """ListClusters returns every cluster, sorted by name."""
     DeregisterCluster: _aio.UnaryUnaryMultiCallable[_clusters_pb2.DeregisterClusterRequest, _clusters_pb2.DeregisterClusterResponse]  # type: ignore[assignment]
-    """DeregisterCluster revokes every lease of the cluster, then removes it."""
+    """DeregisterCluster revokes every lease of the cluster, then removes it (after a second
+    operator's approval when cluster_registration.approval is required).
+    """
 
 class ClustersServiceServicer(metaclass=_abc_1.ABCMeta):
     """ClustersService registers member clusters at run time: a registered cluster's pods can
@@ -84,7 +90,8 @@ class ClustersServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_clusters_pb2.RegisterClusterResponse, _abc.Awaitable[_clusters_pb2.RegisterClusterResponse]]:
         """RegisterCluster checks the cluster (TLS, credential, RBAC, OIDC discovery), pins its
         JWKS and adds it; INVALID_ARGUMENT with reason CLUSTER_REGISTRATION_FAILED names the
-        step that failed.
+        step that failed. With cluster_registration.approval: required it adds nothing yet:
+        it returns the pending access grant a second operator approves.
         """
 
     @_abc_1.abstractmethod
@@ -109,6 +116,8 @@ class ClustersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _clusters_pb2.DeregisterClusterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_clusters_pb2.DeregisterClusterResponse, _abc.Awaitable[_clusters_pb2.DeregisterClusterResponse]]:
-        """DeregisterCluster revokes every lease of the cluster, then removes it."""
+        """DeregisterCluster revokes every lease of the cluster, then removes it (after a second
+        operator's approval when cluster_registration.approval is required).
+        """
 
 def add_ClustersServiceServicer_to_server(servicer: ClustersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -21,6 +21,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -49,7 +50,10 @@ from broker.store import (
 from ..common.audit_trail import operator_principal, system_principal
 from ..common.grant_terms import (
     ACCESS_OWNER,
+    CLUSTER_BACKEND,
+    CLUSTER_CHANGE_PREFIX,
     check_grant_ask,
+    cluster_change_of,
     grant_lease_request,
     grant_resource,
     new_grant,
@@ -63,6 +67,16 @@ log = structlog.get_logger("keyferry.access")
 EXPIRY_JOB = "broker.access-expiry"
 UNKNOWN_BACKEND = "unknown"
 ISSUABLE = frozenset({GrantState.APPROVED, GrantState.ISSUED})
+
+
+class GrantApproved(Protocol):
+    """What an approval carries out besides the grant itself: a change of the cluster
+    registry (clusters.py). Called after the grant is approved in the store; its error
+    reaches the approver (the approval stands: the requester asks again)."""
+
+    async def grant_approved(
+        self, grant: GrantRecord, approver: Operator, request_id: str
+    ) -> None: ...
 
 
 class AccessFlow:
@@ -83,6 +97,11 @@ class AccessFlow:
         self._engine = core.engine
         self._settings = settings
         self._clock = core.clock
+        self._approved: list[GrantApproved] = []
+
+    def on_approve(self, approved: GrantApproved) -> None:
+        """Call `approved` whenever a grant is approved."""
+        self._approved.append(approved)
 
     # -- request, decide -------------------------------------------------------------------
 
@@ -101,7 +120,8 @@ class AccessFlow:
                 f"role {role.name!r} issues credentials Vault cannot revoke, so they could "
                 "outlive a grant; grant a role whose credentials can be revoked"
             )
-        grant = new_grant(ask, operator.name, self._clock(), self._settings.approval_wait)
+        wait = self._settings.approval_wait
+        grant = new_grant(ask, operator.name, self._clock(), wait, operator.person)
         await self._gate.require(
             operator,
             Action.REQUEST_ACCESS,
@@ -130,7 +150,10 @@ class AccessFlow:
 
     async def approve(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "approve", request_id)
-        return await self._grants.approve(grant.id, operator.name, self._clock())
+        approved = await self._grants.approve(grant.id, operator.name, self._clock())
+        for carry_out in self._approved:
+            await carry_out.grant_approved(approved, operator, request_id)
+        return approved
 
     async def deny(self, operator: Operator, grant_id: str, request_id: str) -> GrantRecord:
         grant = await self._decide(operator, grant_id, "deny", request_id)
@@ -142,7 +165,7 @@ class AccessFlow:
         """Cedar's approve_access, and never the requester; audited either way."""
         grant = await self.current(grant_id)
         resource = grant_resource(grant, await self._backend_of(grant.role))
-        own = operator.name == grant.requester
+        own = is_requester(operator, grant)
         decision = await self._gate.decide(
             operator,
             Action.APPROVE_ACCESS,
@@ -189,6 +212,11 @@ class AccessFlow:
                 who, AuditAction.ACCESS_ISSUE, grant, request_id, reason=refused
             )
             raise GrantStateConflict(grant, "used to issue a credential")
+        if cluster_change_of(grant) is not None:
+            raise FailedPrecondition(
+                f"grant {grant.id} approves a change of the cluster registry ({grant.role}); "
+                "its approval carried it out, there is no credential to issue"
+            )
         role = (await self._catalog.get(grant.role)).spec
         begun = await self._engine.begin(grant_lease_request(grant))
         if isinstance(begun, ExistingLease):
@@ -347,11 +375,22 @@ class AccessFlow:
         return decision.allowed
 
     async def _backend_of(self, role_name: str) -> str:
-        """The role's backend for Cedar; `unknown` once the role was deleted."""
+        """The role's backend for Cedar; `unknown` once the role was deleted; `cluster` for
+        a change of the cluster registry."""
+        if role_name.startswith(CLUSTER_CHANGE_PREFIX):
+            return CLUSTER_BACKEND
         try:
             return (await self._catalog.get(role_name)).spec.kind
         except RoleNotFound:
             return UNKNOWN_BACKEND
+
+
+def is_requester(operator: Operator, grant: GrantRecord) -> bool:
+    """Whether `operator` is the person who asked: the same certificate name, or the same
+    stable identity under another name (a grant from before identities: its name only)."""
+    if operator.name == grant.requester:
+        return True
+    return grant.requester_identity is not None and operator.person == grant.requester_identity
 
 
 def _handed(grant: GrantRecord, tracked: TrackedCredential) -> GrantCredential:

@@ -9,6 +9,12 @@ asked (`clusters.register`, `clusters.read`, `clusters.list`, `clusters.deregist
 operator and the cluster.
 
 A registered cluster's credential is sealed in the store with the broker's sealing key.
+With `cluster_registration.approval: required` (the default) a registration or a
+deregistration by one operator is a request: the cluster is checked (registration) and an
+access grant `cluster:<kind>:<name>` is stored with what to do (cluster_requests); another
+operator's `keyferry access approve` carries it out (grant_approved), the requester never
+can (SelfApproval). With `single` one operator's call does it at once (test beds, demos).
+
 Its JWKS is pinned in the store; `refresh_keys` (a periodic job) fetches it anew, and a
 token with an unknown key id fetches it too, at most once per tokens.jwks_min_interval
 (broker.service.common.callers). Clusters from
@@ -31,10 +37,19 @@ from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, Clu
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
 from broker.policy import Action, ClusterRef, Operator
-from broker.store import ClusterExists, ClusterRecord, Selector
+from broker.store import (
+    ClusterExists,
+    ClusterNotFound,
+    ClusterRecord,
+    ClusterRequestRecord,
+    GrantRecord,
+    RowTampered,
+    Selector,
+)
 
 from ..common.audit_trail import operator_principal
 from ..common.callers import Callers
+from ..common.grant_terms import cluster_change_grant, cluster_change_of
 from ..common.sealing import CredentialSealer
 from ..core import Core
 from ..jobs.ended_pods import PodLeases
@@ -68,9 +83,18 @@ class ClusterView:
 
 
 @dataclass(frozen=True)
+class Registration:
+    """The cluster as registered, or as checked while `pending_grant_id` awaits approval."""
+
+    view: ClusterView
+    pending_grant_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Deregistered:
     revoked: int
     queued: int
+    pending_grant_id: str | None = None
 
 
 class ClusterAdmin:
@@ -82,7 +106,14 @@ class ClusterAdmin:
         callers: Callers,
         sealer: CredentialSealer,
         pods: PodLeases,
+        second_operator: bool = True,
+        approval_wait: timedelta = timedelta(hours=1),
     ) -> None:
+        self._second_operator = second_operator
+        self._approval_wait = approval_wait
+        self._grants = core.store.grants
+        self._requests = core.store.cluster_requests
+        self._clock = core.clock
         self._configured = {c.name: c for c in configured}
         self._callers = callers
         self._clusters = core.store.clusters
@@ -95,8 +126,12 @@ class ClusterAdmin:
 
     async def load(self) -> int:
         """Join every registered cluster with its pinned JWKS (a cluster that is down at
-        start does not stop the broker; its pinned keys still verify tokens)."""
-        records = await self._clusters.list()
+        start does not stop the broker; its pinned keys still verify tokens). A row that
+        fails its integrity check is not joined, and audited: the broker starts, and an
+        operator deregisters it and registers it again."""
+        records, refused = await self._clusters.list_intact()
+        for error in refused:  # not joined: its tokens are refused until it is registered again
+            await self._audit.row_refused(error)
         for record in records:
             if record.name in self._configured:
                 log.warning("registered cluster shadowed by the config file", cluster=record.name)
@@ -104,38 +139,164 @@ class ClusterAdmin:
             self._callers.join(ClusterClient(self._connection(record)), record.jwks)
         return len(records)
 
+    def is_joined(self, name: str) -> bool:
+        """Whether the broker verifies tokens of this cluster now."""
+        return self._callers.client(name) is not None
+
     async def register(
         self, operator: Operator, connection: ClusterConnection, request_id: str
-    ) -> ClusterView:
+    ) -> Registration:
+        """Register the cluster now, or (a second operator required) check it and store
+        the request another operator approves."""
         name = connection.name
         await self._require(operator, name, "register", request_id)
         try:
+            if self._second_operator:
+                return await self._request_registration(operator, connection, request_id)
             client, jwks, record = await self._add(connection)
         except KeyferryError as error:  # a refused cluster is on the audit trail too
             await self._audit.operator_refusal(
                 operator, AuditAction.CLUSTERS_REGISTER, error, request_id, cluster=name
             )
             raise
+        self._join(client, jwks)
+        log.info("cluster registered", cluster=name, operator=operator.name, request_id=request_id)
+        return Registration(await self._view_record(record))
+
+    async def _request_registration(
+        self, operator: Operator, connection: ClusterConnection, request_id: str
+    ) -> Registration:
+        name = connection.name
+        self._refuse_taken(name)
+        client = ClusterClient(connection)
+        try:
+            jwks = await check_cluster(client)
+        finally:
+            client.close()
+        self._refuse_known_keys(name, jwks)
+        reason = (
+            f"register cluster {name}: API server {connection.server}, issuer "
+            f"{connection.issuer}, signing keys {', '.join(_key_ids(jwks)) or '(no kid)'}"
+        )
+        grant = cluster_change_grant(
+            "register",
+            name,
+            reason,
+            requester=operator.name,
+            requester_identity=operator.person,
+            now=self._clock(),
+            wait=self._approval_wait,
+        )
+        sealed = self._sealer.seal(_request_sealing_id(grant.id), _credential(connection))
+        await self._store_request(operator, grant, connection, sealed, request_id)
+        view = ClusterView(
+            name=name,
+            server=connection.server,
+            issuer=connection.issuer,
+            registered=False,
+            key_ids=_key_ids(jwks),
+            jwks_fetched_at=None,
+            last_contact=None,
+            registered_at=None,
+            active_leases=0,
+        )
+        return Registration(view, grant.id)
+
+    async def _store_request(
+        self,
+        operator: Operator,
+        grant: GrantRecord,
+        connection: ClusterConnection | None,
+        sealed: bytes | None,
+        request_id: str,
+        *,
+        name: str | None = None,
+        force: bool = False,
+    ) -> None:
+        change = cluster_change_of(grant)
+        assert change is not None  # noqa: S101 (built by cluster_change_grant)
+        await self._requests.add(
+            ClusterRequestRecord(
+                grant_id=grant.id,
+                kind=change[0],
+                name=change[1],
+                server=connection.server if connection else "",
+                ca_pem=connection.ca_pem if connection else "",
+                issuer=connection.issuer if connection else "",
+                sealed_credential=sealed,
+                force=force,
+                created_at=grant.requested_at,
+            )
+        )
+        stored = await self._grants.add(grant)
+        await self._audit.grant(
+            operator_principal(operator), AuditAction.ACCESS_REQUEST, stored, request_id
+        )
+        log.info(
+            "cluster change awaits a second operator",
+            change=grant.role,
+            grant_id=grant.id,
+            operator=operator.name,
+            request_id=request_id,
+        )
+
+    async def grant_approved(self, grant: GrantRecord, approver: Operator, request_id: str) -> None:
+        """Carry out the registry change an approved grant stands for (AccessFlow calls
+        this for every approval; other grants are not this flow's)."""
+        change = cluster_change_of(grant)
+        if change is None:
+            return
+        kind, name = change
+        try:
+            request = await self._requests.get(grant.id)
+        except RowTampered as error:
+            await self._audit.row_refused(error)
+            raise
+        if kind == "deregister":
+            await self._deregister_now(approver, name, request.force, request_id)
+            await self._audit.cluster_change(
+                approver, AuditAction.CLUSTERS_DEREGISTER, name, grant.id, request_id
+            )
+            return
+        assert request.sealed_credential is not None  # noqa: S101 (a registration has one)
+        secret = self._sealer.unseal(_request_sealing_id(grant.id), request.sealed_credential)
+        connection = _connection_of(
+            name, request.issuer, request.server, request.ca_pem, secret.values
+        )
+        try:
+            client, jwks, _ = await self._add(connection)
+        except KeyferryError as error:
+            await self._audit.operator_refusal(
+                approver, AuditAction.CLUSTERS_REGISTER, error, request_id, cluster=name
+            )
+            raise
+        self._join(client, jwks)
+        await self._audit.cluster_change(
+            approver, AuditAction.CLUSTERS_REGISTER, name, grant.id, request_id
+        )
+        log.info(
+            "cluster registered on approval",
+            cluster=name,
+            requester=grant.requester,
+            approver=approver.name,
+            request_id=request_id,
+        )
+
+    def _join(self, client: ClusterClient, jwks: dict[str, Any]) -> None:
         self._callers.join(client, jwks)
         self._pods.watch(client)
-        log.info("cluster registered", cluster=name, operator=operator.name, request_id=request_id)
-        return await self._view_record(record)
 
     async def _add(
         self, connection: ClusterConnection
     ) -> tuple[ClusterClient, dict[str, Any], ClusterRecord]:
         """Check the cluster and pin it in the store; its client, JWKS and record."""
         name = connection.name
-        if name in self._configured or self._callers.client(name) is not None:
-            raise ClusterExists(f"a cluster named {name!r} is already registered")
+        self._refuse_taken(name)
         client = ClusterClient(connection)
         try:
             jwks = await check_cluster(client)
             self._refuse_known_keys(name, jwks)
-            secret = {"bearer_token": connection.bearer_token}
-            if connection.cert_pem is not None and connection.key_pem is not None:
-                secret = {"cert_pem": SecretStr(connection.cert_pem), "key_pem": connection.key_pem}
-            sealed = self._sealer.seal(_sealing_id(name), Credential(values=_present(secret)))
+            sealed = self._sealer.seal(_sealing_id(name), _credential(connection))
             record = await self._clusters.add(
                 name=name,
                 server=connection.server,
@@ -177,13 +338,35 @@ class ClusterAdmin:
         self, operator: Operator, name: str, force: bool, request_id: str
     ) -> Deregistered:
         """Revoke every live lease of the cluster, then remove it; refuse when some could
-        not be revoked unless `force` (they stay queued and are retried)."""
+        not be revoked unless `force` (they stay queued and are retried). A second operator
+        required: store the request another operator approves, and change nothing yet."""
         await self._require(operator, name, "deregister", request_id)
         if name in self._configured:
             raise InvalidRequest(
                 "name", f"cluster {name!r} comes from the broker's config file; remove it there"
             )
-        await self._clusters.get(name)  # ClusterNotFound
+        if not await self._clusters.exists(name):  # intact or not: a tampered row goes too
+            raise ClusterNotFound(name)
+        if not self._second_operator:
+            return await self._deregister_now(operator, name, force, request_id)
+        reason = f"deregister cluster {name}" + (" (force)" if force else "")
+        grant = cluster_change_grant(
+            "deregister",
+            name,
+            reason,
+            requester=operator.name,
+            requester_identity=operator.person,
+            now=self._clock(),
+            wait=self._approval_wait,
+        )
+        await self._store_request(operator, grant, None, None, request_id, force=force)
+        return Deregistered(0, 0, grant.id)
+
+    async def _deregister_now(
+        self, operator: Operator, name: str, force: bool, request_id: str
+    ) -> Deregistered:
+        if not await self._clusters.exists(name):
+            raise ClusterNotFound(name)
         revoked, queued = await self._revoke_all(operator, name, request_id)
         if queued and not force:
             raise LeasesNotRevoked(
@@ -200,7 +383,10 @@ class ClusterAdmin:
     async def refresh_keys(self) -> int:
         """Fetch every registered cluster's JWKS anew and pin it; how many answered."""
         done = 0
-        for record in await self._clusters.list():
+        records, refused = await self._clusters.list_intact()
+        for error in refused:
+            await self._audit.row_refused(error)
+        for record in records:
             client = self._callers.client(record.name)
             if client is None or record.name in self._configured:
                 continue
@@ -209,8 +395,12 @@ class ClusterAdmin:
             except ClusterUnavailable as error:
                 log.warning("JWKS refresh failed", cluster=record.name, error=error.message)
                 continue
+            try:
+                await self._clusters.record_jwks(record.name, jwks)
+            except RowTampered as error:  # edited since it was listed: not joined anew
+                await self._audit.row_refused(error)
+                continue
             self._callers.join(client, jwks)
-            await self._clusters.record_jwks(record.name, jwks)
             done += 1
         return done
 
@@ -228,6 +418,10 @@ class ClusterAdmin:
                 revoked += 1
         return revoked, queued
 
+    def _refuse_taken(self, name: str) -> None:
+        if name in self._configured or self._callers.client(name) is not None:
+            raise ClusterExists(f"a cluster named {name!r} is already registered")
+
     def _refuse_known_keys(self, name: str, jwks: dict[str, object]) -> None:
         new = key_fingerprints(jwks)
         for other, keys in self._callers.keys().items():
@@ -240,7 +434,12 @@ class ClusterAdmin:
     async def _view(self, name: str) -> ClusterView:
         config = self._configured.get(name)
         if config is None:
-            return await self._view_record(await self._clusters.get(name))
+            try:
+                record = await self._clusters.get(name)
+            except RowTampered as error:
+                await self._audit.row_refused(error)
+                raise
+            return await self._view_record(record)
         keys = self._callers.keys().get(name)
         return ClusterView(
             name=name,
@@ -269,15 +468,7 @@ class ClusterAdmin:
 
     def _connection(self, record: ClusterRecord) -> ClusterConnection:
         secret = self._sealer.unseal(_sealing_id(record.name), record.sealed_credential).values
-        return ClusterConnection(
-            name=record.name,
-            issuer=record.issuer,
-            server=record.server,
-            ca_pem=record.ca_pem,
-            bearer_token=secret.get("bearer_token"),
-            cert_pem=secret["cert_pem"].get_secret_value() if "cert_pem" in secret else None,
-            key_pem=secret.get("key_pem"),
-        )
+        return _connection_of(record.name, record.issuer, record.server, record.ca_pem, secret)
 
     async def _require(self, operator: Operator, name: str, verb: str, request_id: str) -> None:
         await self._gate.require(
@@ -294,6 +485,32 @@ class ClusterAdmin:
 
 def _sealing_id(name: str) -> str:
     return f"cluster:{name}"
+
+
+def _request_sealing_id(grant_id: str) -> str:
+    return f"cluster-request:{grant_id}"
+
+
+def _credential(connection: ClusterConnection) -> Credential:
+    """How the broker authenticates to the cluster, as the credential it seals."""
+    secret = {"bearer_token": connection.bearer_token}
+    if connection.cert_pem is not None and connection.key_pem is not None:
+        secret = {"cert_pem": SecretStr(connection.cert_pem), "key_pem": connection.key_pem}
+    return Credential(values=_present(secret))
+
+
+def _connection_of(
+    name: str, issuer: str, server: str, ca_pem: str, secret: dict[str, SecretStr]
+) -> ClusterConnection:
+    return ClusterConnection(
+        name=name,
+        issuer=issuer,
+        server=server,
+        ca_pem=ca_pem,
+        bearer_token=secret.get("bearer_token"),
+        cert_pem=secret["cert_pem"].get_secret_value() if "cert_pem" in secret else None,
+        key_pem=secret.get("key_pem"),
+    )
 
 
 def _present(values: dict[str, SecretStr | None]) -> dict[str, SecretStr]:

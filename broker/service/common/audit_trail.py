@@ -37,7 +37,7 @@ from broker.errors import KeyferryError
 from broker.models import Credential
 from broker.policy import Action, Operator, Workload
 from broker.policy import Decision as PolicyDecision
-from broker.store import GrantRecord, LeaseRecord
+from broker.store import GrantRecord, LeaseRecord, RowTampered
 
 from .grant_terms import grant_where
 from .refusals import CALLER_PEER, RefusalKind, RefusalTally, peer_host
@@ -47,6 +47,7 @@ _FINGERPRINT_NAME = re.compile(r"[^a-z0-9_.-]")
 # Who a refused token claims to be is not known to be true: such callers are recorded as this.
 UNAUTHENTICATED = Principal(kind=PrincipalKind.WORKLOAD, name="unauthenticated")
 DEFAULT_REFUSAL_SUMMARY = timedelta(seconds=60)
+INTEGRITY_CHECK = "broker.integrity"
 
 
 def principal_of(workload: Workload) -> Principal:
@@ -109,6 +110,7 @@ class AuditTrail:
         self._refusals = RefusalTally()
         self._refusal_summary = refusal_summary
         self._summarising: asyncio.Task[None] | None = None
+        self._rows_refused: set[tuple[str, str]] = set()
 
     async def record(self, event: AuditEvent) -> None:
         """Write the record before returning; AuditUnavailable if it is not on disk. With
@@ -333,6 +335,23 @@ class AuditTrail:
             )
         )
 
+    async def cluster_change(
+        self, approver: Operator, action: AuditAction, name: str, grant_id: str, request_id: str
+    ) -> None:
+        """A registry change carried out on a second operator's approval (`target` is the
+        approving grant; its `access.request` and `access.approve` records say who asked
+        and who approved)."""
+        await self.record(
+            AuditEvent(
+                who=operator_principal(approver),
+                action=action,
+                decision=Decision.ALLOW,
+                request_id=request_id,
+                cluster=name,
+                target=f"grant/{grant_id}",
+            )
+        )
+
     async def lease_change(
         self,
         who: Principal,
@@ -387,6 +406,28 @@ class AuditTrail:
                 **grant_where(grant.id),
             )
         )
+
+    async def row_refused(self, error: RowTampered) -> bool:
+        """A role or cluster row that failed its integrity check: recorded once per row and
+        broker life (every Issue of a tampered role is refused, not every one recorded);
+        whether this call wrote it."""
+        key = (error.table, error.key)
+        if key in self._rows_refused:
+            return False
+        self._rows_refused.add(key)
+        log.error("store row refused", table=error.table, row=error.key, error=error.message)
+        await self.record(
+            AuditEvent(
+                who=system_principal(INTEGRITY_CHECK),
+                action=AuditAction.STORE_ROW_REFUSED,
+                decision=Decision.DENY,
+                reason=error.audit_reason,
+                target=f"{error.table}/{error.key}"[:253],
+                role=error.key if error.table == "roles" else None,
+                cluster=error.key if error.table == "clusters" else None,
+            )
+        )
+        return True
 
     def fingerprints(self, credential: Credential) -> dict[str, str]:
         found: dict[str, str] = {}

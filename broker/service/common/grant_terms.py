@@ -97,8 +97,15 @@ def grant_resource(grant: GrantRecord, backend: str) -> GrantResource:
     )
 
 
-def new_grant(ask: GrantAsk, requester: str, now: datetime, wait: timedelta) -> GrantRecord:
-    """A pending grant that lapses unless decided within `wait`."""
+def new_grant(
+    ask: GrantAsk,
+    requester: str,
+    now: datetime,
+    wait: timedelta,
+    requester_identity: str | None = None,
+) -> GrantRecord:
+    """A pending grant that lapses unless decided within `wait`; `requester_identity` is
+    the requester as approvals compare it (Operator.person)."""
     return GrantRecord(
         id=str(uuid.uuid4()),
         state=GrantState.PENDING,
@@ -114,4 +121,46 @@ def new_grant(ask: GrantAsk, requester: str, now: datetime, wait: timedelta) -> 
         ended_at=None,
         lease_id=None,
         updated_at=now,
+        requester_identity=requester_identity,
     )
+
+
+# -- changes of the cluster registry, approved like grants -------------------------------
+# With cluster_registration.approval: required, registering or deregistering a cluster is
+# an access grant like any other (same table, states, approvals, self-approval refusal and
+# audit records) whose `role` names the change, `cluster:register:<name>` or
+# `cluster:deregister:<name>` (no catalog role has a `:`); what to do on approval is kept
+# beside it (store/cluster_requests.py). It issues nothing: approval carries it out.
+
+CLUSTER_CHANGE_PREFIX = "cluster:"
+CLUSTER_BACKEND = "cluster"
+CLUSTER_CHANGES = ("register", "deregister")
+
+
+def cluster_change_grant(
+    kind: str,
+    name: str,
+    reason: str,
+    *,
+    requester: str,
+    now: datetime,
+    wait: timedelta,
+    requester_identity: str | None = None,
+) -> GrantRecord:
+    """A pending grant that approves `kind` (register, deregister) of cluster `name`."""
+    if kind not in CLUSTER_CHANGES:
+        raise ValueError(f"a cluster change is one of {CLUSTER_CHANGES}, not {kind!r}")
+    ask = GrantAsk(
+        role=f"{CLUSTER_CHANGE_PREFIX}{kind}:{name}",
+        duration=MIN_DURATION,
+        reason=reason[:MAX_REASON],
+    )
+    return new_grant(ask, requester, now, wait, requester_identity)
+
+
+def cluster_change_of(grant: GrantRecord) -> tuple[str, str] | None:
+    """(kind, cluster name) when the grant approves a registry change; None otherwise."""
+    if not grant.role.startswith(CLUSTER_CHANGE_PREFIX):
+        return None
+    kind, _, name = grant.role.removeprefix(CLUSTER_CHANGE_PREFIX).partition(":")
+    return (kind, name) if kind in CLUSTER_CHANGES and name else None

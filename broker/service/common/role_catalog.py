@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from broker.errors import InvalidRequest
 from broker.models import RoleSpec, describe_problems
-from broker.store import RoleRecord
+from broker.store import RoleRecord, RowTampered
 from broker.store.async_store import AsyncRoles
 
 _ROLE = TypeAdapter[RoleSpec](RoleSpec)
@@ -22,16 +22,36 @@ class StoredRole(BaseModel):
     updated_at: datetime
 
 
+OnTampered = Callable[[RowTampered], Awaitable[object]]
+
+
 class RoleCatalog:
-    def __init__(self, roles: AsyncRoles) -> None:
+    """`on_tampered` hears of every role row that fails its integrity check (the audit
+    trail records it) before RowTampered reaches the caller."""
+
+    def __init__(self, roles: AsyncRoles, on_tampered: OnTampered | None = None) -> None:
         self._roles = roles
+        self._on_tampered = on_tampered
 
     async def get(self, name: str) -> StoredRole:
-        """The role; RoleNotFound (NOT_FOUND, ROLE_UNKNOWN) when there is none."""
-        return _stored(await self._roles.get(name))
+        """The role; RoleNotFound (NOT_FOUND, ROLE_UNKNOWN) when there is none, RowTampered
+        (FAILED_PRECONDITION) when its row was edited outside the broker."""
+        try:
+            return _stored(await self._roles.get(name))
+        except RowTampered as error:
+            await self._tampered(error)
+            raise
 
     async def list_all(self) -> list[StoredRole]:
-        return [_stored(record) for record in await self._roles.list()]
+        try:
+            return [_stored(record) for record in await self._roles.list()]
+        except RowTampered as error:
+            await self._tampered(error)
+            raise
+
+    async def _tampered(self, error: RowTampered) -> None:
+        if self._on_tampered is not None:
+            await self._on_tampered(error)
 
     async def apply(self, specs: Sequence[RoleSpec]) -> list[StoredRole]:
         """Create or replace each role (already validated by its model)."""

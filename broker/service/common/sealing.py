@@ -31,7 +31,9 @@ import json
 import os
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
 from broker.errors import KeyferryError
@@ -85,6 +87,19 @@ class CredentialSealer:
 
     def __repr__(self) -> str:
         return "CredentialSealer(key=**********)"
+
+
+def derive_key(sealing_key: bytes, purpose: str) -> bytes:
+    """A key of its own for `purpose` (cross-replica events, store row MACs), derived from
+    the sealing key with HKDF-SHA256: held where the sealing key is (the broker's settings
+    or secret files), never in the database, and never the sealing key itself."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=f"keyferry {purpose} v1".encode(),
+    )
+    return hkdf.derive(sealing_key)
 
 
 def lease_binding(lease: LeaseRecord) -> str:

@@ -12,15 +12,20 @@ Only replicas holding a stream of that pod do any work. When the LISTEN connecti
 breaks, events may have been missed: every stream of this replica is closed as
 overflowed (the agent reconnects and its snapshot is current), and the listener
 reconnects with backoff. SQLite means one replica: no fan-out, the hub alone.
+
+Any database login can NOTIFY on the channel. So payloads are authenticated (signed.py:
+an HMAC under a key the database does not hold), and a receiver trusts only that a replica
+sent the note, not what it says: the lease is read from the store, must belong to the
+named pod (cluster and pod UID), and must be in the state the event announces; the event
+delivered is built from that row (its expiry, its credential). A note that fails any of
+this is dropped and counted (`refusals`), never delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -28,11 +33,12 @@ import structlog
 
 from broker.errors import KeyferryError
 from broker.models import PodKey, VaultLease
-from broker.store import AsyncStore, LeaseState, StoreSettings
+from broker.store import AsyncStore, LeaseNotFound, LeaseRecord, LeaseState, StoreSettings
 from broker.store.sessions import Session, open_session, postgres_conninfo
 
 from ..common.sealing import CredentialSealer
 from .hub import EventHub, LeaseExpiring, LeaseRenewed, LeaseRevoked, LeaseRotated, WatchEvent
+from .signed import EventRefused, EventSigner, Refusal, RefusedEvents
 
 log = structlog.get_logger("keyferry.notify")
 CHANNEL = "keyferry_events"
@@ -49,9 +55,12 @@ class EventRelay:
         hub: EventHub,
         store: AsyncStore,
         sealer: CredentialSealer,
+        signer: EventSigner,
         timeout: float,
     ) -> None:
         self.replica = uuid.uuid4().hex
+        self._signer = signer
+        self.refusals = RefusedEvents()
         self._conninfo = conninfo
         self._hub = hub
         self._leases = store.leases
@@ -94,7 +103,7 @@ class EventRelay:
     def _send_soon(self, pod: PodKey, event: WatchEvent) -> None:
         """From the hub (on the loop, after the store commit): NOTIFY in order, off the call."""
         where = {"cluster": pod.cluster, "pod_uid": pod.pod_uid}
-        payload = json.dumps({"origin": self.replica, **where, **describe_event(event)})
+        payload = self._signer.wrap({"origin": self.replica, **where, **describe_event(event)})
         task = asyncio.create_task(self._send(payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -145,15 +154,18 @@ class EventRelay:
 
     async def _receive(self, payload: str) -> None:
         try:
-            note = json.loads(payload)
+            note = self._signer.unwrap(payload)
             if note.get("origin") == self.replica:
                 return
-            pod = PodKey(note["cluster"], note["pod_uid"])
+            pod = PodKey(str(note["cluster"]), str(note["pod_uid"]))
             if pod not in self._hub.watched():
                 return
-            event = await self._event(note)
+            event = await self._event(pod, note)
+        except EventRefused as refused:
+            self.refusals.refused(refused)
+            return
         except (ValueError, KeyError, TypeError) as error:
-            log.warning("unreadable event notification", error=str(error)[:200])
+            self.refusals.refused(EventRefused(Refusal.UNREADABLE, str(error)[:200]))
             return
         except KeyferryError as error:
             log.warning("event from another replica not delivered", error=error.message)
@@ -161,15 +173,29 @@ class EventRelay:
         if event is not None:
             self._hub.deliver(pod, event)
 
-    async def _event(self, note: dict[str, Any]) -> WatchEvent | None:
-        kind, lease_id = note["kind"], note["lease_id"]
+    async def _event(self, pod: PodKey, note: dict[str, Any]) -> WatchEvent | None:
+        """The event as the store shows it: the lease must be the pod's and in the state
+        the note announces."""
+        kind, lease_id = str(note["kind"]), str(note["lease_id"])
+        try:
+            lease = await self._leases.get(lease_id)
+        except LeaseNotFound:
+            raise EventRefused(Refusal.NOT_OWNER, f"no lease {lease_id[:64]!r}") from None
+        if lease.pod_key != pod:
+            raise EventRefused(
+                Refusal.NOT_OWNER, f"lease {lease.id} is not a lease of pod {pod}"[:200]
+            )
         if kind == "revoked":
-            return LeaseRevoked(lease_id, note["reason"])
-        if kind == "expiring":
-            return LeaseExpiring(lease_id, datetime.fromisoformat(note["expires_at"]))
-        if kind == "renewed":
-            return LeaseRenewed(lease_id, datetime.fromisoformat(note["expires_at"]))
-        lease = await self._leases.get(lease_id)
+            _announced(lease, kind, lease.state == LeaseState.REVOKED)
+            return LeaseRevoked(lease.id, str(note["reason"])[:64])
+        if kind in ("expiring", "renewed"):
+            _announced(lease, kind, lease.state == LeaseState.ACTIVE)
+            assert lease.expires_at is not None  # noqa: S101 (_announced checked it)
+            if kind == "expiring":
+                return LeaseExpiring(lease.id, lease.expires_at)
+            return LeaseRenewed(lease.id, lease.expires_at)
+        if kind != "rotated":
+            raise EventRefused(Refusal.UNREADABLE, f"unknown kind {kind[:32]!r}")
         handle = await self._leases.handle(lease_id)
         if lease.state != LeaseState.ACTIVE or handle.vault_lease is None:
             return None  # already replaced or ended: the next event says so
@@ -177,6 +203,14 @@ class EventRelay:
             return None
         credential = self._sealer.unseal_lease(lease, handle.sealed_credential)
         return LeaseRotated(lease, credential, VaultLease.model_validate(handle.vault_lease))
+
+
+def _announced(lease: LeaseRecord, kind: str, holds: bool) -> None:
+    """The store shows what a `kind` note announces, or the note is refused as stale."""
+    if not holds or (kind != "revoked" and lease.expires_at is None):
+        raise EventRefused(
+            Refusal.STALE, f"lease {lease.id} is {lease.state.value}; a {kind} note does not fit"
+        )
 
 
 def describe_event(event: WatchEvent) -> dict[str, str]:
