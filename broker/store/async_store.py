@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from broker import tracing
+
 from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
@@ -34,7 +36,8 @@ def _forward(
     name = method.__name__
 
     async def call(self: _Async[R], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return cast("T", await self._runner.run(getattr(self._repo, name), *args, **kwargs))
+        with tracing.span(f"store {name}", {"db.operation.name": name}):
+            return cast("T", await self._runner.run(getattr(self._repo, name), *args, **kwargs))
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__
@@ -76,7 +79,8 @@ class AsyncLeases(_Async[LeaseRepository]):
     async def get_with_handle(self, lease_id: str) -> tuple[LeaseRecord, LeaseHandle]:
         """The row and its Vault handle, in one trip to the store's threads."""
         repo = self._repo
-        return await self._runner.run(lambda: (repo.get(lease_id), repo.handle(lease_id)))
+        with tracing.span("store get_with_handle", {"db.operation.name": "get_with_handle"}):
+            return await self._runner.run(lambda: (repo.get(lease_id), repo.handle(lease_id)))
 
     async def live_counts(self, pod_uid: str, cluster: str) -> tuple[int, int]:
         """The live leases of a pod and of its cluster, in one trip."""
