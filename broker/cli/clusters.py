@@ -123,15 +123,18 @@ def register(
     epilog=(
         "Examples:\n\n  keyferry clusters list\n\n"
         "  KEYFERRY_CONTEXT=/tmp/kf/context.yaml keyferry clusters list\n\n"
-        "SOURCE is config (the broker's config file) or registered. CONTACT is the last "
-        "time the broker reached the API server (how long ago), JWKS the age of the pinned "
-        "keys; - when the broker does not track it (clusters from the config file).\n\n"
+        "SOURCE is config (the broker's config file) or registered. CONTACT is how long ago "
+        "the API server last answered the broker, JWKS the age of the keys tokens are "
+        "checked with. WATCH is the pod watch: watching, reconnecting (`clusters get` and "
+        "-o json say why) or not started; EVENT is how long ago it last delivered an event "
+        "or bookmark. - when never.\n\n"
         "Exit codes: 0 listed; 2 the context file is unusable; 1 the broker refused; "
         "3 the broker did not answer."
     ),
 )
 def list_clusters(context: ContextOption = None, output: OutputOption = Output.TABLE) -> None:
-    """List the clusters with their health: last contact, JWKS age, live leases, labels."""
+    """List the clusters with their health: last contact, JWKS age, live leases, pod watch,
+    labels."""
 
     async def both(stubs: tuple[Any, Any]) -> tuple[Any, dict[str, dict[str, str]]]:
         clusters, rbac = stubs
@@ -160,7 +163,18 @@ def list_clusters(context: ContextOption = None, output: OutputOption = Output.T
     emit(
         rows,
         output,
-        columns=("name", "source", "contact", "jwks", "leases", "issuer", "labels"),
+        columns=(
+            "name",
+            "source",
+            "contact",
+            "jwks",
+            "leases",
+            "issuer",
+            "watch",
+            "event",
+            "server",
+            "labels",
+        ),
         empty="no clusters yet; add one with `keyferry clusters register`",
     )
 
@@ -191,8 +205,18 @@ def _row(c: clusters_pb2.Cluster, now: dt.datetime) -> dict[str, object]:
         "key_ids": list(c.key_ids),
         "contact": _age(c, "last_contact", now),
         "jwks": _age(c, "jwks_fetched_at", now),
+        "watch": _WATCH.get(c.pod_watch.state, "unknown"),
+        "watch_error": c.pod_watch.last_error or None,
+        "event": _age(c.pod_watch, "last_event", now),
         "leases": c.active_leases,
     }
+
+
+_WATCH = {
+    clusters_pb2.WATCH_STATE_NOT_STARTED: "not started",
+    clusters_pb2.WATCH_STATE_WATCHING: "watching",
+    clusters_pb2.WATCH_STATE_RECONNECTING: "reconnecting",
+}
 
 
 @app.command(
@@ -242,10 +266,12 @@ def _source(cluster: clusters_pb2.Cluster) -> str:
     return "registered" if cluster.source == clusters_pb2.CLUSTER_SOURCE_REGISTERED else "config"
 
 
-def _age(cluster: clusters_pb2.Cluster, field: str, now: dt.datetime) -> str:
-    if not cluster.HasField(field):  # type: ignore[arg-type]
+def _age(
+    message: clusters_pb2.Cluster | clusters_pb2.PodWatchHealth, field: str, now: dt.datetime
+) -> str:
+    if not message.HasField(field):  # type: ignore[arg-type]
         return "-"
-    stamp: timestamp_pb2.Timestamp = getattr(cluster, field)
+    stamp: timestamp_pb2.Timestamp = getattr(message, field)
     seconds = int((now - stamp.ToDatetime(dt.UTC)).total_seconds())
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 

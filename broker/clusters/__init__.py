@@ -9,6 +9,7 @@ from .client import (
 )
 from .config import ClusterConfig
 from .connection import ClusterConnection
+from .health import ClusterHealth, WatchState
 from .pods import EndedPod, PodWatch
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "ClusterConfig",
     "ClusterConnection",
     "ClusterForbidden",
+    "ClusterHealth",
     "ClusterTlsFailed",
     "ClusterUnavailable",
     "EndedPod",
     "PodWatch",
+    "WatchState",
 ]

@@ -22,10 +22,12 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from broker import errors
+from broker.clock import Clock, utcnow
 from broker.policy import Workload
 
 from .config import ClusterConfig
 from .connection import ClusterConnection, api_client
+from .health import ClusterHealth, HealthRecorder
 from .live_pods import LivePod, LivePods
 from .pods import FINISHED, STALE_AFTER, EndedPod, PodWatch, live_pod
 
@@ -59,8 +61,10 @@ class ClusterClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         pool: ThreadPoolExecutor | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self.config = config
+        self._health = HealthRecorder(clock)
         self.timeout = timeout
         self._pool = pool or ThreadPoolExecutor(
             DEFAULT_POOL, thread_name_prefix=f"k8s-{config.name}"
@@ -75,6 +79,15 @@ class ClusterClient:
                 config_file=str(config.kubeconfig), context=config.context
             )
 
+    @property
+    def server(self) -> str:
+        """The API server's URL (from the kubeconfig for a cluster of the config file)."""
+        return str(self._api.configuration.host)
+
+    def health(self) -> ClusterHealth:
+        """When its API server last answered, when its JWKS was fetched, its pod watch."""
+        return self._health.read()
+
     def close(self) -> None:
         self._api.close()
         if self._files is not None:
@@ -83,7 +96,7 @@ class ClusterClient:
     async def _call(self, what: str, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self.timeout)
+            result = await asyncio.wait_for(loop.run_in_executor(self._pool, fn), self.timeout)
         except TimeoutError as exc:
             raise ClusterUnavailable(
                 f"cluster {self.config.name!r} did not answer {what} within {self.timeout:.0f}s"
@@ -114,6 +127,8 @@ class ClusterClient:
             raise ClusterUnavailable(
                 f"cluster {self.config.name!r} is unreachable for {what}: {exc}"
             ) from exc
+        self._health.contact()
+        return result
 
     async def run(self, what: str, fn: Callable[[Any], T]) -> T:
         """`fn(api_client)` off the event loop, bounded and with the errors of every call
@@ -139,7 +154,9 @@ class ClusterClient:
             )
             return bytes(response.data)
 
-        return _json_object(await self._call("GET /openid/v1/jwks", get), "/openid/v1/jwks")
+        keys = _json_object(await self._call("GET /openid/v1/jwks", get), "/openid/v1/jwks")
+        self._health.jwks_fetched()
+        return keys
 
     async def openid_configuration(self) -> dict[str, Any]:
         def get() -> bytes:
@@ -165,7 +182,7 @@ class ClusterClient:
     def pod_watch(self, on_ended: Callable[[EndedPod], None]) -> PodWatch:
         """A watch of this cluster's pods reporting each one that ended (not started yet);
         while it runs it keeps `live_pods`, which answers ensure_pod_bound without a call."""
-        return PodWatch(self.config.name, self._api, on_ended, self.live_pods)
+        return PodWatch(self.config.name, self._api, on_ended, self.live_pods, self._health)
 
     async def pods_now(self) -> tuple[list[tuple[str, str, LivePod]], str]:
         """The cluster's pods as (namespace, name, pod) and where they came from: the pod

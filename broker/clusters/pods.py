@@ -4,7 +4,10 @@ watch also keeps the cluster's live pods (live_pods.py) for the pod check of eac
 The kubernetes client's watch is synchronous and blocks on the stream, so each cluster gets
 one daemon thread: list pods (remembering the list's resourceVersion), then watch from that
 version with a short server-side timeout so a stop request is seen within seconds, and
-resume from the last version seen. 410 Gone (the version is too old) relists. A pod that is
+resume from the last version seen. 410 Gone (the version is too old) relists, and so does
+any other failure after a pause (only a full list makes the live pods whole again). The
+watch's state (watching, or reconnecting and why) and its last event are recorded in the
+cluster's health (health.py). A pod that is
 deleted, or whose phase is Succeeded or Failed, is reported through `on_ended` (the
 receiver is idempotent). `stop` shuts the stream's socket down, so the thread ends at once
 rather than at the watch's timeout. Anything missed while no watch ran is the periodic
@@ -24,6 +27,7 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
+from .health import HealthRecorder
 from .live_pods import LivePod, LivePods
 
 log = structlog.get_logger("keyferry.pods")
@@ -54,11 +58,13 @@ class PodWatch:
         api: Any,
         on_ended: Callable[[EndedPod], None],
         live: LivePods | None = None,
+        health: HealthRecorder | None = None,
     ) -> None:
         self._cluster = cluster
         self._api = api
         self._on_ended = on_ended
         self._live = live if live is not None else LivePods(STALE_AFTER)
+        self._health = health if health is not None else HealthRecorder()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"keyferry-pods-{cluster}", daemon=True
@@ -90,13 +96,22 @@ class PodWatch:
                     log.info("pod watch expired; relisting", cluster=self._cluster)
                     self.resource_version = None
                     continue
-                log.warning("pod watch failed", cluster=self._cluster, status=exc.status)
-                self._stop.wait(RETRY_SECONDS)
+                self._failed(f"HTTP {exc.status} {exc.reason}")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-                self._live.lost()
-                log.warning("pod watch failed", cluster=self._cluster, error=type(exc).__name__)
-                self._stop.wait(RETRY_SECONDS)
+                self._failed(f"{type(exc).__name__}: {_reason(exc)}")
         self._live.lost()
+        self._health.stopped()
+
+    def _failed(self, error: str) -> None:
+        """Untrust the live pods, say why, and relist after a pause: only a full list makes
+        the live pods whole again (a resumed watch alone would leave them untrusted)."""
+        self._live.lost()
+        if self._stop.is_set():
+            return
+        log.warning("pod watch failed", cluster=self._cluster, error=error)
+        self._health.failed(error)
+        self.resource_version = None
+        self._stop.wait(RETRY_SECONDS)
 
     def _list(self) -> None:
         pods: Any = k8s.CoreV1Api(self._api).list_pod_for_all_namespaces(
@@ -107,6 +122,7 @@ class PodWatch:
                 self._report(pod)
         self._live.replace((p.metadata.namespace, p.metadata.name, live_pod(p)) for p in pods.items)
         self.resource_version = pods.metadata.resource_version
+        self._health.watching()
 
     def _watch(self) -> None:
         watch = k8s_watch.Watch()  # type: ignore[no-untyped-call]
@@ -131,8 +147,10 @@ class PodWatch:
                 if kind == "BOOKMARK":  # the client leaves a bookmark's object a dict
                     self.resource_version = event["raw_object"]["metadata"]["resourceVersion"]
                     self._live.heard()
+                    self._health.event()
                     continue
                 self.resource_version = pod.metadata.resource_version
+                self._health.event()
                 meta = pod.metadata
                 if kind == "DELETED":
                     self._live.remove(meta.namespace, meta.name, meta.uid)
@@ -141,6 +159,7 @@ class PodWatch:
                 if kind == "DELETED" or (kind == "MODIFIED" and _finished(pod)):
                     self._report(pod)
             self._live.heard()  # the call ended at its timeout: the watch resumes now
+            self._health.watching()
         finally:
             self._current = None
             watch.stop()  # type: ignore[no-untyped-call]
@@ -151,6 +170,12 @@ class PodWatch:
             self._on_ended(ended)
         except Exception:  # a callback's failure must not end the cluster's watch
             log.exception("handling an ended pod failed", cluster=self._cluster)
+
+
+def _reason(exc: Exception) -> str:
+    """The cause of a failed call, without urllib3's pool and URL preamble."""
+    reason = getattr(exc, "reason", None)
+    return str(reason if reason is not None else exc)
 
 
 def _finished(pod: Any) -> bool:

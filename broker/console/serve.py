@@ -20,6 +20,9 @@ def serve(target: Target, operator: str, port: int, announce: Callable[[str], No
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK, port))
+    # Listening before the URL is announced: a browser that opens it at once is queued
+    # until uvicorn accepts, not refused (a bound socket that does not listen refuses).
+    sock.listen(64)
     gate = Gate(sock.getsockname()[1])
     app = create_app(target, gate, operator)
     config = uvicorn.Config(

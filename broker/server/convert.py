@@ -14,7 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from broker import tracing
 from broker.api.v1 import access_pb2, broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
-from broker.clusters import ClusterConnection
+from broker.clusters import ClusterConnection, ClusterHealth, WatchState
 from broker.errors import InvalidRequest
 from broker.models import AwsRole, Credential, DatabaseRole, KvRole, PkiRole, RoleSpec
 from broker.service import (
@@ -512,4 +512,23 @@ def cluster_message(view: ClusterView) -> clusters_pb2.Cluster:
         message.jwks_fetched_at.CopyFrom(_timestamp(view.jwks_fetched_at))
     if view.registered_at is not None:
         message.registered_at.CopyFrom(_timestamp(view.registered_at))
+    message.pod_watch.CopyFrom(_pod_watch(view.health))
+    return message
+
+
+_WATCH_STATES = {
+    WatchState.NOT_STARTED: clusters_pb2.WATCH_STATE_NOT_STARTED,
+    WatchState.WATCHING: clusters_pb2.WATCH_STATE_WATCHING,
+    WatchState.RECONNECTING: clusters_pb2.WATCH_STATE_RECONNECTING,
+}
+
+
+def _pod_watch(health: ClusterHealth) -> clusters_pb2.PodWatchHealth:
+    message = clusters_pb2.PodWatchHealth(
+        state=_WATCH_STATES[health.watch], last_error=health.watch_error
+    )
+    if health.watch_since is not None:
+        message.since.CopyFrom(_timestamp(health.watch_since))
+    if health.last_event is not None:
+        message.last_event.CopyFrom(_timestamp(health.last_event))
     return message

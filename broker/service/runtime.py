@@ -147,7 +147,7 @@ class BrokerRuntime:
         stores = AsyncStore(store, runner)
         vault = VaultClient(settings.vault)
         _on_close(stack, vault.close)
-        clients = {c.name: ClusterClient(c) for c in settings.clusters}
+        clients = {c.name: ClusterClient(c, clock=clock) for c in settings.clusters}
         callers = await _connect(clients, verify_limits(settings.tokens))
         _on_close(stack, callers.close)
         sink = JsonLinesSink(settings.audit.log)

@@ -162,6 +162,14 @@ async def test_the_console_shows_the_fleet_rotates_by_selector_and_approves_a_gr
             page = sign_in(browser, console)
             assert page.text("#operator") == SECURITY
             assert {row.split()[0] for row in page.all_text("tr.cluster")} == {"a", "b", "c"}
+            # Each cluster's API server, contact, keys and pod watch, as the broker has them.
+            for row in browser.find_elements(By.CSS_SELECTOR, "tr.cluster"):
+                cells = [str(cell.text) for cell in row.find_elements(By.TAG_NAME, "td")]
+                assert cells[1].startswith("https://"), cells
+                assert "-" not in (cells[3], cells[5]), cells  # last contact, JWKS age
+                watch = row.find_element(By.CSS_SELECTOR, "td.watch")
+                assert watch.get_attribute("data-state") == "watching", cells
+                assert watch.text.startswith("watching for "), cells
             assert page.text("#live-total") == "3"
             assert page.text("#revoking-count") == "0"
             assert "issued: 3" in page.text("#activity")

@@ -34,7 +34,9 @@ def pod_object(namespace: str, name: str, uid: str) -> dict[str, Any]:
 
 
 class RogueApiServer:
-    """The rogue API server; `pods` (pod_object's) are listed, watched (no events) and read."""
+    """The rogue API server; `pods` (pod_object's) are listed, watched (no events) and read.
+    `stop` and `restart` take it down and back up on the same port (a member cluster's
+    outage)."""
 
     def __init__(self, folder: Path, jwks: bytes, pods: Sequence[Mapping[str, Any]] = ()) -> None:
         ca = new_ca(folder, "rogue-ca", "rogue API server CA")
@@ -77,16 +79,33 @@ class RogueApiServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._http = ThreadingHTTPServer((LOOPBACK, 0), Handler)
-        context = server_context(serving.cert, serving.key)
-        self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+        self._handler = Handler
+        self._context = server_context(serving.cert, serving.key)
+        self._http = self._listen(0)
         self.server = f"https://{LOOPBACK}:{self._http.server_address[1]}"
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._running = False
+
+    def _listen(self, port: int) -> ThreadingHTTPServer:
+        http = ThreadingHTTPServer((LOOPBACK, port), self._handler)
+        http.socket = self._context.wrap_socket(http.socket, server_side=True)
+        return http
 
     def __enter__(self) -> RogueApiServer:
-        self._thread.start()
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._running = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop answering: its port refuses connections until `restart`."""
+        if self._running:
+            self._http.shutdown()
+            self._http.server_close()
+            self._running = False
+
+    def restart(self) -> None:
+        """Answer again, on the same port."""
+        self._http = self._listen(int(self._http.server_address[1]))
+        self.__enter__()

@@ -44,6 +44,32 @@ CLUSTER_SOURCE_REGISTERED: ClusterSource.ValueType  # 2
 """Registered through ClustersService."""
 Global___ClusterSource: _TypeAlias = ClusterSource  # noqa: Y015
 
+class _WatchState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WatchStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WatchState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WATCH_STATE_UNSPECIFIED: _WatchState.ValueType  # 0
+    WATCH_STATE_NOT_STARTED: _WatchState.ValueType  # 1
+    """No watch runs: the broker has not started it yet, or stopped it."""
+    WATCH_STATE_WATCHING: _WatchState.ValueType  # 2
+    """The watch's last list or watch call answered."""
+    WATCH_STATE_RECONNECTING: _WatchState.ValueType  # 3
+    """The watch's last call failed (last_error says why); it relists every few seconds."""
+
+class WatchState(_WatchState, metaclass=_WatchStateEnumTypeWrapper):
+    """WatchState is where the broker's watch of a cluster's pods is."""
+
+WATCH_STATE_UNSPECIFIED: WatchState.ValueType  # 0
+WATCH_STATE_NOT_STARTED: WatchState.ValueType  # 1
+"""No watch runs: the broker has not started it yet, or stopped it."""
+WATCH_STATE_WATCHING: WatchState.ValueType  # 2
+"""The watch's last list or watch call answered."""
+WATCH_STATE_RECONNECTING: WatchState.ValueType  # 3
+"""The watch's last call failed (last_error says why); it relists every few seconds."""
+Global___WatchState: _TypeAlias = WatchState  # noqa: Y015
+
 @_typing.final
 class ClusterCredential(_message.Message):
     """ClusterCredential is how the broker authenticates to the member cluster's API server."""
@@ -307,6 +333,45 @@ class DeregisterClusterResponse(_message.Message):
 Global___DeregisterClusterResponse: _TypeAlias = DeregisterClusterResponse  # noqa: Y015
 
 @_typing.final
+class PodWatchHealth(_message.Message):
+    """PodWatchHealth is how the broker's watch of the cluster's pods is doing (the watch that
+    revokes an ended pod's leases within seconds and answers the pod check of a call).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_FIELD_NUMBER: _builtins.int
+    state: Global___WatchState.ValueType
+    last_error: _builtins.str
+    """Why the watch is reconnecting (at most 300 characters); empty otherwise."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """When the watch entered its state."""
+
+    @_builtins.property
+    def last_event(self) -> _timestamp_pb2.Timestamp:
+        """When the watch last delivered an event or a bookmark; unset if never."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___WatchState.ValueType = ...,
+        last_error: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        last_event: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_event", b"last_event", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "last_event", b"last_event", "since", b"since", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PodWatchHealth: _TypeAlias = PodWatchHealth  # noqa: Y015
+
+@_typing.final
 class Cluster(_message.Message):
     """Cluster is a member cluster and its health."""
 
@@ -321,19 +386,25 @@ class Cluster(_message.Message):
     KEY_IDS_FIELD_NUMBER: _builtins.int
     ACTIVE_LEASES_FIELD_NUMBER: _builtins.int
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
+    POD_WATCH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     server: _builtins.str
+    """The API server's URL (for a cluster of the config file, its kubeconfig's)."""
     issuer: _builtins.str
     source: Global___ClusterSource.ValueType
     active_leases: _builtins.int
     """Live (pending or active) leases of the cluster's pods."""
     @_builtins.property
     def last_contact(self) -> _timestamp_pb2.Timestamp:
-        """When the broker last reached the API server; unset if never."""
+        """When the API server last answered the broker (a JWKS fetch, a pod check, the pod
+        watch); unset if never.
+        """
 
     @_builtins.property
     def jwks_fetched_at(self) -> _timestamp_pb2.Timestamp:
-        """When the pinned JWKS was fetched."""
+        """When the pinned JWKS was fetched (its age is the age of the keys tokens are checked
+        with).
+        """
 
     @_builtins.property
     def key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -341,6 +412,12 @@ class Cluster(_message.Message):
 
     @_builtins.property
     def registered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def pod_watch(self) -> Global___PodWatchHealth:
+        """The pod watch's state as the replica that answers sees it, since it started: only the
+        leading replica watches pods, so another says WATCH_STATE_NOT_STARTED.
+        """
+
     def __init__(
         self,
         *,
@@ -353,10 +430,11 @@ class Cluster(_message.Message):
         key_ids: _abc.Iterable[_builtins.str] | None = ...,
         active_leases: _builtins.int = ...,
         registered_at: _timestamp_pb2.Timestamp | None = ...,
+        pod_watch: Global___PodWatchHealth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["jwks_fetched_at", b"jwks_fetched_at", "last_contact", b"last_contact", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwks_fetched_at", b"jwks_fetched_at", "last_contact", b"last_contact", "pod_watch", b"pod_watch", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leases", b"active_leases", "issuer", b"issuer", "jwks_fetched_at", b"jwks_fetched_at", "key_ids", b"key_ids", "last_contact", b"last_contact", "name", b"name", "registered_at", b"registered_at", "server", b"server", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leases", b"active_leases", "issuer", b"issuer", "jwks_fetched_at", b"jwks_fetched_at", "key_ids", b"key_ids", "last_contact", b"last_contact", "name", b"name", "pod_watch", b"pod_watch", "registered_at", b"registered_at", "server", b"server", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

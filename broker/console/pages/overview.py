@@ -1,4 +1,5 @@
-"""The fleet overview: clusters and their health, leases by cluster and role, pending
+"""The fleet overview: clusters and their health (API server, last contact, JWKS age, the pod
+watch's state), leases by cluster and role, pending
 revocations, and the activity of the last hours. Each panel asks the broker on its own,
 so a panel Cedar refuses shows the refusal and the others still show."""
 
@@ -11,13 +12,18 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.api.v1 import rotation_pb2
+from broker.api.v1 import clusters_pb2, rotation_pb2
 
 from ..admin import Refused
 from ..chart import Minute, activity_svg
 from .common import admin, age, render, when
 
 HOURS = 3
+WATCH = {
+    clusters_pb2.WATCH_STATE_NOT_STARTED: "not started",
+    clusters_pb2.WATCH_STATE_WATCHING: "watching",
+    clusters_pb2.WATCH_STATE_RECONNECTING: "reconnecting",
+}
 
 
 async def overview(request: Request) -> Response:
@@ -44,6 +50,10 @@ async def overview(request: Request) -> Response:
                 "jwks_age": age(c.jwks_fetched_at, now),
                 "key_count": len(c.key_ids),
                 "active_leases": c.active_leases,
+                "watch": WATCH.get(c.pod_watch.state, "unknown"),
+                "watch_error": c.pod_watch.last_error,
+                "watch_since": age(c.pod_watch.since, now),
+                "last_event": age(c.pod_watch.last_event, now),
             }
             for c in found
         ],

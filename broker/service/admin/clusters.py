@@ -24,7 +24,7 @@ the config file stay as they are: listed, never deregistered here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -33,7 +33,13 @@ import structlog
 from pydantic import SecretStr
 
 from broker.audit import AuditAction
-from broker.clusters import ClusterClient, ClusterConfig, ClusterConnection, ClusterUnavailable
+from broker.clusters import (
+    ClusterClient,
+    ClusterConfig,
+    ClusterConnection,
+    ClusterHealth,
+    ClusterUnavailable,
+)
 from broker.errors import FailedPrecondition, InvalidRequest, KeyferryError
 from broker.models import Credential
 from broker.policy import Action, ClusterRef, Operator
@@ -80,6 +86,8 @@ class ClusterView:
     last_contact: datetime | None
     registered_at: datetime | None
     active_leases: int
+    # contact, JWKS fetch and the pod watch's state, since this broker started
+    health: ClusterHealth = field(default_factory=ClusterHealth)
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ class ClusterAdmin:
             if record.name in self._configured:
                 log.warning("registered cluster shadowed by the config file", cluster=record.name)
                 continue
-            self._callers.join(ClusterClient(self._connection(record)), record.jwks)
+            client = ClusterClient(self._connection(record), clock=self._clock)
+            self._callers.join(client, record.jwks)
         return len(records)
 
     def is_joined(self, name: str) -> bool:
@@ -303,7 +312,7 @@ class ClusterAdmin:
         """Check the cluster and pin it in the store; its client, JWKS and record."""
         name = connection.name
         self._refuse_taken(name)
-        client = ClusterClient(connection)
+        client = ClusterClient(connection, clock=self._clock)
         try:
             jwks = await check_cluster(client)
             self._refuse_known_keys(name, jwks)
@@ -455,29 +464,36 @@ class ClusterAdmin:
                 raise
             return await self._view_record(record)
         keys = self._callers.keys().get(name)
+        client = self._callers.client(name)
+        health = client.health() if client is not None else ClusterHealth()
         return ClusterView(
             name=name,
-            server="",
+            server=client.server if client is not None else "",
             issuer=config.issuer,
             registered=False,
             key_ids=_key_ids(dict(keys.jwks)) if keys else (),
-            jwks_fetched_at=None,
-            last_contact=None,
+            jwks_fetched_at=health.jwks_fetched_at,
+            last_contact=health.last_contact,
             registered_at=None,
             active_leases=await self._leases.count_live(cluster=name),
+            health=health,
         )
 
     async def _view_record(self, record: ClusterRecord) -> ClusterView:
+        """The stored record, with this broker's later contact and fetch when it has one."""
+        client = self._callers.client(record.name)
+        health = client.health() if client is not None else ClusterHealth()
         return ClusterView(
             name=record.name,
             server=record.server,
             issuer=record.issuer,
             registered=True,
             key_ids=_key_ids(record.jwks),
-            jwks_fetched_at=record.jwks_fetched_at,
-            last_contact=record.last_contact,
+            jwks_fetched_at=_later(record.jwks_fetched_at, health.jwks_fetched_at),
+            last_contact=_later(record.last_contact, health.last_contact),
             registered_at=record.registered_at,
             active_leases=await self._leases.count_live(cluster=record.name),
+            health=health,
         )
 
     def _connection(self, record: ClusterRecord) -> ClusterConnection:
@@ -529,6 +545,10 @@ def _connection_of(
 
 def _present(values: dict[str, SecretStr | None]) -> dict[str, SecretStr]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _later(stored: datetime | None, seen: datetime | None) -> datetime | None:
+    return max((t for t in (stored, seen) if t is not None), default=None)
 
 
 def _key_ids(jwks: dict[str, object]) -> tuple[str, ...]:
