@@ -1,7 +1,8 @@
 """The broker's settings: one YAML file (`--config`) plus environment overrides.
 
 Groups nest as they are used: `vault` (broker.backends), `store` (broker.store), `audit`,
-`sealing`, `workload` and `admin` listeners, `metrics`, `limits`, `tokens` (what checking a
+`sealing`, `workload` and `admin` listeners, `metrics`, `tracing` (OpenTelemetry, off by
+default; broker.tracing), `limits`, `tokens` (what checking a
 workload token may cost), `access` (just-in-time grants), `clusters` and
 `cluster_registration` (who must agree to change the registry), and the paths of the
 policy and roles files. Each periodic job's interval lives with its subsystem (`renewal`,
@@ -45,6 +46,7 @@ from broker.models.yaml_source import YamlInvalid, YamlSource, read_yaml
 from broker.moved_settings import MovedConflict, move_old_keys
 from broker.store import StoreSettings
 from broker.store.keyring import MAX_KEYS, KeyRing
+from broker.tracing import TracingSettings
 
 ENV_PREFIX = "KEYFERRY_"
 DEFAULT_DATA_DIR = Path("/var/lib/keyferry")
@@ -612,6 +614,7 @@ class BrokerSettings(BaseSettings):
     scheduler: SchedulerSettings = SchedulerSettings()
     access: AccessSettings = AccessSettings()
     cluster_registration: ClusterRegistrationSettings = ClusterRegistrationSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("policies")
     @classmethod

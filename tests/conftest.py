@@ -17,6 +17,7 @@ import structlog
 
 from tests.bed import Bed, BedError, ServerUnavailable
 from tests.bed.cluster import Cluster
+from tests.bed.jaeger import JaegerServer
 from tests.bed.mariadb import MariaDBServer
 from tests.bed.moto import MotoServer
 from tests.bed.postgres import PostgresServer
@@ -82,6 +83,12 @@ def mariadb(bed: Bed) -> MariaDBServer:
 @pytest.fixture(scope="session")
 def moto(bed: Bed) -> MotoServer:
     return need(bed.moto)
+
+
+@pytest.fixture(scope="session")
+def jaeger(bed: Bed) -> JaegerServer:
+    """The trace receiver (tests/bed/jaeger.py), started on first use."""
+    return need(bed.jaeger)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

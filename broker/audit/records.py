@@ -10,8 +10,8 @@ without floats):
   \\t`, the rest as lowercase `\\u00xx`); everything else is written as itself;
 - numbers are integers only, in plain decimal; floats are refused;
 - times are strings `YYYY-MM-DDTHH:MM:SS.ffffffZ` in UTC, always six fraction digits;
-- `selector`, `target`, `count` and `peer` (added after the first records were written)
-  are present only when set, so the records written before they existed keep their
+- `selector`, `target`, `count`, `peer` and `trace_id` (added after the first records
+  were written) are present only when set, so the records written before they existed keep their
   canonical form and hash.
 
 A record's `hash` is the lowercase hex SHA-256 of the canonical JSON of every other field
@@ -49,7 +49,8 @@ Action = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 Reason = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")]
 FingerprintName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 FingerprintValue = Annotated[str, StringConstraints(pattern=r"^hmac-sha256:[0-9a-f]{64}$")]
-LATER_FIELDS = ("selector", "target", "count", "peer")
+LATER_FIELDS = ("selector", "target", "count", "peer", "trace_id")
+TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 SelectorField = Literal[
     "clusters", "namespaces", "service_accounts", "pods", "roles", "lease_ids", "all"
 ]
@@ -112,6 +113,9 @@ class AuditEvent(BaseModel):
     (broker.service.common.refusals)."""
     peer: Name | None = None
     """Where a refused call came from: the gRPC peer's address without its port."""
+    trace_id: TraceId | None = None
+    """The OpenTelemetry trace of the request that caused the record (tracing on only):
+    the same id the request's spans and log lines carry (broker.tracing)."""
 
     @model_serializer(mode="wrap")
     def _later_fields_only_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:

@@ -19,7 +19,7 @@ import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 
-from broker import errors
+from broker import errors, tracing
 from broker.clock import Clock, utcnow
 from broker.models import describe_problems
 
@@ -59,33 +59,44 @@ class VaultClient:
         """The Vault path of a keyferry mount: the prefix, then the role's mount name."""
         return f"{self.settings.mount_prefix}{name}"
 
-    async def call(self, op: Callable[[Any], T]) -> T:
-        """Run `op(hvac_client)` on the pool with a fresh token; broker errors only."""
+    async def call(self, op: Callable[[Any], T], what: str = "call", path: str | None = None) -> T:
+        """Run `op(hvac_client)` on the pool with a fresh token; broker errors only. Traced
+        as one client span `vault <what>` with the path and Vault's request id (never the
+        body: it holds secrets)."""
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.settings.timeout):
-                return await loop.run_in_executor(self._pool, self._authenticated, op)
-        except Exception as exc:
-            error = translate(exc)
-            if error is None or error is exc:
-                raise
-            raise error from exc
+        with tracing.span(f"vault {what}", {"vault.path": path}, kind="client") as step:
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    reply = await loop.run_in_executor(self._pool, self._authenticated, op)
+            except Exception as exc:
+                error = translate(exc)
+                if error is None or error is exc:
+                    raise
+                raise error from exc
+            if isinstance(reply, dict):
+                request_id = reply.get("request_id")
+                step.set("vault.request_id", request_id if isinstance(request_id, str) else None)
+            return reply
 
     async def keep_token(self) -> None:
         """Renew (or log in again for) the broker's own token when it is due, whether or
         not anything else needs Vault: Vault revokes every lease a token created when that
         token expires, so a broker idle for its token's TTL would lose them all."""
-        await self.call(lambda client: None)
+        await self.call(lambda client: None, "token")
 
     async def read(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _body(await self.call(lambda c: c.adapter.get(f"/v1/{path}", params=params)))
+        return _body(
+            await self.call(lambda c: c.adapter.get(f"/v1/{path}", params=params), "read", path)
+        )
 
     async def write(self, path: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        return _body(await self.call(lambda c: c.adapter.post(f"/v1/{path}", json=data or {})))
+        return _body(
+            await self.call(lambda c: c.adapter.post(f"/v1/{path}", json=data or {}), "write", path)
+        )
 
     async def list(self, path: str) -> list[str]:
         """The keys under `path`; none when Vault has nothing there."""
-        body = _body(await self.call(lambda c: c.list(path)))
+        body = _body(await self.call(lambda c: c.list(path), "list", path))
         keys = body.get("data", {}).get("keys", [])
         return [str(k) for k in keys] if isinstance(keys, list) else []
 

@@ -1,6 +1,10 @@
 """Calling the broker's admin listener from a command: mutual TLS with the context's
 operator certificate, one channel per call, and the broker's answers turned into the exit
-codes every `keyferry` command shares."""
+codes every `keyferry` command shares.
+
+With tracing on (the standard OTEL_* variables name a collector; broker.tracing) each
+command is one trace: a root span for the command, a client span per call whose
+traceparent goes to the broker in the call's metadata, so the broker's spans join it."""
 
 from __future__ import annotations
 
@@ -12,12 +16,15 @@ from typing import Any, TypeVar
 import grpc
 import typer
 
+from broker import tracing
+
 from .context import CliContext, ContextInvalid, load_context
 from .exits import CONFIG, FAILED, UNREACHABLE
 
 T = TypeVar("T")
 S = TypeVar("S")
 TIMEOUT = 30.0
+CLI_SERVICE = "keyferry-cli"
 
 
 def call_admin(
@@ -41,10 +48,18 @@ def call_admin(
         options.append(("grpc.ssl_target_name_override", context.server_name))
 
     async def run() -> T:
-        async with grpc.aio.secure_channel(context.address, credentials, options) as channel:
+        async with grpc.aio.secure_channel(
+            context.address, credentials, options, interceptors=[UnarySpans(), StreamSpans()]
+        ) as channel:
             stub: S = make_stub(channel)
-            return await call(stub)
+            with tracing.span("keyferry admin", {"keyferry.context": str(path)}):
+                return await call(stub)
 
+    try:
+        traced = tracing.start(tracing.TracingSettings(service_name=CLI_SERVICE))
+    except tracing.TracingUnavailable as exc:
+        typer.echo(f"warning: {exc}; the call is not traced", err=True)
+        traced = False
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as exc:
@@ -59,6 +74,9 @@ def call_admin(
             raise typer.Exit(UNREACHABLE) from None
         typer.echo(f"the broker refused: {details}", err=True)
         raise typer.Exit(FAILED) from None
+    finally:
+        if traced:
+            tracing.stop()
 
 
 def channel_credentials(context: CliContext) -> grpc.ChannelCredentials:
@@ -70,4 +88,44 @@ def channel_credentials(context: CliContext) -> grpc.ChannelCredentials:
         raise ContextInvalid(Path(exc.filename or "?"), f"cannot be read: {exc.strerror}") from exc
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+class UnarySpans(grpc.aio.UnaryUnaryClientInterceptor):
+    """A client span per unary admin call, its traceparent in the call's metadata (tracing
+    on). grpc.aio files an interceptor under its first kind only: one class per kind."""
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        with tracing.span(_label(client_call_details), kind="client"):
+            call = await continuation(_traced(client_call_details), request)
+            await call  # the span covers the answer
+            return call
+
+
+class StreamSpans(grpc.aio.UnaryStreamClientInterceptor):
+    """The same for a server-streaming call (RotateSelected, RevokeSelected): the span
+    covers starting the call."""
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        with tracing.span(_label(client_call_details), kind="client"):
+            return await continuation(_traced(client_call_details), request)
+
+
+def _label(details: grpc.aio.ClientCallDetails) -> str:
+    method = details.method.decode() if isinstance(details.method, bytes) else details.method
+    service, _, name = method.lstrip("/").rpartition("/")
+    return f"{service.rsplit('.', 1)[-1]}/{name}"
+
+
+def _traced(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    carried = tracing.metadata()
+    if not carried:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), *carried)
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )

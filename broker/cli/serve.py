@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from broker.errors import KeyferryError
+from broker.tracing import TracingUnavailable
 
 from .config_file import ConfigFile, load_or_exit
 from .exits import FAILED
@@ -71,4 +72,7 @@ def serve(
         asyncio.run(run(settings, ready=ready))
     except KeyferryError as exc:
         typer.echo(f"keyferry broker: cannot start: {exc.message}", err=True)
+        raise typer.Exit(FAILED) from None
+    except TracingUnavailable as exc:
+        typer.echo(f"keyferry broker: cannot start: {exc}", err=True)
         raise typer.Exit(FAILED) from None

@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf import duration_pb2, timestamp_pb2
 from pydantic import TypeAdapter, ValidationError
 
+from broker import tracing
 from broker.api.v1 import access_pb2, broker_pb2, clusters_pb2, roles_pb2, rotation_pb2
 from broker.clusters import ClusterConnection, ClusterHealth, WatchState
 from broker.errors import InvalidRequest
@@ -82,17 +83,17 @@ def watch_response(event: WatchEvent) -> broker_pb2.WatchResponse:
             lease=lease_message(event.lease, event.vault_lease.renewable),
             credential=_credential(event.credential),
         )
-        return broker_pb2.WatchResponse(rotated=rotated)
+        return broker_pb2.WatchResponse(rotated=rotated, traceparent=event.trace)
     if isinstance(event, LeaseRevoked):
         revoked = broker_pb2.Revoked(lease_id=event.lease_id, reason=event.reason)
-        return broker_pb2.WatchResponse(revoked=revoked)
+        return broker_pb2.WatchResponse(revoked=revoked, traceparent=event.trace)
     if isinstance(event, LeaseRenewed):
         renewed = broker_pb2.Renewed(
             lease_id=event.lease_id, expires_at=_timestamp(event.expires_at)
         )
-        return broker_pb2.WatchResponse(renewed=renewed)
+        return broker_pb2.WatchResponse(renewed=renewed, traceparent=event.trace)
     expiring = broker_pb2.Expiring(lease_id=event.lease_id, expires_at=_timestamp(event.expires_at))
-    return broker_pb2.WatchResponse(expiring=expiring)
+    return broker_pb2.WatchResponse(expiring=expiring, traceparent=event.trace)
 
 
 def ack(request: broker_pb2.WatchRequest) -> AckMessage | None:
@@ -103,6 +104,7 @@ def ack(request: broker_pb2.WatchRequest) -> AckMessage | None:
         lease_id=request.ack.lease_id,
         generation=request.ack.generation,
         restarted=tuple(request.ack.restarted_containers),
+        trace=tracing.received(request.ack.traceparent),
     )
 
 

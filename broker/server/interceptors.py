@@ -5,8 +5,9 @@ line, and the mapping of the broker's error tree to a status.
 listeners, every service, unary and streaming alike), so a new method cannot forget any of
 it. A servicer reads its call's request id from `current_call()` and may name a success
 outcome there ("issued", "replayed"); a `KeyferryError` it raises ends the call with the
-status `status.to_status` maps it to, and its reason (in lowercase) is the outcome. This is
-also where rate limits and tracing spans are meant to attach.
+status `status.to_status` maps it to, and its reason (in lowercase) is the outcome. Each call
+is also one server span (broker.tracing, when tracing is on), the child of the caller's span
+when the call's metadata carries a W3C traceparent; the service's steps are its children.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -24,6 +26,7 @@ from typing import Any, TypeAlias
 import grpc
 import structlog
 
+from broker import tracing
 from broker.errors import KeyferryError, LimitExceeded
 from broker.service import CALLER_PEER
 
@@ -108,27 +111,31 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 call, started = self._begin(method, context)
-                try:
-                    self._admitted(context)
-                    async for item in behavior(request, context):
-                        yield item
-                except BaseException as error:
-                    await self._failed(call, started, error, context)
-                    raise
-                self._end(call, started)
+                with _server_span(call, context) as span:
+                    try:
+                        self._admitted(context)
+                        async for item in behavior(request, context):
+                            yield item
+                    except BaseException as error:
+                        await self._failed_traced(call, started, error, context, span)
+                        raise
+                    self._end(call, started)
+                    span.set("keyferry.outcome", call.outcome)
 
             return stream
 
         async def unary(request: Any, context: Context) -> Any:
             call, started = self._begin(method, context)
-            try:
-                self._admitted(context)
-                response = await behavior(request, context)
-            except BaseException as error:
-                await self._failed(call, started, error, context)
-                raise
-            self._end(call, started)
-            return response
+            with _server_span(call, context) as span:
+                try:
+                    self._admitted(context)
+                    response = await behavior(request, context)
+                except BaseException as error:
+                    await self._failed_traced(call, started, error, context, span)
+                    raise
+                self._end(call, started)
+                span.set("keyferry.outcome", call.outcome)
+                return response
 
         return unary
 
@@ -143,6 +150,21 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         CALLER_PEER.set(context.peer())
         structlog.contextvars.bind_contextvars(request_id=call.request_id)
         return call, time.perf_counter()
+
+    async def _failed_traced(
+        self,
+        call: Call,
+        started: float,
+        error: BaseException,
+        context: Context,
+        span: tracing.Span,
+    ) -> None:
+        if isinstance(error, KeyferryError):
+            span.set("keyferry.reason", error.reason)
+        try:
+            await self._failed(call, started, error, context)
+        finally:
+            span.set("keyferry.outcome", call.outcome)
 
     async def _failed(
         self, call: Call, started: float, error: BaseException, context: Context
@@ -171,6 +193,29 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _end(self, call: Call, started: float) -> None:
         self._metrics.record(call.method, call.outcome, time.perf_counter() - started)
         log.debug(call.event("answered"), method=call.method, outcome=call.outcome)
+
+
+def _server_span(call: Call, context: Context) -> AbstractContextManager[tracing.Span]:
+    """The call's server span, the child of the caller's span when its metadata carries a
+    W3C traceparent (the agent's, the admin CLI's)."""
+    if not tracing.enabled():
+        return tracing.span(call.method)  # the shared no-op
+    parent = next(
+        (
+            str(value)
+            for key, value in context.invocation_metadata() or ()
+            if key == tracing.TRACEPARENT
+        ),
+        None,
+    )
+    service, _, name = call.method.partition("/")
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.service": service,
+        "rpc.method": name,
+        "keyferry.request_id": call.request_id,
+    }
+    return tracing.span(call.method, attributes, parent=parent, kind="server")
 
 
 def _is_async(behavior: Callable[..., Any] | None) -> bool:

@@ -1,7 +1,8 @@
 """Structured JSON logs, one object per line on stderr.
 
 Events carry identifiers only (cluster, namespace, pod, role, credential name, lease id,
-request id, error reason); no code passes a credential value or a token to a logger.
+request id, error reason; with tracing on, the trace id of the span they were written in);
+no code passes a credential value or a token to a logger.
 
 structlog renders each event and hands the line to the standard logging, whose one handler
 writes stderr: one lock guards the stream. (A structlog PrintLogger on the same stream has a
@@ -17,12 +18,15 @@ import sys
 
 import structlog
 
+from broker import tracing
+
 
 def configure_logging(level: str = "info") -> None:
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            tracing.add_trace_id,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

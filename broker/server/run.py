@@ -6,11 +6,15 @@ import asyncio
 import signal
 from collections.abc import Callable
 
+import structlog
+
+from broker import tracing
 from broker.settings import BrokerSettings
 
 from .app import DEFAULT_GRACE, BrokerServer, create_server
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+log = structlog.get_logger("keyferry.server")
 
 
 async def serve(
@@ -19,7 +23,10 @@ async def serve(
     ready: Callable[[BrokerServer], None] | None = None,
     grace: float = DEFAULT_GRACE,
 ) -> None:
-    """Serve until a stop signal; running calls get `grace` seconds to finish."""
+    """Serve until a stop signal; running calls get `grace` seconds to finish. Traces are
+    exported while it serves when `settings.tracing` (or the OTEL_* variables) turn them on."""
+    if tracing.start(settings.tracing):
+        log.info("tracing on", service=settings.tracing.service_name)
     server, _port = await create_server(settings)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -34,3 +41,4 @@ async def serve(
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
         await server.stop(grace)
+        tracing.stop()

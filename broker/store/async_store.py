@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, cast
 
+from broker import tracing
+
 from .cluster_requests import ClusterRequestRepository
 from .clusters import ClusterRepository
 from .grants import GrantRepository
@@ -33,7 +35,8 @@ def _forward(
     name = method.__name__
 
     async def call(self: _Async[R], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return cast("T", await self._runner.run(getattr(self._repo, name), *args, **kwargs))
+        with tracing.span(f"store {name}", {"db.operation.name": name}):
+            return cast("T", await self._runner.run(getattr(self._repo, name), *args, **kwargs))
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__

@@ -3,7 +3,12 @@ projected token file on every call and every (re)connect, and gRPC failures mapp
 through `_mapped`, into the agent's error tree by status code and ErrorInfo reason.
 
 The calls carry bytes: the agent writes and reads the messages itself (messages.py), so its
-process loads neither protobuf nor the generated modules."""
+process loads neither protobuf nor the generated modules.
+
+With tracing on (`injector.agent.tracing`) Issue and Release are client spans whose
+traceparent goes in the call's metadata; a Watch event carries the broker's push span
+(`trace`), and an Ack carries the span of the agent's handling of its event, so a rotation
+is one trace."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import grpc
 
 from injector.terms import BACKOFF_CAP_SECONDS
 
-from . import messages
+from . import messages, tracing
 from .errors import BrokerLimited, BrokerRefused, BrokerUnavailable, WatchUnsupported
 from .messages import Ack, Expiring, Issued, MessageError, Renewed, Revoked, Rotated, WatchEvent
 from .token import read_token
@@ -87,20 +92,31 @@ class BrokerClient:
         )
         self._token_path = token_path
 
-    def _metadata(self) -> tuple[tuple[str, str]]:
-        return (("authorization", f"Bearer {read_token(self._token_path)}"),)
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bearer token, and the current span's traceparent when tracing is on."""
+        return (("authorization", f"Bearer {read_token(self._token_path)}"), *tracing.metadata())
 
     async def issue(self, credential_name: str, role: str) -> Issued:
         request = messages.issue_request(credential_name, role)
-        with _mapped("Issue", credential_name):
+        attributes = {"keyferry.credential": credential_name, "keyferry.role": role}
+        with (
+            tracing.span("BrokerService/Issue", attributes, kind="client") as span,
+            _mapped("Issue", credential_name),
+        ):
             reply = await self._issue(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
-        return _decoded("Issue", credential_name, messages.issue_response, reply)
+            issued = _decoded("Issue", credential_name, messages.issue_response, reply)
+            span.set("keyferry.lease_id", issued.lease_id)
+            span.set("keyferry.generation", issued.generation)
+        return issued
 
     async def release(self, lease_id: str) -> None:
         request = messages.release_request(lease_id)
-        with _mapped("Release", lease_id):
+        with (
+            tracing.span("BrokerService/Release", {"keyferry.lease_id": lease_id}, kind="client"),
+            _mapped("Release", lease_id),
+        ):
             reply = await self._release(request, metadata=self._metadata(), timeout=CALL_TIMEOUT)
-        _decoded("Release", lease_id, messages.release_response, reply)
+            _decoded("Release", lease_id, messages.release_response, reply)
 
     async def watch(self, acks: asyncio.Queue[Ack]) -> AsyncIterator[WatchEvent]:
         """The Watch stream's events; every Ack put on `acks` is sent up."""

@@ -12,7 +12,9 @@ inside grpcio); `ssl`, which asyncio imports whenever it can, would map OpenSSL'
 and libcrypto for nothing: about 4 MiB of the agent's resident memory. With None in
 `sys.modules` an `import ssl` fails at once and asyncio runs without it (as it does on a
 Python built without OpenSSL). Code added to the agent's path that needs `ssl` must
-import it before `run` is called, or drop this.
+import it before `run` is called, or drop this. With tracing on (an `OTEL_*` endpoint set,
+`injector.agent.tracing.wanted`) `ssl` is left alone: OpenTelemetry's OTLP exporter and its
+dependencies may import it, and a traced agent pays those 4 MiB.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ def launch(args: Sequence[str]) -> int | None:
 
 def run() -> int:
     """`keyferry agent run`: the agent, until SIGTERM; its exit code."""
-    for name in UNUSED_MODULES:
-        if name not in sys.modules:
-            sys.modules[name] = None  # type: ignore[assignment]
+    from . import tracing  # noqa: PLC0415 - `check` loads the standard library only
+
+    if not tracing.wanted(os.environ):
+        for name in UNUSED_MODULES:
+            if name not in sys.modules:
+                sys.modules[name] = None  # type: ignore[assignment]
     from . import main  # noqa: PLC0415 - each command loads only its own
 
     return main.run(os.environ)

@@ -4,8 +4,9 @@ standard library alone.
 
 structlog loads rich, pygments and more (about 6 MiB of the agent's resident memory, issue
 19) for what the agent needs of it: `log.info("event", key=value)`. Info and above are
-written; nothing of a credential's value is ever passed here. `capture()` collects the
-entries instead, for tests.
+written; nothing of a credential's value is ever passed here. A line written inside a span
+(tracing on, `injector.agent.tracing`) carries its `trace_id`, as the broker's lines do, so
+a log line leads to its trace. `capture()` collects the entries instead, for tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+from . import tracing
 
 Entry = dict[str, Any]
 
@@ -48,6 +51,9 @@ def get_logger(name: str) -> Logger:
 
 
 def _emit(level: str, event: str, fields: dict[str, object]) -> None:
+    trace_id = tracing.trace_id()
+    if trace_id is not None and "trace_id" not in fields:
+        fields = {**fields, "trace_id": trace_id}
     if _captured:
         _captured[-1].append({"event": event, "log_level": level, **fields})
         return

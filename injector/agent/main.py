@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .backoff import Backoff
 from .errors import AgentError, BrokerError
 from .log import get_logger
@@ -36,7 +37,7 @@ def run(environ: Mapping[str, str]) -> int:
     except AgentError as exc:
         _report(exc, 0)
         return EXIT_SPEC
-    return asyncio.run(_run(spec))
+    return asyncio.run(_run(spec, environ))
 
 
 def agent_for(
@@ -57,7 +58,12 @@ def agent_for(
     return client, AgentSession(spec, client, backoff=Backoff.for_spec(spec, uniform))
 
 
-async def _run(spec: AgentSpec) -> int:
+async def _run(spec: AgentSpec, environ: Mapping[str, str]) -> int:
+    try:
+        if tracing.start(environ):
+            log.info("agent.tracing", detail="spans exported over OTLP (OTEL_* variables)")
+    except tracing.TracingUnavailable as exc:  # the credentials matter more than their spans
+        log.warning("agent.tracing_unavailable", error=str(exc))
     client, session = agent_for(spec)
     log.info(
         "agent.start",
@@ -86,6 +92,7 @@ async def _run(spec: AgentSpec) -> int:
         if stopping.is_set():
             await session.release()
         await client.close()
+        tracing.stop()
     log.info("agent.exit", code=code)
     return code
 

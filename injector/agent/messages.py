@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from .tracing import received
+
 SERVICE = "/broker.api.v1.BrokerService/"
 """The gRPC method path prefix: `SERVICE + "Issue"`."""
 
@@ -30,8 +32,10 @@ CREDENTIAL = {"values": 1}
 MAP_ENTRY = {"key": 1, "value": 2}
 RELEASE_REQUEST = {"lease_id": 1}
 WATCH_REQUEST = {"ack": 1}
-ACK = {"lease_id": 1, "generation": 2, "restarted_containers": 3}
-WATCH_RESPONSE = {"rotated": 1, "revoked": 2, "expiring": 3, "renewed": 4}
+ACK = {"lease_id": 1, "generation": 2, "restarted_containers": 3, "traceparent": 4}
+WATCH_EVENTS = {"rotated": 1, "revoked": 2, "expiring": 3, "renewed": 4}
+"""WatchResponse's `event` oneof."""
+WATCH_RESPONSE = {**WATCH_EVENTS, "traceparent": 5}
 ROTATED = {"lease": 1, "credential": 2}
 REVOKED = {"lease_id": 1, "reason": 2}
 EXPIRING = {"lease_id": 1, "expires_at": 2}
@@ -60,6 +64,8 @@ class Ack(NamedTuple):
     lease_id: str
     generation: int
     restarted: tuple[str, ...] = ()
+    trace: str = ""
+    """The traceparent of the agent's span that handled the event ("": untraced)."""
 
 
 @dataclass(frozen=True)
@@ -81,18 +87,22 @@ class Issued:
 @dataclass(frozen=True)
 class Rotated:
     issued: Issued
+    trace: str = ""
+    """The broker's push span as a W3C traceparent ("": untraced); on every event."""
 
 
 @dataclass(frozen=True)
 class Revoked:
     lease_id: str
     reason: str
+    trace: str = ""
 
 
 @dataclass(frozen=True)
 class Expiring:
     lease_id: str
     expires_at: datetime | None
+    trace: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class Renewed:
 
     lease_id: str
     expires_at: datetime
+    trace: str = ""
 
 
 WatchEvent = Rotated | Revoked | Expiring | Renewed
@@ -152,6 +163,7 @@ def watch_request(ack: Ack) -> bytes:
     body = _text(ACK["lease_id"], ack.lease_id) + _uint(ACK["generation"], ack.generation)
     for name in ack.restarted:
         body += _bytes(ACK["restarted_containers"], name.encode("utf-8"))
+    body += _text(ACK["traceparent"], ack.trace)
     return _bytes(WATCH_REQUEST["ack"], body)
 
 
@@ -269,28 +281,31 @@ def release_response(data: bytes) -> None:
 
 def watch_response(data: bytes) -> WatchEvent | None:
     """broker.api.v1.WatchResponse's event; None for an event this agent does not know
-    (a newer broker's: skipped, as docs/api.md asks) or none at all."""
+    (a newer broker's: skipped, as docs/api.md asks) or none at all. Its `traceparent` is
+    kept only in the W3C form (`tracing.received`): a malformed one is ignored."""
     last: tuple[int, bytes] | None = None
+    raw_trace: bytes = b""
     for number, value in _fields(data):
-        if number in WATCH_RESPONSE.values() and isinstance(value, bytes):
+        if number in WATCH_EVENTS.values() and isinstance(value, bytes):
             last = (number, value)  # a oneof: the last member wins
+        elif number == WATCH_RESPONSE["traceparent"] and isinstance(value, bytes):
+            raw_trace = value
     if last is None:
         return None
+    trace = received(raw_trace.decode("ascii", errors="replace"))
     number, body = last
-    if number == WATCH_RESPONSE["rotated"]:
+    if number == WATCH_EVENTS["rotated"]:
         fields = _read(body, ROTATED)
-        return Rotated(_issued(_sub(fields, "lease"), _sub(fields, "credential")))
-    if number == WATCH_RESPONSE["revoked"]:
+        return Rotated(_issued(_sub(fields, "lease"), _sub(fields, "credential")), trace)
+    if number == WATCH_EVENTS["revoked"]:
         fields = _read(body, REVOKED)
-        return Revoked(lease_id=_str(fields, "lease_id"), reason=_str(fields, "reason"))
-    if number == WATCH_RESPONSE["renewed"]:
+        return Revoked(_str(fields, "lease_id"), _str(fields, "reason"), trace)
+    if number == WATCH_EVENTS["renewed"]:
         fields = _read(body, RENEWED)
         ends = _moment(_sub(fields, "expires_at")) or _EPOCH
-        return Renewed(lease_id=_str(fields, "lease_id"), expires_at=ends)
+        return Renewed(_str(fields, "lease_id"), ends, trace)
     fields = _read(body, EXPIRING)
-    return Expiring(
-        lease_id=_str(fields, "lease_id"), expires_at=_moment(_sub(fields, "expires_at"))
-    )
+    return Expiring(_str(fields, "lease_id"), _moment(_sub(fields, "expires_at")), trace)
 
 
 def status_details(data: bytes) -> tuple[str, float | None]:

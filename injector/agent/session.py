@@ -36,6 +36,7 @@ from typing import Protocol
 
 from injector.terms import FileFormat, Mode
 
+from . import tracing
 from .backoff import Backoff
 from .client import Ack, Expiring, Issued, Renewed, Revoked, Rotated, WatchEvent
 from .errors import (
@@ -117,7 +118,8 @@ class AgentSession:
         remove_stale_temps(self.directory)
         written = _written_at(self.directory, self.spec.credentials)
         for request in self.spec.credentials:
-            self._keep(request, await self._retrying(request))
+            with tracing.span("agent issue", {"keyferry.credential": request.name}):
+                self._keep(request, await self._retrying(request))
         log.info("agent.ready", credentials=len(self.held), directory=str(self.directory))
         self._resume_restarts(written)
 
@@ -286,6 +288,15 @@ class AgentSession:
         return ended
 
     def _on_event(self, event: WatchEvent, acks: asyncio.Queue[Ack]) -> None:
+        """Handle one event inside its span: the child of the broker's push span, so the
+        Ack it sends (carrying this span) continues the broker's trace."""
+        kind = type(event).__name__.lower()
+        lease_id = event.issued.lease_id if isinstance(event, Rotated) else event.lease_id
+        attributes = {"keyferry.event": kind, "keyferry.lease_id": lease_id}
+        with tracing.span(f"watch {kind}", attributes, parent=event.trace or None):
+            self._handle(event, acks)
+
+    def _handle(self, event: WatchEvent, acks: asyncio.Queue[Ack]) -> None:
         if isinstance(event, Rotated):
             self._rotate(event.issued, acks)
         elif isinstance(event, Revoked):
@@ -309,13 +320,15 @@ class AgentSession:
                 log.warning("rotated.unknown", credential=issued.credential_name)
                 return
             self._keep(request, issued)  # a new generation of an expired credential
-            acks.put_nowait(Ack(issued.lease_id, issued.generation))
+            acks.put_nowait(Ack(issued.lease_id, issued.generation, trace=tracing.traceparent()))
             return
         if issued.generation <= held.issued.generation:  # the snapshot, or a repeat
             if issued.lease_id == held.issued.lease_id:
                 held.expires_at = _later(held.expires_at, issued.expires_at)
             if not (self.restarter and self.restarter.awaiting(issued.lease_id, issued.generation)):
-                acks.put_nowait(Ack(issued.lease_id, issued.generation))
+                acks.put_nowait(
+                    Ack(issued.lease_id, issued.generation, trace=tracing.traceparent())
+                )
             return
         renewed = Held(held.request, held.format, issued, _aware(issued.expires_at))
         self._write(renewed)
@@ -340,7 +353,7 @@ class AgentSession:
         signalled: list[int] = []
         if self.spec.on_rotate is not None:
             signalled = self.signal_app(int(signal.Signals[self.spec.on_rotate.value]))
-        acks.put_nowait(Ack(issued.lease_id, issued.generation))
+        acks.put_nowait(Ack(issued.lease_id, issued.generation, trace=tracing.traceparent()))
         log.info(
             "credential.rotated",
             credential=issued.credential_name,

@@ -46,6 +46,9 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_WORKERS = 4
 DEFAULT_MAX_BODY_BYTES = 512 * 1024
 DEFAULT_REQUEST_SECONDS = 10.0
+OTEL_NAME = r"^OTEL_[A-Z0-9_]{1,60}$"
+MAX_AGENT_ENV = 16
+MAX_AGENT_ENV_VALUE = 1024
 
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY)]
 AbsolutePath = Annotated[str, StringConstraints(pattern=ABSOLUTE_PATH, max_length=255)]
@@ -80,6 +83,13 @@ class AgentConfig(_Strict):
     """The agent's retry backoff while the broker is away or at a cap: full jitter, the
     ceiling doubling from the base up to the cap (which also bounds gRPC's own reconnect
     backoff). Written into every agent spec."""
+    env: dict[
+        Annotated[str, StringConstraints(pattern=OTEL_NAME)],
+        Annotated[str, StringConstraints(max_length=MAX_AGENT_ENV_VALUE)],
+    ] = Field(default_factory=dict, max_length=MAX_AGENT_ENV)
+    """Standard OpenTelemetry variables set in every agent container (OTEL_* names only, at
+    most 16): OTEL_EXPORTER_OTLP_ENDPOINT turns the agent's traces on (broker.tracing).
+    Never a secret: they are written into the pod spec in plain text."""
 
     @model_validator(mode="after")
     def _cap_not_below_base(self) -> AgentConfig:

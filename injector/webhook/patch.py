@@ -102,7 +102,10 @@ def agent_container(
         "imagePullPolicy": config.agent.image_pull_policy,
         "command": list(AGENT_COMMAND),
         "args": list(RUN_ARGS),
-        "env": [{"name": AGENT_SPEC_ENV, "value": agent_spec(spec, config, restart).to_json()}],
+        "env": [
+            {"name": AGENT_SPEC_ENV, "value": agent_spec(spec, config, restart).to_json()},
+            *({"name": name, "value": value} for name, value in sorted(config.agent.env.items())),
+        ],
         "resources": {
             "requests": resources.requests.model_dump(exclude_none=True),
             "limits": resources.limits.model_dump(exclude_none=True),

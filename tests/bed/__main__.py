@@ -17,16 +17,17 @@ from .kube import SHARED_ISSUER, ClusterSpec
 from .progress import say
 
 app = typer.Typer(
-    help="keyferry's test bed: real Vault, PostgreSQL, MariaDB, moto (and Kubernetes) servers "
-    "on free loopback ports.\n\nExamples:\n\n  python -m tests.bed build          # build every Go "
-    "server into the cache\n\n  python -m tests.bed images         # build the images (as root)"
+    help="keyferry's test bed: real Vault, PostgreSQL, MariaDB, moto, Jaeger (and Kubernetes) "
+    "servers on free loopback ports.\n\nExamples:\n\n  python -m tests.bed build          "
+    "# build every Go server into the cache\n\n  python -m tests.bed images         "
+    "# build the images (as root)"
     "\n\n  python -m tests.bed up --hold      # start all, print addresses, "
     "wait for Ctrl-C",
     no_args_is_help=True,
     add_completion=False,
 )
 
-SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto", "kubernetes")
+SERVERS = ("vault", "vault_persistent", "postgres", "mariadb", "moto", "jaeger", "kubernetes")
 OPTIONAL = ("node",)  # cluster a's real node: root only, so only when asked for
 
 

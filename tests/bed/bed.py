@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 
 from .cluster import Cluster
 from .etcd import EtcdServer, start_etcd
+from .jaeger import JaegerServer, start_jaeger
 from .kube import ClusterSpec
 from .mariadb import MariaDBServer
 from .moto import MotoServer
@@ -82,6 +83,10 @@ class Bed:
     def moto(self) -> MotoServer:
         network = self.network()
         return self._get("moto", lambda ws: self.provider.start_moto(ws, network))
+
+    def jaeger(self) -> JaegerServer:
+        """The trace receiver: OTLP gRPC in, Jaeger's query API out (jaeger.py)."""
+        return self._get("jaeger", start_jaeger)
 
     def etcd(self) -> EtcdServer:
         """The one etcd that the process provider's clusters store their data in."""

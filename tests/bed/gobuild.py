@@ -204,4 +204,8 @@ COREDNS_VERSION = "v1.15.0"
 # The wrapper's own main.go imports only the plugins the node's Corefile uses (dns.py).
 COREDNS = GoBuild("coredns", {"coredns": "keyferry.test/bed/coredns"})
 
-ALL = {build.wrapper: build for build in (VAULT, ETCD, KUBERNETES, HELM, BUF, COREDNS)}
+# The trace receiver (jaeger.py): Jaeger v2, an OpenTelemetry Collector distribution, as the
+# tool module its release is served as (`go get -tool .../cmd/jaeger@v1.75.0`).
+JAEGER = GoBuild("jaeger", {"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"})
+
+ALL = {build.wrapper: build for build in (VAULT, ETCD, KUBERNETES, HELM, BUF, COREDNS, JAEGER)}

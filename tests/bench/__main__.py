@@ -6,6 +6,7 @@ python -m tests.bench --quick    # a few samples of each, to see that the code r
 python -m tests.bench.profile    # py-spy on the broker process under Issue→Release load
 python -m tests.bench.soak       # the soak (tests/run soak; --out docs/benchmarks/soak.json)
 python -m tests.bench.nodepods   # real pods on the node, as root (docs/benchmarks/node-pods.json)
+python -m tests.bench.tracing_overhead   # tracing off/on (docs/benchmarks/tracing-overhead.json)
 python -m tests.bench --render-only   # the page and plots again from docs/benchmarks.json
 python -m tests.bench --only store    # one section measured again, the rest kept
 python -m tests.bench --only pairs --no-write   # the Issue pairs alone (a hot-path change)
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     soak = json.loads(soak_file.read_text()) if soak_file.is_file() else None
     node_file = args.out.with_suffix("") / "node-pods.json"
     node = json.loads(node_file.read_text()) if node_file.is_file() else None
-    page = render(figures, soak, node)
+    tracing_file = args.out.with_suffix("") / "tracing-overhead.json"
+    tracing = json.loads(tracing_file.read_text()) if tracing_file.is_file() else None
+    page = render(figures, soak, node, tracing)
     if not args.no_write:
         plots = write(figures, page, args.out)
         print(

@@ -238,7 +238,10 @@ def _describe_row(label: str, s: dict[str, Any], unit: str) -> str:
 
 
 def render(
-    f: dict[str, Any], soak: dict[str, Any] | None = None, node: dict[str, Any] | None = None
+    f: dict[str, Any],
+    soak: dict[str, Any] | None = None,
+    node: dict[str, Any] | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> str:
     m, v = f["machine"], f["versions"]
     quick = " — **quick smoke run, not figures**" if f["plan"]["quick"] else ""
@@ -343,8 +346,49 @@ def render(
         lines += _soak(soak)
     if node is not None:
         lines += _node_pods(node)
+    if tracing is not None:
+        lines += _tracing(tracing)
     lines += [line.replace("{postgres}", _postgres_sentence(f)) for line in BOUNDS]
     return "\n".join(lines)
+
+
+def _tracing(t: dict[str, Any]) -> list[str]:
+    quick = " — **quick smoke run, not figures**" if t["quick"] else ""
+    lines = [
+        f"## Tracing off and on (issue 23){quick}",
+        "",
+        "`python -m tests.bench.tracing_overhead` (its own run; measured "
+        f"{t['measured_at']}; raw figures in",
+        "`docs/benchmarks/tracing-overhead.json`): the same broker process config restarted",
+        "with tracing off, then on (every call traced and exported over OTLP gRPC to the bed's",
+        "Jaeger), off and on again, at each concurrency, Issue→Release of a database",
+        "credential from the same load processes and pods. Ratios are on/off.",
+        "",
+        "| concurrency | p50 off (ms) | p50 on (ms) | p50 ratio | calls/s off | calls/s on "
+        "| throughput ratio | broker CPU ms/call off | on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in t["rows"]:
+        off, on, cpu = row["off"], row["on"], row["broker_cpu_ms_per_call"]
+        lines.append(
+            f"| {row['concurrency']} | {off['p50']:.1f} | {on['p50']:.1f} | "
+            f"{row['p50_ratio']:.2f} | {off['rate']:.1f} | {on['rate']:.1f} | "
+            f"{row['throughput_ratio']:.2f} | {cpu['off']:.1f} | {cpu['on']:.1f} |"
+        )
+    loads = [x for row in t["rows"] for x in (row["load_before"][0], row["load_after"][0])]
+    added = "; ".join(
+        f"{cpu['on'] - cpu['off']:+.1f} ms ({(cpu['on'] / cpu['off'] - 1) * 100:+.0f} %) "
+        f"at concurrency {row['concurrency']}"
+        for row in t["rows"]
+        for cpu in [row["broker_cpu_ms_per_call"]]
+    )
+    lines += [
+        "",
+        f"The machine's 1-minute load average was {min(loads):.1f} to {max(loads):.1f} on 2",
+        "cores while this ran, so latency and throughput moved within their noise either way;",
+        f"the broker's CPU time per call is the steadier figure of what tracing costs: {added}.",
+    ]
+    return [*lines, ""]
 
 
 def _node_pods(n: dict[str, Any]) -> list[str]:

@@ -49,7 +49,8 @@ BROKER_RBAC = REPO / "docs" / "examples" / "broker-rbac.yaml"
 RELEASE = "keyferry"
 CLUSTER_SCOPED = {"MutatingWebhookConfiguration", "ClusterRole", "ClusterRoleBinding"}
 # Broker settings the chart writes from its own values; the rest pass through broker.config.
-CHART_OWNED_SETTINGS = {"data_dir", "policies", "roles", "workload", "admin", "metrics"}
+# `tracing` comes from the top-level `tracing` values, as environment variables.
+CHART_OWNED_SETTINGS = {"data_dir", "policies", "roles", "workload", "admin", "metrics", "tracing"}
 VARIANTS = {"default": (), "ha": (f"--values={HA_VALUES}",)}
 # A member cluster: its webhook and the broker's RBAC, no broker.
 MEMBER = (
@@ -503,6 +504,35 @@ def test_webhook_yaml_and_registration_match_the_injectors_own(
     want["namespaceSelector"]["matchLabels"] = {"keyferry.io/injection": "enabled"}  # opt-in
     assert hook == want
     assert hook["timeoutSeconds"] == (5 if variant == "default" else 10)
+
+
+def test_tracing_values_reach_the_broker_and_every_agent(kube_cluster: Cluster) -> None:
+    """Off by default: no OTEL_* anywhere. On: the broker's container and the webhook's
+    agent containers get the collector, a service name each and the extra variables."""
+    plain = render(kube_cluster, "keyferry-system")
+    assert "OTEL_" not in as_yaml(plain)
+    objects = render(
+        kube_cluster,
+        "keyferry-system",
+        "--set=tracing.enabled=true",
+        "--set=tracing.endpoint=http://otel-collector.observability:4317",
+        "--set=tracing.env.OTEL_TRACES_SAMPLER=parentbased_always_on",
+    )
+    broker = one(objects, "Deployment", "keyferry-broker")
+    (container,) = broker["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["KEYFERRY_TRACING__ENABLED"] == "true"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4317"
+    assert env["OTEL_SERVICE_NAME"] == "keyferry-broker"
+    assert env["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
+    config = WebhookConfig.model_validate(
+        yaml.safe_load(_config_map(objects, "keyferry-webhook-config", "webhook.yaml"))
+    )
+    assert config.agent.env == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4317",
+        "OTEL_SERVICE_NAME": "keyferry-agent",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
 
 
 # ------------------------------------------------------------------ member-cluster RBAC

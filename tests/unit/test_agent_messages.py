@@ -5,6 +5,7 @@ code reads back, and what the generated code writes it reads, unknown fields ski
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,10 +145,31 @@ def test_every_watch_event_reads_as_the_generated_code_wrote_it() -> None:
         assert messages.watch_response(response.SerializeToString()) == expected
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_the_ack_carries_the_agents_span_and_every_event_the_brokers() -> None:
+    """Tracing: the Ack's `traceparent` (field 4) is written, and a WatchResponse's (field 5)
+    is read onto whichever event it carries; one not in the W3C form is dropped."""
+    sent = broker_pb2.WatchRequest.FromString(
+        messages.watch_request(Ack("lease-2", 2, ("app",), TRACEPARENT))
+    )
+    assert sent.ack.traceparent == TRACEPARENT
+    untraced = broker_pb2.WatchRequest.FromString(messages.watch_request(Ack("lease-2", 2)))
+    assert untraced.ack.traceparent == ""
+    for response, expected in events():
+        response.traceparent = TRACEPARENT
+        read = messages.watch_response(response.SerializeToString())
+        traced = None if expected is None else dataclasses.replace(expected, trace=TRACEPARENT)
+        assert read == traced
+        response.traceparent = TRACEPARENT.upper()
+        assert messages.watch_response(response.SerializeToString()) == expected
+
+
 def test_unknown_fields_and_events_are_skipped() -> None:
     """A newer broker's additions: an event of a kind this agent does not know is None, a
     field it does not know (of any wire type) is passed over."""
-    unknown_event = b"\x2a\x02\x0a\x00"  # field 5, a message: a newer broker's event
+    unknown_event = b"\x32\x02\x0a\x00"  # field 6, a message: a newer broker's event
     assert messages.watch_response(unknown_event) is None
     extras = b"".join(
         [

@@ -192,7 +192,11 @@ def test_the_agent_loads_none_of_the_brokers_own_code() -> None:
     )
     assert "grpc.aio" in loaded
     ours = {m for m in loaded if m.split(".")[0] == "broker"}
+    # Traces go through the agent's own face (injector/agent/tracing.py): broker.tracing
+    # (pydantic) and OpenTelemetry are imported only once tracing is on (test_tracing.py).
     assert ours <= {"broker", "broker.cli", "broker.cli.entry", "broker.names"}
+    assert "injector.agent.tracing" in loaded
+    assert sorted(m for m in loaded if m.startswith("opentelemetry")) == []
     # The agent writes and reads its few messages itself (injector/agent/messages.py).
     assert sorted(m for m in loaded if m.startswith(("google", "grpc_status"))) == []
     unused = {"pydantic", "pydantic_core", "structlog", "typer", "click", "rich", "yaml"}
@@ -260,3 +264,21 @@ IMPORT_AGENT = """
 import injector.agent.session, injector.agent.client
 print(" ".join(sorted(set(sys.modules) - before)))
 """
+
+
+def test_keyferry_agent_run_leaves_ssl_alone_when_tracing_is_on() -> None:
+    """A traced agent (an OTEL_* endpoint set) may need Python's ssl for its exporter: `run`
+    keeps it importable then, and blocks it otherwise."""
+    probe_ssl = "\ntry:\n    import ssl\n    print('ssl')\nexcept ImportError:\n    print('none')\n"
+    found: dict[str, str] = {}
+    for endpoint in ("", "http://127.0.0.1:4317"):
+        environ = {"PATH": os.environ.get("PATH", ""), "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", COMMAND + probe_ssl, "run"],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        found[endpoint] = done.stdout.splitlines()[-1]
+    assert found == {"": "none", "http://127.0.0.1:4317": "ssl"}

@@ -458,6 +458,30 @@ def test_the_agents_backoff_comes_from_the_config() -> None:
     assert (spec.backoff_base_seconds, spec.backoff_cap_seconds) == (2.5, 90.0)
 
 
+def test_the_agents_tracing_variables_come_from_the_config() -> None:
+    traced = AgentConfig(
+        image="keyferry/agent:x",
+        env={"OTEL_SERVICE_NAME": "keyferry-agent", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"},
+    )
+    operations = mutate(request(pod(INJECT)), CONFIG.model_copy(update={"agent": traced}))
+    container = operations.operations()[-1]["value"][0]
+    assert [e["name"] for e in container["env"]] == [
+        AGENT_SPEC_ENV,
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"KEYFERRY_AGENT_SPEC": "{}"}, {"PATH": "/usr/bin"}, {f"OTEL_X{n}": "v" for n in range(17)}],
+    ids=["the spec's own variable", "not OTEL_", "more than 16"],
+)
+def test_the_agents_extra_variables_are_otel_ones_only(env: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="env"):
+        AgentConfig(image="keyferry/agent:x", env=env)
+
+
 NOT_MINE = [
     ("no annotations", request(pod())),
     ("inject false", request(pod({"keyferry.io/inject": "false"}))),

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/broker.proto\x12\rbroker.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x0cIssueRequest\x12\x17\n\x0f\x63redential_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"c\n\rIssueResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x02 \x01(\x0b\x32\x19.broker.api.v1.Credential\"\x91\x01\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x11\n\trenewable\x18\x06 \x01(\x08\"r\n\nCredential\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.broker.api.v1.Credential.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x0cWatchRequest\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.broker.api.v1.AckH\x00\x42\t\n\x07message\"I\n\x03\x41\x63k\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1c\n\x14restarted_containers\x18\x03 \x03(\t\"\xc6\x01\n\rWatchResponse\x12)\n\x07rotated\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.RotatedH\x00\x12)\n\x07revoked\x18\x02 \x01(\x0b\x32\x16.broker.api.v1.RevokedH\x00\x12+\n\x08\x65xpiring\x18\x03 \x01(\x0b\x32\x17.broker.api.v1.ExpiringH\x00\x12)\n\x07renewed\x18\x04 \x01(\x0b\x32\x16.broker.api.v1.RenewedH\x00\x42\x07\n\x05\x65vent\"]\n\x07Rotated\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x02 \x01(\x0b\x32\x19.broker.api.v1.Credential\"+\n\x07Revoked\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x08\x45xpiring\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x07Renewed\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\" \n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"4\n\rRenewResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease2\xa9\x02\n\rBrokerService\x12\x42\n\x05Issue\x12\x1b.broker.api.v1.IssueRequest\x1a\x1c.broker.api.v1.IssueResponse\x12\x46\n\x05Watch\x12\x1b.broker.api.v1.WatchRequest\x1a\x1c.broker.api.v1.WatchResponse(\x01\x30\x01\x12H\n\x07Release\x12\x1d.broker.api.v1.ReleaseRequest\x1a\x1e.broker.api.v1.ReleaseResponse\x12\x42\n\x05Renew\x12\x1b.broker.api.v1.RenewRequest\x1a\x1c.broker.api.v1.RenewResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62roker/api/v1/broker.proto\x12\rbroker.api.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x0cIssueRequest\x12\x17\n\x0f\x63redential_name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"c\n\rIssueResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x02 \x01(\x0b\x32\x19.broker.api.v1.Credential\"\x91\x01\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x17\n\x0f\x63redential_name\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x05 \x01(\x04\x12\x11\n\trenewable\x18\x06 \x01(\x08\"r\n\nCredential\x12\x35\n\x06values\x18\x01 \x03(\x0b\x32%.broker.api.v1.Credential.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x0cWatchRequest\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x12.broker.api.v1.AckH\x00\x42\t\n\x07message\"^\n\x03\x41\x63k\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x1c\n\x14restarted_containers\x18\x03 \x03(\t\x12\x13\n\x0btraceparent\x18\x04 \x01(\t\"\xdb\x01\n\rWatchResponse\x12)\n\x07rotated\x18\x01 \x01(\x0b\x32\x16.broker.api.v1.RotatedH\x00\x12)\n\x07revoked\x18\x02 \x01(\x0b\x32\x16.broker.api.v1.RevokedH\x00\x12+\n\x08\x65xpiring\x18\x03 \x01(\x0b\x32\x17.broker.api.v1.ExpiringH\x00\x12)\n\x07renewed\x18\x04 \x01(\x0b\x32\x16.broker.api.v1.RenewedH\x00\x12\x13\n\x0btraceparent\x18\x05 \x01(\tB\x07\n\x05\x65vent\"]\n\x07Rotated\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease\x12-\n\ncredential\x18\x02 \x01(\x0b\x32\x19.broker.api.v1.Credential\"+\n\x07Revoked\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"L\n\x08\x45xpiring\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x07Renewed\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\" \n\x0cRenewRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"4\n\rRenewResponse\x12#\n\x05lease\x18\x01 \x01(\x0b\x32\x14.broker.api.v1.Lease2\xa9\x02\n\rBrokerService\x12\x42\n\x05Issue\x12\x1b.broker.api.v1.IssueRequest\x1a\x1c.broker.api.v1.IssueResponse\x12\x46\n\x05Watch\x12\x1b.broker.api.v1.WatchRequest\x1a\x1c.broker.api.v1.WatchResponse(\x01\x30\x01\x12H\n\x07Release\x12\x1d.broker.api.v1.ReleaseRequest\x1a\x1e.broker.api.v1.ReleaseResponse\x12\x42\n\x05Renew\x12\x1b.broker.api.v1.RenewRequest\x1a\x1c.broker.api.v1.RenewResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,25 +47,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHREQUEST']._serialized_start=498
   _globals['_WATCHREQUEST']._serialized_end=558
   _globals['_ACK']._serialized_start=560
-  _globals['_ACK']._serialized_end=633
-  _globals['_WATCHRESPONSE']._serialized_start=636
-  _globals['_WATCHRESPONSE']._serialized_end=834
-  _globals['_ROTATED']._serialized_start=836
-  _globals['_ROTATED']._serialized_end=929
-  _globals['_REVOKED']._serialized_start=931
-  _globals['_REVOKED']._serialized_end=974
-  _globals['_EXPIRING']._serialized_start=976
-  _globals['_EXPIRING']._serialized_end=1052
-  _globals['_RENEWED']._serialized_start=1054
-  _globals['_RENEWED']._serialized_end=1129
-  _globals['_RELEASEREQUEST']._serialized_start=1131
-  _globals['_RELEASEREQUEST']._serialized_end=1165
-  _globals['_RELEASERESPONSE']._serialized_start=1167
-  _globals['_RELEASERESPONSE']._serialized_end=1184
-  _globals['_RENEWREQUEST']._serialized_start=1186
-  _globals['_RENEWREQUEST']._serialized_end=1218
-  _globals['_RENEWRESPONSE']._serialized_start=1220
-  _globals['_RENEWRESPONSE']._serialized_end=1272
-  _globals['_BROKERSERVICE']._serialized_start=1275
-  _globals['_BROKERSERVICE']._serialized_end=1572
+  _globals['_ACK']._serialized_end=654
+  _globals['_WATCHRESPONSE']._serialized_start=657
+  _globals['_WATCHRESPONSE']._serialized_end=876
+  _globals['_ROTATED']._serialized_start=878
+  _globals['_ROTATED']._serialized_end=971
+  _globals['_REVOKED']._serialized_start=973
+  _globals['_REVOKED']._serialized_end=1016
+  _globals['_EXPIRING']._serialized_start=1018
+  _globals['_EXPIRING']._serialized_end=1094
+  _globals['_RENEWED']._serialized_start=1096
+  _globals['_RENEWED']._serialized_end=1171
+  _globals['_RELEASEREQUEST']._serialized_start=1173
+  _globals['_RELEASEREQUEST']._serialized_end=1207
+  _globals['_RELEASERESPONSE']._serialized_start=1209
+  _globals['_RELEASERESPONSE']._serialized_end=1226
+  _globals['_RENEWREQUEST']._serialized_start=1228
+  _globals['_RENEWREQUEST']._serialized_end=1260
+  _globals['_RENEWRESPONSE']._serialized_start=1262
+  _globals['_RENEWRESPONSE']._serialized_end=1314
+  _globals['_BROKERSERVICE']._serialized_start=1317
+  _globals['_BROKERSERVICE']._serialized_end=1614
 # @@protoc_insertion_point(module_scope)

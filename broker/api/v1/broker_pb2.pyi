@@ -177,8 +177,13 @@ class Ack(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     RESTARTED_CONTAINERS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     generation: _builtins.int
+    traceparent: _builtins.str
+    """The W3C traceparent of the agent's span that handled the event this Ack answers
+    (tracing on); empty otherwise. At most 55 characters; a malformed one is ignored.
+    """
     @_builtins.property
     def restarted_containers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The app containers the agent restarted to put this generation in use
@@ -192,10 +197,11 @@ class Ack(_message.Message):
         lease_id: _builtins.str = ...,
         generation: _builtins.int = ...,
         restarted_containers: _abc.Iterable[_builtins.str] | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "lease_id", b"lease_id", "restarted_containers", b"restarted_containers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "lease_id", b"lease_id", "restarted_containers", b"restarted_containers", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -209,6 +215,11 @@ class WatchResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _builtins.int
     EXPIRING_FIELD_NUMBER: _builtins.int
     RENEWED_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    traceparent: _builtins.str
+    """The W3C traceparent of the broker's span that pushed this event (tracing on): the
+    agent's span for it, and the Ack, continue that trace. Empty otherwise.
+    """
     @_builtins.property
     def rotated(self) -> Global___Rotated: ...
     @_builtins.property
@@ -224,10 +235,11 @@ class WatchResponse(_message.Message):
         revoked: Global___Revoked | None = ...,
         expiring: Global___Expiring | None = ...,
         renewed: Global___Renewed | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "renewed", b"renewed", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "renewed", b"renewed", "revoked", b"revoked", "rotated", b"rotated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "expiring", b"expiring", "renewed", b"renewed", "revoked", b"revoked", "rotated", b"rotated", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["rotated", "revoked", "expiring", "renewed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

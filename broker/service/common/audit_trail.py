@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from broker import tracing
 from broker.audit import (
     AuditAction,
     AuditChain,
@@ -112,14 +113,19 @@ class AuditTrail:
         self._rows_refused: set[tuple[str, str]] = set()
 
     async def record(self, event: AuditEvent) -> None:
-        """Write the record before returning; AuditUnavailable if it is not on disk."""
-        loop = asyncio.get_running_loop()
-        written: asyncio.Future[None] = loop.create_future()
-        self._queue.append((event, written))
-        writer = self._writer
-        if writer is None or writer.done() or writer.get_loop() is not loop:
-            self._writer = loop.create_task(self._write_queued())
-        await written
+        """Write the record before returning; AuditUnavailable if it is not on disk. With
+        tracing on, the record carries the trace id of the request that caused it."""
+        with tracing.span("audit", {"keyferry.audit.action": event.action}):
+            found = tracing.trace_id()
+            if found is not None and event.trace_id is None:
+                event = event.model_copy(update={"trace_id": found})
+            loop = asyncio.get_running_loop()
+            written: asyncio.Future[None] = loop.create_future()
+            self._queue.append((event, written))
+            writer = self._writer
+            if writer is None or writer.done() or writer.get_loop() is not loop:
+                self._writer = loop.create_task(self._write_queued())
+            await written
 
     async def _write_queued(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,6 +26,7 @@ from typing import Any
 import jwt
 import structlog
 
+from broker import tracing
 from broker.clusters import ClusterClient
 from broker.errors import LimitExceeded, Unauthenticated
 from broker.identity import (
@@ -173,11 +174,14 @@ class Callers:
         A refused token is reported to `refused` (the audit trail) before it is raised."""
         proved: Workload | None = None
         try:
-            workload, expires_at = await self.verify(token)
+            with tracing.span("authenticate") as step:
+                workload, expires_at = await self.verify(token)
+                step.set("keyferry.cluster", workload.cluster)
             proved = workload
-            await self._clients[workload.cluster].ensure_pod_bound(
-                workload, allow_terminating=allow_terminating
-            )
+            with tracing.span("pod check", {"keyferry.cluster": workload.cluster}):
+                await self._clients[workload.cluster].ensure_pod_bound(
+                    workload, allow_terminating=allow_terminating
+                )
         except Unauthenticated as error:
             if refused is not None:
                 await refused(error, proved)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from broker import tracing
 from broker.errors import PermissionDenied
 from broker.policy import Action, PolicyEngine
 from broker.policy import Decision as PolicyDecision
@@ -38,9 +39,11 @@ class PolicyGate:
     ) -> PolicyDecision:
         """Cedar's decision, recorded by `record` (None only for a dry run, whose plan is
         recorded instead, and which changes nothing)."""
-        decision = self._policy.decide(principal, action, resource, context)
-        if record is not None:
-            await record(decision)
+        with tracing.span("policy", {"keyferry.action": action.value}) as step:
+            decision = self._policy.decide(principal, action, resource, context)
+            step.set("keyferry.allowed", decision.allowed)
+            if record is not None:
+                await record(decision)
         return decision
 
     async def require(

@@ -17,9 +17,10 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from broker import tracing
 from broker.errors import TemporaryError
 from broker.models import Credential, PodKey, VaultLease
 from broker.store import LeaseRecord
@@ -34,18 +35,22 @@ class LeaseRotated:
     lease: LeaseRecord
     credential: Credential
     vault_lease: VaultLease
+    trace: str = ""
+    """The W3C traceparent of the span that published it or pushes it ("": untraced)."""
 
 
 @dataclass(frozen=True)
 class LeaseRevoked:
     lease_id: str
     reason: str
+    trace: str = ""
 
 
 @dataclass(frozen=True)
 class LeaseExpiring:
     lease_id: str
     expires_at: datetime
+    trace: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class LeaseRenewed:
 
     lease_id: str
     expires_at: datetime
+    trace: str = ""
 
 
 WatchEvent = LeaseRotated | LeaseRevoked | LeaseExpiring | LeaseRenewed
@@ -113,7 +119,12 @@ class EventHub:
 
     def publish(self, pod: PodKey, event: WatchEvent) -> int:
         """Hand the event to every open stream of the pod here, and to the other replicas;
-        how many streams here there were."""
+        how many streams here there were. A traced change's event carries its span, so its
+        pushes join the change's trace."""
+        if not event.trace:
+            stamped = tracing.traceparent()
+            if stamped:
+                event = replace(event, trace=stamped)
         if self._fanout is not None:
             self._fanout(pod, event)
         return self.deliver(pod, event)

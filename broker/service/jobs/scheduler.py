@@ -32,6 +32,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from broker import tracing
 from broker.errors import KeyferryError
 
 from .leadership import Leadership
@@ -135,7 +136,8 @@ class JobScheduler:
         assert task is not None  # noqa: S101 (called from a task: narrows the type for mypy)
         self._running.add(task)
         try:
-            return await job.job()
+            with tracing.span(f"job {job.name}", {"keyferry.job": job.name}):
+                return await job.job()
         except KeyferryError as error:  # the store or Vault away: the next pass tries again
             log.warning("periodic job failed", job=job.name, error=error.message)
             return None

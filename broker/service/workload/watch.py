@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
+from broker import tracing
 from broker.audit import AuditAction
 from broker.errors import (
     InvalidRequest,
@@ -64,6 +65,8 @@ class AckMessage:
     generation: int
     restarted: tuple[str, ...] = ()
     """The app containers the agent restarted to put this generation in use."""
+    trace: str = ""
+    """The W3C traceparent of the agent's span that handled the event ("": untraced)."""
 
 
 class PodGone(Unauthenticated):
@@ -130,8 +133,10 @@ class WatchFlow:
                 "watch opened", pod=workload.pod, pod_uid=workload.pod_uid, leases=len(snapshot)
             )
             try:
-                for event in snapshot:
-                    yield event
+                for current in snapshot:
+                    with tracing.span("watch push", _event_attributes(current), kind="producer"):
+                        stamped = _stamped(current)
+                    yield stamped
                 async for event in self._live(session, subscription, acking):
                     yield event
             finally:
@@ -176,15 +181,26 @@ class WatchFlow:
                     continue
                 waiting.discard(getting)
                 event, getting = getting.result(), None
-                if isinstance(event, LeaseRotated) and not await self._may_watch(
-                    session, event.lease, event.vault_lease
-                ):
-                    continue
-                yield event
+                pushed = await self._pushed(session, event)
+                if pushed is not None:
+                    yield pushed
         finally:
             overflowed.cancel()
             if getting is not None:
                 getting.cancel()
+
+    async def _pushed(self, session: _Session, event: WatchEvent) -> WatchEvent | None:
+        """The event as it is sent, stamped with its push span (the child of the span that
+        published it: a rotation's, a renewal's), or None when Cedar does not let the pod
+        watch its lease."""
+        with tracing.span(
+            "watch push", _event_attributes(event), parent=event.trace or None, kind="producer"
+        ):
+            if isinstance(event, LeaseRotated) and not await self._may_watch(
+                session, event.lease, event.vault_lease
+            ):
+                return None
+            return _stamped(event)
 
     async def _recheck_pod(self, session: _Session) -> None:
         """PodGone when the stream's pod no longer exists with its UID. A terminating pod
@@ -263,12 +279,17 @@ class WatchFlow:
         """Apply each Ack. A malformed lease id or one Ack too many (the pod's rate limit)
         raises, which ends the stream; any other refusal is logged and the stream goes on."""
         async for ack in acks:
-            try:
-                await self.ack(session, ack)
-            except (InvalidRequest, LimitExceeded):
-                raise
-            except KeyferryError as error:
-                log.warning("ack not applied", lease_id=ack.lease_id, error=error.message)
+            attributes: dict[str, tracing.Attribute | None] = {
+                "keyferry.lease_id": ack.lease_id[:64],
+                "keyferry.generation": ack.generation,
+            }
+            with tracing.span("watch ack", attributes, parent=ack.trace or None, kind="consumer"):
+                try:
+                    await self.ack(session, ack)
+                except (InvalidRequest, LimitExceeded):
+                    raise
+                except KeyferryError as error:
+                    log.warning("ack not applied", lease_id=ack.lease_id, error=error.message)
 
     async def ack(self, session: _Session, ack: AckMessage) -> None:
         """The agent has the new generation in place: revoke the older ones now."""
@@ -317,3 +338,23 @@ class WatchFlow:
         ]
         for old in older:
             await self._engine.revoke_now(old, principal_of(workload), session.request_id)
+
+
+def _event_attributes(event: WatchEvent) -> dict[str, str | int | None]:
+    """What a push span says of its event: its kind, lease and generation (no credential)."""
+    if isinstance(event, LeaseRotated):
+        return {
+            "keyferry.event": "rotated",
+            "keyferry.lease_id": event.lease.id,
+            "keyferry.generation": event.lease.generation,
+        }
+    return {
+        "keyferry.event": type(event).__name__.removeprefix("Lease").lower(),
+        "keyferry.lease_id": event.lease_id,
+    }
+
+
+def _stamped(event: WatchEvent) -> WatchEvent:
+    """The event carrying the current (push) span to the agent; unchanged when untraced."""
+    here = tracing.traceparent()
+    return replace(event, trace=here) if here else event

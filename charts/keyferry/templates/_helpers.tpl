@@ -176,7 +176,8 @@ data: /var/lib/keyferry
     "startup_timeout_seconds" $w.agent.startupTimeoutSeconds
     "backoff_base_seconds" $w.agent.backoffBaseSeconds
     "backoff_cap_seconds" $w.agent.backoffCapSeconds
-    "resources" $w.agent.resources)
+    "resources" $w.agent.resources
+    "env" (include "keyferry.tracing.env" (dict "ctx" . "service" "keyferry-agent") | fromYaml))
   "broker" $broker
   "mount_path" $w.mountPath
   "token_mount_path" $w.tokenMountPath
@@ -189,4 +190,16 @@ data: /var/lib/keyferry
 {{/* Namespaces never injected, as a JSON list: kube-system, the release's own, the values' */}}
 {{- define "keyferry.webhook.excluded" -}}
 {{- concat (list "kube-system" .Release.Namespace) .Values.webhook.excludedNamespaces | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{/* The OTEL_* variables of one traced service, as a YAML map ({} when tracing is off) */}}
+{{- define "keyferry.tracing.env" -}}
+{{- $t := .ctx.Values.tracing -}}
+{{- if $t.enabled -}}
+{{- $env := dict "OTEL_SERVICE_NAME" .service -}}
+{{- if $t.endpoint -}}{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $t.endpoint -}}{{- end -}}
+{{- toYaml (merge (deepCopy ($t.env | default dict)) $env) -}}
+{{- else -}}
+{}
+{{- end -}}
 {{- end -}}
