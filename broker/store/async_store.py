@@ -82,16 +82,6 @@ class AsyncLeases(_Async[LeaseRepository]):
     vault_lease_ids = _forward(LeaseRepository.vault_lease_ids)
     unissued_before = _forward(LeaseRepository.unissued_before)
 
-    async def live_counts(self, pod_uid: str, cluster: str) -> tuple[int, int]:
-        """The live leases of a pod and of its cluster, in one trip."""
-        repo = self._repo
-        return await self._runner.run(
-            lambda: (
-                repo.count_live(cluster=cluster, pod_uid=pod_uid),
-                repo.count_live(cluster=cluster),
-            )
-        )
-
 
 class AsyncGrants(_Async[GrantRepository]):
     add = _forward(GrantRepository.add)
