@@ -167,7 +167,7 @@ async def test_one_issue_is_one_trace_from_the_agent_through_the_broker_to_vault
     assert tag(server, "span.kind") == "server"
     steps = {s["operationName"] for s in trace.below(server)}
     assert {"authenticate", "pod check", "policy", "audit"} <= steps
-    assert {"store begin_issue", "store complete_issue"} <= steps
+    assert {"store admit_issue", "store complete_issue"} <= steps
     vault_calls = [s for s in trace.below(server) if s["operationName"].startswith("vault ")]
     assert vault_calls
     assert all(trace.service(s) == BROKER for s in trace.below(server))
