@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -89,6 +90,17 @@ def moto(bed: Bed) -> MotoServer:
 def jaeger(bed: Bed) -> JaegerServer:
     """The trace receiver (tests/bed/jaeger.py), started on first use."""
     return need(bed.jaeger)
+
+
+# Run before every other test: the demo starts its own bed with cluster a's node, and one node
+# runs per machine, so placed among the node's users (alphabetically between
+# test_chart_node.py and test_node.py) it stopped this session's node and the next module
+# started it again (about 15 s, and as long again to stop it, on the loaded CI machine).
+RUN_FIRST = (Path(__file__).parent / "integration" / "test_demo.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path not in RUN_FIRST)  # stable: the rest keep their order
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

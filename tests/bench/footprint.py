@@ -34,6 +34,8 @@ from .stats import describe, summarise
 from .workloads import ROTATE_BATCH, retried, rotate_batch
 
 IDLE_WINDOW = 5.0
+SETTLE = 2.0  # seconds: Watch streams open, start-up garbage collected
+STEP_WINDOW = 3.0  # seconds of CPU measured after each step of streams
 READY = 60.0
 STREAMS_PER_CHANNEL = 100
 OPEN_BURST = 100  # streams opened at once
@@ -92,9 +94,12 @@ def start_agent(scene: Scene, token: BoundToken, folder: Path) -> AgentProcess:
     return AgentProcess(process, folder, log, token)
 
 
-async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[str, Any]:
+async def agents_footprint(
+    scene: Scene, tokens: Sequence[BoundToken], windows: float = 1.0
+) -> dict[str, Any]:
     """Start one agent per pod, wait for its file, measure idle; then write a new KV version,
-    rotate every agent's lease and measure the agents while they swap and Ack."""
+    rotate every agent's lease and measure the agents while they swap and Ack. `windows`
+    scales the settling and idle windows (the smoke run's are shorter)."""
     folder = scene.folder / "agents"
     agents = [start_agent(scene, t, folder / f"agent-{i}") for i, t in enumerate(tokens)]
     try:
@@ -106,11 +111,11 @@ async def agents_footprint(scene: Scene, tokens: Sequence[BoundToken]) -> dict[s
             if time.monotonic() > deadline:
                 raise RuntimeError("agents did not write their files in time")
             await asyncio.sleep(0.2)
-        await asyncio.sleep(2.0)  # settle: Watch streams open, start-up garbage collected
+        await asyncio.sleep(SETTLE * windows)
         pids = [a.process.pid for a in agents]
         idle_rss = [rss_mib(p) for p in pids]
         idle_anon = [rss_mib(p, "RssAnon") for p in pids]
-        idle_cpu = await asyncio.to_thread(cpu_share, pids, IDLE_WINDOW)
+        idle_cpu = await asyncio.to_thread(cpu_share, pids, IDLE_WINDOW * windows)
 
         store = scene.broker.store()
         try:
@@ -190,15 +195,16 @@ class _Target:
 
 
 async def broker_with_streams(
-    scene: Scene, tokens: Sequence[BoundToken], steps: Sequence[int]
+    scene: Scene, tokens: Sequence[BoundToken], steps: Sequence[int], windows: float = 1.0
 ) -> dict[str, Any]:
     """Open idle Watch streams to a broker process in steps, its RSS after each step.
-    Streams beyond the pods given reuse pods round-robin (a pod may hold several)."""
+    Streams beyond the pods given reuse pods round-robin (a pod may hold several).
+    `windows` scales the settling and measuring windows (the smoke run's are shorter)."""
     broker = await asyncio.to_thread(start_broker_process, scene, scene.folder / "broker-proc")
     target = _Target(broker.port, broker.ca)
     points: list[dict[str, Any]] = []
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(SETTLE / 2 * windows)
         points.append({"streams": 0, "rss_mib": rss_mib(broker.process.pid)})
         async with AsyncExitStack() as stack:
             stubs: list[Any] = []
@@ -226,8 +232,10 @@ async def broker_with_streams(
                     calls[len(calls) - len(opened) :] = opened
                     for call in opened:
                         stack.callback(call.cancel)
-                await asyncio.sleep(2.0)
-                share = await asyncio.to_thread(cpu_share, [broker.process.pid], 3.0)
+                await asyncio.sleep(SETTLE * windows)
+                share = await asyncio.to_thread(
+                    cpu_share, [broker.process.pid], STEP_WINDOW * windows
+                )
                 points.append(
                     {
                         "streams": step,

@@ -54,6 +54,7 @@ class Plan:
     stream_pods: int  # distinct pods behind those streams
     store_rows: tuple[int, ...]
     store_samples: int
+    windows: float = 1.0  # scales the footprint's settling and CPU windows (5 s idle at 1.0)
 
 
 FULL = Plan(
@@ -89,6 +90,7 @@ QUICK = Plan(
     stream_pods=4,
     store_rows=(200, 400),
     store_samples=5,
+    windows=0.2,
 )
 
 
@@ -262,11 +264,13 @@ async def _fanouts(running: Scene, plan: Plan) -> list[dict[str, Any]]:
 
 
 async def _agents(running: Scene, plan: Plan) -> dict[str, Any]:
-    return await agents_footprint(running, await running.spread(plan.agents))
+    return await agents_footprint(running, await running.spread(plan.agents), plan.windows)
 
 
 async def _streams(running: Scene, plan: Plan) -> dict[str, Any]:
-    return await broker_with_streams(running, await running.spread(plan.stream_pods), plan.streams)
+    return await broker_with_streams(
+        running, await running.spread(plan.stream_pods), plan.streams, plan.windows
+    )
 
 
 async def _on_postgres_store(

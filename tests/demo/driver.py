@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -95,9 +96,14 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
     say.begin(1, "start Vault, PostgreSQL, moto, two Kubernetes clusters and the broker")
     servers = stage.start_servers(bed, say)
     vault, postgres, clusters = servers.vault, servers.postgres, servers.clusters
-    real = _start_node(bed, say)
+    node = _start_node(bed, say)
+    # The images' import into the node's containerd (most of a minute on a loaded machine)
+    # runs while Vault, the broker and the clusters' registration are set up; the pods of
+    # step 3 are the first to need the images.
+    loading = stack.enter_context(ThreadPoolExecutor(1, "images"))
+    importing = loading.submit(load_images, node) if node is not None else None
     approle = stage.prepare_vault(vault.client(), servers, say)
-    host = real[0].address if real else "127.0.0.1"
+    host = node.address if node is not None else "127.0.0.1"
     broker, context = stage.start_broker(folder, vault, approle, clusters, say, host)
     stack.callback(broker.stop)
     say.line(f"broker: workload listener {host}:{broker.broker.port} (generated TLS "
@@ -116,6 +122,7 @@ def _main_job(bed: Bed, stack: ExitStack, say: Narrator, hold: bool) -> None:
                    "--context", str(context))  # fmt: skip
 
     say.begin(3, "register the webhook in both clusters, create one annotated pod in each")
+    real = _loaded(node, importing, say)
     run_id = secrets.token_hex(3)
     opt_in = (f"keyferry.io/demo-{run_id}", "on")
     for cluster in clusters.values():
@@ -175,20 +182,38 @@ def _stop_all(runners: list[PodRunner]) -> None:
         runner.stop()
 
 
-def _start_node(bed: Bed, say: Narrator) -> tuple[Node, NodeImages] | None:
-    """Cluster a's real node with the agent and app images loaded; None, with the reason
-    said, where this machine cannot run it (its pod then runs on the kubelet harness)."""
+def _start_node(bed: Bed, say: Narrator) -> Node | None:
+    """Cluster a's real node; None, with the reason said, where this machine cannot run it
+    (its pod then runs on the kubelet harness)."""
     try:
         node = bed.node()
-        say.detail(f"real node: {node.describe()}")
-        images = load_images(node)
     except ServerUnavailable as error:
-        say.line(f"cluster a: no real node on this machine ({error}); its pod runs on the "
-                 "kubelet harness instead")  # fmt: skip
+        _no_node(error, say)
         return None
-    say.detail(f"images in the node's containerd (built here, never pulled): {images.agent}, "
-               f"{images.app}")  # fmt: skip
-    return node, images
+    say.detail(f"real node: {node.describe()}")
+    return node
+
+
+def _loaded(
+    node: Node | None, images: Future[NodeImages] | None, say: Narrator
+) -> tuple[Node, NodeImages] | None:
+    """The node with the agent and app images loaded (`images`, the import started in step
+    1); None, with the reason said, where there is no node or the images cannot be loaded."""
+    if node is None or images is None:
+        return None
+    try:
+        loaded = images.result()
+    except ServerUnavailable as error:
+        _no_node(error, say)
+        return None
+    say.detail(f"images in the node's containerd (built here, never pulled): {loaded.agent}, "
+               f"{loaded.app}")  # fmt: skip
+    return node, loaded
+
+
+def _no_node(error: ServerUnavailable, say: Narrator) -> None:
+    say.line(f"cluster a: no real node on this machine ({error}); its pod runs on the "
+             "kubelet harness instead")  # fmt: skip
 
 
 def _rotate(
