@@ -11,21 +11,14 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from broker.api.v1 import leases_pb2, leases_pb2_grpc
+from broker.api.v1 import leases_pb2, leases_pb2_grpc, rotation_pb2
 
 from .admin_channel import TIMEOUT, call_admin
 from .context import ContextOption
 from .output import Output, OutputOption, emit, emit_one
 from .selecting import (
     SELECTOR_HELP,
-    All,
-    Clusters,
-    Leases,
-    Namespaces,
-    Pods,
-    Roles,
-    ServiceAccounts,
-    selector_message,
+    selected,
 )
 
 if TYPE_CHECKING:
@@ -94,15 +87,10 @@ def _time(listed: leases_pb2.ListedLease, field: str) -> str | None:
         f"token is printed on stderr (--page-token).\n\n{SELECTOR_HELP}\n\n{EXITS}"
     ),
 )
+@selected
 def list_(
     *,
-    cluster: Clusters = None,
-    namespace: Namespaces = None,
-    service_account: ServiceAccounts = None,
-    pod: Pods = None,
-    role: Roles = None,
-    lease: Leases = None,
-    everything: All = False,
+    selector: rotation_pb2.LeaseSelector,
     state: States = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="leases per page")] = 100,
     page_token: Annotated[
@@ -113,15 +101,7 @@ def list_(
 ) -> None:
     """List the selected leases, by lease id."""
     request = leases_pb2.ListLeasesRequest(
-        selector=selector_message(
-            clusters=cluster,
-            namespaces=namespace,
-            service_accounts=service_account,
-            pods=pod,
-            roles=role,
-            leases=lease,
-            everything=everything,
-        ),
+        selector=selector,
         states=state or [],
         page_size=limit,
         page_token=page_token or "",
@@ -139,15 +119,10 @@ def list_(
         f"--state revoking\n\n{SELECTOR_HELP}\n\n{EXITS}"
     )
 )
+@selected
 def count(
     *,
-    cluster: Clusters = None,
-    namespace: Namespaces = None,
-    service_account: ServiceAccounts = None,
-    pod: Pods = None,
-    role: Roles = None,
-    lease: Leases = None,
-    everything: All = False,
+    selector: rotation_pb2.LeaseSelector,
     state: States = None,
     by: Annotated[
         list[str] | None,
@@ -162,15 +137,7 @@ def count(
     """Count the selected leases, in total or grouped."""
     group_by = by or []
     request = leases_pb2.CountLeasesRequest(
-        selector=selector_message(
-            clusters=cluster,
-            namespaces=namespace,
-            service_accounts=service_account,
-            pods=pod,
-            roles=role,
-            leases=lease,
-            everything=everything,
-        ),
+        selector=selector,
         states=state or [],
         group_by=group_by,
     )

@@ -13,17 +13,10 @@ from .exits import NOTHING_SELECTED
 from .output import Output, OutputOption
 from .selecting import (
     SELECTOR_HELP,
-    All,
-    Clusters,
     Concurrency,
     DryRun,
-    Leases,
-    Namespaces,
-    Pods,
-    Roles,
     Run,
-    ServiceAccounts,
-    selector_message,
+    selected,
 )
 
 if TYPE_CHECKING:
@@ -43,30 +36,16 @@ EPILOG = (
 )
 
 
+@selected
 def revoke(
     *,
-    cluster: Clusters = None,
-    namespace: Namespaces = None,
-    service_account: ServiceAccounts = None,
-    pod: Pods = None,
-    role: Roles = None,
-    lease: Leases = None,
-    everything: All = False,
+    selector: rotation_pb2.LeaseSelector,
     dry_run: DryRun = False,
     concurrency: Concurrency = None,
     output: OutputOption = Output.TABLE,
     context: ContextOption = None,
 ) -> None:
     """Revoke the selected leases now; their pods' credentials stop working."""
-    selector = selector_message(
-        clusters=cluster,
-        namespaces=namespace,
-        service_accounts=service_account,
-        pods=pod,
-        roles=role,
-        leases=lease,
-        everything=everything,
-    )
     request = rotation_pb2.RevokeSelectedRequest(
         selector=selector, concurrency=concurrency or 0, dry_run=dry_run
     )

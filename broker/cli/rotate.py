@@ -19,17 +19,10 @@ from .exits import CONFIG, NOTHING_SELECTED
 from .output import Output, OutputOption, emit_one
 from .selecting import (
     SELECTOR_HELP,
-    All,
-    Clusters,
     Concurrency,
     DryRun,
-    Leases,
-    Namespaces,
-    Pods,
-    Roles,
     Run,
-    ServiceAccounts,
-    selector_message,
+    selected,
 )
 
 if TYPE_CHECKING:
@@ -63,15 +56,10 @@ ROOT_EPILOG = (
 )
 
 
+@selected
 def rotate(
     *,
-    cluster: Clusters = None,
-    namespace: Namespaces = None,
-    service_account: ServiceAccounts = None,
-    pod: Pods = None,
-    role: Roles = None,
-    lease: Leases = None,
-    everything: All = False,
+    selector: rotation_pb2.LeaseSelector,
     dry_run: DryRun = False,
     concurrency: Concurrency = None,
     grace: Annotated[
@@ -83,15 +71,6 @@ def rotate(
 ) -> None:
     """Rotate the selected leases now: new credential, pushed to the pod, old one revoked
     after the Ack."""
-    selector = selector_message(
-        clusters=cluster,
-        namespaces=namespace,
-        service_accounts=service_account,
-        pods=pod,
-        roles=role,
-        leases=lease,
-        everything=everything,
-    )
     request = rotation_pb2.RotateSelectedRequest(
         selector=selector, concurrency=concurrency or 0, dry_run=dry_run
     )

@@ -7,8 +7,10 @@ it finishes (on stderr with `-o json|yaml`, so stdout stays one parseable docume
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -90,6 +92,48 @@ def selector_message(
         lease_ids=leases or [],
         all=everything,
     )
+
+
+# The options `selected` puts in a command's signature, in this order: (parameter, annotation,
+# default, selector_message keyword).
+OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
+    ("cluster", Clusters, None, "clusters"),
+    ("namespace", Namespaces, None, "namespaces"),
+    ("service_account", ServiceAccounts, None, "service_accounts"),
+    ("pod", Pods, None, "pods"),
+    ("role", Roles, None, "roles"),
+    ("lease", Leases, None, "leases"),
+    ("everything", All, False, "everything"),
+)
+
+
+def selected(command: Callable[..., None]) -> Callable[..., None]:
+    """The command with the selector options (--cluster ... --all) in place of its
+    keyword-only `selector` parameter, which it then receives as a LeaseSelector made by
+    `selector_message` (so an empty selection exits 2 before the command runs)."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters: list[inspect.Parameter] = []
+    for parameter in signature.parameters.values():
+        if parameter.name == "selector":
+            parameters.extend(
+                inspect.Parameter(
+                    name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+                )
+                for name, annotation, default, _ in OPTIONS
+            )
+        else:
+            parameters.append(parameter)
+
+    @functools.wraps(command)
+    def wrapper(**given: Any) -> None:
+        chosen = {keyword: given.pop(name) for name, _, _, keyword in OPTIONS}
+        command(selector=selector_message(**chosen), **given)
+
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters} | {
+        "return": signature.return_annotation
+    }
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper
 
 
 Event = rotation_pb2.RotateSelectedResponse | rotation_pb2.RevokeSelectedResponse

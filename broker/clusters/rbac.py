@@ -112,6 +112,17 @@ class IssuedToken:
     expires_at: datetime
 
 
+def _ours_uid(made: Any, objects: GrantObjects, *, missing: str, not_ours: str) -> str:
+    """The UID of an object the grant made (or had made before): NamespaceMissing when it
+    could not be made (its namespace is absent), FailedPrecondition when one of that name
+    exists and is not the grant's."""
+    if made is None:
+        raise NamespaceMissing(missing)
+    if not objects.is_ours(made.metadata):
+        raise FailedPrecondition(not_ours)
+    return str(made.metadata.uid)
+
+
 def account_name(grant_id: str) -> str:
     return f"keyferry-grant-{grant_id}"
 
@@ -165,17 +176,18 @@ class ClusterAccess:
                 raise
 
         made = await self._run(f"create serviceaccount {namespace}/{name}", create, Right.ACCOUNTS)
-        if made is None:
-            raise NamespaceMissing(
+        return _ours_uid(
+            made,
+            objects,
+            missing=(
                 f"the access namespace {namespace!r} does not exist in cluster {self.name!r}; "
                 "apply docs/examples/broker-rbac.yaml (or the chart's member RBAC) there"
-            )
-        if not objects.is_ours(made.metadata):
-            raise FailedPrecondition(
+            ),
+            not_ours=(
                 f"ServiceAccount {namespace}/{name} in cluster {self.name!r} exists and is not "
                 "this grant's; it is left alone"
-            )
-        return str(made.metadata.uid)
+            ),
+        )
 
     async def create_binding(self, objects: GrantObjects) -> str:
         """The binding's UID; NamespaceMissing when the granted namespace does not exist."""
@@ -222,17 +234,18 @@ class ClusterAccess:
         right = Right.CLUSTERROLEBINDINGS if namespace is None else Right.ROLEBINDINGS
         where = "cluster-wide" if namespace is None else f"in namespace {namespace}"
         made = await self._run(f"create the grant's binding {where}", create, right)
-        if made is None:
-            raise NamespaceMissing(
+        return _ours_uid(
+            made,
+            objects,
+            missing=(
                 f"namespace {namespace!r} does not exist in cluster {self.name!r}; ask for "
                 "one that does (kubectl get namespaces)"
-            )
-        if not objects.is_ours(made.metadata):
-            raise FailedPrecondition(
+            ),
+            not_ours=(
                 f"binding {objects.binding} in cluster {self.name!r} exists and is not this "
                 "grant's; it is left alone"
-            )
-        return str(made.metadata.uid)
+            ),
+        )
 
     async def token(self, objects: GrantObjects, seconds: int) -> IssuedToken:
         """A token of the grant's ServiceAccount living `seconds` (at least the API's

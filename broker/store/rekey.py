@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,8 @@ from .failures import store_errors
 from .integrity import RowSigner, RowTampered, mac_key_id
 from .records import LeaseRecord
 from .schema import ClusterRequestRow, ClusterRow, LeaseRow, RoleRow
+
+Sealed = TypeVar("Sealed", ClusterRow, ClusterRequestRow)
 
 TABLES = ("leases", "clusters", "cluster_requests", "roles")
 NAMED = 20  # refused rows named in a report, per table
@@ -156,23 +158,8 @@ class Rekey:
             report.resealed += 1
 
     def _cluster(self, name: str, report: TableReport) -> None:
-        with self._sessions.begin() as session:
-            row = session.get(ClusterRow, name, with_for_update=True)
-            if row is None:
-                report.changed += 1
-                return
-            try:
-                self._rows.check_cluster(row)
-                new = self._reseal.other(f"cluster:{name}", row.sealed_credential)
-            except Exception as error:
-                report.refuse(name, str(error))
-                return
-            if new is None and self._rows.is_current(row.mac):
-                report.current += 1
-                return
-            if new is not None:
-                row.sealed_credential = new
-            row.mac = self._rows.cluster(
+        def mac(row: ClusterRow) -> str:
+            return self._rows.cluster(
                 name=row.name,
                 server=row.server,
                 ca_pem=row.ca_pem,
@@ -180,31 +167,56 @@ class Rekey:
                 sealed_credential=row.sealed_credential,
                 jwks=row.jwks,
             )
-            report.resealed += 1
+
+        self._sealed(
+            ClusterRow,
+            name,
+            label=f"cluster:{name}",
+            check=self._rows.check_cluster,
+            mac=mac,
+            report=report,
+        )
 
     def _request(self, grant_id: str, report: TableReport) -> None:
+        self._sealed(
+            ClusterRequestRow,
+            grant_id,
+            label=f"cluster-request:{grant_id}",
+            check=self._rows.check_cluster_request,
+            mac=self._rows.cluster_request,
+            report=report,
+        )
+
+    def _sealed(
+        self,
+        table: type[Sealed],
+        key: str,
+        *,
+        label: str,
+        check: Callable[[Sealed], None],
+        mac: Callable[[Sealed], str],
+        report: TableReport,
+    ) -> None:
+        """Re-seal one MAC'd row's credential (none: nothing to re-seal) and re-MAC it,
+        after checking its MAC; a row that fails the check is refused."""
         with self._sessions.begin() as session:
-            row = session.get(ClusterRequestRow, grant_id, with_for_update=True)
+            row = session.get(table, key, with_for_update=True)
             if row is None:
                 report.changed += 1
                 return
             try:
-                self._rows.check_cluster_request(row)
+                check(row)
                 blob = row.sealed_credential
-                new = (
-                    None
-                    if blob is None
-                    else self._reseal.other(f"cluster-request:{grant_id}", blob)
-                )
+                new = None if blob is None else self._reseal.other(label, blob)
             except Exception as error:
-                report.refuse(grant_id, str(error))
+                report.refuse(key, str(error))
                 return
             if new is None and self._rows.is_current(row.mac):
                 report.current += 1
                 return
             if new is not None:
                 row.sealed_credential = new
-            row.mac = self._rows.cluster_request(row)
+            row.mac = mac(row)
             report.resealed += 1
 
     def _role(self, name: str, report: TableReport) -> None:

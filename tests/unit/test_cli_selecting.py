@@ -4,6 +4,7 @@ terminal, one document for -o json, and the documented exit codes."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ import typer
 from broker.api.v1 import rotation_pb2
 from broker.cli.exits import CONFIG, FAILED, NOTHING_SELECTED
 from broker.cli.output import Output
-from broker.cli.selecting import Run, selector_message
+from broker.cli.selecting import Run, selected, selector_message
 
 Response = rotation_pb2.RotateSelectedResponse
 
@@ -102,3 +103,47 @@ def test_nothing_matched_exits_4_and_no_selector_exits_2(
             everything=False,
         )
     assert none.value.exit_code == CONFIG
+
+
+def test_selected_gives_the_command_the_options_as_one_selector() -> None:
+    got: list[rotation_pb2.LeaseSelector] = []
+
+    @selected
+    def command(*, selector: rotation_pb2.LeaseSelector, dry_run: bool = False) -> None:
+        assert dry_run
+        got.append(selector)
+
+    names = list(inspect.signature(command).parameters)
+    assert names == [
+        "cluster",
+        "namespace",
+        "service_account",
+        "pod",
+        "role",
+        "lease",
+        "everything",
+        "dry_run",
+    ]
+    command(
+        cluster=["a"],
+        namespace=None,
+        service_account=None,
+        pod=["p"],
+        role=None,
+        lease=None,
+        everything=False,
+        dry_run=True,
+    )
+    assert got == [rotation_pb2.LeaseSelector(clusters=["a"], pods=["p"])]
+    with pytest.raises(typer.Exit) as ended:
+        command(
+            cluster=None,
+            namespace=None,
+            service_account=None,
+            pod=None,
+            role=None,
+            lease=None,
+            everything=False,
+            dry_run=True,
+        )
+    assert ended.value.exit_code == CONFIG

@@ -9,6 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from broker.api.v1 import rotation_pb2
+
 from ..admin import Refused
 from ..jobs import outcome_row
 from ..security import FormRefused, form, session
@@ -79,14 +81,10 @@ async def search(request: Request) -> Response:
 
 async def plan(request: Request) -> Response:
     """The dry run of a rotate or revoke: every lease the broker would touch."""
-    try:
-        fields = await form(request)
-        verb = _verb(fields)
-        selector = selector_of(fields, empty_is_all=False)
-    except FormRefused as refusal:
-        return render(request, "refused.html", 403, refused=str(refusal), page="leases")
-    except FieldInvalid as invalid:
-        return render(request, "refused.html", 400, refused=str(invalid), page="leases")
+    chosen = await _chosen(request)
+    if isinstance(chosen, Response):
+        return chosen
+    fields, verb, selector = chosen
     rows = []
     try:
         async for event in admin(request).selected(verb, selector, dry_run=True):
@@ -110,14 +108,10 @@ async def plan(request: Request) -> Response:
 
 async def run(request: Request) -> Response:
     """The confirmed run: started in the background; its page shows the progress."""
-    try:
-        fields = await form(request)
-        verb = _verb(fields)
-        selector = selector_of(fields, empty_is_all=False)
-    except FormRefused as refusal:
-        return render(request, "refused.html", 403, refused=str(refusal), page="leases")
-    except FieldInvalid as invalid:
-        return render(request, "refused.html", 400, refused=str(invalid), page="leases")
+    chosen = await _chosen(request)
+    if isinstance(chosen, Response):
+        return chosen
+    _, verb, selector = chosen
     job = jobs(request).start(verb, selector, describe(selector))
     session(request).flash("info", f"{verb} started for {job.selector}")
     return RedirectResponse(f"/jobs/{job.ident}", status_code=303)
@@ -135,6 +129,22 @@ def _check(state: str, token: str) -> None:
         raise FieldInvalid(f"state: give one of {', '.join(STATES)}")
     if len(token) > MAX_TOKEN:
         raise FieldInvalid("page_token: follow the page's own link")
+
+
+async def _chosen(
+    request: Request,
+) -> tuple[dict[str, str], str, rotation_pb2.LeaseSelector] | Response:
+    """A rotate or revoke form's fields, verb and selector; or the page refusing it (403 for
+    the form's origin or CSRF token, 400 for a field)."""
+    try:
+        fields = await form(request)
+        verb = _verb(fields)
+        selector = selector_of(fields, empty_is_all=False)
+    except FormRefused as refusal:
+        return render(request, "refused.html", 403, refused=str(refusal), page="leases")
+    except FieldInvalid as invalid:
+        return render(request, "refused.html", 400, refused=str(invalid), page="leases")
+    return fields, verb, selector
 
 
 def _verb(fields: dict[str, str]) -> str:

@@ -198,15 +198,7 @@ class ClusterAdmin:
             f"register cluster {name}: API server {connection.server}, issuer "
             f"{connection.issuer}, signing keys {', '.join(_key_ids(jwks)) or '(no kid)'}"
         )
-        grant = cluster_change_grant(
-            "register",
-            name,
-            reason,
-            requester=operator.name,
-            requester_identity=operator.person,
-            now=self._clock(),
-            wait=self._approval_wait,
-        )
+        grant = self._change_grant("register", name, reason, operator)
         sealed = self._sealer.seal(_request_sealing_id(grant.id), _credential(connection))
         await self._store_request(operator, grant, connection, sealed, request_id)
         view = ClusterView(
@@ -221,6 +213,18 @@ class ClusterAdmin:
             active_leases=0,
         )
         return Registration(view, grant.id)
+
+    def _change_grant(self, kind: str, name: str, reason: str, operator: Operator) -> GrantRecord:
+        """The pending grant a second operator approves for `kind` of cluster `name`."""
+        return cluster_change_grant(
+            kind,
+            name,
+            reason,
+            requester=operator.name,
+            requester_identity=operator.person,
+            now=self._clock(),
+            wait=self._approval_wait,
+        )
 
     async def _store_request(
         self,
@@ -370,15 +374,7 @@ class ClusterAdmin:
         if not self._second_operator:
             return await self._deregister_now(operator, name, force, request_id)
         reason = f"deregister cluster {name}" + (" (force)" if force else "")
-        grant = cluster_change_grant(
-            "deregister",
-            name,
-            reason,
-            requester=operator.name,
-            requester_identity=operator.person,
-            now=self._clock(),
-            wait=self._approval_wait,
-        )
+        grant = self._change_grant("deregister", name, reason, operator)
         await self._store_request(operator, grant, None, None, request_id, force=force)
         return Deregistered(0, 0, grant.id)
 
