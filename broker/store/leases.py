@@ -74,8 +74,8 @@ _FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 
 # A lease's audit record(s) kept in the store's chain in the lifecycle step's own
 # transaction (broker.audit.shared): the change and its record commit together.
-Recorded = Callable[[Connection, LeaseRecord], None]
-Settled = Callable[[Connection, LeaseRecord, bool], None]
+Recorded = Callable[[Connection, LeaseRecord], object]
+Settled = Callable[[Connection, LeaseRecord, bool], object]
 
 
 def _above(lease: LeaseRecord) -> dict[str, Any]:
