@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from sqlalchemy import Connection
+
 from broker.clock import Clock, utcnow
 from broker.errors import AuditUnavailable, StoreUnavailable
 from broker.store import AuditChainRepository
@@ -60,6 +62,23 @@ class StoreChainLog:
             raise AuditUnavailable(
                 f"the audit chain in the store did not take the record: {exc.message}"
             ) from exc
+        if self._copy is not None:
+            self._copy.write(b"".join(record.line() for record in records))
+        return records
+
+    def append_on(self, connection: Connection, events: Sequence[AuditEvent]) -> list[AuditRecord]:
+        """Seal and keep the events inside a store transaction the caller holds (a lease's
+        lifecycle step): the change and its records commit together or not at all. The
+        local copy is written before that commit, so a commit that then fails leaves a
+        line in the copy that the chain does not have (the copy is not a chain)."""
+        now = self._clock()
+
+        def sealer(event: AuditEvent) -> Callable[[int, str], AuditRecord]:
+            return lambda count, head: seal(event, count, head, now)
+
+        records = self._repository.append_on(
+            connection, self.chain, GENESIS, [sealer(event) for event in events]
+        )
         if self._copy is not None:
             self._copy.write(b"".join(record.line() for record in records))
         return records

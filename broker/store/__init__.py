@@ -35,7 +35,7 @@ from .grants import GrantRepository
 from .integrity import RowKeyMissing, RowSigner, RowTampered
 from .keyring import KeyMissing, KeyRing, RingKey, derive_key
 from .kube_grants import KubeGrantRepository
-from .leases import LeaseRepository
+from .leases import LeaseRepository, Recorded, Settled
 from .migrate import current_revision, head_revision, upgrade
 from .rbac import RbacBindingRecord, RbacRepository
 from .records import (
@@ -110,6 +110,7 @@ __all__ = [
     "PendingLease",
     "RbacBindingRecord",
     "RbacRepository",
+    "Recorded",
     "Rekey",
     "Reseal",
     "RingKey",
@@ -121,6 +122,7 @@ __all__ = [
     "RowSigner",
     "RowTampered",
     "Selector",
+    "Settled",
     "Store",
     "StoreRunner",
     "StoreSettings",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,6 +68,42 @@ class AuditChainRepository:
                     continue
                 return sealed_all
         raise IntegrityError("audit append", None, Exception("the chain's head kept moving"))
+
+    @staticmethod
+    def append_on(
+        connection: Connection,
+        chain: str,
+        genesis: str,
+        seals: Sequence[Callable[[int, str], S]],
+    ) -> list[S]:
+        """`append_all` inside a transaction the caller holds (a lease's lifecycle step, so
+        the change and its records commit together or not at all). The head row's lock is
+        taken last, after the caller's own locks, as every append takes it; an error
+        (a racing first record of the chain included) rolls the caller's change back."""
+        found = connection.execute(
+            select(AuditHeadRow.record_count, AuditHeadRow.head_hash)
+            .where(AuditHeadRow.chain == chain)
+            .with_for_update()
+        ).first()
+        count, head = (0, genesis) if found is None else (found[0], found[1])
+        sealed_all = []
+        for seal in seals:
+            sealed = seal(count, head)
+            line = sealed.line().decode().removesuffix("\n")
+            connection.execute(insert(AuditRecordRow).values(chain=chain, seq=count, line=line))
+            count, head = count + 1, sealed.hash
+            sealed_all.append(sealed)
+        if found is None:
+            connection.execute(
+                insert(AuditHeadRow).values(chain=chain, record_count=count, head_hash=head)
+            )
+        else:
+            connection.execute(
+                update(AuditHeadRow)
+                .where(AuditHeadRow.chain == chain)
+                .values(record_count=count, head_hash=head)
+            )
+        return sealed_all
 
     def head(self, chain: str) -> tuple[int, str] | None:
         """The chain's record count and last hash; None before its first record."""

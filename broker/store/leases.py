@@ -72,6 +72,21 @@ _REVOKING = frozenset({LeaseState.REVOKING})
 _FINAL = frozenset({LeaseState.REVOKED, LeaseState.FAILED})
 
 
+# A lease's audit record(s) kept in the store's chain in the lifecycle step's own
+# transaction (broker.audit.shared): the change and its record commit together.
+Recorded = Callable[[Connection, LeaseRecord], object]
+Settled = Callable[[Connection, LeaseRecord, bool], object]
+
+
+def _above(lease: LeaseRecord) -> dict[str, Any]:
+    return {
+        "cluster": lease.cluster,
+        "pod_uid": lease.pod_uid,
+        "credential": lease.credential,
+        "above": lease.generation,
+    }
+
+
 class LeaseRepository:
     def __init__(self, sessions: StoreSessions, clock: Clock = utcnow) -> None:
         self._sessions = sessions
@@ -177,6 +192,7 @@ class LeaseRepository:
         retire_after: datetime | None = None,
         vault_lease: dict[str, Any] | None = None,
         sealed_credential: bytes | None = None,
+        recorded: Recorded | None = None,
     ) -> LeaseRecord:
         """Record what Vault issued; the pending row becomes active.
 
@@ -188,6 +204,9 @@ class LeaseRepository:
         If the lease became revoking while Vault was asked (its pod was deleted), the
         Vault lease id is still recorded, so the revoker revokes it, and
         LeaseStateConflict tells the caller not to hand the credential out.
+
+        `recorded`: called with the active lease inside the same transaction (its audit
+        record kept in the store's chain: both commit or neither does).
         """
         done = Completion(
             lease_id, vault_lease_id, expires_at, retire_after, vault_lease, sealed_credential
@@ -195,20 +214,27 @@ class LeaseRepository:
         _check_completion(done)
         with store_errors("complete issue"), self._sessions.writing() as connection:
             result = self._complete(connection, done)
+            if recorded is not None and isinstance(result, LeaseRecord):
+                recorded(connection, result)
         if isinstance(result, LeaseStateConflict):
             raise result
         return result
 
     def complete_issues(
-        self, completions: Sequence[Completion]
+        self, completions: Sequence[Completion], recorded: Recorded | None = None
     ) -> list[LeaseRecord | LeaseStateConflict]:
         """`complete_issue` for many pending rows in one transaction, in the order given;
         a row that turned revoking meanwhile (its Vault lease id recorded all the same) or
-        that cannot become active comes back as its LeaseStateConflict."""
+        that cannot become active comes back as its LeaseStateConflict. `recorded`: as for
+        `complete_issue`, once per lease that became active."""
         for done in completions:
             _check_completion(done)
         with store_errors("complete issues"), self._sessions.writing() as connection:
-            return [self._complete(connection, done) for done in completions]
+            results = [self._complete(connection, done) for done in completions]
+            for result in results:
+                if recorded is not None and isinstance(result, LeaseRecord):
+                    recorded(connection, result)
+            return results
 
     def _complete(
         self, connection: Connection, done: Completion
@@ -299,13 +325,21 @@ class LeaseRepository:
 
     # -- revoke ----------------------------------------------------------------------------
 
-    def mark_revoking(self, lease_id: str, *, revoke_after: datetime | None = None) -> LeaseRecord:
+    def mark_revoking(
+        self,
+        lease_id: str,
+        *,
+        revoke_after: datetime | None = None,
+        recorded: Recorded | None = None,
+    ) -> LeaseRecord:
         """Stop handing the lease out and queue it for revocation after `revoke_after`.
 
         Marking a revoking lease again keeps the earlier time (an Ack brings a rotated
         lease's revocation forward); a revoked or failed lease is returned unchanged. A
         pending lease may be marked too: `complete_issue` then records its Vault lease id
         for the revoker, and reconcile settles one whose issue never completes.
+        `recorded`: called with the marked lease inside the same transaction when this
+        call changed it.
         """
         _require_aware(revoke_after, "revoke_after")
 
@@ -318,13 +352,23 @@ class LeaseRepository:
             row.sealed_credential = None  # no longer handed out
             return True
 
-        return self._move(lease_id, LeaseState.REVOKING, "mark revoking", change, quiet=_FINAL)[0]
+        return self._move(
+            lease_id,
+            LeaseState.REVOKING,
+            "mark revoking",
+            change,
+            quiet=_FINAL,
+            recorded=recorded,
+        )[0]
 
-    def end_at_once(self, lease_id: str) -> EndedAtOnce | None:
+    def end_at_once(
+        self, lease_id: str, recorded: Callable[[Connection, EndedAtOnce], None] | None = None
+    ) -> EndedAtOnce | None:
         """An active lease that nothing at Vault holds (a KV value) ended in one
         transaction: revoking and revoked together, and whether a newer generation of its
         credential is live (it was rotated away). None when the row is not active (any
-        other state goes the usual way: `mark_revoking`, then the Revoker)."""
+        other state goes the usual way: `mark_revoking`, then the Revoker). `recorded`:
+        called with the outcome inside the same transaction."""
         with store_errors("end a lease"), self._sessions.writing() as connection:
             found = connection.execute(_LOCKED, {"lease_id": lease_id}).first()
             if found is None:
@@ -343,9 +387,12 @@ class LeaseRepository:
                 "above": row["generation"],
             }
             _, newer = connection.execute(_TOP, key).one()
-        return EndedAtOnce(
-            _record_of({**row, **revoking}), _record_of({**row, **changed}), bool(newer)
-        )
+            ended = EndedAtOnce(
+                _record_of({**row, **revoking}), _record_of({**row, **changed}), bool(newer)
+            )
+            if recorded is not None:
+                recorded(connection, ended)
+        return ended
 
     def record_revoke_failure(self, lease_id: str, error: str, retry_at: datetime) -> LeaseRecord:
         """Vault did not revoke it; try again at `retry_at`. Revocation never gives up."""
@@ -365,10 +412,14 @@ class LeaseRepository:
         """Vault revoked it (or reconcile found it gone): final."""
         return self.settle_revoked(lease_id)[0]
 
-    def settle_revoked(self, lease_id: str) -> tuple[LeaseRecord, bool]:
+    def settle_revoked(
+        self, lease_id: str, recorded: Settled | None = None
+    ) -> tuple[LeaseRecord, bool]:
         """mark_revoked, and whether this call made the change: of two replicas that both
         revoked the lease at Vault (harmless there), only the one that gets True records
-        and announces it."""
+        and announces it. `recorded`: called with the revoked lease inside the same
+        transaction when this call made the change, and whether a newer generation of its
+        credential is live (it was rotated away)."""
 
         def change(row: LeaseRow, now: datetime) -> bool:
             if row.state == LeaseState.REVOKED:
@@ -376,7 +427,12 @@ class LeaseRepository:
             row.sealed_credential = None
             return True
 
-        return self._move(lease_id, LeaseState.REVOKED, "mark revoked", change)
+        def then(connection: Connection, revoked: LeaseRecord) -> None:
+            if recorded is not None:
+                _, newer = connection.execute(_TOP, _above(revoked)).one()
+                recorded(connection, revoked, bool(newer))
+
+        return self._move(lease_id, LeaseState.REVOKED, "mark revoked", change, recorded=then)
 
     def leases_to_revoke(self, now: datetime, limit: int = DEFAULT_BATCH) -> list[LeaseRecord]:
         """Revoking leases whose time has come, longest waiting first."""
@@ -710,6 +766,7 @@ class LeaseRepository:
         change: Callable[[LeaseRow, datetime], bool],
         *,
         quiet: frozenset[LeaseState] = frozenset(),
+        recorded: Recorded | None = None,
     ) -> tuple[LeaseRecord, bool]:
         """Move the lease to `target` as LEASE_TRANSITIONS allows, with `change` writing
         the fields that go with it (False: nothing to do); and whether anything changed.
@@ -717,8 +774,15 @@ class LeaseRepository:
         A lease in `target` already gets `change` alone (marking a revoking lease again
         brings its time forward); one in a `quiet` state is returned unchanged; any other
         move the table does not allow raises LeaseStateConflict with the lease as it is.
+        `recorded`: called with the moved lease, after its UPDATE, in the same transaction.
         """
-        with self._editing(operation, lease_id) as row:
+        moved: list[LeaseRecord] = []
+
+        def then(connection: Connection) -> None:
+            if recorded is not None and moved:
+                recorded(connection, moved[0])
+
+        with self._editing(operation, lease_id, then) as row:
             current = LeaseState(row.state)
             if current in quiet:
                 return _record(row), False
@@ -729,10 +793,16 @@ class LeaseRepository:
                 return _record(row), False
             row.state = target
             row.updated_at = now
-            return _record(row), True
+            moved.append(_record(row))
+            return moved[0], True
 
     @contextmanager
-    def _editing(self, operation: str, lease_id: str) -> Iterator[LeaseRow]:
+    def _editing(
+        self,
+        operation: str,
+        lease_id: str,
+        then: Callable[[Connection], None] | None = None,
+    ) -> Iterator[LeaseRow]:
         """The lease's row, read under the write lock as a LeaseRow outside any session;
         the columns the block changed are written back in one UPDATE when it ends without
         an error (an error rolls back). Core statements: a lifecycle step of Issue or
@@ -751,6 +821,8 @@ class LeaseRepository:
             }
             if changed:  # one statement per set of columns, compiled once and cached
                 connection.execute(_UPDATE_BY_ID, {"lease_id": lease_id, **changed})
+            if then is not None:
+                then(connection)
 
     def _list(self, operation: str, query: Select[LeaseRow]) -> list[LeaseRecord]:
         with store_errors(operation), self._sessions() as session:

@@ -37,10 +37,18 @@ from broker.audit import (
     verify,
 )
 from broker.backends.transit import TransitSigner
-from broker.errors import AuditUnavailable, Unauthenticated, VaultUnavailable
+from broker.errors import AuditUnavailable, StoreUnavailable, Unauthenticated, VaultUnavailable
 from broker.service import CALLER_PEER
 from broker.service.common.audit_trail import AuditTrail
-from broker.store import Store, StoreSettings
+from broker.store import (
+    LeaseRecord,
+    LeaseRequest,
+    LeaseState,
+    PendingLease,
+    Recorded,
+    Store,
+    StoreSettings,
+)
 from tests.bed.ports import free_port
 from tests.bed.postgres import PostgresServer
 from tests.bed.vault import VaultServer
@@ -570,3 +578,121 @@ async def test_counted_refusals_are_summarised_after_the_interval(log_path: Path
     finally:
         trail.close()
     assert [json.loads(line).get("count") for line in read_log(log_path)] == [None, 2]
+
+
+# -- a lease's change and its record in one transaction (audit.sink: store) ------------------
+
+
+def lease_event(lease: LeaseRecord, action: AuditAction) -> AuditEvent:
+    return AuditEvent(
+        who=WORKLOAD, action=action, lease_id=lease.id, role=lease.role, pod_uid=lease.pod_uid
+    )
+
+
+def test_on_postgresql_a_lease_change_and_its_record_commit_together(
+    postgres: PostgresServer, tmp_path: Path, transit: TransitSigner
+) -> None:
+    """Replicas complete issues with their `lease.active` records appended inside the
+    lifecycle step's transaction while other appends go on: one chain that verifies, one
+    record per active lease. Then every append fails (a trigger, as a replica killed
+    between the two would): an issue's completion, a revocation mark and a settle are
+    rolled back with their records, so the change and its record are both there or neither."""
+    with postgres_database(postgres) as dsn:
+        stores = [Store.open(StoreSettings(url=SecretStr(dsn), pool_size=4)) for _ in range(2)]
+        try:
+            logs = [StoreChainLog(store.audit_chain, chain=CHAIN) for store in stores]
+
+            def recorded(log: StoreChainLog, action: AuditAction) -> Recorded:
+                return lambda conn, lease: log.append_on(conn, [lease_event(lease, action)])
+
+            def issue(n: int) -> LeaseRecord:
+                store, log = stores[n % 2], logs[n % 2]
+                pending = store.leases.begin_issue(
+                    LeaseRequest(
+                        cluster="a",
+                        namespace="ns",
+                        service_account="sa",
+                        pod_name=f"p{n}",
+                        pod_uid=f"00000000-0000-0000-0000-{n:012d}",
+                        credential="db",
+                        role="ro",
+                    )
+                )
+                assert isinstance(pending, PendingLease)
+                if n % 3 == 0:  # an append of its own, racing the others for the head
+                    log.append(next(events(1)))
+                return store.leases.complete_issue(
+                    pending.lease.id,
+                    f"v-{n}",
+                    None,
+                    recorded=recorded(log, AuditAction.LEASE_ACTIVE),
+                )
+
+            with ThreadPoolExecutor(8) as pool:
+                active = list(pool.map(issue, range(24)))
+            lines = logs[0].lines()
+            sink = StoreCheckpointSink(stores[0].checkpoints)
+            logs[0].checkpoint(transit, sink)
+            report = verify(lines, sink.list(CHAIN), transit)
+            assert report.ok, report.damage
+            assert report.records == 24 + 8
+            recorded_ids = [json.loads(line).get("lease_id") for line in lines]
+            assert sorted(i for i in recorded_ids if i) == sorted(lease.id for lease in active)
+
+            leases = stores[0].leases
+            pending = leases.begin_issue(
+                LeaseRequest(
+                    cluster="a",
+                    namespace="ns",
+                    service_account="sa",
+                    pod_name="late",
+                    pod_uid="00000000-0000-0000-0000-999999999999",
+                    credential="db",
+                    role="ro",
+                )
+            )
+            assert isinstance(pending, PendingLease)
+            leases.mark_revoking(active[1].id)
+            with stores[0].engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "CREATE FUNCTION kf_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$ BEGIN RAISE EXCEPTION 'replica killed'; END $$"
+                    )
+                )
+                conn.execute(
+                    text(
+                        "CREATE TRIGGER kf_refuse BEFORE INSERT ON audit_records "
+                        "FOR EACH ROW EXECUTE FUNCTION kf_refuse()"
+                    )
+                )
+            log = logs[0]
+            with pytest.raises(StoreUnavailable):
+                leases.complete_issue(
+                    pending.lease.id,
+                    "v-late",
+                    None,
+                    recorded=recorded(log, AuditAction.LEASE_ACTIVE),
+                )
+            with pytest.raises(StoreUnavailable):
+                leases.mark_revoking(
+                    active[0].id, recorded=recorded(log, AuditAction.LEASE_REVOKING)
+                )
+            with pytest.raises(StoreUnavailable):
+                leases.settle_revoked(
+                    active[1].id,
+                    lambda conn, lease, _: log.append_on(
+                        conn, [lease_event(lease, AuditAction.LEASE_REVOKED)]
+                    ),
+                )
+            assert [
+                leases.get(i).state for i in (pending.lease.id, active[0].id, active[1].id)
+            ] == [
+                LeaseState.PENDING,
+                LeaseState.ACTIVE,
+                LeaseState.REVOKING,
+            ]
+            assert log.lines() == lines  # nothing half-written
+        finally:
+            for store in stores:
+                store.close()

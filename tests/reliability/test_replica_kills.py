@@ -21,8 +21,8 @@ still has from this test is a current credential's, every current one works and 
 older one seen is refused; no pod's current lease ran out at Vault (renewals went on
 across the kills: reconcile never closed one Vault had dropped), and one pod never rotated
 lived past its first TTL on renewals alone; no lease has two `lease.revoked` records nor
-an orphan two `vault_lease.revoked`, and a revoked lease lacks its record only when a kill
-fell between the store's change and the audit write (at most one per kill: a known gap);
+an orphan two `vault_lease.revoked`, and every revoked lease has its record (the change
+and its record are one transaction with the store's chain: a kill cannot fall between);
 every rotation requested and not done at a kill was done later; no sample saw two holders
 of the leader's lock; `keyferry audit verify` passes. Failover and restart durations are
 printed, never asserted.
@@ -463,11 +463,10 @@ def check_audit(store: Store, kills: int) -> None:
     expected = {r.id for r in rows(store) if r.state is LeaseState.REVOKED}
     assert set(revoked) <= expected  # no record of a revocation that did not happen
     assert [lease for lease, count in revoked.items() if count != 1] == []  # none twice
-    # A replica killed between the store's change and its audit record leaves that one
-    # revocation unrecorded (two writes, docs/architecture.md "Not yet"): one per kill
-    # at most, and none without a kill.
+    # The change and its record commit together (audit.sink: store): a replica killed
+    # between the two leaves neither, so none is unrecorded, whatever the kills.
     unrecorded = expected - set(revoked)
-    assert len(unrecorded) <= kills, unrecorded
+    assert unrecorded == set(), (kills, unrecorded)
     orphans = Counter(r["target"] for r in records if r["action"] == "vault_lease.revoked")
     assert [lease for lease, count in orphans.items() if count != 1] == []
     assert [r for r in records if ran_out(r, records)] == []

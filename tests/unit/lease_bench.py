@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
 
-from broker.audit import AuditLog, Fingerprinter, JsonLinesSink
+from broker.audit import AuditChain, AuditLog, Fingerprinter, JsonLinesSink, StoreChainLog
 from broker.backends import Backends
 from broker.errors import KeyferryError
 from broker.models import (
@@ -214,12 +214,21 @@ def memory_store(clock: Clock) -> Iterator[Store]:
 
 
 @asynccontextmanager
-async def open_bench(store: Store, clock: Clock, tmp_path: Path) -> AsyncIterator[Bench]:
-    """The engine, its Revoker and the Core on `store`, as runtime.py builds them."""
+async def open_bench(
+    store: Store, clock: Clock, tmp_path: Path, *, chain_in_store: bool = False
+) -> AsyncIterator[Bench]:
+    """The engine, its Revoker and the Core on `store`, as runtime.py builds them;
+    `chain_in_store`: the audit chain kept in the store (`audit.sink: store`), the file
+    its local copy."""
     runner = StoreRunner(1)
     path = tmp_path / "audit.jsonl"
     sink = JsonLinesSink(path)
-    audit = AuditTrail(AuditLog(sink, chain="broker"), Fingerprinter(b"k" * 32))
+    chain: AuditChain = (
+        StoreChainLog(store.audit_chain, chain="broker", copy=sink)
+        if chain_in_store
+        else AuditLog(sink, chain="broker")
+    )
+    audit = AuditTrail(chain, Fingerprinter(b"k" * 32))
     backends = FakeBackends()
     hub = EventHub()
     sealer = CredentialSealer(b"s" * 32)

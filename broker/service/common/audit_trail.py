@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy import Connection
 
 from broker import tracing
 from broker.audit import (
@@ -32,6 +33,7 @@ from broker.audit import (
     Fingerprinter,
     Principal,
     PrincipalKind,
+    StoreChainLog,
 )
 from broker.errors import KeyferryError
 from broker.models import Credential
@@ -143,6 +145,28 @@ class AuditTrail:
                 for _, written in batch:
                     if not written.done():
                         written.set_result(None)
+
+    def keeper(self) -> Callable[[Connection, Sequence[AuditEvent]], None] | None:
+        """When the chain is the store's (`audit.sink: store`): a function that keeps
+        events in the chain inside a store transaction the caller holds, so a lease's
+        change and its records commit together (a replica killed between the two leaves
+        neither). None with a file chain: the caller records as usual, after the change.
+        Call it on the loop (it takes the request's trace id with it)."""
+        chain = self.log
+        if not isinstance(chain, StoreChainLog):
+            return None
+        trace = tracing.trace_id()
+
+        def keep(connection: Connection, events: Sequence[AuditEvent]) -> None:
+            chain.append_on(
+                connection,
+                [
+                    e if trace is None or e.trace_id else e.model_copy(update={"trace_id": trace})
+                    for e in events
+                ],
+            )
+
+        return keep
 
     async def decision(
         self,
@@ -364,18 +388,33 @@ class AuditTrail:
     ) -> None:
         """A lease's state change made by an operator or by the broker itself."""
         await self.record(
-            AuditEvent(
-                who=who,
-                action=action,
-                reason=reason,
-                role=lease.role,
-                credential=lease.credential,
-                lease_id=lease.id,
-                generation=lease.generation,
-                request_id=request_id,
-                fingerprints=self.fingerprints(credential) if credential else {},
-                **lease_where(lease),
+            self.lease_change_event(
+                who, action, lease, request_id, credential=credential, reason=reason
             )
+        )
+
+    def lease_change_event(
+        self,
+        who: Principal,
+        action: AuditAction,
+        lease: LeaseRecord,
+        request_id: str,
+        *,
+        credential: Credential | None = None,
+        reason: str | None = None,
+    ) -> AuditEvent:
+        """The event `lease_change` records (for `keeper`, inside the change's transaction)."""
+        return AuditEvent(
+            who=who,
+            action=action,
+            reason=reason,
+            role=lease.role,
+            credential=lease.credential,
+            lease_id=lease.id,
+            generation=lease.generation,
+            request_id=request_id,
+            fingerprints=self.fingerprints(credential) if credential else {},
+            **lease_where(lease),
         )
 
     async def grant(

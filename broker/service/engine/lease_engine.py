@@ -51,6 +51,7 @@ from datetime import datetime
 from typing import cast
 
 import structlog
+from sqlalchemy import Connection
 
 from broker.audit import AuditAction, Principal
 from broker.backends import Backends
@@ -241,8 +242,26 @@ class LeaseEngine:
             )
             for order, issued in asked
         ]
+        keep = self._audit.keeper()
+        by_id = {order.pending.id: (order, issued) for order, issued in asked}
+
+        def recorded(connection: Connection, lease: LeaseRecord) -> None:
+            if keep is None:
+                return
+            order, issued = by_id[lease.id]
+            active = self._audit.lease_change_event(
+                order.who,
+                AuditAction.LEASE_ACTIVE,
+                lease,
+                order.request_id,
+                credential=issued.credential,
+            )
+            keep(connection, [active])
+
         try:
-            outcomes = await self._leases.complete_issues(completions)
+            outcomes = await self._leases.complete_issues(
+                completions, None if keep is None else recorded
+            )
         except KeyferryError as error:
             log.exception(
                 "store failed after Vault issued; undoing the batch",
@@ -260,6 +279,8 @@ class LeaseEngine:
             else:
                 results.append(TrackedCredential(outcome, issued.credential, issued.lease, False))
         done = [(order, r) for (order, _), r in zip(asked, results, strict=True)]
+        if keep is not None:
+            return results  # recorded with the change, in its transaction
         try:
             await asyncio.gather(
                 *(
@@ -296,6 +317,20 @@ class LeaseEngine:
 
     async def _record(self, order: IssueOrder, issued: IssuedSecret) -> TrackedCredential:
         pending, vault_lease = order.pending, issued.lease
+        keep = self._audit.keeper()
+
+        def recorded(connection: Connection, lease: LeaseRecord) -> None:
+            if keep is None:
+                return
+            active = self._audit.lease_change_event(
+                order.who,
+                AuditAction.LEASE_ACTIVE,
+                lease,
+                order.request_id,
+                credential=issued.credential,
+            )
+            keep(connection, [active])
+
         try:
             record = await self._leases.complete_issue(
                 pending.id,
@@ -304,6 +339,7 @@ class LeaseEngine:
                 retire_after=order.retire_after,
                 vault_lease=vault_lease.model_dump(mode="json"),
                 sealed_credential=self._sealer.seal_lease(pending, issued.credential),
+                recorded=None if keep is None else recorded,
             )
         except LeaseStateConflict:
             # The row turned revoking while Vault answered: the Revoker has the Vault lease
@@ -319,13 +355,14 @@ class LeaseEngine:
             )
             await self._undo(order, vault_lease, error)
             raise
-        await self._audit.lease_change(
-            order.who,
-            AuditAction.LEASE_ACTIVE,
-            record,
-            order.request_id,
-            credential=issued.credential,
-        )
+        if keep is None:
+            await self._audit.lease_change(
+                order.who,
+                AuditAction.LEASE_ACTIVE,
+                record,
+                order.request_id,
+                credential=issued.credential,
+            )
         return TrackedCredential(record, issued.credential, vault_lease, replayed=False)
 
     async def replay(
@@ -423,14 +460,29 @@ class LeaseEngine:
             ended = await self._revoker.end_at_once(lease, who, reason, request_id)
             if ended is not None:
                 return ended
+        keep = self._audit.keeper()
+        kept: list[LeaseRecord] = []
+
+        def recorded(connection: Connection, changed: LeaseRecord) -> None:
+            if keep is None:
+                return
+            event = self._audit.lease_change_event(
+                who, AuditAction.LEASE_REVOKING, changed, request_id, reason=reason
+            )
+            keep(connection, [event])
+            kept.append(changed)
+
         marked = await self._leases.mark_revoking(
-            lease.id, revoke_after=self._revoker.claimed_until()
+            lease.id,
+            revoke_after=self._revoker.claimed_until(),
+            recorded=None if keep is None else recorded,
         )
         if marked.state is not LeaseState.REVOKING:
             return marked
-        await self._audit.lease_change(
-            who, AuditAction.LEASE_REVOKING, marked, request_id, reason=reason
-        )
+        if not kept:  # a file chain, or a lease already revoking (marked again)
+            await self._audit.lease_change(
+                who, AuditAction.LEASE_REVOKING, marked, request_id, reason=reason
+            )
         return await self._revoker.revoke(marked, who, request_id, vault_lease=vault_lease)
 
     async def revoke_now(self, lease: LeaseRecord, who: Principal, request_id: str) -> LeaseRecord:

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import Connection
 
-from broker.audit import AuditAction, Principal
+from broker.audit import AuditAction, AuditEvent, Principal
 from broker.backends import Backends
 from broker.clock import Clock
 from broker.errors import KeyferryError
 from broker.models import VaultLease
-from broker.store import AsyncStore, LeaseRecord
+from broker.store import AsyncStore, EndedAtOnce, LeaseRecord
 
 from ..common.audit_trail import AuditTrail, system_principal
 from ..events.hub import EventHub, LeaseRevoked
@@ -111,18 +112,29 @@ class Revoker:
         transaction, then record `lease.revoking` (with `reason`) and `lease.revoked` in
         one audit write and tell its pod, as `end` and `settle` would one after the other.
         None when the row was not active: the caller ends it the usual way."""
-        ended = await self._leases.end_at_once(lease.id)
+        keep = self._audit.keeper()
+
+        def events(done: EndedAtOnce) -> list[AuditEvent]:
+            why = ROTATED if done.superseded else REVOKED
+            change = self._audit.lease_change_event
+            return [
+                change(who, AuditAction.LEASE_REVOKING, done.revoking, request_id, reason=reason),
+                change(
+                    who, AuditAction.LEASE_REVOKED, done.revoked, request_id, reason=why.upper()
+                ),
+            ]
+
+        def recorded(connection: Connection, done: EndedAtOnce) -> None:
+            if keep is None:
+                return
+            keep(connection, events(done))
+
+        ended = await self._leases.end_at_once(lease.id, None if keep is None else recorded)
         if ended is None:
             return None
         why = ROTATED if ended.superseded else REVOKED
-        await asyncio.gather(
-            self._audit.lease_change(
-                who, AuditAction.LEASE_REVOKING, ended.revoking, request_id, reason=reason
-            ),
-            self._audit.lease_change(
-                who, AuditAction.LEASE_REVOKED, ended.revoked, request_id, reason=why.upper()
-            ),
-        )
+        if keep is None:
+            await asyncio.gather(*(self._audit.record(event) for event in events(ended)))
         revoked = ended.revoked
         self._hub.publish(revoked.pod_key, LeaseRevoked(revoked.id, why))
         log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
@@ -135,13 +147,30 @@ class Revoker:
         that call records it (`lease.revoked`, with `reason`, or ROTATED / REVOKED) and
         tells its pod, so two replicas (or the Revoker and reconcile) that both saw it go
         record it once. LeaseStateConflict for a lease that was never issued (failed)."""
-        revoked, settled = await self._leases.settle_revoked(lease_id)
+        keep = self._audit.keeper()
+        seen: list[str] = []
+
+        def recorded(connection: Connection, done: LeaseRecord, superseded: bool) -> None:
+            if keep is None:
+                return
+            seen.append(ROTATED if superseded else REVOKED)
+            event = self._audit.lease_change_event(
+                who, AuditAction.LEASE_REVOKED, done, request_id, reason=reason or seen[-1].upper()
+            )
+            keep(connection, [event])
+
+        revoked, settled = await self._leases.settle_revoked(
+            lease_id, None if keep is None else recorded
+        )
         if not settled:
             return revoked, False  # another replica (or call) revoked it first and said so
-        why = await self._reason(revoked)
-        await self._audit.lease_change(
-            who, AuditAction.LEASE_REVOKED, revoked, request_id, reason=reason or why.upper()
-        )
+        if seen:  # recorded with the change, in its transaction
+            why = seen[-1]
+        else:
+            why = await self._reason(revoked)
+            await self._audit.lease_change(
+                who, AuditAction.LEASE_REVOKED, revoked, request_id, reason=reason or why.upper()
+            )
         self._hub.publish(revoked.pod_key, LeaseRevoked(revoked.id, why))
         log.info("lease revoked", lease_id=revoked.id, reason=why, request_id=request_id)
         return revoked, True
