@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Executable, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -78,14 +80,21 @@ class AuditChainRepository:
     ) -> list[S]:
         """`append_all` inside a transaction the caller holds (a lease's lifecycle step, so
         the change and its records commit together or not at all). The head row's lock is
-        taken last, after the caller's own locks, as every append takes it; an error
-        (a racing first record of the chain included) rolls the caller's change back."""
-        found = connection.execute(
+        taken last, after the caller's own locks, as every append takes it (a chain's first
+        record makes the head row first, waiting for a racing maker); an error rolls the
+        caller's change back."""
+        locked = (
             select(AuditHeadRow.record_count, AuditHeadRow.head_hash)
             .where(AuditHeadRow.chain == chain)
             .with_for_update()
-        ).first()
-        count, head = (0, genesis) if found is None else (found[0], found[1])
+        )
+        found = connection.execute(locked).first()
+        if found is None:
+            # The chain's first record: make its head row, or wait for the transaction that
+            # is making it (no retry can happen here: the caller's change would go with it).
+            connection.execute(_insert_head_if_missing(connection, chain, genesis))
+            found = connection.execute(locked).one()
+        count, head = found[0], found[1]
         sealed_all = []
         for seal in seals:
             sealed = seal(count, head)
@@ -93,16 +102,11 @@ class AuditChainRepository:
             connection.execute(insert(AuditRecordRow).values(chain=chain, seq=count, line=line))
             count, head = count + 1, sealed.hash
             sealed_all.append(sealed)
-        if found is None:
-            connection.execute(
-                insert(AuditHeadRow).values(chain=chain, record_count=count, head_hash=head)
-            )
-        else:
-            connection.execute(
-                update(AuditHeadRow)
-                .where(AuditHeadRow.chain == chain)
-                .values(record_count=count, head_hash=head)
-            )
+        connection.execute(
+            update(AuditHeadRow)
+            .where(AuditHeadRow.chain == chain)
+            .values(record_count=count, head_hash=head)
+        )
         return sealed_all
 
     def head(self, chain: str) -> tuple[int, str] | None:
@@ -139,3 +143,14 @@ class AuditChainRepository:
         statement = statement.order_by(AuditRecordRow.seq.desc()).limit(limit)
         with store_errors("reading the audit chain"), self._sessions() as session:
             return [(seq, line) for seq, line in session.execute(statement)]
+
+
+def _insert_head_if_missing(connection: Connection, chain: str, genesis: str) -> Executable:
+    """An empty head row for `chain` unless one exists; on PostgreSQL an insert racing
+    another transaction's waits for it, then does nothing."""
+    dialect_insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    return (
+        dialect_insert(AuditHeadRow)
+        .values(chain=chain, record_count=0, head_hash=genesis)
+        .on_conflict_do_nothing(index_elements=[AuditHeadRow.chain])
+    )
