@@ -252,6 +252,7 @@ class BrokerRuntime:
                 rates=lease_calls,
                 streams=WatchStreamCaps(settings.limits),
                 recheck=settings.limits.watch_recheck,
+                events_heard=None if relay is None else relay.until_listening,
             ),
             renew=RenewFlow(core, callers=callers, renewer=renewer, rates=lease_calls),
             rotation=rotation,

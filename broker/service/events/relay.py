@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from broker.errors import KeyferryError
+from broker.errors import KeyferryError, TemporaryError
 from broker.models import PodKey, VaultLease
 from broker.store import AsyncStore, LeaseNotFound, LeaseRecord, LeaseState, StoreSettings
 from broker.store.sessions import Session, open_session, postgres_conninfo
@@ -43,6 +43,7 @@ from .signed import EventRefused, EventSigner, Refusal, RefusedEvents
 log = structlog.get_logger("keyferry.notify")
 CHANNEL = "keyferry_events"
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 10.0
+LISTEN_WAIT = 5.0  # seconds a Watch waits for the listener before it is refused, retryable
 
 
 class EventRelay:
@@ -79,6 +80,19 @@ class EventRelay:
         if conninfo is None:
             return None
         return cls(conninfo, timeout=settings.timeout, **kwargs)
+
+    async def until_listening(self) -> None:
+        """Return once this replica hears the others' events; a Watch stream takes its
+        snapshot only then, or a change another replica commits between the snapshot and
+        the LISTEN (after a start, or during a listener gap) would never reach it."""
+        try:
+            await asyncio.wait_for(self.listening.wait(), LISTEN_WAIT)
+        except TimeoutError:
+            raise TemporaryError(
+                "this replica is not yet listening for the other replicas' events "
+                "(its PostgreSQL listener is connecting): retry the Watch",
+                retry_after=1.0,
+            ) from None
 
     def start(self) -> None:
         self._hub.fan_out(self._send_soon)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -101,6 +101,7 @@ class WatchFlow:
         rates: LeaseCallRates,
         streams: WatchStreamCaps,
         recheck: timedelta,
+        events_heard: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._callers = callers
         self._gate = core.gate
@@ -113,6 +114,7 @@ class WatchFlow:
         self._streams = streams
         self._recheck = recheck
         self._clock = core.clock
+        self._events_heard = events_heard  # the relay's listener (replicas on PostgreSQL)
 
     async def watch(
         self, token: str, acks: AsyncIterator[AckMessage], request_id: str
@@ -127,6 +129,8 @@ class WatchFlow:
             self._streams.hold(workload),
             self._hub.subscribe(workload.pod_key) as subscription,
         ):
+            if self._events_heard is not None:
+                await self._events_heard()  # other replicas' changes after the snapshot reach it
             snapshot = await self._snapshot(session)
             acking = asyncio.create_task(self._consume(session, acks))
             log.info(
