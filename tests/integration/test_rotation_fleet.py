@@ -491,12 +491,12 @@ async def test_reconcile_records_no_second_revocation_of_a_lease_revoked_while_i
     settle = leases.settle_revoked
     first = [True]
 
-    async def revoker_first(lease_id: str) -> Any:
+    async def revoker_first(lease_id: str, *args: Any) -> Any:
         """The Revoker settles the row just before reconcile's own write to it."""
         if first[0] and lease_id == old.id:
             first[0] = False
             await revoker.revoke(old, system_principal("broker.revoke"), "revoker")
-        return await settle(lease_id)
+        return await settle(lease_id, *args)
 
     monkeypatch.setattr(leases, "settle_revoked", revoker_first)
     report = await reconciler.run_once()
